@@ -1,0 +1,58 @@
+# pgwa's shared vocabulary. `make demo` and `make test` work on a fresh Debian machine.
+SHELL := /bin/bash
+PY := .venv/bin/python
+
+.PHONY: db db-url db-stop db-restart psql migrate schema test lint demo sim worker api \
+        bench bench-sim bench-campaign bench-webhooks clean
+
+db:            ## the local cluster (or DATABASE_URL), migrated; idempotent
+	@scripts/db.sh up
+
+db-url:        ## print the connection URL and nothing else
+	@scripts/db.sh url
+
+db-stop:
+	@scripts/db.sh stop
+
+db-restart:
+	@scripts/db.sh restart
+
+psql: db
+	@scripts/db.sh psql
+
+migrate: db
+
+schema: db     ## regenerate db/schema.sql from a freshly migrated database
+	@$(PY) -m pgwa.schema > db/schema.sql
+
+test: db
+	$(PY) -m pytest
+
+lint: db
+	.venv/bin/ruff check .
+
+sim: db
+	$(PY) -m sim
+
+worker: db
+	$(PY) -m worker
+
+api: db
+	$(PY) -m api
+
+demo: db
+	$(PY) -m pgwa.demo
+
+bench: bench-sim bench-campaign bench-webhooks
+
+bench-sim: db
+	$(PY) bench/bench_sim.py
+
+bench-campaign: db
+	$(PY) bench/bench_campaign.py
+
+bench-webhooks: db
+	$(PY) bench/bench_webhooks.py
+
+clean: db-stop
+	rm -rf .venv .pgdata

@@ -1,0 +1,1 @@
+"""pgwa: WhatsApp Cloud API campaigns, webhooks, inbox and bots, with the logic in PostgreSQL."""

@@ -1,0 +1,49 @@
+"""Configuration, read from the environment once. Secrets are never printed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _local_database_url() -> str:
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "db.sh"), "url"], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def database_url() -> str:
+    """DATABASE_URL, or the project-local cluster's URL (scripts/db.sh url)."""
+    return os.environ.get("DATABASE_URL") or _local_database_url()
+
+
+def _csv(name: str) -> tuple[str, ...]:
+    return tuple(s for s in os.environ.get(name, "").split(",") if s)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    graph_base_url: str = "https://graph.facebook.com"
+    verify_token: str = field(default="", repr=False)
+    app_secrets: tuple[str, ...] = field(default=(), repr=False)
+    worker_name: str = "worker"
+    claim_batch: int = 500
+    send_concurrency: int = 256
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            database_url=database_url(),
+            graph_base_url=os.environ.get("GRAPH_BASE_URL", cls.graph_base_url).rstrip("/"),
+            verify_token=os.environ.get("WHATSAPP_VERIFY_TOKEN", ""),
+            app_secrets=_csv("WHATSAPP_APP_SECRET"),
+            worker_name=os.environ.get("PGWA_WORKER_NAME", f"worker-{os.getpid()}"),
+            claim_batch=int(os.environ.get("PGWA_CLAIM_BATCH", cls.claim_batch)),
+            send_concurrency=int(os.environ.get("PGWA_SEND_CONCURRENCY", cls.send_concurrency)),
+        )

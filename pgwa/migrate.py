@@ -1,0 +1,156 @@
+"""The migration runner: numbered, forward-only files, then every function file.
+
+Each file in db/migrations runs once, in its own transaction, which first records the
+file's version: two runners started at once serialise on that row, and the second
+skips what the first applied (graphile-worker does the same). Then every file in
+db/functions is re-applied, all in one transaction. A broken file raises
+MigrationError naming the file and the server's message, and leaves the database
+as it was before that file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import psycopg
+
+from pgwa.config import ROOT, database_url
+
+MIGRATIONS = ROOT / "db" / "migrations"
+FUNCTIONS = ROOT / "db" / "functions"
+
+BOOTSTRAP = """
+CREATE SCHEMA IF NOT EXISTS core;
+CREATE TABLE IF NOT EXISTS core.schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    sha256      text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+# pgmq registered as an extension where its control file is installed (scripts/db.sh
+# does that); otherwise the SQL script the PyPI package ships, as plain objects.
+PGMQ_AVAILABLE = "SELECT 1 FROM pg_available_extensions WHERE name = 'pgmq'"
+PGMQ_PRESENT = "SELECT 1 FROM pg_namespace WHERE nspname = 'pgmq'"
+# pg_cron can only be created in the one database named by cron.database_name.
+CRON_HERE = """
+SELECT 1 FROM pg_available_extensions
+WHERE name = 'pg_cron' AND current_setting('cron.database_name', true) = current_database()
+"""
+
+# The benchmarks count the send path's statements with it, where it is preloaded.
+STATEMENTS_LOADED = """
+SELECT 1 FROM pg_available_extensions
+WHERE name = 'pg_stat_statements' AND current_setting('shared_preload_libraries') ~ 'pg_stat_statements'
+"""
+
+
+class MigrationError(RuntimeError):
+    """A migration or function file failed; the message names it."""
+
+
+def _pgmq_sql() -> str:
+    import pgmq
+
+    return (Path(pgmq.__file__).parent / "sql" / "pgmq.sql").read_text()
+
+
+def ensure_extensions(conn: psycopg.Connection) -> None:
+    with conn.transaction():
+        # CREATE EXTENSION IF NOT EXISTS races with itself; runners take turns here.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgwa.ensure_extensions'))")
+        if conn.execute(PGMQ_AVAILABLE).fetchone():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pgmq")
+        elif not conn.execute(PGMQ_PRESENT).fetchone():
+            conn.execute(_pgmq_sql())
+        if conn.execute(CRON_HERE).fetchone():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+        if conn.execute(STATEMENTS_LOADED).fetchone():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+
+def _version(path: Path) -> int:
+    head = path.name.split("_", 1)[0]
+    if not head.isdigit():
+        raise MigrationError(f"{path.name}: a migration's name starts with its number, e.g. 0001_core.sql")
+    return int(head)
+
+
+def _run_file(conn: psycopg.Connection, path: Path) -> None:
+    try:
+        conn.execute(path.read_text())
+    except psycopg.Error as exc:
+        diag = exc.diag
+        where = f" ({diag.context.strip()})" if diag.context else ""
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        raise MigrationError(f"{shown}: {diag.message_primary or exc}{where}") from exc
+
+
+def apply_migrations(conn: psycopg.Connection, directory: Path = MIGRATIONS) -> list[str]:
+    """Apply the migrations not yet recorded; return the names applied."""
+    applied = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgwa.ensure_extensions'))")
+        conn.execute(BOOTSTRAP)
+    for path in sorted(directory.glob("*.sql")):
+        version, text = _version(path), path.read_bytes()
+        digest = hashlib.sha256(text).hexdigest()
+        with conn.transaction():
+            row = conn.execute(
+                "INSERT INTO core.schema_migrations (version, name, sha256) VALUES (%s, %s, %s)"
+                " ON CONFLICT (version) DO NOTHING RETURNING version",
+                (version, path.name, digest),
+            ).fetchone()
+            if row is None:
+                known = conn.execute(
+                    "SELECT name, sha256 FROM core.schema_migrations WHERE version = %s", (version,)
+                ).fetchone()
+                if known and known[1] != digest:
+                    raise MigrationError(
+                        f"{path.name}: changed after it was applied as {known[0]}; "
+                        "migrations are forward-only, add a new one"
+                    )
+                continue
+            _run_file(conn, path)
+        applied.append(path.name)
+    return applied
+
+
+def apply_functions(conn: psycopg.Connection, directory: Path = FUNCTIONS) -> int:
+    """Re-apply every function file in one transaction; return how many."""
+    files = sorted(directory.glob("*.sql"))
+    with conn.transaction():
+        # Two runners replacing the same functions at once would collide.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgwa.apply_functions'))")
+        for path in files:
+            _run_file(conn, path)
+        conn.execute("SELECT core.sync_cron_jobs()")
+    return len(files)
+
+
+def migrate(url: str | None = None, *, quiet: bool = False) -> list[str]:
+    with psycopg.connect(url or database_url(), autocommit=True) as conn:
+        conn.execute("SET client_min_messages = warning")
+        ensure_extensions(conn)
+        applied = apply_migrations(conn)
+        count = apply_functions(conn)
+    if not quiet:
+        done = ", ".join(applied) if applied else "nothing new"
+        print(f"migrate: applied {done}; re-applied {count} function files", file=sys.stderr)
+    return applied
+
+
+def main() -> int:
+    try:
+        migrate()
+    except MigrationError as exc:
+        print(f"migrate: FAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

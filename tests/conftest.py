@@ -1,0 +1,68 @@
+"""Fixtures: a real PostgreSQL with pgmq and pg_cron, one fresh database per test.
+
+The server is the project's own cluster (scripts/db.sh starts it, as the `postgres` OS
+user when run as root, which pytest-postgresql's process fixture cannot do), or the one
+DATABASE_URL names. pytest-postgresql's noproc fixture migrates a template database once
+per session; every test gets a clone of it, which takes a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pytest_postgresql import factories
+
+from pgwa.config import ROOT, database_url
+from pgwa.migrate import migrate
+
+pytest_plugins = ["tests.sim_fixtures"] if (ROOT / "tests" / "sim_fixtures.py").exists() else []
+
+
+def _server() -> dict:
+    if not os.environ.get("DATABASE_URL"):
+        subprocess.run([str(ROOT / "scripts" / "db.sh"), "up"], check=True, capture_output=True)
+    return conninfo_to_dict(database_url())
+
+
+SERVER = _server()
+
+
+def load_schema(host: str, port: int, user: str, dbname: str, password: str | None, **_: object) -> None:
+    migrate(make_conninfo(host=host, port=port, user=user, dbname=dbname, password=password), quiet=True)
+
+
+postgresql_server = factories.postgresql_noproc(
+    host=SERVER.get("host", "127.0.0.1"),
+    port=int(SERVER.get("port", 5432)),
+    user=SERVER.get("user", "postgres"),
+    password=SERVER.get("password"),
+    dbname="pgwa_test",
+    load=[load_schema],
+)
+postgresql = factories.postgresql("postgresql_server")
+
+
+@pytest.fixture
+def db_url(postgresql: psycopg.Connection) -> str:
+    """The URL of this test's own freshly migrated database."""
+    info = postgresql.info
+    return make_conninfo(host=info.host, port=info.port, user=info.user, dbname=info.dbname,
+                         password=info.password or None)
+
+
+@pytest.fixture
+def db(postgresql: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to this test's database, as a client would hold."""
+    postgresql.autocommit = True
+    yield postgresql
+
+
+@pytest.fixture
+def server_url() -> str:
+    """The URL of the cluster's project database (the one pg_cron lives in)."""
+    return database_url()
