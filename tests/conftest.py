@@ -23,13 +23,16 @@ from pgwa.migrate import migrate
 pytest_plugins = ["tests.sim_fixtures"] if (ROOT / "tests" / "sim_fixtures.py").exists() else []
 
 
-def _server() -> dict:
+# The server's address is known without starting it; the cluster itself is started
+# (and migrated) only when a test asks for a database, so tests of the simulator alone
+# never touch PostgreSQL.
+SERVER = conninfo_to_dict(database_url())
+
+
+@pytest.fixture(scope="session")
+def cluster() -> None:
     if not os.environ.get("DATABASE_URL"):
         subprocess.run([str(ROOT / "scripts" / "db.sh"), "up"], check=True, capture_output=True)
-    return conninfo_to_dict(database_url())
-
-
-SERVER = _server()
 
 
 def load_schema(host: str, port: int, user: str, dbname: str, password: str | None, **_: object) -> None:
@@ -41,10 +44,17 @@ postgresql_server = factories.postgresql_noproc(
     port=int(SERVER.get("port", 5432)),
     user=SERVER.get("user", "postgres"),
     password=SERVER.get("password"),
-    dbname="pgwa_test",
+    # Per session, so that several pytest runs can share the server.
+    dbname=f"pgwa_test_{os.getpid()}",
     load=[load_schema],
 )
-postgresql = factories.postgresql("postgresql_server")
+_postgresql = factories.postgresql("postgresql_server")
+
+
+@pytest.fixture
+def postgresql(cluster: None, request: pytest.FixtureRequest) -> psycopg.Connection:
+    """This test's own clone of the migrated template database."""
+    return request.getfixturevalue("_postgresql")
 
 
 @pytest.fixture
@@ -63,6 +73,6 @@ def db(postgresql: psycopg.Connection) -> Iterator[psycopg.Connection]:
 
 
 @pytest.fixture
-def server_url() -> str:
+def server_url(cluster: None) -> str:
     """The URL of the cluster's project database (the one pg_cron lives in)."""
     return database_url()

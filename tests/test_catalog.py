@@ -10,10 +10,16 @@ LINTS = {
         SELECT p.oid::regprocedure::text FROM pg_proc p
         WHERE p.pronamespace = 'api'::regnamespace AND obj_description(p.oid, 'pg_proc') IS NULL
     """,
+    # Exempt: immutable single-expression SQL helpers in core, which a SET clause would
+    # stop the planner from inlining into set-based callers (whose search_path is pinned);
+    # they qualify every name with pg_catalog instead.
     "function without a pinned search_path": """
         SELECT p.oid::regprocedure::text FROM pg_proc p
         WHERE p.pronamespace IN ('api'::regnamespace, 'core'::regnamespace)
           AND NOT coalesce(p.proconfig, '{}') @> ARRAY['search_path=""']
+          AND NOT (p.pronamespace = 'core'::regnamespace AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'sql')
+                   AND p.provolatile = 'i' AND p.proconfig IS NULL
+                   AND p.prosrc !~ '(^|[^.a-z_])(core|api|pgmq|public)\\.' AND p.prosrc ~ 'pg_catalog\\.')
     """,
     "api function executable by PUBLIC": """
         SELECT p.oid::regprocedure::text FROM pg_proc p
@@ -38,7 +44,7 @@ LINTS = {
     "RAISE EXCEPTION without an ERRCODE": """
         SELECT p.oid::regprocedure::text FROM pg_proc p
         WHERE p.pronamespace IN ('api'::regnamespace, 'core'::regnamespace)
-          AND regexp_replace(p.prosrc, 'RAISE\\s+EXCEPTION[^;]*ERRCODE[^;]*;', '', 'gi') ~* 'RAISE\\s+EXCEPTION'
+          AND regexp_count(p.prosrc, 'RAISE\\s+EXCEPTION', 1, 'i') > regexp_count(p.prosrc, 'USING\\s+ERRCODE', 1, 'i')
     """,
     "project SQLSTATE raised but not in core.error_codes": """
         SELECT DISTINCT m[1] FROM pg_proc p, regexp_matches(p.prosrc, 'ERRCODE\\s*=\\s*''(PW[0-9]{3})''', 'g') m

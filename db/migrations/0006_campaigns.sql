@@ -22,7 +22,9 @@ CREATE TABLE core.campaigns (
     read               integer NOT NULL DEFAULT 0,
     replied            integer NOT NULL DEFAULT 0,
     failed             integer NOT NULL DEFAULT 0,
-    cancelled          integer NOT NULL DEFAULT 0
+    cancelled          integer NOT NULL DEFAULT 0,
+    -- Messages past sending, whatever the outcome: the campaign completes at total.
+    finished           integer NOT NULL DEFAULT 0
 );
 -- Read by the campaign list (tenant, newest first) and the tenant foreign key.
 CREATE INDEX campaigns_tenant_created ON core.campaigns (tenant_id, created_at DESC);

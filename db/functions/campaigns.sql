@@ -1,0 +1,418 @@
+-- Campaigns: staging contacts, atomic creation, lifecycle, scheduling, completion.
+
+-- E.164 digits of a phone as people type it ('+1 (415) 555-0100', '0044...', with a
+-- default country code for national numbers starting with 0), or null. A single
+-- expression with no SET clause, so the planner inlines it into set-based callers
+-- (whose search_path is pinned); see the exemption in tests/test_catalog.py.
+CREATE OR REPLACE FUNCTION core.normalize_phone(p_raw text, p_default_cc text DEFAULT NULL) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN p_raw OPERATOR(pg_catalog.~) '[^0-9+()./ \t-]' THEN NULL ELSE pg_catalog.substring(
+        CASE
+            WHEN pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '') OPERATOR(pg_catalog.~~) '00%'
+                THEN pg_catalog.substr(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), ''), 3)
+            WHEN pg_catalog.ltrim(p_raw) OPERATOR(pg_catalog.~~) '+%' OR p_default_cc IS NULL
+                 OR pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '') OPERATOR(pg_catalog.!~~) '0%'
+                THEN pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '')
+            ELSE p_default_cc OPERATOR(pg_catalog.||)
+                 pg_catalog.ltrim(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), ''), '0')
+        END, '^([1-9][0-9]{6,14})$') END
+$$;
+
+-- Why a phone was refused, in words for the row report.
+CREATE OR REPLACE FUNCTION core.phone_problem(p_raw text, p_default_cc text DEFAULT NULL) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
+    SELECT CASE
+        WHEN coalesce(btrim(p_raw), '') = '' THEN 'phone is empty'
+        WHEN p_raw ~ '[^0-9+()./ \t-]' THEN 'phone has characters other than digits, spaces, +, -, ., ( and )'
+        WHEN core.normalize_phone(p_raw, p_default_cc) IS NULL AND regexp_replace(p_raw, '[^0-9]', '', 'g') ~ '^0'
+             AND p_default_cc IS NULL THEN 'phone is in national format; give the country code or a default one'
+        WHEN core.normalize_phone(p_raw, p_default_cc) IS NULL THEN 'phone is not 7 to 15 digits with a country code'
+    END
+$$;
+
+-- Prepare this session's staging table for a contact upload and empty it. The client
+-- then streams rows with COPY pg_temp.staged_contacts (row_no, phone, name, attributes)
+-- FROM STDIN, and api.create_campaign reads them. Returns the table's name.
+CREATE OR REPLACE FUNCTION api.stage_contacts() RETURNS text
+LANGUAGE plpgsql SET search_path = '' SET client_min_messages = warning AS $$
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS staged_contacts (
+        row_no      integer NOT NULL,
+        phone       text,
+        name        text,
+        attributes  jsonb NOT NULL DEFAULT '{}'
+    );
+    TRUNCATE pg_temp.staged_contacts;
+    RETURN 'pg_temp.staged_contacts';
+END
+$$;
+COMMENT ON FUNCTION api.stage_contacts() IS
+    'Creates (or empties) this session''s staging table pg_temp.staged_contacts(row_no, phone, name, attributes jsonb) for a COPY of contact rows that api.create_campaign then consumes. Returns the table name.';
+
+-- The tenant's campaign, locked; another tenant's id is not found.
+CREATE OR REPLACE FUNCTION core.campaign_for(p_tenant_id bigint, p_campaign_id bigint) RETURNS core.campaigns
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_campaign core.campaigns;
+BEGIN
+    SELECT * INTO v_campaign FROM core.campaigns
+    WHERE campaign_id = p_campaign_id AND tenant_id = p_tenant_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'campaign % not found', p_campaign_id
+            USING ERRCODE = 'PW201', HINT = 'List the tenant''s campaigns with api.campaigns().';
+    END IF;
+    RETURN v_campaign;
+END
+$$;
+
+-- Create a campaign from the staged contacts in one transaction. p_templates is a JSON
+-- array: [{"name": "order_update", "language": "en_US", "params": [{"column": "order_no"},
+-- {"value": "ACME"}]}]; contacts are split across the templates and interleaved.
+CREATE OR REPLACE FUNCTION api.create_campaign(
+    p_tenant_id          bigint,
+    p_number_id          bigint,
+    p_name               text,
+    p_templates          jsonb,
+    p_on_invalid         text DEFAULT 'reject',
+    p_scheduled_at       timestamptz DEFAULT NULL,
+    p_start              boolean DEFAULT false,
+    p_default_country_code text DEFAULT NULL
+) RETURNS api.campaign_created
+LANGUAGE plpgsql SET search_path = '' SET client_min_messages = warning SET work_mem = '256MB' AS $$
+DECLARE
+    v_number core.wa_numbers;
+    v_k integer;
+    v_bad record;
+    v_columns text[];
+    v_campaign_id bigint;
+    v_status text;
+    v_result api.campaign_created;
+    v_invalid integer;
+    v_staged integer;
+    v_params_sql text;
+BEGIN
+    IF p_on_invalid IS NULL OR p_on_invalid NOT IN ('reject', 'skip') THEN
+        RAISE EXCEPTION 'on_invalid must be reject or skip, not "%"', p_on_invalid USING ERRCODE = 'PW100',
+            HINT = 'reject refuses the campaign when any row is invalid; skip sends to the valid rows.';
+    END IF;
+    IF coalesce(btrim(p_name), '') = '' THEN
+        RAISE EXCEPTION 'campaign name is empty' USING ERRCODE = 'PW100', HINT = 'Name the campaign.';
+    END IF;
+    SELECT * INTO v_number FROM core.wa_numbers WHERE number_id = p_number_id AND tenant_id = p_tenant_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'number % not found', p_number_id USING ERRCODE = 'PW202', HINT = 'Register the number first.';
+    END IF;
+    IF p_default_country_code IS NOT NULL AND p_default_country_code !~ '^[1-9][0-9]{0,2}$' THEN
+        RAISE EXCEPTION 'default_country_code "%" is not a country calling code', p_default_country_code
+            USING ERRCODE = 'PW100', HINT = 'Digits only, e.g. 44 or 1.';
+    END IF;
+    IF jsonb_typeof(p_templates) IS DISTINCT FROM 'array' OR jsonb_array_length(p_templates) NOT BETWEEN 1 AND 10 THEN
+        RAISE EXCEPTION 'templates must be a JSON array of 1 to 10 templates' USING ERRCODE = 'PW102',
+            HINT = '[{"name": "...", "language": "en_US", "params": [{"column": "..."}, {"value": "..."}]}]';
+    END IF;
+    IF to_regclass('pg_temp.staged_contacts') IS NULL THEN
+        RAISE EXCEPTION 'no contacts staged in this session' USING ERRCODE = 'PW100',
+            HINT = 'Call api.stage_contacts() and COPY the rows first.';
+    END IF;
+    SELECT count(*) INTO v_staged FROM pg_temp.staged_contacts;
+    IF v_staged = 0 THEN
+        RAISE EXCEPTION 'the contact list is empty' USING ERRCODE = 'PW101', HINT = 'Upload at least one contact.';
+    END IF;
+    v_k := jsonb_array_length(p_templates);
+
+    -- Templates: each must exist for the number's WABA, be approved, and have a source
+    -- for every body parameter.
+    DROP TABLE IF EXISTS pg_temp.campaign_variants;
+    CREATE TEMP TABLE campaign_variants ON COMMIT DROP AS
+    SELECT (e.ord - 1)::smallint AS variant, e.spec, t.template_id, t.name, t.language, t.status,
+           t.body_param_count, coalesce(e.spec->'params', '[]') AS params
+    FROM jsonb_array_elements(p_templates) WITH ORDINALITY e(spec, ord)
+    LEFT JOIN core.templates t
+      ON t.waba_id = v_number.waba_id AND t.tenant_id = p_tenant_id
+     AND t.name = e.spec->>'name' AND t.language = e.spec->>'language';
+    ANALYZE pg_temp.campaign_variants;
+    FOR v_bad IN SELECT * FROM pg_temp.campaign_variants ORDER BY variant LOOP
+        IF v_bad.template_id IS NULL THEN
+            RAISE EXCEPTION 'template % ("%" %) does not exist for WABA %', v_bad.variant + 1,
+                v_bad.spec->>'name', coalesce(v_bad.spec->>'language', 'with no language'), v_number.waba_id
+                USING ERRCODE = 'PW102', HINT = 'Sync templates from Meta or check the name and language.';
+        ELSIF v_bad.status <> 'APPROVED' THEN
+            RAISE EXCEPTION 'template "%" (%) is %, not APPROVED', v_bad.name, v_bad.language, v_bad.status
+                USING ERRCODE = 'PW102', HINT = 'Only approved templates can be sent.';
+        ELSIF jsonb_typeof(v_bad.params) <> 'array' OR jsonb_array_length(v_bad.params) <> v_bad.body_param_count THEN
+            RAISE EXCEPTION 'template "%" has % body parameters but % were mapped', v_bad.name,
+                v_bad.body_param_count, CASE WHEN jsonb_typeof(v_bad.params) = 'array' THEN jsonb_array_length(v_bad.params) END
+                USING ERRCODE = 'PW102', HINT = 'Map each {{n}} to {"column": "csv column"} or {"value": "constant"}.';
+        ELSIF EXISTS (SELECT 1 FROM jsonb_array_elements(v_bad.params) p
+                      WHERE jsonb_typeof(p) <> 'object' OR NOT (p ? 'column' OR p ? 'value')
+                         OR jsonb_typeof(coalesce(p->'column', p->'value')) <> 'string') THEN
+            RAISE EXCEPTION 'template "%" has a parameter that is neither {"column": ...} nor {"value": ...}', v_bad.name
+                USING ERRCODE = 'PW102', HINT = 'Each parameter names a CSV column or gives a constant string.';
+        END IF;
+    END LOOP;
+    SELECT coalesce(array_agg(DISTINCT p->>'column'), '{}') INTO v_columns
+    FROM pg_temp.campaign_variants v, jsonb_array_elements(v.params) p WHERE p ? 'column';
+    FOR v_bad IN SELECT c FROM unnest(v_columns) c
+                 WHERE c NOT IN ('phone', 'name')
+                   AND NOT EXISTS (SELECT 1 FROM pg_temp.staged_contacts s WHERE s.attributes ? c) LOOP
+        RAISE EXCEPTION 'column "%" is mapped to a template parameter but is not in the contact list', v_bad.c
+            USING ERRCODE = 'PW102', HINT = 'Check the CSV header.';
+    END LOOP;
+
+    -- Rows: normalise, find the invalid ones, dedupe, skip opted-out contacts.
+    DROP TABLE IF EXISTS pg_temp.campaign_rows;
+    CREATE TEMP TABLE campaign_rows ON COMMIT DROP AS
+    SELECT n.*, CASE WHEN n.wa_id IS NULL THEN core.phone_problem(n.raw_phone, p_default_country_code) END AS problem
+    FROM (SELECT s.row_no, s.phone AS raw_phone, core.normalize_phone(s.phone, p_default_country_code) AS wa_id,
+                 nullif(btrim(s.name), '') AS name, s.attributes
+          FROM pg_temp.staged_contacts s) n;
+    ANALYZE pg_temp.campaign_rows;
+    FOR v_bad IN SELECT c FROM unnest(v_columns) c LOOP
+        UPDATE pg_temp.campaign_rows SET problem = format('column "%s" is empty', v_bad.c)
+        WHERE problem IS NULL
+          AND coalesce(btrim(CASE v_bad.c WHEN 'phone' THEN raw_phone WHEN 'name' THEN name
+                                           ELSE attributes->>v_bad.c END), '') = '';
+    END LOOP;
+
+    SELECT count(*) INTO v_invalid FROM pg_temp.campaign_rows WHERE problem IS NOT NULL;
+    IF v_invalid > 0 AND p_on_invalid = 'reject' THEN
+        RAISE EXCEPTION '% of % contact rows are invalid; first: %', v_invalid, v_staged,
+            (SELECT string_agg(format('row %s "%s": %s', row_no, raw_phone, problem), '; ' ORDER BY row_no)
+             FROM (SELECT * FROM pg_temp.campaign_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 5) f)
+            USING ERRCODE = 'PW101',
+                  DETAIL = (SELECT jsonb_agg(jsonb_build_object('row', row_no, 'value', raw_phone, 'reason', problem) ORDER BY row_no)
+                            FROM (SELECT * FROM pg_temp.campaign_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 100) f)::text,
+                  HINT = 'Fix the rows, or create the campaign with on_invalid => ''skip''.';
+    END IF;
+
+    DROP TABLE IF EXISTS pg_temp.campaign_sends;
+    CREATE TEMP TABLE campaign_sends ON COMMIT DROP AS
+    SELECT r.*, ((row_number() OVER (ORDER BY r.row_no) - 1) % v_k)::smallint AS variant
+    FROM (SELECT DISTINCT ON (wa_id) * FROM pg_temp.campaign_rows
+          WHERE problem IS NULL ORDER BY wa_id, row_no) r
+    WHERE NOT EXISTS (SELECT 1 FROM core.contacts c
+                      WHERE c.tenant_id = p_tenant_id AND c.wa_id = r.wa_id AND c.opted_out);
+    -- Temp tables have no statistics until analysed; without them the joins below
+    -- plan for one row and loop.
+    ANALYZE pg_temp.campaign_sends;
+
+    v_result.skipped_invalid := v_invalid;
+    v_result.duplicates_removed := (SELECT count(*) - count(DISTINCT wa_id) FROM pg_temp.campaign_rows WHERE problem IS NULL);
+    v_result.total := (SELECT count(*) FROM pg_temp.campaign_sends);
+    v_result.skipped_opted_out := v_staged - v_invalid - v_result.duplicates_removed - v_result.total;
+    v_result.invalid_rows := coalesce((
+        SELECT jsonb_agg(jsonb_build_object('row', row_no, 'value', raw_phone, 'reason', problem) ORDER BY row_no)
+        FROM (SELECT * FROM pg_temp.campaign_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 1000) f), '[]');
+    IF v_result.total = 0 THEN
+        RAISE EXCEPTION 'no contact is left to message (% invalid, % opted out, % duplicates)', v_invalid,
+            v_result.skipped_opted_out, v_result.duplicates_removed
+            USING ERRCODE = 'PW101', HINT = 'Check the contact list.';
+    END IF;
+
+    -- Existing contacts are only rewritten when the list brings something new.
+    INSERT INTO core.contacts AS c (tenant_id, wa_id, name, attributes)
+    SELECT p_tenant_id, s.wa_id, s.name, s.attributes FROM pg_temp.campaign_sends s
+    ON CONFLICT (tenant_id, wa_id) DO UPDATE SET
+        name = coalesce(excluded.name, c.name),
+        attributes = c.attributes || excluded.attributes,
+        updated_at = now()
+    WHERE c.name IS DISTINCT FROM coalesce(excluded.name, c.name) OR NOT c.attributes @> excluded.attributes;
+
+    v_status := CASE WHEN p_scheduled_at IS NOT NULL AND p_scheduled_at > now() THEN 'scheduled'
+                     WHEN p_start OR p_scheduled_at IS NOT NULL THEN 'running'
+                     ELSE 'draft' END;
+    INSERT INTO core.campaigns (tenant_id, number_id, name, status, scheduled_at, started_at, total,
+                                skipped_opted_out, skipped_invalid, duplicates_removed)
+    VALUES (p_tenant_id, p_number_id, btrim(p_name), v_status, p_scheduled_at,
+            CASE WHEN v_status = 'running' THEN now() END, v_result.total,
+            v_result.skipped_opted_out, v_result.skipped_invalid, v_result.duplicates_removed)
+    RETURNING campaign_id INTO v_campaign_id;
+
+    INSERT INTO core.campaign_templates (campaign_id, variant, template_id, params, total)
+    SELECT v_campaign_id, v.variant, v.template_id, v.params,
+           (SELECT count(*) FROM pg_temp.campaign_sends s WHERE s.variant = v.variant)
+    FROM pg_temp.campaign_variants v;
+
+    PERFORM pgmq.create('c_' || v_campaign_id);
+    -- The body parameters of each row as one expression (a CASE over the variants), so
+    -- queueing 100,000 messages is expression evaluation, not a subquery per row.
+    -- Column names and constants enter the SQL only through format's %L.
+    SELECT 'CASE s.variant ' || string_agg(format('WHEN %s THEN %s', v.variant, coalesce(
+               (SELECT 'jsonb_build_array(' || string_agg(
+                    CASE WHEN p ? 'value' THEN format('%L::text', p->>'value')
+                         WHEN p->>'column' = 'phone' THEN 's.wa_id'
+                         WHEN p->>'column' = 'name' THEN 's.name'
+                         ELSE format('s.attributes->>%L', p->>'column') END, ', ' ORDER BY n) || ')'
+                FROM jsonb_array_elements(v.params) WITH ORDINALITY pp(p, n)), 'NULL::jsonb')), ' ')
+           || ' END'
+    INTO v_params_sql FROM pg_temp.campaign_variants v;
+    -- Ids are drawn in list order before anything is written, so that the templates
+    -- interleave in the queue and both inserts below read one table straight through.
+    ALTER TABLE pg_temp.campaign_sends ADD COLUMN contact_id bigint, ADD COLUMN outbound_id bigint;
+    UPDATE pg_temp.campaign_sends s SET contact_id = c.contact_id,
+        outbound_id = nextval('core.outbound_messages_outbound_id_seq')
+    FROM (SELECT s2.row_no, c2.contact_id FROM pg_temp.campaign_sends s2
+          JOIN core.contacts c2 ON c2.tenant_id = p_tenant_id AND c2.wa_id = s2.wa_id ORDER BY s2.row_no) c
+    WHERE c.row_no = s.row_no;
+    INSERT INTO core.outbound_messages (outbound_id, number_id, campaign_id, variant, contact_id, kind)
+    OVERRIDING SYSTEM VALUE
+    SELECT s.outbound_id, p_number_id, v_campaign_id, s.variant, s.contact_id, 'campaign'
+    FROM pg_temp.campaign_sends s;
+    -- One queue message per contact: the outbound id, the recipient, the template variant
+    -- and the body parameters. api.claim_sends renders the Graph API request from them.
+    EXECUTE format($q$
+        INSERT INTO pgmq.%I (vt, message)
+        SELECT now(), jsonb_build_object('o', s.outbound_id, 't', s.wa_id, 'v', s.variant, 'p', %s)
+        FROM pg_temp.campaign_sends s
+        ORDER BY s.outbound_id
+    $q$, 'q_c_' || v_campaign_id, v_params_sql);
+
+    TRUNCATE pg_temp.staged_contacts;
+    IF v_status = 'running' THEN
+        PERFORM pg_notify('pgwa_send', p_number_id::text);
+    END IF;
+    v_result.campaign_id := v_campaign_id;
+    v_result.status := v_status;
+    RETURN v_result;
+END
+$$;
+COMMENT ON FUNCTION api.create_campaign(bigint, bigint, text, jsonb, text, timestamptz, boolean, text) IS
+    'Creates a campaign in one transaction from the contacts staged by api.stage_contacts: validates the templates and their parameter mapping, normalises phones to E.164 digits, drops duplicates, skips opted-out contacts, upserts contacts and queues one rendered message per contact, interleaved across templates. Status is draft, scheduled (p_scheduled_at) or running (p_start). Returns the counts and the invalid rows. Raises PW100/PW102 on bad arguments or templates, PW101 on invalid rows when p_on_invalid is reject, PW202 for an unknown number; nothing is left behind on error.';
+
+-- Lifecycle. Each checks the tenant (another tenant's id is not found), moves the
+-- status, and wakes the workers where there is new work.
+CREATE OR REPLACE FUNCTION api.start_campaign(p_tenant_id bigint, p_campaign_id bigint, p_at timestamptz DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_campaign core.campaigns := core.campaign_for(p_tenant_id, p_campaign_id);
+BEGIN
+    IF v_campaign.status NOT IN ('draft', 'scheduled') THEN
+        RAISE EXCEPTION 'campaign % is %, it cannot be started', p_campaign_id, v_campaign.status
+            USING ERRCODE = 'PW301', HINT = 'Only a draft or scheduled campaign starts; a paused one resumes.';
+    END IF;
+    IF p_at IS NOT NULL AND p_at > now() THEN
+        UPDATE core.campaigns SET status = 'scheduled', scheduled_at = p_at WHERE campaign_id = p_campaign_id;
+        RETURN 'scheduled';
+    END IF;
+    UPDATE core.campaigns SET status = 'running', started_at = now() WHERE campaign_id = p_campaign_id;
+    PERFORM pg_notify('pgwa_send', v_campaign.number_id::text);
+    RETURN 'running';
+END
+$$;
+COMMENT ON FUNCTION api.start_campaign(bigint, bigint, timestamptz) IS
+    'Starts a draft or scheduled campaign now, or schedules it for p_at; returns the new status. Raises PW201 when not found, PW301 from any other status.';
+
+CREATE OR REPLACE FUNCTION api.pause_campaign(p_tenant_id bigint, p_campaign_id bigint, p_reason text DEFAULT 'paused by operator')
+RETURNS text
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_campaign core.campaigns := core.campaign_for(p_tenant_id, p_campaign_id);
+BEGIN
+    IF v_campaign.status NOT IN ('running', 'scheduled') THEN
+        RAISE EXCEPTION 'campaign % is %, it cannot be paused', p_campaign_id, v_campaign.status
+            USING ERRCODE = 'PW301', HINT = 'Only a running or scheduled campaign pauses.';
+    END IF;
+    UPDATE core.campaigns SET status = 'paused', pause_reason = p_reason WHERE campaign_id = p_campaign_id;
+    RETURN 'paused';
+END
+$$;
+COMMENT ON FUNCTION api.pause_campaign(bigint, bigint, text) IS
+    'Pauses a running or scheduled campaign: no further message of it is claimed (those already claimed finish). Returns the new status. Raises PW201 when not found, PW301 from any other status.';
+
+CREATE OR REPLACE FUNCTION api.resume_campaign(p_tenant_id bigint, p_campaign_id bigint)
+RETURNS text
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_campaign core.campaigns := core.campaign_for(p_tenant_id, p_campaign_id);
+BEGIN
+    IF v_campaign.status <> 'paused' THEN
+        RAISE EXCEPTION 'campaign % is %, not paused', p_campaign_id, v_campaign.status
+            USING ERRCODE = 'PW301', HINT = 'Only a paused campaign resumes.';
+    END IF;
+    UPDATE core.campaigns SET status = 'running', pause_reason = NULL, started_at = coalesce(started_at, now())
+    WHERE campaign_id = p_campaign_id;
+    PERFORM pg_notify('pgwa_send', v_campaign.number_id::text);
+    PERFORM core.complete_campaigns(ARRAY[p_campaign_id]);
+    RETURN (SELECT status FROM core.campaigns WHERE campaign_id = p_campaign_id);
+END
+$$;
+COMMENT ON FUNCTION api.resume_campaign(bigint, bigint) IS
+    'Resumes a paused campaign; returns the new status. Raises PW201 when not found, PW301 when it is not paused.';
+
+CREATE OR REPLACE FUNCTION api.cancel_campaign(p_tenant_id bigint, p_campaign_id bigint)
+RETURNS text
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_campaign core.campaigns := core.campaign_for(p_tenant_id, p_campaign_id);
+    v_cancelled integer;
+BEGIN
+    IF v_campaign.status IN ('completed', 'cancelled') THEN
+        RAISE EXCEPTION 'campaign % is already %', p_campaign_id, v_campaign.status
+            USING ERRCODE = 'PW301', HINT = 'A finished campaign cannot be cancelled.';
+    END IF;
+    -- Messages waiting in the queue are withdrawn; those a worker holds finish and report.
+    EXECUTE format('DELETE FROM pgmq.%I q USING core.outbound_messages o
+                    WHERE o.outbound_id = (q.message->>''o'')::bigint AND o.state = ''queued''',
+                   'q_c_' || p_campaign_id);
+    UPDATE core.outbound_messages SET state = 'cancelled'
+    WHERE campaign_id = p_campaign_id AND state = 'queued';
+    GET DIAGNOSTICS v_cancelled = ROW_COUNT;
+    UPDATE core.campaigns SET status = 'cancelled', cancelled_at = now(), cancelled = cancelled + v_cancelled
+    WHERE campaign_id = p_campaign_id;
+    RETURN 'cancelled';
+END
+$$;
+COMMENT ON FUNCTION api.cancel_campaign(bigint, bigint) IS
+    'Cancels a campaign: its queued messages are withdrawn and marked cancelled (messages a worker already holds finish). Returns the new status. Raises PW201 when not found, PW301 when already completed or cancelled.';
+
+-- Running campaigns whose every message is past sending become completed. Returns the
+-- ids completed. The one completion check: report_sends, resume and the sweep call it.
+CREATE OR REPLACE FUNCTION core.complete_campaigns(p_campaign_ids bigint[] DEFAULT NULL) RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_done bigint[];
+BEGIN
+    WITH done AS (
+        UPDATE core.campaigns SET status = 'completed', completed_at = now()
+        WHERE status = 'running' AND finished + cancelled >= total
+          AND (p_campaign_ids IS NULL OR campaign_id = ANY (p_campaign_ids))
+        RETURNING campaign_id
+    )
+    SELECT array_agg(campaign_id) INTO v_done FROM done;
+    IF v_done IS NOT NULL THEN
+        PERFORM pg_notify('pgwa_campaign', array_to_string(v_done, ','));
+    END IF;
+    RETURN coalesce(v_done, '{}');
+END
+$$;
+
+-- Scheduled campaigns whose time has come start. Cheap (a partial index), so the
+-- claim path calls it too: pg_cron's minute is then only the floor.
+CREATE OR REPLACE FUNCTION core.start_due_campaigns() RETURNS integer
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_started integer;
+BEGIN
+    WITH started AS (
+        UPDATE core.campaigns SET status = 'running', started_at = now()
+        WHERE status = 'scheduled' AND scheduled_at <= now()
+        RETURNING number_id
+    )
+    SELECT count(*) INTO v_started FROM (SELECT pg_notify('pgwa_send', number_id::text) FROM started) n;
+    RETURN v_started;
+END
+$$;
+
+REVOKE ALL ON FUNCTION api.stage_contacts() FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.create_campaign(bigint, bigint, text, jsonb, text, timestamptz, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.start_campaign(bigint, bigint, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.pause_campaign(bigint, bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.resume_campaign(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.cancel_campaign(bigint, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.stage_contacts() TO pgwa_api;
+GRANT EXECUTE ON FUNCTION api.create_campaign(bigint, bigint, text, jsonb, text, timestamptz, boolean, text) TO pgwa_api;
+GRANT EXECUTE ON FUNCTION api.start_campaign(bigint, bigint, timestamptz) TO pgwa_api;
+GRANT EXECUTE ON FUNCTION api.pause_campaign(bigint, bigint, text) TO pgwa_api;
+GRANT EXECUTE ON FUNCTION api.resume_campaign(bigint, bigint) TO pgwa_api;
+GRANT EXECUTE ON FUNCTION api.cancel_campaign(bigint, bigint) TO pgwa_api;

@@ -1,0 +1,125 @@
+-- Outbound message state: the one place where a message moves forward and the
+-- campaign counters move with it. report_sends (the worker's results) and
+-- process_webhooks (Meta's statuses) both go through core.advance_outbound.
+
+-- States in the order a message moves through them. A message only moves to a higher
+-- rank; failed and cancelled are final.
+CREATE OR REPLACE FUNCTION core.state_rank(p_state text) RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
+    SELECT CASE p_state
+        WHEN 'queued' THEN 0 WHEN 'in_flight' THEN 1 WHEN 'accepted' THEN 2 WHEN 'sent' THEN 3
+        WHEN 'delivered' THEN 4 WHEN 'read' THEN 5 WHEN 'failed' THEN 6 WHEN 'cancelled' THEN 7
+    END::smallint
+$$;
+
+-- The outbound id carried in biz_opaque_callback_data: 'c<campaign>:<outbound>' for
+-- campaign messages, '<outbound>' for the rest (see core.opaque_data). Null when the
+-- text is not one of ours.
+CREATE OR REPLACE FUNCTION core.opaque_outbound_id(p_opaque text) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
+    SELECT CASE WHEN p_opaque ~ '^(c[0-9]{1,18}:)?[0-9]{1,18}$'
+                THEN split_part(p_opaque, ':', -1)::bigint END
+$$;
+
+-- The biz_opaque_callback_data of an outbound message. The part before ':' is the
+-- campaign tag the simulator's ledger counts duplicates by.
+-- Inlinable (no SET clause; see tests/test_catalog.py), as it renders every request.
+CREATE OR REPLACE FUNCTION core.opaque_data(p_campaign_id bigint, p_outbound_id bigint) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN p_campaign_id IS NULL THEN p_outbound_id::pg_catalog.text
+                ELSE 'c' OPERATOR(pg_catalog.||) p_campaign_id::pg_catalog.text
+                     OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) p_outbound_id::pg_catalog.text END
+$$;
+
+-- Move messages forward, set-based. Arrays are parallel: one element per event
+-- (several events for one message collapse to the highest state, each timestamp kept).
+-- A lower or equal state changes nothing but fills a missing timestamp or wamid.
+-- Campaign and per-template counters move by the transitions, aggregated per campaign.
+-- Returns the number of messages whose state moved.
+CREATE OR REPLACE FUNCTION core.advance_outbound(
+    p_outbound_ids bigint[],
+    p_states       text[],
+    p_at           timestamptz[],
+    p_wamids       text[] DEFAULT NULL,
+    p_error_codes  integer[] DEFAULT NULL,
+    p_error_details text[] DEFAULT NULL
+) RETURNS integer
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_moved integer;
+BEGIN
+    WITH input AS (
+        SELECT u.outbound_id, u.state, coalesce(u.at, now()) AS at, u.wamid, u.error_code, u.error_detail
+        FROM unnest(p_outbound_ids, p_states, p_at, p_wamids, p_error_codes, p_error_details)
+             AS u(outbound_id, state, at, wamid, error_code, error_detail)
+        WHERE u.outbound_id IS NOT NULL AND core.state_rank(u.state) IS NOT NULL
+    ), events AS (
+        SELECT i.outbound_id,
+               (array_agg(i.state ORDER BY core.state_rank(i.state) DESC))[1] AS state,
+               max(i.wamid) AS wamid,
+               min(i.at) FILTER (WHERE i.state = 'accepted') AS accepted_at,
+               min(i.at) FILTER (WHERE i.state = 'sent') AS sent_at,
+               min(i.at) FILTER (WHERE i.state = 'delivered') AS delivered_at,
+               min(i.at) FILTER (WHERE i.state = 'read') AS read_at,
+               min(i.at) FILTER (WHERE i.state = 'failed') AS failed_at,
+               max(i.error_code) FILTER (WHERE i.state = 'failed') AS error_code,
+               max(i.error_detail) FILTER (WHERE i.state = 'failed') AS error_detail
+        FROM input i GROUP BY i.outbound_id
+    ), locked AS (
+        -- Rows are locked in id order so that concurrent batches cannot deadlock.
+        SELECT o.outbound_id, o.state AS old_state
+        FROM core.outbound_messages o JOIN events e USING (outbound_id)
+        ORDER BY o.outbound_id
+        FOR UPDATE OF o
+    ), moved AS (
+        UPDATE core.outbound_messages o SET
+            state = CASE WHEN core.state_rank(e.state) > core.state_rank(o.state) THEN e.state ELSE o.state END,
+            wamid = coalesce(o.wamid, e.wamid),
+            accepted_at = coalesce(o.accepted_at, e.accepted_at),
+            sent_at = coalesce(o.sent_at, e.sent_at),
+            delivered_at = coalesce(o.delivered_at, e.delivered_at),
+            read_at = coalesce(o.read_at, e.read_at),
+            failed_at = coalesce(o.failed_at, e.failed_at),
+            error_code = CASE WHEN e.state = 'failed' AND o.state <> 'failed' THEN e.error_code ELSE o.error_code END,
+            error_category = CASE WHEN e.state = 'failed' AND o.state <> 'failed'
+                                  THEN (core.meta_error(e.error_code)).category ELSE o.error_category END,
+            error_detail = CASE WHEN e.state = 'failed' AND o.state <> 'failed' THEN e.error_detail ELSE o.error_detail END
+        FROM events e JOIN locked l USING (outbound_id)
+        WHERE o.outbound_id = e.outbound_id
+          AND (core.state_rank(e.state) > core.state_rank(o.state)
+               OR (e.wamid IS NOT NULL AND o.wamid IS NULL)
+               OR (e.accepted_at IS NOT NULL AND o.accepted_at IS NULL)
+               OR (e.sent_at IS NOT NULL AND o.sent_at IS NULL)
+               OR (e.delivered_at IS NOT NULL AND o.delivered_at IS NULL)
+               OR (e.read_at IS NOT NULL AND o.read_at IS NULL))
+        RETURNING o.campaign_id, o.variant, core.state_rank(l.old_state) AS r0, core.state_rank(o.state) AS r1
+    ), deltas AS (
+        SELECT m.campaign_id, m.variant,
+               count(*) FILTER (WHERE m.r1 > m.r0) AS moved,
+               count(*) FILTER (WHERE m.r0 < 2 AND m.r1 BETWEEN 2 AND 5) AS sent,
+               count(*) FILTER (WHERE m.r0 < 4 AND m.r1 BETWEEN 4 AND 5) AS delivered,
+               count(*) FILTER (WHERE m.r0 < 5 AND m.r1 = 5) AS read,
+               count(*) FILTER (WHERE m.r0 < 6 AND m.r1 = 6) AS failed,
+               count(*) FILTER (WHERE m.r0 < 2 AND m.r1 >= 2) AS finished
+        FROM moved m GROUP BY m.campaign_id, m.variant
+    ), per_template AS (
+        UPDATE core.campaign_templates t SET
+            sent = t.sent + d.sent, delivered = t.delivered + d.delivered,
+            read = t.read + d.read, failed = t.failed + d.failed
+        FROM deltas d
+        WHERE t.campaign_id = d.campaign_id AND t.variant = d.variant
+          AND (d.sent + d.delivered + d.read + d.failed) > 0
+    ), per_campaign AS (
+        UPDATE core.campaigns c SET
+            sent = c.sent + d.sent, delivered = c.delivered + d.delivered, read = c.read + d.read,
+            failed = c.failed + d.failed, finished = c.finished + d.finished
+        FROM (SELECT campaign_id, sum(sent)::int AS sent, sum(delivered)::int AS delivered,
+                     sum(read)::int AS read, sum(failed)::int AS failed, sum(finished)::int AS finished
+              FROM deltas WHERE campaign_id IS NOT NULL GROUP BY campaign_id) d
+        WHERE c.campaign_id = d.campaign_id
+          AND (d.sent + d.delivered + d.read + d.failed + d.finished) > 0
+    )
+    SELECT coalesce(sum(moved), 0) INTO v_moved FROM deltas;
+    RETURN v_moved;
+END
+$$;

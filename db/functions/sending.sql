@@ -1,0 +1,327 @@
+-- The send path: claim_sends hands workers paced, rendered requests; report_sends
+-- takes their results. Two round trips per batch, whatever the batch size.
+
+-- Read up to p_max messages from one queue with the claim's visibility timeout. A
+-- queue message is {"o": outbound_id, "b": request body} for a rendered message
+-- (replies), or {"o", "t": recipient, "v": template variant, "p": [body parameters]}
+-- for a campaign message, rendered when claimed.
+CREATE OR REPLACE FUNCTION core.read_queue(p_queue text, p_vt integer, p_max integer) RETURNS SETOF core.claimed
+LANGUAGE sql SET search_path = '' AS $$
+    SELECT p_queue, r.msg_id, r.read_ct, (r.message->>'o')::bigint, r.message
+    FROM pgmq.read(p_queue, p_vt, p_max) r
+    WHERE p_max > 0
+$$;
+
+-- Take tokens from each number's rate (a GCRA: the number's theoretical arrival time
+-- advances 1/rate per message, never more than the pace horizon ahead of now), read
+-- that many messages (replies first, then the number's running campaigns in equal
+-- shares), mark them in flight, and return ready-to-POST requests, each with the time
+-- it may be sent. A message whose claim expired (its worker died) is resent only if
+-- no status came back for it meanwhile; otherwise it is settled and dropped.
+CREATE OR REPLACE FUNCTION api.claim_sends(p_worker text, p_max integer DEFAULT 500)
+RETURNS SETOF api.send_request
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_settings core.settings;
+    v_now timestamptz := clock_timestamp();
+    v_horizon interval;
+    v_vt integer;
+    v_left integer := least(greatest(p_max, 0), 5000);
+    v_number core.wa_numbers;
+    v_rate double precision;
+    v_start timestamptz;
+    v_budget integer;
+    v_batch core.claimed[];
+    v_campaigns bigint[];
+    v_i integer;
+    v_got integer;
+    v_all core.claimed[] := '{}';
+    v_starts jsonb := '{}';
+BEGIN
+    SELECT * INTO v_settings FROM core.settings;
+    v_horizon := make_interval(secs => v_settings.pace_horizon_ms / 1000.0);
+    v_vt := v_settings.claim_timeout_s + ceil(v_settings.pace_horizon_ms / 1000.0)::integer;
+    PERFORM core.start_due_campaigns();
+
+    FOR v_number IN
+        SELECT n.* FROM core.wa_numbers n
+        WHERE n.send_tat < v_now + v_horizon AND n.paused_reason IS NULL
+        ORDER BY n.send_tat
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        EXIT WHEN v_left <= 0;
+        v_rate := least(v_number.rate_mps, v_number.throughput_mps * v_settings.rate_headroom);
+        v_start := greatest(v_now, v_number.send_tat);
+        v_budget := least(v_left, floor(extract(epoch FROM (v_now + v_horizon - v_start)) * v_rate)::integer);
+        CONTINUE WHEN v_budget <= 0;
+
+        v_batch := ARRAY(SELECT core.read_queue('r_' || v_number.number_id, v_vt, v_budget));
+        SELECT array_agg(campaign_id ORDER BY campaign_id) INTO v_campaigns
+        FROM core.campaigns WHERE number_id = v_number.number_id AND status = 'running';
+        v_i := 1;
+        WHILE v_i <= coalesce(cardinality(v_campaigns), 0) AND cardinality(v_batch) < v_budget LOOP
+            -- An equal share of what is left; a campaign with less leaves the rest to the next.
+            v_got := ceil((v_budget - cardinality(v_batch))::numeric / (cardinality(v_campaigns) - v_i + 1));
+            v_batch := v_batch || ARRAY(SELECT core.read_queue('c_' || v_campaigns[v_i], v_vt, v_got));
+            v_i := v_i + 1;
+        END LOOP;
+        CONTINUE WHEN cardinality(v_batch) = 0;
+
+        -- Redelivered after an expired claim (its worker died) but settled meanwhile by a
+        -- status webhook or a late report, or cancelled: dropped from the queue instead of
+        -- messaging the contact twice.
+        WITH settled AS (
+            SELECT b.queue_name, b.msg_id FROM unnest(v_batch) b
+            LEFT JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+            WHERE o.state IS NULL OR o.state NOT IN ('queued', 'in_flight')
+        )
+        SELECT count(*) INTO v_got FROM (
+            SELECT pgmq.delete(s.queue_name, array_agg(s.msg_id)) FROM settled s GROUP BY s.queue_name) d;
+        IF v_got > 0 THEN
+            v_batch := ARRAY(SELECT b FROM unnest(v_batch) b
+                             JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+                             WHERE o.state IN ('queued', 'in_flight'));
+        END IF;
+        CONTINUE WHEN cardinality(v_batch) = 0;
+
+        UPDATE core.outbound_messages o SET state = 'in_flight', attempts = o.attempts + 1, claimed_at = v_now
+        FROM unnest(v_batch) b WHERE o.outbound_id = b.outbound_id AND o.state IN ('queued', 'in_flight');
+
+        UPDATE core.wa_numbers SET send_tat = v_start + make_interval(secs => cardinality(v_batch) / v_rate)
+        WHERE number_id = v_number.number_id;
+        v_starts := v_starts || jsonb_build_object(v_number.number_id::text,
+                        jsonb_build_array(v_start, v_rate, cardinality(v_all)));
+        v_all := v_all || v_batch;
+        v_left := v_left - cardinality(v_batch);
+    END LOOP;
+
+    RETURN QUERY
+    SELECT b.outbound_id, b.queue_name, b.msg_id, n.phone_number_id, n.access_token,
+           format('%s/%s/messages', v_settings.graph_api_version, n.phone_number_id),
+           coalesce(b.message->'b', jsonb_build_object(
+               'messaging_product', 'whatsapp',
+               'recipient_type', 'individual',
+               'to', b.message->>'t',
+               'type', 'template',
+               'template', jsonb_build_object('name', t.name, 'language', jsonb_build_object('code', t.language))
+                   || CASE WHEN jsonb_array_length(coalesce(b.message->'p', '[]')) = 0 THEN '{}'::jsonb
+                           ELSE jsonb_build_object('components', jsonb_build_array(jsonb_build_object(
+                                'type', 'body', 'parameters', (
+                                    SELECT jsonb_agg(jsonb_build_object('type', 'text', 'text', x) ORDER BY i)
+                                    FROM jsonb_array_elements_text(b.message->'p') WITH ORDINALITY p(x, i)))))
+                      END,
+               'biz_opaque_callback_data', core.opaque_data(o.campaign_id, o.outbound_id))),
+           (s->>0)::timestamptz + make_interval(secs => (b.ord - 1 - (s->>2)::integer) / (s->>1)::double precision),
+           o.attempts::integer
+    FROM unnest(v_all) WITH ORDINALITY b(queue_name, msg_id, read_ct, outbound_id, message, ord)
+    JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+    JOIN core.wa_numbers n ON n.number_id = o.number_id
+    LEFT JOIN core.campaign_templates ct ON ct.campaign_id = o.campaign_id AND ct.variant = o.variant
+    LEFT JOIN core.templates t ON t.template_id = ct.template_id
+    CROSS JOIN LATERAL (SELECT v_starts->(n.number_id::text)) x(s)
+    ORDER BY b.ord;
+END
+$$;
+COMMENT ON FUNCTION api.claim_sends(text, integer) IS
+    'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares) and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent.';
+
+-- Store the results of sent requests. p_results is a JSON array of
+-- {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status,
+-- error_message}; a result with a wamid is a success. Errors are handled by Meta's
+-- error.code (core.meta_error_codes): transient ones come back after a backoff,
+-- throughput errors halve the number's rate, auth/payment/template errors pause the
+-- campaign and return its message to the queue, permanent ones fail the message.
+CREATE OR REPLACE FUNCTION api.report_sends(p_results jsonb) RETURNS api.report_result
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_settings core.settings;
+    v_now timestamptz := clock_timestamp();
+    v_result api.report_result := ROW(0, 0, 0, 0, 0);
+    v_paused bigint[];
+    v_touched bigint[];
+    v_early integer;
+BEGIN
+    IF jsonb_typeof(p_results) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'results must be a JSON array' USING ERRCODE = 'PW100',
+            HINT = 'One object per claimed message: outbound_id, queue_name, msg_id, wamid or error_code.';
+    END IF;
+    SELECT * INTO v_settings FROM core.settings;
+
+    DROP TABLE IF EXISTS pg_temp.send_results;
+    CREATE TEMP TABLE send_results ON COMMIT DROP AS
+    SELECT r.*, o.state, o.attempts, o.campaign_id, o.number_id, c.status AS campaign_status,
+           e.category, e.retryable, e.alert, e.pauses_campaign, e.throttles,
+           CASE
+               WHEN o.outbound_id IS NULL THEN 'ignored'
+               -- A status webhook may have moved the message on before this report.
+               WHEN r.wamid IS NOT NULL AND (o.state = 'in_flight' OR o.wamid IS NULL) THEN 'accepted'
+               WHEN o.state <> 'in_flight' THEN 'ignored'
+               WHEN e.pauses_campaign AND o.campaign_id IS NOT NULL THEN 'paused'
+               WHEN e.throttles THEN 'throttled'
+               WHEN e.retryable AND o.attempts < v_settings.max_attempts THEN 'retried'
+               ELSE 'failed'
+           END AS outcome
+    FROM jsonb_to_recordset(p_results) AS r(outbound_id bigint, queue_name text, msg_id bigint, wamid text,
+                                            message_status text, error_code integer, http_status integer,
+                                            error_message text)
+    LEFT JOIN core.outbound_messages o ON o.outbound_id = r.outbound_id
+    LEFT JOIN core.campaigns c ON c.campaign_id = o.campaign_id
+    LEFT JOIN LATERAL core.meta_error(r.error_code) e ON r.wamid IS NULL;
+
+    -- Successes: the message moves forward (a status may have moved it already), and
+    -- statuses that arrived before this report are matched now.
+    PERFORM core.advance_outbound(array_agg(outbound_id), array_fill('accepted'::text, ARRAY[count(*)::int]),
+                                  array_fill(v_now, ARRAY[count(*)::int]), array_agg(wamid))
+    FROM pg_temp.send_results WHERE wamid IS NOT NULL AND outbound_id IS NOT NULL;
+    WITH early AS (
+        UPDATE core.status_events se SET outbound_id = r.outbound_id
+        FROM pg_temp.send_results r
+        WHERE r.wamid IS NOT NULL AND se.wamid = r.wamid AND se.outbound_id IS NULL
+        RETURNING se.outbound_id, se.status, se.occurred_at, se.error_code
+    )
+    SELECT core.advance_outbound(array_agg(outbound_id), array_agg(status), array_agg(occurred_at),
+                                 NULL, array_agg(error_code))
+    INTO v_early FROM early;
+
+    -- Back to the queue: transient errors after a jittered backoff, throughput errors
+    -- shortly, paused campaigns' messages at once (the campaign is not read while paused).
+    UPDATE core.outbound_messages o SET
+        state = 'queued',
+        attempts = CASE WHEN r.outcome IN ('paused', 'throttled') THEN o.attempts - 1 ELSE o.attempts END,
+        error_code = r.error_code, error_category = r.category, error_detail = left(r.error_message, 500)
+    FROM pg_temp.send_results r
+    WHERE o.outbound_id = r.outbound_id AND r.outcome IN ('retried', 'throttled', 'paused');
+    PERFORM core.delay_messages(r.queue_name, array_agg(r.msg_id), array_agg(
+                CASE r.outcome
+                    WHEN 'paused' THEN 0
+                    WHEN 'throttled' THEN 1 + random()
+                    ELSE v_settings.retry_backoff_s[least(r.attempts, cardinality(v_settings.retry_backoff_s))]
+                         * (0.8 + 0.4 * random())
+                END))
+    FROM pg_temp.send_results r WHERE r.outcome IN ('retried', 'throttled', 'paused')
+    GROUP BY r.queue_name;
+
+    -- Permanent failures.
+    PERFORM core.advance_outbound(array_agg(outbound_id), array_fill('failed'::text, ARRAY[count(*)::int]),
+                                  array_fill(v_now, ARRAY[count(*)::int]), NULL,
+                                  array_agg(coalesce(error_code, -2)), array_agg(left(error_message, 500)))
+    FROM pg_temp.send_results WHERE outcome = 'failed';
+
+    -- Done with the queue: successes are deleted, failures archived for history.
+    PERFORM pgmq.delete(queue_name, array_agg(msg_id))
+    FROM pg_temp.send_results WHERE wamid IS NOT NULL AND outbound_id IS NOT NULL GROUP BY queue_name;
+    PERFORM pgmq.archive(queue_name, array_agg(msg_id))
+    FROM pg_temp.send_results WHERE outcome = 'failed' GROUP BY queue_name;
+
+    -- Campaigns that must not burn their list: paused, and an operator told.
+    WITH paused AS (
+        UPDATE core.campaigns c SET status = 'paused',
+            pause_reason = format('Meta error %s: %s', r.error_code, r.title)
+        FROM (SELECT DISTINCT ON (sr.campaign_id) sr.campaign_id, sr.error_code, (core.meta_error(sr.error_code)).title
+              FROM pg_temp.send_results sr WHERE sr.outcome = 'paused' ORDER BY sr.campaign_id) r
+        WHERE c.campaign_id = r.campaign_id AND c.status = 'running'
+        RETURNING c.campaign_id, c.tenant_id, c.name, c.pause_reason
+    )
+    SELECT array_agg(campaign_id) INTO v_paused FROM (
+        SELECT p.campaign_id, core.notify(p.tenant_id, 'campaign_paused', 'critical',
+                   format('Campaign "%s" paused: %s', p.name, p.pause_reason),
+                   jsonb_build_object('campaign_id', p.campaign_id))
+        FROM paused p) n;
+    -- Errors an operator must see that do not pause anything (one notice per code and number).
+    PERFORM core.notify(n.tenant_id, 'send_error', 'warning',
+                        format('Meta error %s (%s) on %s message(s) from number %s', r.error_code, r.category, r.cnt, n.phone_number_id),
+                        jsonb_build_object('error_code', r.error_code, 'number_id', r.number_id))
+    FROM (SELECT number_id, error_code, category, count(*) AS cnt FROM pg_temp.send_results
+          WHERE alert AND outcome IN ('retried', 'failed') GROUP BY number_id, error_code, category) r
+    JOIN core.wa_numbers n ON n.number_id = r.number_id;
+
+    -- AIMD per number: halve on throughput errors; after a second without one, grow back
+    -- by a twentieth of the limit per clean batch. The pace never exceeds the limit.
+    UPDATE core.wa_numbers n SET
+        rate_mps = CASE WHEN r.throttled > 0 THEN greatest(1, n.rate_mps / 2)
+                        ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps / 20.0) END,
+        throttled_at = CASE WHEN r.throttled > 0 THEN v_now ELSE n.throttled_at END,
+        send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, v_now + interval '1 second') ELSE n.send_tat END
+    FROM (SELECT number_id, count(*) FILTER (WHERE outcome = 'throttled') AS throttled,
+                 count(*) FILTER (WHERE outcome IN ('retried', 'failed')) AS errors
+          FROM pg_temp.send_results WHERE number_id IS NOT NULL GROUP BY number_id) r
+    WHERE n.number_id = r.number_id
+      AND (r.throttled > 0 OR (r.errors = 0 AND n.rate_mps < n.throughput_mps
+                               AND coalesce(n.throttled_at, '-infinity') < v_now - interval '1 second'));
+
+    INSERT INTO core.send_minutes AS m (number_id, minute, accepted, retried, failed, throttled)
+    SELECT number_id, date_trunc('minute', v_now),
+           count(*) FILTER (WHERE outcome = 'accepted'), count(*) FILTER (WHERE outcome = 'retried'),
+           count(*) FILTER (WHERE outcome = 'failed'), count(*) FILTER (WHERE outcome = 'throttled')
+    FROM pg_temp.send_results WHERE number_id IS NOT NULL GROUP BY number_id
+    ON CONFLICT (number_id, minute) DO UPDATE SET
+        accepted = m.accepted + excluded.accepted, retried = m.retried + excluded.retried,
+        failed = m.failed + excluded.failed, throttled = m.throttled + excluded.throttled;
+
+    SELECT array_agg(DISTINCT campaign_id) INTO v_touched FROM pg_temp.send_results WHERE campaign_id IS NOT NULL;
+    IF v_touched IS NOT NULL THEN
+        PERFORM core.complete_campaigns(v_touched);
+    END IF;
+
+    SELECT count(*) FILTER (WHERE outcome = 'accepted'),
+           count(*) FILTER (WHERE outcome IN ('retried', 'throttled')),
+           count(*) FILTER (WHERE outcome = 'failed'),
+           count(*) FILTER (WHERE outcome = 'paused'),
+           count(*) FILTER (WHERE outcome = 'ignored')
+    INTO v_result FROM pg_temp.send_results;
+    RETURN v_result;
+END
+$$;
+COMMENT ON FUNCTION api.report_sends(jsonb) IS
+    'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message}): wamids and accepted state, retries with backoff, permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored). Raises PW100 when p_results is not an array.';
+
+-- Make queue messages visible again after per-message delays (seconds).
+CREATE OR REPLACE FUNCTION core.delay_messages(p_queue text, p_msg_ids bigint[], p_delays double precision[])
+RETURNS void
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+    EXECUTE format('UPDATE pgmq.%I q SET vt = clock_timestamp() + make_interval(secs => d.delay)
+                    FROM unnest($1, $2) d(msg_id, delay) WHERE q.msg_id = d.msg_id', 'q_' || p_queue)
+    USING p_msg_ids, p_delays;
+END
+$$;
+
+-- Raise a notification for a tenant's operators; returns its id.
+CREATE OR REPLACE FUNCTION core.notify(p_tenant_id bigint, p_kind text, p_severity text, p_message text,
+                                       p_details jsonb DEFAULT '{}') RETURNS bigint
+LANGUAGE sql SET search_path = '' AS $$
+    WITH n AS (
+        INSERT INTO core.notifications (tenant_id, kind, severity, message, details)
+        VALUES (p_tenant_id, p_kind, p_severity, p_message, p_details)
+        RETURNING notification_id
+    )
+    SELECT notification_id FROM n, LATERAL pg_notify('pgwa_notification', p_tenant_id::text) x
+$$;
+
+-- The periodic sweep (pg_cron, every minute): start due campaigns, complete finished
+-- ones, and drop the queues of campaigns finished a day ago. Returns a summary.
+CREATE OR REPLACE FUNCTION core.sweep_sends() RETURNS jsonb
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_started integer := core.start_due_campaigns();
+    v_completed bigint[] := core.complete_campaigns(NULL);
+    v_queue text;
+    v_dropped integer := 0;
+BEGIN
+    FOR v_queue IN
+        SELECT m.queue_name FROM pgmq.meta m
+        JOIN core.campaigns c ON m.queue_name = 'c_' || c.campaign_id
+        WHERE c.status IN ('completed', 'cancelled')
+          AND coalesce(c.completed_at, c.cancelled_at) < now() - interval '1 day'
+    LOOP
+        PERFORM pgmq.drop_queue(v_queue);
+        v_dropped := v_dropped + 1;
+    END LOOP;
+    RETURN jsonb_build_object('started', v_started, 'completed', cardinality(v_completed), 'queues_dropped', v_dropped);
+END
+$$;
+
+REVOKE ALL ON FUNCTION api.claim_sends(text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.report_sends(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.claim_sends(text, integer) TO pgwa_worker;
+GRANT EXECUTE ON FUNCTION api.report_sends(jsonb) TO pgwa_worker;

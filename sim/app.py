@@ -1,0 +1,257 @@
+"""The simulator's HTTP server (aiohttp): the Graph API surface and ``/_sim`` control.
+
+Graph API routes (``{version}`` is any ``v<major>.<minor>``)::
+
+    POST /{version}/{phone_number_id}/messages       send, or mark as read
+    GET  /{version}/{waba_id}/message_templates      cursor-paged templates
+    GET  /{version}/{phone_number_id}                a few phone-number fields
+
+Control routes (no auth; JSON in, JSON out)::
+
+    GET  /_sim/health                 {"ok": true}
+    GET  /_sim/stats                  counters, peaks, duplicates, webhook delivery
+    GET  /_sim/ledger?since=&limit=&phone_number_id=
+    GET  /_sim/faults | POST /_sim/faults      settings; POST deep-merges a partial object
+    GET  /_sim/numbers | POST /_sim/numbers    idempotent upsert of one number (or a list)
+    GET  /_sim/templates?waba_id= | POST /_sim/templates {"waba_id"?, "templates": [...]}
+    POST /_sim/reset                  {"numbers": false, "templates": false, "settings": true}
+    POST /_sim/inbound                {"phone_number_id", "from", "text" | "message", ...}
+    POST /_sim/template_status        {"name", "status", "language"?, "waba_id"?, "reason"?}
+    POST /_sim/quality                {"phone_number_id", "event", "current_limit"?, ...}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import sys
+
+import orjson
+from aiohttp import web
+
+from .config import SimConfig
+from .errors import SimError, invalid_token, unknown_object, unknown_path
+from .simulator import DROP, Simulator
+
+log = logging.getLogger("sim")
+VERSION_RE = re.compile(r"^v\d+\.\d+$")
+JSON = "application/json"
+
+
+def _json(obj, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type=JSON)
+
+
+def _graph_error(err: SimError) -> web.Response:
+    return web.Response(body=err.body(), status=err.http_status, content_type=JSON)
+
+
+class SimApp:
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.control = {
+            ("GET", "health"): self.health,
+            ("GET", "stats"): self.stats,
+            ("GET", "ledger"): self.ledger,
+            ("GET", "faults"): self.get_faults,
+            ("POST", "faults"): self.post_faults,
+            ("GET", "numbers"): self.get_numbers,
+            ("POST", "numbers"): self.post_numbers,
+            ("GET", "templates"): self.get_templates,
+            ("POST", "templates"): self.post_templates,
+            ("POST", "reset"): self.reset,
+            ("POST", "inbound"): self.post_inbound,
+            ("POST", "template_status"): self.post_template_status,
+            ("POST", "quality"): self.post_quality,
+        }
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, _app) -> None:
+        await self.sim.emitter.start()
+
+    async def _on_cleanup(self, _app) -> None:
+        await self.sim.emitter.stop()
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        parts = request.path.split("/")
+        if len(parts) == 4 and parts[3] == "messages" and request.method == "POST":
+            return await self.messages(request, parts[1], parts[2])
+        if len(parts) >= 3 and parts[1] == "_sim":
+            handler = self.control.get((request.method, parts[2]))
+            if handler is None:
+                return _json({"error": f"no control route {request.method} {request.path}"}, 404)
+            try:
+                return await handler(request)
+            except (ValueError, TypeError, KeyError) as exc:
+                return _json({"error": str(exc)}, 400)
+        if request.method == "GET" and len(parts) == 4 and parts[3] == "message_templates" \
+                and VERSION_RE.match(parts[1]):
+            return self.message_templates(request, parts[2])
+        if request.method == "GET" and len(parts) == 3 and VERSION_RE.match(parts[1]):
+            return self.phone_number(request, parts[2])
+        return _graph_error(unknown_path(request.path))
+
+    # --- Graph API ------------------------------------------------------------------
+
+    async def messages(self, request: web.Request, version: str, pnid: str) -> web.StreamResponse:
+        sim = self.sim
+        raw = await request.read()
+        if not VERSION_RE.match(version):
+            return _graph_error(unknown_path(request.path))
+        try:
+            number = sim.authorize(pnid, request.headers.get("Authorization"))
+        except SimError as err:
+            sim.ledger.requests += 1
+            sim.ledger.reject(err.code)
+            return _graph_error(err)
+        delay = sim.latency_s()
+        if delay:
+            await asyncio.sleep(delay)
+        result = sim.send(number, raw, sim.pick_drop())
+        if result is DROP:
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=204)
+        status, body = result
+        return web.Response(body=body, status=status, content_type=JSON)
+
+    def _waba_access(self, request: web.Request, waba_id: str) -> None:
+        auth = request.headers.get("Authorization")
+        token = auth[7:].strip() if auth and auth[:7].lower() == "bearer " else None
+        if not token or token not in self.sim.tokens:
+            raise invalid_token()
+        if not any(n.waba_id == waba_id and n.token == token for n in self.sim.numbers.values()):
+            raise unknown_object(waba_id, "get")
+
+    def message_templates(self, request: web.Request, waba_id: str) -> web.Response:
+        try:
+            self._waba_access(request, waba_id)
+            base = f"{request.scheme}://{request.host}{request.path}"
+            return _json(self.sim.templates.page(waba_id, dict(request.query), base))
+        except SimError as err:
+            return _graph_error(err)
+
+    def phone_number(self, request: web.Request, pnid: str) -> web.Response:
+        try:
+            number = self.sim.authorize(pnid, request.headers.get("Authorization"))
+        except SimError as err:
+            return _graph_error(err)
+        level = "HIGH" if number.throughput_mps >= 1000 else "STANDARD"
+        return _json({"display_phone_number": number.display_phone_number,
+                      "throughput": {"level": level}, "id": number.phone_number_id})
+
+    # --- control ---------------------------------------------------------------------
+
+    async def _body(self, request: web.Request) -> dict:
+        raw = await request.read()
+        if not raw:
+            return {}
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"invalid JSON: {exc}") from exc
+        return body
+
+    async def health(self, _request) -> web.Response:
+        return _json({"ok": True, "numbers": len(self.sim.numbers)})
+
+    async def stats(self, _request) -> web.Response:
+        return _json(self.sim.stats())
+
+    async def ledger(self, request) -> web.Response:
+        q = request.query
+        return _json(self.sim.ledger.entries(int(q.get("since", 0)), int(q.get("limit", 1000)),
+                                             q.get("phone_number_id")))
+
+    async def get_faults(self, _request) -> web.Response:
+        return _json(self.sim.settings)
+
+    async def post_faults(self, request) -> web.Response:
+        return _json(self.sim.update_settings(await self._body(request)))
+
+    async def get_numbers(self, _request) -> web.Response:
+        return _json({"numbers": [n.public() for n in self.sim.numbers.values()]})
+
+    async def post_numbers(self, request) -> web.Response:
+        body = await self._body(request)
+        items = body if isinstance(body, list) else body.get("numbers", [body])
+        return _json({"numbers": [self.sim.upsert_number(item).public() for item in items]})
+
+    async def get_templates(self, request) -> web.Response:
+        waba = request.query.get("waba_id")
+        return _json({w: [t.data for t in tpls.values()]
+                      for w, tpls in self.sim.templates.by_waba.items()
+                      if waba is None or w == waba})
+
+    async def post_templates(self, request) -> web.Response:
+        body = await self._body(request)
+        wabas = [body["waba_id"]] if body.get("waba_id") else list(self.sim.templates.by_waba)
+        out = [self.sim.templates.upsert(w, raw) for w in wabas for raw in body["templates"]]
+        return _json({"templates": out})
+
+    async def reset(self, request) -> web.Response:
+        body = await self._body(request)
+        self.sim.reset(numbers=bool(body.get("numbers", False)),
+                       templates=bool(body.get("templates", False)),
+                       settings=bool(body.get("settings", True)))
+        return _json({"ok": True})
+
+    async def post_inbound(self, request) -> web.Response:
+        body = await self._body(request)
+        number = self.sim.numbers.get(str(body.get("phone_number_id", "")))
+        if number is None:
+            raise ValueError("inbound needs a known phone_number_id")
+        sender = str(body.get("from", "")).lstrip("+")
+        if not sender.isdigit():
+            raise ValueError("inbound needs from (the user's wa_id)")
+        message = body.get("message")
+        if message is None:
+            message = {"type": "text", "text": {"body": str(body.get("text", "Hi"))}}
+        if not isinstance(message, dict):
+            raise TypeError("message must be an object")
+        wamid = self.sim.inbound(number, sender, message, name=body.get("name"),
+                                 context_id=body.get("context_id"))
+        return _json({"id": wamid, "wamid": wamid})
+
+    async def post_template_status(self, request) -> web.Response:
+        changed = self.sim.template_status(await self._body(request))
+        return _json({"updated": len(changed), "events": changed})
+
+    async def post_quality(self, request) -> web.Response:
+        return _json(self.sim.quality_update(await self._body(request)))
+
+
+async def serve(config: SimConfig, ready: asyncio.Event | None = None) -> None:
+    """Run the simulator until SIGINT/SIGTERM."""
+    sim = Simulator(config)
+    app = SimApp(sim).make_app()
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=2048, reuse_address=True)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    numbers = ", ".join(f"{n.phone_number_id} (waba {n.waba_id}, {n.throughput_mps:g} mps)"
+                        for n in sim.numbers.values())
+    print(f"sim listening on http://{config.host}:{config.port} numbers: {numbers}; "
+          f"webhooks -> {config.webhook_url or '(none)'}", file=sys.stderr, flush=True)
+    if ready:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
