@@ -1,0 +1,181 @@
+"""Campaign benchmark: creation time, end-to-end send rate, rate compliance, exactly-once.
+
+Sets up its own database on the project's cluster, starts the simulator, the webhook
+receiver and a worker (pgwa.stack), and measures:
+
+* create_100k_s     api.stage_contacts + COPY + api.create_campaign of 100,000 contacts
+* msgs_per_s        one number limited to 1,000 msg/s, a 50,000-message campaign, from
+                    start to completion (database timestamps)
+* msgs_per_s_two_numbers  two numbers at 1,000 msg/s each, 25,000 messages each
+* peak_1s_rate      the most requests the simulator saw for one number in any 1-second window
+* duplicates, lost  from the simulator's ledger: repeated (recipient, campaign) sends, and
+                    messages of the campaigns that Meta never accepted
+* sql_statements_per_msg  top-level statements of the send path (pg_stat_statements) / messages
+
+Medians of --runs runs. Progress on stderr; one JSON object on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgwa.config import database_url
+from pgwa.contacts import csv_text, stage_csv
+from pgwa.migrate import migrate
+from pgwa.stack import GRAPH_VERSION, Stack
+from pgwa.templates import sync_templates
+
+LIMIT = 1000
+BENCH_DB = "pgwa_bench"
+TEMPLATES = [
+    {"name": "order_update", "language": "en_US", "params": [{"column": "name"}, {"column": "order_no"}]},
+    {"name": "promo_offer", "language": "en_US", "params": [{"value": "20% off"}]},
+]
+# The send path's statements: everything but the webhook path and this script's own
+# queries (marked), as pg_stat_statements counts them at top level.
+SEND_PATH_STATEMENTS = """
+SELECT query, calls FROM pg_stat_statements
+WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND query !~* '(process_webhooks|ingest_webhook|/\\* bench \\*/|pg_stat_statements)'
+ORDER BY calls DESC
+"""
+
+
+def log(msg: str) -> None:
+    print(f"bench-campaign: {msg}", file=sys.stderr, flush=True)
+
+
+def fresh_database() -> str:
+    server = conninfo_to_dict(database_url())
+    with psycopg.connect(make_conninfo(**{**server, "dbname": "postgres"}), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
+    url = make_conninfo(**{**server, "dbname": BENCH_DB})
+    migrate(url, quiet=True)
+    return url
+
+
+def contacts(n: int, offset: int) -> list[dict[str, str]]:
+    return [{"phone": f"+1 {offset + i:010d}", "name": f"C{i}", "order_no": str(i)} for i in range(n)]
+
+
+def create(conn: psycopg.Connection, tenant: int, number: int, n: int, offset: int, start: bool) -> tuple[int, float]:
+    rows = csv_text(contacts(n, offset))
+    began = time.perf_counter()
+    with conn.transaction():
+        stage_csv(conn, rows)
+        campaign = conn.execute(
+            "/* bench */ SELECT campaign_id FROM api.create_campaign(%s, %s, %s, %s, p_start => %s)",
+            (tenant, number, f"bench {offset}", orjson.dumps(TEMPLATES).decode(), start)).fetchone()[0]
+    return campaign, time.perf_counter() - began
+
+
+def wait_completed(conn: psycopg.Connection, campaigns: list[int], timeout: float) -> tuple[float, int]:
+    """Seconds from the first start to the last completion; messages sent."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = conn.execute(
+            "/* bench */ SELECT status, started_at, completed_at, sent, total FROM core.campaigns"
+            " WHERE campaign_id = ANY(%s)", (campaigns,)).fetchall()
+        done = sum(r[3] for r in rows)
+        if all(r[0] == "completed" for r in rows):
+            span = (max(r[2] for r in rows) - min(r[1] for r in rows)).total_seconds()
+            return span, done
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"campaigns {campaigns} not completed after {timeout:.0f} s: {rows}")
+        print(f"\r  sent {done:,} / {sum(r[4] for r in rows):,}", end="", file=sys.stderr, flush=True)
+        time.sleep(0.5)
+
+
+def send_run(url: str, numbers: int, per_number: int, run: int) -> dict:
+    with psycopg.connect(url, autocommit=True) as conn, Stack(url) as stack:
+        tenant = conn.execute("/* bench */ SELECT api.create_tenant(%s)", (f"bench-{run}-{numbers}-{time.time()}",)).fetchone()[0]
+        ids, campaigns = [], []
+        for k in range(numbers):
+            pnid, waba = f"{run}{numbers}{k}{int(time.time() * 1000) % 10**9:09d}", f"9{run}{numbers}{k}{int(time.time()) % 10**8:08d}"
+            number = stack.register_number(conn, tenant, pnid, waba, LIMIT)
+            sync_templates(conn, tenant, waba, "local-token", stack.sim_url, GRAPH_VERSION)
+            campaign, _ = create(conn, tenant, number, per_number, offset=(run * 10 + k) * 10**6, start=False)
+            ids.append(pnid)
+            campaigns.append(campaign)
+        conn.execute("/* bench */ SELECT pg_stat_statements_reset()")
+        stack.start_workers()
+        time.sleep(1.0)  # the worker connects and goes idle: its start-up is not the send path
+        for campaign in campaigns:
+            conn.execute("/* bench */ SELECT api.start_campaign(%s, %s)", (tenant, campaign))
+        span, sent = wait_completed(conn, campaigns, timeout=per_number * numbers / 200 + 60)
+        print(file=sys.stderr)
+        statements = conn.execute(SEND_PATH_STATEMENTS).fetchall()
+        ledger = stack.sim("GET", "/_sim/stats")
+    accepted = sum(ledger["numbers"].get(p, {}).get("accepted", 0) for p in ids)
+    total = per_number * numbers
+    return {
+        "msgs_per_s": total / span,
+        "peak_1s_rate": max(ledger["numbers"][p]["peak_1s_attempts"] for p in ids),
+        "duplicates": ledger["duplicates"],
+        "lost": total - (accepted - ledger["duplicates"]),
+        "rejected": ledger["rejected"],
+        "sql_statements_per_msg": sum(c for _, c in statements) / total,
+        "statements": {q[:60]: c for q, c in statements[:6]},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--messages", type=int, default=50_000)
+    args = parser.parse_args()
+    url = fresh_database()
+    log(f"database {BENCH_DB} ready")
+
+    with psycopg.connect(url, autocommit=True) as conn, Stack(url, api=False) as stack:
+        tenant = conn.execute("/* bench */ SELECT api.create_tenant('bench-create')").fetchone()[0]
+        number = stack.register_number(conn, tenant, "500000000000001", "500000000000009", LIMIT)
+        sync_templates(conn, tenant, "500000000000009", "local-token", stack.sim_url, GRAPH_VERSION)
+        creates = []
+        for run in range(args.runs):
+            campaign, seconds = create(conn, tenant, number, 100_000, offset=(50 + run) * 10**6, start=False)
+            conn.execute("/* bench */ SELECT api.cancel_campaign(%s, %s)", (tenant, campaign))
+            creates.append(seconds)
+            log(f"create 100k run {run + 1}: {seconds:.2f} s")
+
+    singles, doubles = [], []
+    for run in range(args.runs):
+        singles.append(send_run(url, 1, args.messages, run))
+        log(f"one number run {run + 1}: {json.dumps(singles[-1])}")
+        doubles.append(send_run(url, 2, args.messages // 2, run))
+        log(f"two numbers run {run + 1}: {json.dumps(doubles[-1])}")
+
+    def median(runs: list[dict], key: str) -> float:
+        return round(statistics.median(r[key] for r in runs), 4)
+
+    result = {
+        "msgs_per_s": round(median(singles, "msgs_per_s"), 1),
+        "msgs_per_s_two_numbers": round(median(doubles, "msgs_per_s"), 1),
+        "peak_1s_rate": max(r["peak_1s_rate"] for r in singles + doubles),
+        "rate_limit": LIMIT,
+        "duplicates": sum(r["duplicates"] for r in singles + doubles),
+        "lost": sum(r["lost"] for r in singles + doubles),
+        "sql_statements_per_msg": median(singles, "sql_statements_per_msg"),
+        "create_100k_s": round(statistics.median(creates), 2),
+        "messages": args.messages,
+        "runs": args.runs,
+        "rejected_by_sim": sum(r["rejected"] for r in singles + doubles),
+        "single_runs": [round(r["msgs_per_s"], 1) for r in singles],
+        "two_number_runs": [round(r["msgs_per_s"], 1) for r in doubles],
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Run the whole system locally: the simulator, the webhook receiver and the workers.
+
+`make demo` and the benchmarks use this: every part is a real process talking real
+HTTP and SQL, exactly as in production, with sim/ standing in for graph.facebook.com.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pgwa.config import ROOT
+
+APP_SECRET = "local-app-secret"
+VERIFY_TOKEN = "local-verify-token"
+GRAPH_VERSION = "v21.0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """Processes started together and stopped together (a context manager)."""
+
+    def __init__(self, database_url: str, *, workers: int = 1, api: bool = True,
+                 worker_env: dict[str, str] | None = None) -> None:
+        self.database_url = database_url
+        self.workers = workers
+        self.with_api = api
+        self.worker_env = worker_env or {}
+        self.sim_url = f"http://127.0.0.1:{free_port()}"
+        self.api_url = f"http://127.0.0.1:{free_port()}"
+        self.logs = Path(tempfile.mkdtemp(prefix="pgwa-stack-"))
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.http = httpx.Client(timeout=30)
+
+    # -- processes ---------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log = open(self.logs / f"{name}.log", "wb")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "DATABASE_URL": self.database_url, **env})
+
+    def _wait_http(self, name: str, url: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited at start; see {self.logs / (name + '.log')}")
+            try:
+                if self.http.get(url, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} did not answer {url} within {timeout:.0f} s")
+
+    def start(self) -> Stack:
+        api_port = self.api_url.rsplit(":", 1)[1]
+        if self.with_api:
+            self._spawn("api", ["-m", "api"], {"PGWA_API_PORT": api_port, "WHATSAPP_APP_SECRET": APP_SECRET,
+                                               "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN})
+            self._wait_http("api", f"{self.api_url}/healthz")
+        self._spawn("sim", ["-m", "sim", "--port", self.sim_url.rsplit(":", 1)[1],
+                            "--webhook-url", f"{self.api_url}/webhooks/whatsapp", "--app-secret", APP_SECRET], {})
+        self._wait_http("sim", f"{self.sim_url}/_sim/health")
+        return self
+
+    def start_workers(self) -> None:
+        for i in range(self.workers):
+            self._spawn(f"worker{i}", ["-m", "worker"], {"GRAPH_BASE_URL": self.sim_url,
+                                                          "PGWA_WORKER_NAME": f"worker{i}", **self.worker_env})
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        self.procs[name].send_signal(sig)
+        self.procs[name].wait(timeout=30)
+
+    def stop(self) -> None:
+        # Workers first, gracefully: they finish and report what they hold.
+        order = sorted(self.procs, key=lambda n: (not n.startswith("worker"), n))
+        for name in order:
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.http.close()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the simulator's control surface -------------------------------------------------
+    def sim(self, method: str, path: str, payload: Any = None) -> Any:
+        response = self.http.request(method, f"{self.sim_url}{path}", json=payload)
+        response.raise_for_status()
+        return response.json()
+
+    def register_number(self, conn, tenant_id: int, phone_number_id: str, waba_id: str,
+                        throughput_mps: int, token: str = "local-token") -> int:
+        """The number in both the simulator (as Meta would have it) and pgwa."""
+        self.sim("POST", "/_sim/numbers", {"phone_number_id": phone_number_id, "waba_id": waba_id,
+                                           "display_phone_number": phone_number_id[-11:],
+                                           "token": token, "throughput_mps": throughput_mps})
+        return conn.execute("SELECT api.register_number(%s, %s, %s, %s, %s, %s, %s)",
+                            (tenant_id, phone_number_id, waba_id, token, APP_SECRET, throughput_mps,
+                             phone_number_id[-11:])).fetchone()[0]
