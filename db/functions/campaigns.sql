@@ -243,7 +243,7 @@ BEGIN
                          WHEN p->>'column' = 'phone' THEN 's.wa_id'
                          WHEN p->>'column' = 'name' THEN 's.name'
                          ELSE format('s.attributes->>%L', p->>'column') END, ', ' ORDER BY n) || ')'
-                FROM jsonb_array_elements(v.params) WITH ORDINALITY pp(p, n)), 'NULL::jsonb')), ' ')
+                FROM jsonb_array_elements(v.params) WITH ORDINALITY pp(p, n)), '''[]''::jsonb')), ' ')
            || ' END'
     INTO v_params_sql FROM pg_temp.campaign_variants v;
     -- Ids are drawn in list order before anything is written, so that the templates
@@ -330,6 +330,11 @@ BEGIN
         RAISE EXCEPTION 'campaign % is %, not paused', p_campaign_id, v_campaign.status
             USING ERRCODE = 'PW301', HINT = 'Only a paused campaign resumes.';
     END IF;
+    -- A campaign paused before its scheduled time goes back to waiting for it.
+    IF v_campaign.started_at IS NULL AND v_campaign.scheduled_at > now() THEN
+        UPDATE core.campaigns SET status = 'scheduled', pause_reason = NULL WHERE campaign_id = p_campaign_id;
+        RETURN 'scheduled';
+    END IF;
     UPDATE core.campaigns SET status = 'running', pause_reason = NULL, started_at = coalesce(started_at, now())
     WHERE campaign_id = p_campaign_id;
     PERFORM pg_notify('pgwa_send', v_campaign.number_id::text);
@@ -338,7 +343,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.resume_campaign(bigint, bigint) IS
-    'Resumes a paused campaign; returns the new status. Raises PW201 when not found, PW301 when it is not paused.';
+    'Resumes a paused campaign (one paused before its scheduled time waits for it again); returns the new status. Raises PW201 when not found, PW301 when it is not paused.';
 
 CREATE OR REPLACE FUNCTION api.cancel_campaign(p_tenant_id bigint, p_campaign_id bigint)
 RETURNS text

@@ -35,6 +35,8 @@ DECLARE
     v_campaigns bigint[];
     v_i integer;
     v_got integer;
+    v_read core.claimed[];
+    v_more bigint[];
     v_all core.claimed[] := '{}';
     v_starts jsonb := '{}';
 BEGIN
@@ -52,18 +54,35 @@ BEGIN
         EXIT WHEN v_left <= 0;
         v_rate := least(v_number.rate_mps, v_number.throughput_mps * v_settings.rate_headroom);
         v_start := greatest(v_now, v_number.send_tat);
-        v_budget := least(v_left, floor(extract(epoch FROM (v_now + v_horizon - v_start)) * v_rate)::integer);
+        -- A number whose time has come sends at least one, or a rate AIMD halved below one
+        -- send per horizon would never send again (and never report the clean batch that
+        -- grows it back).
+        v_budget := least(v_left, greatest(floor(extract(epoch FROM (v_now + v_horizon - v_start)) * v_rate)::integer,
+                                           CASE WHEN v_number.send_tat <= v_now THEN 1 ELSE 0 END));
         CONTINUE WHEN v_budget <= 0;
 
         v_batch := ARRAY(SELECT core.read_queue('r_' || v_number.number_id, v_vt, v_budget));
-        SELECT array_agg(campaign_id ORDER BY campaign_id) INTO v_campaigns
+        -- In a fresh order each claim: the first campaign's share is rounded up, and at a
+        -- budget below the campaign count a fixed order would starve the last ones.
+        SELECT array_agg(campaign_id ORDER BY random()) INTO v_campaigns
         FROM core.campaigns WHERE number_id = v_number.number_id AND status = 'running';
         v_i := 1;
+        v_more := '{}';
         WHILE v_i <= coalesce(cardinality(v_campaigns), 0) AND cardinality(v_batch) < v_budget LOOP
             -- An equal share of what is left; a campaign with less leaves the rest to the next.
             v_got := ceil((v_budget - cardinality(v_batch))::numeric / (cardinality(v_campaigns) - v_i + 1));
-            v_batch := v_batch || ARRAY(SELECT core.read_queue('c_' || v_campaigns[v_i], v_vt, v_got));
+            v_read := ARRAY(SELECT core.read_queue('c_' || v_campaigns[v_i], v_vt, v_got));
+            v_batch := v_batch || v_read;
+            IF cardinality(v_read) = v_got THEN
+                v_more := v_more || v_campaigns[v_i];
+            END IF;
             v_i := v_i + 1;
+            -- What the last ones left goes round again to those that filled their share.
+            IF v_i > cardinality(v_campaigns) THEN
+                v_campaigns := v_more;
+                v_more := '{}';
+                v_i := 1;
+            END IF;
         END LOOP;
         CONTINUE WHEN cardinality(v_batch) = 0;
 
@@ -104,7 +123,10 @@ BEGIN
                'to', b.message->>'t',
                'type', 'template',
                'template', jsonb_build_object('name', t.name, 'language', jsonb_build_object('code', t.language))
-                   || CASE WHEN jsonb_array_length(coalesce(b.message->'p', '[]')) = 0 THEN '{}'::jsonb
+                   -- A template without body parameters has no components (and never a
+                   -- jsonb_array_length error that would fail every claim).
+                   || CASE WHEN coalesce(jsonb_typeof(b.message->'p'), 'null') <> 'array' THEN '{}'::jsonb
+                           WHEN jsonb_array_length(b.message->'p') = 0 THEN '{}'::jsonb
                            ELSE jsonb_build_object('components', jsonb_build_array(jsonb_build_object(
                                 'type', 'body', 'parameters', (
                                     SELECT jsonb_agg(jsonb_build_object('type', 'text', 'text', x) ORDER BY i)
@@ -153,6 +175,9 @@ BEGIN
            e.category, e.retryable, e.alert, e.pauses_campaign, e.throttles,
            CASE
                WHEN o.outbound_id IS NULL THEN 'ignored'
+               -- A message reported twice in one batch (sent twice after an expired claim)
+               -- is applied once, its success first; the rest are ignored.
+               WHEN row_number() OVER (PARTITION BY r.outbound_id ORDER BY r.wamid IS NULL) > 1 THEN 'ignored'
                -- A status webhook may have moved the message on before this report.
                WHEN r.wamid IS NOT NULL AND (o.state = 'in_flight' OR o.wamid IS NULL) THEN 'accepted'
                WHEN o.state <> 'in_flight' THEN 'ignored'
@@ -185,12 +210,22 @@ BEGIN
 
     -- Back to the queue: transient errors after a jittered backoff, throughput errors
     -- shortly, paused campaigns' messages at once (the campaign is not read while paused).
-    UPDATE core.outbound_messages o SET
-        state = 'queued',
-        attempts = CASE WHEN r.outcome IN ('paused', 'throttled') THEN o.attempts - 1 ELSE o.attempts END,
-        error_code = r.error_code, error_category = r.category, error_detail = left(r.error_message, 500)
-    FROM pg_temp.send_results r
-    WHERE o.outbound_id = r.outbound_id AND r.outcome IN ('retried', 'throttled', 'paused');
+    -- A message of a campaign cancelled while it was in flight does not come back: it is
+    -- cancelled and counted as cancel_campaign counts the ones it withdraws.
+    WITH back AS (
+        UPDATE core.outbound_messages o SET
+            state = CASE WHEN r.campaign_status = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
+            attempts = CASE WHEN r.outcome IN ('paused', 'throttled') THEN o.attempts - 1 ELSE o.attempts END,
+            error_code = r.error_code, error_category = r.category, error_detail = left(r.error_message, 500)
+        FROM pg_temp.send_results r
+        WHERE o.outbound_id = r.outbound_id AND r.outcome IN ('retried', 'throttled', 'paused')
+          -- Re-checked on the locked row: a concurrent report may have settled it meanwhile.
+          AND o.state = 'in_flight'
+        RETURNING o.campaign_id, o.state
+    )
+    UPDATE core.campaigns c SET cancelled = c.cancelled + b.n
+    FROM (SELECT campaign_id, count(*)::int AS n FROM back WHERE state = 'cancelled' GROUP BY campaign_id) b
+    WHERE c.campaign_id = b.campaign_id;
     PERFORM core.delay_messages(r.queue_name, array_agg(r.msg_id), array_agg(
                 CASE r.outcome
                     WHEN 'paused' THEN 0
@@ -198,8 +233,11 @@ BEGIN
                     ELSE v_settings.retry_backoff_s[least(r.attempts, cardinality(v_settings.retry_backoff_s))]
                          * (0.8 + 0.4 * random())
                 END))
-    FROM pg_temp.send_results r WHERE r.outcome IN ('retried', 'throttled', 'paused')
+    FROM pg_temp.send_results r
+    WHERE r.outcome IN ('retried', 'throttled', 'paused') AND r.campaign_status IS DISTINCT FROM 'cancelled'
     GROUP BY r.queue_name;
+    PERFORM pgmq.delete(queue_name, array_agg(msg_id)) FROM pg_temp.send_results
+    WHERE outcome IN ('retried', 'throttled', 'paused') AND campaign_status = 'cancelled' GROUP BY queue_name;
 
     -- Permanent failures.
     PERFORM core.advance_outbound(array_agg(outbound_id), array_fill('failed'::text, ARRAY[count(*)::int]),
@@ -236,17 +274,19 @@ BEGIN
     JOIN core.wa_numbers n ON n.number_id = r.number_id;
 
     -- AIMD per number: halve on throughput errors; after a second without one, grow back
-    -- by a twentieth of the limit per clean batch. The pace never exceeds the limit.
+    -- by a twentieth of the limit per clean batch (one with sends accepted and no error;
+    -- a batch of ignored duplicates is no evidence). The pace never exceeds the limit.
     UPDATE core.wa_numbers n SET
         rate_mps = CASE WHEN r.throttled > 0 THEN greatest(1, n.rate_mps / 2)
                         ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps / 20.0) END,
         throttled_at = CASE WHEN r.throttled > 0 THEN v_now ELSE n.throttled_at END,
         send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, v_now + interval '1 second') ELSE n.send_tat END
     FROM (SELECT number_id, count(*) FILTER (WHERE outcome = 'throttled') AS throttled,
-                 count(*) FILTER (WHERE outcome IN ('retried', 'failed')) AS errors
+                 count(*) FILTER (WHERE outcome IN ('retried', 'failed')) AS errors,
+                 count(*) FILTER (WHERE outcome = 'accepted') AS accepted
           FROM pg_temp.send_results WHERE number_id IS NOT NULL GROUP BY number_id) r
     WHERE n.number_id = r.number_id
-      AND (r.throttled > 0 OR (r.errors = 0 AND n.rate_mps < n.throughput_mps
+      AND (r.throttled > 0 OR (r.errors = 0 AND r.accepted > 0 AND n.rate_mps < n.throughput_mps
                                AND coalesce(n.throttled_at, '-infinity') < v_now - interval '1 second'));
 
     INSERT INTO core.send_minutes AS m (number_id, minute, accepted, retried, failed, throttled)

@@ -1,0 +1,183 @@
+"""Build state through the api functions, as a client would: a tenant and its number,
+templates, a staged contact CSV, a campaign; and the worker's two calls, claim and report.
+
+Tests of the send path call `claim` after `catch_up`, which moves every number's pace
+(send_tat) to now, as if time had passed; the pacing tests call it bare.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from pgwa.contacts import csv_text, stage_csv
+
+ORDER_UPDATE = [{"type": "BODY", "text": "Hi {{1}}, your order {{2}} from {{3}} is on its way."}]
+PROMO = [{"type": "BODY", "text": "Hello {{1}}, 10% off this week."}]
+NO_PARAMS = [{"type": "BODY", "text": "Your appointment is confirmed."}]
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Account:
+    """A tenant with one registered WhatsApp number."""
+
+    tenant_id: int
+    number_id: int
+    phone_number_id: str
+    waba_id: str
+    access_token: str
+
+
+def account(db: psycopg.Connection, throughput_mps: int = 1000, with_templates: bool = True) -> Account:
+    """A tenant, a number at `throughput_mps` and (by default) the approved templates
+    order_update (3 body parameters), promo (1) and confirmed (none), all en_US."""
+    n = next(_ids)
+    tenant_id = db.execute("SELECT api.create_tenant(%s)", (f"tenant {n}",)).fetchone()[0]
+    phone_number_id, waba_id, token = f"10{n:04d}", f"20{n:04d}", f"token-{n}"
+    number_id = db.execute("SELECT api.register_number(%s, %s, %s, %s, NULL, %s)",
+                           (tenant_id, phone_number_id, waba_id, token, throughput_mps)).fetchone()[0]
+    acc = Account(tenant_id, number_id, phone_number_id, waba_id, token)
+    if with_templates:
+        template(db, acc, "order_update", ORDER_UPDATE)
+        template(db, acc, "promo", PROMO)
+        template(db, acc, "confirmed", NO_PARAMS)
+    return acc
+
+
+def template(db: psycopg.Connection, acc: Account, name: str, components: list[dict],
+             status: str = "APPROVED", language: str = "en_US") -> int:
+    return db.execute("SELECT api.upsert_template(%s, %s, %s, %s, %s::jsonb, %s)",
+                      (acc.tenant_id, acc.waba_id, name, language, orjson.dumps(components).decode(),
+                       status)).fetchone()[0]
+
+
+def phones(n: int, base: int = 0) -> list[str]:
+    """n distinct valid E.164 numbers (digits, no '+')."""
+    return [f"1415{base + i:07d}" for i in range(n)]
+
+
+def contacts(n: int, base: int = 0) -> list[dict[str, str]]:
+    """n CSV rows with the columns the order_update template maps."""
+    return [{"phone": p, "name": f"Name {base + i}", "order_no": f"A-{base + i}"}
+            for i, p in enumerate(phones(n, base))]
+
+
+def stage(db: psycopg.Connection, rows: list[dict[str, Any]]) -> int:
+    """Stage a CSV of these rows (header from the first row's keys) on this connection."""
+    return stage_csv(db, csv_text(rows))
+
+
+def order_update(shop: str = "ACME") -> dict:
+    return {"name": "order_update", "language": "en_US",
+            "params": [{"column": "name"}, {"column": "order_no"}, {"value": shop}]}
+
+
+def promo() -> dict:
+    return {"name": "promo", "language": "en_US", "params": [{"column": "name"}]}
+
+
+def create_campaign(db: psycopg.Connection, acc: Account, rows: list[dict[str, Any]] | int,
+                    templates: list[dict] | None = None, *, on_invalid: str = "reject",
+                    start: bool = False, scheduled_at: Any = None, default_country_code: str | None = None,
+                    name: str | None = None) -> dict[str, Any]:
+    """Stage `rows` (or that many generated contacts) and create a campaign from them;
+    returns api.create_campaign's row as a dict."""
+    stage(db, contacts(rows) if isinstance(rows, int) else rows)
+    with db.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT * FROM api.create_campaign(%s, %s, %s, %s::jsonb, %s, %s, %s, %s)",
+            (acc.tenant_id, acc.number_id, name or f"campaign {next(_ids)}",
+             orjson.dumps(templates or [order_update()]).decode(), on_invalid, scheduled_at, start,
+             default_country_code)).fetchone()
+
+
+def running_campaign(db: psycopg.Connection, acc: Account, rows: list[dict[str, Any]] | int,
+                     templates: list[dict] | None = None) -> int:
+    return create_campaign(db, acc, rows, templates, start=True)["campaign_id"]
+
+
+def catch_up(db: psycopg.Connection) -> None:
+    """Every number's pace caught up with the clock, as if time had passed since its last claim."""
+    db.execute("UPDATE core.wa_numbers SET send_tat = now() - interval '1 second'")
+
+
+def expire_claims(db: psycopg.Connection, campaign_id: int) -> None:
+    """As if the claim timeout had passed: every message of the campaign's queue is visible."""
+    db.execute(sql.SQL("UPDATE pgmq.{} SET vt = now() - interval '1 second'")
+               .format(sql.Identifier(f"q_c_{campaign_id}")))
+
+
+def claim(db: psycopg.Connection, max_rows: int = 500, worker: str = "test") -> list[dict[str, Any]]:
+    with db.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM api.claim_sends(%s, %s)", (worker, max_rows)).fetchall()
+
+
+def claim_all(db: psycopg.Connection, max_rows: int = 500) -> list[dict[str, Any]]:
+    catch_up(db)
+    return claim(db, max_rows)
+
+
+def ok(req: dict[str, Any], wamid: str | None = None) -> dict[str, Any]:
+    """The worker's result for a request Meta accepted."""
+    return {"outbound_id": req["outbound_id"], "queue_name": req["queue_name"], "msg_id": req["msg_id"],
+            "wamid": wamid or f"wamid.{req['outbound_id']}", "message_status": "accepted",
+            "error_code": None, "http_status": 200, "error_message": None}
+
+
+def err(req: dict[str, Any], code: int | None, http_status: int = 400) -> dict[str, Any]:
+    """The worker's result for a request Meta refused with error.code `code` (None: no answer)."""
+    return {"outbound_id": req["outbound_id"], "queue_name": req["queue_name"], "msg_id": req["msg_id"],
+            "wamid": None, "message_status": None, "error_code": code,
+            "http_status": http_status if code is not None else None,
+            "error_message": f"error {code}" if code is not None else "connection reset"}
+
+
+def report(db: psycopg.Connection, results: list[dict[str, Any]]) -> dict[str, int]:
+    with db.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM api.report_sends(%s::jsonb)",
+                           (orjson.dumps(results).decode(),)).fetchone()
+
+
+def campaign(db: psycopg.Connection, campaign_id: int) -> dict[str, Any]:
+    with db.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM core.campaigns WHERE campaign_id = %s", (campaign_id,)).fetchone()
+
+
+def outbound(db: psycopg.Connection, outbound_id: int) -> dict[str, Any]:
+    with db.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM core.outbound_messages WHERE outbound_id = %s",
+                           (outbound_id,)).fetchone()
+
+
+def queue(db: psycopg.Connection, name: str) -> list[dict[str, Any]]:
+    """The messages of a pgmq queue ('c_1', 'r_1') in msg_id order; vt_in is vt's distance from now (s)."""
+    with db.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            sql.SQL("SELECT msg_id, read_ct, message, vt, extract(epoch FROM vt - clock_timestamp())::float8"
+                    " AS vt_in FROM pgmq.{} ORDER BY msg_id").format(sql.Identifier("q_" + name))
+        ).fetchall()
+
+
+def archived(db: psycopg.Connection, name: str) -> list[int]:
+    return [r[0] for r in db.execute(
+        sql.SQL("SELECT msg_id FROM pgmq.{} ORDER BY msg_id").format(sql.Identifier("a_" + name)))]
+
+
+def clock(db: psycopg.Connection) -> Any:
+    """The database's clock now, to measure delays the next call sets from."""
+    return db.execute("SELECT clock_timestamp()").fetchone()[0]
+
+
+def settings(db: psycopg.Connection, **values: Any) -> None:
+    """Set tunables of core.settings for this test's database."""
+    for column, value in values.items():
+        db.execute(sql.SQL("UPDATE core.settings SET {} = %s").format(sql.Identifier(column)),
+                   (value,))

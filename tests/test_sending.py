@@ -1,0 +1,529 @@
+"""The send path: api.claim_sends (pacing, replies first, fairness, no double claim,
+crash recovery) and api.report_sends (Meta's error codes, AIMD, counters), against a real
+PostgreSQL through the api functions."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import orjson
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from tests import factories as f
+
+# Allowance for the time a call itself takes on a loaded machine.
+SLACK = 0.5
+
+
+def number(db: psycopg.Connection, acc: f.Account) -> dict:
+    with db.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM core.wa_numbers WHERE number_id = %s", (acc.number_id,)).fetchone()
+
+
+def notifications(db: psycopg.Connection) -> list[tuple[str, str, str]]:
+    return db.execute("SELECT kind, severity, message FROM core.notifications ORDER BY notification_id").fetchall()
+
+
+def send_minutes(db: psycopg.Connection) -> tuple[int, int, int, int]:
+    return db.execute("SELECT coalesce(sum(accepted), 0)::int, coalesce(sum(retried), 0)::int, "
+                      "coalesce(sum(failed), 0)::int, coalesce(sum(throttled), 0)::int FROM core.send_minutes").fetchone()
+
+
+def add_reply(db: psycopg.Connection, acc: f.Account, to: str, text: str) -> int:
+    """A rendered reply waiting in the number's reply queue, as the inbox or a bot queues one."""
+    contact_id = db.execute("SELECT contact_id FROM core.contacts WHERE tenant_id = %s AND wa_id = %s",
+                            (acc.tenant_id, to)).fetchone()[0]
+    outbound_id = db.execute("INSERT INTO core.outbound_messages (number_id, contact_id, kind) "
+                             "VALUES (%s, %s, 'reply') RETURNING outbound_id", (acc.number_id, contact_id)).fetchone()[0]
+    body = {"messaging_product": "whatsapp", "to": to, "type": "text", "text": {"body": text},
+            "biz_opaque_callback_data": str(outbound_id)}
+    db.execute("SELECT pgmq.send(%s, %s::jsonb)",
+               (f"r_{acc.number_id}", orjson.dumps({"o": outbound_id, "b": body}).decode()))
+    return outbound_id
+
+
+# -- claim_sends: pacing -----------------------------------------------------------------
+
+def test_claim_paces_a_number_at_its_rate_within_the_horizon(db: psycopg.Connection) -> None:
+    acc = f.account(db, throughput_mps=100)      # paced at 100 x 0.97 = 97 msg/s
+    f.running_campaign(db, acc, 100)
+    started = time.monotonic()
+    first = f.claim(db)
+    second = f.claim(db)
+    elapsed = time.monotonic() - started
+    # 250 ms of a 97 msg/s pace: 24 sends, each 1/97 s after the one before.
+    assert 23 <= len(first) <= 25
+    gaps = [(b["send_at"] - a["send_at"]).total_seconds() for a, b in itertools.pairwise(first)]
+    assert all(abs(g - 1 / 97) < 2e-6 for g in gaps), gaps
+    assert abs((first[0]["send_at"] - datetime.now(UTC)).total_seconds()) < 1
+    # The pace is spent: an immediate second claim gets only what the clock earned
+    # meanwhile, and its sends carry on the same spacing.
+    assert len(second) <= 1 + elapsed * 97
+    if second:
+        assert abs((second[0]["send_at"] - first[-1]["send_at"]).total_seconds() - 1 / 97) < 2e-6
+
+
+def test_a_number_throttled_below_one_send_per_horizon_still_sends(db: psycopg.Connection) -> None:
+    acc = f.account(db, throughput_mps=100)
+    f.running_campaign(db, acc, 50)
+    requests = f.claim(db)
+    for r in requests[:6]:     # six throughput errors in a row: 100 -> 1.5625 msg/s
+        f.report(db, [f.err(r, 130429, 429)])
+        db.execute("UPDATE core.wa_numbers SET throttled_at = NULL")
+    assert number(db, acc)["rate_mps"] == 1.5625
+    f.catch_up(db)
+    before = f.clock(db)
+    assert len(f.claim(db)) == 1          # not zero: 250 ms at 1.5625 msg/s is less than one send
+    assert f.claim(db) == []
+    assert abs((number(db, acc)["send_tat"] - before).total_seconds() - 1 / 1.5625) < SLACK
+
+
+def test_numbers_are_paced_independently_in_one_claim(db: psycopg.Connection) -> None:
+    one, two = f.account(db, throughput_mps=100), f.account(db, throughput_mps=40)
+    f.running_campaign(db, one, 50)
+    f.running_campaign(db, two, f.contacts(50, base=100))
+    claimed = f.claim(db)
+    for acc, rate, expected in ((one, 97, 24), (two, 40 * 0.97, 9)):
+        mine = [r for r in claimed if r["phone_number_id"] == acc.phone_number_id]
+        assert len(mine) == expected
+        assert abs((mine[0]["send_at"] - datetime.now(UTC)).total_seconds()) < 1
+        gaps = [(b["send_at"] - a["send_at"]).total_seconds() for a, b in itertools.pairwise(mine)]
+        assert all(abs(g - 1 / rate) < 2e-6 for g in gaps), gaps
+
+
+def test_claim_takes_no_more_than_asked(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    f.running_campaign(db, acc, 30)
+    assert len(f.claim(db, 7)) == 7
+    assert len(f.claim_all(db, 0)) == 0
+    assert db.execute("SELECT count(*) FROM core.outbound_messages WHERE state = 'in_flight'").fetchone()[0] == 7
+
+
+def test_replies_are_claimed_before_campaign_traffic(db: psycopg.Connection) -> None:
+    acc = f.account(db, throughput_mps=100)
+    cid = f.running_campaign(db, acc, 40)
+    replies = [add_reply(db, acc, to, f"reply {i}") for i, to in enumerate(f.phones(3, base=5))]
+    claimed = f.claim(db)
+    assert [r["outbound_id"] for r in claimed[:3]] == replies
+    assert claimed[0]["body"]["text"] == {"body": "reply 0"}
+    assert {r["queue_name"] for r in claimed[3:]} == {f"c_{cid}"} and len(claimed) >= 20
+    f.report(db, [f.ok(r) for r in claimed])
+    assert f.queue(db, f"r_{acc.number_id}") == []
+
+
+def test_two_running_campaigns_on_one_number_get_equal_shares(db: psycopg.Connection) -> None:
+    acc = f.account(db, throughput_mps=100)
+    one, two = f.running_campaign(db, acc, 50), f.running_campaign(db, acc, f.contacts(50, base=100))
+    claimed = f.claim(db)
+    shares = [sum(r["queue_name"] == f"c_{c}" for r in claimed) for c in (one, two)]
+    assert abs(shares[0] - shares[1]) <= 1 and sum(shares) == len(claimed) >= 20
+
+
+def test_a_campaign_with_less_than_its_share_leaves_the_rest_to_the_others(db: psycopg.Connection) -> None:
+    acc = f.account(db, throughput_mps=100)
+    big = f.running_campaign(db, acc, 150)
+    small = f.running_campaign(db, acc, f.contacts(3, base=1000))
+    other = f.running_campaign(db, acc, f.contacts(150, base=2000))
+    # Campaigns are read in a fresh order each claim; in every order the budget is used.
+    for _ in range(10):
+        f.catch_up(db)
+        f.expire_claims(db, small)
+        claimed = f.claim(db)
+        counts = {c: sum(r["queue_name"] == f"c_{c}" for r in claimed) for c in (big, small, other)}
+        assert len(claimed) == 24 and counts[small] == 3, counts
+        assert min(counts[big], counts[other]) >= 8, counts
+
+
+def test_campaigns_sharing_a_slow_number_take_turns(db: psycopg.Connection) -> None:
+    acc = f.account(db, throughput_mps=100)
+    one, two = f.running_campaign(db, acc, 30), f.running_campaign(db, acc, f.contacts(30, base=100))
+    db.execute("UPDATE core.wa_numbers SET rate_mps = 2")    # one send per claim
+    queues = []
+    for _ in range(20):
+        f.catch_up(db)
+        (request,) = f.claim(db)
+        queues.append(request["queue_name"])
+    assert queues.count(f"c_{one}") > 0 and queues.count(f"c_{two}") > 0, queues
+
+
+def test_racing_claims_never_hand_out_the_same_message(db: psycopg.Connection, db_url: str) -> None:
+    f.settings(db, pace_horizon_ms=5000)
+    accounts = [f.account(db), f.account(db)]
+    for i, acc in enumerate(accounts):
+        f.running_campaign(db, acc, f.contacts(300, base=1000 * i))
+    barrier = threading.Barrier(2)
+
+    def worker(k: int) -> list[int]:
+        got: list[int] = []
+        try:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                for _ in range(80):
+                    barrier.wait(timeout=10)
+                    rows = conn.execute("SELECT outbound_id FROM api.claim_sends(%s, 15)", (f"w{k}",)).fetchall()
+                    got.extend(r[0] for r in rows)
+        except BaseException:
+            barrier.abort()   # the other worker stops waiting too
+            raise
+        return got
+
+    with ThreadPoolExecutor(2) as pool:
+        claimed = [future.result() for future in [pool.submit(worker, k) for k in (0, 1)]]
+    assert len(claimed[0]) > 0 and len(claimed[1]) > 0
+    assert not set(claimed[0]) & set(claimed[1])
+    everything = claimed[0] + claimed[1]
+    assert len(everything) == len(set(everything)) == 600
+    assert db.execute("SELECT count(*) FILTER (WHERE state = 'in_flight' AND attempts = 1) FROM core.outbound_messages"
+                      ).fetchone()[0] == 600
+
+
+def test_expired_claim_comes_back(db: psycopg.Connection) -> None:
+    f.settings(db, claim_timeout_s=5)
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 3)
+    f.catch_up(db)
+    before = f.clock(db)
+    first = f.claim(db)
+    assert f.claim_all(db) == []          # invisible while claimed
+    # For the claim timeout plus the 250 ms pace horizon, rounded up to a second.
+    assert all(6 <= (m["vt"] - before).total_seconds() <= 6 + SLACK for m in f.queue(db, f"c_{cid}"))
+    f.expire_claims(db, cid)
+    again = f.claim_all(db)
+    assert [r["outbound_id"] for r in again] == [r["outbound_id"] for r in first]
+    assert [r["attempt"] for r in again] == [2, 2, 2]
+
+
+def test_expired_claim_settled_by_a_status_meanwhile_is_dropped_not_resent(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 3)
+    first = f.claim_all(db)
+    settled = first[0]["outbound_id"]
+    # The worker died after the POST; Meta's 'sent' status arrived (matched by the opaque data).
+    db.execute("SELECT core.advance_outbound(ARRAY[%s]::bigint[], ARRAY['sent'], ARRAY[now()])", (settled,))
+    f.expire_claims(db, cid)
+    again = f.claim_all(db)
+    assert [r["outbound_id"] for r in again] == [r["outbound_id"] for r in first[1:]]
+    assert settled not in [m["message"]["o"] for m in f.queue(db, f"c_{cid}")]
+    assert f.outbound(db, settled)["attempts"] == 1
+    c = f.campaign(db, cid)
+    assert (c["sent"], c["finished"]) == (1, 1)
+
+
+# -- report_sends: success -----------------------------------------------------------------
+
+def test_success_stores_the_wamid_and_moves_the_counters(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 4, [f.order_update(), f.promo()])
+    requests = f.claim_all(db)
+    result = f.report(db, [f.ok(r) for r in requests])
+    assert result == {"accepted": 4, "retried": 0, "failed": 0, "paused": 0, "ignored": 0}
+    rows = db.execute("SELECT state, wamid, accepted_at IS NOT NULL FROM core.outbound_messages "
+                      "ORDER BY outbound_id").fetchall()
+    assert rows == [("accepted", f"wamid.{r['outbound_id']}", True) for r in requests]
+    assert f.queue(db, f"c_{cid}") == [] and f.archived(db, f"c_{cid}") == []
+    c = f.campaign(db, cid)
+    assert (c["sent"], c["finished"], c["failed"], c["status"]) == (4, 4, 0, "completed")
+    assert db.execute("SELECT array_agg(sent ORDER BY variant) FROM core.campaign_templates").fetchone()[0] == [2, 2]
+    assert send_minutes(db) == (4, 0, 0, 0)
+
+
+# -- report_sends: Meta's error codes -------------------------------------------------------
+
+@pytest.mark.parametrize("code", [190, 131042, 132001, 132015, 132016])
+def test_auth_payment_and_template_errors_pause_the_campaign_and_fail_nothing(db: psycopg.Connection,
+                                                                              code: int) -> None:
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 10)
+    requests = f.claim_all(db, 5)
+    result = f.report(db, [f.err(requests[0], code), f.err(requests[1], code)] + [f.ok(r) for r in requests[2:4]])
+    assert result == {"accepted": 2, "retried": 0, "failed": 0, "paused": 2, "ignored": 0}
+    # The last message of the batch reports the same error later: still one notification.
+    assert f.report(db, [f.err(requests[4], code)])["paused"] == 1
+    c = f.campaign(db, cid)
+    assert c["status"] == "paused" and str(code) in c["pause_reason"]
+    assert (c["failed"], c["sent"]) == (0, 2)
+    (note,) = notifications(db)
+    assert note[:2] == ("campaign_paused", "critical") and str(code) in note[2]
+    back = [f.outbound(db, r["outbound_id"]) for r in (requests[0], requests[1], requests[4])]
+    assert [(o["state"], o["attempts"], o["error_code"]) for o in back] == [("queued", 0, code)] * 3
+    # Back in the queue at once, but not claimed while the campaign is paused.
+    visible = {m["msg_id"] for m in f.queue(db, f"c_{cid}") if m["vt_in"] <= 0}
+    assert {requests[i]["msg_id"] for i in (0, 1, 4)} <= visible
+    assert f.claim_all(db) == []
+    db.execute("SELECT api.resume_campaign(%s, %s)", (acc.tenant_id, cid))
+    resumed = f.claim_all(db)
+    assert len(resumed) == 8
+    assert {r["attempt"] for r in resumed} == {1}
+
+
+@pytest.mark.parametrize("code", [130429, 80007, 4])
+def test_throughput_errors_halve_the_rate_and_retry_shortly(db: psycopg.Connection, code: int) -> None:
+    acc = f.account(db, throughput_mps=200)
+    cid = f.running_campaign(db, acc, 10)
+    requests = f.claim_all(db)
+    before = f.clock(db)
+    result = f.report(db, [f.err(requests[0], code, 429)] + [f.ok(r) for r in requests[1:]])
+    assert (result["retried"], result["accepted"], result["failed"]) == (1, 9, 0)
+    n = number(db, acc)
+    assert n["rate_mps"] == 100 and n["throttled_at"] is not None
+    # The number's pace is pushed a second ahead; the message comes back in one to two.
+    assert 1 <= (n["send_tat"] - before).total_seconds() <= 1 + SLACK
+    o = f.outbound(db, requests[0]["outbound_id"])
+    assert (o["state"], o["attempts"], o["error_category"]) == ("queued", 0, "rate_limit")
+    (m,) = f.queue(db, f"c_{cid}")
+    assert 1 <= (m["vt"] - before).total_seconds() <= 2 + SLACK
+    assert notifications(db) == [] and f.campaign(db, cid)["status"] == "running"
+    assert send_minutes(db) == (9, 0, 0, 1)
+    # Halved again by the next throttled report.
+    f.expire_claims(db, cid)
+    f.report(db, [f.err(f.claim_all(db)[0], code, 429)])
+    assert number(db, acc)["rate_mps"] == 50
+
+
+def test_a_halved_rate_paces_the_next_claims(db: psycopg.Connection) -> None:
+    acc = f.account(db, throughput_mps=100)
+    f.running_campaign(db, acc, 100)
+    requests = f.claim(db)
+    f.report(db, [f.err(requests[0], 130429, 429)])
+    assert f.claim(db) == []        # the pace was pushed a second ahead
+    f.catch_up(db)
+    # 250 ms at 50 msg/s.
+    assert len(f.claim(db)) == 12
+
+
+def test_clean_reports_grow_the_rate_back_but_never_above_the_throughput(db: psycopg.Connection) -> None:
+    acc = f.account(db, throughput_mps=100)
+    f.running_campaign(db, acc, 40)
+    requests = f.claim_all(db)
+    f.report(db, [f.err(requests[0], 130429, 429)])
+    assert number(db, acc)["rate_mps"] == 50
+    # Within a second of the throttle, a clean batch does not grow the rate.
+    f.report(db, [f.ok(requests[1])])
+    assert number(db, acc)["rate_mps"] == 50
+    db.execute("UPDATE core.wa_numbers SET throttled_at = now() - interval '2 seconds'")
+    rates = []
+    for r in requests[2:15]:
+        f.report(db, [f.ok(r)])
+        rates.append(number(db, acc)["rate_mps"])
+    assert rates == [55, 60, 65, 70, 75, 80, 85, 90, 95, 100, 100, 100, 100]
+    # A batch with a retried error does not grow it.
+    db.execute("UPDATE core.wa_numbers SET rate_mps = 60")
+    f.report(db, [f.ok(requests[15]), f.err(requests[16], 131000, 500)])
+    assert number(db, acc)["rate_mps"] == 60
+
+
+@pytest.mark.parametrize("code", [131000, 131016, None], ids=["131000", "131016", "network"])
+def test_transient_errors_retry_with_backoff_then_fail_after_max_attempts(db: psycopg.Connection,
+                                                                          code: int | None) -> None:
+    f.settings(db, max_attempts=2)
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 1)
+    (first,) = f.claim_all(db)
+    before = f.clock(db)
+    assert f.report(db, [f.err(first, code, 500)])["retried"] == 1
+    o = f.outbound(db, first["outbound_id"])
+    assert (o["state"], o["attempts"], o["error_category"]) == ("queued", 1, "transient")
+    (m,) = f.queue(db, f"c_{cid}")
+    assert 5 * 0.8 <= (m["vt"] - before).total_seconds() <= 5 * 1.2 + SLACK   # the first backoff, jittered
+    assert f.claim_all(db) == []
+    f.expire_claims(db, cid)
+    (second,) = f.claim_all(db)
+    assert second["attempt"] == 2
+    assert f.report(db, [f.err(second, code, 500)])["failed"] == 1
+    o = f.outbound(db, first["outbound_id"])
+    assert (o["state"], o["error_category"], o["failed_at"] is not None) == ("failed", "transient", True)
+    assert f.queue(db, f"c_{cid}") == [] and f.archived(db, f"c_{cid}") == [first["msg_id"]]
+    c = f.campaign(db, cid)
+    assert (c["failed"], c["finished"], c["status"]) == (1, 1, "completed")
+    assert notifications(db) == []
+    assert send_minutes(db) == (0, 1, 1, 0)
+
+
+def test_backoff_grows_with_the_attempt(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 1)
+    for attempt, backoff in enumerate([5, 10, 20], start=1):
+        (req,) = f.claim_all(db)
+        assert req["attempt"] == attempt
+        before = f.clock(db)
+        f.report(db, [f.err(req, 131000, 500)])
+        (m,) = f.queue(db, f"c_{cid}")
+        assert backoff * 0.8 <= (m["vt"] - before).total_seconds() <= backoff * 1.2 + SLACK
+        f.expire_claims(db, cid)
+
+
+def test_recipient_error_fails_at_once_and_archives_the_message(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 2, [f.order_update(), f.promo()])
+    requests = f.claim_all(db)
+    result = f.report(db, [f.err(requests[0], 131026), f.ok(requests[1])])
+    assert (result["failed"], result["accepted"], result["retried"]) == (1, 1, 0)
+    o = f.outbound(db, requests[0]["outbound_id"])
+    assert (o["state"], o["attempts"], o["error_code"], o["error_category"]) == ("failed", 1, 131026, "recipient")
+    assert f.queue(db, f"c_{cid}") == []
+    assert f.archived(db, f"c_{cid}") == [requests[0]["msg_id"]]
+    assert db.execute("SELECT array_agg(failed ORDER BY variant) FROM core.campaign_templates").fetchone()[0] == [1, 0]
+    assert notifications(db) == []
+
+
+def test_unknown_error_code_takes_the_default_policy(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 2)
+    requests = f.claim_all(db)
+    assert f.report(db, [f.err(r, 999999) for r in requests])["retried"] == 2
+    o = f.outbound(db, requests[0]["outbound_id"])
+    assert (o["state"], o["error_code"], o["error_category"]) == ("queued", 999999, "unknown")
+    (note,) = notifications(db)
+    assert note[:2] == ("send_error", "warning") and "999999" in note[2]
+    assert f.campaign(db, cid)["status"] == "running"
+
+
+def test_a_duplicate_report_changes_nothing(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 6)
+    requests = f.claim_all(db)
+    results = ([f.ok(r) for r in requests[:3]] + [f.err(requests[3], 131026), f.err(requests[4], 131000, 500),
+                                                   f.err(requests[5], 130429, 429)])
+    assert f.report(db, results) == {"accepted": 3, "retried": 2, "failed": 1, "paused": 0, "ignored": 0}
+
+    def snapshot() -> tuple:
+        return (f.campaign(db, cid), db.execute("SELECT * FROM core.campaign_templates").fetchall(),
+                db.execute("SELECT * FROM core.outbound_messages ORDER BY outbound_id").fetchall(),
+                [(m["msg_id"], m["read_ct"]) for m in f.queue(db, f"c_{cid}")], f.archived(db, f"c_{cid}"),
+                send_minutes(db), db.execute("SELECT rate_mps FROM core.wa_numbers").fetchall())
+
+    before = snapshot()
+    # Redelivered later, when the throttle has worn off: still nothing moves, the rate included.
+    db.execute("UPDATE core.wa_numbers SET throttled_at = throttled_at - interval '5 seconds'")
+    assert f.report(db, results) == {"accepted": 0, "retried": 0, "failed": 0, "paused": 0, "ignored": 6}
+    assert snapshot() == before
+
+
+def test_a_message_reported_twice_in_one_batch_counts_once_and_keeps_its_success(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 2)
+    one, two = f.claim_all(db)
+    # The claim expired mid-send and the message went out twice: one success, one error.
+    result = f.report(db, [f.ok(one), f.err(one, 131000, 500), f.ok(two), f.ok(two)])
+    assert result == {"accepted": 2, "retried": 0, "failed": 0, "paused": 0, "ignored": 2}
+    assert [f.outbound(db, r["outbound_id"])["state"] for r in (one, two)] == ["accepted", "accepted"]
+    assert send_minutes(db) == (2, 0, 0, 0)
+    c = f.campaign(db, cid)
+    assert (c["sent"], c["finished"], c["status"]) == (2, 2, "completed")
+
+
+def test_a_status_before_the_report_is_not_counted_twice(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 2)
+    requests = f.claim_all(db)
+    early = requests[0]["outbound_id"]
+    db.execute("SELECT core.advance_outbound(ARRAY[%s]::bigint[], ARRAY['delivered'], ARRAY[now()])", (early,))
+    f.report(db, [f.ok(r) for r in requests])
+    o = f.outbound(db, early)
+    assert (o["state"], o["wamid"], o["accepted_at"] is not None) == ("delivered", f"wamid.{early}", True)
+    assert f.queue(db, f"c_{cid}") == []
+    c = f.campaign(db, cid)
+    assert (c["sent"], c["delivered"], c["finished"], c["status"]) == (2, 1, 2, "completed")
+    assert db.execute("SELECT sent, delivered FROM core.campaign_templates").fetchone() == (2, 1)
+
+
+def test_statuses_that_arrived_before_the_wamid_was_known_are_applied_by_the_report(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 1)
+    (req,) = f.claim_all(db)
+    db.execute("INSERT INTO core.status_events (wamid, status, occurred_at) VALUES "
+               "('wamid.early', 'sent', now()), ('wamid.early', 'read', now())")
+    assert f.report(db, [f.ok(req, "wamid.early")])["accepted"] == 1
+    o = f.outbound(db, req["outbound_id"])
+    assert (o["state"], o["wamid"], o["read_at"] is not None) == ("read", "wamid.early", True)
+    assert db.execute("SELECT count(*) FROM core.status_events WHERE outbound_id = %s",
+                      (req["outbound_id"],)).fetchone()[0] == 2
+    c = f.campaign(db, cid)
+    assert (c["sent"], c["delivered"], c["read"], c["finished"]) == (1, 1, 1, 1)
+
+
+def test_a_report_for_an_unknown_message_is_ignored_and_a_malformed_one_refused(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    f.running_campaign(db, acc, 1)
+    (req,) = f.claim_all(db)
+    ghost = dict(f.ok(req), outbound_id=10**12, wamid="wamid.ghost")
+    assert f.report(db, [ghost])["ignored"] == 1
+    assert f.outbound(db, req["outbound_id"])["state"] == "in_flight"
+    with pytest.raises(psycopg.Error) as caught:
+        db.execute("SELECT api.report_sends('{}'::jsonb)")
+    assert caught.value.diag.sqlstate == "PW100"
+
+
+# -- counters ------------------------------------------------------------------------
+
+RECOUNT = """
+SELECT count(*)::int AS total,
+       count(*) FILTER (WHERE state IN ('accepted', 'sent', 'delivered', 'read'))::int AS sent,
+       count(*) FILTER (WHERE state IN ('delivered', 'read'))::int AS delivered,
+       count(*) FILTER (WHERE state = 'failed')::int AS failed,
+       count(*) FILTER (WHERE state = 'cancelled')::int AS cancelled,
+       count(*) FILTER (WHERE state IN ('accepted', 'sent', 'delivered', 'read', 'failed'))::int AS finished
+FROM core.outbound_messages WHERE campaign_id = %s
+"""
+
+
+def test_counters_equal_a_recount_after_a_mixed_run(db: psycopg.Connection) -> None:
+    f.settings(db, max_attempts=3)
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 120, [f.order_update(), f.promo()])
+    rnd = random.Random(4)
+    for _ in range(40):
+        # Time passes between batches: the number's throttle wears off.
+        db.execute("UPDATE core.wa_numbers SET rate_mps = throughput_mps, throttled_at = NULL")
+        requests = f.claim_all(db, 30)
+        if not requests:
+            if f.campaign(db, cid)["status"] != "running":
+                break
+            f.expire_claims(db, cid)
+            continue
+        results = []
+        for r in requests:
+            roll = rnd.random()
+            if roll < 0.1:   # the worker died: no report, the claim expires
+                continue
+            if roll < 0.2:   # a status came first
+                db.execute("SELECT core.advance_outbound(ARRAY[%s]::bigint[], ARRAY['delivered'], ARRAY[now()])",
+                           (r["outbound_id"],))
+            if roll < 0.6:
+                results.append(f.ok(r))
+            elif roll < 0.7:
+                results.append(f.err(r, 131026))
+            elif roll < 0.8:
+                results.append(f.err(r, 130429, 429))
+            else:
+                results.append(f.err(r, 131000, 500))
+        result = f.report(db, results + results[:3])   # a few reported twice
+        assert result["ignored"] == min(3, len(results))
+        f.expire_claims(db, cid)
+    c = f.campaign(db, cid)
+    assert c["status"] == "completed"
+    with db.cursor(row_factory=dict_row) as cur:
+        recount = cur.execute(RECOUNT, (cid,)).fetchone()
+        assert {k: c[k] for k in recount} == recount
+        assert recount["failed"] > 0 and recount["sent"] > 0 and recount["delivered"] > 0
+        per_template = cur.execute("""
+            SELECT t.variant, t.total, t.sent, t.delivered, t.failed,
+                   count(o.*)::int AS r_total,
+                   count(o.*) FILTER (WHERE o.state IN ('accepted', 'sent', 'delivered', 'read'))::int AS r_sent,
+                   count(o.*) FILTER (WHERE o.state IN ('delivered', 'read'))::int AS r_delivered,
+                   count(o.*) FILTER (WHERE o.state = 'failed')::int AS r_failed
+            FROM core.campaign_templates t
+            LEFT JOIN core.outbound_messages o ON o.campaign_id = t.campaign_id AND o.variant = t.variant
+            WHERE t.campaign_id = %s GROUP BY t.variant, t.total, t.sent, t.delivered, t.failed""",
+                                   (cid,)).fetchall()
+    for t in per_template:
+        assert (t["total"], t["sent"], t["delivered"], t["failed"]) == (
+            t["r_total"], t["r_sent"], t["r_delivered"], t["r_failed"]), t
+    minutes = send_minutes(db)
+    assert minutes[0] == recount["sent"] and minutes[2] == recount["failed"]

@@ -1,0 +1,335 @@
+"""The send loop end to end: PostgreSQL's claim_sends/report_sends, the worker, the simulator.
+
+State is built through the api functions as a client would; the worker talks real
+HTTP to the simulator, whose ledger says who was messaged and how often.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import psycopg
+
+from pgwa.config import ROOT, Settings
+from pgwa.contacts import csv_text, stage_csv
+from worker.sender import Sender
+
+try:  # tests/ is a rootless directory under pytest's default import mode
+    from sim_fixtures import NUMBERS
+except ImportError:  # tests/ became a package
+    from tests.sim_fixtures import NUMBERS
+
+pytest_plugins = ["sim_fixtures"] if __package__ in (None, "") else ["tests.sim_fixtures"]
+
+ONE, TWO = NUMBERS[0], NUMBERS[1]          # the simulator allows them 80 and 20 msg/s
+ORDER_UPDATE = [{"type": "BODY", "text": "Hi {{1}}, your order {{2}} is on its way."}]
+
+
+def setup_number(db: psycopg.Connection, number: dict, mps: int) -> tuple[int, int]:
+    """A tenant with one registered number and the order_update template: (tenant, number)."""
+    tenant = db.execute("SELECT api.create_tenant(%s)", (f"tenant {number['phone_number_id']}",)
+                        ).fetchone()[0]
+    number_id = db.execute(
+        "SELECT api.register_number(%s, %s, %s, %s, NULL, %s)",
+        (tenant, number["phone_number_id"], number["waba_id"], number["token"], mps)).fetchone()[0]
+    db.execute("SELECT api.upsert_template(%s, %s, 'order_update', 'en_US', %s::jsonb)",
+               (tenant, number["waba_id"], orjson.dumps(ORDER_UPDATE).decode()))
+    return tenant, number_id
+
+
+def phones(n: int, base: int = 0) -> list[str]:
+    return [f"1555{base + i:07d}" for i in range(n)]
+
+
+def create_campaign(db: psycopg.Connection, tenant: int, number_id: int, to: list[str],
+                    start: bool = True) -> int:
+    stage_csv(db, csv_text({"phone": p, "name": f"N{i}", "order_no": f"A-{i}"}
+                           for i, p in enumerate(to)))
+    templates = [{"name": "order_update", "language": "en_US",
+                  "params": [{"column": "name"}, {"column": "order_no"}]}]
+    row = db.execute("SELECT campaign_id, total FROM api.create_campaign(%s, %s, %s, %s::jsonb, "
+                     "'reject', NULL, %s)",
+                     (tenant, number_id, f"c{time.monotonic_ns()}", orjson.dumps(templates).decode(),
+                      start)).fetchone()
+    assert row[1] == len(to)
+    return row[0]
+
+
+def states(db: psycopg.Connection, campaign_id: int) -> dict[str, int]:
+    return dict(db.execute("SELECT state, count(*) FROM core.outbound_messages "
+                           "WHERE campaign_id = %s GROUP BY state", (campaign_id,)).fetchall())
+
+
+def settings(db_url: str, sim_url: str, name: str = "w1", **kw) -> Settings:
+    return Settings(database_url=db_url, graph_base_url=sim_url, worker_name=name, **kw)
+
+
+async def run_until(senders: list[Sender], db_url: str, query: str, params: tuple,
+                    timeout: float) -> None:
+    """Run the senders until ``query`` returns true, then stop them gracefully."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(s.run(stop)) for s in senders]
+    try:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            deadline = time.monotonic() + timeout
+            while True:
+                row = await (await conn.execute(query, params)).fetchone()
+                if row[0]:
+                    break
+                assert time.monotonic() < deadline, f"timed out; {[s.stats for s in senders]}"
+                assert not any(t.done() for t in tasks), [t.result() for t in tasks if t.done()]
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+ALL_ACCEPTED = ("SELECT count(*) FILTER (WHERE state = 'accepted') = count(*) "
+                "FROM core.outbound_messages WHERE campaign_id = %s")
+
+
+def assert_each_messaged_once(sim, to: list[str], pnid: str) -> None:
+    stats = sim.stats()
+    assert stats["duplicates"] == 0, stats
+    ledger = [e for e in sim.ledger(0) if e["phone_number_id"] == pnid]
+    assert sorted(e["to"] for e in ledger) == sorted(to)
+
+
+def test_campaign_is_sent_end_to_end_once_per_contact(db, db_url, sim):
+    tenant, number_id = setup_number(db, ONE, 80)
+    to = phones(150)
+    campaign = create_campaign(db, tenant, number_id, to)
+    sender = Sender(settings(db_url, sim.url))
+    asyncio.run(run_until([sender], db_url, ALL_ACCEPTED, (campaign,), 20))
+
+    assert states(db, campaign) == {"accepted": 150}
+    assert db.execute("SELECT status FROM core.campaigns WHERE campaign_id = %s",
+                      (campaign,)).fetchone()[0] == "completed"
+    assert db.execute("SELECT count(DISTINCT wamid) FROM core.outbound_messages "
+                      "WHERE campaign_id = %s", (campaign,)).fetchone()[0] == 150
+    assert_each_messaged_once(sim, to, ONE["phone_number_id"])
+    s = sender.stats
+    assert (s.sent, s.accepted, s.reported, s.unreported) == (150, 150, 150, 0)
+    assert s.report_totals.get("accepted") == 150
+    # Two round trips per batch, not per message.
+    assert s.reports < 60 and s.claims < 80
+
+
+def test_sends_respect_the_number_limit(db, db_url, sim):
+    tenant, number_id = setup_number(db, ONE, 80)        # the simulator's limit too
+    to = phones(320)
+    campaign = create_campaign(db, tenant, number_id, to)
+    started = time.monotonic()
+    asyncio.run(run_until([Sender(settings(db_url, sim.url))], db_url, ALL_ACCEPTED,
+                          (campaign,), 30))
+    elapsed = time.monotonic() - started
+    stats = sim.stats()
+    # The database paces at 97% of the limit; the simulator counts arrivals on its own
+    # (busy) loop, so a stall there may squeeze a send or two into one second.
+    assert stats["rejected_by_code"].get("130429", 0) <= 2, stats
+    assert stats["numbers"][ONE["phone_number_id"]]["peak_1s_attempts"] <= 82
+    assert elapsed > 320 / 80 - 0.5            # paced, not bursted
+    assert_each_messaged_once(sim, to, ONE["phone_number_id"])
+
+
+def test_rate_limit_errors_make_the_worker_back_off(db, db_url, sim):
+    # The database believes 80 msg/s; the simulator allows this number 20.
+    tenant, number_id = setup_number(db, TWO, 80)
+    to = phones(150)
+    campaign = create_campaign(db, tenant, number_id, to)
+    sender = Sender(settings(db_url, sim.url))
+    asyncio.run(run_until([sender], db_url, ALL_ACCEPTED, (campaign,), 40))
+
+    stats = sim.stats()
+    rejected = stats["rejected_by_code"].get("130429", 0)
+    assert rejected > 0
+    throttled = db.execute("SELECT sum(throttled) FROM core.send_minutes WHERE number_id = %s",
+                           (number_id,)).fetchone()[0]
+    assert throttled == rejected == sender.stats.error_codes[130429]
+    # Backing off keeps rejections a fraction of the sends; without it about three in
+    # four requests at 80/s against a limit of 20 would be refused.
+    assert rejected < len(to)
+    assert_each_messaged_once(sim, to, TWO["phone_number_id"])
+    assert states(db, campaign) == {"accepted": 150}
+
+
+def test_idle_worker_waits_for_notify_and_issues_no_queries(db, db_url, sim):
+    tenant, number_id = setup_number(db, ONE, 80)
+
+    async def go() -> tuple[int, float, Sender]:
+        stop = asyncio.Event()
+        sender = Sender(settings(db_url, sim.url), heartbeat_s=60)
+        task = asyncio.create_task(sender.run(stop))
+        await asyncio.sleep(1.5)
+        idle_claims = sender.stats.claims
+        started = time.monotonic()
+        await asyncio.to_thread(create_campaign, db, tenant, number_id, phones(5))
+        while sender.stats.reported < 5:
+            assert time.monotonic() - started < 5, sender.stats
+            await asyncio.sleep(0.02)
+        latency = time.monotonic() - started
+        stop.set()
+        await task
+        return idle_claims, latency, sender
+
+    idle_claims, latency, sender = asyncio.run(go())
+    assert idle_claims == 1          # the first claim; then only LISTEN until the NOTIFY
+    assert latency < 2.0             # woken by NOTIFY, not by the 60 s heartbeat
+    assert sender.stats.accepted == 5
+
+
+def test_two_workers_share_a_campaign_without_duplicates(db, db_url, sim):
+    tenant, number_id = setup_number(db, ONE, 80)
+    to = phones(200)
+    campaign = create_campaign(db, tenant, number_id, to)
+    # A short heartbeat: a worker whose claim found the number taken by the other goes
+    # idle, and nothing NOTIFYs it while the campaign is already running.
+    a = Sender(settings(db_url, sim.url, "wa"), heartbeat_s=0.3)
+    b = Sender(settings(db_url, sim.url, "wb"), heartbeat_s=0.3)
+    asyncio.run(run_until([a, b], db_url, ALL_ACCEPTED, (campaign,), 30))
+    assert a.stats.accepted + b.stats.accepted == 200
+    assert a.stats.sent > 0 and b.stats.sent > 0
+    # Each worker holds its own share of the schedule; a stall in one may squeeze a send
+    # or two into the other's second, which the database retries.
+    assert sim.stats()["rejected_by_code"].get("130429", 0) <= 5
+    assert_each_messaged_once(sim, to, ONE["phone_number_id"])
+
+
+def test_permanent_errors_fail_and_transient_ones_are_retried(db, db_url, sim):
+    tenant, number_id = setup_number(db, ONE, 80)
+    sim.faults(failing_recipients=["15550000003"], failing_mode="sync")
+    db.execute("UPDATE core.settings SET retry_backoff_s = '{1}'")
+    to = phones(40)
+    campaign = create_campaign(db, tenant, number_id, to)
+    sim.faults(drop_connection_rate=0.2, drop_after_accept_share=0.0)
+    sender = Sender(settings(db_url, sim.url))
+    done = ("SELECT count(*) FILTER (WHERE state IN ('accepted', 'failed')) = count(*) "
+            "FROM core.outbound_messages WHERE campaign_id = %s")
+    asyncio.run(run_until([sender], db_url, done, (campaign,), 30))
+    assert states(db, campaign) == {"accepted": 39, "failed": 1}
+    assert db.execute("SELECT error_code FROM core.outbound_messages o JOIN core.contacts c "
+                      "USING (contact_id) WHERE c.wa_id = '15550000003'").fetchone()[0] == 131026
+    assert sender.stats.error_codes.get("network", 0) > 0
+    assert_each_messaged_once(sim, [p for p in to if p != "15550000003"], ONE["phone_number_id"])
+
+
+def test_worker_loses_no_secret_in_its_logs(db, db_url, sim, caplog):
+    secret = "EAAG-never-log-me"
+    tenant, number_id = setup_number(db, {**ONE, "token": secret}, 80)
+    campaign = create_campaign(db, tenant, number_id, phones(3))
+    caplog.set_level("DEBUG")
+    sender = Sender(settings(db_url, sim.url))
+    asyncio.run(run_until([sender], db_url,
+                          "SELECT status = 'paused' FROM core.campaigns WHERE campaign_id = %s",
+                          (campaign,), 20))
+    # 190 pauses the campaign: the worker reported the error, and nothing names the token.
+    assert sender.stats.error_codes.get(190, 0) >= 1
+    assert secret not in caplog.text
+    details = db.execute("SELECT string_agg(coalesce(error_detail, ''), ' ') "
+                         "FROM core.outbound_messages WHERE campaign_id = %s",
+                         (campaign,)).fetchone()[0]
+    assert secret not in (details or "")
+
+
+def test_lost_database_connections_are_reopened_and_nothing_is_lost(db, db_url, sim):
+    tenant, number_id = setup_number(db, ONE, 80)
+    db.execute("UPDATE core.settings SET claim_timeout_s = 5")   # a claim lost in the cut
+    to = phones(240)
+    campaign = create_campaign(db, tenant, number_id, to)
+    sender = Sender(settings(db_url, sim.url, "cut"))
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        task = asyncio.create_task(sender.run(stop))
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            killed = 0
+            deadline = time.monotonic() + 40
+            while True:
+                done = await (await conn.execute(ALL_ACCEPTED, (campaign,))).fetchone()
+                if done[0]:
+                    break
+                assert time.monotonic() < deadline, sender.stats
+                if killed < 3 and sender.stats.reported >= 60 * (killed + 1):
+                    cur = await conn.execute(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name LIKE 'cut-%%'")
+                    killed += 1
+                    assert (await cur.fetchone())[0] >= 2     # claim, report, listen
+                await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        return killed
+
+    assert asyncio.run(go()) == 3
+    assert states(db, campaign) == {"accepted": 240}
+    assert_each_messaged_once(sim, to, ONE["phone_number_id"])
+
+
+# --- the process: python -m worker ------------------------------------------------------
+
+def start_worker(db_url: str, sim_url: str, name: str) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": db_url, "GRAPH_BASE_URL": sim_url,
+           "PGWA_WORKER_NAME": name, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigterm_mid_campaign_then_restart_messages_everyone_once(db, db_url, sim):
+    tenant, number_id = setup_number(db, ONE, 80)
+    to = phones(400)
+    campaign = create_campaign(db, tenant, number_id, to)
+
+    first = start_worker(db_url, sim.url, "first")
+    try:
+        wait_for(lambda: sim.stats()["accepted"] >= 100, 15, "the first sends")
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=20)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, out
+    assert "stopped" in out and "0 left to the visibility timeout" in out, out
+    # Everything the first worker claimed was sent and reported: nothing is left in flight.
+    mid = states(db, campaign)
+    assert "in_flight" not in mid and 0 < mid.get("accepted", 0) < 400, mid
+    assert mid["accepted"] == sim.stats()["accepted"]
+
+    second = start_worker(db_url, sim.url, "second")
+    try:
+        wait_for(lambda: states(db, campaign) == {"accepted": 400}, 30, "the campaign to finish")
+        second.send_signal(signal.SIGTERM)
+        out, _ = second.communicate(timeout=20)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert second.returncode == 0, out
+    assert_each_messaged_once(sim, to, ONE["phone_number_id"])
+
+
+def test_idle_worker_exits_cleanly_on_sigint(db_url, sim):
+    proc = start_worker(db_url, sim.url, "idle")
+    try:
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "sender idle started" in out and "worker idle stopped" in out

@@ -1,0 +1,409 @@
+"""The send loop: claim paced requests, POST each at its time, report the results.
+
+One ``Sender`` runs these tasks::
+
+    listener: LISTEN pgwa_send ──wake──┐
+    claim loop ──api.claim_sends──> rows ──> one lane per number: at each row's send_at
+      (every PACE_S while busy; on NOTIFY      (never before), within the number's
+       or every HEARTBEAT_S when idle)          one-second window ──> POST task each
+    reporter <──results── POST tasks;  ──api.report_sends──> at most every REPORT_S
+
+Claims are pipelined: the database paces each number up to ~250 ms ahead, so the loop
+claims again every ~125 ms while earlier rows still wait in their lanes or are in
+flight. Two round trips per batch (one claim, one coalesced report), whatever its size.
+
+On stop (SIGTERM/SIGINT) the loop claims nothing more, sends what it holds (at most one
+pace horizon ahead, or a throttle hold), reports it and returns. Anything it cannot
+report comes back to a worker when its visibility timeout ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+
+import orjson
+
+from pgwa.config import Settings
+
+from .db import Database, Unavailable, listen
+from .graph import GraphClient
+
+log = logging.getLogger("worker.sender")
+
+CHANNEL = "pgwa_send"
+PACE_S = 0.125           # claim interval while there is work (the database paces 250 ms ahead)
+IDLE_AFTER_S = 1.0       # empty claims for this long: go idle
+HEARTBEAT_S = 5.0        # idle: claim this often even without a NOTIFY (retries, throttled numbers)
+# After a report with retried or throttled results, stay busy this long: the database
+# holds a throttled number ~1 s and its messages 1-2 s, and nothing NOTIFYs when they return.
+AFTER_RETRY_S = 3.0
+REPORT_S = 0.125         # at most one report per this interval (results are coalesced)
+STOP_REPORT_S = 15.0     # on stop, keep trying to report for this long
+THROUGHPUT_LOG_S = 60.0
+LATE_S = 0.025           # a send this late after its send_at counts as late (the loop lags)
+# Jitter control, per number. Sends held up by a stalled loop must not all go out the
+# moment it resumes: that squeezes the schedule and crosses Meta's per-second limit
+# (the database paces at 97% of it: a 30 ms stall at 1,000 msg/s is enough). So no
+# number gets more sends in any one-second window than its pace (read from the spacing
+# of its send_at values) divided by WINDOW_SHARE.
+WINDOW_S = 1.0
+WINDOW_SHARE = 0.985
+# A lane wakes at most this often; the sends that came due meanwhile go out together,
+# a few milliseconds late, which saves an event-loop cycle (and syscalls) per message.
+TICK_S = 0.003
+# Meta's throughput error: the database halves the number's pace and holds it ~1 s; the
+# sends this worker already holds for the number wait as long instead of piling on.
+THROTTLED_CODE = 130429
+THROTTLE_HOLD_S = 1.0
+
+# Each row's delay is measured on the database's clock from the claim's start (now()),
+# then counted on the loop clock from when the rows arrive: a send can only be late,
+# by the claim's round trip, and the rows keep the exact spacing the database gave them.
+CLAIM_SQL = """
+SELECT outbound_id, queue_name, msg_id, access_token, path, body::text,
+       extract(epoch FROM send_at - now())::float8
+FROM api.claim_sends(%s, %s)
+"""
+REPORT_SQL = "SELECT * FROM api.report_sends(%s::jsonb)"
+
+
+@dataclass
+class SenderStats:
+    claims: int = 0
+    claimed: int = 0
+    sent: int = 0
+    accepted: int = 0           # answered with a wamid
+    errors: int = 0             # answered with an error (or none at all)
+    reports: int = 0
+    reported: int = 0
+    unreported: int = 0         # given up on: they come back by visibility timeout
+    late: int = 0               # POSTed more than LATE_S after their send_at
+    max_late_ms: float = 0.0
+    report_totals: dict[str, int] = field(default_factory=dict)
+    error_codes: dict[str | int, int] = field(default_factory=dict)
+
+
+class Sender:
+    """One worker's claim → send → report loop. ``await run(stop)`` until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, graph: GraphClient | None = None, *,
+                 pace_s: float = PACE_S, idle_after_s: float = IDLE_AFTER_S,
+                 heartbeat_s: float = HEARTBEAT_S, report_s: float = REPORT_S,
+                 after_retry_s: float = AFTER_RETRY_S,
+                 max_inflight: int | None = None, status_line: bool | None = None) -> None:
+        self.settings = settings
+        self.graph = graph
+        self._own_graph = graph is None
+        self.pace_s = pace_s
+        self.idle_after_s = idle_after_s
+        self.heartbeat_s = heartbeat_s
+        self.report_s = report_s
+        self.after_retry_s = after_retry_s
+        self.max_inflight = max_inflight or max(2 * settings.claim_batch,
+                                                2 * settings.send_concurrency)
+        self.status_line = sys.stderr.isatty() if status_line is None else status_line
+        self.stats = SenderStats()
+        self._claims = Database(settings.database_url, f"{settings.worker_name}-claim")
+        self._reports = Database(settings.database_url, f"{settings.worker_name}-report")
+        self._inflight = 0                  # claimed and not yet reported (or given up)
+        self._lanes: dict[str, _Lane] = {}  # by request path: one per number
+        self._draining = False
+        self._sending: set[asyncio.Task] = set()
+        self._results: list[dict] = []
+        self._results_ready = asyncio.Event()
+        self._retry_seen = -1e9             # loop time of the last report with retries
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> SenderStats:
+        if self.graph is None:
+            self.graph = GraphClient(self.settings.graph_base_url, self.settings.send_concurrency)
+        wake = asyncio.Event()
+        done = asyncio.Event()              # the claim loop has stopped
+        sent = asyncio.Event()              # ... and every claimed message was sent
+        log.info("sender %s started: graph %s, batch %d, concurrency %d",
+                 self.settings.worker_name, self.settings.graph_base_url,
+                 self.settings.claim_batch, self.settings.send_concurrency)
+        listener = asyncio.create_task(
+            listen(self.settings.database_url, CHANNEL, wake, stop,
+                   f"{self.settings.worker_name}-listen"), name="pgwa-send-listen")
+        reporter = asyncio.create_task(self._report_loop(sent), name="pgwa-send-report")
+        status = asyncio.create_task(self._status_loop(done), name="pgwa-send-status")
+        try:
+            await self._claim_loop(stop, wake)
+        finally:
+            done.set()
+            self._draining = True
+            for lane in self._lanes.values():
+                lane.wake.set()
+            await asyncio.gather(*(lane.task for lane in self._lanes.values()),
+                                 return_exceptions=True)
+            if self._sending:
+                await asyncio.gather(*self._sending, return_exceptions=True)
+            sent.set()
+            self._results_ready.set()
+            await reporter
+            listener.cancel()
+            status.cancel()
+            await asyncio.gather(listener, status, return_exceptions=True)
+            await self._claims.close()
+            await self._reports.close()
+            if self._own_graph:
+                await self.graph.aclose()
+            s = self.stats
+            log.info("sender %s stopped: %d sent (%d accepted, %d errors), %d reported, "
+                     "%d left to the visibility timeout; %d sent late (max %.0f ms)",
+                     self.settings.worker_name, s.sent, s.accepted, s.errors, s.reported,
+                     s.unreported, s.late, s.max_late_ms)
+        return self.stats
+
+    async def _claim_loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        last_work = -1e9
+        failures = 0
+        while not stop.is_set():
+            wake.clear()
+            started = loop.time()
+            room = min(self.settings.claim_batch, self.max_inflight - self._inflight)
+            if room > 0:
+                try:
+                    rows, _ = await self._claims.fetch(
+                        CLAIM_SQL, (self.settings.worker_name, room), stop=stop)
+                    failures = 0
+                except Unavailable:
+                    break                   # stopping while the database is away
+                except Exception as exc:     # noqa: BLE001 (a broken function must not kill the loop)
+                    failures += 1
+                    log.error("claim_sends failed: %s", _describe(exc))
+                    await _wait(stop, None, min(self.heartbeat_s, 0.5 * 2 ** failures))
+                    continue
+                self.stats.claims += 1
+                if rows:
+                    last_work = loop.time()
+                    self._dispatch(rows, last_work)
+            else:
+                last_work = started         # backpressure: work is waiting on us
+            now = loop.time()
+            if now - last_work < self.idle_after_s or now - self._retry_seen < self.after_retry_s:
+                # Busy: claim again one pace interval after this claim began. A NOTIFY
+                # changes nothing here; the next claim is at most PACE_S away anyway.
+                await _wait(stop, None, self.pace_s - (loop.time() - started))
+            else:
+                await _wait(stop, wake, self.heartbeat_s)
+
+    def _dispatch(self, rows: list[tuple], arrived: float) -> None:
+        self.stats.claimed += len(rows)
+        self._inflight += len(rows)
+        touched: dict[_Lane, tuple[float, float, int]] = {}
+        for row in rows:
+            lane = self._lanes.get(row[4])
+            if lane is None:
+                lane = self._lanes[row[4]] = _Lane()
+                lane.task = asyncio.get_running_loop().create_task(self._lane(lane))
+            due = arrived + row[6]
+            lane.rows.append((due, row))
+            first, _, n = touched.get(lane, (due, due, 0))
+            touched[lane] = (first, due, n + 1)
+        for lane, (first, last, n) in touched.items():
+            # One claim paces a number's rows evenly at its current rate.
+            if n > 1 and last > first:
+                lane.window_max = max(1, int((n - 1) / (last - first) * WINDOW_S / WINDOW_SHARE))
+            lane.wake.set()
+
+    async def _lane(self, lane: _Lane) -> None:
+        """Start one number's sends in order, none before its send_at.
+
+        One timer per wake-up, not per message: every send whose time has come goes out
+        at once, unless the number's one-second window is full (see WINDOW_SHARE).
+        """
+        loop = asyncio.get_running_loop()
+        rows, window = lane.rows, lane.window
+        stats = self.stats
+        while True:
+            if not rows:
+                if self._draining:
+                    return
+                lane.wake.clear()
+                await lane.wake.wait()
+                continue
+            now = loop.time()
+            due = rows[0][0]
+            if due > now or lane.hold_until > now:
+                await asyncio.sleep(max(due - now, lane.hold_until - now, TICK_S))
+                continue
+            edge = now - WINDOW_S
+            while window and window[0] <= edge:
+                window.popleft()
+            if lane.window_max is not None and len(window) >= lane.window_max:
+                await asyncio.sleep(max(window[0] - edge, TICK_S))
+                continue
+            _, row = rows.popleft()
+            window.append(now)
+            if now - due > LATE_S:
+                stats.late += 1
+                stats.max_late_ms = max(stats.max_late_ms, (now - due) * 1000)
+            task = loop.create_task(self._send(row, lane))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, row: tuple, lane: _Lane) -> None:
+        outbound_id, queue_name, msg_id, token, path, body, _ = row
+        try:
+            r = await self.graph.send(path, token, body)
+        except Exception as exc:  # noqa: BLE001 (send() should not raise; never lose a result)
+            r = None
+            error = _describe(exc)
+        stats = self.stats
+        stats.sent += 1
+        if r is None:
+            stats.errors += 1
+            result = {"outbound_id": outbound_id, "queue_name": queue_name, "msg_id": msg_id,
+                      "wamid": None, "message_status": None, "error_code": None,
+                      "http_status": None, "error_message": error}
+        else:
+            if r.wamid is not None:
+                stats.accepted += 1
+            else:
+                stats.errors += 1
+                if r.error_code == THROTTLED_CODE:
+                    lane.hold_until = asyncio.get_running_loop().time() + THROTTLE_HOLD_S
+                key = r.error_code if r.error_code is not None else (r.http_status or "network")
+                stats.error_codes[key] = stats.error_codes.get(key, 0) + 1
+            result = {"outbound_id": outbound_id, "queue_name": queue_name, "msg_id": msg_id,
+                      "wamid": r.wamid, "message_status": r.message_status,
+                      "error_code": r.error_code, "http_status": r.http_status,
+                      "error_message": r.error_message}
+        self._results.append(result)
+        self._results_ready.set()
+
+    async def _report_loop(self, sent: asyncio.Event) -> None:
+        """Report coalesced results, at most one call per ``report_s``; after ``sent``,
+        the rest at once, then return."""
+        loop = asyncio.get_running_loop()
+        last = -1e9
+        while True:
+            await self._results_ready.wait()
+            wait = last + self.report_s - loop.time()
+            if wait > 0:
+                await _wait(sent, None, wait)
+            self._results_ready.clear()
+            batch, self._results = self._results, []
+            if batch:
+                last = loop.time()
+                await self._report(batch, sent)
+            if sent.is_set() and not self._results:
+                return
+
+    async def _report(self, batch: list[dict], sent: asyncio.Event) -> None:
+        """One api.report_sends call; retried until it succeeds, or for STOP_REPORT_S
+        once everything is sent (stopping), or three times on a database error."""
+        loop = asyncio.get_running_loop()
+        payload = orjson.dumps(batch).decode()
+        attempts = 0
+        while True:
+            deadline = loop.time() + STOP_REPORT_S if sent.is_set() else None
+            try:
+                rows, names = await self._reports.fetch(
+                    REPORT_SQL, (payload,), deadline=deadline,
+                    stop=None if deadline is not None else sent)
+                break
+            except Unavailable:
+                if deadline is not None:
+                    return self._give_up(batch, "database unavailable")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                attempts += 1
+                log.error("report_sends failed (%d results): %s", len(batch), _describe(exc))
+                if attempts >= 3:
+                    return self._give_up(batch, "report_sends kept failing")
+                await asyncio.sleep(0.5 * attempts)
+        stats = self.stats
+        stats.reports += 1
+        stats.reported += len(batch)
+        if rows:
+            for name, value in zip(names, rows[0]):
+                if isinstance(value, int):
+                    stats.report_totals[name] = stats.report_totals.get(name, 0) + value
+            if dict(zip(names, rows[0])).get("retried"):
+                self._retry_seen = asyncio.get_running_loop().time()
+        self._settle(len(batch))
+
+    def _give_up(self, batch: list[dict], why: str) -> None:
+        log.error("%d sent results not reported (%s); their messages come back after the "
+                  "claim timeout and are reconciled against status webhooks", len(batch), why)
+        self.stats.unreported += len(batch)
+        self._settle(len(batch))
+
+    def _settle(self, n: int) -> None:
+        self._inflight -= n
+
+    # --- visibility -------------------------------------------------------------------
+
+    async def _status_loop(self, done: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        last_log = loop.time()
+        last_sent = logged_sent = 0
+        while not done.is_set():
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            s = self.stats
+            if self.status_line:
+                sys.stderr.write(f"\rsent {s.sent}  {s.sent - last_sent}/s  accepted {s.accepted}"
+                                 f"  errors {s.errors}  in flight {self._inflight}   ")
+                sys.stderr.flush()
+                last_sent = s.sent
+            if now - last_log >= THROUGHPUT_LOG_S:
+                if s.sent != logged_sent:
+                    log.info("sent %d in the last %.0f s (%.0f/s); total %d, errors %d%s",
+                             s.sent - logged_sent, now - last_log,
+                             (s.sent - logged_sent) / (now - last_log), s.sent, s.errors,
+                             f" {dict(s.error_codes)}" if s.error_codes else "")
+                logged_sent, last_log = s.sent, now
+        if self.status_line:
+            sys.stderr.write("\n")
+
+
+class _Lane:
+    """One number's claimed messages waiting for their send_at, in order."""
+
+    __slots__ = ("hold_until", "rows", "task", "wake", "window", "window_max")
+
+    def __init__(self) -> None:
+        self.rows: deque[tuple[float, tuple]] = deque()     # (due, row)
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.window: deque[float] = deque()     # start times of the last second's sends
+        self.window_max: int | None = None      # sends allowed per window (None: no limit)
+        self.hold_until = 0.0                   # loop time: throttled by Meta until then
+
+
+async def _wait(stop: asyncio.Event, wake: asyncio.Event | None, timeout: float) -> None:
+    """Sleep ``timeout`` seconds, or less if ``stop`` (or ``wake``) is set."""
+    if timeout <= 0 or stop.is_set() or (wake is not None and wake.is_set()):
+        return
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception for a log line: class and SQLSTATE, message cut short. No parameters
+    (the only secret, the access token, is never a query parameter or part of a message)."""
+    state = getattr(getattr(exc, "diag", None), "sqlstate", None)
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}{f' [{state}]' if state else ''}: {text}"
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> SenderStats:
+    """Entry point for ``python -m worker``: the send loop until ``stop``."""
+    return await Sender(settings).run(stop)
