@@ -280,7 +280,12 @@ def test_throughput_errors_halve_the_rate_and_retry_shortly(db: psycopg.Connecti
     assert 1 <= (m["vt"] - before).total_seconds() <= 2 + SLACK
     assert notifications(db) == [] and f.campaign(db, cid)["status"] == "running"
     assert send_minutes(db) == (9, 0, 0, 1)
-    # Halved again by the next throttled report.
+    # Sends already in flight report the same throttle within the second: no second halving.
+    f.expire_claims(db, cid)
+    f.report(db, [f.err(f.claim_all(db)[0], code, 429)])
+    assert number(db, acc)["rate_mps"] == 100
+    # A throttle a second later is a new event: halved again.
+    db.execute("UPDATE core.wa_numbers SET throttled_at = throttled_at - interval '1.1 seconds'")
     f.expire_claims(db, cid)
     f.report(db, [f.err(f.claim_all(db)[0], code, 429)])
     assert number(db, acc)["rate_mps"] == 50
@@ -307,11 +312,16 @@ def test_clean_reports_grow_the_rate_back_but_never_above_the_throughput(db: psy
     f.report(db, [f.ok(requests[1])])
     assert number(db, acc)["rate_mps"] == 50
     db.execute("UPDATE core.wa_numbers SET throttled_at = now() - interval '2 seconds'")
+    # A fifth of the limit per second of clean sending, however many reports that second has.
     rates = []
-    for r in requests[2:15]:
+    for r in requests[2:7]:
+        db.execute("UPDATE core.wa_numbers SET rate_changed_at = now() - interval '1 second'")
         f.report(db, [f.ok(r)])
         rates.append(number(db, acc)["rate_mps"])
-    assert rates == [55, 60, 65, 70, 75, 80, 85, 90, 95, 100, 100, 100, 100]
+    assert rates == [70, 90, 100, 100, 100]
+    db.execute("UPDATE core.wa_numbers SET rate_mps = 50, rate_changed_at = now() - interval '0.1 second'")
+    f.report(db, [f.ok(requests[7])])
+    assert 50 < number(db, acc)["rate_mps"] < 54
     # A batch with a retried error does not grow it.
     db.execute("UPDATE core.wa_numbers SET rate_mps = 60")
     f.report(db, [f.ok(requests[15]), f.err(requests[16], 131000, 500)])
@@ -527,3 +537,16 @@ def test_counters_equal_a_recount_after_a_mixed_run(db: psycopg.Connection) -> N
             t["r_total"], t["r_sent"], t["r_delivered"], t["r_failed"]), t
     minutes = send_minutes(db)
     assert minutes[0] == recount["sent"] and minutes[2] == recount["failed"]
+
+
+def test_sweep_settles_messages_held_by_a_dead_worker_when_their_campaign_was_cancelled(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 3)
+    held = f.claim_all(db)
+    db.execute("SELECT api.cancel_campaign(%s, %s)", (acc.tenant_id, cid))
+    # The worker died holding them: nothing ever reports, and the claim timeout passes.
+    db.execute("UPDATE core.outbound_messages SET claimed_at = now() - interval '1 hour'")
+    summary = db.execute("SELECT core.sweep_sends()").fetchone()[0]
+    assert summary["stuck_cancelled"] == len(held) == 3
+    assert {f.outbound(db, r["outbound_id"])["state"] for r in held} == {"cancelled"}
+    assert f.campaign(db, cid)["cancelled"] == 3

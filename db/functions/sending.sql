@@ -273,12 +273,17 @@ BEGIN
           WHERE alert AND outcome IN ('retried', 'failed') GROUP BY number_id, error_code, category) r
     JOIN core.wa_numbers n ON n.number_id = r.number_id;
 
-    -- AIMD per number: halve on throughput errors; after a second without one, grow back
-    -- by a twentieth of the limit per clean batch (one with sends accepted and no error;
-    -- a batch of ignored duplicates is no evidence). The pace never exceeds the limit.
+    -- AIMD per number. Halve on throughput errors, once per throttle event: the sends
+    -- already in flight when Meta said stop report the same error within the second
+    -- after, and halving for each would collapse the rate. Grow back additively by a
+    -- fifth of the limit per second of clean sending (a batch with sends accepted and no
+    -- error; a batch of ignored duplicates is no evidence), starting a second after the
+    -- last throttle. The pace never exceeds the number's limit.
     UPDATE core.wa_numbers n SET
         rate_mps = CASE WHEN r.throttled > 0 THEN greatest(1, n.rate_mps / 2)
-                        ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps / 20.0) END,
+                        ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps * 0.2
+                             * least(1, extract(epoch FROM v_now - coalesce(n.rate_changed_at, '-infinity')))) END,
+        rate_changed_at = v_now,
         throttled_at = CASE WHEN r.throttled > 0 THEN v_now ELSE n.throttled_at END,
         send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, v_now + interval '1 second') ELSE n.send_tat END
     FROM (SELECT number_id, count(*) FILTER (WHERE outcome = 'throttled') AS throttled,
@@ -286,8 +291,8 @@ BEGIN
                  count(*) FILTER (WHERE outcome = 'accepted') AS accepted
           FROM pg_temp.send_results WHERE number_id IS NOT NULL GROUP BY number_id) r
     WHERE n.number_id = r.number_id
-      AND (r.throttled > 0 OR (r.errors = 0 AND r.accepted > 0 AND n.rate_mps < n.throughput_mps
-                               AND coalesce(n.throttled_at, '-infinity') < v_now - interval '1 second'));
+      AND coalesce(n.throttled_at, '-infinity') < v_now - interval '1 second'
+      AND (r.throttled > 0 OR (r.errors = 0 AND r.accepted > 0 AND n.rate_mps < n.throughput_mps));
 
     INSERT INTO core.send_minutes AS m (number_id, minute, accepted, retried, failed, throttled)
     SELECT number_id, date_trunc('minute', v_now),
@@ -347,7 +352,23 @@ DECLARE
     v_completed bigint[] := core.complete_campaigns(NULL);
     v_queue text;
     v_dropped integer := 0;
+    v_settled integer;
 BEGIN
+    -- A message a worker held when its campaign was cancelled, whose worker then died,
+    -- would stay in flight for ever (a cancelled campaign is never read again).
+    WITH stuck AS (
+        UPDATE core.outbound_messages o SET state = 'cancelled'
+        FROM core.campaigns c, core.settings s
+        WHERE c.status = 'cancelled' AND o.campaign_id = c.campaign_id AND o.state = 'in_flight'
+          AND o.claimed_at < now() - make_interval(secs => 2 * s.claim_timeout_s)
+        RETURNING o.campaign_id
+    ), counted AS (
+        UPDATE core.campaigns c SET cancelled = c.cancelled + k.n
+        FROM (SELECT campaign_id, count(*)::integer AS n FROM stuck GROUP BY campaign_id) k
+        WHERE c.campaign_id = k.campaign_id
+        RETURNING k.n
+    )
+    SELECT coalesce(sum(n), 0) INTO v_settled FROM counted;
     FOR v_queue IN
         SELECT m.queue_name FROM pgmq.meta m
         JOIN core.campaigns c ON m.queue_name = 'c_' || c.campaign_id
@@ -357,7 +378,8 @@ BEGIN
         PERFORM pgmq.drop_queue(v_queue);
         v_dropped := v_dropped + 1;
     END LOOP;
-    RETURN jsonb_build_object('started', v_started, 'completed', cardinality(v_completed), 'queues_dropped', v_dropped);
+    RETURN jsonb_build_object('started', v_started, 'completed', cardinality(v_completed),
+                              'stuck_cancelled', v_settled, 'queues_dropped', v_dropped);
 END
 $$;
 
