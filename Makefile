@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 
 .PHONY: db db-url db-stop db-restart psql migrate schema test lint demo sim worker api \
-        bench bench-sim bench-campaign bench-webhooks clean
+        bench bench-sim bench-campaign bench-webhooks bench-api bench-bots clean
 
 db:            ## the local cluster (or DATABASE_URL), migrated; idempotent
 	@scripts/db.sh up
@@ -43,7 +43,7 @@ api: db
 demo: db
 	$(PY) -m pgwa.demo
 
-bench: bench-sim bench-campaign bench-webhooks
+bench: bench-sim bench-campaign bench-webhooks bench-api bench-bots
 
 bench-sim: db
 	$(PY) bench/bench_sim.py
@@ -53,6 +53,12 @@ bench-campaign: db
 
 bench-webhooks: db
 	$(PY) bench/bench_webhooks.py
+
+bench-api: db
+	$(PY) bench/bench_api.py
+
+bench-bots: db
+	$(PY) bench/bench_bots.py
 
 clean: db-stop
 	rm -rf .venv .pgdata

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import httpx
 import orjson
@@ -128,6 +129,13 @@ def test_slow_answer_times_out_without_code(sim):
     [r] = send(sim.url, template_body(), timeout=httpx.Timeout(0.2, connect=1.0))
     assert (r.wamid, r.error_code, r.http_status, r.error_message) == \
         (None, None, None, "timeout")
+    # The request still reaches Meta after the client gave up: a timeout is no proof the
+    # message was not sent (the database reconciles it against its status webhooks before
+    # any resend). Wait for it here, so it cannot land in the next test's ledger.
+    deadline = time.monotonic() + 5
+    while sim.stats()["accepted"] < 1:
+        assert time.monotonic() < deadline, "the slow request never reached the simulator"
+        time.sleep(0.05)
 
 
 def test_answers_without_an_envelope():
