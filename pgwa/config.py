@@ -35,6 +35,13 @@ class Settings:
     worker_name: str = "worker"
     claim_batch: int = 500
     send_concurrency: int = 256
+    # LLM replies (worker/llm.py): an OpenAI-compatible chat-completions endpoint.
+    llm_base_url: str = ""
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: str = field(default="", repr=False)
+    llm_timeout_s: float = 20.0
+    llm_concurrency: int = 16
+    llm_fallback_text: str = "Thanks for your message! A member of our team will get back to you shortly."
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -46,4 +53,10 @@ class Settings:
             worker_name=os.environ.get("PGWA_WORKER_NAME", f"worker-{os.getpid()}"),
             claim_batch=int(os.environ.get("PGWA_CLAIM_BATCH", cls.claim_batch)),
             send_concurrency=int(os.environ.get("PGWA_SEND_CONCURRENCY", cls.send_concurrency)),
+            llm_base_url=os.environ.get("PGWA_LLM_BASE_URL", cls.llm_base_url).rstrip("/"),
+            llm_model=os.environ.get("PGWA_LLM_MODEL", cls.llm_model),
+            llm_api_key=os.environ.get("PGWA_LLM_API_KEY", ""),
+            llm_timeout_s=float(os.environ.get("PGWA_LLM_TIMEOUT_S", cls.llm_timeout_s)),
+            llm_concurrency=int(os.environ.get("PGWA_LLM_CONCURRENCY", cls.llm_concurrency)),
+            llm_fallback_text=os.environ.get("PGWA_LLM_FALLBACK_TEXT", cls.llm_fallback_text),
         )

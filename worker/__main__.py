@@ -34,6 +34,9 @@ def _loops() -> list:
         from . import webhooks
         if asyncio.iscoroutinefunction(getattr(webhooks, "run", None)):
             loops.append(webhooks.run)
+    # worker.llm (issue 6): LLM replies to what no bot rule matched (api.claim_llm_jobs).
+    from . import llm
+    loops.append(llm.run)
     # -------------------------------------------------------------------------------------
     return loops
 

@@ -34,7 +34,8 @@ $$;
 -- Move messages forward, set-based. Arrays are parallel: one element per event
 -- (several events for one message collapse to the highest state, each timestamp kept).
 -- A lower or equal state changes nothing but fills a missing timestamp or wamid.
--- Campaign and per-template counters move by the transitions, aggregated per campaign.
+-- Campaign and per-template counters move by the transitions, aggregated per campaign,
+-- and so do the campaign's per-minute timeline and failures by error code (analytics.sql).
 -- Returns the number of messages whose state moved.
 CREATE OR REPLACE FUNCTION core.advance_outbound(
     p_outbound_ids bigint[],
@@ -92,7 +93,8 @@ BEGIN
                OR (e.sent_at IS NOT NULL AND o.sent_at IS NULL)
                OR (e.delivered_at IS NOT NULL AND o.delivered_at IS NULL)
                OR (e.read_at IS NOT NULL AND o.read_at IS NULL))
-        RETURNING o.campaign_id, o.variant, core.state_rank(l.old_state) AS r0, core.state_rank(o.state) AS r1
+        RETURNING o.campaign_id, o.variant, core.state_rank(l.old_state) AS r0, core.state_rank(o.state) AS r1,
+                  o.accepted_at, o.sent_at, o.delivered_at, o.read_at, o.failed_at, o.error_code, o.error_category
     ), deltas AS (
         SELECT m.campaign_id, m.variant,
                count(*) FILTER (WHERE m.r1 > m.r0) AS moved,
@@ -118,6 +120,37 @@ BEGIN
               FROM deltas WHERE campaign_id IS NOT NULL GROUP BY campaign_id) d
         WHERE c.campaign_id = d.campaign_id
           AND (d.sent + d.delivered + d.read + d.failed + d.finished) > 0
+    ), minutes AS (
+        -- The timeline (api.campaign_stats): each transition in the minute of its event.
+        SELECT m.campaign_id, x.minute, sum(x.sent)::int AS sent, sum(x.delivered)::int AS delivered,
+               sum(x.read)::int AS read, sum(x.failed)::int AS failed
+        FROM moved m
+        CROSS JOIN LATERAL (VALUES
+            (date_trunc('minute', coalesce(m.accepted_at, m.sent_at, m.delivered_at, m.read_at, now())),
+             (m.r0 < 2 AND m.r1 BETWEEN 2 AND 5)::int, 0, 0, 0),
+            (date_trunc('minute', coalesce(m.delivered_at, m.read_at, now())), 0, (m.r0 < 4 AND m.r1 BETWEEN 4 AND 5)::int, 0, 0),
+            (date_trunc('minute', coalesce(m.read_at, now())), 0, 0, (m.r0 < 5 AND m.r1 = 5)::int, 0),
+            (date_trunc('minute', coalesce(m.failed_at, now())), 0, 0, 0, (m.r0 < 6 AND m.r1 = 6)::int)
+        ) AS x(minute, sent, delivered, read, failed)
+        WHERE m.campaign_id IS NOT NULL AND m.r1 > m.r0
+        GROUP BY m.campaign_id, x.minute
+        HAVING sum(x.sent + x.delivered + x.read + x.failed) > 0
+    ), per_minute AS (
+        INSERT INTO core.campaign_minutes AS cm (campaign_id, minute, sent, delivered, read, failed)
+        SELECT campaign_id, minute, sent, delivered, read, failed FROM minutes
+        ORDER BY campaign_id, minute
+        ON CONFLICT (campaign_id, minute) DO UPDATE SET
+            sent = cm.sent + excluded.sent, delivered = cm.delivered + excluded.delivered,
+            read = cm.read + excluded.read, failed = cm.failed + excluded.failed
+    ), per_error AS (
+        -- Final failures by Meta error code (-2: none given, as core.meta_error reads it).
+        INSERT INTO core.campaign_errors AS ce (campaign_id, error_code, category, count)
+        SELECT m.campaign_id, coalesce(m.error_code, -2), coalesce(max(m.error_category), 'unknown'), count(*)::int
+        FROM moved m
+        WHERE m.campaign_id IS NOT NULL AND m.r0 < 6 AND m.r1 = 6
+        GROUP BY m.campaign_id, coalesce(m.error_code, -2)
+        ORDER BY 1, 2
+        ON CONFLICT (campaign_id, error_code) DO UPDATE SET count = ce.count + excluded.count
     )
     SELECT coalesce(sum(moved), 0) INTO v_moved FROM deltas;
     RETURN v_moved;

@@ -86,6 +86,10 @@ BEGIN
         END LOOP;
         CONTINUE WHEN cardinality(v_batch) = 0;
 
+        -- Campaign messages of contacts who opted out after their campaign was created
+        -- are cancelled (bots.sql), and so dropped just below.
+        PERFORM core.cancel_opted_out(v_batch, v_number.tenant_id, v_number.number_id);
+
         -- Redelivered after an expired claim (its worker died) but settled meanwhile by a
         -- status webhook or a late report, or cancelled: dropped from the queue instead of
         -- messaging the contact twice.
@@ -181,6 +185,8 @@ BEGIN
                -- A status webhook may have moved the message on before this report.
                WHEN r.wamid IS NOT NULL AND (o.state = 'in_flight' OR o.wamid IS NULL) THEN 'accepted'
                WHEN o.state <> 'in_flight' THEN 'ignored'
+               -- A read receipt (inbox.sql) is answered {"success": true}, without a wamid.
+               WHEN o.kind = 'receipt' AND r.error_code IS NULL AND r.http_status BETWEEN 200 AND 299 THEN 'receipt'
                WHEN e.pauses_campaign AND o.campaign_id IS NOT NULL THEN 'paused'
                WHEN e.throttles THEN 'throttled'
                WHEN e.retryable AND o.attempts < v_settings.max_attempts THEN 'retried'
@@ -198,6 +204,9 @@ BEGIN
     PERFORM core.advance_outbound(array_agg(outbound_id), array_fill('accepted'::text, ARRAY[count(*)::int]),
                                   array_fill(v_now, ARRAY[count(*)::int]), array_agg(wamid))
     FROM pg_temp.send_results WHERE wamid IS NOT NULL AND outbound_id IS NOT NULL;
+    PERFORM core.advance_outbound(array_agg(outbound_id), array_fill('accepted'::text, ARRAY[count(*)::int]),
+                                  array_fill(v_now, ARRAY[count(*)::int]))
+    FROM pg_temp.send_results WHERE outcome = 'receipt';
     WITH early AS (
         UPDATE core.status_events se SET outbound_id = r.outbound_id
         FROM pg_temp.send_results r
@@ -247,7 +256,8 @@ BEGIN
 
     -- Done with the queue: successes are deleted, failures archived for history.
     PERFORM pgmq.delete(queue_name, array_agg(msg_id))
-    FROM pg_temp.send_results WHERE wamid IS NOT NULL AND outbound_id IS NOT NULL GROUP BY queue_name;
+    FROM pg_temp.send_results WHERE (wamid IS NOT NULL AND outbound_id IS NOT NULL) OR outcome = 'receipt'
+    GROUP BY queue_name;
     PERFORM pgmq.archive(queue_name, array_agg(msg_id))
     FROM pg_temp.send_results WHERE outcome = 'failed' GROUP BY queue_name;
 
@@ -308,7 +318,7 @@ BEGIN
         PERFORM core.complete_campaigns(v_touched);
     END IF;
 
-    SELECT count(*) FILTER (WHERE outcome = 'accepted'),
+    SELECT count(*) FILTER (WHERE outcome IN ('accepted', 'receipt')),
            count(*) FILTER (WHERE outcome IN ('retried', 'throttled')),
            count(*) FILTER (WHERE outcome = 'failed'),
            count(*) FILTER (WHERE outcome = 'paused'),

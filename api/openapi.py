@@ -1,0 +1,245 @@
+"""The OpenAPI 3.1 document of the JSON API, served at /openapi.json.
+
+Operations are written here by hand (small schema dicts); each names the ``api``
+function it calls (``x-pgwa-function``) and takes that function's ``COMMENT ON`` text as
+its description, loaded at start-up from ``api.functions()``: the database documents
+itself once, and this document and ``\\dd api.*`` never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VERSION = "0.1.0"
+
+_INT = {"type": "integer", "minimum": 1, "maximum": (1 << 63) - 1}
+_TS = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(required: list[str] | None = None, **properties: Any) -> dict:
+    schema: dict = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _list(item: str) -> dict:
+    return {"type": "array", "items": _ref(item)}
+
+
+def _page(item: str) -> dict:
+    return _obj(["data", "next_before_id"], data=_list(item),
+                next_before_id={"type": ["integer", "null"],
+                                "description": "Pass as before_id for the next page; null on the last."})
+
+
+SCHEMAS: dict[str, dict] = {
+    "Error": _obj(["error"], error=_obj(
+        ["code", "name", "message"],
+        code={"type": "string", "description": "SQLSTATE, e.g. PW201 (see GET core.error_codes)."},
+        name={"type": "string"}, message={"type": "string"}, hint={"type": ["string", "null"]},
+        detail={"description": "PW101 only: the invalid rows (row, value, reason)."})),
+    "Number": _obj(number_id=_INT, phone_number_id={"type": "string"}, waba_id={"type": "string"},
+                   display_phone_number={"type": ["string", "null"]}, throughput_mps={"type": "integer"},
+                   rate_mps={"type": "number"}, quality_rating={"type": ["string", "null"]},
+                   paused_reason={"type": ["string", "null"]}, has_app_secret={"type": "boolean"},
+                   created_at=_TS),
+    "Template": _obj(template_id=_INT, waba_id={"type": "string"}, name={"type": "string"},
+                     language={"type": "string"}, category={"type": ["string", "null"]},
+                     status={"type": "string"}, body_param_count={"type": "integer"},
+                     components={"type": "array"}, meta_template_id={"type": ["string", "null"]},
+                     updated_at=_TS),
+    "Contact": _obj(contact_id=_INT, wa_id={"type": ["string", "null"]}, user_id={"type": ["string", "null"]},
+                    name={"type": ["string", "null"]}, profile_name={"type": ["string", "null"]},
+                    attributes={"type": "object"}, opted_out={"type": "boolean"}, opted_out_at=_TS,
+                    last_inbound_at=_TS, created_at=_TS),
+    "ContactsImported": _obj(staged={"type": "integer"}, inserted={"type": "integer"},
+                             updated={"type": "integer"}, unchanged={"type": "integer"},
+                             skipped_invalid={"type": "integer"}, duplicates_removed={"type": "integer"},
+                             invalid_rows={"type": "array"}),
+    "Campaign": _obj(campaign_id=_INT, name={"type": "string"}, status={"type": "string"},
+                     number_id=_INT, total={"type": "integer"}, queued={"type": "integer"},
+                     sent={"type": "integer"}, delivered={"type": "integer"}, read={"type": "integer"},
+                     replied={"type": "integer"}, failed={"type": "integer"}, cancelled={"type": "integer"},
+                     progress={"type": "number"}, created_at=_TS, started_at=_TS, completed_at=_TS),
+    "CampaignCreated": _obj(campaign_id=_INT, status={"type": "string"}, total={"type": "integer"},
+                            skipped_invalid={"type": "integer"}, skipped_opted_out={"type": "integer"},
+                            duplicates_removed={"type": "integer"}, invalid_rows={"type": "array"}),
+    "CampaignStats": _obj(campaign_id=_INT, name={"type": "string"}, status={"type": "string"},
+                          total={"type": "integer"}, queued={"type": "integer"}, sent={"type": "integer"},
+                          delivered={"type": "integer"}, read={"type": "integer"},
+                          replied={"type": "integer"}, failed={"type": "integer"},
+                          delivery_rate={"type": ["number", "null"]}, read_rate={"type": ["number", "null"]},
+                          reply_rate={"type": ["number", "null"]}, failure_rate={"type": ["number", "null"]},
+                          templates={"type": "array"}, errors={"type": "array"},
+                          errors_by_category={"type": "array"}, timeline={"type": "array"}),
+    "CampaignStatus": _obj(["campaign_id", "status"], campaign_id=_INT, status={"type": "string"}),
+    "CounterDrift": _obj(scope={"type": "string"}, key={"type": "string"}, counter={"type": "string"},
+                         maintained={"type": "integer"}, actual={"type": "integer"},
+                         drift={"type": "integer"}, fixed={"type": "boolean"}),
+    "Notification": _obj(notification_id=_INT, kind={"type": "string"}, severity={"type": "string"},
+                         message={"type": "string"}, details={"type": "object"}, created_at=_TS, read_at=_TS),
+    "ApiKey": _obj(api_key_id=_INT, name={"type": "string"}, key_prefix={"type": "string"},
+                   created_at=_TS, revoked_at=_TS),
+    "ApiKeyCreated": _obj(api_key_id=_INT, tenant_id=_INT, name={"type": "string"},
+                          key={"type": "string", "description": "Shown this once."},
+                          key_prefix={"type": "string"}, created_at=_TS),
+}
+
+_ERRORS = {str(status): {"description": text, "content": {"application/json": {"schema": _ref("Error")}}}
+           for status, text in ((400, "Bad input (PW1nn, 22xxx)"), (401, "No or bad API key (PW401)"),
+                                (404, "Not found, or another tenant's (PW2nn)"),
+                                (409, "State conflict (PW3nn)"), (422, "Invalid rows or templates (PW1nn)"))}
+
+
+def _param(name: str, where: str, schema: dict, description: str = "", required: bool = False) -> dict:
+    return {"name": name, "in": where, "required": required or where == "path", "schema": schema,
+            "description": description}
+
+
+_LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50})
+_BEFORE = _param("before_id", "query", _INT, "Keyset: the smallest id of the previous page.")
+_CAMPAIGN_ID = _param("campaign_id", "path", _INT)
+
+
+def _json_body(schema: dict, required: bool = True) -> dict:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def _csv_body(description: str) -> dict:
+    return {"required": True, "description": description, "content": {
+        "text/csv": {"schema": {"type": "string"}},
+        "multipart/form-data": {"schema": _obj(["file"], file={"type": "string", "format": "binary"},
+                                               params={"type": "string", "description": "JSON object"})},
+    }}
+
+
+def _op(function: str, summary: str, response: dict | None, *, status: int = 200, params: list | None = None,
+        body: dict | None = None, media: str = "application/json") -> dict:
+    op: dict = {"summary": summary, "x-pgwa-function": function, "parameters": params or [],
+                "responses": {str(status): {"description": "OK", "content": {media: {"schema": response or {}}}},
+                              **_ERRORS}}
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+_CAMPAIGN_QUERY = [
+    _param("number_id", "query", _INT, "The number to send from (or in Pgwa-Campaign / params)."),
+    _param("name", "query", {"type": "string"}),
+    _param("templates", "query", {"type": "string"},
+           'JSON: [{"name": "order_update", "language": "en_US", "params": [{"column": "name"}, {"value": "ACME"}]}]'),
+    _param("on_invalid", "query", {"type": "string", "enum": ["reject", "skip"]}),
+    _param("scheduled_at", "query", {"type": "string", "format": "date-time"}),
+    _param("start", "query", {"type": "boolean"}),
+    _param("default_country_code", "query", {"type": "string"}),
+]
+
+PATHS: dict[str, dict[str, dict]] = {
+    "/v1/numbers": {
+        "get": _op("numbers", "List the tenant's WhatsApp numbers (never their secrets)", _list("Number")),
+        "post": _op("register_number", "Register or update a number", _obj(number_id=_INT), status=201,
+                    body=_json_body(_obj(["phone_number_id", "waba_id", "access_token"],
+                                         phone_number_id={"type": "string"}, waba_id={"type": "string"},
+                                         access_token={"type": "string", "writeOnly": True},
+                                         app_secret={"type": "string", "writeOnly": True},
+                                         throughput_mps={"type": "integer", "default": 80},
+                                         display_phone_number={"type": "string"}))),
+    },
+    "/v1/templates": {"get": _op("templates", "List templates", _list("Template"), params=[
+        _param("waba_id", "query", {"type": "string"}), _param("status", "query", {"type": "string"})])},
+    "/v1/templates/sync": {"post": _op(
+        "sync_templates", "Fetch the number's WABA templates from the Graph API (all pages) and store them",
+        _obj(received={"type": "integer"}, stored={"type": "integer"}, unchanged={"type": "integer"}),
+        body=_json_body(_obj(["number_id"], number_id=_INT,
+                             page_size={"type": "integer", "minimum": 1, "maximum": 1000})))},
+    "/v1/contacts": {"get": _op("contacts", "List contacts", _page("Contact"), params=[
+        _param("phone", "query", {"type": "string"}), _param("opted_out", "query", {"type": "boolean"}),
+        _BEFORE, _LIMIT])},
+    "/v1/contacts/import": {"post": _op(
+        "import_contacts", "Import a contact CSV (streamed to the database with COPY), no campaign",
+        _ref("ContactsImported"), params=[
+            _param("default_country_code", "query", {"type": "string"}),
+            _param("on_invalid", "query", {"type": "string", "enum": ["reject", "skip"]})],
+        body=_csv_body("CSV with a header naming a phone column; other columns become attributes."))},
+    "/v1/contacts/opt-out": {"post": _op(
+        "set_contact_opt_out", "Opt a contact out (by contact_id or phone)", _ref("Contact"),
+        body=_json_body(_obj(contact_id=_INT, phone={"type": "string"})))},
+    "/v1/contacts/opt-in": {"post": _op(
+        "set_contact_opt_out", "Opt a contact back in (by contact_id or phone)", _ref("Contact"),
+        body=_json_body(_obj(contact_id=_INT, phone={"type": "string"})))},
+    "/v1/campaigns": {
+        "get": _op("campaigns", "List campaigns with live counters", _page("Campaign"), params=[
+            _param("status", "query", {"type": "string", "enum": ["draft", "scheduled", "running", "paused",
+                                                                  "completed", "cancelled"]}),
+            _BEFORE, _LIMIT]),
+        "post": _op("create_campaign", "Create a campaign from a contact CSV streamed with COPY",
+                    _ref("CampaignCreated"), status=201, params=[
+                        *_CAMPAIGN_QUERY,
+                        _param("Pgwa-Campaign", "header", {"type": "string"},
+                               "The same parameters as one JSON object.")],
+                    body=_csv_body("CSV with a header naming a phone column; columns map to template "
+                                   "parameters. In multipart, a `params` field may carry the parameters.")),
+    },
+    "/v1/campaigns/{campaign_id}": {"get": _op("campaign_stats", "A campaign's stats", _ref("CampaignStats"),
+                                               params=[_CAMPAIGN_ID])},
+    "/v1/campaigns/{campaign_id}/stats": {"get": _op("campaign_stats", "A campaign's stats",
+                                                     _ref("CampaignStats"), params=[_CAMPAIGN_ID])},
+    "/v1/campaigns/{campaign_id}/start": {"post": _op(
+        "start_campaign", "Start (or schedule) a campaign", _ref("CampaignStatus"), params=[_CAMPAIGN_ID],
+        body=_json_body(_obj(at={"type": "string", "format": "date-time"}), required=False))},
+    "/v1/campaigns/{campaign_id}/pause": {"post": _op(
+        "pause_campaign", "Pause a campaign", _ref("CampaignStatus"), params=[_CAMPAIGN_ID],
+        body=_json_body(_obj(reason={"type": "string"}), required=False))},
+    "/v1/campaigns/{campaign_id}/resume": {"post": _op("resume_campaign", "Resume a paused campaign",
+                                                       _ref("CampaignStatus"), params=[_CAMPAIGN_ID])},
+    "/v1/campaigns/{campaign_id}/cancel": {"post": _op("cancel_campaign", "Cancel a campaign",
+                                                       _ref("CampaignStatus"), params=[_CAMPAIGN_ID])},
+    "/v1/campaigns/{campaign_id}/reconcile": {"post": _op(
+        "reconcile_campaign", "Recount a campaign's counters from its messages (and fix them)",
+        _list("CounterDrift"), params=[_CAMPAIGN_ID, _param("fix", "query", {"type": "boolean"})])},
+    "/v1/notifications": {"get": _op("notifications", "List notifications", _page("Notification"), params=[
+        _param("unread", "query", {"type": "boolean"}), _BEFORE, _LIMIT])},
+    "/v1/notifications/read": {"post": _op(
+        "read_notifications", "Mark notifications read", _obj(marked={"type": "integer"}),
+        body=_json_body(_obj(ids={"type": "array", "items": _INT}, all={"type": "boolean"})))},
+    "/v1/notifications/{notification_id}/read": {"post": _op(
+        "read_notifications", "Mark one notification read", _obj(marked={"type": "integer"}),
+        params=[_param("notification_id", "path", _INT)])},
+    "/v1/keys": {
+        "get": _op("api_keys", "List the tenant's API keys (prefixes only)", _list("ApiKey")),
+        "post": _op("create_api_key", "Create another API key for the tenant; the key is shown once",
+                    _ref("ApiKeyCreated"), status=201, body=_json_body(_obj(["name"], name={"type": "string"}))),
+    },
+    "/v1/keys/{api_key_id}": {"delete": _op("revoke_api_key", "Revoke an API key", _ref("ApiKey"),
+                                            params=[_param("api_key_id", "path", _INT)])},
+    "/metrics": {"get": {**_op("metrics", "Prometheus metrics", {"type": "string"}, media="text/plain"),
+                         "security": []}},
+}
+
+
+def document(descriptions: dict[str, str]) -> dict:
+    """The OpenAPI document, with each operation's description from its function's comment."""
+    paths: dict = {}
+    for path, operations in PATHS.items():
+        paths[path] = {}
+        for method, op in operations.items():
+            function = op["x-pgwa-function"]
+            text = descriptions.get(function)
+            paths[path][method] = {**op, "description": f"Calls `api.{function}`. {text or ''}".strip()}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "pgwa", "version": VERSION,
+                 "description": "WhatsApp Cloud API campaigns with the logic in PostgreSQL. Every route calls "
+                                "one SQL function of schema api; errors carry the SQLSTATE of core.error_codes."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "An API key from `pgwa key create`."}}},
+    }

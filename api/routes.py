@@ -1,0 +1,462 @@
+"""The JSON API under /v1, /metrics and /openapi.json: each route is one SQL statement.
+
+A route parses its input, hashes the bearer key (api/auth.py) and runs one statement
+that resolves the tenant and calls one ``api`` function with it, with PostgreSQL
+building the JSON::
+
+    SELECT coalesce(json_agg(c), '[]')::text
+    FROM api.campaigns(api.authenticate(%(key)s), %(status)s::text, ...) c
+
+so the response body is the bytes PostgreSQL returns. Two routes need more than one
+call and say so: uploads (authenticate, then ``api.stage_contacts`` + COPY +
+``api.create_campaign`` / ``api.import_contacts`` in one transaction) and template sync
+(``api.graph_credentials``, the Graph API's pages, one ``api.sync_templates``).
+Another tenant's ids are simply not found (the functions raise PW2nn), and no route
+returns an access token or an app secret. Errors go through api/errors.py.
+
+More areas (the inbox, bot rules) slot in the same way: a list of Starlette routes
+whose endpoints call ``JsonApi.fetch_text(request, SQL, params)``, given to
+``JsonApi(settings, extra_routes=...)``, and their operations in api/openapi.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from api import openapi
+from api.auth import key_hash, token_matches
+from api.errors import ApiError, ErrorCodes, handler
+from api.graph_templates import fetch_templates
+from api.upload import CsvUpload
+from pgwa.config import Settings
+
+JSON = "application/json"
+MAX_JSON_BODY = 1 << 20
+MAX_BIGINT = (1 << 63) - 1
+
+# -- statements ------------------------------------------------------------------------------
+# One per route; parameters are cast explicitly so that a value of the wrong size or
+# type is a clean 22xxx (400), never a function lookup failure.
+
+NUMBERS = """SELECT coalesce(json_agg(n ORDER BY n.number_id), '[]')::text
+FROM api.numbers(api.authenticate(%(key)s)) n"""
+REGISTER_NUMBER = """SELECT json_build_object('number_id', api.register_number(
+    api.authenticate(%(key)s), %(phone_number_id)s::text, %(waba_id)s::text, %(access_token)s::text,
+    %(app_secret)s::text, %(throughput_mps)s::integer, %(display_phone_number)s::text))::text"""
+TEMPLATES = """SELECT coalesce(json_agg(t), '[]')::text
+FROM api.templates(api.authenticate(%(key)s), %(waba_id)s::text, %(status)s::text) t"""
+CREDENTIALS = """SELECT a.tenant_id, c.waba_id, c.access_token, c.graph_api_version
+FROM (SELECT api.authenticate(%(key)s) AS tenant_id) a,
+     api.graph_credentials(a.tenant_id, %(number_id)s::bigint) c"""
+SYNC_TEMPLATES = """SELECT row_to_json(r)::text
+FROM api.sync_templates(%(tenant_id)s::bigint, %(waba_id)s::text, %(templates)s::jsonb) r"""
+AUTHENTICATE = "SELECT api.authenticate(%(key)s)"
+CONTACTS = """SELECT json_build_object(
+    'data', coalesce(json_agg(c ORDER BY c.contact_id DESC), '[]'),
+    'next_before_id', CASE WHEN count(*) = %(limit)s::integer THEN min(c.contact_id) END)::text
+FROM api.contacts(api.authenticate(%(key)s), %(phone)s::text, %(opted_out)s::boolean,
+                  %(before_id)s::bigint, %(limit)s::integer) c"""
+IMPORT_CONTACTS = """SELECT row_to_json(r)::text
+FROM api.import_contacts(%(tenant_id)s::bigint, %(default_country_code)s::text, %(on_invalid)s::text) r"""
+OPT_OUT = """SELECT row_to_json(r)::text
+FROM api.set_contact_opt_out(api.authenticate(%(key)s), %(opted_out)s::boolean, %(contact_id)s::bigint,
+                             %(phone)s::text) r"""
+CAMPAIGNS = """SELECT json_build_object(
+    'data', coalesce(json_agg(c ORDER BY c.campaign_id DESC), '[]'),
+    'next_before_id', CASE WHEN count(*) = %(limit)s::integer THEN min(c.campaign_id) END)::text
+FROM api.campaigns(api.authenticate(%(key)s), %(status)s::text, %(before_id)s::bigint, %(limit)s::integer) c"""
+CREATE_CAMPAIGN = """SELECT row_to_json(r)::text
+FROM api.create_campaign(%(tenant_id)s::bigint, %(number_id)s::bigint, %(name)s::text, %(templates)s::jsonb,
+                         %(on_invalid)s::text, %(scheduled_at)s::timestamptz, %(start)s::boolean,
+                         %(default_country_code)s::text) r"""
+CAMPAIGN_STATS = """SELECT row_to_json(s)::text
+FROM api.campaign_stats(api.authenticate(%(key)s), %(campaign_id)s::bigint) s"""
+START_CAMPAIGN = """SELECT json_build_object('campaign_id', %(campaign_id)s::bigint, 'status',
+    api.start_campaign(api.authenticate(%(key)s), %(campaign_id)s::bigint, %(at)s::timestamptz))::text"""
+PAUSE_CAMPAIGN = """SELECT json_build_object('campaign_id', %(campaign_id)s::bigint, 'status',
+    api.pause_campaign(api.authenticate(%(key)s), %(campaign_id)s::bigint, %(reason)s::text))::text"""
+RESUME_CAMPAIGN = """SELECT json_build_object('campaign_id', %(campaign_id)s::bigint, 'status',
+    api.resume_campaign(api.authenticate(%(key)s), %(campaign_id)s::bigint))::text"""
+CANCEL_CAMPAIGN = """SELECT json_build_object('campaign_id', %(campaign_id)s::bigint, 'status',
+    api.cancel_campaign(api.authenticate(%(key)s), %(campaign_id)s::bigint))::text"""
+RECONCILE = """SELECT coalesce(json_agg(r), '[]')::text
+FROM api.reconcile_campaign(api.authenticate(%(key)s), %(campaign_id)s::bigint, %(fix)s::boolean) r"""
+NOTIFICATIONS = """SELECT json_build_object(
+    'data', coalesce(json_agg(n ORDER BY n.notification_id DESC), '[]'),
+    'next_before_id', CASE WHEN count(*) = %(limit)s::integer THEN min(n.notification_id) END)::text
+FROM api.notifications(api.authenticate(%(key)s), %(unread)s::boolean, %(before_id)s::bigint,
+                       %(limit)s::integer) n"""
+READ_NOTIFICATIONS = """SELECT json_build_object('marked',
+    api.read_notifications(api.authenticate(%(key)s), %(ids)s::bigint[]))::text"""
+API_KEYS = """SELECT coalesce(json_agg(k), '[]')::text FROM api.api_keys(api.authenticate(%(key)s)) k"""
+CREATE_API_KEY = """SELECT row_to_json(k)::text FROM api.create_api_key(api.authenticate(%(key)s), %(name)s::text) k"""
+REVOKE_API_KEY = """SELECT row_to_json(k)::text
+FROM api.revoke_api_key(api.authenticate(%(key)s), %(api_key_id)s::bigint) k"""
+METRICS = "SELECT api.metrics()"
+FUNCTION_DOCS = "SELECT name, description FROM api.functions()"
+
+
+# -- input ------------------------------------------------------------------------------------
+
+def _bad(message: str, hint: str | None = None) -> ApiError:
+    return ApiError("PW100", message, hint)
+
+
+def _to_int(name: str, value: Any, *, low: int = -MAX_BIGINT, high: int = MAX_BIGINT) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _bad(f"{name} must be an integer")
+    try:
+        number = int(value)
+    except ValueError:
+        raise _bad(f"{name} must be an integer, not {str(value)[:40]!r}") from None
+    if not low <= number <= high:
+        raise _bad(f"{name} must be between {low} and {high}")
+    return number
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise _bad(f"{name} must be true or false")
+
+
+def _to_time(name: str, value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise _bad(f"{name} must be an ISO 8601 timestamp")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _bad(f"{name} must be an ISO 8601 timestamp, not {value[:40]!r}",
+                   "e.g. 2026-05-01T09:00:00+00:00") from None
+    if moment.tzinfo is None:
+        raise _bad(f"{name} needs a time zone offset", "e.g. 2026-05-01T09:00:00+00:00 or ...Z")
+    return moment
+
+
+def _to_text(name: str, value: Any, *, limit: int = 10_000) -> str:
+    if not isinstance(value, str):
+        raise _bad(f"{name} must be a string")
+    if len(value) > limit:
+        raise _bad(f"{name} is longer than {limit} characters")
+    return value
+
+
+def _query(request: Request, name: str, convert=None, default: Any = None, **bounds: Any) -> Any:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if convert is _to_int:
+        return _to_int(name, raw, **bounds)
+    return convert(name, raw) if convert else _to_text(name, raw)
+
+
+def _path_id(request: Request, name: str) -> int:
+    return _to_int(name, request.path_params[name], low=1)
+
+
+def _limit(request: Request) -> int:
+    return _query(request, "limit", _to_int, 50, low=1, high=1000)
+
+
+async def _json_body(request: Request, *, required: bool = True) -> dict:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise ApiError("PW100", "the JSON body is larger than 1 MiB", status=413)
+    if not body and not required:
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _bad("the body is not JSON", "Send a JSON object with Content-Type: application/json.") from None
+    if not isinstance(value, dict):
+        raise _bad("the body must be a JSON object")
+    return value
+
+
+def _field(body: dict, name: str, convert=_to_text, *, required: bool = False, default: Any = None,
+           **bounds: Any) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise _bad(f"{name} is required")
+        return default
+    return convert(name, value, **bounds)
+
+
+# -- the API ----------------------------------------------------------------------------------
+
+class JsonApi:
+    """The routes, their connection pool, the error registry and the OpenAPI document."""
+
+    def __init__(self, settings: Settings, *, pool_size: int = 10,
+                 metrics_token: str | None = None, extra_routes: Sequence[BaseRoute] = ()) -> None:
+        self.settings = settings
+        self.metrics_token = metrics_token if metrics_token is not None else os.environ.get("PGWA_METRICS_TOKEN", "")
+        self.extra_routes = list(extra_routes)
+        self.codes = ErrorCodes()
+        self.document = openapi.document({})
+        self.pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=pool_size, open=False,
+                                        kwargs={"autocommit": True, "application_name": "pgwa-api"},
+                                        timeout=10, name="pgwa-api")
+
+    async def start(self) -> None:
+        await self.pool.open(wait=True, timeout=30)
+        async with self.pool.connection() as conn:
+            await self.codes.load(conn)
+            docs = await (await conn.execute(FUNCTION_DOCS)).fetchall()
+        self.document = openapi.document(dict(docs))
+
+    async def stop(self) -> None:
+        await self.pool.close()
+
+    @property
+    def exception_handlers(self) -> dict:
+        handle = handler(self.codes)
+        return {psycopg.Error: handle, ApiError: handle, PoolTimeout: handle}
+
+    async def fetch_text(self, request: Request, sql: str, params: dict[str, Any]) -> str | None:
+        """Run one authenticated statement (``%(key)s`` is the request's key hash); its one value."""
+        params = {**params, "key": key_hash(request)}
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(sql, params)).fetchone()
+        return row[0] if row else None
+
+    async def _json(self, request: Request, sql: str, params: dict[str, Any], status: int = 200) -> Response:
+        return Response(await self.fetch_text(request, sql, params), status_code=status, media_type=JSON)
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/numbers", self.numbers, methods=["GET"]),
+            Route("/v1/numbers", self.register_number, methods=["POST"]),
+            Route("/v1/templates", self.templates, methods=["GET"]),
+            Route("/v1/templates/sync", self.sync_templates, methods=["POST"]),
+            Route("/v1/contacts", self.contacts, methods=["GET"]),
+            Route("/v1/contacts/import", self.import_contacts, methods=["POST"]),
+            Route("/v1/contacts/opt-out", self.opt_out, methods=["POST"]),
+            Route("/v1/contacts/opt-in", self.opt_in, methods=["POST"]),
+            Route("/v1/campaigns", self.campaigns, methods=["GET"]),
+            Route("/v1/campaigns", self.create_campaign, methods=["POST"]),
+            Route("/v1/campaigns/{campaign_id}", self.campaign_stats, methods=["GET"]),
+            Route("/v1/campaigns/{campaign_id}/stats", self.campaign_stats, methods=["GET"]),
+            Route("/v1/campaigns/{campaign_id}/start", self.start_campaign, methods=["POST"]),
+            Route("/v1/campaigns/{campaign_id}/pause", self.pause_campaign, methods=["POST"]),
+            Route("/v1/campaigns/{campaign_id}/resume", self.resume_campaign, methods=["POST"]),
+            Route("/v1/campaigns/{campaign_id}/cancel", self.cancel_campaign, methods=["POST"]),
+            Route("/v1/campaigns/{campaign_id}/reconcile", self.reconcile_campaign, methods=["POST"]),
+            Route("/v1/notifications", self.notifications, methods=["GET"]),
+            Route("/v1/notifications/read", self.read_notifications, methods=["POST"]),
+            Route("/v1/notifications/{notification_id}/read", self.read_notification, methods=["POST"]),
+            Route("/v1/keys", self.api_keys, methods=["GET"]),
+            Route("/v1/keys", self.create_api_key, methods=["POST"]),
+            Route("/v1/keys/{api_key_id}", self.revoke_api_key, methods=["DELETE"]),
+            *self.extra_routes,
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"], include_in_schema=False),
+        ]
+
+    # -- numbers and templates ------------------------------------------------------------------
+
+    async def numbers(self, request: Request) -> Response:
+        return await self._json(request, NUMBERS, {})
+
+    async def register_number(self, request: Request) -> Response:
+        body = await _json_body(request)
+        return await self._json(request, REGISTER_NUMBER, {
+            "phone_number_id": _field(body, "phone_number_id", required=True, limit=64),
+            "waba_id": _field(body, "waba_id", required=True, limit=64),
+            "access_token": _field(body, "access_token", required=True),
+            "app_secret": _field(body, "app_secret"),
+            "throughput_mps": _field(body, "throughput_mps", _to_int, default=80),
+            "display_phone_number": _field(body, "display_phone_number", limit=64),
+        }, status=201)
+
+    async def templates(self, request: Request) -> Response:
+        return await self._json(request, TEMPLATES, {"waba_id": _query(request, "waba_id"),
+                                                     "status": _query(request, "status")})
+
+    async def sync_templates(self, request: Request) -> Response:
+        body = await _json_body(request)
+        number_id = _field(body, "number_id", _to_int, required=True)
+        page_size = _field(body, "page_size", _to_int, default=100, low=1, high=1000)
+        params = {"key": key_hash(request), "number_id": number_id}
+        async with self.pool.connection() as conn:
+            tenant_id, waba_id, token, version = await (await conn.execute(CREDENTIALS, params)).fetchone()
+        # No connection is held while the Graph API answers.
+        templates = await fetch_templates(self.settings.graph_base_url, version, waba_id, token,
+                                          page_size=page_size)
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(SYNC_TEMPLATES, {
+                "tenant_id": tenant_id, "waba_id": waba_id,
+                "templates": orjson.dumps(templates).decode()})).fetchone()
+        return Response(row[0], media_type=JSON)
+
+    # -- contacts -------------------------------------------------------------------------------
+
+    async def contacts(self, request: Request) -> Response:
+        return await self._json(request, CONTACTS, {
+            "phone": _query(request, "phone"), "opted_out": _query(request, "opted_out", _to_bool),
+            "before_id": _query(request, "before_id", _to_int), "limit": _limit(request)})
+
+    async def import_contacts(self, request: Request) -> Response:
+        key = key_hash(request)
+        upload = CsvUpload(request)
+        async with self.pool.connection() as conn:
+            tenant_id = (await (await conn.execute(AUTHENTICATE, {"key": key})).fetchone())[0]
+            async with conn.transaction():
+                await upload.stage(conn)
+                options = {**dict(request.query_params), **upload.fields}
+                row = await (await conn.execute(IMPORT_CONTACTS, {
+                    "tenant_id": tenant_id,
+                    "default_country_code": _field(options, "default_country_code", limit=8),
+                    "on_invalid": _field(options, "on_invalid", default="skip", limit=16)})).fetchone()
+        return Response(row[0], media_type=JSON)
+
+    async def _opt(self, request: Request, opted_out: bool) -> Response:
+        body = await _json_body(request)
+        return await self._json(request, OPT_OUT, {
+            "opted_out": opted_out, "contact_id": _field(body, "contact_id", _to_int),
+            "phone": _field(body, "phone", limit=64)})
+
+    async def opt_out(self, request: Request) -> Response:
+        return await self._opt(request, True)
+
+    async def opt_in(self, request: Request) -> Response:
+        return await self._opt(request, False)
+
+    # -- campaigns ------------------------------------------------------------------------------
+
+    async def campaigns(self, request: Request) -> Response:
+        return await self._json(request, CAMPAIGNS, {
+            "status": _query(request, "status"), "before_id": _query(request, "before_id", _to_int),
+            "limit": _limit(request)})
+
+    @staticmethod
+    def _campaign_options(request: Request, fields: dict[str, str]) -> dict[str, Any]:
+        """Parameters from the query, the Pgwa-Campaign header (a JSON object) and multipart
+        fields (``params``, a JSON object, or one field per parameter), later ones winning."""
+        options: dict[str, Any] = dict(request.query_params)
+        for source in (request.headers.get("pgwa-campaign"), fields.get("params")):
+            if source:
+                try:
+                    extra = orjson.loads(source)
+                except orjson.JSONDecodeError:
+                    raise _bad("campaign parameters are not JSON") from None
+                if not isinstance(extra, dict):
+                    raise _bad("campaign parameters must be a JSON object")
+                options.update(extra)
+        options.update({k: v for k, v in fields.items() if k != "params"})
+        templates = options.get("templates")
+        if isinstance(templates, str):
+            try:
+                templates = orjson.loads(templates)
+            except orjson.JSONDecodeError:
+                raise _bad("templates is not JSON", '[{"name": "order_update", "language": "en_US", '
+                           '"params": [{"column": "name"}]}]') from None
+        return {
+            "number_id": _field(options, "number_id", _to_int, required=True),
+            "name": _field(options, "name", required=True, limit=200),
+            "templates": orjson.dumps(templates).decode() if templates is not None else None,
+            "on_invalid": _field(options, "on_invalid", default="reject", limit=16),
+            "scheduled_at": _field(options, "scheduled_at", _to_time),
+            "start": _field(options, "start", _to_bool, default=False),
+            "default_country_code": _field(options, "default_country_code", limit=8),
+        }
+
+    async def create_campaign(self, request: Request) -> Response:
+        key = key_hash(request)
+        upload = CsvUpload(request)
+        if upload.multipart is None:      # everything is known before the body: fail fast
+            self._campaign_options(request, {})
+        async with self.pool.connection() as conn:
+            tenant_id = (await (await conn.execute(AUTHENTICATE, {"key": key})).fetchone())[0]
+            async with conn.transaction():
+                await upload.stage(conn)
+                params = self._campaign_options(request, upload.fields)
+                row = await (await conn.execute(CREATE_CAMPAIGN, {**params, "tenant_id": tenant_id})).fetchone()
+        return Response(row[0], status_code=201, media_type=JSON)
+
+    async def campaign_stats(self, request: Request) -> Response:
+        return await self._json(request, CAMPAIGN_STATS, {"campaign_id": _path_id(request, "campaign_id")})
+
+    async def start_campaign(self, request: Request) -> Response:
+        body = await _json_body(request, required=False)
+        return await self._json(request, START_CAMPAIGN, {
+            "campaign_id": _path_id(request, "campaign_id"), "at": _field(body, "at", _to_time)})
+
+    async def pause_campaign(self, request: Request) -> Response:
+        body = await _json_body(request, required=False)
+        return await self._json(request, PAUSE_CAMPAIGN, {
+            "campaign_id": _path_id(request, "campaign_id"),
+            "reason": _field(body, "reason", default="paused by operator", limit=500)})
+
+    async def resume_campaign(self, request: Request) -> Response:
+        return await self._json(request, RESUME_CAMPAIGN, {"campaign_id": _path_id(request, "campaign_id")})
+
+    async def cancel_campaign(self, request: Request) -> Response:
+        return await self._json(request, CANCEL_CAMPAIGN, {"campaign_id": _path_id(request, "campaign_id")})
+
+    async def reconcile_campaign(self, request: Request) -> Response:
+        return await self._json(request, RECONCILE, {
+            "campaign_id": _path_id(request, "campaign_id"),
+            "fix": _query(request, "fix", _to_bool, False)})
+
+    # -- notifications and keys -----------------------------------------------------------------
+
+    async def notifications(self, request: Request) -> Response:
+        return await self._json(request, NOTIFICATIONS, {
+            "unread": _query(request, "unread", _to_bool, False),
+            "before_id": _query(request, "before_id", _to_int), "limit": _limit(request)})
+
+    async def read_notifications(self, request: Request) -> Response:
+        body = await _json_body(request)
+        ids = body.get("ids")
+        if ids is None:
+            if body.get("all") is not True:
+                raise _bad('give "ids": [...] or "all": true')
+        elif not isinstance(ids, list) or len(ids) > 10_000:
+            raise _bad("ids must be a list of at most 10,000 notification ids")
+        else:
+            ids = [_to_int("ids[]", i) for i in ids]
+        return await self._json(request, READ_NOTIFICATIONS, {"ids": ids})
+
+    async def read_notification(self, request: Request) -> Response:
+        return await self._json(request, READ_NOTIFICATIONS, {"ids": [_path_id(request, "notification_id")]})
+
+    async def api_keys(self, request: Request) -> Response:
+        return await self._json(request, API_KEYS, {})
+
+    async def create_api_key(self, request: Request) -> Response:
+        body = await _json_body(request)
+        return await self._json(request, CREATE_API_KEY, {"name": _field(body, "name", required=True, limit=200)},
+                                status=201)
+
+    async def revoke_api_key(self, request: Request) -> Response:
+        return await self._json(request, REVOKE_API_KEY, {"api_key_id": _path_id(request, "api_key_id")})
+
+    # -- operations -----------------------------------------------------------------------------
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus text; behind a bearer token when PGWA_METRICS_TOKEN is set."""
+        if self.metrics_token and not token_matches(request, self.metrics_token):
+            raise ApiError("PW401", "the metrics token is missing or wrong",
+                           "Send Authorization: Bearer <PGWA_METRICS_TOKEN>.")
+        async with self.pool.connection() as conn:
+            text = (await (await conn.execute(METRICS)).fetchone())[0]
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(self.document)

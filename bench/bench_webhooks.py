@@ -1,0 +1,481 @@
+"""Webhook benchmark: ingestion over HTTP, set-based processing, end-to-end lag, losses.
+
+Sets up its own database (pgwa_bench_webhooks) on the project's cluster (DATABASE_URL or
+``scripts/db.sh url``) with a tenant, a number, a two-template campaign and its sent
+messages, starts the API server (``python -m api``) and measures:
+
+* ingest_rps_c64, p99_ms_c64   wrk, 64 connections, 20 s: signed single-status webhooks
+                               (no worker running; each run starts from an empty queue)
+* ingest_rps_c8,  p99_ms_c8    the same with 8 connections
+* status_events_per_s          api.process_webhooks draining a preloaded backlog of
+                               multi-status payloads (10-100 statuses each: sent, delivered,
+                               read, some failed, ~5% reordered, ~3% duplicated)
+* lag_p99_ms                   from the 200 of a POST to the commit of the batch that stored
+                               its status, at a steady 2,000 webhooks/s for 15 s, with the
+                               real worker loop (worker/webhooks.py) in its own process
+* lost                         200s acknowledged minus payloads stored, over all HTTP phases
+
+Progress on stderr; one JSON object on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from api.signature import sign
+from pgwa.config import Settings, database_url
+from pgwa.migrate import migrate
+from worker.webhooks import WebhookProcessor
+
+BENCH_DB = "pgwa_bench_webhooks"
+SECRET = "bench-app-secret"
+WABA_ID = "102290129340398"
+PHONE_NUMBER_ID = "106540352242922"
+DISPLAY_PHONE = "15550783881"
+
+WRK_SECONDS = 20
+LAG_RATE = 2000
+LAG_SECONDS = 15
+PROCESS_MESSAGES = 60_000          # x (sent, delivered, read) in the processing backlog
+LAG_MESSAGES = LAG_RATE * LAG_SECONDS // 3 + 1
+WRK_BODIES = 4000
+
+LUA = """
+local reqs = {}
+local i = 0
+init = function(args)
+  for line in io.lines(args[1]) do
+    local sig, body = line:match("^(%S+)\\t(.*)$")
+    reqs[#reqs + 1] = wrk.format("POST", "/webhooks/whatsapp",
+      {["Content-Type"] = "application/json", ["X-Hub-Signature-256"] = sig}, body)
+  end
+  i = math.random(#reqs)
+end
+request = function()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+"""
+
+
+def log(msg: str) -> None:
+    print(f"bench-webhooks: {msg}", file=sys.stderr, flush=True)
+
+
+# --- setup ------------------------------------------------------------------------------
+
+def fresh_database() -> str:
+    """A new, migrated bench database beside the project's; its URL."""
+    server = conninfo_to_dict(database_url())
+    with psycopg.connect(make_conninfo(**{**server, "dbname": "postgres"}), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
+    url = make_conninfo(**{**server, "dbname": BENCH_DB})
+    migrate(url, quiet=True)
+    return url
+
+
+def ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path:
+        return path
+    if os.geteuid() != 0:
+        sys.exit("bench-webhooks: wrk is not installed (apt-get install wrk, as root)")
+    log("installing wrk")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "wrk"]
+    if subprocess.run(install, check=False, env=env, stdout=subprocess.DEVNULL).returncode:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
+        subprocess.run(install, env=env, check=True, stdout=subprocess.DEVNULL)
+    return shutil.which("wrk") or sys.exit("bench-webhooks: wrk did not install")
+
+
+def setup_world(conn: psycopg.Connection) -> tuple[int, int]:
+    """Tenant, number, two templates, a running campaign; returns (campaign_id, number_id)."""
+    tenant = conn.execute("SELECT api.create_tenant('bench')").fetchone()[0]
+    number = conn.execute("SELECT api.register_number(%s, %s, %s, 'token', %s, 1000, %s)",
+                          (tenant, PHONE_NUMBER_ID, WABA_ID, SECRET, DISPLAY_PHONE)).fetchone()[0]
+    templates = [conn.execute("SELECT api.upsert_template(%s, %s, %s, 'en_US', '[]', 'APPROVED', 'MARKETING')",
+                              (tenant, WABA_ID, name)).fetchone()[0] for name in ("order_update", "promo_offer")]
+    campaign = conn.execute("""INSERT INTO core.campaigns (tenant_id, number_id, name, status, started_at)
+                               VALUES (%s, %s, 'bench', 'running', now()) RETURNING campaign_id""",
+                            (tenant, number)).fetchone()[0]
+    for variant, template in enumerate(templates, 1):
+        conn.execute("INSERT INTO core.campaign_templates (campaign_id, variant, template_id) VALUES (%s, %s, %s)",
+                     (campaign, variant, template))
+    return campaign, number
+
+
+def add_sent_messages(conn: psycopg.Connection, campaign: int, number: int, count: int, tag: str) -> list:
+    """``count`` campaign messages already accepted by Meta; returns [(outbound_id, wamid)]."""
+    rows = conn.execute(
+        """WITH c AS (
+               INSERT INTO core.contacts (tenant_id, wa_id)
+               SELECT (SELECT tenant_id FROM core.campaigns WHERE campaign_id = %(campaign)s),
+                      (%(base)s + g)::text
+               FROM generate_series(1, %(n)s) g RETURNING contact_id, wa_id
+           ), o AS (
+               INSERT INTO core.outbound_messages (number_id, campaign_id, variant, contact_id, state, wamid,
+                                                   attempts, claimed_at, accepted_at)
+               SELECT %(number)s, %(campaign)s, 1 + contact_id %% 2, contact_id, 'accepted',
+                      'wamid.' || %(tag)s || '.' || wa_id, 1, now(), now()
+               FROM c RETURNING outbound_id, wamid, variant
+           ), v AS (
+               UPDATE core.campaign_templates t SET total = t.total + x.n, sent = t.sent + x.n
+               FROM (SELECT variant, count(*)::int AS n FROM o GROUP BY variant) x
+               WHERE t.campaign_id = %(campaign)s AND t.variant = x.variant
+           ), k AS (
+               UPDATE core.campaigns SET total = total + %(n)s, sent = sent + %(n)s, finished = finished + %(n)s
+               WHERE campaign_id = %(campaign)s
+           )
+           SELECT outbound_id, wamid FROM o ORDER BY outbound_id""",
+        {"campaign": campaign, "number": number, "n": count, "tag": tag,
+         "base": 16_500_000_000 + random.randrange(10**8) * 10}).fetchall()
+    return rows
+
+
+def status(campaign: int, outbound_id: int, wamid: str, st: str, ts: int) -> dict:
+    s: dict = {"id": wamid, "status": st, "timestamp": str(ts), "recipient_id": wamid.rsplit(".", 1)[1],
+               "biz_opaque_callback_data": f"c{campaign}:{outbound_id}"}
+    if st in ("sent", "delivered"):
+        s["conversation"] = {"id": "a75d17ad06104c51166f948319b03c6a", "origin": {"type": "marketing"}}
+        if st == "sent":
+            s["conversation"]["expiration_timestamp"] = str(ts + 86400)
+        s["pricing"] = {"billable": True, "pricing_model": "PMP", "type": "regular", "category": "marketing"}
+    if st == "failed":
+        s["errors"] = [{"code": 131026, "title": "Message undeliverable", "message": "Message undeliverable",
+                        "error_data": {"details": "Message Undeliverable."}}]
+    return s
+
+
+def payload(statuses: list[dict]) -> bytes:
+    return orjson.dumps({"object": "whatsapp_business_account", "entry": [{"id": WABA_ID, "changes": [{
+        "value": {"messaging_product": "whatsapp",
+                  "metadata": {"display_phone_number": DISPLAY_PHONE, "phone_number_id": PHONE_NUMBER_ID},
+                  "statuses": statuses},
+        "field": "messages"}]}]})
+
+
+# --- the API server and wrk -----------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ApiServer:
+    def __init__(self, url: str) -> None:
+        self.port = free_port()
+        env = {**os.environ, "DATABASE_URL": url, "WHATSAPP_APP_SECRET": SECRET,
+               "PGWA_API_HOST": "127.0.0.1", "PGWA_API_PORT": str(self.port)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=sys.stderr)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if s.recv(64).startswith(b"HTTP/1.1 200"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit("bench-webhooks: the API server did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def run_wrk(wrk: str, port: int, connections: int, seconds: int, tmp: Path) -> dict:
+    threads = 2 if connections >= 16 else 1
+    out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+                          "-s", str(tmp / "post.lua"), f"http://127.0.0.1:{port}/webhooks/whatsapp",
+                          "--", str(tmp / "bodies.txt")], capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    errors = int(non2xx.group(1)) if non2xx else 0
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p99_ms": round(float(p99.group(1)) * scale, 2), "acked": requests - errors, "errors": errors}
+
+
+def queue_counts(conn: psycopg.Connection) -> int:
+    """Payloads stored: queued, archived or dead-lettered."""
+    return conn.execute("""SELECT (SELECT count(*) FROM pgmq.q_webhooks) + (SELECT count(*) FROM pgmq.a_webhooks)
+                                  + (SELECT count(*) FROM pgmq.q_webhooks_dead)""").fetchone()[0]
+
+
+def reset_queues(conn: psycopg.Connection) -> None:
+    conn.execute("TRUNCATE pgmq.q_webhooks, pgmq.a_webhooks, pgmq.q_webhooks_dead")
+
+
+# --- processing throughput ------------------------------------------------------------------
+
+def backlog(campaign: int, messages: list, rng: random.Random) -> tuple[list[bytes], int]:
+    """Multi-status payloads for ``messages``: (payloads, statuses in them)."""
+    now = int(time.time())
+    events = []
+    block = 2000
+    for start in range(0, len(messages), block):
+        chunk = messages[start:start + block]
+        fails = {i for i in range(len(chunk)) if rng.random() < 0.02}
+        for st in ("sent", "delivered", "read"):
+            for i, (oid, w) in enumerate(chunk):
+                if i in fails and st != "sent":
+                    if st == "delivered":
+                        events.append(status(campaign, oid, w, "failed", now))
+                    continue
+                events.append(status(campaign, oid, w, st, now))
+    for i in range(len(events) - 1):          # ~5% delivered out of order
+        if rng.random() < 0.05:
+            events[i], events[i + 1] = events[i + 1], events[i]
+    for _ in range(len(events) * 3 // 100):   # ~3% delivered twice
+        events.insert(rng.randrange(len(events)), dict(rng.choice(events)))
+    payloads, i = [], 0
+    while i < len(events):
+        n = rng.randint(10, 100)
+        payloads.append(payload(events[i:i + n]))
+        i += n
+    return payloads, len(events)
+
+
+async def drain_with(url: str, workers: int, batch: int) -> float:
+    processors = [WebhookProcessor(Settings(database_url=url), batch=batch) for _ in range(workers)]
+    stop = asyncio.Event()
+    start = time.perf_counter()
+    await asyncio.gather(*(p.drain(stop) for p in processors))
+    elapsed = time.perf_counter() - start
+    for p in processors:
+        await p.db.close()
+    return elapsed
+
+
+def measure_processing(url: str, conn: psycopg.Connection, campaign: int, number: int, rng: random.Random,
+                       workers: int, batch: int) -> dict:
+    messages = add_sent_messages(conn, campaign, number, PROCESS_MESSAGES, "proc")
+    payloads, statuses = backlog(campaign, messages, rng)
+    log(f"processing: preloading {len(payloads)} payloads carrying {statuses} statuses")
+    for i in range(0, len(payloads), 500):
+        conn.execute("SELECT api.ingest_webhooks(%s::text[]::jsonb[])",
+                     ([p.decode() for p in payloads[i:i + 500]],))
+    conn.execute("VACUUM ANALYZE core.outbound_messages, core.status_events")
+    before = conn.execute("SELECT count(*) FROM core.status_events").fetchone()[0]
+    elapsed = asyncio.run(drain_with(url, workers, batch))
+    stored = conn.execute("SELECT count(*) FROM core.status_events").fetchone()[0] - before
+    left = conn.execute("SELECT count(*) FROM pgmq.q_webhooks").fetchone()[0]
+    counters = conn.execute("""SELECT count(*) FILTER (WHERE state = 'read'), count(*) FILTER (WHERE state = 'failed')
+                               FROM core.outbound_messages WHERE wamid LIKE 'wamid.proc.%'""").fetchone()
+    log(f"processing: {statuses} statuses ({stored} new events) in {elapsed:.2f} s "
+        f"with {workers} loop(s) of {batch}; {counters[0]} read, {counters[1]} failed, {left} left")
+    return {"status_events_per_s": round(statuses / elapsed), "new_events_per_s": round(stored / elapsed)}
+
+
+# --- lag at a steady rate -------------------------------------------------------------------
+
+WORKER_CHILD = """
+import asyncio, json, signal, sys, time
+sys.path.insert(0, {root!r})
+from pgwa.config import Settings
+from worker.webhooks import WebhookProcessor
+
+class Timed(WebhookProcessor):
+    intervals = []
+    async def process_once(self, stop=None):
+        t0 = time.time()
+        result = await super().process_once(stop)
+        if result[0]:
+            self.intervals.append((t0, time.time()))
+        return result
+
+async def main():
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    p = Timed(Settings(database_url={url!r}))
+    print("ready", flush=True)
+    await p.run(stop)
+    json.dump(p.intervals, open({out!r}, "w"))
+
+asyncio.run(main())
+"""
+
+
+async def steady_load(port: int, requests: list[tuple[bytes, bytes]], rate: int, conns: int) -> tuple:
+    """POST ``requests`` (key, raw request) at ``rate``/s over ``conns`` connections.
+
+    Returns ({key: ack time}, acknowledged 200s, other answers)."""
+    acks: dict[bytes, float] = {}
+    other = 0
+    start = time.time() + 0.2
+
+    async def connection(k: int) -> None:
+        nonlocal other
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(k, len(requests), conns):
+            due = start + i / rate
+            delay = due - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            key, raw = requests[i]
+            writer.write(raw)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            if length:
+                await reader.readexactly(length)
+            if head.startswith(b"HTTP/1.1 200"):
+                acks[key] = time.time()
+            else:
+                other += 1
+        writer.close()
+
+    await asyncio.gather(*(connection(k) for k in range(conns)))
+    return acks, other
+
+
+def measure_lag(url: str, conn: psycopg.Connection, api: ApiServer, campaign: int, number: int,
+                tmp: Path) -> dict:
+    messages = add_sent_messages(conn, campaign, number, LAG_MESSAGES, "lag")
+    count = LAG_RATE * LAG_SECONDS
+    now = int(time.time())
+    requests = []
+    for i in range(count):
+        oid, w = messages[i // 3]
+        st = ("sent", "delivered", "read")[i % 3]
+        body = payload([status(campaign, oid, w, st, now)])
+        raw = (b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"X-Hub-Signature-256: " + sign(body, SECRET).encode() + b"\r\nContent-Length: "
+               + str(len(body)).encode() + b"\r\n\r\n" + body)
+        requests.append((f"{w}|{st}".encode(), raw))
+    # Statuses of one message go to different connections and may overtake each other,
+    # as Meta's do; every (wamid, status) is stored once whatever the order.
+    out = tmp / "intervals.json"
+    child = subprocess.Popen([sys.executable, "-c", WORKER_CHILD.format(root=str(ROOT), url=url, out=str(out))],
+                             stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
+    child.stdout.readline()
+    time.sleep(0.5)
+    log(f"lag: {count} webhooks at {LAG_RATE}/s with the worker running")
+    acks, other = asyncio.run(steady_load(api.port, requests, LAG_RATE, 16))
+    deadline = time.monotonic() + 60
+    while conn.execute("SELECT count(*) FROM pgmq.q_webhooks").fetchone()[0] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.3)
+    child.send_signal(signal.SIGTERM)
+    child.wait(30)
+    intervals = sorted(json.loads(out.read_text()))
+    starts = [a for a, _ in intervals]
+    stored = conn.execute("""SELECT wamid || '|' || status, extract(epoch FROM received_at)::float8
+                             FROM core.status_events WHERE wamid LIKE 'wamid.lag.%'""").fetchall()
+    lags = []
+    for key, received in stored:
+        ack = acks.get(key.encode())
+        if ack is None:
+            continue
+        # received_at is its batch's transaction start; the batch committed when its call returned.
+        j = bisect.bisect_right(starts, received) - 1
+        committed = intervals[j][1] if j >= 0 else received
+        lags.append(max(0.0, committed - ack) * 1000)
+    lags.sort()
+    p99 = lags[int(len(lags) * 0.99) - 1] if lags else None
+    log(f"lag: {len(acks)} acknowledged, {other} other answers, {len(stored)} statuses stored, "
+        f"{len(intervals)} batches; p50 {statistics.median(lags):.1f} ms, p99 {p99:.1f} ms")
+    return {"lag_p99_ms": round(p99, 1) if p99 is not None else None,
+            "lag_p50_ms": round(statistics.median(lags), 1) if lags else None,
+            "acked": len(acks), "stored_events": len(stored)}
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--wrk-seconds", type=int, default=WRK_SECONDS)
+    parser.add_argument("--process-workers", type=int, default=1,
+                        help="concurrent processing loops for status_events_per_s")
+    parser.add_argument("--process-batch", type=int, default=200)
+    parser.add_argument("--skip", default="", help="comma-separated phases to skip: wrk,process,lag")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    rng = random.Random(5)
+
+    wrk = ensure_wrk()
+    log(f"creating {BENCH_DB}")
+    url = fresh_database()
+    result: dict = {}
+    lost = 0
+    with psycopg.connect(url, autocommit=True) as conn, tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        campaign, number = setup_world(conn)
+        api = ApiServer(url)
+        try:
+            if "wrk" not in skip:
+                messages = add_sent_messages(conn, campaign, number, WRK_BODIES, "wrk")
+                now = int(time.time())
+                lines = []
+                for oid, w in messages:
+                    body = payload([status(campaign, oid, w, rng.choice(("sent", "delivered", "read")), now)])
+                    lines.append(sign(body, SECRET) + "\t" + body.decode())
+                (tmp / "bodies.txt").write_text("\n".join(lines) + "\n")
+                (tmp / "post.lua").write_text(LUA)
+                log(f"ingest: payloads of {sum(map(len, lines)) // len(lines)} bytes, "
+                    f"{args.wrk_seconds} s per run")
+                for c in (64, 8):
+                    # Each run starts from an empty queue, as a worker keeps it.
+                    reset_queues(conn)
+                    time.sleep(2)
+                    r = run_wrk(wrk, api.port, c, args.wrk_seconds, tmp)
+                    log(f"ingest c{c}: {r['rps']:.0f} req/s, p99 {r['p99_ms']} ms, "
+                        f"{r['errors']} non-200")
+                    result[f"ingest_rps_c{c}"] = round(r["rps"])
+                    result[f"p99_ms_c{c}"] = r["p99_ms"]
+                    stored = queue_counts(conn)
+                    if stored > r["acked"]:
+                        log(f"ingest c{c}: {stored - r['acked']} stored beyond the 200s wrk counted "
+                            "(in flight when it stopped)")
+                    lost += max(0, r["acked"] - stored)
+                reset_queues(conn)
+            if "process" not in skip:
+                result.update(measure_processing(url, conn, campaign, number, rng,
+                                                 args.process_workers, args.process_batch))
+                reset_queues(conn)
+            if "lag" not in skip:
+                lag = measure_lag(url, conn, api, campaign, number, tmp)
+                result["lag_p99_ms"] = lag["lag_p99_ms"]
+                result["lag_p50_ms"] = lag["lag_p50_ms"]
+                lost += max(0, lag["acked"] - queue_counts(conn))
+        finally:
+            api.stop()
+    result["lost"] = lost
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

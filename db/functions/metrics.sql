@@ -1,0 +1,211 @@
+-- /metrics (Prometheus text format, from one function), the operators' views of queues
+-- and numbers, and retention of what they read.
+
+-- A label value escaped for the Prometheus text format.
+CREATE OR REPLACE FUNCTION core.prom_label(p_value text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
+    SELECT replace(replace(replace(coalesce(p_value, ''), '\', '\\'), '"', '\"'), E'\n', '\n')
+$$;
+
+-- One metric family: its HELP and TYPE lines, then its samples (none is allowed).
+CREATE OR REPLACE FUNCTION core.prom_family(p_name text, p_type text, p_help text, p_samples text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
+    SELECT format(E'# HELP %s %s\n# TYPE %s %s\n', p_name, p_help, p_name, p_type)
+           || coalesce(p_samples || E'\n', '')
+$$;
+
+-------------------------------------------------------------------------------
+-- Views for operators (read-only: each joins, so none is updatable)
+-------------------------------------------------------------------------------
+
+CREATE OR REPLACE VIEW core.queue_depths AS
+SELECT q.queue_name,
+       CASE WHEN q.queue_name ~ '^c_[0-9]+$' THEN 'campaign'
+            WHEN q.queue_name ~ '^r_[0-9]+$' THEN 'reply'
+            ELSE q.queue_name END AS kind,
+       c.campaign_id, c.status AS campaign_status, coalesce(c.number_id, n.number_id) AS number_id,
+       m.queue_length, m.queue_visible_length, m.oldest_msg_age_sec, m.total_messages
+FROM pgmq.meta q
+LEFT JOIN core.campaigns c
+       ON c.campaign_id = CASE WHEN q.queue_name ~ '^c_[0-9]{1,18}$' THEN substr(q.queue_name, 3)::bigint END
+LEFT JOIN core.wa_numbers n
+       ON n.number_id = CASE WHEN q.queue_name ~ '^r_[0-9]{1,18}$' THEN substr(q.queue_name, 3)::bigint END
+CROSS JOIN LATERAL pgmq.metrics(q.queue_name) m;
+COMMENT ON VIEW core.queue_depths IS
+    'Every pgmq queue with its kind (campaign, reply, webhooks, ...), campaign or number, messages waiting (all and visible now), the oldest message''s age in seconds and messages ever sent.';
+
+CREATE OR REPLACE VIEW core.number_health AS
+SELECT n.number_id, t.name AS tenant, n.phone_number_id, n.display_phone_number, n.quality_rating,
+       n.throughput_mps, round(n.rate_mps::numeric, 1) AS rate_mps,
+       round(extract(epoch FROM n.send_tat - now())::numeric, 3) AS tat_ahead_s,
+       n.throttled_at, n.paused_reason,
+       coalesce(m.accepted, 0) AS accepted_last_minute, coalesce(m.retried, 0) AS retried_last_minute,
+       coalesce(m.failed, 0) AS failed_last_minute, coalesce(m.throttled, 0) AS throttled_last_minute
+FROM core.wa_numbers n
+JOIN core.tenants t ON t.tenant_id = n.tenant_id
+LEFT JOIN core.send_minutes m
+       ON m.number_id = n.number_id AND m.minute = date_trunc('minute', now()) - interval '1 minute';
+COMMENT ON VIEW core.number_health IS
+    'One row per WhatsApp number: quality, Meta''s limit, the AIMD pace, how far its GCRA arrival time runs ahead of now, and the last complete minute''s send outcomes. No token or secret.';
+
+-------------------------------------------------------------------------------
+-- /metrics
+-------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION api.metrics() RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+DECLARE
+    v_settings core.settings;
+    v_out text[];
+    v_last_minute timestamptz := date_trunc('minute', now()) - interval '1 minute';
+BEGIN
+    SELECT * INTO v_settings FROM core.settings;
+
+    -- Queues, except those of finished campaigns (the sweep drops them a day later).
+    WITH q AS MATERIALIZED (
+        SELECT m.queue_name, q.kind, m.queue_length AS length, m.queue_visible_length AS visible,
+               coalesce(m.oldest_msg_age_sec, 0) AS oldest_s
+        FROM (SELECT q.queue_name,
+                     CASE WHEN q.queue_name ~ '^c_[0-9]+$' THEN 'campaign'
+                          WHEN q.queue_name ~ '^r_[0-9]+$' THEN 'reply' ELSE q.queue_name END AS kind
+              FROM pgmq.meta q
+              LEFT JOIN core.campaigns c
+                     ON c.campaign_id = CASE WHEN q.queue_name ~ '^c_[0-9]{1,18}$' THEN substr(q.queue_name, 3)::bigint END
+              WHERE c.status IS NULL OR c.status NOT IN ('completed', 'cancelled')
+              OFFSET 0) q
+        CROSS JOIN LATERAL pgmq.metrics(q.queue_name) m
+    )
+    SELECT ARRAY[
+        core.prom_family('pgwa_queue_messages', 'gauge', 'Messages in a pgmq queue, waiting or in flight.',
+            (SELECT string_agg(format('pgwa_queue_messages{queue="%s",kind="%s"} %s',
+                                      core.prom_label(q.queue_name), core.prom_label(q.kind), q.length), E'\n'
+                               ORDER BY q.queue_name) FROM q)),
+        core.prom_family('pgwa_queue_visible_messages', 'gauge', 'Messages in a pgmq queue that a reader could take now.',
+            (SELECT string_agg(format('pgwa_queue_visible_messages{queue="%s",kind="%s"} %s',
+                                      core.prom_label(q.queue_name), core.prom_label(q.kind), q.visible), E'\n'
+                               ORDER BY q.queue_name) FROM q)),
+        core.prom_family('pgwa_queue_oldest_message_age_seconds', 'gauge',
+            'Age of the oldest message in a pgmq queue (0 when empty).',
+            (SELECT string_agg(format('pgwa_queue_oldest_message_age_seconds{queue="%s",kind="%s"} %s',
+                                      core.prom_label(q.queue_name), core.prom_label(q.kind), q.oldest_s), E'\n'
+                               ORDER BY q.queue_name) FROM q)),
+        core.prom_family('pgwa_webhook_lag_seconds', 'gauge',
+            'Age of the oldest webhook payload waiting to be processed (0 when none waits).',
+            format('pgwa_webhook_lag_seconds %s',
+                   coalesce((SELECT q.oldest_s FROM q WHERE q.queue_name = 'webhooks'), 0)))]
+    INTO v_out;
+
+    -- Send outcomes per number over the last complete minute (core.send_minutes).
+    v_out := v_out || core.prom_family('pgwa_sends_per_second', 'gauge',
+        'Send results per second over the last complete minute, per number and outcome.',
+        (SELECT string_agg(format('pgwa_sends_per_second{number="%s",outcome="%s"} %s',
+                                  core.prom_label(n.phone_number_id), o.outcome, round(o.n / 60.0, 3)),
+                           E'\n' ORDER BY n.phone_number_id, o.outcome)
+         FROM core.wa_numbers n
+         LEFT JOIN core.send_minutes m ON m.number_id = n.number_id AND m.minute = v_last_minute
+         CROSS JOIN LATERAL (VALUES ('accepted', coalesce(m.accepted, 0)), ('retried', coalesce(m.retried, 0)),
+                                    ('failed', coalesce(m.failed, 0)), ('throttled', coalesce(m.throttled, 0))) o(outcome, n)));
+
+    v_out := v_out || core.prom_family('pgwa_message_failures', 'gauge',
+        'Campaign messages failed for good, per error category and Meta error code (-2: no code), over existing campaigns.',
+        (SELECT string_agg(format('pgwa_message_failures{category="%s",code="%s"} %s',
+                                  core.prom_label(category), error_code, n), E'\n' ORDER BY category, error_code)
+         FROM (SELECT category, error_code, sum(count) AS n FROM core.campaign_errors
+               GROUP BY category, error_code) e));
+
+    -- Rate state per number: AIMD pace, Meta's limit, GCRA arrival time, tokens now.
+    v_out := v_out || core.prom_family('pgwa_number_rate_mps', 'gauge',
+        'The pace the number sends at now (AIMD-controlled), messages per second.',
+        (SELECT string_agg(format('pgwa_number_rate_mps{number="%s"} %s', core.prom_label(phone_number_id),
+                                  round(rate_mps::numeric, 3)), E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
+    v_out := v_out || core.prom_family('pgwa_number_throughput_mps', 'gauge',
+        'Meta''s throughput limit of the number, messages per second.',
+        (SELECT string_agg(format('pgwa_number_throughput_mps{number="%s"} %s', core.prom_label(phone_number_id),
+                                  throughput_mps), E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
+    v_out := v_out || core.prom_family('pgwa_number_tat_ahead_seconds', 'gauge',
+        'How far the number''s GCRA theoretical arrival time runs ahead of now (0 when idle).',
+        (SELECT string_agg(format('pgwa_number_tat_ahead_seconds{number="%s"} %s', core.prom_label(phone_number_id),
+                                  round(greatest(extract(epoch FROM send_tat - now()), 0)::numeric, 3)),
+                           E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
+    v_out := v_out || core.prom_family('pgwa_number_tokens', 'gauge',
+        'Messages the number could be given by a claim now (its GCRA budget within the pace horizon).',
+        (SELECT string_agg(format('pgwa_number_tokens{number="%s"} %s', core.prom_label(phone_number_id),
+                                  floor(greatest(0, extract(epoch FROM now() + make_interval(secs => v_settings.pace_horizon_ms / 1000.0)
+                                                                        - greatest(now(), send_tat)))
+                                        * least(rate_mps, throughput_mps * v_settings.rate_headroom))),
+                           E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
+    v_out := v_out || core.prom_family('pgwa_number_paused', 'gauge',
+        '1 when sending from the number is paused.',
+        (SELECT string_agg(format('pgwa_number_paused{number="%s"} %s', core.prom_label(phone_number_id),
+                                  (paused_reason IS NOT NULL)::int), E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
+
+    -- Campaigns.
+    v_out := v_out || core.prom_family('pgwa_campaigns', 'gauge', 'Campaigns per status.',
+        (SELECT string_agg(format('pgwa_campaigns{status="%s"} %s', x.status, x.n), E'\n' ORDER BY x.status)
+         FROM (SELECT s.status, count(c.campaign_id) AS n
+               FROM unnest(ARRAY['draft', 'scheduled', 'running', 'paused', 'completed', 'cancelled']) s(status)
+               LEFT JOIN core.campaigns c ON c.status = s.status
+               GROUP BY s.status) x));
+    v_out := v_out || core.prom_family('pgwa_campaign_messages', 'gauge',
+        'Messages of each unfinished campaign per funnel stage (maintained counters).',
+        (SELECT string_agg(format('pgwa_campaign_messages{campaign="%s",status="%s",stage="%s"} %s',
+                                  c.campaign_id, c.status, x.stage, x.n), E'\n' ORDER BY c.campaign_id, x.stage)
+         FROM core.campaigns c
+         CROSS JOIN LATERAL (VALUES ('total', c.total), ('queued', greatest(c.total - c.finished - c.cancelled, 0)),
+                                    ('sent', c.sent), ('delivered', c.delivered), ('read', c.read),
+                                    ('replied', c.replied), ('failed', c.failed), ('cancelled', c.cancelled)) x(stage, n)
+         WHERE c.status IN ('draft', 'scheduled', 'running', 'paused')));
+    v_out := v_out || core.prom_family('pgwa_campaign_progress_ratio', 'gauge',
+        'Share of an unfinished campaign''s messages past sending (0 to 1).',
+        (SELECT string_agg(format('pgwa_campaign_progress_ratio{campaign="%s",status="%s"} %s', c.campaign_id, c.status,
+                                  CASE WHEN c.total > 0 THEN round(least(1.0, (c.finished + c.cancelled)::numeric / c.total), 4) ELSE 1 END),
+                           E'\n' ORDER BY c.campaign_id)
+         FROM core.campaigns c WHERE c.status IN ('draft', 'scheduled', 'running', 'paused')));
+
+    v_out := v_out || core.prom_family('pgwa_notifications_unread', 'gauge', 'Unread notifications per severity.',
+        (SELECT string_agg(format('pgwa_notifications_unread{severity="%s"} %s', x.severity, x.n), E'\n'
+                           ORDER BY x.severity)
+         FROM (SELECT s.severity, count(n.notification_id) AS n
+               FROM unnest(ARRAY['critical', 'info', 'warning']) s(severity)
+               LEFT JOIN core.notifications n ON n.severity = s.severity AND n.read_at IS NULL
+               GROUP BY s.severity) x));
+
+    RETURN array_to_string(v_out, '');
+END
+$$;
+COMMENT ON FUNCTION api.metrics() IS
+    'Returns the Prometheus text exposition of pgwa: queue depths and ages (pgmq), webhook lag, sends per second per number and outcome (core.send_minutes), failures per category and code, each number''s pace, limit, GCRA arrival time and tokens, campaigns per status and the funnel of unfinished campaigns. Raises nothing of its own.';
+REVOKE ALL ON FUNCTION api.metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.metrics() TO pgwa_api;
+
+-------------------------------------------------------------------------------
+-- Retention (pg_cron; core.cron_jobs)
+-------------------------------------------------------------------------------
+
+-- Notifications read more than p_read_keep ago, or raised more than p_keep ago. A daily
+-- sweep of a small table: no index is kept for it. Returns the rows deleted.
+CREATE OR REPLACE FUNCTION core.prune_notifications(p_read_keep interval DEFAULT '30 days',
+                                                    p_keep interval DEFAULT '180 days') RETURNS bigint
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_deleted bigint;
+BEGIN
+    DELETE FROM core.notifications WHERE read_at < now() - p_read_keep OR created_at < now() - p_keep;
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN v_deleted;
+END
+$$;
+
+-- Per-number send minutes older than p_keep (/metrics reads only the last one). Returns
+-- the rows deleted.
+CREATE OR REPLACE FUNCTION core.prune_send_minutes(p_keep interval DEFAULT '30 days') RETURNS bigint
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_deleted bigint;
+BEGIN
+    DELETE FROM core.send_minutes WHERE minute < now() - p_keep;
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN v_deleted;
+END
+$$;

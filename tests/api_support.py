@@ -1,0 +1,93 @@
+"""Helpers for the JSON API's tests: the app in-process (Starlette's TestClient, which runs
+its lifespan) or as a real server (``python -m api`` on a free port), and a tenant with
+an API key, built through the api functions as a client would."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import psycopg
+
+from api.app import create_app
+from pgwa.config import ROOT, Settings
+from tests import factories
+
+with warnings.catch_warnings():
+    # Starlette 1.x suggests httpx2 for its test client; httpx is what the project pins.
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A tenant with one number (and templates) and an API key."""
+
+    acc: factories.Account
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def new_tenant(db: psycopg.Connection, **account: object) -> Tenant:
+    acc = factories.account(db, **account)
+    key = db.execute("SELECT key FROM api.create_api_key(%s, 'tests')", (acc.tenant_id,)).fetchone()[0]
+    return Tenant(acc, key)
+
+
+@contextmanager
+def api_client(db_url: str, **settings: object) -> Iterator[TestClient]:
+    app = create_app(Settings(database_url=db_url, **settings))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live_server(db_url: str, **env: str) -> Iterator[str]:
+    """``python -m api`` on a free port against this database; yields its base URL."""
+    port = _free_port()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "DATABASE_URL": db_url, "PGWA_API_PORT": str(port),
+                                     "PGWA_LOG_LEVEL": "warning", **env})
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                log.seek(0)
+                raise RuntimeError(f"the API did not start:\n{log.read().decode()}")
+            time.sleep(0.05)
+        try:
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.seek(0)
+            live_server.last_log = log.read().decode()  # type: ignore[attr-defined]

@@ -1,0 +1,261 @@
+"""POST/GET /webhooks/whatsapp over real HTTP: the handshake, signatures, limits, and a
+fuzz that never gets a 5xx or stores an unsigned body."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import orjson
+import psycopg
+import pytest
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from api.app import create_app
+from api.signature import sign
+from api.webhooks import MAX_BODY
+from pgwa.config import Settings
+from tests.test_webhooks_payloads import status, statuses_payload, wamid
+
+SECRETS = ("current-secret", "previous-secret")
+VERIFY_TOKEN = "meatyhamhock"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(app) -> Iterator[str]:
+    """``app`` served by uvicorn (httptools) on a free port, in a thread."""
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools",
+                                        log_level="error", lifespan="on"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def server(db_url: str) -> Iterator[str]:
+    with serve(create_app(Settings(database_url=db_url, verify_token=VERIFY_TOKEN,
+                                   app_secrets=SECRETS))) as url:
+        yield url
+
+
+@pytest.fixture
+def client(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, timeout=10) as c:
+        yield c
+
+
+def queued(db: psycopg.Connection) -> list:
+    return [r[0] for r in db.execute("SELECT message FROM pgmq.q_webhooks ORDER BY msg_id")]
+
+
+def post(client: httpx.Client, body: bytes, secret: str | None = SECRETS[0],
+         **headers) -> httpx.Response:
+    if secret is not None:
+        headers.setdefault("X-Hub-Signature-256", sign(body, secret))
+    return client.post("/webhooks/whatsapp", content=body,
+                       headers={"Content-Type": "application/json", **headers})
+
+
+# --- the verification handshake -----------------------------------------------------------
+
+def test_handshake_echoes_the_challenge_for_the_right_token(client: httpx.Client) -> None:
+    r = client.get("/webhooks/whatsapp", params={"hub.mode": "subscribe",
+                                                 "hub.challenge": "1158201444",
+                                                 "hub.verify_token": VERIFY_TOKEN})
+    assert (r.status_code, r.text) == (200, "1158201444")
+    assert r.headers["content-type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize("params", [
+    {"hub.mode": "subscribe", "hub.challenge": "1", "hub.verify_token": "wrong"},
+    {"hub.mode": "unsubscribe", "hub.challenge": "1", "hub.verify_token": VERIFY_TOKEN},
+    {"hub.challenge": "1", "hub.verify_token": VERIFY_TOKEN},
+    {"hub.mode": "subscribe", "hub.challenge": "1"},
+    {},
+])
+def test_handshake_refuses_anything_else(client: httpx.Client, params: dict) -> None:
+    assert client.get("/webhooks/whatsapp", params=params).status_code == 403
+
+
+def test_handshake_refuses_everyone_when_no_token_is_configured(db_url: str) -> None:
+    app = create_app(Settings(database_url=db_url, verify_token="", app_secrets=SECRETS))
+    with serve(app) as url:
+        params = {"hub.mode": "subscribe", "hub.challenge": "1", "hub.verify_token": ""}
+        r = httpx.get(url + "/webhooks/whatsapp", params=params)
+        assert r.status_code == 403
+
+
+# --- POST -----------------------------------------------------------------------------------
+
+def test_a_signed_webhook_is_stored_once_and_answered_200(client: httpx.Client,
+                                                           db: psycopg.Connection) -> None:
+    payload = statuses_payload(status(wamid(), "delivered"))
+    body = orjson.dumps(payload)
+    r = post(client, body)
+    assert (r.status_code, r.content) == (200, b"")
+    assert queued(db) == [payload]
+
+
+def test_every_configured_secret_is_accepted_during_rotation(client: httpx.Client,
+                                                             db: psycopg.Connection) -> None:
+    bodies = [orjson.dumps(statuses_payload(status(wamid(), "sent"))) for _ in SECRETS]
+    assert [post(client, b, s).status_code for b, s in zip(bodies, SECRETS)] == [200, 200]
+    assert len(queued(db)) == 2
+
+
+@pytest.mark.parametrize("signature", [None, "", "sha256=", "sha1=abc", "sha256=" + "0" * 64,
+                                       "sha256=zz" + "0" * 62, "SHA256=" + "0" * 64])
+def test_missing_or_bad_signature_is_401_and_stores_nothing(client: httpx.Client,
+                                                            db: psycopg.Connection,
+                                                            signature: str | None) -> None:
+    body = orjson.dumps(statuses_payload(status(wamid(), "sent")))
+    headers = {} if signature is None else {"X-Hub-Signature-256": signature}
+    assert post(client, body, secret=None, **headers).status_code == 401
+    # Signed with a secret that is not ours, or over other bytes.
+    assert post(client, body, secret="someone-else").status_code == 401
+    signed_other_bytes = {"X-Hub-Signature-256": sign(body, SECRETS[0])}
+    assert post(client, body + b" ", secret=None, **signed_other_bytes).status_code == 401
+    assert queued(db) == []
+
+
+def test_a_body_over_one_mebibyte_is_413_and_stores_nothing(client: httpx.Client, server: str,
+                                                            db: psycopg.Connection) -> None:
+    big = b'{"pad": "' + b"x" * MAX_BODY + b'"}'
+    assert post(client, big).status_code == 413
+    # Without Content-Length (chunked): refused once the stream passes the limit.
+
+    def chunks():
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+
+    r = httpx.post(server + "/webhooks/whatsapp", content=chunks(),
+                   headers={"X-Hub-Signature-256": sign(big, SECRETS[0])}, timeout=10)
+    assert r.status_code == 413
+    # Exactly at the limit is fine.
+    exact = b'{"pad": "' + b"x" * (MAX_BODY - 11) + b'"}'
+    assert len(exact) == MAX_BODY
+    assert post(client, exact).status_code == 200
+    assert len(queued(db)) == 1
+    # And the server keeps serving.
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b'{"object": ', b"[1, 2, 3]", b'"a string"',
+                                  b"42", b"\xff\xfe{}", b'{"a": NaN}'])
+def test_a_signed_body_that_is_not_a_json_object_is_400(client: httpx.Client,
+                                                        db: psycopg.Connection,
+                                                        body: bytes) -> None:
+    assert post(client, body).status_code == 400
+    assert queued(db) == []
+
+
+def test_a_body_postgres_cannot_hold_fails_alone(client: httpx.Client,
+                                                 db: psycopg.Connection) -> None:
+    # Valid JSON that jsonb refuses (\u0000): 400 for it; the ones committed with it are stored.
+    nul = b'{"text": "\\u0000"}'
+    good = [orjson.dumps(statuses_payload(status(wamid(), "sent"))) for _ in range(20)]
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda b: post(client, b).status_code, [nul, *good, nul]))
+    assert codes == [400] + [200] * 20 + [400]
+    assert len(queued(db)) == 20
+
+
+def test_concurrent_webhooks_are_each_stored_exactly_once(server: str,
+                                                         db: psycopg.Connection) -> None:
+    bodies = [orjson.dumps(statuses_payload(status(wamid(), "sent"))) for _ in range(300)]
+
+    def send(chunk: list[bytes]) -> list[int]:
+        with httpx.Client(base_url=server, timeout=10) as c:
+            return [post(c, b).status_code for b in chunk]
+
+    with ThreadPoolExecutor(16) as pool:
+        parts = pool.map(send, [bodies[i::16] for i in range(16)])
+        codes = [code for part in parts for code in part]
+    assert codes == [200] * 300
+    stored = db.execute("SELECT message->'entry'->0->'changes'->0->'value'->'statuses'->0->>'id' "
+                        "FROM pgmq.q_webhooks").fetchall()
+    assert sorted(r[0] for r in stored) == sorted(json.loads(b)["entry"][0]["changes"][0]["value"]
+                                                  ["statuses"][0]["id"] for b in bodies)
+
+
+def test_other_methods_are_405_and_healthz_answers(client: httpx.Client) -> None:
+    assert client.put("/webhooks/whatsapp", content=b"{}").status_code == 405
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json()["ok"] is True
+
+
+def test_the_database_going_away_is_503_not_a_crash(client: httpx.Client, db: psycopg.Connection,
+                                                    server: str) -> None:
+    body = orjson.dumps(statuses_payload(status(wamid(), "sent")))
+    assert post(client, body).status_code == 200
+    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    codes = [post(client, body).status_code for _ in range(5)]
+    assert set(codes) <= {200, 503} and codes[-1] == 200        # reconnected
+    assert len(queued(db)) == codes.count(200) + 1
+
+
+# --- fuzz -------------------------------------------------------------------------------------
+
+# Values HTTP can carry (visible ASCII): the fuzz is of our checks, not of the HTTP parser.
+HEADER_VALUES = st.one_of(st.none(),
+                          st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=80),
+                          st.just("sha256=").map(lambda p: p + "a" * 64),
+                          st.binary(max_size=32).map(lambda b: "sha256=" + b.hex()))
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+                    | st.floats(allow_nan=False) | st.text(),
+                    lambda children: st.lists(children, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+                    max_leaves=20)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.one_of(st.binary(max_size=2048), JSON.map(orjson.dumps)), signature=HEADER_VALUES,
+       content_type=st.sampled_from(["application/json", "text/plain", "",
+                                     "application/x-www-form-urlencoded"]))
+def test_fuzz_unsigned_bodies_never_5xx_and_never_store(client: httpx.Client,
+                                                        db: psycopg.Connection,
+                                                        body: bytes, signature: str | None,
+                                                        content_type: str) -> None:
+    headers = {"Content-Type": content_type}
+    if signature is not None:
+        headers["X-Hub-Signature-256"] = signature
+    r = client.post("/webhooks/whatsapp", content=body, headers=headers)
+    assert r.status_code == 401
+    assert db.execute("SELECT count(*) FROM pgmq.q_webhooks").fetchone() == (0,)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.one_of(st.binary(max_size=512), JSON.map(orjson.dumps),
+                      st.dictionaries(st.text(), JSON, max_size=6).map(orjson.dumps)))
+def test_fuzz_signed_bodies_are_200_stored_or_400_never_5xx(client: httpx.Client,
+                                                            db: psycopg.Connection,
+                                                            body: bytes) -> None:
+    before = db.execute("SELECT count(*) FROM pgmq.q_webhooks").fetchone()[0]
+    r = post(client, body)
+    after = db.execute("SELECT count(*) FROM pgmq.q_webhooks").fetchone()[0]
+    assert r.status_code in (200, 400)
+    assert after - before == (1 if r.status_code == 200 else 0)
