@@ -33,11 +33,9 @@ import time
 
 import httpx
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgwa.config import ROOT, database_url
-from pgwa.migrate import migrate
+from pgwa import scratch
+from pgwa.config import ROOT
 
 BENCH_DB = "pgwa_bench_api"
 CAMPAIGNS = 1000
@@ -133,13 +131,7 @@ def log(msg: str) -> None:
 
 
 def fresh_database() -> str:
-    server = conninfo_to_dict(database_url())
-    with psycopg.connect(make_conninfo(**{**server, "dbname": "postgres"}), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    url = make_conninfo(**{**server, "dbname": BENCH_DB})
-    migrate(url, quiet=True)
-    return url
+    return scratch.fresh_database(BENCH_DB)
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:

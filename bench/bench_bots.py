@@ -40,14 +40,12 @@ from pathlib import Path
 import httpx
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pgwa.config import database_url
-from pgwa.migrate import migrate
+from pgwa import scratch
 from pgwa.stack import Stack
 
 BENCH_DB = "pgwa_bench_bots"
@@ -86,19 +84,12 @@ def pct(values: list[float], p: float) -> float:
 
 
 def fresh_database() -> str:
-    server = conninfo_to_dict(database_url())
-    with psycopg.connect(make_conninfo(**{**server, "dbname": "postgres"}), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    url = make_conninfo(**{**server, "dbname": BENCH_DB})
-    migrate(url, quiet=True)
-    return url
+    return scratch.fresh_database(BENCH_DB)
 
 
 def drop_database() -> None:
-    server = conninfo_to_dict(database_url())
-    with psycopg.connect(make_conninfo(**{**server, "dbname": "postgres"}), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
+    scratch.drop_database(BENCH_DB)
+
 
 
 # --- rules and messages ----------------------------------------------------------------------

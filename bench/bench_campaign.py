@@ -25,12 +25,9 @@ import time
 
 import orjson
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgwa.config import database_url
+from pgwa import scratch
 from pgwa.contacts import csv_text, stage_csv
-from pgwa.migrate import migrate
 from pgwa.stack import GRAPH_VERSION, Stack
 from pgwa.templates import sync_templates
 
@@ -55,13 +52,7 @@ def log(msg: str) -> None:
 
 
 def fresh_database() -> str:
-    server = conninfo_to_dict(database_url())
-    with psycopg.connect(make_conninfo(**{**server, "dbname": "postgres"}), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    url = make_conninfo(**{**server, "dbname": BENCH_DB})
-    migrate(url, quiet=True)
-    return url
+    return scratch.fresh_database(BENCH_DB)
 
 
 def contacts(n: int, offset: int) -> list[dict[str, str]]:
@@ -112,7 +103,7 @@ def send_run(url: str, numbers: int, per_number: int, run: int) -> dict:
         time.sleep(1.0)  # the worker connects and goes idle: its start-up is not the send path
         for campaign in campaigns:
             conn.execute("/* bench */ SELECT api.start_campaign(%s, %s)", (tenant, campaign))
-        span, sent = wait_completed(conn, campaigns, timeout=per_number * numbers / 200 + 60)
+        span, _ = wait_completed(conn, campaigns, timeout=per_number * numbers / 200 + 60)
         print(file=sys.stderr)
         statements = conn.execute(SEND_PATH_STATEMENTS).fetchall()
         ledger = stack.sim("GET", "/_sim/stats")

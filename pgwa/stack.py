@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -44,11 +44,14 @@ class Stack:
         self.api_url = f"http://127.0.0.1:{free_port()}"
         self.logs = Path(tempfile.mkdtemp(prefix="pgwa-stack-"))
         self.procs: dict[str, subprocess.Popen] = {}
+        self._log_files: list = []
         self.http = httpx.Client(timeout=30)
 
     # -- processes ---------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        log = open(self.logs / f"{name}.log", "wb")
+        # Open for the process's lifetime; closed in stop().
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115
+        self._log_files.append(log)
         self.procs[name] = subprocess.Popen(
             [sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "DATABASE_URL": self.database_url, **env})
@@ -66,7 +69,7 @@ class Stack:
             time.sleep(0.1)
         raise RuntimeError(f"{name} did not answer {url} within {timeout:.0f} s")
 
-    def start(self) -> Stack:
+    def start(self) -> Self:
         api_port = self.api_url.rsplit(":", 1)[1]
         if self.with_api:
             self._spawn("api", ["-m", "api"], {"PGWA_API_PORT": api_port, "WHATSAPP_APP_SECRET": APP_SECRET,
@@ -98,9 +101,11 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        for log in self._log_files:
+            log.close()
         self.http.close()
 
-    def __enter__(self) -> Stack:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
