@@ -9,6 +9,7 @@ itself.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 
@@ -54,6 +55,11 @@ def create_app(settings: Settings | None = None, routes: Sequence[BaseRoute] = (
         await committer.start()
         try:
             await json_api.start()
+            # Everything alive now lives as long as the process: out of the collector's
+            # sight, a full collection no longer walks it (measured: 30-80 ms pauses of
+            # the event loop, every second or so at 15,000 webhooks/s, without this).
+            gc.collect()
+            gc.freeze()
             yield
         finally:
             await json_api.stop()

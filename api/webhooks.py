@@ -103,13 +103,15 @@ class IngestRejected(Exception):
 class GroupCommitter:
     """Stores webhook bodies in the queue, many per transaction, each acknowledged after commit.
 
-    ``connections`` flusher tasks each own a connection. A flusher takes everything that
-    is waiting (up to ``max_batch`` bodies or ``max_bytes``), stores it with one
-    statement in autocommit (so the statement is the transaction), and resolves the
-    waiting requests when it returns. While it is committing, new requests gather for
-    the next flush. One connection is the default: measured, a second one splits the
-    same requests into more, smaller commits and costs more CPU per webhook on both
-    sides than it saves in waiting.
+    A flusher takes everything that is waiting (up to ``max_batch`` bodies or
+    ``max_bytes``), stores it with one statement in autocommit (so the statement is the
+    transaction), and resolves the waiting requests when it returns; meanwhile new
+    requests gather for the next flush. One flusher does the work: measured, flushing
+    on two connections at once splits the same requests into more, smaller commits and
+    costs more CPU per webhook than it saves in waiting. The others (``connections``
+    in all) are standbys: one takes the waiting requests only when every flusher before
+    it has been busy for ``hedge_s`` or twice the usual flush time, so that one slow
+    commit (a stalled backend, a lock) does not hold up everything behind it.
     """
 
     def __init__(self, database_url: str, *, connections: int = 2, max_batch: int = 1000,

@@ -39,15 +39,13 @@ from pathlib import Path
 
 import orjson
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.signature import sign
-from pgwa.config import Settings, database_url
-from pgwa.migrate import migrate
+from pgwa.config import Settings
+from pgwa.scratch import fresh_database
 from worker.webhooks import WebhookProcessor
 
 BENCH_DB = "pgwa_bench_webhooks"
@@ -86,17 +84,6 @@ def log(msg: str) -> None:
 
 
 # --- setup ------------------------------------------------------------------------------
-
-def fresh_database() -> str:
-    """A new, migrated bench database beside the project's; its URL."""
-    server = conninfo_to_dict(database_url())
-    with psycopg.connect(make_conninfo(**{**server, "dbname": "postgres"}), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    url = make_conninfo(**{**server, "dbname": BENCH_DB})
-    migrate(url, quiet=True)
-    return url
-
 
 def ensure_wrk() -> str:
     path = shutil.which("wrk")
@@ -427,7 +414,7 @@ def main() -> int:
 
     wrk = ensure_wrk()
     log(f"creating {BENCH_DB}")
-    url = fresh_database()
+    url = fresh_database(BENCH_DB)
     result: dict = {}
     lost = 0
     with psycopg.connect(url, autocommit=True) as conn, tempfile.TemporaryDirectory() as tmpdir:
