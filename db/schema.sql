@@ -2772,7 +2772,14 @@ BEGIN
         FROM (SELECT i.outbound_id, min(i.created_at) AS at FROM inserted i
               WHERE i.outbound_id IS NOT NULL GROUP BY i.outbound_id) r
         WHERE o.outbound_id = r.outbound_id AND o.replied_at IS NULL
-        RETURNING o.campaign_id, o.variant
+        RETURNING o.campaign_id, o.variant, o.replied_at
+    ), per_minute AS (
+        -- The campaign's per-minute timeline (api.campaign_stats) counts replies too.
+        INSERT INTO core.campaign_minutes AS cm (campaign_id, minute, replied)
+        SELECT r.campaign_id, date_trunc('minute', r.replied_at), count(*)::integer
+        FROM replied r WHERE r.campaign_id IS NOT NULL
+        GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (campaign_id, minute) DO UPDATE SET replied = cm.replied + excluded.replied
     ), deltas AS (
         SELECT r.campaign_id, r.variant, count(*)::integer AS n
         FROM replied r WHERE r.campaign_id IS NOT NULL GROUP BY r.campaign_id, r.variant
@@ -3766,12 +3773,11 @@ $$;
 
 CREATE FUNCTION core.state_rank(p_state text) RETURNS smallint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path TO ''
     AS $$
-    SELECT CASE p_state
+    SELECT (CASE p_state
         WHEN 'queued' THEN 0 WHEN 'in_flight' THEN 1 WHEN 'accepted' THEN 2 WHEN 'sent' THEN 3
         WHEN 'delivered' THEN 4 WHEN 'read' THEN 5 WHEN 'failed' THEN 6 WHEN 'cancelled' THEN 7
-    END::smallint
+    END)::pg_catalog.int2
 $$;
 
 CREATE FUNCTION core.sweep_sends() RETURNS jsonb

@@ -151,8 +151,6 @@ def test_the_campaign_list_checks_its_arguments(db: psycopg.Connection) -> None:
         assert info.value.diag.sqlstate == "PW100"
 
 
-@pytest.mark.xfail(reason="replies move core.campaigns in core.apply_inbound (db/functions/webhooks.sql); "
-                          "the campaign_minutes CTE there is not wired yet", strict=False)
 def test_replies_reach_the_timeline(db: psycopg.Connection) -> None:
     acc = factories.account(db)
     campaign_id = factories.running_campaign(db, acc, 1)

@@ -319,7 +319,14 @@ BEGIN
         FROM (SELECT i.outbound_id, min(i.created_at) AS at FROM inserted i
               WHERE i.outbound_id IS NOT NULL GROUP BY i.outbound_id) r
         WHERE o.outbound_id = r.outbound_id AND o.replied_at IS NULL
-        RETURNING o.campaign_id, o.variant
+        RETURNING o.campaign_id, o.variant, o.replied_at
+    ), per_minute AS (
+        -- The campaign's per-minute timeline (api.campaign_stats) counts replies too.
+        INSERT INTO core.campaign_minutes AS cm (campaign_id, minute, replied)
+        SELECT r.campaign_id, date_trunc('minute', r.replied_at), count(*)::integer
+        FROM replied r WHERE r.campaign_id IS NOT NULL
+        GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (campaign_id, minute) DO UPDATE SET replied = cm.replied + excluded.replied
     ), deltas AS (
         SELECT r.campaign_id, r.variant, count(*)::integer AS n
         FROM replied r WHERE r.campaign_id IS NOT NULL GROUP BY r.campaign_id, r.variant
