@@ -49,6 +49,79 @@ $$;
 COMMENT ON FUNCTION api.stage_contacts() IS
     'Creates (or empties) this session''s staging table pg_temp.staged_contacts(row_no, phone, name, attributes jsonb) for a COPY of contact rows that api.create_campaign then consumes. Returns the table name.';
 
+-- How many contact rows this session staged; raises when there are none.
+CREATE OR REPLACE FUNCTION core.staged_count() RETURNS integer
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    IF to_regclass('pg_temp.staged_contacts') IS NULL THEN
+        RAISE EXCEPTION 'no contacts staged in this session' USING ERRCODE = 'PW100',
+            HINT = 'Call api.stage_contacts() and COPY the rows first.';
+    END IF;
+    SELECT count(*) INTO v_count FROM pg_temp.staged_contacts;
+    IF v_count = 0 THEN
+        RAISE EXCEPTION 'the contact list is empty' USING ERRCODE = 'PW101', HINT = 'Upload at least one contact.';
+    END IF;
+    RETURN v_count;
+END
+$$;
+
+-- Check the rows staged by api.stage_contacts: normalise phones (with a default country
+-- code for national numbers), find the invalid rows (a bad phone, or an empty value in
+-- one of p_columns), and count duplicate phones. The rows land in pg_temp.contact_rows
+-- (row_no, raw_phone, wa_id, name, attributes, problem) for the caller. With p_on_invalid
+-- 'reject', any invalid row raises PW101 naming the first rows, value and reason.
+CREATE OR REPLACE FUNCTION core.check_staged_contacts(
+    p_default_cc text, p_on_invalid text, p_columns text[] DEFAULT '{}',
+    OUT invalid integer, OUT invalid_rows jsonb, OUT duplicates integer, OUT staged integer)
+LANGUAGE plpgsql SET search_path = '' SET client_min_messages = warning AS $$
+DECLARE
+    v_column text;
+BEGIN
+    IF p_on_invalid IS NULL OR p_on_invalid NOT IN ('reject', 'skip') THEN
+        RAISE EXCEPTION 'on_invalid must be reject or skip, not "%"', p_on_invalid USING ERRCODE = 'PW100',
+            HINT = 'reject refuses the list when any row is invalid; skip goes on with the valid rows.';
+    END IF;
+    IF p_default_cc IS NOT NULL AND p_default_cc !~ '^[1-9][0-9]{0,2}$' THEN
+        RAISE EXCEPTION 'default_country_code "%" is not a country calling code', p_default_cc
+            USING ERRCODE = 'PW100', HINT = 'Digits only, e.g. 44 or 1.';
+    END IF;
+    staged := core.staged_count();
+
+    DROP TABLE IF EXISTS pg_temp.contact_rows;
+    CREATE TEMP TABLE contact_rows ON COMMIT DROP AS
+    SELECT n.*, CASE WHEN n.wa_id IS NULL THEN core.phone_problem(n.raw_phone, p_default_cc) END AS problem
+    FROM (SELECT s.row_no, s.phone AS raw_phone, core.normalize_phone(s.phone, p_default_cc) AS wa_id,
+                 nullif(btrim(s.name), '') AS name, s.attributes
+          FROM pg_temp.staged_contacts s) n;
+    -- Temp tables have no statistics until analysed; without them the joins that read
+    -- this one plan for a single row and loop.
+    ANALYZE pg_temp.contact_rows;
+    FOREACH v_column IN ARRAY coalesce(p_columns, '{}') LOOP
+        UPDATE pg_temp.contact_rows SET problem = format('column "%s" is empty', v_column)
+        WHERE problem IS NULL
+          AND coalesce(btrim(CASE v_column WHEN 'phone' THEN raw_phone WHEN 'name' THEN name
+                                           ELSE attributes->>v_column END), '') = '';
+    END LOOP;
+
+    SELECT count(*) INTO invalid FROM pg_temp.contact_rows WHERE problem IS NOT NULL;
+    IF invalid > 0 AND p_on_invalid = 'reject' THEN
+        RAISE EXCEPTION '% of % contact rows are invalid; first: %', invalid, staged,
+            (SELECT string_agg(format('row %s "%s": %s', row_no, raw_phone, problem), '; ' ORDER BY row_no)
+             FROM (SELECT * FROM pg_temp.contact_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 5) f)
+            USING ERRCODE = 'PW101',
+                  DETAIL = (SELECT jsonb_agg(jsonb_build_object('row', row_no, 'value', raw_phone, 'reason', problem) ORDER BY row_no)
+                            FROM (SELECT * FROM pg_temp.contact_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 100) f)::text,
+                  HINT = 'Fix the rows, or pass on_invalid => ''skip'' to go on with the valid ones.';
+    END IF;
+    invalid_rows := coalesce((
+        SELECT jsonb_agg(jsonb_build_object('row', row_no, 'value', raw_phone, 'reason', problem) ORDER BY row_no)
+        FROM (SELECT * FROM pg_temp.contact_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 1000) f), '[]');
+    duplicates := (SELECT count(*) - count(DISTINCT wa_id) FROM pg_temp.contact_rows WHERE problem IS NULL);
+END
+$$;
+
 -- The tenant's campaign, locked; another tenant's id is not found.
 CREATE OR REPLACE FUNCTION core.campaign_for(p_tenant_id bigint, p_campaign_id bigint) RETURNS core.campaigns
 LANGUAGE plpgsql SET search_path = '' AS $$
@@ -91,10 +164,6 @@ DECLARE
     v_staged integer;
     v_params_sql text;
 BEGIN
-    IF p_on_invalid IS NULL OR p_on_invalid NOT IN ('reject', 'skip') THEN
-        RAISE EXCEPTION 'on_invalid must be reject or skip, not "%"', p_on_invalid USING ERRCODE = 'PW100',
-            HINT = 'reject refuses the campaign when any row is invalid; skip sends to the valid rows.';
-    END IF;
     IF coalesce(btrim(p_name), '') = '' THEN
         RAISE EXCEPTION 'campaign name is empty' USING ERRCODE = 'PW100', HINT = 'Name the campaign.';
     END IF;
@@ -102,21 +171,10 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'number % not found', p_number_id USING ERRCODE = 'PW202', HINT = 'Register the number first.';
     END IF;
-    IF p_default_country_code IS NOT NULL AND p_default_country_code !~ '^[1-9][0-9]{0,2}$' THEN
-        RAISE EXCEPTION 'default_country_code "%" is not a country calling code', p_default_country_code
-            USING ERRCODE = 'PW100', HINT = 'Digits only, e.g. 44 or 1.';
-    END IF;
+    PERFORM core.staged_count();
     IF jsonb_typeof(p_templates) IS DISTINCT FROM 'array' OR jsonb_array_length(p_templates) NOT BETWEEN 1 AND 10 THEN
         RAISE EXCEPTION 'templates must be a JSON array of 1 to 10 templates' USING ERRCODE = 'PW102',
             HINT = '[{"name": "...", "language": "en_US", "params": [{"column": "..."}, {"value": "..."}]}]';
-    END IF;
-    IF to_regclass('pg_temp.staged_contacts') IS NULL THEN
-        RAISE EXCEPTION 'no contacts staged in this session' USING ERRCODE = 'PW100',
-            HINT = 'Call api.stage_contacts() and COPY the rows first.';
-    END IF;
-    SELECT count(*) INTO v_staged FROM pg_temp.staged_contacts;
-    IF v_staged = 0 THEN
-        RAISE EXCEPTION 'the contact list is empty' USING ERRCODE = 'PW101', HINT = 'Upload at least one contact.';
     END IF;
     v_k := jsonb_array_length(p_templates);
 
@@ -160,35 +218,14 @@ BEGIN
     END LOOP;
 
     -- Rows: normalise, find the invalid ones, dedupe, skip opted-out contacts.
-    DROP TABLE IF EXISTS pg_temp.campaign_rows;
-    CREATE TEMP TABLE campaign_rows ON COMMIT DROP AS
-    SELECT n.*, CASE WHEN n.wa_id IS NULL THEN core.phone_problem(n.raw_phone, p_default_country_code) END AS problem
-    FROM (SELECT s.row_no, s.phone AS raw_phone, core.normalize_phone(s.phone, p_default_country_code) AS wa_id,
-                 nullif(btrim(s.name), '') AS name, s.attributes
-          FROM pg_temp.staged_contacts s) n;
-    ANALYZE pg_temp.campaign_rows;
-    FOR v_bad IN SELECT c FROM unnest(v_columns) c LOOP
-        UPDATE pg_temp.campaign_rows SET problem = format('column "%s" is empty', v_bad.c)
-        WHERE problem IS NULL
-          AND coalesce(btrim(CASE v_bad.c WHEN 'phone' THEN raw_phone WHEN 'name' THEN name
-                                           ELSE attributes->>v_bad.c END), '') = '';
-    END LOOP;
-
-    SELECT count(*) INTO v_invalid FROM pg_temp.campaign_rows WHERE problem IS NOT NULL;
-    IF v_invalid > 0 AND p_on_invalid = 'reject' THEN
-        RAISE EXCEPTION '% of % contact rows are invalid; first: %', v_invalid, v_staged,
-            (SELECT string_agg(format('row %s "%s": %s', row_no, raw_phone, problem), '; ' ORDER BY row_no)
-             FROM (SELECT * FROM pg_temp.campaign_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 5) f)
-            USING ERRCODE = 'PW101',
-                  DETAIL = (SELECT jsonb_agg(jsonb_build_object('row', row_no, 'value', raw_phone, 'reason', problem) ORDER BY row_no)
-                            FROM (SELECT * FROM pg_temp.campaign_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 100) f)::text,
-                  HINT = 'Fix the rows, or create the campaign with on_invalid => ''skip''.';
-    END IF;
+    SELECT c.invalid, c.invalid_rows, c.duplicates, c.staged
+    INTO v_invalid, v_result.invalid_rows, v_result.duplicates_removed, v_staged
+    FROM core.check_staged_contacts(p_default_country_code, p_on_invalid, v_columns) c;
 
     DROP TABLE IF EXISTS pg_temp.campaign_sends;
     CREATE TEMP TABLE campaign_sends ON COMMIT DROP AS
     SELECT r.*, ((row_number() OVER (ORDER BY r.row_no) - 1) % v_k)::smallint AS variant
-    FROM (SELECT DISTINCT ON (wa_id) * FROM pg_temp.campaign_rows
+    FROM (SELECT DISTINCT ON (wa_id) * FROM pg_temp.contact_rows
           WHERE problem IS NULL ORDER BY wa_id, row_no) r
     WHERE NOT EXISTS (SELECT 1 FROM core.contacts c
                       WHERE c.tenant_id = p_tenant_id AND c.wa_id = r.wa_id AND c.opted_out);
@@ -197,12 +234,8 @@ BEGIN
     ANALYZE pg_temp.campaign_sends;
 
     v_result.skipped_invalid := v_invalid;
-    v_result.duplicates_removed := (SELECT count(*) - count(DISTINCT wa_id) FROM pg_temp.campaign_rows WHERE problem IS NULL);
     v_result.total := (SELECT count(*) FROM pg_temp.campaign_sends);
     v_result.skipped_opted_out := v_staged - v_invalid - v_result.duplicates_removed - v_result.total;
-    v_result.invalid_rows := coalesce((
-        SELECT jsonb_agg(jsonb_build_object('row', row_no, 'value', raw_phone, 'reason', problem) ORDER BY row_no)
-        FROM (SELECT * FROM pg_temp.campaign_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 1000) f), '[]');
     IF v_result.total = 0 THEN
         RAISE EXCEPTION 'no contact is left to message (% invalid, % opted out, % duplicates)', v_invalid,
             v_result.skipped_opted_out, v_result.duplicates_removed

@@ -122,54 +122,18 @@ LANGUAGE plpgsql SET search_path = '' SET client_min_messages = warning AS $$
 DECLARE
     v_result api.contacts_imported;
 BEGIN
-    IF p_on_invalid IS NULL OR p_on_invalid NOT IN ('reject', 'skip') THEN
-        RAISE EXCEPTION 'on_invalid must be reject or skip, not "%"', p_on_invalid USING ERRCODE = 'PW100',
-            HINT = 'reject refuses the list when any row is invalid; skip imports the valid rows.';
-    END IF;
-    IF p_default_country_code IS NOT NULL AND p_default_country_code !~ '^[1-9][0-9]{0,2}$' THEN
-        RAISE EXCEPTION 'default_country_code "%" is not a country calling code', p_default_country_code
-            USING ERRCODE = 'PW100', HINT = 'Digits only, e.g. 44 or 1.';
-    END IF;
     IF NOT EXISTS (SELECT 1 FROM core.tenants WHERE tenant_id = p_tenant_id) THEN
         RAISE EXCEPTION 'tenant % does not exist', p_tenant_id USING ERRCODE = 'PW205', HINT = 'Create the tenant first.';
     END IF;
-    IF to_regclass('pg_temp.staged_contacts') IS NULL THEN
-        RAISE EXCEPTION 'no contacts staged in this session' USING ERRCODE = 'PW100',
-            HINT = 'Call api.stage_contacts() and COPY the rows first.';
-    END IF;
-    SELECT count(*) INTO v_result.staged FROM pg_temp.staged_contacts;
-    IF v_result.staged = 0 THEN
-        RAISE EXCEPTION 'the contact list is empty' USING ERRCODE = 'PW101', HINT = 'Upload at least one contact.';
-    END IF;
-
-    DROP TABLE IF EXISTS pg_temp.import_rows;
-    CREATE TEMP TABLE import_rows ON COMMIT DROP AS
-    SELECT n.*, CASE WHEN n.wa_id IS NULL THEN core.phone_problem(n.raw_phone, p_default_country_code) END AS problem
-    FROM (SELECT s.row_no, s.phone AS raw_phone, core.normalize_phone(s.phone, p_default_country_code) AS wa_id,
-                 nullif(btrim(s.name), '') AS name, s.attributes
-          FROM pg_temp.staged_contacts s) n;
-    ANALYZE pg_temp.import_rows;
-
-    SELECT count(*) INTO v_result.skipped_invalid FROM pg_temp.import_rows WHERE problem IS NOT NULL;
-    IF v_result.skipped_invalid > 0 AND p_on_invalid = 'reject' THEN
-        RAISE EXCEPTION '% of % contact rows are invalid; first: %', v_result.skipped_invalid, v_result.staged,
-            (SELECT string_agg(format('row %s "%s": %s', row_no, raw_phone, problem), '; ' ORDER BY row_no)
-             FROM (SELECT * FROM pg_temp.import_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 5) f)
-            USING ERRCODE = 'PW101',
-                  DETAIL = (SELECT jsonb_agg(jsonb_build_object('row', row_no, 'value', raw_phone, 'reason', problem) ORDER BY row_no)
-                            FROM (SELECT * FROM pg_temp.import_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 100) f)::text,
-                  HINT = 'Fix the rows, or import with on_invalid => ''skip''.';
-    END IF;
-    v_result.invalid_rows := coalesce((
-        SELECT jsonb_agg(jsonb_build_object('row', row_no, 'value', raw_phone, 'reason', problem) ORDER BY row_no)
-        FROM (SELECT * FROM pg_temp.import_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 1000) f), '[]');
-    v_result.duplicates_removed := (SELECT count(*) - count(DISTINCT wa_id) FROM pg_temp.import_rows WHERE problem IS NULL);
+    SELECT c.invalid, c.invalid_rows, c.duplicates, c.staged
+    INTO v_result.skipped_invalid, v_result.invalid_rows, v_result.duplicates_removed, v_result.staged
+    FROM core.check_staged_contacts(p_default_country_code, p_on_invalid) c;
 
     -- The first row of a phone wins, as in api.create_campaign; opt-out state is kept.
     WITH upserted AS (
         INSERT INTO core.contacts AS c (tenant_id, wa_id, name, attributes)
         SELECT p_tenant_id, r.wa_id, r.name, r.attributes
-        FROM (SELECT DISTINCT ON (wa_id) * FROM pg_temp.import_rows WHERE problem IS NULL ORDER BY wa_id, row_no) r
+        FROM (SELECT DISTINCT ON (wa_id) * FROM pg_temp.contact_rows WHERE problem IS NULL ORDER BY wa_id, row_no) r
         ON CONFLICT (tenant_id, wa_id) DO UPDATE SET
             name = coalesce(excluded.name, c.name),
             attributes = c.attributes || excluded.attributes,
