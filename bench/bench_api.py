@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import psycopg
 
 from pgwa import scratch
 from pgwa.config import ROOT
+from pgwa.stack import free_port
 
 BENCH_DB = "pgwa_bench_api"
 CAMPAIGNS = 1000
@@ -197,12 +197,6 @@ def median_ms(fn, calls: int) -> float:
         fn()
         times.append((time.perf_counter() - began) * 1000)
     return round(statistics.median(times), 3)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_medians(url: str, fixture: dict, calls: int) -> dict:

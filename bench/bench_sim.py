@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from pgwa.stack import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 NUMBERS = 10            # 10 numbers at Meta's 1,000 mps ceiling: 10,000/s of headroom
 VERSION = "v21.0"
@@ -40,12 +41,6 @@ VERSION = "v21.0"
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def new_loop() -> asyncio.AbstractEventLoop:

@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from api.signature import sign
 from pgwa.config import Settings
 from pgwa.scratch import fresh_database
+from pgwa.stack import free_port
 from worker.webhooks import WebhookProcessor
 
 BENCH_DB = "pgwa_bench_webhooks"
@@ -167,11 +168,6 @@ def payload(statuses: list[dict]) -> bytes:
 
 
 # --- the API server and wrk -----------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ApiServer:

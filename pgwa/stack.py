@@ -31,6 +31,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(proc: subprocess.Popen, url: str, timeout: float) -> bool:
+    """Poll url until it answers 200; False when proc exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=0.5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
 class Stack:
     """Processes started together and stopped together (a context manager)."""
 
@@ -57,17 +70,9 @@ class Stack:
             env={**os.environ, "DATABASE_URL": self.database_url, **env})
 
     def _wait_http(self, name: str, url: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.procs[name].poll() is not None:
-                raise RuntimeError(f"{name} exited at start; see {self.logs / (name + '.log')}")
-            try:
-                if self.http.get(url, timeout=1).status_code < 500:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{name} did not answer {url} within {timeout:.0f} s")
+        if not wait_until_serving(self.procs[name], url, timeout):
+            raise RuntimeError(f"{name} did not start answering {url} within {timeout:.0f} s; "
+                               f"see {self.logs / (name + '.log')}")
 
     def start(self) -> Self:
         api_port = self.api_url.rsplit(":", 1)[1]

@@ -5,21 +5,19 @@ an API key, built through the api functions as a client would."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import httpx
 import psycopg
 
 from api.app import create_app
 from pgwa.config import ROOT, Settings
+from pgwa.stack import free_port, wait_until_serving
 from tests import factories
 
 with warnings.catch_warnings():
@@ -53,33 +51,19 @@ def api_client(db_url: str, **settings: object) -> Iterator[TestClient]:
         yield client
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def live_server(db_url: str, **env: str) -> Iterator[str]:
     """``python -m api`` on a free port against this database; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "DATABASE_URL": db_url, "PGWA_API_PORT": str(port),
                                      "PGWA_LOG_LEVEL": "warning", **env})
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                log.seek(0)
-                raise RuntimeError(f"the API did not start:\n{log.read().decode()}")
-            time.sleep(0.05)
+        if not wait_until_serving(proc, f"{url}/healthz", 20):
+            proc.kill()
+            log.seek(0)
+            raise RuntimeError(f"the API did not start:\n{log.read().decode()}")
         try:
             yield url
         finally:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from pgwa.stack import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_SECRET = "test-app-secret"
@@ -46,12 +47,6 @@ FAST_SETTINGS = {
                 "timeout_s": 2},
     "inbound": {"delay_ms": [5, 20]},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class WebhookReceiver:
@@ -195,18 +190,10 @@ def sim_process(sim_receiver, tmp_path_factory):
              "--app-secret", APP_SECRET],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"{url}/_sim/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                log.seek(0)
-                raise RuntimeError(f"simulator did not start:\n{log.read().decode()}")
-            time.sleep(0.05)
+        if not wait_until_serving(proc, f"{url}/_sim/health", 15):
+            proc.kill()
+            log.seek(0)
+            raise RuntimeError(f"simulator did not start:\n{log.read().decode()}")
         yield url
         proc.terminate()
         try:

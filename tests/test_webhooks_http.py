@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,22 +22,17 @@ from api.app import create_app
 from api.signature import sign
 from api.webhooks import MAX_BODY
 from pgwa.config import Settings
+from pgwa.stack import free_port
 from tests.test_webhooks_payloads import status, statuses_payload, wamid
 
 SECRETS = ("current-secret", "previous-secret")
 VERIFY_TOKEN = "meatyhamhock"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve(app) -> Iterator[str]:
     """``app`` served by uvicorn (httptools) on a free port, in a thread."""
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools",
                                         log_level="error", lifespan="on"))
     thread = threading.Thread(target=srv.run, daemon=True)
