@@ -8,6 +8,7 @@ per session; every test gets a clone of it, which takes a few milliseconds.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql import factories
+from pytest_postgresql.executors import NoopExecutor
+from pytest_postgresql.janitor import DatabaseJanitor
 
 from pgwa.config import ROOT, database_url
 from pgwa.migrate import migrate
@@ -48,13 +51,27 @@ postgresql_server = factories.postgresql_noproc(
     dbname=f"pgwa_test_{os.getpid()}",
     load=[load_schema],
 )
-_postgresql = factories.postgresql("postgresql_server")
+_clones = itertools.count(1)
 
 
 @pytest.fixture
-def postgresql(cluster: None, request: pytest.FixtureRequest) -> psycopg.Connection:
-    """This test's own clone of the migrated template database."""
-    return request.getfixturevalue("_postgresql")
+def postgresql(cluster: None, postgresql_server: NoopExecutor) -> Iterator[psycopg.Connection]:
+    """This test's own clone of the migrated template database.
+
+    Each clone has a name no other test uses: a process a test started and left
+    reconnecting (workers do reconnect) must never land in the next test's database.
+    """
+    server = postgresql_server
+    janitor = DatabaseJanitor(user=server.user, host=server.host, port=server.port,
+                              dbname=f"{server.dbname}_{next(_clones)}",
+                              template_dbname=server.template_dbname, password=server.password)
+    with janitor:
+        conn = psycopg.connect(host=server.host, port=server.port, user=server.user,
+                               dbname=janitor.dbname, password=server.password)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 @pytest.fixture
