@@ -23,6 +23,7 @@ from . import messages
 from .config import Number, SimConfig, check_settings, deep_merge, lognormal_params, number_from
 from .errors import SimError, expired_token, invalid_token, unknown_object
 from .ledger import Ledger
+from .probe import LoopProbe
 from .templates import Template, TemplateStore
 from .webhooks import Emitter
 
@@ -48,6 +49,7 @@ class Simulator:
         self.templates = TemplateStore(config.templates)
         self.ledger = Ledger()
         self.emitter = Emitter(self)
+        self.probe = LoopProbe()
         self.started = time.time()
         self._reset_state()
         for raw in config.numbers:
@@ -458,4 +460,5 @@ class Simulator:
         out = self.ledger.stats({p: n.throughput_mps for p, n in self.numbers.items()})
         out["webhooks"] = {**self.emitter.counters.as_dict(), "pending": self.emitter.pending()}
         out["uptime_s"] = round(time.time() - self.started, 3)
+        out["loop"] = self.probe.as_dict()
         return out

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
 
 from sim.ledger import Ledger, NumberStats
+from sim.probe import LoopProbe
 from tests.sim_fixtures import NUMBERS, VERSION, template_body
 
 ONE, TWO, THREE = (n["phone_number_id"] for n in NUMBERS)
@@ -174,3 +177,27 @@ def test_peak_windows_slide():
     for t in (0.0, 0.5, 0.99, 1.2, 1.3, 2.5):
         stats.accept(t)
     assert stats.peak_1s_rate == 4          # 0.5, 0.99, 1.2 and 1.3 fit in (0.3, 1.3]
+
+
+def test_loop_probe_reports_a_stalled_loop_and_collector_pauses():
+    probe = LoopProbe()
+
+    async def stall() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(probe.run(stop))
+        await asyncio.sleep(0.05)
+        time.sleep(0.08)  # noqa: ASYNC251 (the point: block the loop, the probe's tick comes late)
+        gc.collect()
+        await asyncio.sleep(0.05)
+        stop.set()
+        await task
+
+    asyncio.run(stall())
+    report = probe.as_dict()
+    assert report["stalls_over_50ms"] == 1 and report["max_lag_ms"] >= 60, report
+    assert report["gc_total_ms"] > 0
+    assert probe._on_gc not in gc.callbacks      # removed when the probe stops
+
+
+def test_stats_report_the_loop(sim):
+    assert set(sim.stats()["loop"]) == {"max_lag_ms", "stalls_over_50ms", "gc_max_ms", "gc_total_ms"}
