@@ -272,8 +272,9 @@ def test_throughput_errors_halve_the_rate_and_retry_shortly(db: psycopg.Connecti
     assert (result["retried"], result["accepted"], result["failed"]) == (1, 9, 0)
     n = number(db, acc)
     assert n["rate_mps"] == 100 and n["throttled_at"] is not None
-    # The number's pace is pushed a second ahead; the message comes back in one to two.
-    assert 1 <= (n["send_tat"] - before).total_seconds() <= 1 + SLACK
+    # The number sends nothing for the throttle hold (a quarter of a second); the message
+    # comes back in one to two.
+    assert 0.25 <= (n["send_tat"] - before).total_seconds() <= 0.25 + SLACK
     o = f.outbound(db, requests[0]["outbound_id"])
     assert (o["state"], o["attempts"], o["error_category"]) == ("queued", 0, "rate_limit")
     (m,) = f.queue(db, f"c_{cid}")
@@ -291,12 +292,36 @@ def test_throughput_errors_halve_the_rate_and_retry_shortly(db: psycopg.Connecti
     assert number(db, acc)["rate_mps"] == 50
 
 
+def test_messages_handed_back_unsent_return_after_the_hold_with_their_attempt_uncounted(
+        db: psycopg.Connection) -> None:
+    f.settings(db, retry_backoff_s=[0])
+    acc = f.account(db, throughput_mps=100)
+    cid = f.running_campaign(db, acc, 4)
+    f.report(db, [f.err(r, 131000, 500) for r in f.claim_all(db)])    # a real attempt each
+    again = f.claim_all(db)
+    assert len(again) == 4 and {r["attempt"] for r in again} == {2}
+    before = f.clock(db)
+    unsent = [{"outbound_id": r["outbound_id"], "queue_name": r["queue_name"], "msg_id": r["msg_id"],
+               "sent": False} for r in again]
+    assert f.report(db, unsent) == {"accepted": 0, "retried": 4, "failed": 0, "paused": 0, "ignored": 0}
+    # Queued again with the real attempt and its error, the unsent one not counted.
+    assert {(o["state"], o["attempts"], o["error_code"])
+            for o in (f.outbound(db, r["outbound_id"]) for r in again)} == {("queued", 1, 131000)}
+    for m in f.queue(db, f"c_{cid}"):
+        assert 0.25 <= (m["vt"] - before).total_seconds() <= 0.25 + SLACK
+    # Nothing more counted against the number: no error, no throttle, the rate untouched.
+    assert send_minutes(db) == (0, 4, 0, 0)
+    assert number(db, acc)["rate_mps"] == 100
+    # Handed back again (a report redelivered): ignored.
+    assert f.report(db, unsent)["ignored"] == 4
+
+
 def test_a_halved_rate_paces_the_next_claims(db: psycopg.Connection) -> None:
     acc = f.account(db, throughput_mps=100)
     f.running_campaign(db, acc, 100)
     requests = f.claim(db)
     f.report(db, [f.err(requests[0], 130429, 429)])
-    assert f.claim(db) == []        # the pace was pushed a second ahead
+    assert f.claim(db) == []        # the throttle hold
     f.catch_up(db)
     # 250 ms at 50 msg/s.
     assert len(f.claim(db)) == 12
@@ -308,20 +333,24 @@ def test_clean_reports_grow_the_rate_back_but_never_above_the_throughput(db: psy
     requests = f.claim_all(db)
     f.report(db, [f.err(requests[0], 130429, 429)])
     assert number(db, acc)["rate_mps"] == 50
-    # Within a second of the throttle, a clean batch does not grow the rate.
+    # During the throttle hold, a clean batch does not grow the rate.
     f.report(db, [f.ok(requests[1])])
     assert number(db, acc)["rate_mps"] == 50
-    db.execute("UPDATE core.wa_numbers SET throttled_at = now() - interval '2 seconds'")
-    # A fifth of the limit per second of clean sending, however many reports that second has.
+    # Growth counts from the end of the hold, not from the throttle.
+    db.execute("UPDATE core.wa_numbers SET rate_changed_at = now() - interval '0.25 seconds'")
+    f.report(db, [f.ok(requests[8])])
+    assert 60 < number(db, acc)["rate_mps"] < 62
+    db.execute("UPDATE core.wa_numbers SET rate_mps = 50")
+    # Two fifths of the limit per second of clean sending, however many reports that second has.
     rates = []
     for r in requests[2:7]:
         db.execute("UPDATE core.wa_numbers SET rate_changed_at = now() - interval '1 second'")
         f.report(db, [f.ok(r)])
         rates.append(number(db, acc)["rate_mps"])
-    assert rates == [70, 90, 100, 100, 100]
+    assert rates == [90, 100, 100, 100, 100]
     db.execute("UPDATE core.wa_numbers SET rate_mps = 50, rate_changed_at = now() - interval '0.1 second'")
     f.report(db, [f.ok(requests[7])])
-    assert 50 < number(db, acc)["rate_mps"] < 54
+    assert 54 < number(db, acc)["rate_mps"] < 58
     # A batch with a retried error does not grow it.
     db.execute("UPDATE core.wa_numbers SET rate_mps = 60")
     f.report(db, [f.ok(requests[15]), f.err(requests[16], 131000, 500)])

@@ -152,6 +152,8 @@ def test_rate_limit_errors_make_the_worker_back_off(db, db_url, sim):
     throttled = db.execute("SELECT sum(throttled) FROM core.send_minutes WHERE number_id = %s",
                            (number_id,)).fetchone()[0]
     assert throttled == rejected == sender.stats.error_codes[130429]
+    # What the worker held for the number when Meta said stop went back unsent.
+    assert sender.stats.returned > 0
     # Backing off keeps rejections a fraction of the sends; without it about three in
     # four requests at 80/s against a limit of 20 would be refused.
     assert rejected < len(to)

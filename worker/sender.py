@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ PACE_S = 0.125           # claim interval while there is work (the database pace
 IDLE_AFTER_S = 1.0       # empty claims for this long: go idle
 HEARTBEAT_S = 5.0        # idle: claim this often even without a NOTIFY (retries, throttled numbers)
 # After a report with retried or throttled results, stay busy this long: the database
-# holds a throttled number ~1 s and its messages 1-2 s, and nothing NOTIFYs when they return.
+# holds a throttled number 0.25 s and its messages 1-2 s, and nothing NOTIFYs when they return.
 AFTER_RETRY_S = 3.0
 REPORT_S = 0.125         # at most one report per this interval (results are coalesced)
 STOP_REPORT_S = 15.0     # on stop, keep trying to report for this long
@@ -51,14 +52,17 @@ LATE_S = 0.025           # a send this late after its send_at counts as late (th
 # number gets more sends in any one-second window than its pace (read from the spacing
 # of its send_at values) divided by WINDOW_SHARE.
 WINDOW_S = 1.0
-WINDOW_SHARE = 0.985
+WINDOW_SHARE = 0.995
 # A lane wakes at most this often; the sends that came due meanwhile go out together,
 # a few milliseconds late, which saves an event-loop cycle (and syscalls) per message.
 TICK_S = 0.003
-# Meta's throughput error: the database halves the number's pace and holds it ~1 s; the
-# sends this worker already holds for the number wait as long instead of piling on.
+# Meta's throughput error: the database halves the number's pace and sends nothing for it
+# during the throttle hold (core.throttle_hold()); this worker holds the number's lane as
+# long and hands back, unsent, what it holds for it that was due before the hold ends.
+# They were paced at the old rate: sent after the hold on top of the new schedule, they
+# would cross the limit again.
 THROTTLED_CODE = 130429
-THROTTLE_HOLD_S = 1.0
+THROTTLE_HOLD_S = 0.25
 
 # Each row's delay is measured on the database's clock from the claim's start (now()),
 # then counted on the loop clock from when the rows arrive: a send can only be late,
@@ -78,6 +82,7 @@ class SenderStats:
     sent: int = 0
     accepted: int = 0           # answered with a wamid
     errors: int = 0             # answered with an error (or none at all)
+    returned: int = 0           # handed back unsent (held for a throttled number)
     reports: int = 0
     reported: int = 0
     unreported: int = 0         # given up on: they come back by visibility timeout
@@ -231,18 +236,25 @@ class Sender:
                 await lane.wake.wait()
                 continue
             now = loop.time()
-            due = rows[0][0]
-            if due > now or lane.hold_until > now:
-                await asyncio.sleep(max(due - now, lane.hold_until - now, TICK_S))
+            if lane.hold_until > now:
+                self._hand_back(rows, lane.hold_until)
+                if rows:
+                    await asyncio.sleep(lane.hold_until - now)
                 continue
-            edge = now - WINDOW_S
+            due = rows[0][0]
+            if due > now:
+                await asyncio.sleep(max(due - now, TICK_S))
+                continue
+            # The window on the precise clock: the loop's is cached per iteration (to the
+            # millisecond under uvloop), which let 1% more sends into a real second.
+            edge = time.monotonic() - WINDOW_S
             while window and window[0] <= edge:
                 window.popleft()
-            if lane.window_max is not None and len(window) >= lane.window_max:
-                await asyncio.sleep(max(window[0] - edge, TICK_S))
+            if lane.window_max is not None and len(window) + lane.starting >= lane.window_max:
+                await asyncio.sleep(max(window[0] - edge, TICK_S) if window else TICK_S)
                 continue
             _, row = rows.popleft()
-            window.append(now)
+            lane.starting += 1
             if now - due > LATE_S:
                 stats.late += 1
                 stats.max_late_ms = max(stats.max_late_ms, (now - due) * 1000)
@@ -250,7 +262,21 @@ class Sender:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
+    def _hand_back(self, rows: deque, until: float) -> None:
+        """Return, unsent, the rows due before ``until``: the database requeues them."""
+        while rows and rows[0][0] < until:
+            outbound_id, queue_name, msg_id = rows.popleft()[1][:3]
+            self.stats.returned += 1
+            self._results.append({"outbound_id": outbound_id, "queue_name": queue_name,
+                                  "msg_id": msg_id, "sent": False})
+            self._results_ready.set()
+
     async def _send(self, row: tuple, lane: _Lane) -> None:
+        # In the window from when the request really leaves: a task created just before
+        # a stall of the loop (or of the process) goes out after it, and counting it from
+        # its creation would let the sends after the stall crowd into Meta's second.
+        lane.starting -= 1
+        lane.window.append(time.monotonic())
         outbound_id, queue_name, msg_id, token, path, body, _ = row
         try:
             r = await self.graph.send(path, token, body)
@@ -270,7 +296,10 @@ class Sender:
             else:
                 stats.errors += 1
                 if r.error_code == THROTTLED_CODE:
-                    lane.hold_until = asyncio.get_running_loop().time() + THROTTLE_HOLD_S
+                    now = asyncio.get_running_loop().time()
+                    if lane.hold_until <= now:          # once per throttle event
+                        lane.hold_until = now + THROTTLE_HOLD_S
+                        lane.wake.set()
                 key = r.error_code if r.error_code is not None else (r.http_status or "network")
                 stats.error_codes[key] = stats.error_codes.get(key, 0) + 1
             result = {"outbound_id": outbound_id, "queue_name": queue_name, "msg_id": msg_id,
@@ -371,13 +400,14 @@ class Sender:
 class _Lane:
     """One number's claimed messages waiting for their send_at, in order."""
 
-    __slots__ = ("hold_until", "rows", "task", "wake", "window", "window_max")
+    __slots__ = ("hold_until", "rows", "starting", "task", "wake", "window", "window_max")
 
     def __init__(self) -> None:
         self.rows: deque[tuple[float, tuple]] = deque()     # (due, row)
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.window: deque[float] = deque()     # start times of the last second's sends
+        self.starting = 0                       # sends created, not yet started
         self.window_max: int | None = None      # sends allowed per window (None: no limit)
         self.hold_until = 0.0                   # loop time: throttled by Meta until then
 

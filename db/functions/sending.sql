@@ -157,6 +157,9 @@ COMMENT ON FUNCTION api.claim_sends(text, integer) IS
 -- error.code (core.meta_error_codes): transient ones come back after a backoff,
 -- throughput errors halve the number's rate, auth/payment/template errors pause the
 -- campaign and return its message to the queue, permanent ones fail the message.
+-- {outbound_id, queue_name, msg_id, "sent": false} hands back a message the worker
+-- never POSTed (it held it for a number Meta just throttled): it comes back to the
+-- queue once the throttle hold is over, its attempt not counted.
 CREATE OR REPLACE FUNCTION api.report_sends(p_results jsonb) RETURNS api.report_result
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
@@ -185,6 +188,7 @@ BEGIN
                -- A status webhook may have moved the message on before this report.
                WHEN r.wamid IS NOT NULL AND (o.state = 'in_flight' OR o.wamid IS NULL) THEN 'accepted'
                WHEN o.state <> 'in_flight' THEN 'ignored'
+               WHEN r.sent IS FALSE THEN 'returned'
                -- A read receipt (inbox.sql) is answered {"success": true}, without a wamid.
                WHEN o.kind = 'receipt' AND r.error_code IS NULL AND r.http_status BETWEEN 200 AND 299 THEN 'receipt'
                WHEN e.pauses_campaign AND o.campaign_id IS NOT NULL THEN 'paused'
@@ -194,7 +198,7 @@ BEGIN
            END AS outcome
     FROM jsonb_to_recordset(p_results) AS r(outbound_id bigint, queue_name text, msg_id bigint, wamid text,
                                             message_status text, error_code integer, http_status integer,
-                                            error_message text)
+                                            error_message text, sent boolean)
     LEFT JOIN core.outbound_messages o ON o.outbound_id = r.outbound_id
     LEFT JOIN core.campaigns c ON c.campaign_id = o.campaign_id
     LEFT JOIN LATERAL core.meta_error(r.error_code) e ON r.wamid IS NULL;
@@ -218,16 +222,20 @@ BEGIN
     INTO v_early FROM early;
 
     -- Back to the queue: transient errors after a jittered backoff, throughput errors
-    -- shortly, paused campaigns' messages at once (the campaign is not read while paused).
+    -- shortly, messages never sent when the throttle hold is over, paused campaigns'
+    -- messages at once (the campaign is not read while paused).
     -- A message of a campaign cancelled while it was in flight does not come back: it is
     -- cancelled and counted as cancel_campaign counts the ones it withdraws.
     WITH back AS (
         UPDATE core.outbound_messages o SET
             state = CASE WHEN r.campaign_status = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
-            attempts = CASE WHEN r.outcome IN ('paused', 'throttled') THEN o.attempts - 1 ELSE o.attempts END,
-            error_code = r.error_code, error_category = r.category, error_detail = left(r.error_message, 500)
+            attempts = CASE WHEN r.outcome IN ('paused', 'throttled', 'returned') THEN o.attempts - 1 ELSE o.attempts END,
+            -- A message handed back unsent keeps the error of its last real attempt.
+            error_code = CASE WHEN r.outcome = 'returned' THEN o.error_code ELSE r.error_code END,
+            error_category = CASE WHEN r.outcome = 'returned' THEN o.error_category ELSE r.category END,
+            error_detail = CASE WHEN r.outcome = 'returned' THEN o.error_detail ELSE left(r.error_message, 500) END
         FROM pg_temp.send_results r
-        WHERE o.outbound_id = r.outbound_id AND r.outcome IN ('retried', 'throttled', 'paused')
+        WHERE o.outbound_id = r.outbound_id AND r.outcome IN ('retried', 'throttled', 'paused', 'returned')
           -- Re-checked on the locked row: a concurrent report may have settled it meanwhile.
           AND o.state = 'in_flight'
         RETURNING o.campaign_id, o.state
@@ -239,14 +247,15 @@ BEGIN
                 CASE r.outcome
                     WHEN 'paused' THEN 0
                     WHEN 'throttled' THEN 1 + random()
+                    WHEN 'returned' THEN extract(epoch FROM core.throttle_hold())
                     ELSE v_settings.retry_backoff_s[least(r.attempts, cardinality(v_settings.retry_backoff_s))]
                          * (0.8 + 0.4 * random())
                 END))
     FROM pg_temp.send_results r
-    WHERE r.outcome IN ('retried', 'throttled', 'paused') AND r.campaign_status IS DISTINCT FROM 'cancelled'
+    WHERE r.outcome IN ('retried', 'throttled', 'paused', 'returned') AND r.campaign_status IS DISTINCT FROM 'cancelled'
     GROUP BY r.queue_name;
     PERFORM pgmq.delete(queue_name, array_agg(msg_id)) FROM pg_temp.send_results
-    WHERE outcome IN ('retried', 'throttled', 'paused') AND campaign_status = 'cancelled' GROUP BY queue_name;
+    WHERE outcome IN ('retried', 'throttled', 'paused', 'returned') AND campaign_status = 'cancelled' GROUP BY queue_name;
 
     -- Permanent failures.
     PERFORM core.advance_outbound(array_agg(outbound_id), array_fill('failed'::text, ARRAY[count(*)::int]),
@@ -285,24 +294,27 @@ BEGIN
 
     -- AIMD per number. Halve on throughput errors, once per throttle event: the sends
     -- already in flight when Meta said stop report the same error within the second
-    -- after, and halving for each would collapse the rate. Grow back additively by a
-    -- fifth of the limit per second of clean sending (a batch with sends accepted and no
-    -- error; a batch of ignored duplicates is no evidence), starting a second after the
-    -- last throttle. The pace never exceeds the number's limit.
+    -- after, and halving for each would collapse the rate. A throttled number sends
+    -- nothing for the throttle hold (its workers hand back what they hold for it, and
+    -- it resumes from an empty schedule, at the halved pace). Grow back additively by
+    -- two fifths of the limit per second of clean sending (a batch with sends accepted and no
+    -- error; a batch of ignored duplicates is no evidence), counted from the end of the
+    -- hold. The pace never exceeds the number's limit.
     UPDATE core.wa_numbers n SET
         rate_mps = CASE WHEN r.throttled > 0 THEN greatest(1, n.rate_mps / 2)
-                        ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps * 0.2
-                             * least(1, extract(epoch FROM v_now - coalesce(n.rate_changed_at, '-infinity')))) END,
-        rate_changed_at = v_now,
+                        ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps * 0.4
+                             * least(1, greatest(0, extract(epoch FROM v_now - coalesce(n.rate_changed_at, '-infinity'))))) END,
+        rate_changed_at = CASE WHEN r.throttled > 0 THEN v_now + core.throttle_hold() ELSE v_now END,
         throttled_at = CASE WHEN r.throttled > 0 THEN v_now ELSE n.throttled_at END,
-        send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, v_now + interval '1 second') ELSE n.send_tat END
+        send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, v_now + core.throttle_hold()) ELSE n.send_tat END
     FROM (SELECT number_id, count(*) FILTER (WHERE outcome = 'throttled') AS throttled,
                  count(*) FILTER (WHERE outcome IN ('retried', 'failed')) AS errors,
                  count(*) FILTER (WHERE outcome = 'accepted') AS accepted
           FROM pg_temp.send_results WHERE number_id IS NOT NULL GROUP BY number_id) r
     WHERE n.number_id = r.number_id
-      AND coalesce(n.throttled_at, '-infinity') < v_now - interval '1 second'
-      AND (r.throttled > 0 OR (r.errors = 0 AND r.accepted > 0 AND n.rate_mps < n.throughput_mps));
+      AND CASE WHEN r.throttled > 0 THEN coalesce(n.throttled_at, '-infinity') < v_now - interval '1 second'
+               ELSE r.errors = 0 AND r.accepted > 0 AND n.rate_mps < n.throughput_mps
+                    AND v_now > coalesce(n.rate_changed_at, '-infinity') END;
 
     INSERT INTO core.send_minutes AS m (number_id, minute, accepted, retried, failed, throttled)
     SELECT number_id, date_trunc('minute', v_now),
@@ -319,7 +331,7 @@ BEGIN
     END IF;
 
     SELECT count(*) FILTER (WHERE outcome IN ('accepted', 'receipt')),
-           count(*) FILTER (WHERE outcome IN ('retried', 'throttled')),
+           count(*) FILTER (WHERE outcome IN ('retried', 'throttled', 'returned')),
            count(*) FILTER (WHERE outcome = 'failed'),
            count(*) FILTER (WHERE outcome = 'paused'),
            count(*) FILTER (WHERE outcome = 'ignored')
@@ -328,7 +340,12 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.report_sends(jsonb) IS
-    'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message}): wamids and accepted state, retries with backoff, permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored). Raises PW100 when p_results is not an array.';
+    'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message}, or {outbound_id, queue_name, msg_id, "sent": false} for a message handed back unsent): wamids and accepted state, retries with backoff, permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored); retried counts every message back in the queue. Raises PW100 when p_results is not an array.';
+
+-- How long a number Meta throttled (130429) sends nothing. The worker holds its lane as
+-- long (worker/sender.py THROTTLE_HOLD_S).
+CREATE OR REPLACE FUNCTION core.throttle_hold() RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$ SELECT interval '250 milliseconds' $$;
 
 -- Make queue messages visible again after per-message delays (seconds).
 CREATE OR REPLACE FUNCTION core.delay_messages(p_queue text, p_msg_ids bigint[], p_delays double precision[])
