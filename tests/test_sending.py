@@ -411,6 +411,26 @@ def test_recipient_error_fails_at_once_and_archives_the_message(db: psycopg.Conn
     assert notifications(db) == []
 
 
+def test_a_lasting_error_raises_one_notice_per_number_code_and_hour_that_counts_on(
+        db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    f.running_campaign(db, acc, 6)
+    requests = f.claim_all(db)
+    for r in requests[:3]:                  # three reports, one failing message each
+        f.report(db, [f.err(r, 999999)])
+    (note,) = db.execute("SELECT notification_id, message, details, read_at FROM core.notifications").fetchall()
+    assert note[2]["messages"] == 3 and "on 3 message(s)" in note[1] and note[3] is None
+    db.execute("UPDATE core.notifications SET read_at = now()")       # an operator read it
+    f.report(db, [f.err(requests[3], 999999), f.err(requests[4], 999999)])
+    again = db.execute("SELECT notification_id, message, details, read_at FROM core.notifications").fetchall()
+    assert [(n[0], n[2]["messages"], n[3]) for n in again] == [(note[0], 5, None)]   # unread again
+    assert "on 5 message(s)" in again[0][1]
+    f.report(db, [f.err(requests[5], 130497)])                      # another code: its own notice
+    codes = db.execute("SELECT details->>'error_code', details->>'messages' FROM core.notifications "
+                       "ORDER BY notification_id").fetchall()
+    assert codes == [("999999", "5"), ("130497", "1")]
+
+
 def test_unknown_error_code_takes_the_default_policy(db: psycopg.Connection) -> None:
     acc = f.account(db)
     cid = f.running_campaign(db, acc, 2)

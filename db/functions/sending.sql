@@ -169,6 +169,7 @@ DECLARE
     v_paused bigint[];
     v_touched bigint[];
     v_early integer;
+    v_noticed integer;
 BEGIN
     IF jsonb_typeof(p_results) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'results must be a JSON array' USING ERRCODE = 'PW100',
@@ -284,13 +285,32 @@ BEGIN
                    format('Campaign "%s" paused: %s', p.name, p.pause_reason),
                    jsonb_build_object('campaign_id', p.campaign_id))
         FROM paused p) n;
-    -- Errors an operator must see that do not pause anything (one notice per code and number).
-    PERFORM core.notify(n.tenant_id, 'send_error', 'warning',
-                        format('Meta error %s (%s) on %s message(s) from number %s', r.error_code, r.category, r.cnt, n.phone_number_id),
-                        jsonb_build_object('error_code', r.error_code, 'number_id', r.number_id))
-    FROM (SELECT number_id, error_code, category, count(*) AS cnt FROM pg_temp.send_results
-          WHERE alert AND outcome IN ('retried', 'failed') GROUP BY number_id, error_code, category) r
-    JOIN core.wa_numbers n ON n.number_id = r.number_id;
+    -- Errors an operator must see that do not pause anything: one notice per number,
+    -- code and hour, which later batches count into (and mark unread again), instead of
+    -- a new notice per report, several a second while the error lasts.
+    WITH noticed AS (
+        INSERT INTO core.notifications AS nt (tenant_id, kind, severity, message, details, dedupe_key)
+        SELECT n.tenant_id, 'send_error', 'warning',
+               format('Meta error %s (%s) on %s message(s) from number %s since %s',
+                      r.error_code, r.category, r.cnt, n.phone_number_id, to_char(r.hour, 'YYYY-MM-DD HH24:00 TZ')),
+               jsonb_build_object('error_code', r.error_code, 'number_id', r.number_id, 'messages', r.cnt,
+                                  'category', r.category, 'phone_number_id', n.phone_number_id, 'since', r.hour),
+               format('send_error|%s|%s|%s', r.number_id, r.error_code, r.hour)
+        FROM (SELECT number_id, error_code, category, count(*) AS cnt, date_trunc('hour', v_now) AS hour
+              FROM pg_temp.send_results
+              WHERE alert AND outcome IN ('retried', 'failed') GROUP BY number_id, error_code, category) r
+        JOIN core.wa_numbers n ON n.number_id = r.number_id
+        ON CONFLICT (tenant_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO UPDATE SET
+            details = nt.details || jsonb_build_object('messages', (nt.details->>'messages')::bigint + (excluded.details->>'messages')::bigint),
+            message = format('Meta error %s (%s) on %s message(s) from number %s since %s',
+                             excluded.details->>'error_code', excluded.details->>'category',
+                             (nt.details->>'messages')::bigint + (excluded.details->>'messages')::bigint,
+                             excluded.details->>'phone_number_id',
+                             to_char((excluded.details->>'since')::timestamptz, 'YYYY-MM-DD HH24:00 TZ')),
+            read_at = NULL
+        RETURNING nt.tenant_id
+    )
+    SELECT count(pg_notify('pgwa_notification', tenant_id::text)) INTO v_noticed FROM noticed;
 
     -- AIMD per number. Halve on throughput errors, once per throttle event: the sends
     -- already in flight when Meta said stop report the same error within the second
