@@ -1938,8 +1938,9 @@ BEGIN
         UPDATE core.outbound_messages o SET
             state = CASE WHEN r.campaign_status = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
             attempts = CASE WHEN r.outcome IN ('paused', 'throttled', 'returned') THEN o.attempts - 1 ELSE o.attempts END,
-            -- A message handed back unsent keeps the error of its last real attempt.
-            error_code = CASE WHEN r.outcome = 'returned' THEN o.error_code ELSE r.error_code END,
+            -- A message handed back unsent keeps the error of its last real attempt. An
+            -- answer without Meta's error object is -2, as when it finally fails.
+            error_code = CASE WHEN r.outcome = 'returned' THEN o.error_code ELSE coalesce(r.error_code, -2) END,
             error_category = CASE WHEN r.outcome = 'returned' THEN o.error_category ELSE r.category END,
             error_detail = CASE WHEN r.outcome = 'returned' THEN o.error_detail ELSE left(r.error_message, 500) END
         FROM pg_temp.send_results r

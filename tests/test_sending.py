@@ -368,6 +368,7 @@ def test_transient_errors_retry_with_backoff_then_fail_after_max_attempts(db: ps
     assert f.report(db, [f.err(first, code, 500)])["retried"] == 1
     o = f.outbound(db, first["outbound_id"])
     assert (o["state"], o["attempts"], o["error_category"]) == ("queued", 1, "transient")
+    assert o["error_code"] == (code if code is not None else -2)      # -2: no error object
     (m,) = f.queue(db, f"c_{cid}")
     assert 5 * 0.8 <= (m["vt"] - before).total_seconds() <= 5 * 1.2 + SLACK   # the first backoff, jittered
     assert f.claim_all(db) == []
