@@ -6,27 +6,35 @@ second uvicorn worker each cost more CPU per webhook than they gained.
 
 from __future__ import annotations
 
-import os
+import sys
 
 import uvicorn
 
+from pgwa.config import Settings
 
-def main() -> None:
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"api: bad configuration: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(
         "api.app:create_app",
         factory=True,
-        host=os.environ.get("PGWA_API_HOST", "127.0.0.1"),
-        port=int(os.environ.get("PGWA_API_PORT", "8780")),
-        workers=int(os.environ.get("PGWA_API_WORKERS", "1")),
+        host=settings.api_host,
+        port=settings.api_port,
+        workers=settings.api_workers,
         http="httptools",
-        loop="uvloop",
+        loop="uvloop" if settings.uvloop else "asyncio",
         access_log=False,
         server_header=False,
-        log_level=os.environ.get("PGWA_LOG_LEVEL", "warning").lower(),
+        log_level=(settings.log_level or "warning").lower(),
         # Meta keeps connections open between deliveries.
         timeout_keep_alive=75,
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,7 +21,6 @@ whose endpoints call ``JsonApi.fetch_text(request, SQL, params)``, given to
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -205,7 +204,7 @@ class JsonApi:
     def __init__(self, settings: Settings, *, pool_size: int = 10,
                  metrics_token: str | None = None, extra_routes: Sequence[BaseRoute] = ()) -> None:
         self.settings = settings
-        self.metrics_token = metrics_token if metrics_token is not None else os.environ.get("PGWA_METRICS_TOKEN", "")
+        self.metrics_token = metrics_token if metrics_token is not None else settings.metrics_token
         self.extra_routes = list(extra_routes)
         self.codes = ErrorCodes()
         self.document = openapi.document({})

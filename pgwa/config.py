@@ -26,6 +26,31 @@ def _csv(name: str) -> tuple[str, ...]:
     return tuple(s for s in os.environ.get(name, "").split(",") if s)
 
 
+def _number(name: str, default: float, convert: type = int, minimum: float = 1) -> float:
+    """A numeric variable, or a ValueError that names it, its value and the reason."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = convert(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not {'an integer' if convert is int else 'a number'}") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r} must be 1 or 0")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -42,21 +67,36 @@ class Settings:
     llm_timeout_s: float = 20.0
     llm_concurrency: int = 16
     llm_fallback_text: str = "Thanks for your message! A member of our team will get back to you shortly."
+    # python -m api
+    api_host: str = "127.0.0.1"
+    api_port: int = 8780
+    api_workers: int = 1
+    metrics_token: str = field(default="", repr=False)     # /metrics wants it as a Bearer token
+    # Both processes: "" is each one's own default (worker INFO, api warning).
+    log_level: str = ""
+    uvloop: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
+        """Raises ValueError naming the variable when one is malformed."""
         return cls(
             database_url=database_url(),
             graph_base_url=os.environ.get("GRAPH_BASE_URL", cls.graph_base_url).rstrip("/"),
             verify_token=os.environ.get("WHATSAPP_VERIFY_TOKEN", ""),
             app_secrets=_csv("WHATSAPP_APP_SECRET"),
             worker_name=os.environ.get("PGWA_WORKER_NAME", f"worker-{os.getpid()}"),
-            claim_batch=int(os.environ.get("PGWA_CLAIM_BATCH", cls.claim_batch)),
-            send_concurrency=int(os.environ.get("PGWA_SEND_CONCURRENCY", cls.send_concurrency)),
+            claim_batch=_number("PGWA_CLAIM_BATCH", cls.claim_batch),
+            send_concurrency=_number("PGWA_SEND_CONCURRENCY", cls.send_concurrency),
             llm_base_url=os.environ.get("PGWA_LLM_BASE_URL", cls.llm_base_url).rstrip("/"),
             llm_model=os.environ.get("PGWA_LLM_MODEL", cls.llm_model),
             llm_api_key=os.environ.get("PGWA_LLM_API_KEY", ""),
-            llm_timeout_s=float(os.environ.get("PGWA_LLM_TIMEOUT_S", cls.llm_timeout_s)),
-            llm_concurrency=int(os.environ.get("PGWA_LLM_CONCURRENCY", cls.llm_concurrency)),
+            llm_timeout_s=_number("PGWA_LLM_TIMEOUT_S", cls.llm_timeout_s, float, 0.1),
+            llm_concurrency=_number("PGWA_LLM_CONCURRENCY", cls.llm_concurrency),
             llm_fallback_text=os.environ.get("PGWA_LLM_FALLBACK_TEXT", cls.llm_fallback_text),
+            api_host=os.environ.get("PGWA_API_HOST") or cls.api_host,
+            api_port=_number("PGWA_API_PORT", cls.api_port),
+            api_workers=_number("PGWA_API_WORKERS", cls.api_workers),
+            metrics_token=os.environ.get("PGWA_METRICS_TOKEN", ""),
+            log_level=os.environ.get("PGWA_LOG_LEVEL", ""),
+            uvloop=_flag("PGWA_UVLOOP", cls.uvloop),
         )

@@ -77,16 +77,20 @@ async def main(settings: Settings) -> int:
 
 
 def cli() -> int:
-    logging.basicConfig(level=os.environ.get("PGWA_LOG_LEVEL", "INFO"), stream=sys.stderr,
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"worker: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=(settings.log_level or "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env()
     # Thousands of short-lived objects a second: collect the young generation less often,
     # and keep the startup heap out of full collections (fewer, shorter loop stalls).
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     loop_factory = None
-    if os.environ.get("PGWA_UVLOOP", "1") != "0":
+    if settings.uvloop:
         try:  # installed with uvicorn[standard]; psycopg and aiohttp both run on it
             import uvloop
             loop_factory = uvloop.new_event_loop
