@@ -335,7 +335,7 @@ CREATE TYPE core.webhook_change AS (
 );
 
 CREATE FUNCTION api.api_keys(p_tenant_id bigint) RETURNS SETOF api.api_key
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
     SELECT api_key_id, name, key_prefix, created_at, revoked_at
@@ -346,7 +346,7 @@ $$;
 COMMENT ON FUNCTION api.api_keys(p_tenant_id bigint) IS 'Lists the tenant''s API keys (id, name, prefix, created, revoked), never the keys themselves.';
 
 CREATE FUNCTION api.assign_conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_agent text) RETURNS api.conversation_summary
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 BEGIN
@@ -365,7 +365,7 @@ $$;
 COMMENT ON FUNCTION api.assign_conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_agent text) IS 'Hands a conversation to an agent (or to another one): bots and the LLM stay quiet on it until api.release_conversation, and the call for a human is cleared. Returns the conversation. Raises PW100 for an empty agent, PW202/PW209 when the number or conversation is not the tenant''s.';
 
 CREATE FUNCTION api.authenticate(p_key_hash bytea) RETURNS bigint
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -384,7 +384,7 @@ $$;
 COMMENT ON FUNCTION api.authenticate(p_key_hash bytea) IS 'Returns the tenant of the API key whose sha256 is p_key_hash. Raises PW401 when no live key has that hash.';
 
 CREATE FUNCTION api.bot_rules(p_tenant_id bigint, p_number_id bigint) RETURNS SETOF api.bot_rule
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
 BEGIN
@@ -400,7 +400,7 @@ $$;
 COMMENT ON FUNCTION api.bot_rules(p_tenant_id bigint, p_number_id bigint) IS 'Lists a number''s bot rules in the order they are tried (default rules last). Raises PW202 when the number is not the tenant''s.';
 
 CREATE FUNCTION api.campaign_stats(p_tenant_id bigint, p_campaign_id bigint) RETURNS api.campaign_stats
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -449,7 +449,7 @@ $$;
 COMMENT ON FUNCTION api.campaign_stats(p_tenant_id bigint, p_campaign_id bigint) IS 'Analytics of one campaign from maintained counters, in one query: the funnel (total, queued, sent, delivered, read, replied, failed, cancelled), rates, per-template counters, failures by Meta error code and by category, and a per-minute timeline (latest 1,440 minutes). Raises PW201 when the tenant has no such campaign.';
 
 CREATE FUNCTION api.campaigns(p_tenant_id bigint, p_status text DEFAULT NULL::text, p_before_id bigint DEFAULT NULL::bigint, p_limit integer DEFAULT 50) RETURNS SETOF api.campaign_summary
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
 BEGIN
@@ -480,7 +480,7 @@ $$;
 COMMENT ON FUNCTION api.campaigns(p_tenant_id bigint, p_status text, p_before_id bigint, p_limit integer) IS 'Lists the tenant''s campaigns newest first with their live counters (total, queued, sent, delivered, read, replied, failed, cancelled, progress), optionally of one status; keyset pagination: p_before_id is the smallest campaign_id of the previous page. Raises PW100 for a limit outside 1..1000 or an unknown status.';
 
 CREATE FUNCTION api.cancel_campaign(p_tenant_id bigint, p_campaign_id bigint) RETURNS text
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -507,7 +507,7 @@ $$;
 COMMENT ON FUNCTION api.cancel_campaign(p_tenant_id bigint, p_campaign_id bigint) IS 'Cancels a campaign: its queued messages are withdrawn and marked cancelled (messages a worker already holds finish). Returns the new status. Raises PW201 when not found, PW301 when already completed or cancelled.';
 
 CREATE FUNCTION api.claim_llm_jobs(p_worker text, p_max integer DEFAULT 16, p_vt_s integer DEFAULT 60) RETURNS SETOF api.llm_job
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -576,7 +576,7 @@ $$;
 COMMENT ON FUNCTION api.claim_llm_jobs(p_worker text, p_max integer, p_vt_s integer) IS 'Claims up to p_max LLM jobs for p_vt_s seconds for worker p_worker; returns each with the number''s system prompt, the conversation''s last messages as chat messages (oldest first) and over_limit when the contact''s LLM replies for today are used up. Superseded or unwanted jobs (assigned to an agent, flagged for a human, LLM disabled, window closed) are deleted, not returned. Raises PW100 for p_max outside 1..1000 or p_vt_s outside 5..3600.';
 
 CREATE FUNCTION api.claim_sends(p_worker text, p_max integer DEFAULT 500) RETURNS SETOF api.send_request
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -710,7 +710,7 @@ $$;
 COMMENT ON FUNCTION api.claim_sends(p_worker text, p_max integer) IS 'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares) and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent.';
 
 CREATE FUNCTION api.complete_llm_jobs(p_results jsonb) RETURNS api.llm_outcome
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -779,7 +779,7 @@ $$;
 COMMENT ON FUNCTION api.complete_llm_jobs(p_results jsonb) IS 'Stores the LLM worker''s results (JSON array of {msg_id, text, error}): a reply is queued on the number''s reply queue and counted against the contact''s daily limit; an error queues the fallback text once and flags the conversation for a human. Results for jobs already done, handed to an agent or outside the window are dropped. Returns (replied, fell_back, dropped). Raises PW100 when p_results is not an array.';
 
 CREATE FUNCTION api.configure_llm(p_tenant_id bigint, p_number_id bigint, p_enabled boolean DEFAULT NULL::boolean, p_system_prompt text DEFAULT NULL::text, p_daily_limit integer DEFAULT NULL::integer, p_context_messages integer DEFAULT NULL::integer) RETURNS api.llm_settings
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -812,7 +812,7 @@ $$;
 COMMENT ON FUNCTION api.configure_llm(p_tenant_id bigint, p_number_id bigint, p_enabled boolean, p_system_prompt text, p_daily_limit integer, p_context_messages integer) IS 'Enables or disables LLM replies on a number (they answer what no bot rule matched) and sets the system prompt, the replies allowed per contact and day and how many recent messages the LLM sees; a NULL argument keeps the current value. Returns the settings. Raises PW100 for an out-of-range value, PW202 when the number is not the tenant''s.';
 
 CREATE FUNCTION api.configure_opt_out(p_tenant_id bigint, p_opt_out_keywords text[] DEFAULT NULL::text[], p_opt_in_keywords text[] DEFAULT NULL::text[], p_opt_out_reply text DEFAULT NULL::text, p_opt_in_reply text DEFAULT NULL::text) RETURNS api.opt_out_settings
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -855,7 +855,7 @@ $$;
 COMMENT ON FUNCTION api.configure_opt_out(p_tenant_id bigint, p_opt_out_keywords text[], p_opt_in_keywords text[], p_opt_out_reply text, p_opt_in_reply text) IS 'Sets the tenant''s opt-out and opt-in keywords (matched against the whole message without case, accents and surrounding spaces) and the confirmations sent for them; a NULL argument keeps the current value. Returns the settings. Raises PW100 for an empty opt-out list, a keyword in both lists or an empty or over-long confirmation, PW205 for an unknown tenant.';
 
 CREATE FUNCTION api.contacts(p_tenant_id bigint, p_phone text DEFAULT NULL::text, p_opted_out boolean DEFAULT NULL::boolean, p_before_id bigint DEFAULT NULL::bigint, p_limit integer DEFAULT 50) RETURNS SETOF api.contact
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
 BEGIN
@@ -883,7 +883,7 @@ $$;
 COMMENT ON FUNCTION api.contacts(p_tenant_id bigint, p_phone text, p_opted_out boolean, p_before_id bigint, p_limit integer) IS 'Lists the tenant''s contacts newest first, optionally the one with a phone (any common format, with country code) or only opted-out/in ones; keyset pagination on contact_id (p_before_id). Raises PW100 for a limit outside 1..1000 or a malformed phone.';
 
 CREATE FUNCTION api.conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_before_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_before_id bigint DEFAULT NULL::bigint, p_limit integer DEFAULT 50) RETURNS SETOF api.inbox_message
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
 BEGIN
@@ -910,7 +910,7 @@ $$;
 COMMENT ON FUNCTION api.conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_before_at timestamp with time zone, p_before_id bigint, p_limit integer) IS 'One page of a conversation''s messages, newest first, both directions; an outbound one carries its kind (bot, agent, llm, reply) and delivery state. Keyset pagination: pass the last row''s created_at and message_id as p_before_at and p_before_id. Raises PW100 for a limit outside 1..500, PW202/PW204 when the number or contact is not the tenant''s.';
 
 CREATE FUNCTION api.conversations(p_tenant_id bigint, p_number_id bigint, p_filter text DEFAULT 'all'::text, p_agent text DEFAULT NULL::text, p_before_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_before_contact_id bigint DEFAULT NULL::bigint, p_limit integer DEFAULT 50) RETURNS SETOF api.conversation_summary
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
 BEGIN
@@ -944,7 +944,7 @@ $$;
 COMMENT ON FUNCTION api.conversations(p_tenant_id bigint, p_number_id bigint, p_filter text, p_agent text, p_before_at timestamp with time zone, p_before_contact_id bigint, p_limit integer) IS 'Lists a number''s conversations, latest message first: the contact, the last message, unread count, whether the 24-hour window is open and until when, the assigned agent and whether a human was asked for. p_filter is all, unread, open, assigned, unassigned or needs_human; p_agent narrows to one agent. Keyset pagination: pass the last row''s last_message_at and contact_id as p_before_at and p_before_contact_id. Raises PW100 for a bad filter or limit (1..500), PW202 when the number is not the tenant''s.';
 
 CREATE FUNCTION api.create_api_key(p_tenant_id bigint, p_name text) RETURNS api.api_key_created
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -971,7 +971,7 @@ $$;
 COMMENT ON FUNCTION api.create_api_key(p_tenant_id bigint, p_name text) IS 'Creates an API key for a tenant and returns it with its id and prefix; the key is shown this once, only its sha256 is kept. Raises PW100 for an empty name, PW205 for an unknown tenant.';
 
 CREATE FUNCTION api.create_campaign(p_tenant_id bigint, p_number_id bigint, p_name text, p_templates jsonb, p_on_invalid text DEFAULT 'reject'::text, p_scheduled_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_start boolean DEFAULT false, p_default_country_code text DEFAULT NULL::text) RETURNS api.campaign_created
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     SET client_min_messages TO 'warning'
     SET work_mem TO '256MB'
@@ -1137,7 +1137,7 @@ $_$;
 COMMENT ON FUNCTION api.create_campaign(p_tenant_id bigint, p_number_id bigint, p_name text, p_templates jsonb, p_on_invalid text, p_scheduled_at timestamp with time zone, p_start boolean, p_default_country_code text) IS 'Creates a campaign in one transaction from the contacts staged by api.stage_contacts: validates the templates and their parameter mapping, normalises phones to E.164 digits, drops duplicates, skips opted-out contacts, upserts contacts and queues one rendered message per contact, interleaved across templates. Status is draft, scheduled (p_scheduled_at) or running (p_start). Returns the counts and the invalid rows. Raises PW100/PW102 on bad arguments or templates, PW101 on invalid rows when p_on_invalid is reject, PW202 for an unknown number; nothing is left behind on error.';
 
 CREATE FUNCTION api.create_tenant(p_name text) RETURNS bigint
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -1160,7 +1160,7 @@ $$;
 COMMENT ON FUNCTION api.create_tenant(p_name text) IS 'Creates a tenant and returns its id. Raises PW100 for an empty name, PW302 when the name is taken.';
 
 CREATE FUNCTION api.delete_bot_rule(p_tenant_id bigint, p_rule_id bigint) RETURNS bigint
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 BEGIN
@@ -1188,7 +1188,7 @@ CREATE TABLE core.error_codes (
 COMMENT ON TABLE core.error_codes IS 'Registry of project SQLSTATEs (PWgnn) with their HTTP status; the API maps errors through it.';
 
 CREATE FUNCTION api.error_codes() RETURNS SETOF core.error_codes
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
     SELECT * FROM core.error_codes ORDER BY sqlstate
@@ -1197,7 +1197,7 @@ $$;
 COMMENT ON FUNCTION api.error_codes() IS 'Lists the SQLSTATEs pgwa raises or maps (PWgnn codes and standard ones), each with its name, HTTP status and meaning; the HTTP layer loads it once at start-up.';
 
 CREATE FUNCTION api.functions() RETURNS SETOF api.function_doc
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
     SELECT p.proname::text, pg_catalog.pg_get_function_arguments(p.oid), pg_catalog.pg_get_function_result(p.oid),
@@ -1210,7 +1210,7 @@ $$;
 COMMENT ON FUNCTION api.functions() IS 'Lists the api functions with their arguments, result and COMMENT ON text: the documentation the OpenAPI document and the README draw from.';
 
 CREATE FUNCTION api.graph_credentials(p_tenant_id bigint, p_number_id bigint) RETURNS api.graph_credentials
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -1231,7 +1231,7 @@ $$;
 COMMENT ON FUNCTION api.graph_credentials(p_tenant_id bigint, p_number_id bigint) IS 'Returns what the server needs to call the Graph API for one of the tenant''s numbers (its ids, access token, API version). For the server''s own calls (template sync): never return it to a client. Raises PW202 when the tenant has no such number.';
 
 CREATE FUNCTION api.import_contacts(p_tenant_id bigint, p_default_country_code text DEFAULT NULL::text, p_on_invalid text DEFAULT 'skip'::text) RETURNS api.contacts_imported
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     SET client_min_messages TO 'warning'
     AS $$
@@ -1269,7 +1269,7 @@ $$;
 COMMENT ON FUNCTION api.import_contacts(p_tenant_id bigint, p_default_country_code text, p_on_invalid text) IS 'Imports the contacts staged by api.stage_contacts into the tenant''s contacts, without a campaign: normalises phones to E.164 digits, drops duplicates (first row wins), inserts new contacts and merges names and attributes into existing ones; opt-out state is never changed. Returns the counts and the invalid rows. Raises PW100 on bad arguments or nothing staged, PW101 for an empty list or (p_on_invalid reject) invalid rows, PW205 for an unknown tenant.';
 
 CREATE FUNCTION api.ingest_webhook(p_payload jsonb) RETURNS bigint
-    LANGUAGE sql
+    LANGUAGE sql SECURITY DEFINER
     SET search_path TO ''
     AS $$
     SELECT (api.ingest_webhooks(ARRAY[p_payload]))[1]
@@ -1278,7 +1278,7 @@ $$;
 COMMENT ON FUNCTION api.ingest_webhook(p_payload jsonb) IS 'Enqueue one signature-checked webhook payload; returns its queue id. The single form of api.ingest_webhooks; raises PW105 if it is not a JSON object.';
 
 CREATE FUNCTION api.ingest_webhooks(p_payloads jsonb[]) RETURNS bigint[]
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -1308,7 +1308,7 @@ $$;
 COMMENT ON FUNCTION api.ingest_webhooks(p_payloads jsonb[]) IS 'Enqueue signature-checked webhook payloads (JSON objects) in the webhooks queue, in one statement; returns their queue ids. Raises PW105 if one is not a JSON object.';
 
 CREATE FUNCTION api.mark_read(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -1336,7 +1336,7 @@ $$;
 COMMENT ON FUNCTION api.mark_read(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) IS 'Marks a conversation read: its unread count drops to zero and Meta''s read receipt for the latest inbound message (blue ticks, for it and every earlier one) is queued on the number''s reply queue. Returns how many messages were unread; 0, and nothing queued, when everything was read already. Raises PW202/PW209 when the number or conversation is not the tenant''s.';
 
 CREATE FUNCTION api.match_bot_rule(p_tenant_id bigint, p_number_id bigint, p_text text, p_welcome boolean DEFAULT false) RETURNS api.bot_rule
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -1352,7 +1352,7 @@ $$;
 COMMENT ON FUNCTION api.match_bot_rule(p_tenant_id bigint, p_number_id bigint, p_text text, p_welcome boolean) IS 'The rule that would answer p_text on this number (p_welcome: as the first message in 24 hours), exactly as webhook processing matches it, falling back to the default rule; null when none would. Raises PW202 when the number is not the tenant''s.';
 
 CREATE FUNCTION api.metrics() RETURNS text
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $_$
 DECLARE
@@ -1478,7 +1478,7 @@ $_$;
 COMMENT ON FUNCTION api.metrics() IS 'Returns the Prometheus text exposition of pgwa: queue depths and ages (pgmq), webhook lag, sends per second per number and outcome (core.send_minutes), failures per category and code, each number''s pace, limit, GCRA arrival time and tokens, campaigns per status and the funnel of unfinished campaigns. Raises nothing of its own.';
 
 CREATE FUNCTION api.notifications(p_tenant_id bigint, p_unread_only boolean DEFAULT false, p_before_id bigint DEFAULT NULL::bigint, p_limit integer DEFAULT 50) RETURNS SETOF api.notification
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
 BEGIN
@@ -1501,7 +1501,7 @@ $$;
 COMMENT ON FUNCTION api.notifications(p_tenant_id bigint, p_unread_only boolean, p_before_id bigint, p_limit integer) IS 'Lists the tenant''s notifications newest first (optionally unread only); keyset pagination on notification_id (p_before_id). Raises PW100 for a limit outside 1..1000.';
 
 CREATE FUNCTION api.numbers(p_tenant_id bigint) RETURNS SETOF api.number
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
     SELECT n.number_id, n.phone_number_id, n.waba_id, n.display_phone_number, n.throughput_mps, n.rate_mps,
@@ -1513,7 +1513,7 @@ $$;
 COMMENT ON FUNCTION api.numbers(p_tenant_id bigint) IS 'Lists the tenant''s WhatsApp numbers with their limit, current pace and quality; never the access token or the app secret (has_app_secret says whether one is set).';
 
 CREATE FUNCTION api.pause_campaign(p_tenant_id bigint, p_campaign_id bigint, p_reason text DEFAULT 'paused by operator'::text) RETURNS text
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -1531,7 +1531,7 @@ $$;
 COMMENT ON FUNCTION api.pause_campaign(p_tenant_id bigint, p_campaign_id bigint, p_reason text) IS 'Pauses a running or scheduled campaign: no further message of it is claimed (those already claimed finish). Returns the new status. Raises PW201 when not found, PW301 from any other status.';
 
 CREATE FUNCTION api.process_webhooks(p_max integer DEFAULT 100) RETURNS api.webhook_batch
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -1610,7 +1610,7 @@ $$;
 COMMENT ON FUNCTION api.process_webhooks(p_max integer) IS 'Process up to p_max queued webhook payloads in one transaction, set-based and idempotent under redelivery and reordering; archives them, dead-letters any that fail (webhooks_dead, with the reason). Returns the payloads taken, status events and inbound messages newly stored, and payloads dead-lettered. Raises PW100 for p_max outside 1..10000.';
 
 CREATE FUNCTION api.read_notifications(p_tenant_id bigint, p_notification_ids bigint[] DEFAULT NULL::bigint[]) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -1635,7 +1635,7 @@ $$;
 COMMENT ON FUNCTION api.read_notifications(p_tenant_id bigint, p_notification_ids bigint[]) IS 'Marks the given notifications of the tenant read (all unread ones when p_notification_ids is null); returns how many were newly marked. Raises PW208, marking nothing, when an id is not one of the tenant''s.';
 
 CREATE FUNCTION api.reconcile_campaign(p_tenant_id bigint, p_campaign_id bigint, p_fix boolean DEFAULT false) RETURNS SETOF api.counter_drift
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     SET client_min_messages TO 'warning'
     AS $$
@@ -1759,7 +1759,7 @@ $$;
 COMMENT ON FUNCTION api.reconcile_campaign(p_tenant_id bigint, p_campaign_id bigint, p_fix boolean) IS 'Recounts a campaign from its outbound messages and returns every maintained counter beside the recount (scope campaign, template, error, timeline; drift = maintained - actual). With p_fix, locks the campaign, sets the counters to the recount, rebuilds its error and per-minute tables, and marks the rows fixed. Raises PW201 when the tenant has no such campaign.';
 
 CREATE FUNCTION api.register_number(p_tenant_id bigint, p_phone_number_id text, p_waba_id text, p_access_token text, p_app_secret text DEFAULT NULL::text, p_throughput_mps integer DEFAULT 80, p_display_phone_number text DEFAULT NULL::text) RETURNS bigint
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $_$
 DECLARE
@@ -1816,7 +1816,7 @@ $_$;
 COMMENT ON FUNCTION api.register_number(p_tenant_id bigint, p_phone_number_id text, p_waba_id text, p_access_token text, p_app_secret text, p_throughput_mps integer, p_display_phone_number text) IS 'Registers or updates a WhatsApp number (Meta phone_number_id, waba_id, token, app secret, throughput) for a tenant, creates its reply queue and returns its number_id. Raises PW100 on a malformed field, PW205 for an unknown tenant, PW302 when another tenant owns the number or its WABA.';
 
 CREATE FUNCTION api.release_conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) RETURNS api.conversation_summary
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 BEGIN
@@ -1831,7 +1831,7 @@ $$;
 COMMENT ON FUNCTION api.release_conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) IS 'Hands a conversation back to automation: bots and the LLM answer its next messages again. Returns the conversation. Raises PW202/PW209 when the number or conversation is not the tenant''s.';
 
 CREATE FUNCTION api.reply(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_reply jsonb) RETURNS api.reply_queued
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -1866,7 +1866,7 @@ $$;
 COMMENT ON FUNCTION api.reply(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_reply jsonb) IS 'An agent''s reply to a contact on a number, queued before campaign traffic: {"type": "text" | "buttons", ...} inside the 24-hour window, {"type": "template", ...} at any time; {{name}} and other contact variables are filled in. Returns the outbound id, the inbox row and when the window closes. Raises PW104 for a free-form reply outside the window (send a template), PW106 for a template to an opted-out contact, PW100/PW102 for a bad reply or template, PW202/PW204 when the number or contact is not the tenant''s.';
 
 CREATE FUNCTION api.report_sends(p_results jsonb) RETURNS api.report_result
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -2071,7 +2071,7 @@ $$;
 COMMENT ON FUNCTION api.report_sends(p_results jsonb) IS 'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message}, or {outbound_id, queue_name, msg_id, "sent": false} for a message handed back unsent): wamids and accepted state, retries with backoff, permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored); retried counts every message back in the queue. Raises PW100 when p_results is not an array.';
 
 CREATE FUNCTION api.resume_campaign(p_tenant_id bigint, p_campaign_id bigint) RETURNS text
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -2097,7 +2097,7 @@ $$;
 COMMENT ON FUNCTION api.resume_campaign(p_tenant_id bigint, p_campaign_id bigint) IS 'Resumes a paused campaign (one paused before its scheduled time waits for it again); returns the new status. Raises PW201 when not found, PW301 when it is not paused.';
 
 CREATE FUNCTION api.revoke_api_key(p_tenant_id bigint, p_api_key_id bigint) RETURNS api.api_key
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -2117,7 +2117,7 @@ $$;
 COMMENT ON FUNCTION api.revoke_api_key(p_tenant_id bigint, p_api_key_id bigint) IS 'Revokes one of the tenant''s API keys at once (idempotent) and returns it. Raises PW207 when the tenant has no such key.';
 
 CREATE FUNCTION api.save_bot_rule(p_tenant_id bigint, p_number_id bigint, p_kind text, p_pattern text, p_reply jsonb, p_priority integer DEFAULT 100, p_enabled boolean DEFAULT true, p_rule_id bigint DEFAULT NULL::bigint) RETURNS api.bot_rule
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -2191,7 +2191,7 @@ $$;
 COMMENT ON FUNCTION api.save_bot_rule(p_tenant_id bigint, p_number_id bigint, p_kind text, p_pattern text, p_reply jsonb, p_priority integer, p_enabled boolean, p_rule_id bigint) IS 'Creates a bot rule for a number (or replaces rule p_rule_id): kind exact, starts_with, contains, regex, welcome (first message in 24 hours) or default (fallback), a pattern matched without case, accents and surrounding spaces, a priority (lower answers first) and a reply ({"type": "text" | "buttons" | "template", ...} with {{name}} variables). Returns the rule. Raises PW103 for a regular expression that does not compile, PW100 for a bad kind, pattern, priority or reply, PW102 for a template that is unknown, not approved or given the wrong parameters, PW202/PW206 when the number or rule is not the tenant''s.';
 
 CREATE FUNCTION api.set_contact_opt_out(p_tenant_id bigint, p_opted_out boolean, p_contact_id bigint DEFAULT NULL::bigint, p_phone text DEFAULT NULL::text) RETURNS api.contact
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -2239,6 +2239,9 @@ CREATE FUNCTION api.stage_contacts() RETURNS text
     SET search_path TO ''
     SET client_min_messages TO 'warning'
     AS $$
+DECLARE
+    v_owner name := (SELECT pg_catalog.pg_get_userbyid(p.proowner) FROM pg_catalog.pg_proc p
+                     WHERE p.oid = 'api.stage_contacts()'::pg_catalog.regprocedure);
 BEGIN
     CREATE TEMP TABLE IF NOT EXISTS staged_contacts (
         row_no      integer NOT NULL,
@@ -2246,6 +2249,9 @@ BEGIN
         name        text,
         attributes  jsonb NOT NULL DEFAULT '{}'
     );
+    IF v_owner <> current_user THEN
+        EXECUTE format('GRANT SELECT, TRUNCATE ON pg_temp.staged_contacts TO %I', v_owner);
+    END IF;
     TRUNCATE pg_temp.staged_contacts;
     RETURN 'pg_temp.staged_contacts';
 END
@@ -2254,7 +2260,7 @@ $$;
 COMMENT ON FUNCTION api.stage_contacts() IS 'Creates (or empties) this session''s staging table pg_temp.staged_contacts(row_no, phone, name, attributes jsonb) for a COPY of contact rows that api.create_campaign then consumes. Returns the table name.';
 
 CREATE FUNCTION api.start_campaign(p_tenant_id bigint, p_campaign_id bigint, p_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS text
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -2277,7 +2283,7 @@ $$;
 COMMENT ON FUNCTION api.start_campaign(p_tenant_id bigint, p_campaign_id bigint, p_at timestamp with time zone) IS 'Starts a draft or scheduled campaign now, or schedules it for p_at; returns the new status. Raises PW201 when not found, PW301 from any other status.';
 
 CREATE FUNCTION api.sync_templates(p_tenant_id bigint, p_waba_id text, p_templates jsonb) RETURNS api.templates_synced
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
@@ -2333,7 +2339,7 @@ $$;
 COMMENT ON FUNCTION api.sync_templates(p_tenant_id bigint, p_waba_id text, p_templates jsonb) IS 'Stores a WABA''s templates as the Graph API lists them (a JSON array of Meta''s template objects) in one statement: inserts new ones, updates changed ones, counts their body parameters. Returns how many were received, stored and unchanged. Raises PW105 on a malformed list, PW202 when the tenant has no number on that WABA.';
 
 CREATE FUNCTION api.templates(p_tenant_id bigint, p_waba_id text DEFAULT NULL::text, p_status text DEFAULT NULL::text) RETURNS SETOF api.template
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
     SELECT t.template_id, t.waba_id, t.name, t.language, t.category, t.status, t.body_param_count, t.components,
@@ -2348,7 +2354,7 @@ $$;
 COMMENT ON FUNCTION api.templates(p_tenant_id bigint, p_waba_id text, p_status text) IS 'Lists the tenant''s message templates (optionally of one WABA or status) with their components and body parameter count.';
 
 CREATE FUNCTION api.upsert_template(p_tenant_id bigint, p_waba_id text, p_name text, p_language text, p_components jsonb DEFAULT '[]'::jsonb, p_status text DEFAULT 'APPROVED'::text, p_category text DEFAULT NULL::text, p_meta_template_id text DEFAULT NULL::text) RETURNS bigint
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE

@@ -20,7 +20,7 @@ CREATE OR REPLACE FUNCTION api.campaigns(
     p_before_id  bigint DEFAULT NULL,
     p_limit      integer DEFAULT 50
 ) RETURNS SETOF api.campaign_summary
-LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'limit must be between 1 and 1000, not %', p_limit USING ERRCODE = 'PW100',
@@ -50,7 +50,7 @@ COMMENT ON FUNCTION api.campaigns(bigint, text, bigint, integer) IS
 
 CREATE OR REPLACE FUNCTION api.campaign_stats(p_tenant_id bigint, p_campaign_id bigint)
 RETURNS api.campaign_stats
-LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 DECLARE
     v_stats api.campaign_stats;
 BEGIN
@@ -102,7 +102,7 @@ COMMENT ON FUNCTION api.campaign_stats(bigint, bigint) IS
 
 CREATE OR REPLACE FUNCTION api.reconcile_campaign(p_tenant_id bigint, p_campaign_id bigint, p_fix boolean DEFAULT false)
 RETURNS SETOF api.counter_drift
-LANGUAGE plpgsql SET search_path = '' SET client_min_messages = warning AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' SET client_min_messages = warning AS $$
 BEGIN
     IF p_fix THEN
         -- Locked first: batches that move this campaign's counters wait, and the recount

@@ -8,7 +8,7 @@
 
 CREATE OR REPLACE FUNCTION api.create_api_key(p_tenant_id bigint, p_name text)
 RETURNS api.api_key_created
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_key text;
     v_result api.api_key_created;
@@ -33,7 +33,7 @@ COMMENT ON FUNCTION api.create_api_key(bigint, text) IS
     'Creates an API key for a tenant and returns it with its id and prefix; the key is shown this once, only its sha256 is kept. Raises PW100 for an empty name, PW205 for an unknown tenant.';
 
 CREATE OR REPLACE FUNCTION api.authenticate(p_key_hash bytea) RETURNS bigint
-LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 DECLARE
     v_tenant_id bigint;
 BEGIN
@@ -50,7 +50,7 @@ COMMENT ON FUNCTION api.authenticate(bytea) IS
     'Returns the tenant of the API key whose sha256 is p_key_hash. Raises PW401 when no live key has that hash.';
 
 CREATE OR REPLACE FUNCTION api.api_keys(p_tenant_id bigint) RETURNS SETOF api.api_key
-LANGUAGE sql STABLE SET search_path = '' AS $$
+LANGUAGE sql SECURITY DEFINER STABLE SET search_path = '' AS $$
     SELECT api_key_id, name, key_prefix, created_at, revoked_at
     FROM core.api_keys WHERE tenant_id = p_tenant_id
     ORDER BY api_key_id
@@ -59,7 +59,7 @@ COMMENT ON FUNCTION api.api_keys(bigint) IS
     'Lists the tenant''s API keys (id, name, prefix, created, revoked), never the keys themselves.';
 
 CREATE OR REPLACE FUNCTION api.revoke_api_key(p_tenant_id bigint, p_api_key_id bigint) RETURNS api.api_key
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_key api.api_key;
 BEGIN

@@ -386,7 +386,7 @@ CREATE OR REPLACE FUNCTION api.save_bot_rule(
     p_enabled    boolean DEFAULT true,
     p_rule_id    bigint DEFAULT NULL
 ) RETURNS api.bot_rule
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_number core.wa_numbers := core.number_for(p_tenant_id, p_number_id);
     v_match text;
@@ -458,7 +458,7 @@ COMMENT ON FUNCTION api.save_bot_rule(bigint, bigint, text, text, jsonb, integer
     'Creates a bot rule for a number (or replaces rule p_rule_id): kind exact, starts_with, contains, regex, welcome (first message in 24 hours) or default (fallback), a pattern matched without case, accents and surrounding spaces, a priority (lower answers first) and a reply ({"type": "text" | "buttons" | "template", ...} with {{name}} variables). Returns the rule. Raises PW103 for a regular expression that does not compile, PW100 for a bad kind, pattern, priority or reply, PW102 for a template that is unknown, not approved or given the wrong parameters, PW202/PW206 when the number or rule is not the tenant''s.';
 
 CREATE OR REPLACE FUNCTION api.delete_bot_rule(p_tenant_id bigint, p_rule_id bigint) RETURNS bigint
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 BEGIN
     DELETE FROM core.bot_rules r USING core.wa_numbers n
     WHERE r.rule_id = p_rule_id AND n.number_id = r.number_id AND n.tenant_id = p_tenant_id;
@@ -473,7 +473,7 @@ COMMENT ON FUNCTION api.delete_bot_rule(bigint, bigint) IS
     'Deletes a bot rule of the tenant; returns its id. Raises PW206 when it is not found.';
 
 CREATE OR REPLACE FUNCTION api.bot_rules(p_tenant_id bigint, p_number_id bigint) RETURNS SETOF api.bot_rule
-LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 BEGIN
     PERFORM core.number_for(p_tenant_id, p_number_id);
     RETURN QUERY
@@ -488,7 +488,7 @@ COMMENT ON FUNCTION api.bot_rules(bigint, bigint) IS
 
 CREATE OR REPLACE FUNCTION api.match_bot_rule(p_tenant_id bigint, p_number_id bigint, p_text text,
                                               p_welcome boolean DEFAULT false) RETURNS api.bot_rule
-LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 DECLARE
     v_rule_id bigint;
 BEGIN
@@ -512,7 +512,7 @@ CREATE OR REPLACE FUNCTION api.configure_opt_out(
     p_opt_out_reply    text DEFAULT NULL,
     p_opt_in_reply     text DEFAULT NULL
 ) RETURNS api.opt_out_settings
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_out text[];
     v_in text[];
@@ -604,7 +604,7 @@ CREATE OR REPLACE FUNCTION api.configure_llm(
     p_daily_limit      integer DEFAULT NULL,
     p_context_messages integer DEFAULT NULL
 ) RETURNS api.llm_settings
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_number core.wa_numbers := core.number_for(p_tenant_id, p_number_id);
 BEGIN
@@ -641,7 +641,7 @@ COMMENT ON FUNCTION api.configure_llm(bigint, bigint, boolean, text, integer, in
 -- used up, read here in one statement.
 CREATE OR REPLACE FUNCTION api.claim_llm_jobs(p_worker text, p_max integer DEFAULT 16, p_vt_s integer DEFAULT 60)
 RETURNS SETOF api.llm_job
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_keep bigint[];
     v_drop bigint[];
@@ -712,7 +712,7 @@ COMMENT ON FUNCTION api.claim_llm_jobs(text, integer, integer) IS
 -- an HTTP error, the daily limit), text is the configured fallback, sent once, and the
 -- conversation is flagged for a human (the LLM then stays quiet until an agent takes it).
 CREATE OR REPLACE FUNCTION api.complete_llm_jobs(p_results jsonb) RETURNS api.llm_outcome
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_outcome api.llm_outcome := ROW(0, 0, 0);
     v_replies core.reply_request[];

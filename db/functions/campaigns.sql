@@ -33,8 +33,14 @@ $$;
 -- Prepare this session's staging table for a contact upload and empty it. The client
 -- then streams rows with COPY pg_temp.staged_contacts (row_no, phone, name, attributes)
 -- FROM STDIN, and api.create_campaign reads them. Returns the table's name.
+-- The one api function that runs as its caller (SECURITY INVOKER): the staging table
+-- must be the caller's, for the caller's COPY to fill it. The functions that consume it
+-- run as their owner, who is let read and empty it.
 CREATE OR REPLACE FUNCTION api.stage_contacts() RETURNS text
 LANGUAGE plpgsql SET search_path = '' SET client_min_messages = warning AS $$
+DECLARE
+    v_owner name := (SELECT pg_catalog.pg_get_userbyid(p.proowner) FROM pg_catalog.pg_proc p
+                     WHERE p.oid = 'api.stage_contacts()'::pg_catalog.regprocedure);
 BEGIN
     CREATE TEMP TABLE IF NOT EXISTS staged_contacts (
         row_no      integer NOT NULL,
@@ -42,6 +48,9 @@ BEGIN
         name        text,
         attributes  jsonb NOT NULL DEFAULT '{}'
     );
+    IF v_owner <> current_user THEN
+        EXECUTE format('GRANT SELECT, TRUNCATE ON pg_temp.staged_contacts TO %I', v_owner);
+    END IF;
     TRUNCATE pg_temp.staged_contacts;
     RETURN 'pg_temp.staged_contacts';
 END
@@ -151,7 +160,7 @@ CREATE OR REPLACE FUNCTION api.create_campaign(
     p_start              boolean DEFAULT false,
     p_default_country_code text DEFAULT NULL
 ) RETURNS api.campaign_created
-LANGUAGE plpgsql SET search_path = '' SET client_min_messages = warning SET work_mem = '256MB' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' SET client_min_messages = warning SET work_mem = '256MB' AS $$
 DECLARE
     v_number core.wa_numbers;
     v_k integer;
@@ -316,7 +325,7 @@ COMMENT ON FUNCTION api.create_campaign(bigint, bigint, text, jsonb, text, times
 -- status, and wakes the workers where there is new work.
 CREATE OR REPLACE FUNCTION api.start_campaign(p_tenant_id bigint, p_campaign_id bigint, p_at timestamptz DEFAULT NULL)
 RETURNS text
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_campaign core.campaigns := core.campaign_for(p_tenant_id, p_campaign_id);
 BEGIN
@@ -338,7 +347,7 @@ COMMENT ON FUNCTION api.start_campaign(bigint, bigint, timestamptz) IS
 
 CREATE OR REPLACE FUNCTION api.pause_campaign(p_tenant_id bigint, p_campaign_id bigint, p_reason text DEFAULT 'paused by operator')
 RETURNS text
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_campaign core.campaigns := core.campaign_for(p_tenant_id, p_campaign_id);
 BEGIN
@@ -355,7 +364,7 @@ COMMENT ON FUNCTION api.pause_campaign(bigint, bigint, text) IS
 
 CREATE OR REPLACE FUNCTION api.resume_campaign(p_tenant_id bigint, p_campaign_id bigint)
 RETURNS text
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_campaign core.campaigns := core.campaign_for(p_tenant_id, p_campaign_id);
 BEGIN
@@ -380,7 +389,7 @@ COMMENT ON FUNCTION api.resume_campaign(bigint, bigint) IS
 
 CREATE OR REPLACE FUNCTION api.cancel_campaign(p_tenant_id bigint, p_campaign_id bigint)
 RETURNS text
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_campaign core.campaigns := core.campaign_for(p_tenant_id, p_campaign_id);
     v_cancelled integer;

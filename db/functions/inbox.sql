@@ -134,7 +134,7 @@ CREATE OR REPLACE FUNCTION api.conversations(
     p_before_contact_id  bigint DEFAULT NULL,
     p_limit              integer DEFAULT 50
 ) RETURNS SETOF api.conversation_summary
-LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 BEGIN
     PERFORM core.number_for(p_tenant_id, p_number_id);
     IF p_filter IS NULL OR p_filter NOT IN ('all', 'unread', 'open', 'assigned', 'unassigned', 'needs_human') THEN
@@ -173,7 +173,7 @@ CREATE OR REPLACE FUNCTION api.conversation(
     p_before_id   bigint DEFAULT NULL,
     p_limit       integer DEFAULT 50
 ) RETURNS SETOF api.inbox_message
-LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 BEGIN
     PERFORM core.number_for(p_tenant_id, p_number_id);
     IF NOT EXISTS (SELECT 1 FROM core.contacts WHERE contact_id = p_contact_id AND tenant_id = p_tenant_id) THEN
@@ -223,7 +223,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION api.reply(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_reply jsonb)
 RETURNS api.reply_queued
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_number core.wa_numbers := core.number_for(p_tenant_id, p_number_id);
     v_contact core.contacts;
@@ -257,7 +257,7 @@ COMMENT ON FUNCTION api.reply(bigint, bigint, bigint, jsonb) IS
 
 CREATE OR REPLACE FUNCTION api.mark_read(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint)
 RETURNS integer
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_conversation core.conversations := core.conversation_for(p_tenant_id, p_number_id, p_contact_id);
     v_last core.inbox_messages;
@@ -284,7 +284,7 @@ COMMENT ON FUNCTION api.mark_read(bigint, bigint, bigint) IS
 
 CREATE OR REPLACE FUNCTION api.assign_conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint,
                                                    p_agent text) RETURNS api.conversation_summary
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 BEGIN
     IF coalesce(btrim(p_agent), '') = '' OR length(p_agent) > 200 THEN
         RAISE EXCEPTION 'agent must be 1 to 200 characters' USING ERRCODE = 'PW100',
@@ -302,7 +302,7 @@ COMMENT ON FUNCTION api.assign_conversation(bigint, bigint, bigint, text) IS
 
 CREATE OR REPLACE FUNCTION api.release_conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint)
 RETURNS api.conversation_summary
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 BEGIN
     PERFORM core.conversation_for(p_tenant_id, p_number_id, p_contact_id);
     UPDATE core.conversations SET assigned_to = NULL, assigned_at = NULL,

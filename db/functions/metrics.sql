@@ -54,7 +54,7 @@ COMMENT ON VIEW core.number_health IS
 -------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION api.metrics() RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 DECLARE
     v_settings core.settings;
     v_out text[];

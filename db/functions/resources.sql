@@ -7,7 +7,7 @@
 -------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION api.numbers(p_tenant_id bigint) RETURNS SETOF api.number
-LANGUAGE sql STABLE SET search_path = '' AS $$
+LANGUAGE sql SECURITY DEFINER STABLE SET search_path = '' AS $$
     SELECT n.number_id, n.phone_number_id, n.waba_id, n.display_phone_number, n.throughput_mps, n.rate_mps,
            n.quality_rating, n.paused_reason, n.app_secret IS NOT NULL, n.created_at
     FROM core.wa_numbers n WHERE n.tenant_id = p_tenant_id
@@ -18,7 +18,7 @@ COMMENT ON FUNCTION api.numbers(bigint) IS
 
 CREATE OR REPLACE FUNCTION api.graph_credentials(p_tenant_id bigint, p_number_id bigint)
 RETURNS api.graph_credentials
-LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 DECLARE
     v_result api.graph_credentials;
 BEGIN
@@ -42,7 +42,7 @@ COMMENT ON FUNCTION api.graph_credentials(bigint, bigint) IS
 
 CREATE OR REPLACE FUNCTION api.sync_templates(p_tenant_id bigint, p_waba_id text, p_templates jsonb)
 RETURNS api.templates_synced
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_result api.templates_synced;
 BEGIN
@@ -97,7 +97,7 @@ COMMENT ON FUNCTION api.sync_templates(bigint, text, jsonb) IS
 
 CREATE OR REPLACE FUNCTION api.templates(p_tenant_id bigint, p_waba_id text DEFAULT NULL, p_status text DEFAULT NULL)
 RETURNS SETOF api.template
-LANGUAGE sql STABLE SET search_path = '' AS $$
+LANGUAGE sql SECURITY DEFINER STABLE SET search_path = '' AS $$
     SELECT t.template_id, t.waba_id, t.name, t.language, t.category, t.status, t.body_param_count, t.components,
            t.meta_template_id, t.updated_at
     FROM core.templates t
@@ -118,7 +118,7 @@ CREATE OR REPLACE FUNCTION api.import_contacts(
     p_default_country_code  text DEFAULT NULL,
     p_on_invalid            text DEFAULT 'skip'
 ) RETURNS api.contacts_imported
-LANGUAGE plpgsql SET search_path = '' SET client_min_messages = warning AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' SET client_min_messages = warning AS $$
 DECLARE
     v_result api.contacts_imported;
 BEGIN
@@ -159,7 +159,7 @@ CREATE OR REPLACE FUNCTION api.contacts(
     p_before_id  bigint DEFAULT NULL,
     p_limit      integer DEFAULT 50
 ) RETURNS SETOF api.contact
-LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'limit must be between 1 and 1000, not %', p_limit USING ERRCODE = 'PW100',
@@ -190,7 +190,7 @@ CREATE OR REPLACE FUNCTION api.set_contact_opt_out(
     p_contact_id  bigint DEFAULT NULL,
     p_phone       text DEFAULT NULL
 ) RETURNS api.contact
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_wa_id text := core.normalize_phone(p_phone);
     v_id bigint;
@@ -241,7 +241,7 @@ CREATE OR REPLACE FUNCTION api.notifications(
     p_before_id    bigint DEFAULT NULL,
     p_limit        integer DEFAULT 50
 ) RETURNS SETOF api.notification
-LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'limit must be between 1 and 1000, not %', p_limit USING ERRCODE = 'PW100',
@@ -263,7 +263,7 @@ COMMENT ON FUNCTION api.notifications(bigint, boolean, bigint, integer) IS
 
 CREATE OR REPLACE FUNCTION api.read_notifications(p_tenant_id bigint, p_notification_ids bigint[] DEFAULT NULL)
 RETURNS integer
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_missing bigint;
     v_marked integer;
@@ -290,14 +290,14 @@ COMMENT ON FUNCTION api.read_notifications(bigint, bigint[]) IS
 -------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION api.error_codes() RETURNS SETOF core.error_codes
-LANGUAGE sql STABLE SET search_path = '' AS $$
+LANGUAGE sql SECURITY DEFINER STABLE SET search_path = '' AS $$
     SELECT * FROM core.error_codes ORDER BY sqlstate
 $$;
 COMMENT ON FUNCTION api.error_codes() IS
     'Lists the SQLSTATEs pgwa raises or maps (PWgnn codes and standard ones), each with its name, HTTP status and meaning; the HTTP layer loads it once at start-up.';
 
 CREATE OR REPLACE FUNCTION api.functions() RETURNS SETOF api.function_doc
-LANGUAGE sql STABLE SET search_path = '' AS $$
+LANGUAGE sql SECURITY DEFINER STABLE SET search_path = '' AS $$
     SELECT p.proname::text, pg_catalog.pg_get_function_arguments(p.oid), pg_catalog.pg_get_function_result(p.oid),
            pg_catalog.obj_description(p.oid, 'pg_proc')
     FROM pg_catalog.pg_proc p

@@ -20,7 +20,7 @@ $$;
 -- no status came back for it meanwhile; otherwise it is settled and dropped.
 CREATE OR REPLACE FUNCTION api.claim_sends(p_worker text, p_max integer DEFAULT 500)
 RETURNS SETOF api.send_request
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_settings core.settings;
     v_now timestamptz := clock_timestamp();
@@ -161,7 +161,7 @@ COMMENT ON FUNCTION api.claim_sends(text, integer) IS
 -- never POSTed (it held it for a number Meta just throttled): it comes back to the
 -- queue once the throttle hold is over, its attempt not counted.
 CREATE OR REPLACE FUNCTION api.report_sends(p_results jsonb) RETURNS api.report_result
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_settings core.settings;
     v_now timestamptz := clock_timestamp();

@@ -1,7 +1,7 @@
 -- Tenants, WhatsApp numbers and templates: the setup a campaign needs.
 
 CREATE OR REPLACE FUNCTION api.create_tenant(p_name text) RETURNS bigint
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_id bigint;
 BEGIN
@@ -31,7 +31,7 @@ CREATE OR REPLACE FUNCTION api.register_number(
     p_throughput_mps       integer DEFAULT 80,
     p_display_phone_number text DEFAULT NULL
 ) RETURNS bigint
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_id bigint;
     v_owner bigint;
@@ -104,7 +104,7 @@ CREATE OR REPLACE FUNCTION api.upsert_template(
     p_category         text DEFAULT NULL,
     p_meta_template_id text DEFAULT NULL
 ) RETURNS bigint
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_id bigint;
 BEGIN

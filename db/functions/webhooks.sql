@@ -13,7 +13,7 @@
 -------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION api.ingest_webhooks(p_payloads jsonb[]) RETURNS bigint[]
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_ids bigint[];
 BEGIN
@@ -43,7 +43,7 @@ REVOKE ALL ON FUNCTION api.ingest_webhooks(jsonb[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.ingest_webhooks(jsonb[]) TO pgwa_api;
 
 CREATE OR REPLACE FUNCTION api.ingest_webhook(p_payload jsonb) RETURNS bigint
-LANGUAGE sql SET search_path = '' AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path = '' AS $$
     SELECT (api.ingest_webhooks(ARRAY[p_payload]))[1]
 $$;
 COMMENT ON FUNCTION api.ingest_webhook(jsonb) IS
@@ -493,7 +493,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION api.process_webhooks(p_max integer DEFAULT 100) RETURNS api.webhook_batch
-LANGUAGE plpgsql SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_batch api.webhook_batch := ROW(0, 0, 0, 0);
     v_ids bigint[];
