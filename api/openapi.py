@@ -81,6 +81,30 @@ SCHEMAS: dict[str, dict] = {
     "CounterDrift": _obj(scope={"type": "string"}, key={"type": "string"}, counter={"type": "string"},
                          maintained={"type": "integer"}, actual={"type": "integer"},
                          drift={"type": "integer"}, fixed={"type": "boolean"}),
+    "Conversation": _obj(contact_id=_INT, wa_id={"type": ["string", "null"]}, user_id={"type": ["string", "null"]},
+                         name={"type": ["string", "null"]}, profile_name={"type": ["string", "null"]},
+                         opted_out={"type": "boolean"}, last_message_id=_INT,
+                         last_direction={"type": "string"}, last_type={"type": "string"},
+                         last_body={"type": ["string", "null"]}, last_message_at=_TS,
+                         unread={"type": "integer"}, window_open={"type": "boolean"}, window_closes_at=_TS,
+                         assigned_to={"type": ["string", "null"]}, assigned_at=_TS,
+                         needs_human={"type": "boolean"}, needs_human_reason={"type": ["string", "null"]}),
+    "InboxMessage": _obj(message_id=_INT, direction={"type": "string", "enum": ["in", "out"]},
+                         type={"type": "string"}, body={"type": ["string", "null"]}, payload={"type": "object"},
+                         wamid={"type": ["string", "null"]}, context_wamid={"type": ["string", "null"]},
+                         created_at=_TS, outbound_id={"type": ["integer", "null"]},
+                         kind={"type": ["string", "null"]}, state={"type": ["string", "null"]},
+                         error_code={"type": ["integer", "null"]}, error_detail={"type": ["string", "null"]},
+                         campaign_id={"type": ["integer", "null"]}),
+    "ReplyQueued": _obj(outbound_id=_INT, message_id=_INT, window_closes_at=_TS),
+    "BotRule": _obj(rule_id=_INT, number_id=_INT, kind={"type": "string"}, pattern={"type": "string"},
+                    priority={"type": "integer"}, reply={"type": "object"}, enabled={"type": "boolean"},
+                    created_at=_TS, updated_at=_TS),
+    "OptOutSettings": _obj(tenant_id=_INT, opt_out_keywords={"type": "array", "items": {"type": "string"}},
+                           opt_in_keywords={"type": "array", "items": {"type": "string"}},
+                           opt_out_reply={"type": ["string", "null"]}, opt_in_reply={"type": ["string", "null"]}),
+    "LlmSettings": _obj(number_id=_INT, llm_enabled={"type": "boolean"}, system_prompt={"type": ["string", "null"]},
+                        daily_limit={"type": ["integer", "null"]}, context_messages={"type": ["integer", "null"]}),
     "Notification": _obj(notification_id=_INT, kind={"type": "string"}, severity={"type": "string"},
                          message={"type": "string"}, details={"type": "object"}, created_at=_TS, read_at=_TS),
     "ApiKey": _obj(api_key_id=_INT, name={"type": "string"}, key_prefix={"type": "string"},
@@ -104,6 +128,15 @@ def _param(name: str, where: str, schema: dict, description: str = "", required:
 _LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50})
 _BEFORE = _param("before_id", "query", _INT, "Keyset: the smallest id of the previous page.")
 _CAMPAIGN_ID = _param("campaign_id", "path", _INT)
+_NUMBER_ID = _param("number_id", "path", _INT)
+_CONVERSATION = [_NUMBER_ID, _param("contact_id", "path", _INT)]
+_KEYWORDS = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 64}, "maxItems": 100}
+
+
+def _keyset(item: str, **cursor: dict) -> dict:
+    return _obj(["data", "next"], data=_list(item), next={
+        "oneOf": [{"type": "null"}, _obj(list(cursor), **cursor)],
+        "description": "Pass these as query parameters for the next page; null on the last."})
 
 
 def _json_body(schema: dict, required: bool = True) -> dict:
@@ -202,6 +235,55 @@ PATHS: dict[str, dict[str, dict]] = {
     "/v1/campaigns/{campaign_id}/reconcile": {"post": _op(
         "reconcile_campaign", "Recount a campaign's counters from its messages (and fix them)",
         _list("CounterDrift"), params=[_CAMPAIGN_ID, _param("fix", "query", {"type": "boolean"})])},
+    "/v1/numbers/{number_id}/conversations": {"get": _op(
+        "conversations", "The number's conversations, latest first", _keyset(
+            "Conversation", before_at=_TS, before_contact_id=_INT), params=[
+            _NUMBER_ID,
+            _param("filter", "query", {"type": "string", "enum": ["all", "unread", "open", "assigned", "unassigned",
+                                                              "needs_human"]}),
+            _param("agent", "query", {"type": "string"}, "Only this agent's conversations."),
+            _param("before_at", "query", {"type": "string", "format": "date-time"}),
+            _param("before_contact_id", "query", _INT), _LIMIT])},
+    "/v1/numbers/{number_id}/conversations/{contact_id}/messages": {"get": _op(
+        "conversation", "One conversation's messages, newest first", _keyset(
+            "InboxMessage", before_at=_TS, before_id=_INT), params=[
+            *_CONVERSATION, _param("before_at", "query", {"type": "string", "format": "date-time"}),
+            _param("before_id", "query", _INT), _LIMIT])},
+    "/v1/numbers/{number_id}/conversations/{contact_id}/reply": {"post": _op(
+        "reply", "Reply to the contact (sent before campaign traffic)", _ref("ReplyQueued"), status=201,
+        params=_CONVERSATION, body=_json_body(_obj(
+            ["type"], type={"type": "string", "enum": ["text", "buttons", "template"]},
+            text={"type": "string"}, buttons={"type": "array"}, name={"type": "string"},
+            language={"type": "string"}, params={"type": "array"})))},
+    "/v1/numbers/{number_id}/conversations/{contact_id}/read": {"post": _op(
+        "mark_read", "Mark the conversation read (and send Meta read receipts)", _obj(marked={"type": "integer"}),
+        params=_CONVERSATION)},
+    "/v1/numbers/{number_id}/conversations/{contact_id}/assign": {"post": _op(
+        "assign_conversation", "Assign the conversation to an agent", _ref("Conversation"), params=_CONVERSATION,
+        body=_json_body(_obj(["agent"], agent={"type": "string"})))},
+    "/v1/numbers/{number_id}/conversations/{contact_id}/release": {"post": _op(
+        "release_conversation", "Release the conversation back to the bots", _ref("Conversation"),
+        params=_CONVERSATION)},
+    "/v1/numbers/{number_id}/bot-rules": {
+        "get": _op("bot_rules", "The number's keyword and regex bot rules", _list("BotRule"), params=[_NUMBER_ID]),
+        "post": _op("save_bot_rule", "Create a bot rule, or update one (rule_id)", _ref("BotRule"), status=201,
+                    params=[_NUMBER_ID], body=_json_body(_obj(
+                        ["kind", "pattern", "reply"], kind={"type": "string", "enum": ["exact", "starts_with", "contains", "regex"]},
+                        pattern={"type": "string"}, reply={"type": "object"},
+                        priority={"type": "integer", "minimum": 0, "default": 100},
+                        enabled={"type": "boolean", "default": True}, rule_id=_INT))),
+    },
+    "/v1/bot-rules/{rule_id}": {"delete": _op("delete_bot_rule", "Delete a bot rule", _obj(rule_id=_INT),
+                                              params=[_param("rule_id", "path", _INT)])},
+    "/v1/numbers/{number_id}/llm": {"post": _op(
+        "configure_llm", "LLM replies for the number: on or off, prompt, daily limit", _ref("LlmSettings"),
+        params=[_NUMBER_ID], body=_json_body(_obj(
+            enabled={"type": "boolean"}, system_prompt={"type": "string"},
+            daily_limit={"type": "integer", "minimum": 0}, context_messages={"type": "integer", "minimum": 0})))},
+    "/v1/opt-out": {"post": _op(
+        "configure_opt_out", "The tenant's opt-out and opt-in keywords and replies", _ref("OptOutSettings"),
+        body=_json_body(_obj(opt_out_keywords=_KEYWORDS, opt_in_keywords=_KEYWORDS,
+                             opt_out_reply={"type": "string"}, opt_in_reply={"type": "string"})))},
     "/v1/notifications": {"get": _op("notifications", "List notifications", _page("Notification"), params=[
         _param("unread", "query", {"type": "boolean"}), _BEFORE, _LIMIT])},
     "/v1/notifications/read": {"post": _op(

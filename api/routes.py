@@ -101,6 +101,42 @@ API_KEYS = """SELECT coalesce(json_agg(k), '[]')::text FROM api.api_keys(api.aut
 CREATE_API_KEY = """SELECT row_to_json(k)::text FROM api.create_api_key(api.authenticate(%(key)s), %(name)s::text) k"""
 REVOKE_API_KEY = """SELECT row_to_json(k)::text
 FROM api.revoke_api_key(api.authenticate(%(key)s), %(api_key_id)s::bigint) k"""
+CONVERSATIONS = """SELECT json_build_object(
+    'data', coalesce(json_agg(c ORDER BY c.last_message_at DESC, c.contact_id DESC), '[]'),
+    'next', CASE WHEN count(*) = %(limit)s::integer THEN json_build_object(
+        'before_at', min(c.last_message_at),
+        'before_contact_id', (array_agg(c.contact_id ORDER BY c.last_message_at, c.contact_id))[1]) END)::text
+FROM api.conversations(api.authenticate(%(key)s), %(number_id)s::bigint, %(filter)s::text, %(agent)s::text,
+                       %(before_at)s::timestamptz, %(before_contact_id)s::bigint, %(limit)s::integer) c"""
+CONVERSATION = """SELECT json_build_object(
+    'data', coalesce(json_agg(m ORDER BY m.created_at DESC, m.message_id DESC), '[]'),
+    'next', CASE WHEN count(*) = %(limit)s::integer THEN json_build_object(
+        'before_at', min(m.created_at),
+        'before_id', (array_agg(m.message_id ORDER BY m.created_at, m.message_id))[1]) END)::text
+FROM api.conversation(api.authenticate(%(key)s), %(number_id)s::bigint, %(contact_id)s::bigint,
+                      %(before_at)s::timestamptz, %(before_id)s::bigint, %(limit)s::integer) m"""
+REPLY = """SELECT row_to_json(r)::text
+FROM api.reply(api.authenticate(%(key)s), %(number_id)s::bigint, %(contact_id)s::bigint, %(reply)s::jsonb) r"""
+MARK_READ = """SELECT json_build_object('marked',
+    api.mark_read(api.authenticate(%(key)s), %(number_id)s::bigint, %(contact_id)s::bigint))::text"""
+ASSIGN = """SELECT row_to_json(c)::text
+FROM api.assign_conversation(api.authenticate(%(key)s), %(number_id)s::bigint, %(contact_id)s::bigint,
+                             %(agent)s::text) c"""
+RELEASE = """SELECT row_to_json(c)::text
+FROM api.release_conversation(api.authenticate(%(key)s), %(number_id)s::bigint, %(contact_id)s::bigint) c"""
+BOT_RULES = """SELECT coalesce(json_agg(r), '[]')::text
+FROM api.bot_rules(api.authenticate(%(key)s), %(number_id)s::bigint) r"""
+SAVE_BOT_RULE = """SELECT row_to_json(r)::text
+FROM api.save_bot_rule(api.authenticate(%(key)s), %(number_id)s::bigint, %(kind)s::text, %(pattern)s::text,
+                       %(reply)s::jsonb, %(priority)s::integer, %(enabled)s::boolean, %(rule_id)s::bigint) r"""
+DELETE_BOT_RULE = """SELECT json_build_object('rule_id',
+    api.delete_bot_rule(api.authenticate(%(key)s), %(rule_id)s::bigint))::text"""
+CONFIGURE_OPT_OUT = """SELECT row_to_json(o)::text
+FROM api.configure_opt_out(api.authenticate(%(key)s), %(opt_out_keywords)s::text[], %(opt_in_keywords)s::text[],
+                           %(opt_out_reply)s::text, %(opt_in_reply)s::text) o"""
+CONFIGURE_LLM = """SELECT row_to_json(l)::text
+FROM api.configure_llm(api.authenticate(%(key)s), %(number_id)s::bigint, %(enabled)s::boolean,
+                       %(system_prompt)s::text, %(daily_limit)s::integer, %(context_messages)s::integer) l"""
 METRICS = "SELECT api.metrics()"
 FUNCTION_DOCS = "SELECT name, description FROM api.functions()"
 
@@ -196,6 +232,19 @@ def _field(body: dict, name: str, convert=_to_text, *, required: bool = False, d
     return convert(name, value, **bounds)
 
 
+def _keywords(body: dict[str, Any], name: str) -> list[str] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > 100 or not all(isinstance(k, str) and 0 < len(k) <= 64
+                                                                   for k in value):
+        raise _bad(f"{name} must be a list of at most 100 words of 1 to 64 characters", '["STOP", "UNSUBSCRIBE"]')
+    return value
+
+
+CONVERSATION_PATH = "/v1/numbers/{number_id}/conversations/{contact_id}"
+
+
 # -- the API ----------------------------------------------------------------------------------
 
 class JsonApi:
@@ -256,6 +305,17 @@ class JsonApi:
             Route("/v1/campaigns/{campaign_id}/resume", self.resume_campaign, methods=["POST"]),
             Route("/v1/campaigns/{campaign_id}/cancel", self.cancel_campaign, methods=["POST"]),
             Route("/v1/campaigns/{campaign_id}/reconcile", self.reconcile_campaign, methods=["POST"]),
+            Route("/v1/numbers/{number_id}/conversations", self.conversations, methods=["GET"]),
+            Route(f"{CONVERSATION_PATH}/messages", self.conversation, methods=["GET"]),
+            Route(f"{CONVERSATION_PATH}/reply", self.reply, methods=["POST"]),
+            Route(f"{CONVERSATION_PATH}/read", self.mark_read, methods=["POST"]),
+            Route(f"{CONVERSATION_PATH}/assign", self.assign, methods=["POST"]),
+            Route(f"{CONVERSATION_PATH}/release", self.release, methods=["POST"]),
+            Route("/v1/numbers/{number_id}/bot-rules", self.bot_rules, methods=["GET"]),
+            Route("/v1/numbers/{number_id}/bot-rules", self.save_bot_rule, methods=["POST"]),
+            Route("/v1/bot-rules/{rule_id}", self.delete_bot_rule, methods=["DELETE"]),
+            Route("/v1/numbers/{number_id}/llm", self.configure_llm, methods=["POST"]),
+            Route("/v1/opt-out", self.configure_opt_out, methods=["POST"]),
             Route("/v1/notifications", self.notifications, methods=["GET"]),
             Route("/v1/notifications/read", self.read_notifications, methods=["POST"]),
             Route("/v1/notifications/{notification_id}/read", self.read_notification, methods=["POST"]),
@@ -412,6 +472,78 @@ class JsonApi:
         return await self._json(request, RECONCILE, {
             "campaign_id": _path_id(request, "campaign_id"),
             "fix": _query(request, "fix", _to_bool, False)})
+
+    # -- the shared inbox -----------------------------------------------------------------------
+
+    @staticmethod
+    def _conversation_ids(request: Request) -> dict[str, int]:
+        return {"number_id": _path_id(request, "number_id"), "contact_id": _path_id(request, "contact_id")}
+
+    async def conversations(self, request: Request) -> Response:
+        return await self._json(request, CONVERSATIONS, {
+            "number_id": _path_id(request, "number_id"), "filter": _query(request, "filter") or "all",
+            "agent": _query(request, "agent"), "before_at": _query(request, "before_at", _to_time),
+            "before_contact_id": _query(request, "before_contact_id", _to_int), "limit": _limit(request)})
+
+    async def conversation(self, request: Request) -> Response:
+        return await self._json(request, CONVERSATION, {
+            **self._conversation_ids(request), "before_at": _query(request, "before_at", _to_time),
+            "before_id": _query(request, "before_id", _to_int), "limit": _limit(request)})
+
+    async def reply(self, request: Request) -> Response:
+        body = await _json_body(request)
+        return await self._json(request, REPLY, {**self._conversation_ids(request),
+                                                 "reply": orjson.dumps(body).decode()}, status=201)
+
+    async def mark_read(self, request: Request) -> Response:
+        return await self._json(request, MARK_READ, self._conversation_ids(request))
+
+    async def assign(self, request: Request) -> Response:
+        body = await _json_body(request)
+        return await self._json(request, ASSIGN, {**self._conversation_ids(request),
+                                                  "agent": _field(body, "agent", required=True, limit=200)})
+
+    async def release(self, request: Request) -> Response:
+        return await self._json(request, RELEASE, self._conversation_ids(request))
+
+    # -- bots, opt-out keywords, LLM replies ----------------------------------------------------
+
+    async def bot_rules(self, request: Request) -> Response:
+        return await self._json(request, BOT_RULES, {"number_id": _path_id(request, "number_id")})
+
+    async def save_bot_rule(self, request: Request) -> Response:
+        body = await _json_body(request)
+        reply = body.get("reply")
+        if not isinstance(reply, dict):
+            raise _bad("reply must be a JSON object", '{"type": "text", "text": "We open at 9."}')
+        return await self._json(request, SAVE_BOT_RULE, {
+            "number_id": _path_id(request, "number_id"),
+            "kind": _field(body, "kind", required=True, limit=32),
+            "pattern": _field(body, "pattern", required=True, limit=1000),
+            "reply": orjson.dumps(reply).decode(),
+            "priority": _field(body, "priority", _to_int, default=100, low=0, high=1_000_000),
+            "enabled": _field(body, "enabled", _to_bool, default=True),
+            "rule_id": _field(body, "rule_id", _to_int)}, status=201)
+
+    async def delete_bot_rule(self, request: Request) -> Response:
+        return await self._json(request, DELETE_BOT_RULE, {"rule_id": _path_id(request, "rule_id")})
+
+    async def configure_llm(self, request: Request) -> Response:
+        body = await _json_body(request)
+        return await self._json(request, CONFIGURE_LLM, {
+            "number_id": _path_id(request, "number_id"),
+            "enabled": _field(body, "enabled", _to_bool),
+            "system_prompt": _field(body, "system_prompt", limit=20_000),
+            "daily_limit": _field(body, "daily_limit", _to_int, low=0, high=10_000_000),
+            "context_messages": _field(body, "context_messages", _to_int, low=0, high=100)})
+
+    async def configure_opt_out(self, request: Request) -> Response:
+        body = await _json_body(request)
+        return await self._json(request, CONFIGURE_OPT_OUT, {
+            "opt_out_keywords": _keywords(body, "opt_out_keywords"),
+            "opt_in_keywords": _keywords(body, "opt_in_keywords"),
+            "opt_out_reply": _field(body, "opt_out_reply", limit=4096),
+            "opt_in_reply": _field(body, "opt_in_reply", limit=4096)})
 
     # -- notifications and keys -----------------------------------------------------------------
 
