@@ -22,6 +22,8 @@ from api.routes import JsonApi
 from api.webhooks import PATH, GroupCommitter, WhatsAppWebhook
 from pgwa.config import Settings
 
+APP_SECRETS = "SELECT api.webhook_app_secrets()"
+
 
 class PgwaApp(Starlette):
     """Starlette, with the webhook path dispatched straight to its endpoint."""
@@ -55,6 +57,7 @@ def create_app(settings: Settings | None = None, routes: Sequence[BaseRoute] = (
         await committer.start()
         try:
             await json_api.start()
+            await webhook.refresh_secrets()
             # Everything alive now lives as long as the process: out of the collector's
             # sight, a full collection no longer walks it (measured: 30-80 ms pauses of
             # the event loop, every second or so at 15,000 webhooks/s, without this).
@@ -65,7 +68,11 @@ def create_app(settings: Settings | None = None, routes: Sequence[BaseRoute] = (
             await json_api.stop()
             await committer.stop()
 
-    webhook = WhatsAppWebhook(settings.verify_token, settings.app_secrets, committer)
+    async def numbers_secrets() -> list[str]:
+        async with json_api.pool.connection() as conn:
+            return (await (await conn.execute(APP_SECRETS)).fetchone())[0]
+
+    webhook = WhatsAppWebhook(settings.verify_token, settings.app_secrets, committer, numbers_secrets)
     app = PgwaApp(
         # Also routed normally: listed with the others, and reached by /webhooks/whatsapp/.
         routes=[Route(PATH, webhook, methods=["GET", "HEAD", "POST"]),

@@ -26,7 +26,7 @@ import hmac
 import logging
 import struct
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import parse_qs
 
 import orjson
@@ -267,13 +267,54 @@ async def _respond(send, status: int, body: bytes = b"", extra: Sequence = ()) -
 
 
 class WhatsAppWebhook:
-    """``GET`` (Meta's verification handshake) and ``POST`` (webhooks) of /webhooks/whatsapp."""
+    """``GET`` (Meta's verification handshake) and ``POST`` (webhooks) of /webhooks/whatsapp.
+
+    A POST is signed by one Meta app: WHATSAPP_APP_SECRET's, or the app of a tenant that
+    registered its number with its own secret. The numbers' secrets come from
+    ``load_secrets`` (api.webhook_app_secrets) at start-up, at most every SECRETS_MAX_AGE_S
+    after, and at once (at most every SECRETS_RETRY_S) when a signature matches none, so
+    a number registered a moment ago is received.
+    """
+
+    SECRETS_MAX_AGE_S = 60.0
+    SECRETS_RETRY_S = 5.0
 
     def __init__(self, verify_token: str, app_secrets: Sequence[str],
-                 committer: GroupCommitter) -> None:
+                 committer: GroupCommitter,
+                 load_secrets: Callable[[], Awaitable[Sequence[str]]] | None = None) -> None:
         self.verify_token = verify_token
         self.app_secrets = tuple(app_secrets)
+        self.number_secrets: tuple[str, ...] = ()
         self.committer = committer
+        self.load_secrets = load_secrets
+        self._loaded_at = -1e9
+        self._loading: asyncio.Task | None = None
+
+    async def refresh_secrets(self) -> None:
+        """The numbers' secrets, again; on a database error the known ones stay."""
+        if self.load_secrets is None:
+            return
+        self._loaded_at = asyncio.get_running_loop().time()
+        try:
+            numbers = await self.load_secrets()
+        except Exception as exc:  # noqa: BLE001 (the receiver keeps receiving)
+            log.warning("could not load the numbers' app secrets: %s", type(exc).__name__)
+            return
+        self.number_secrets = tuple(x for x in dict.fromkeys(numbers) if x not in self.app_secrets)
+
+    async def _signed(self, body: bytes, signature: str | None) -> bool:
+        age = asyncio.get_running_loop().time() - self._loaded_at
+        if age > self.SECRETS_MAX_AGE_S and self._loading is None and self.load_secrets is not None:
+            self._loading = asyncio.create_task(self.refresh_secrets())
+            self._loading.add_done_callback(lambda _: setattr(self, "_loading", None))
+        # The environment's app first: one HMAC for most deployments, one per app beyond.
+        if verify_signature(body, signature, self.app_secrets) or \
+                verify_signature(body, signature, self.number_secrets):
+            return True
+        if self.load_secrets is None or age < self.SECRETS_RETRY_S:
+            return False
+        await self.refresh_secrets()
+        return verify_signature(body, signature, self.number_secrets)
 
     async def __call__(self, scope, receive, send) -> None:
         method = scope["method"]
@@ -324,7 +365,7 @@ class WhatsAppWebhook:
                 await _respond(send, 413, b"payload too large")
                 return
 
-        if not verify_signature(body, signature, self.app_secrets):
+        if not await self._signed(body, signature):
             await _respond(send, 401, b"bad signature")
             return
         try:

@@ -2388,6 +2388,16 @@ $$;
 
 COMMENT ON FUNCTION api.upsert_template(p_tenant_id bigint, p_waba_id text, p_name text, p_language text, p_components jsonb, p_status text, p_category text, p_meta_template_id text) IS 'Creates or updates a message template of a WABA (as listed by Meta) and returns its template_id; counts its body parameters. Raises PW100 on a malformed field, PW202 when the tenant has no number on that WABA.';
 
+CREATE FUNCTION api.webhook_app_secrets() RETURNS text[]
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+    SELECT coalesce(array_agg(DISTINCT n.app_secret ORDER BY n.app_secret), '{}')
+    FROM core.wa_numbers n WHERE n.app_secret IS NOT NULL AND n.app_secret <> ''
+$$;
+
+COMMENT ON FUNCTION api.webhook_app_secrets() IS 'The app secrets registered with numbers (each tenant''s Meta app signs its webhooks with its own): the webhook receiver checks X-Hub-Signature-256 against these and WHATSAPP_APP_SECRET. For the receiver only; never shown.';
+
 CREATE FUNCTION core.advance_outbound(p_outbound_ids bigint[], p_states text[], p_at timestamp with time zone[], p_wamids text[] DEFAULT NULL::text[], p_error_codes integer[] DEFAULT NULL::integer[], p_error_details text[] DEFAULT NULL::text[]) RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO ''

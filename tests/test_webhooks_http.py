@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from api.app import create_app
 from api.signature import sign
-from api.webhooks import MAX_BODY
+from api.webhooks import MAX_BODY, WhatsAppWebhook
 from pgwa.config import Settings
 from pgwa.stack import free_port
 from tests.test_webhooks_payloads import status, statuses_payload, wamid
@@ -118,6 +118,25 @@ def test_every_configured_secret_is_accepted_during_rotation(client: httpx.Clien
     bodies = [orjson.dumps(statuses_payload(status(wamid(), "sent"))) for _ in SECRETS]
     assert [post(client, b, s).status_code for b, s in zip(bodies, SECRETS)] == [200, 200]
     assert len(queued(db)) == 2
+
+
+def test_a_webhook_signed_by_a_tenants_own_app_is_accepted_even_for_a_number_registered_since(
+        client: httpx.Client, db: psycopg.Connection) -> None:
+    tenant = db.execute("SELECT api.create_tenant('own app')").fetchone()[0]
+    body = orjson.dumps(statuses_payload(status(wamid(), "sent")))
+    assert post(client, body, "tenant-app-secret").status_code == 401      # nobody's secret yet
+    assert queued(db) == []
+    # Registered after the receiver started: a signature that matches no known secret
+    # has the receiver load the numbers' secrets again (at most every few seconds).
+    db.execute("SELECT api.register_number(%s, '5550001', '5550009', 'tok', 'tenant-app-secret', 80)",
+               (tenant,))
+    time.sleep(WhatsAppWebhook.SECRETS_RETRY_S)
+    assert post(client, body, "tenant-app-secret").status_code == 200
+    assert post(client, body, SECRETS[0]).status_code == 200              # the environment's still
+    assert post(client, body, "another-app").status_code == 401
+    assert len(queued(db)) == 2
+    # Never shown: the numbers list only says one is set.
+    assert db.execute("SELECT has_app_secret FROM api.numbers(%s)", (tenant,)).fetchone()[0] is True
 
 
 @pytest.mark.parametrize("signature", [None, "", "sha256=", "sha1=abc", "sha256=" + "0" * 64,
