@@ -991,10 +991,7 @@ BEGIN
     IF coalesce(btrim(p_name), '') = '' THEN
         RAISE EXCEPTION 'campaign name is empty' USING ERRCODE = 'PW100', HINT = 'Name the campaign.';
     END IF;
-    SELECT * INTO v_number FROM core.wa_numbers WHERE number_id = p_number_id AND tenant_id = p_tenant_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'number % not found', p_number_id USING ERRCODE = 'PW202', HINT = 'Register the number first.';
-    END IF;
+    v_number := core.number_for(p_tenant_id, p_number_id);
     PERFORM core.staged_count();
     IF jsonb_typeof(p_templates) IS DISTINCT FROM 'array' OR jsonb_array_length(p_templates) NOT BETWEEN 1 AND 10 THEN
         RAISE EXCEPTION 'templates must be a JSON array of 1 to 10 templates' USING ERRCODE = 'PW102',
@@ -1214,17 +1211,11 @@ CREATE FUNCTION api.graph_credentials(p_tenant_id bigint, p_number_id bigint) RE
     SET search_path TO ''
     AS $$
 DECLARE
-    v_result api.graph_credentials;
+    v_number core.wa_numbers := core.number_for(p_tenant_id, p_number_id);
 BEGIN
-    SELECT n.number_id, n.phone_number_id, n.waba_id, n.access_token, s.graph_api_version
-    INTO v_result
-    FROM core.wa_numbers n CROSS JOIN core.settings s
-    WHERE n.number_id = p_number_id AND n.tenant_id = p_tenant_id;
-    IF v_result.number_id IS NULL THEN
-        RAISE EXCEPTION 'number % not found', p_number_id USING ERRCODE = 'PW202',
-            HINT = 'List the tenant''s numbers with api.numbers().';
-    END IF;
-    RETURN v_result;
+    RETURN (SELECT ROW(v_number.number_id, v_number.phone_number_id, v_number.waba_id, v_number.access_token,
+                       s.graph_api_version)::api.graph_credentials
+            FROM core.settings s);
 END
 $$;
 

@@ -176,10 +176,7 @@ BEGIN
     IF coalesce(btrim(p_name), '') = '' THEN
         RAISE EXCEPTION 'campaign name is empty' USING ERRCODE = 'PW100', HINT = 'Name the campaign.';
     END IF;
-    SELECT * INTO v_number FROM core.wa_numbers WHERE number_id = p_number_id AND tenant_id = p_tenant_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'number % not found', p_number_id USING ERRCODE = 'PW202', HINT = 'Register the number first.';
-    END IF;
+    v_number := core.number_for(p_tenant_id, p_number_id);
     PERFORM core.staged_count();
     IF jsonb_typeof(p_templates) IS DISTINCT FROM 'array' OR jsonb_array_length(p_templates) NOT BETWEEN 1 AND 10 THEN
         RAISE EXCEPTION 'templates must be a JSON array of 1 to 10 templates' USING ERRCODE = 'PW102',

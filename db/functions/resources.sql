@@ -28,17 +28,11 @@ CREATE OR REPLACE FUNCTION api.graph_credentials(p_tenant_id bigint, p_number_id
 RETURNS api.graph_credentials
 LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 DECLARE
-    v_result api.graph_credentials;
+    v_number core.wa_numbers := core.number_for(p_tenant_id, p_number_id);
 BEGIN
-    SELECT n.number_id, n.phone_number_id, n.waba_id, n.access_token, s.graph_api_version
-    INTO v_result
-    FROM core.wa_numbers n CROSS JOIN core.settings s
-    WHERE n.number_id = p_number_id AND n.tenant_id = p_tenant_id;
-    IF v_result.number_id IS NULL THEN
-        RAISE EXCEPTION 'number % not found', p_number_id USING ERRCODE = 'PW202',
-            HINT = 'List the tenant''s numbers with api.numbers().';
-    END IF;
-    RETURN v_result;
+    RETURN (SELECT ROW(v_number.number_id, v_number.phone_number_id, v_number.waba_id, v_number.access_token,
+                       s.graph_api_version)::api.graph_credentials
+            FROM core.settings s);
 END
 $$;
 COMMENT ON FUNCTION api.graph_credentials(bigint, bigint) IS
