@@ -10,15 +10,11 @@ import sys
 
 import uvicorn
 
-from pgwa.config import Settings
+from pgwa.config import settings_or_exit
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        print(f"api: bad configuration: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit("api")
     uvicorn.run(
         "api.app:create_app",
         factory=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,3 +101,12 @@ class Settings:
             log_level=os.environ.get("PGWA_LOG_LEVEL", ""),
             uvloop=_flag("PGWA_UVLOOP", cls.uvloop),
         )
+
+
+def settings_or_exit(prog: str) -> Settings:
+    """Settings.from_env(), or exit 2 with one line naming what is malformed."""
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        print(f"{prog}: bad configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 
-from pgwa.config import Settings
+from pgwa.config import Settings, settings_or_exit
 
 from . import sender
 
@@ -77,11 +77,7 @@ async def main(settings: Settings) -> int:
 
 
 def cli() -> int:
-    try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        print(f"worker: bad configuration: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit("worker")
     logging.basicConfig(level=(settings.log_level or "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Thousands of short-lived objects a second: collect the young generation less often,
