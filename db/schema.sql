@@ -888,10 +888,7 @@ CREATE FUNCTION api.conversation(p_tenant_id bigint, p_number_id bigint, p_conta
     AS $$
 BEGIN
     PERFORM core.number_for(p_tenant_id, p_number_id);
-    IF NOT EXISTS (SELECT 1 FROM core.contacts WHERE contact_id = p_contact_id AND tenant_id = p_tenant_id) THEN
-        RAISE EXCEPTION 'contact % not found', p_contact_id
-            USING ERRCODE = 'PW204', HINT = 'List the number''s conversations with api.conversations().';
-    END IF;
+    PERFORM core.contact_for(p_tenant_id, p_contact_id);
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 500 THEN
         RAISE EXCEPTION 'limit % is out of range', p_limit USING ERRCODE = 'PW100', HINT = 'Ask for 1 to 500 messages a page.';
     END IF;
@@ -1830,11 +1827,7 @@ DECLARE
     v_contact core.contacts;
     v_queued core.reply_queued;
 BEGIN
-    SELECT * INTO v_contact FROM core.contacts WHERE contact_id = p_contact_id AND tenant_id = p_tenant_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'contact % not found', p_contact_id
-            USING ERRCODE = 'PW204', HINT = 'List the number''s conversations with api.conversations().';
-    END IF;
+    v_contact := core.contact_for(p_tenant_id, p_contact_id);
     PERFORM core.check_reply(p_reply, p_tenant_id, v_number.waba_id);
     -- Outside the window only a template reaches the contact, and only one who has not
     -- opted out; inside it the contact wrote first, and may be answered.
@@ -3115,6 +3108,22 @@ CREATE TABLE core.contacts (
     CONSTRAINT contacts_identified CHECK (((wa_id IS NOT NULL) OR (user_id IS NOT NULL))),
     CONSTRAINT contacts_wa_id_e164 CHECK ((wa_id ~ '^[1-9][0-9]{6,14}$'::text))
 );
+
+CREATE FUNCTION core.contact_for(p_tenant_id bigint, p_contact_id bigint) RETURNS core.contacts
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_contact core.contacts;
+BEGIN
+    SELECT * INTO v_contact FROM core.contacts WHERE contact_id = p_contact_id AND tenant_id = p_tenant_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'contact % not found', p_contact_id
+            USING ERRCODE = 'PW204', HINT = 'List the number''s conversations with api.conversations().';
+    END IF;
+    RETURN v_contact;
+END
+$$;
 
 CREATE FUNCTION core.contact_vars(p_contact core.contacts) RETURNS jsonb
     LANGUAGE sql IMMUTABLE

@@ -125,6 +125,21 @@ LANGUAGE sql STABLE SET search_path = '' AS $$
     ORDER BY v.last_message_at DESC, v.contact_id DESC
 $$;
 
+-- The tenant's contact, or PW204.
+CREATE OR REPLACE FUNCTION core.contact_for(p_tenant_id bigint, p_contact_id bigint) RETURNS core.contacts
+LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+DECLARE
+    v_contact core.contacts;
+BEGIN
+    SELECT * INTO v_contact FROM core.contacts WHERE contact_id = p_contact_id AND tenant_id = p_tenant_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'contact % not found', p_contact_id
+            USING ERRCODE = 'PW204', HINT = 'List the number''s conversations with api.conversations().';
+    END IF;
+    RETURN v_contact;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION api.conversations(
     p_tenant_id          bigint,
     p_number_id          bigint,
@@ -176,10 +191,7 @@ CREATE OR REPLACE FUNCTION api.conversation(
 LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 BEGIN
     PERFORM core.number_for(p_tenant_id, p_number_id);
-    IF NOT EXISTS (SELECT 1 FROM core.contacts WHERE contact_id = p_contact_id AND tenant_id = p_tenant_id) THEN
-        RAISE EXCEPTION 'contact % not found', p_contact_id
-            USING ERRCODE = 'PW204', HINT = 'List the number''s conversations with api.conversations().';
-    END IF;
+    PERFORM core.contact_for(p_tenant_id, p_contact_id);
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 500 THEN
         RAISE EXCEPTION 'limit % is out of range', p_limit USING ERRCODE = 'PW100', HINT = 'Ask for 1 to 500 messages a page.';
     END IF;
@@ -229,11 +241,7 @@ DECLARE
     v_contact core.contacts;
     v_queued core.reply_queued;
 BEGIN
-    SELECT * INTO v_contact FROM core.contacts WHERE contact_id = p_contact_id AND tenant_id = p_tenant_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'contact % not found', p_contact_id
-            USING ERRCODE = 'PW204', HINT = 'List the number''s conversations with api.conversations().';
-    END IF;
+    v_contact := core.contact_for(p_tenant_id, p_contact_id);
     PERFORM core.check_reply(p_reply, p_tenant_id, v_number.waba_id);
     -- Outside the window only a template reaches the contact, and only one who has not
     -- opted out; inside it the contact wrote first, and may be answered.
