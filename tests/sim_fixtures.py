@@ -169,6 +169,21 @@ def text_body(to: str = "15557770001", text: str = "hello") -> dict:
     return {"messaging_product": "whatsapp", "to": to, "type": "text", "text": {"body": text}}
 
 
+def wait_for(predicate, timeout: float, what: str, *, tolerate: tuple[type[BaseException], ...] = ()):
+    """Poll ``predicate`` until it returns something true (returned); fail after ``timeout``.
+    Exceptions in ``tolerate`` count as not yet (a database restarting, say)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except tolerate:
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 @pytest.fixture(scope="session")
 def sim_receiver():
     receiver = WebhookReceiver()

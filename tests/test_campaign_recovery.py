@@ -28,6 +28,7 @@ from pgwa.config import ROOT
 from pgwa.contacts import csv_text, stage_csv
 from pgwa.stack import GRAPH_VERSION, Stack
 from pgwa.templates import sync_templates
+from tests.sim_fixtures import wait_for as poll
 
 PNID, WABA = "310000000000001", "410000000000001"
 TEMPLATES = [{"name": "order_update", "language": "en_US",
@@ -68,16 +69,8 @@ def accepted(stack: Stack) -> int:
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            value = None            # the database is restarting
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    """sim_fixtures.wait_for, through a restart of the database."""
+    return poll(predicate, timeout, what, tolerate=(psycopg.OperationalError, psycopg.InterfaceError))
 
 
 def settled(db_url: str, stack: Stack, campaign: int) -> dict:

@@ -21,9 +21,9 @@ from pgwa.contacts import csv_text, stage_csv
 from worker.sender import Sender
 
 try:  # tests/ is a rootless directory under pytest's default import mode
-    from sim_fixtures import NUMBERS
+    from sim_fixtures import NUMBERS, wait_for
 except ImportError:  # tests/ became a package
-    from tests.sim_fixtures import NUMBERS
+    from tests.sim_fixtures import NUMBERS, wait_for
 
 pytest_plugins = ["sim_fixtures"] if __package__ in (None, "") else ["tests.sim_fixtures"]
 
@@ -280,16 +280,6 @@ def start_worker(db_url: str, sim_url: str, name: str) -> subprocess.Popen:
            "PGWA_WORKER_NAME": name, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigterm_mid_campaign_then_restart_messages_everyone_once(db, db_url, sim):
