@@ -2,7 +2,9 @@
 templates, a staged contact CSV, a campaign; and the worker's two calls, claim and report.
 
 Tests of the send path call `claim` after `catch_up`, which moves every number's pace
-(send_tat) to now, as if time had passed; the pacing tests call it bare.
+(send_tat) to now, as if time had passed; the pacing tests call it bare. `claim`, `report`
+and `catch_up` take the time (`now`, default the database's clock): tests of timing pass
+it, as a fake clock, and assert on the state it leaves (send_tat, vt), never on a race.
 """
 
 from __future__ import annotations
@@ -104,9 +106,11 @@ def running_campaign(db: psycopg.Connection, acc: Account, rows: list[dict[str, 
     return create_campaign(db, acc, rows, templates, start=True)["campaign_id"]
 
 
-def catch_up(db: psycopg.Connection) -> None:
-    """Every number's pace caught up with the clock, as if time had passed since its last claim."""
-    db.execute("UPDATE core.wa_numbers SET send_tat = now() - interval '1 second'")
+def catch_up(db: psycopg.Connection, now: Any = None) -> None:
+    """Every number's pace caught up with `now` (default the clock), as if time had passed
+    since its last claim."""
+    db.execute("UPDATE core.wa_numbers SET send_tat = coalesce(%s::timestamptz, now()) - interval '1 second'",
+               (now,))
 
 
 def expire_claims(db: psycopg.Connection, campaign_id: int) -> None:
@@ -115,14 +119,15 @@ def expire_claims(db: psycopg.Connection, campaign_id: int) -> None:
                .format(sql.Identifier(f"q_c_{campaign_id}")))
 
 
-def claim(db: psycopg.Connection, max_rows: int = 500, worker: str = "test") -> list[dict[str, Any]]:
+def claim(db: psycopg.Connection, max_rows: int = 500, worker: str = "test", now: Any = None) -> list[dict[str, Any]]:
+    """api.claim_sends at `now` (default the clock)."""
     with db.cursor(row_factory=dict_row) as cur:
-        return cur.execute("SELECT * FROM api.claim_sends(%s, %s)", (worker, max_rows)).fetchall()
+        return cur.execute("SELECT * FROM api.claim_sends(%s, %s, %s)", (worker, max_rows, now)).fetchall()
 
 
-def claim_all(db: psycopg.Connection, max_rows: int = 500) -> list[dict[str, Any]]:
-    catch_up(db)
-    return claim(db, max_rows)
+def claim_all(db: psycopg.Connection, max_rows: int = 500, now: Any = None) -> list[dict[str, Any]]:
+    catch_up(db, now)
+    return claim(db, max_rows, now=now)
 
 
 def ok(req: dict[str, Any], wamid: str | None = None) -> dict[str, Any]:
@@ -140,10 +145,11 @@ def err(req: dict[str, Any], code: int | None, http_status: int = 400) -> dict[s
             "error_message": f"error {code}" if code is not None else "connection reset"}
 
 
-def report(db: psycopg.Connection, results: list[dict[str, Any]]) -> dict[str, int]:
+def report(db: psycopg.Connection, results: list[dict[str, Any]], now: Any = None) -> dict[str, int]:
+    """api.report_sends at `now` (default the clock)."""
     with db.cursor(row_factory=dict_row) as cur:
-        return cur.execute("SELECT * FROM api.report_sends(%s::jsonb)",
-                           (orjson.dumps(results).decode(),)).fetchone()
+        return cur.execute("SELECT * FROM api.report_sends(%s::jsonb, %s)",
+                           (orjson.dumps(results).decode(), now)).fetchone()
 
 
 def campaign(db: psycopg.Connection, campaign_id: int) -> dict[str, Any]:

@@ -115,7 +115,10 @@ def test_campaign_is_sent_end_to_end_once_per_contact(db, db_url, sim):
                       "WHERE campaign_id = %s", (campaign,)).fetchone()[0] == 150
     assert_each_messaged_once(sim, to, ONE["phone_number_id"])
     s = sender.stats
-    assert (s.sent, s.accepted, s.reported, s.unreported) == (150, 150, 150, 0)
+    # Every send and every message handed back unsent was reported. (A loaded machine may
+    # stall the simulator's loop into a 130429, which the worker retries: sent may be
+    # more than 150, so it is not pinned.)
+    assert (s.accepted, s.reported, s.unreported) == (150, s.sent + s.returned, 0)
     assert s.report_totals.get("accepted") == 150
     # Two round trips per batch, not per message.
     assert s.reports < 60 and s.claims < 80
@@ -152,8 +155,12 @@ def test_rate_limit_errors_make_the_worker_back_off(db, db_url, sim):
     throttled = db.execute("SELECT sum(throttled) FROM core.send_minutes WHERE number_id = %s",
                            (number_id,)).fetchone()[0]
     assert throttled == rejected == sender.stats.error_codes[130429]
-    # What the worker held for the number when Meta said stop went back unsent.
+    # What the worker held for the number when Meta said stop went back unsent: it knew
+    # 130429 throttles, and for how long, from the database (api.send_policy).
     assert sender.stats.returned > 0
+    assert sender.policy.throttle_codes == {r[0] for r in db.execute(
+        "SELECT code FROM core.meta_error_codes WHERE throttles")} >= {130429}
+    assert sender.policy.throttle_hold_s == 0.25
     # Backing off keeps rejections a fraction of the sends; without it about three in
     # four requests at 80/s against a limit of 20 would be refused.
     assert rejected < len(to)
@@ -164,16 +171,25 @@ def test_rate_limit_errors_make_the_worker_back_off(db, db_url, sim):
 def test_idle_worker_waits_for_notify_and_issues_no_queries(db, db_url, sim):
     tenant, number_id = setup_number(db, ONE, 80)
 
+    listening = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                 " AND application_name = 'w1-listen' AND query LIKE 'LISTEN%%'")
+
     async def go() -> tuple[int, float, Sender]:
         stop = asyncio.Event()
         sender = Sender(settings(db_url, sim.url), heartbeat_s=60)
         task = asyncio.create_task(sender.run(stop))
-        await asyncio.sleep(1.5)
+        # Idle once it has made its first claim and is listening (waited for, not guessed:
+        # a loaded machine may take seconds to get there); then a while with nothing to do.
+        started = time.monotonic()
+        while not (sender.stats.claims and db.execute(listening).fetchone()[0]):
+            assert time.monotonic() - started < 30, sender.stats
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
         idle_claims = sender.stats.claims
         started = time.monotonic()
         await asyncio.to_thread(create_campaign, db, tenant, number_id, phones(5))
         while sender.stats.reported < 5:
-            assert time.monotonic() - started < 5, sender.stats
+            assert time.monotonic() - started < 30, sender.stats
             await asyncio.sleep(0.02)
         latency = time.monotonic() - started
         stop.set()
@@ -182,7 +198,9 @@ def test_idle_worker_waits_for_notify_and_issues_no_queries(db, db_url, sim):
 
     idle_claims, latency, sender = asyncio.run(go())
     assert idle_claims == 1          # the first claim; then only LISTEN until the NOTIFY
-    assert latency < 2.0             # woken by NOTIFY, not by the 60 s heartbeat
+    # Woken by the NOTIFY, not by the 60 s heartbeat (the bound is loose: a loaded
+    # machine may be slow, never by a minute).
+    assert latency < 30
     assert sender.stats.accepted == 5
 
 
@@ -196,7 +214,9 @@ def test_two_workers_share_a_campaign_without_duplicates(db, db_url, sim):
     b = Sender(settings(db_url, sim.url, "wb"), heartbeat_s=0.3)
     asyncio.run(run_until([a, b], db_url, ALL_ACCEPTED, (campaign,), 30))
     assert a.stats.accepted + b.stats.accepted == 200
-    assert a.stats.sent > 0 and b.stats.sent > 0
+    # Not asserted: that both sent some. A claim locks the number's row (SKIP LOCKED), so
+    # on a loaded machine one worker may legitimately win every claim; sharing is shown
+    # by the total, and safety by the once-each check below.
     # Each worker holds its own share of the schedule; a stall in one may squeeze a send
     # or two into the other's second, which the database retries.
     assert sim.stats()["rejected_by_code"].get("130429", 0) <= 5
@@ -317,7 +337,12 @@ def test_sigterm_mid_campaign_then_restart_messages_everyone_once(db, db_url, si
 def test_idle_worker_exits_cleanly_on_sigint(db_url, sim):
     proc = start_worker(db_url, sim.url, "idle")
     try:
-        time.sleep(1.0)
+        # Signalled once it runs (its handlers are installed before it connects), not after
+        # a guessed second: a loaded machine may take longer than that to start it.
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            wait_for(lambda: proc.poll() is not None or conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'idle-claim'").fetchone()[0], 60, "the worker to connect")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=10)
     finally:

@@ -25,6 +25,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
 
@@ -40,7 +41,8 @@ PACE_S = 0.125           # claim interval while there is work (the database pace
 IDLE_AFTER_S = 1.0       # empty claims for this long: go idle
 HEARTBEAT_S = 5.0        # idle: claim this often even without a NOTIFY (retries, throttled numbers)
 # After a report with retried or throttled results, stay busy this long: the database
-# holds a throttled number 0.25 s and its messages 1-2 s, and nothing NOTIFYs when they return.
+# holds a throttled number for the throttle hold (core.settings, 0.25 s) and its
+# messages 1-2 s, and nothing NOTIFYs when they return.
 AFTER_RETRY_S = 3.0
 REPORT_S = 0.125         # at most one report per this interval (results are coalesced)
 STOP_REPORT_S = 15.0     # on stop, keep trying to report for this long
@@ -56,13 +58,13 @@ WINDOW_SHARE = 0.995
 # A lane wakes at most this often; the sends that came due meanwhile go out together,
 # a few milliseconds late, which saves an event-loop cycle (and syscalls) per message.
 TICK_S = 0.003
-# Meta's throughput error: the database halves the number's pace and sends nothing for it
-# during the throttle hold (core.throttle_hold()); this worker holds the number's lane as
-# long and hands back, unsent, what it holds for it that was due before the hold ends.
-# They were paced at the old rate: sent after the hold on top of the new schedule, they
-# would cross the limit again.
-THROTTLED_CODE = 130429
-THROTTLE_HOLD_S = 0.25
+# Meta's throughput errors: the database halves the number's pace and sends nothing for it
+# during the throttle hold; this worker holds the number's lane as long and hands back,
+# unsent, what it holds for it that was due before the hold ends. They were paced at the
+# old rate: sent after the hold on top of the new schedule, they would cross the limit
+# again. Which codes throttle and for how long is the database's (api.send_policy), read
+# once before the first claim.
+POLICY_SQL = "SELECT throttle_hold_ms, throttle_codes FROM api.send_policy()"
 
 # Each row's delay is measured on the database's clock from the claim's start (now()),
 # then counted on the loop clock from when the rows arrive: a send can only be late,
@@ -73,6 +75,13 @@ SELECT outbound_id, queue_name, msg_id, access_token, path, body::text,
 FROM api.claim_sends(%s, %s)
 """
 REPORT_SQL = "SELECT * FROM api.report_sends(%s::jsonb)"
+
+
+class SendPolicy(NamedTuple):
+    """What the database tells the worker of Meta's pacing rules (api.send_policy)."""
+
+    throttle_hold_s: float
+    throttle_codes: frozenset[int]
 
 
 @dataclass
@@ -112,8 +121,8 @@ class Sender:
                                                 2 * settings.send_concurrency)
         self.status_line = sys.stderr.isatty() if status_line is None else status_line
         self.stats = SenderStats()
-        self._claims = Database(settings.database_url, f"{settings.worker_name}-claim")
-        self._reports = Database(settings.database_url, f"{settings.worker_name}-report")
+        self._claims = Database(settings.session_url(), f"{settings.worker_name}-claim")
+        self._reports = Database(settings.session_url(), f"{settings.worker_name}-report")
         self._inflight = 0                  # claimed and not yet reported (or given up)
         self._lanes: dict[str, _Lane] = {}  # by request path: one per number
         self._draining = False
@@ -121,6 +130,7 @@ class Sender:
         self._results: list[dict] = []
         self._results_ready = asyncio.Event()
         self._retry_seen = -1e9             # loop time of the last report with retries
+        self.policy: SendPolicy | None = None   # read before the first claim
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -176,6 +186,9 @@ class Sender:
             room = min(self.settings.claim_batch, self.max_inflight - self._inflight)
             if room > 0:
                 try:
+                    if self.policy is None:
+                        rows, _ = await self._claims.fetch(POLICY_SQL, (), stop=stop)
+                        self.policy = SendPolicy(rows[0][0] / 1000, frozenset(rows[0][1]))
                     rows, _ = await self._claims.fetch(
                         CLAIM_SQL, (self.settings.worker_name, room), stop=stop)
                     failures = 0
@@ -183,7 +196,7 @@ class Sender:
                     break                   # stopping while the database is away
                 except Exception as exc:     # noqa: BLE001 (a broken function must not kill the loop)
                     failures += 1
-                    log.error("claim_sends failed: %s", _describe(exc))
+                    log.error("%s failed: %s", "claim_sends" if self.policy else "send_policy", _describe(exc))
                     await _wait(stop, None, min(self.heartbeat_s, 0.5 * 2 ** failures))
                     continue
                 self.stats.claims += 1
@@ -295,10 +308,10 @@ class Sender:
                 stats.accepted += 1
             else:
                 stats.errors += 1
-                if r.error_code == THROTTLED_CODE:
+                if r.error_code in self.policy.throttle_codes:
                     now = asyncio.get_running_loop().time()
                     if lane.hold_until <= now:          # once per throttle event
-                        lane.hold_until = now + THROTTLE_HOLD_S
+                        lane.hold_until = now + self.policy.throttle_hold_s
                         lane.wake.set()
                 key = r.error_code if r.error_code is not None else (r.http_status or "network")
                 stats.error_codes[key] = stats.error_codes.get(key, 0) + 1

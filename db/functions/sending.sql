@@ -5,11 +5,22 @@
 -- queue message is {"o": outbound_id, "b": request body} for a rendered message
 -- (replies), or {"o", "t": recipient, "v": template variant, "p": [body parameters]}
 -- for a campaign message, rendered when claimed.
-CREATE OR REPLACE FUNCTION core.read_queue(p_queue text, p_vt integer, p_max integer) RETURNS SETOF core.claimed
-LANGUAGE sql SET search_path = '' AS $$
-    SELECT p_queue, r.msg_id, r.read_ct, (r.message->>'o')::bigint, r.message
-    FROM pgmq.read(p_queue, p_vt, p_max) r
-    WHERE p_max > 0
+-- pgmq.read's statement, on the time p_now (NULL: the clock) instead of the clock: a
+-- message is visible when its vt has passed at p_now, and invisible p_vt seconds after it.
+CREATE OR REPLACE FUNCTION core.read_queue(p_queue text, p_vt integer, p_max integer,
+                                           p_now timestamptz DEFAULT NULL) RETURNS SETOF core.claimed
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+    IF p_max <= 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE format(
+        'WITH cte AS (SELECT msg_id FROM pgmq.%1$I WHERE vt <= $1 ORDER BY msg_id LIMIT $2 FOR UPDATE SKIP LOCKED)
+         UPDATE pgmq.%1$I m SET last_read_at = $1, vt = $1 + $3, read_ct = m.read_ct + 1
+         FROM cte WHERE m.msg_id = cte.msg_id
+         RETURNING %2$L::text, m.msg_id, m.read_ct, (m.message->>''o'')::bigint, m.message', 'q_' || p_queue, p_queue)
+    USING coalesce(p_now, clock_timestamp()), p_max, make_interval(secs => p_vt);
+END
 $$;
 
 -- Take tokens from each number's rate (a GCRA: the number's theoretical arrival time
@@ -18,12 +29,13 @@ $$;
 -- shares), mark them in flight, and return ready-to-POST requests, each with the time
 -- it may be sent. A message whose claim expired (its worker died) is resent only if
 -- no status came back for it meanwhile; otherwise it is settled and dropped.
-CREATE OR REPLACE FUNCTION api.claim_sends(p_worker text, p_max integer DEFAULT 500)
+-- p_now is the time of the claim (NULL: the clock); tests pass it instead of waiting.
+CREATE OR REPLACE FUNCTION api.claim_sends(p_worker text, p_max integer DEFAULT 500, p_now timestamptz DEFAULT NULL)
 RETURNS SETOF api.send_request
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_settings core.settings;
-    v_now timestamptz := clock_timestamp();
+    v_now timestamptz := coalesce(p_now, clock_timestamp());
     v_horizon interval;
     v_vt integer;
     v_left integer := least(greatest(p_max, 0), 5000);
@@ -43,7 +55,7 @@ BEGIN
     SELECT * INTO v_settings FROM core.settings;
     v_horizon := make_interval(secs => v_settings.pace_horizon_ms / 1000.0);
     v_vt := v_settings.claim_timeout_s + ceil(v_settings.pace_horizon_ms / 1000.0)::integer;
-    PERFORM core.start_due_campaigns();
+    PERFORM core.start_due_campaigns(v_now);
 
     FOR v_number IN
         SELECT n.* FROM core.wa_numbers n
@@ -61,7 +73,7 @@ BEGIN
                                            CASE WHEN v_number.send_tat <= v_now THEN 1 ELSE 0 END));
         CONTINUE WHEN v_budget <= 0;
 
-        v_batch := ARRAY(SELECT core.read_queue('r_' || v_number.number_id, v_vt, v_budget));
+        v_batch := ARRAY(SELECT core.read_queue('r_' || v_number.number_id, v_vt, v_budget, v_now));
         -- In a fresh order each claim: the first campaign's share is rounded up, and at a
         -- budget below the campaign count a fixed order would starve the last ones.
         SELECT array_agg(campaign_id ORDER BY random()) INTO v_campaigns
@@ -71,7 +83,7 @@ BEGIN
         WHILE v_i <= coalesce(cardinality(v_campaigns), 0) AND cardinality(v_batch) < v_budget LOOP
             -- An equal share of what is left; a campaign with less leaves the rest to the next.
             v_got := ceil((v_budget - cardinality(v_batch))::numeric / (cardinality(v_campaigns) - v_i + 1));
-            v_read := ARRAY(SELECT core.read_queue('c_' || v_campaigns[v_i], v_vt, v_got));
+            v_read := ARRAY(SELECT core.read_queue('c_' || v_campaigns[v_i], v_vt, v_got, v_now));
             v_batch := v_batch || v_read;
             IF cardinality(v_read) = v_got THEN
                 v_more := v_more || v_campaigns[v_i];
@@ -148,8 +160,8 @@ BEGIN
     ORDER BY b.ord;
 END
 $$;
-COMMENT ON FUNCTION api.claim_sends(text, integer) IS
-    'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares) and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent.';
+COMMENT ON FUNCTION api.claim_sends(text, integer, timestamptz) IS
+    'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares) and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent. p_now is the time of the claim (NULL: the clock).';
 
 -- Store the results of sent requests. p_results is a JSON array of
 -- {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status,
@@ -160,11 +172,13 @@ COMMENT ON FUNCTION api.claim_sends(text, integer) IS
 -- {outbound_id, queue_name, msg_id, "sent": false} hands back a message the worker
 -- never POSTed (it held it for a number Meta just throttled): it comes back to the
 -- queue once the throttle hold is over, its attempt not counted.
-CREATE OR REPLACE FUNCTION api.report_sends(p_results jsonb) RETURNS api.report_result
+-- p_now is the time of the report (NULL: the clock); tests pass it instead of waiting.
+CREATE OR REPLACE FUNCTION api.report_sends(p_results jsonb, p_now timestamptz DEFAULT NULL) RETURNS api.report_result
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_settings core.settings;
-    v_now timestamptz := clock_timestamp();
+    v_now timestamptz := coalesce(p_now, clock_timestamp());
+    v_hold interval;
     v_result api.report_result := ROW(0, 0, 0, 0, 0);
     v_paused bigint[];
     v_touched bigint[];
@@ -176,6 +190,7 @@ BEGIN
             HINT = 'One object per claimed message: outbound_id, queue_name, msg_id, wamid or error_code.';
     END IF;
     SELECT * INTO v_settings FROM core.settings;
+    v_hold := make_interval(secs => v_settings.throttle_hold_ms / 1000.0);
 
     DROP TABLE IF EXISTS pg_temp.send_results;
     CREATE TEMP TABLE send_results ON COMMIT DROP AS
@@ -249,10 +264,10 @@ BEGIN
                 CASE r.outcome
                     WHEN 'paused' THEN 0
                     WHEN 'throttled' THEN 1 + random()
-                    WHEN 'returned' THEN extract(epoch FROM core.throttle_hold())
+                    WHEN 'returned' THEN v_settings.throttle_hold_ms / 1000.0
                     ELSE v_settings.retry_backoff_s[least(r.attempts, cardinality(v_settings.retry_backoff_s))]
                          * (0.8 + 0.4 * random())
-                END))
+                END), v_now)
     FROM pg_temp.send_results r
     WHERE r.outcome IN ('retried', 'throttled', 'paused', 'returned') AND r.campaign_status IS DISTINCT FROM 'cancelled'
     GROUP BY r.queue_name;
@@ -325,9 +340,9 @@ BEGIN
         rate_mps = CASE WHEN r.throttled > 0 THEN greatest(1, n.rate_mps / 2)
                         ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps * 0.4
                              * least(1, greatest(0, extract(epoch FROM v_now - coalesce(n.rate_changed_at, '-infinity'))))) END,
-        rate_changed_at = CASE WHEN r.throttled > 0 THEN v_now + core.throttle_hold() ELSE v_now END,
+        rate_changed_at = CASE WHEN r.throttled > 0 THEN v_now + v_hold ELSE v_now END,
         throttled_at = CASE WHEN r.throttled > 0 THEN v_now ELSE n.throttled_at END,
-        send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, v_now + core.throttle_hold()) ELSE n.send_tat END
+        send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, v_now + v_hold) ELSE n.send_tat END
     FROM (SELECT number_id, count(*) FILTER (WHERE outcome = 'throttled') AS throttled,
                  count(*) FILTER (WHERE outcome IN ('retried', 'failed')) AS errors,
                  count(*) FILTER (WHERE outcome = 'accepted') AS accepted
@@ -348,7 +363,7 @@ BEGIN
 
     SELECT array_agg(DISTINCT campaign_id) INTO v_touched FROM pg_temp.send_results WHERE campaign_id IS NOT NULL;
     IF v_touched IS NOT NULL THEN
-        PERFORM core.complete_campaigns(v_touched);
+        PERFORM core.complete_campaigns(v_touched, v_now);
     END IF;
 
     SELECT count(*) FILTER (WHERE outcome IN ('accepted', 'receipt')),
@@ -360,22 +375,30 @@ BEGIN
     RETURN v_result;
 END
 $$;
-COMMENT ON FUNCTION api.report_sends(jsonb) IS
-    'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message}, or {outbound_id, queue_name, msg_id, "sent": false} for a message handed back unsent): wamids and accepted state, retries with backoff, permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored); retried counts every message back in the queue. Raises PW100 when p_results is not an array.';
+COMMENT ON FUNCTION api.report_sends(jsonb, timestamptz) IS
+    'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message}, or {outbound_id, queue_name, msg_id, "sent": false} for a message handed back unsent): wamids and accepted state, retries with backoff, permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored); retried counts every message back in the queue. p_now is the time of the report (NULL: the clock). Raises PW100 when p_results is not an array.';
 
--- How long a number Meta throttled (130429) sends nothing. The worker holds its lane as
--- long (worker/sender.py THROTTLE_HOLD_S).
-CREATE OR REPLACE FUNCTION core.throttle_hold() RETURNS interval
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$ SELECT interval '250 milliseconds' $$;
+-- What the worker needs of Meta's pacing rules, so that it copies none: the error codes
+-- that throttle a number (core.meta_error_codes) and how long the number then sends
+-- nothing (core.settings). The worker holds a throttled number's lane as long.
+CREATE OR REPLACE FUNCTION api.send_policy() RETURNS api.send_policy
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
+    SELECT s.throttle_hold_ms, ARRAY(SELECT e.code FROM core.meta_error_codes e WHERE e.throttles ORDER BY e.code)
+    FROM core.settings s
+$$;
+COMMENT ON FUNCTION api.send_policy() IS
+    'Returns what a worker must know of Meta''s pacing rules: the error codes that throttle a number (throttle_codes) and how long a throttled number sends nothing (throttle_hold_ms).';
 
--- Make queue messages visible again after per-message delays (seconds).
-CREATE OR REPLACE FUNCTION core.delay_messages(p_queue text, p_msg_ids bigint[], p_delays double precision[])
+-- Make queue messages visible again after per-message delays (seconds) from p_now
+-- (NULL: the clock).
+CREATE OR REPLACE FUNCTION core.delay_messages(p_queue text, p_msg_ids bigint[], p_delays double precision[],
+                                               p_now timestamptz DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SET search_path = '' AS $$
 BEGIN
-    EXECUTE format('UPDATE pgmq.%I q SET vt = clock_timestamp() + make_interval(secs => d.delay)
+    EXECUTE format('UPDATE pgmq.%I q SET vt = $3 + make_interval(secs => d.delay)
                     FROM unnest($1, $2) d(msg_id, delay) WHERE q.msg_id = d.msg_id', 'q_' || p_queue)
-    USING p_msg_ids, p_delays;
+    USING p_msg_ids, p_delays, coalesce(p_now, clock_timestamp());
 END
 $$;
 
@@ -431,7 +454,9 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION api.claim_sends(text, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION api.report_sends(jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION api.claim_sends(text, integer) TO pgwa_worker;
-GRANT EXECUTE ON FUNCTION api.report_sends(jsonb) TO pgwa_worker;
+REVOKE ALL ON FUNCTION api.claim_sends(text, integer, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.report_sends(jsonb, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.send_policy() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.claim_sends(text, integer, timestamptz) TO pgwa_worker;
+GRANT EXECUTE ON FUNCTION api.report_sends(jsonb, timestamptz) TO pgwa_worker;
+GRANT EXECUTE ON FUNCTION api.send_policy() TO pgwa_worker;
