@@ -22,7 +22,7 @@ from api.routes import JsonApi
 from api.webhooks import PATH, GroupCommitter, WhatsAppWebhook
 from pgwa.config import Settings
 
-APP_SECRETS = "SELECT api.webhook_app_secrets()"
+SIGNERS = "SELECT app_secret, signer FROM api.webhook_signers()"
 
 
 class PgwaApp(Starlette):
@@ -49,7 +49,7 @@ async def healthz(request: Request) -> JSONResponse:
 def create_app(settings: Settings | None = None, routes: Sequence[BaseRoute] = ()) -> PgwaApp:
     """The API app: /webhooks/whatsapp, /healthz and any extra ``routes``."""
     settings = settings or Settings.from_env()
-    committer = GroupCommitter(settings.database_url)
+    committer = GroupCommitter(settings.session_url())   # with the statement_timeout
     json_api = JsonApi(settings)  # /v1, /metrics, /openapi.json (api/routes.py)
 
     @asynccontextmanager
@@ -68,9 +68,9 @@ def create_app(settings: Settings | None = None, routes: Sequence[BaseRoute] = (
             await json_api.stop()
             await committer.stop()
 
-    async def numbers_secrets() -> list[str]:
+    async def numbers_secrets() -> list[tuple[str, str]]:
         async with json_api.pool.connection() as conn:
-            return (await (await conn.execute(APP_SECRETS)).fetchone())[0]
+            return await (await conn.execute(SIGNERS)).fetchall()
 
     webhook = WhatsAppWebhook(settings.verify_token, settings.app_secrets, committer, numbers_secrets)
     app = PgwaApp(

@@ -27,15 +27,24 @@ def verify_signature(raw_body: bytes, header: str | None, secrets: Sequence[str]
     A missing or malformed header, or an empty list of secrets, is never valid.
     Every secret is checked (no early exit), so timing does not reveal which one matched.
     """
+    return matching_secret(raw_body, header, secrets) is not None
+
+
+def matching_secret(raw_body: bytes, header: str | None, secrets: Sequence[str]) -> str | None:
+    """The one of ``secrets`` whose signature ``header`` is, or None.
+
+    Like :func:`verify_signature`, every secret is checked, whichever matches.
+    """
     if not header or not header.startswith(PREFIX):
-        return False
+        return None
     given = header[len(PREFIX):].strip().lower().encode()
     if len(given) != 64:
-        return False
-    ok = False
+        return None
+    found = None
     for secret in secrets:
         if not secret:
             continue
         expected = hmac.new(secret.encode(), raw_body, hashlib.sha256).hexdigest().encode()
-        ok |= hmac.compare_digest(expected, given)
-    return ok
+        if hmac.compare_digest(expected, given):
+            found = secret
+    return found

@@ -2,8 +2,8 @@
 
 A POST does this and nothing else::
 
-    read at most 1 MiB ──> X-Hub-Signature-256 over the raw bytes ──> a JSON object?
-        ──> GroupCommitter.submit(raw bytes)
+    read at most 1 MiB ──> X-Hub-Signature-256 over the raw bytes: which app signed it?
+        ──> a JSON object? ──> GroupCommitter.submit(raw bytes, signer)
         ──> 200 once the INSERT holding it has committed
 
 ``GroupCommitter`` is why this is fast: requests that arrive while a commit is in
@@ -12,18 +12,28 @@ INSERT and one WAL flush, and each response is released only after that commit. 
 bodies go to PostgreSQL untouched, as a binary ``jsonb[]``; processing happens later,
 in ``api.process_webhooks`` (worker/webhooks.py).
 
+The signer goes with the body: none when the platform's WHATSAPP_APP_SECRET verified
+it (that app may speak for every number), else the signer of the number app secret that
+did, and processing then applies the payload only to the numbers registered with that
+secret (core.authorised_changes).
+
 The endpoint is a plain ASGI app (no Request/Response objects on the hot path) mounted
 by ``api.app.create_app``. Bad requests store nothing: 401 unsigned or badly signed,
 413 over 1 MiB (refused from Content-Length before reading, or as soon as the streamed
-body passes the limit), 400 not a JSON object; 503 when the database is unreachable,
-which Meta retries.
+body passes the limit); 503 when the database is unreachable, which Meta retries. A
+signed body that is not a JSON object, or that jsonb cannot hold (``\u0000``, a lone
+surrogate), is acknowledged all the same: kept byte for byte (``api.keep_raw_webhook``),
+with a repaired copy queued when one can be made, because an acknowledged webhook is
+never lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
+import re
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,8 +42,9 @@ from urllib.parse import parse_qs
 import orjson
 import psycopg
 from psycopg import pq
+from psycopg.types.json import Jsonb
 
-from api.signature import verify_signature
+from api.signature import matching_secret
 
 log = logging.getLogger("pgwa.api.webhooks")
 
@@ -44,10 +55,13 @@ MAX_BODY = 1 << 20
 # prepared statement, and psycopg's cursor machinery around it costs more CPU per
 # commit than the statement's round trip (measured ~60 us of ~130).
 INGEST_NAME = b"pgwa_ingest_webhooks"
-INGEST_SQL = b"SELECT cardinality(api.ingest_webhooks($1))"
+INGEST_SQL = b"SELECT cardinality(api.ingest_webhooks($1, $2))"
+KEEP_RAW_SQL = "SELECT api.keep_raw_webhook(%s, %s, %s, %s)"
 
 _JSONB_OID = 3802
 _JSONB_ARRAY_OID = 3807
+_TEXT_OID = 25
+_TEXT_ARRAY_OID = 1009
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
 
 
@@ -62,6 +76,46 @@ def jsonb_array(docs: Sequence[bytes]) -> bytes:
         parts.append(struct.pack("!iB", len(doc) + 1, 1))
         parts.append(doc)
     return b"".join(parts)
+
+
+def text_array(items: Sequence[str | None]) -> bytes:
+    """Binary ``text[]``, nulls allowed (length -1)."""
+    parts = [struct.pack("!iiIii", 1, 1, _TEXT_OID, len(items), 1)]
+    for item in items:
+        if item is None:
+            parts.append(struct.pack("!i", -1))
+        else:
+            raw = item.encode()
+            parts.append(struct.pack("!i", len(raw)))
+            parts.append(raw)
+    return b"".join(parts)
+
+
+_UNHOLDABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def repaired(body: bytes) -> dict | None:
+    """``body`` as a JSON object with what jsonb cannot hold (NUL, lone surrogates)
+    replaced by U+FFFD; None when it is not a JSON object at all."""
+    try:
+        doc = json.loads(body.decode("utf-8", errors="replace"), parse_constant=_not_json)
+    except ValueError:
+        return None
+
+    def clean(value):
+        if isinstance(value, str):
+            return _UNHOLDABLE.sub("\ufffd", value)
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return clean(doc) if isinstance(doc, dict) else None
 
 
 async def _wait_fd(add, remove, fd: int) -> None:
@@ -99,6 +153,10 @@ class IngestUnavailable(Exception):
 class IngestRejected(Exception):
     """PostgreSQL refused this payload itself (e.g. a \\u0000 escape jsonb cannot hold)."""
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
 
 class GroupCommitter:
     """Stores webhook bodies in the queue, many per transaction, each acknowledged after commit.
@@ -123,13 +181,16 @@ class GroupCommitter:
         self._flush_s = 0.0005          # moving average of a flush's duration
         self.max_batch = max_batch
         self.max_bytes = max_bytes
-        self._pending: deque[tuple[bytes, asyncio.Future]] = deque()
+        self._pending: deque[tuple[bytes, str | None, asyncio.Future]] = deque()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._conns: list[psycopg.AsyncConnection | None] = []
         self._closing = False
+        self._raw_lock = asyncio.Lock()
+        self._raw_conn: psycopg.AsyncConnection | None = None
         self.stored = 0
         self.commits = 0
+        self.kept_raw = 0
 
     @property
     def healthy(self) -> bool:
@@ -148,28 +209,45 @@ class GroupCommitter:
         self._wakeup.set()
         # Let the flushers finish what they hold, then fail whatever is left.
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for _, fut in self._pending:
+        for *_, fut in self._pending:
             if not fut.done():
                 fut.set_exception(IngestUnavailable("shutting down"))
         self._pending.clear()
-        for conn in self._conns:
+        for conn in [*self._conns, self._raw_conn]:
             if conn is not None:
                 await conn.close()
         self._conns = []
+        self._raw_conn = None
 
-    async def submit(self, body: bytes) -> None:
-        """Return once ``body`` is committed to the webhooks queue; raise if it is not."""
+    async def submit(self, body: bytes, signer: str | None = None) -> None:
+        """Return once ``body`` is committed to the webhooks queue with its ``signer``
+        (None: the platform's app); raise if it is not."""
         if self._closing:
             raise IngestUnavailable("shutting down")
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append((body, fut))
+        self._pending.append((body, signer, fut))
         self._wakeup.set()
         await fut
+
+    async def keep_raw(self, body: bytes, signer: str | None, reason: str) -> None:
+        """Keep a signed body the queue cannot hold as it is, and queue a repaired copy
+        when one can be made. Rare, so one connection opened on first use serves it."""
+        fixed = repaired(body)
+        async with self._raw_lock:
+            try:
+                if self._raw_conn is None or self._raw_conn.closed:
+                    self._raw_conn = await psycopg.AsyncConnection.connect(
+                        self.database_url, autocommit=True, application_name="pgwa-api-webhooks-raw")
+                await self._raw_conn.execute(KEEP_RAW_SQL, (body, signer, reason,
+                                                            None if fixed is None else Jsonb(fixed)))
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+                raise IngestUnavailable(str(exc)) from exc
+        self.kept_raw += 1
 
     async def _connect(self) -> psycopg.AsyncConnection:
         conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True,
                                                      application_name="pgwa-api-webhooks")
-        conn.pgconn.send_prepare(INGEST_NAME, INGEST_SQL, [_JSONB_ARRAY_OID])
+        conn.pgconn.send_prepare(INGEST_NAME, INGEST_SQL, [_JSONB_ARRAY_OID, _TEXT_ARRAY_OID])
         await _finish(conn.pgconn)
         return conn
 
@@ -225,9 +303,13 @@ class GroupCommitter:
                 self._busy_since[i] = None
 
     async def _store(self, conn: psycopg.AsyncConnection, batch: list) -> None:
+        signers = [signer for _, signer, _ in batch]
         try:
-            conn.pgconn.send_query_prepared(INGEST_NAME, [jsonb_array([body for body, _ in batch])],
-                                            param_formats=[1], result_format=1)
+            conn.pgconn.send_query_prepared(
+                INGEST_NAME,
+                [jsonb_array([body for body, _, _ in batch]),
+                 text_array(signers) if any(signers) else None],
+                param_formats=[1, 1], result_format=1)
             await _finish(conn.pgconn)
         except psycopg.Error as exc:
             state = exc.diag.sqlstate or ""
@@ -243,13 +325,13 @@ class GroupCommitter:
             return
         self.commits += 1
         self.stored += len(batch)
-        for _, fut in batch:
+        for *_, fut in batch:
             if not fut.done():
                 fut.set_result(None)
 
 
 def _fail(batch: list, exc: Exception) -> None:
-    for _, fut in batch:
+    for *_, fut in batch:
         if not fut.done():
             fut.set_exception(exc)
 
@@ -270,10 +352,10 @@ class WhatsAppWebhook:
     """``GET`` (Meta's verification handshake) and ``POST`` (webhooks) of /webhooks/whatsapp.
 
     A POST is signed by one Meta app: WHATSAPP_APP_SECRET's, or the app of a tenant that
-    registered its number with its own secret. The numbers' secrets come from
-    ``load_secrets`` (api.webhook_app_secrets) at start-up, at most every SECRETS_MAX_AGE_S
-    after, and at once (at most every SECRETS_RETRY_S) when a signature matches none, so
-    a number registered a moment ago is received.
+    registered its number with its own secret. The numbers' secrets and their signers
+    come from ``load_secrets`` (api.webhook_signers) at start-up, at most every
+    SECRETS_MAX_AGE_S after, and at once (at most every SECRETS_RETRY_S) when a signature
+    matches none, so a number registered a moment ago is received.
     """
 
     SECRETS_MAX_AGE_S = 60.0
@@ -281,10 +363,11 @@ class WhatsAppWebhook:
 
     def __init__(self, verify_token: str, app_secrets: Sequence[str],
                  committer: GroupCommitter,
-                 load_secrets: Callable[[], Awaitable[Sequence[str]]] | None = None) -> None:
+                 load_secrets: Callable[[], Awaitable[Sequence[tuple[str, str]]]] | None = None,
+                 ) -> None:
         self.verify_token = verify_token
         self.app_secrets = tuple(app_secrets)
-        self.number_secrets: tuple[str, ...] = ()
+        self.number_secrets: dict[str, str] = {}     # app secret -> its signer
         self.committer = committer
         self.load_secrets = load_secrets
         self._loaded_at = -1e9
@@ -300,21 +383,26 @@ class WhatsAppWebhook:
         except Exception as exc:  # noqa: BLE001 (the receiver keeps receiving)
             log.warning("could not load the numbers' app secrets: %s", type(exc).__name__)
             return
-        self.number_secrets = tuple(x for x in dict.fromkeys(numbers) if x not in self.app_secrets)
+        self.number_secrets = {secret: signer for secret, signer in numbers
+                               if secret not in self.app_secrets}
 
-    async def _signed(self, body: bytes, signature: str | None) -> bool:
+    async def _signer(self, body: bytes, signature: str | None) -> tuple[bool, str | None]:
+        """(signed, signer): signer is None for the platform's app, else the signer of
+        the number app secret that verified ``body``."""
         age = asyncio.get_running_loop().time() - self._loaded_at
         if age > self.SECRETS_MAX_AGE_S and self._loading is None and self.load_secrets is not None:
             self._loading = asyncio.create_task(self.refresh_secrets())
             self._loading.add_done_callback(lambda _: setattr(self, "_loading", None))
         # The environment's app first: one HMAC for most deployments, one per app beyond.
-        if verify_signature(body, signature, self.app_secrets) or \
-                verify_signature(body, signature, self.number_secrets):
-            return True
-        if self.load_secrets is None or age < self.SECRETS_RETRY_S:
-            return False
-        await self.refresh_secrets()
-        return verify_signature(body, signature, self.number_secrets)
+        if matching_secret(body, signature, self.app_secrets) is not None:
+            return True, None
+        secret = matching_secret(body, signature, self.number_secrets)
+        if secret is None and self.load_secrets is not None and age >= self.SECRETS_RETRY_S:
+            await self.refresh_secrets()
+            secret = matching_secret(body, signature, self.number_secrets)
+        if secret is None:
+            return False, None
+        return True, self.number_secrets[secret]
 
     async def __call__(self, scope, receive, send) -> None:
         method = scope["method"]
@@ -365,22 +453,23 @@ class WhatsAppWebhook:
                 await _respond(send, 413, b"payload too large")
                 return
 
-        if not await self._signed(body, signature):
+        signed, signer = await self._signer(body, signature)
+        if not signed:
             await _respond(send, 401, b"bad signature")
             return
         try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            await _respond(send, 400, b"not JSON")
-            return
-        if type(payload) is not dict:
-            await _respond(send, 400, b"not a JSON object")
-            return
-        try:
-            await self.committer.submit(body)
-        except IngestRejected:
-            await _respond(send, 400, b"payload not storable")
-            return
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                await self.committer.keep_raw(body, signer, "not JSON (or not UTF-8 JSON orjson reads)")
+            else:
+                if type(payload) is not dict:
+                    await self.committer.keep_raw(body, signer, "not a JSON object")
+                else:
+                    try:
+                        await self.committer.submit(body, signer)
+                    except IngestRejected as exc:
+                        await self.committer.keep_raw(body, signer, exc.reason)
         except IngestUnavailable:
             await _respond(send, 503, b"try again", [(b"retry-after", b"5")])
             return

@@ -46,7 +46,7 @@ TEMPLATES = [
 SEND_PATH_STATEMENTS = """
 SELECT query, calls FROM pg_stat_statements
 WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND query !~* '(process_webhooks|ingest_webhook|/\\* bench \\*/|pg_stat_statements)'
+  AND query !~* '(process_webhooks|process_claimed_webhooks|claim_webhooks|fail_webhooks|ingest_webhook|/\\* bench \\*/|pg_stat_statements)'
 ORDER BY calls DESC
 """
 

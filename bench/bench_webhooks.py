@@ -12,7 +12,12 @@ messages, starts the API server (``python -m api``) and measures:
                                read, some failed, ~5% reordered, ~3% duplicated)
 * lag_p99_ms                   from the 200 of a POST to the commit of the batch that stored
                                its status, at a steady 2,000 webhooks/s for 15 s, with the
-                               real worker loop (worker/webhooks.py) in its own process
+                               real worker loops (worker/webhooks.py) in their own process
+* poison_lag_p99_ms            the same while another tenant's payloads are poison: one
+                               whose processing hangs (its contact row stays locked, as a
+                               runaway regex or a stuck backend would hold it) until the
+                               webhook loop's statement timeout, retried until dead-lettered,
+                               and one every second that raises (set aside at once)
 * lost                         200s acknowledged minus payloads stored, over all HTTP phases
 
 Progress on stderr; one JSON object on the last line of stdout.
@@ -293,20 +298,20 @@ from worker.webhooks import WebhookProcessor
 
 class Timed(WebhookProcessor):
     intervals = []
-    async def process_once(self, stop=None):
+    async def _process(self, ids, stop):
         t0 = time.time()
-        result = await super().process_once(stop)
-        if result[0]:
-            self.intervals.append((t0, time.time()))
+        result = await super()._process(ids, stop)
+        self.intervals.append((t0, time.time()))
         return result
 
 async def main():
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    p = Timed(Settings(database_url={url!r}))
+    settings = Settings.from_env()
+    loops = [Timed(settings, index=i) for i in range(settings.webhook_loops)]
     print("ready", flush=True)
-    await p.run(stop)
-    json.dump(p.intervals, open({out!r}, "w"))
+    await asyncio.gather(*(p.run(stop) for p in loops))
+    json.dump(Timed.intervals, open({out!r}, "w"))
 
 asyncio.run(main())
 """
@@ -344,55 +349,104 @@ async def steady_load(port: int, requests: list[tuple[bytes, bytes]], rate: int,
     return acks, other
 
 
+def http_post(body: bytes) -> bytes:
+    return (b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"X-Hub-Signature-256: " + sign(body, SECRET).encode() + b"\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+POISON_NUMBER, POISON_WABA, POISON_SENDER = "106540352242999", "102290129340999", "16505559999"
+
+
+def poison_world(conn: psycopg.Connection) -> None:
+    """Another tenant, whose one contact's row the bench keeps locked during the phase."""
+    tenant = conn.execute("SELECT api.create_tenant('poison')").fetchone()[0]
+    conn.execute("SELECT api.register_number(%s, %s, %s, 'token', NULL, 80)",
+                 (tenant, POISON_NUMBER, POISON_WABA))
+    conn.execute("INSERT INTO core.contacts (tenant_id, wa_id) VALUES (%s, %s)", (tenant, POISON_SENDER))
+
+
+def poison_payloads(i: int) -> tuple[bytes, bytes]:
+    """(hangs, raises): an inbound message for the locked contact; an entry jsonb cannot walk."""
+    hangs = orjson.dumps({"object": "whatsapp_business_account", "entry": [{"id": POISON_WABA, "changes": [{
+        "field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": POISON_NUMBER},
+            "contacts": [{"profile": {"name": "P"}, "wa_id": POISON_SENDER}],
+            "messages": [{"from": POISON_SENDER, "id": f"wamid.hangs.{i}", "timestamp": str(int(time.time())),
+                          "type": "text", "text": {"body": "hangs"}}]}}]}]})
+    raises = orjson.dumps({"object": "whatsapp_business_account", "entry": {"id": POISON_WABA, "n": i}})
+    return hangs, raises
+
+
 def measure_lag(url: str, conn: psycopg.Connection, api: ApiServer, campaign: int, number: int,
-                tmp: Path) -> dict:
-    messages = add_sent_messages(conn, campaign, number, LAG_MESSAGES, "lag")
+                tmp: Path, poison: bool = False) -> dict:
+    tag = "poison" if poison else "lag"
+    messages = add_sent_messages(conn, campaign, number, LAG_MESSAGES, tag)
     count = LAG_RATE * LAG_SECONDS
     now = int(time.time())
     requests = []
     for i in range(count):
         oid, w = messages[i // 3]
         st = ("sent", "delivered", "read")[i % 3]
-        body = payload([status(campaign, oid, w, st, now)])
-        raw = (b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               b"X-Hub-Signature-256: " + sign(body, SECRET).encode() + b"\r\nContent-Length: "
-               + str(len(body)).encode() + b"\r\n\r\n" + body)
-        requests.append((f"{w}|{st}".encode(), raw))
+        requests.append((f"{w}|{st}".encode(), http_post(payload([status(campaign, oid, w, st, now)]))))
+        if poison and i % LAG_RATE == LAG_RATE // 2:
+            hangs, raises = poison_payloads(i)
+            requests.append((b"raises", http_post(raises)))
+            if i < LAG_RATE:
+                requests.append((b"hangs", http_post(hangs)))
+    holder = None
+    if poison:
+        holder = psycopg.connect(url)
+        holder.execute("SELECT 1 FROM core.contacts WHERE wa_id = %s FOR UPDATE", (POISON_SENDER,))
     # Statuses of one message go to different connections and may overtake each other,
     # as Meta's do; every (wamid, status) is stored once whatever the order.
     out = tmp / "intervals.json"
-    child = subprocess.Popen([sys.executable, "-c", WORKER_CHILD.format(root=str(ROOT), url=url, out=str(out))],
+    child = subprocess.Popen([sys.executable, "-c", WORKER_CHILD.format(root=str(ROOT), out=str(out))],
+                             env={**os.environ, "DATABASE_URL": url},
                              stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
     child.stdout.readline()
     time.sleep(0.5)
-    log(f"lag: {count} webhooks at {LAG_RATE}/s with the worker running")
-    acks, other = asyncio.run(steady_load(api.port, requests, LAG_RATE, 16))
-    deadline = time.monotonic() + 60
-    while conn.execute("SELECT count(*) FROM pgmq.q_webhooks").fetchone()[0] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.3)
+    log(f"{tag}: {count} webhooks at {LAG_RATE}/s with the worker running")
+    try:
+        acks, other = asyncio.run(steady_load(api.port, requests, LAG_RATE, 16))
+        deadline = time.monotonic() + 60
+        # Drained: nothing queued but the hanging payload (retried until dead-lettered).
+        while conn.execute("SELECT count(*) FROM pgmq.q_webhooks WHERE message::text NOT LIKE '%wamid.hangs%'"
+                           ).fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.3)
+    finally:
+        if holder is not None:
+            holder.close()
     child.send_signal(signal.SIGTERM)
     child.wait(30)
     intervals = sorted(json.loads(out.read_text()))
     starts = [a for a, _ in intervals]
     stored = conn.execute("""SELECT wamid || '|' || status, extract(epoch FROM received_at)::float8
-                             FROM core.status_events WHERE wamid LIKE 'wamid.lag.%'""").fetchall()
+                             FROM core.status_events WHERE wamid LIKE %s""", (f"wamid.{tag}.%",)).fetchall()
     lags = []
     for key, received in stored:
         ack = acks.get(key.encode())
         if ack is None:
             continue
-        # received_at is its batch's transaction start; the batch committed when its call returned.
+        # received_at is its batch's transaction start; the batch committed when its call
+        # returned. Loops run side by side: of the calls under way then, take the one that
+        # ended last (an upper bound).
         j = bisect.bisect_right(starts, received) - 1
-        committed = intervals[j][1] if j >= 0 else received
+        ends = [intervals[k][1] for k in range(max(0, j - 3), j + 1) if intervals[k][1] >= received]
+        committed = max(ends) if ends else received
         lags.append(max(0.0, committed - ack) * 1000)
     lags.sort()
     p99 = lags[int(len(lags) * 0.99) - 1] if lags else None
-    log(f"lag: {len(acks)} acknowledged, {other} other answers, {len(stored)} statuses stored, "
-        f"{len(intervals)} batches; p50 {statistics.median(lags):.1f} ms, p99 {p99:.1f} ms")
+    dead = conn.execute("SELECT count(*) FROM pgmq.q_webhooks_dead").fetchone()[0]
+    log(f"{tag}: {len(acks)} acknowledged, {other} other answers, {len(stored)} statuses stored, "
+        f"{len(intervals)} batches, {dead} dead-lettered; p50 {statistics.median(lags):.1f} ms, "
+        f"p99 {p99:.1f} ms")
     return {"lag_p99_ms": round(p99, 1) if p99 is not None else None,
             "lag_p50_ms": round(statistics.median(lags), 1) if lags else None,
-            "acked": len(acks), "stored_events": len(stored)}
+            "acked": len([k for k in acks if not k.startswith((b"hangs", b"raises"))]),
+            "stored_events": len(stored), "dead": dead}
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -403,7 +457,7 @@ def main() -> int:
     parser.add_argument("--process-workers", type=int, default=1,
                         help="concurrent processing loops for status_events_per_s")
     parser.add_argument("--process-batch", type=int, default=200)
-    parser.add_argument("--skip", default="", help="comma-separated phases to skip: wrk,process,lag")
+    parser.add_argument("--skip", default="", help="comma-separated phases to skip: wrk,process,lag,poison")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     rng = random.Random(5)
@@ -453,6 +507,13 @@ def main() -> int:
                 result["lag_p99_ms"] = lag["lag_p99_ms"]
                 result["lag_p50_ms"] = lag["lag_p50_ms"]
                 lost += max(0, lag["acked"] - queue_counts(conn))
+            if "poison" not in skip:
+                reset_queues(conn)
+                poison_world(conn)
+                lag = measure_lag(url, conn, api, campaign, number, tmp, poison=True)
+                result["poison_lag_p99_ms"] = lag["lag_p99_ms"]
+                result["poison_lag_p50_ms"] = lag["lag_p50_ms"]
+                result["poison_dead"] = lag["dead"]
         finally:
             api.stop()
     result["lost"] = lost

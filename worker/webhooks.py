@@ -2,14 +2,18 @@
 
 ::
 
-    LISTEN "pgmq.q_webhooks.INSERT" ──wake──>  drain: api.process_webhooks(batch) until a
-    (pgmq's insert trigger, throttled          short batch says the queue is empty
-     to one NOTIFY per 50 ms)                         │
-        ^                                             v
+    LISTEN "pgmq.q_webhooks.INSERT" ──wake──>  drain: api.claim_webhooks(batch) (commits)
+    (pgmq's insert trigger, throttled            then api.process_claimed_webhooks(ids),
+     to one NOTIFY per 50 ms)                    until a short batch says the queue is empty
+        ^                                             │
         └── wait: RECHECK_S after a busy drain, HEARTBEAT_S when idle, or a NOTIFY
 
-All logic is in the SQL function (one transaction per batch, set-based, idempotent);
-this loop only decides when to call it. The insert trigger sends at most one
+All logic is in the SQL functions (one transaction per batch, set-based, idempotent);
+this loop only decides when to call them. The claim commits on its own, so a batch
+that crashes or outlives the connection's statement timeout still counts as an
+attempt: it is then retried payload by payload, so that the payloads beside a poison
+one are processed at once, and the poison one is reported (api.fail_webhooks), retried
+after a back-off, and dead-lettered after webhook_max_attempts reads. The insert trigger sends at most one
 notification per throttle interval, so a payload committed just after one may arrive
 silently: the short re-check after every busy drain picks it up, and the heartbeat
 covers anything else (a lost LISTEN connection, a crash that emptied pgmq's throttle
@@ -22,6 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgwa.config import Settings
 
@@ -36,35 +43,77 @@ HEARTBEAT_S = 10.0       # idle: process anyway this often, even without a NOTIF
 ERROR_BACKOFF_S = 1.0    # after an unexpected error, before trying again
 THROUGHPUT_LOG_S = 60.0
 
-PROCESS_SQL = "SELECT payloads, status_events, messages, dead FROM api.process_webhooks(%s)"
+CLAIM_SQL = "SELECT api.claim_webhooks(%s)"
+PROCESS_SQL = ("SELECT payloads, status_events, messages, dead, dropped "
+               "FROM api.process_claimed_webhooks(%s)")
+FAIL_SQL = "SELECT api.fail_webhooks(%s, %s, %s)"
+
+
+def webhook_url(settings: Settings) -> str:
+    """The session URL with the webhook loop's own statement_timeout (the last -c wins)."""
+    url = settings.session_url()
+    given = conninfo_to_dict(url).get("options") or ""
+    return make_conninfo(url, options=f"{given} -c statement_timeout={settings.webhook_timeout_ms}".strip())
 
 
 class WebhookProcessor:
-    """One loop calling api.process_webhooks; ``await run(stop)`` until ``stop`` is set."""
+    """One loop claiming and processing webhook payloads; ``await run(stop)`` until ``stop``."""
 
     def __init__(self, settings: Settings, *, batch: int = BATCH, recheck_s: float = RECHECK_S,
-                 heartbeat_s: float = HEARTBEAT_S) -> None:
+                 heartbeat_s: float = HEARTBEAT_S, index: int = 0) -> None:
         self.settings = settings
         self.batch = batch
         self.recheck_s = recheck_s
         self.heartbeat_s = heartbeat_s
-        self.db = Database(settings.database_url, name=f"{settings.worker_name}-webhooks")
-        self.totals = {"batches": 0, "payloads": 0, "status_events": 0, "messages": 0, "dead": 0}
+        self.db = Database(webhook_url(settings), name=f"{settings.worker_name}-webhooks-{index}")
+        self.totals = {"batches": 0, "payloads": 0, "status_events": 0, "messages": 0, "dead": 0,
+                       "dropped": 0, "failed": 0}
 
     async def process_once(self, stop: asyncio.Event | None = None) -> tuple[int, int, int, int]:
         """One batch: (payloads, status_events, messages, dead)."""
-        rows, _ = await self.db.fetch(PROCESS_SQL, (self.batch,), stop=stop)
-        payloads, status_events, messages, dead = rows[0]
-        if payloads:
-            t = self.totals
-            t["batches"] += 1
-            t["payloads"] += payloads
-            t["status_events"] += status_events
-            t["messages"] += messages
-            t["dead"] += dead
-            if dead:
-                log.warning("%d webhook payload(s) moved to webhooks_dead", dead)
-        return payloads, status_events, messages, dead
+        ids = (await self.db.fetch(CLAIM_SQL, (self.batch,), stop=stop))[0][0][0]
+        if not ids:
+            return 0, 0, 0, 0
+        counts = [len(ids), 0, 0, 0, 0]
+        try:
+            self._add(counts, await self._process(ids, stop))
+        except psycopg.Error as exc:
+            # The batch's transaction failed as a whole (a statement timeout, a crash of
+            # its backend): the database could not isolate the culprit, so do it here.
+            log.warning("a batch of %d webhook payloads failed (%s); retrying one by one",
+                        len(ids), exc.sqlstate or type(exc).__name__)
+            failed = list(ids) if len(ids) == 1 else []
+            for msg_id in ids if len(ids) > 1 else ():
+                try:
+                    self._add(counts, await self._process([msg_id], stop))
+                except psycopg.Error as one:
+                    failed.append(msg_id)
+                    exc = one
+            if failed:
+                reason = f"{type(exc).__name__}: {exc}"[:1000]
+                counts[3] += (await self.db.fetch(FAIL_SQL, (failed, exc.sqlstate or "XX000", reason),
+                                                  stop=stop))[0][0][0]
+                self.totals["failed"] += len(failed)
+        t = self.totals
+        t["batches"] += 1
+        for key, n in zip(("payloads", "status_events", "messages", "dead", "dropped"), counts):
+            t[key] += n
+        if counts[3]:
+            log.warning("%d webhook payload(s) moved to webhooks_dead", counts[3])
+        if counts[4]:
+            log.warning("%d webhook change(s) dropped: signed by an app that does not hold "
+                        "the number they name", counts[4])
+        return tuple(counts[:4])
+
+    async def _process(self, ids: list[int], stop: asyncio.Event | None) -> tuple:
+        rows, _ = await self.db.fetch(PROCESS_SQL, (ids,), stop=stop)
+        _, status_events, messages, dead, dropped = rows[0]
+        return 0, status_events, messages, dead, dropped
+
+    @staticmethod
+    def _add(counts: list[int], more: tuple) -> None:
+        for i, n in enumerate(more):
+            counts[i] += n or 0
 
     async def drain(self, stop: asyncio.Event) -> int:
         """Process batches until one comes back short; returns the payloads processed."""
@@ -124,5 +173,8 @@ async def _wait(stopping: asyncio.Task, wake: asyncio.Event | None, timeout: flo
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
-    """The webhook-processing loop of ``python -m worker``, until ``stop`` is set."""
-    await WebhookProcessor(settings).run(stop)
+    """The webhook-processing loops of ``python -m worker`` (PGWA_WEBHOOK_LOOPS of them),
+    until ``stop`` is set. More than one, so that a batch held up by a slow payload (up
+    to the statement timeout, twice) never holds up the payloads that arrive meanwhile."""
+    await asyncio.gather(*(WebhookProcessor(settings, index=i).run(stop)
+                           for i in range(settings.webhook_loops)))

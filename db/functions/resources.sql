@@ -16,13 +16,6 @@ $$;
 COMMENT ON FUNCTION api.numbers(bigint) IS
     'Lists the tenant''s WhatsApp numbers with their limit, current pace and quality; never the access token or the app secret (has_app_secret says whether one is set).';
 
-CREATE OR REPLACE FUNCTION api.webhook_app_secrets() RETURNS text[]
-LANGUAGE sql SECURITY DEFINER STABLE SET search_path = '' AS $$
-    SELECT coalesce(array_agg(DISTINCT n.app_secret ORDER BY n.app_secret), '{}')
-    FROM core.wa_numbers n WHERE n.app_secret IS NOT NULL AND n.app_secret <> ''
-$$;
-COMMENT ON FUNCTION api.webhook_app_secrets() IS
-    'The app secrets registered with numbers (each tenant''s Meta app signs its webhooks with its own): the webhook receiver checks X-Hub-Signature-256 against these and WHATSAPP_APP_SECRET. For the receiver only; never shown.';
 
 CREATE OR REPLACE FUNCTION api.graph_credentials(p_tenant_id bigint, p_number_id bigint)
 RETURNS api.graph_credentials
@@ -310,7 +303,6 @@ COMMENT ON FUNCTION api.functions() IS
     'Lists the api functions with their arguments, result and COMMENT ON text: the documentation the OpenAPI document and the README draw from.';
 
 REVOKE ALL ON FUNCTION api.numbers(bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION api.webhook_app_secrets() FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.graph_credentials(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.sync_templates(bigint, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.templates(bigint, text, text) FROM PUBLIC;
@@ -322,7 +314,6 @@ REVOKE ALL ON FUNCTION api.read_notifications(bigint, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.error_codes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.functions() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.numbers(bigint) TO pgwa_api;
-GRANT EXECUTE ON FUNCTION api.webhook_app_secrets() TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.graph_credentials(bigint, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.sync_templates(bigint, text, jsonb) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.templates(bigint, text, text) TO pgwa_api;

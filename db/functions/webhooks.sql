@@ -12,7 +12,28 @@
 -- Ingestion
 -------------------------------------------------------------------------------
 
-CREATE OR REPLACE FUNCTION api.ingest_webhooks(p_payloads jsonb[]) RETURNS bigint[]
+-- Who signed a payload: the salted sha256 of a number's own app secret (the platform's
+-- WHATSAPP_APP_SECRET signs with no signer). Salted, so that a queue row or a log line
+-- that shows a signer reveals nothing a dictionary could turn back into the secret.
+CREATE OR REPLACE FUNCTION core.app_signer(p_app_secret text) RETURNS text
+LANGUAGE sql STABLE SET search_path = '' AS $$
+    SELECT encode(pg_catalog.sha256(convert_to(s.signer_salt || p_app_secret, 'UTF8')), 'hex')
+    FROM core.settings s
+$$;
+
+CREATE OR REPLACE FUNCTION api.webhook_signers() RETURNS SETOF api.webhook_signer
+LANGUAGE sql SECURITY DEFINER STABLE SET search_path = '' AS $$
+    SELECT d.app_secret, core.app_signer(d.app_secret)
+    FROM (SELECT DISTINCT n.app_secret FROM core.wa_numbers n
+          WHERE n.app_secret IS NOT NULL AND n.app_secret <> '') d
+$$;
+COMMENT ON FUNCTION api.webhook_signers() IS
+    'The app secrets registered with numbers, each with its signer: the webhook receiver checks X-Hub-Signature-256 against these (after WHATSAPP_APP_SECRET) and stores the signer of the one that verified a payload, which then speaks only for that secret''s numbers. For the receiver only; never shown.';
+REVOKE ALL ON FUNCTION api.webhook_signers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.webhook_signers() TO pgwa_api;
+
+CREATE OR REPLACE FUNCTION api.ingest_webhooks(p_payloads jsonb[], p_signers text[] DEFAULT NULL)
+RETURNS bigint[]
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_ids bigint[];
@@ -24,32 +45,68 @@ BEGIN
         RAISE EXCEPTION 'a webhook payload must be a JSON object'
             USING ERRCODE = 'PW105', HINT = 'Enqueue the body Meta posted, as it was received.';
     END IF;
-    -- The row pgmq.send_batch would write (visible now, no headers), inserted directly:
-    -- send_batch builds and plans a dynamic INSERT on every call, which on this path
-    -- costs more than the insert itself (~160 us a call, measured). pgmq's insert
-    -- trigger still fires (migration 0030).
+    IF cardinality(p_signers) > cardinality(p_payloads)
+       OR EXISTS (SELECT 1 FROM unnest(p_signers) s WHERE s !~ '^[0-9a-f]{64}$') THEN
+        RAISE EXCEPTION 'p_signers must hold at most one signer per payload, each from api.webhook_signers()'
+            USING ERRCODE = 'PW100', HINT = 'Pass null for a payload the platform''s app secret verified.';
+    END IF;
+    -- The row pgmq.send_batch would write (visible now), inserted directly: send_batch
+    -- builds and plans a dynamic INSERT on every call, which on this path costs more
+    -- than the insert itself (~160 us a call, measured). pgmq's insert trigger still
+    -- fires (migration 0030). The signer rides in the message's headers.
     WITH queued AS (
-        INSERT INTO pgmq.q_webhooks (vt, message)
-        SELECT clock_timestamp(), p FROM unnest(p_payloads) AS p
+        INSERT INTO pgmq.q_webhooks (vt, message, headers)
+        SELECT clock_timestamp(), u.p, CASE WHEN u.s IS NOT NULL THEN jsonb_build_object('signer', u.s) END
+        FROM unnest(p_payloads, p_signers) AS u(p, s)
         RETURNING msg_id
     )
     SELECT array_agg(msg_id ORDER BY msg_id) INTO v_ids FROM queued;
     RETURN v_ids;
 END
 $$;
-COMMENT ON FUNCTION api.ingest_webhooks(jsonb[]) IS
-    'Enqueue signature-checked webhook payloads (JSON objects) in the webhooks queue, in one statement; returns their queue ids. Raises PW105 if one is not a JSON object.';
-REVOKE ALL ON FUNCTION api.ingest_webhooks(jsonb[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION api.ingest_webhooks(jsonb[]) TO pgwa_api;
+COMMENT ON FUNCTION api.ingest_webhooks(jsonb[], text[]) IS
+    'Enqueue signature-checked webhook payloads (JSON objects) in the webhooks queue, in one statement, each with the signer of the number app secret that verified it (null: the platform''s secret); returns their queue ids. Raises PW105 if one is not a JSON object, PW100 for a malformed signer.';
+REVOKE ALL ON FUNCTION api.ingest_webhooks(jsonb[], text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.ingest_webhooks(jsonb[], text[]) TO pgwa_api;
 
-CREATE OR REPLACE FUNCTION api.ingest_webhook(p_payload jsonb) RETURNS bigint
+CREATE OR REPLACE FUNCTION api.ingest_webhook(p_payload jsonb, p_signer text DEFAULT NULL) RETURNS bigint
 LANGUAGE sql SECURITY DEFINER SET search_path = '' AS $$
-    SELECT (api.ingest_webhooks(ARRAY[p_payload]))[1]
+    SELECT (api.ingest_webhooks(ARRAY[p_payload], ARRAY[p_signer]))[1]
 $$;
-COMMENT ON FUNCTION api.ingest_webhook(jsonb) IS
-    'Enqueue one signature-checked webhook payload; returns its queue id. The single form of api.ingest_webhooks; raises PW105 if it is not a JSON object.';
-REVOKE ALL ON FUNCTION api.ingest_webhook(jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION api.ingest_webhook(jsonb) TO pgwa_api;
+COMMENT ON FUNCTION api.ingest_webhook(jsonb, text) IS
+    'Enqueue one signature-checked webhook payload with its signer (null: the platform''s app secret); returns its queue id. The single form of api.ingest_webhooks; raises PW105 if it is not a JSON object.';
+REVOKE ALL ON FUNCTION api.ingest_webhook(jsonb, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.ingest_webhook(jsonb, text) TO pgwa_api;
+
+-- A signed body the queue cannot hold as it is: kept byte for byte, and, when the
+-- receiver could repair it (p_repaired: the same JSON with \u0000 and lone surrogates
+-- replaced by U+FFFD), the repaired copy is queued for processing as usual.
+CREATE OR REPLACE FUNCTION api.keep_raw_webhook(p_body bytea, p_signer text, p_reason text,
+                                                p_repaired jsonb DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+DECLARE
+    v_raw_id bigint;
+    v_msg_id bigint;
+BEGIN
+    IF p_body IS NULL THEN
+        RAISE EXCEPTION 'p_body is null' USING ERRCODE = 'PW100', HINT = 'Pass the bytes Meta posted.';
+    END IF;
+    INSERT INTO core.webhook_raw (signer, reason, body)
+    VALUES (p_signer, left(coalesce(p_reason, 'unknown'), 1000), p_body)
+    RETURNING raw_id INTO v_raw_id;
+    IF jsonb_typeof(p_repaired) = 'object' THEN
+        v_msg_id := api.ingest_webhook(p_repaired, p_signer);
+        UPDATE pgmq.q_webhooks SET headers = coalesce(headers, '{}') || jsonb_build_object('raw_id', v_raw_id)
+        WHERE msg_id = v_msg_id;
+        UPDATE core.webhook_raw SET queued_msg_id = v_msg_id WHERE raw_id = v_raw_id;
+    END IF;
+    RETURN v_raw_id;
+END
+$$;
+COMMENT ON FUNCTION api.keep_raw_webhook(bytea, text, text, jsonb) IS
+    'Keeps a signed webhook body that jsonb cannot hold or that is not a JSON object, byte for byte (core.webhook_raw), and queues p_repaired (when it is a JSON object) for processing with the same signer. Returns the raw row''s id. Raises PW100 for a null body.';
+REVOKE ALL ON FUNCTION api.keep_raw_webhook(bytea, text, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.keep_raw_webhook(bytea, text, text, jsonb) TO pgwa_api;
 
 -------------------------------------------------------------------------------
 -- Parsing helpers
@@ -63,15 +120,67 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
 $$;
 
 -- Every change of a batch of payloads, flattened: one row per entry[].changes[] of a
--- whatsapp_business_account payload. Anything else is skipped (it stays in the archive).
-CREATE OR REPLACE FUNCTION core.flatten_webhooks(p_payloads jsonb[]) RETURNS SETOF core.webhook_change
+-- whatsapp_business_account payload, with the signer of the payload (null: the
+-- platform's app). Anything else is skipped (it stays in the archive).
+CREATE OR REPLACE FUNCTION core.flatten_webhooks(p_payloads jsonb[], p_signers text[] DEFAULT NULL)
+RETURNS SETOF core.webhook_change
 LANGUAGE sql IMMUTABLE SET search_path = '' AS $$
     SELECT p.ord::integer, e.value->>'id', core.unix_ts(e.value->>'time'), c.value->>'field',
-           c.value->'value'->'metadata'->>'phone_number_id', c.value->'value'
-    FROM unnest(p_payloads) WITH ORDINALITY AS p(payload, ord)
+           c.value->'value'->'metadata'->>'phone_number_id', c.value->'value', p.signer
+    FROM unnest(p_payloads, p_signers) WITH ORDINALITY AS p(payload, signer, ord)
     CROSS JOIN LATERAL jsonb_array_elements(p.payload->'entry') AS e
     CROSS JOIN LATERAL jsonb_array_elements(e.value->'changes') AS c
     WHERE p.payload->>'object' = 'whatsapp_business_account'
+$$;
+
+-- The changes a payload's signer may speak for. The platform's app (no signer) speaks
+-- for every number; a number's own app only for the WABAs (entry[].id) and numbers
+-- (metadata.phone_number_id) registered with that same secret, both on one row, so a
+-- payload naming its own WABA and another tenant's number is dropped too. What is
+-- dropped is counted into one operator notification (no tenant) per signer and hour.
+CREATE OR REPLACE FUNCTION core.authorised_changes(p_changes core.webhook_change[], OUT changes core.webhook_change[],
+                                                   OUT dropped integer)
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) c WHERE c.signer IS NOT NULL) THEN
+        changes := p_changes;
+        dropped := 0;
+        RETURN;
+    END IF;
+    changes := ARRAY(
+        SELECT c FROM unnest(p_changes) c
+        WHERE c.signer IS NULL
+           OR EXISTS (SELECT 1 FROM core.wa_numbers n
+                      WHERE n.waba_id = c.waba_id
+                        AND (c.phone_number_id IS NULL OR n.phone_number_id = c.phone_number_id)
+                        AND n.app_secret <> '' AND core.app_signer(n.app_secret) = c.signer)
+        ORDER BY c.ord);
+    dropped := cardinality(p_changes) - cardinality(changes);
+    IF dropped = 0 THEN
+        RETURN;
+    END IF;
+    WITH refused AS (
+        SELECT c.signer, count(*) AS cnt,
+               array_agg(DISTINCT coalesce(c.phone_number_id, c.waba_id)) AS named
+        FROM unnest(p_changes) c
+        WHERE c.signer IS NOT NULL AND NOT (c = ANY (changes))
+        GROUP BY c.signer
+    )
+    INSERT INTO core.notifications AS nt (tenant_id, kind, severity, message, details, dedupe_key)
+    SELECT NULL, 'webhook_forbidden', 'critical',
+           format('%s webhook change(s) signed by a tenant''s app named numbers that app does not hold; dropped', r.cnt),
+           jsonb_build_object('changes', r.cnt, 'signer', left(r.signer, 16), 'named', to_jsonb(r.named[1:20]),
+                              'signer_tenants', (SELECT to_jsonb(array_agg(DISTINCT n.tenant_id)) FROM core.wa_numbers n
+                                                 WHERE n.app_secret <> '' AND core.app_signer(n.app_secret) = r.signer),
+                              'since', date_trunc('hour', now())),
+           format('webhook_forbidden|%s|%s', r.signer, date_trunc('hour', now()))
+    FROM refused r
+    ON CONFLICT (tenant_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO UPDATE SET
+        details = nt.details || jsonb_build_object('changes', (nt.details->>'changes')::bigint + (excluded.details->>'changes')::bigint),
+        message = format('%s webhook change(s) signed by a tenant''s app named numbers that app does not hold; dropped',
+                         (nt.details->>'changes')::bigint + (excluded.details->>'changes')::bigint),
+        read_at = NULL;
+END
 $$;
 
 -- The text of an inbound message for the inbox and for bot matching: the body, the
@@ -139,7 +248,9 @@ BEGIN
                o.outbound_id
         FROM unnest(p_changes) ch
         CROSS JOIN LATERAL jsonb_array_elements(ch.value->'statuses') AS s
-        LEFT JOIN core.outbound_messages o ON o.wamid = s->>'id'
+        -- A wamid moves a message only through the number that sent it.
+        LEFT JOIN core.wa_numbers sn ON sn.phone_number_id = ch.phone_number_id
+        LEFT JOIN core.outbound_messages o ON o.wamid = s->>'id' AND o.number_id = sn.number_id
         WHERE ch.field = 'messages' AND ch.value ? 'statuses' AND s->>'id' IS NOT NULL
           AND s->>'status' IN ('sent', 'delivered', 'read', 'failed', 'deleted', 'warning', 'played')
     ), unknown AS (
@@ -309,7 +420,8 @@ BEGIN
         SELECT u.number_id, u.contact_id, 'in', u.msg->>'id', coalesce(u.msg->>'type', 'unknown'),
                core.inbound_body(u.msg), u.msg, u.msg->'context'->>'id', o.outbound_id, o.campaign_id, u.at
         FROM unnest(v_number_ids, v_contact_ids, v_messages, v_at) AS u(number_id, contact_id, msg, at)
-        LEFT JOIN core.outbound_messages o ON o.wamid = u.msg->'context'->>'id'
+        -- A reply is attributed only to a message of the number it was sent to.
+        LEFT JOIN core.outbound_messages o ON o.wamid = u.msg->'context'->>'id' AND o.number_id = u.number_id
         WHERE u.contact_id IS NOT NULL
         ORDER BY u.msg->>'id'
         ON CONFLICT (wamid) WHERE wamid IS NOT NULL DO NOTHING
@@ -377,10 +489,12 @@ BEGIN
                CASE upper(ch.value->>'event') WHEN 'REINSTATED' THEN 'APPROVED'
                     ELSE upper(ch.value->>'event') END AS status
         FROM unnest(p_changes) ch
+        -- Only a template of the WABA the entry came through, whatever id it names.
         JOIN core.templates t
-          ON t.meta_template_id = ch.value->>'message_template_id'
-          OR (t.waba_id = ch.waba_id AND t.name = ch.value->>'message_template_name'
-              AND t.language = ch.value->>'message_template_language')
+          ON t.waba_id = ch.waba_id
+         AND (t.meta_template_id = ch.value->>'message_template_id'
+              OR (t.name = ch.value->>'message_template_name'
+                  AND t.language = ch.value->>'message_template_language'))
         WHERE ch.field = 'message_template_status_update' AND ch.value->>'event' IS NOT NULL
         ORDER BY t.template_id, ch.entry_at DESC NULLS LAST, ch.ord DESC
     ), changed AS (
@@ -479,79 +593,75 @@ $$;
 -------------------------------------------------------------------------------
 
 -- Everything a batch of payloads changes, set-based: statuses, inbound messages,
--- account-level updates. Raises on a payload it cannot process; the caller isolates it.
+-- account-level updates, each only for the numbers the payload's signer speaks for.
+-- Raises on a payload it cannot process; the caller isolates it.
 CREATE OR REPLACE FUNCTION core.process_webhook_payloads(
-    p_payloads jsonb[], OUT status_events integer, OUT messages integer, OUT updates integer)
+    p_payloads jsonb[], p_signers text[],
+    OUT status_events integer, OUT messages integer, OUT updates integer, OUT dropped integer)
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
-    v_changes core.webhook_change[] := ARRAY(SELECT c FROM core.flatten_webhooks(p_payloads) c);
+    v_changes core.webhook_change[];
 BEGIN
+    SELECT a.changes, a.dropped INTO v_changes, dropped
+    FROM core.authorised_changes(ARRAY(SELECT c FROM core.flatten_webhooks(p_payloads, p_signers) c)) a;
     status_events := core.apply_statuses(v_changes);
     messages := core.apply_inbound(v_changes);
     updates := core.apply_account_updates(v_changes);
 END
 $$;
 
-CREATE OR REPLACE FUNCTION api.process_webhooks(p_max integer DEFAULT 100) RETURNS api.webhook_batch
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+-- Set aside one payload with the reason it could not be processed.
+CREATE OR REPLACE FUNCTION core.dead_letter_webhook(p_msg_id bigint, p_payload jsonb, p_headers jsonb,
+                                                    p_sqlstate text, p_reason text) RETURNS void
+LANGUAGE sql SET search_path = '' AS $$
+    SELECT pgmq.send('webhooks_dead', jsonb_build_object(
+        'msg_id', p_msg_id, 'sqlstate', p_sqlstate, 'reason', p_reason, 'failed_at', now(),
+        'headers', p_headers, 'payload', p_payload));
+$$;
+
+-- Process payloads taken from the queue, then archive them. The whole batch goes in
+-- one set-based pass; if that raises, the payloads are taken one at a time and those
+-- that still fail are dead-lettered with the reason, so one bad payload never holds
+-- up the rest. Transient errors (deadlock, serialization, lock) and cancellation
+-- (a statement timeout) are raised: the caller retries, and a payload whose batches
+-- keep failing that way is dead-lettered by api.claim_webhooks once it has been read
+-- webhook_max_attempts times.
+CREATE OR REPLACE FUNCTION core.process_webhook_batch(p_ids bigint[], p_payloads jsonb[], p_headers jsonb[])
+RETURNS api.webhook_batch
+LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
-    v_batch api.webhook_batch := ROW(0, 0, 0, 0);
-    v_ids bigint[];
-    v_payloads jsonb[];
+    v_batch api.webhook_batch := ROW(coalesce(cardinality(p_ids), 0), 0, 0, 0, 0);
+    v_signers text[] := ARRAY(SELECT h->>'signer' FROM unnest(p_headers) h);
     v_dead bigint[] := '{}';
     v_result record;
     v_state text;
     v_reason text;
 BEGIN
-    IF p_max IS NULL OR p_max NOT BETWEEN 1 AND 10000 THEN
-        RAISE EXCEPTION 'p_max must be between 1 and 10000, not %', p_max
-            USING ERRCODE = 'PW100', HINT = 'Process a few hundred payloads per call.';
-    END IF;
-
-    -- Read and processing share this transaction: a crash rolls the read back too, and
-    -- concurrent workers skip each other's rows (FOR UPDATE SKIP LOCKED in pgmq.read).
-    SELECT array_agg(r.msg_id ORDER BY r.msg_id), array_agg(r.message ORDER BY r.msg_id)
-    INTO v_ids, v_payloads
-    FROM pgmq.read('webhooks', 60, p_max) r;
-    v_batch.payloads := coalesce(cardinality(v_ids), 0);
-
     IF v_batch.payloads = 0 THEN
-        -- Idle: restore the insert-notification throttle row that a crash empties
-        -- (pgmq keeps it UNLOGGED); 50 ms as in migration 0030.
-        INSERT INTO pgmq.notify_insert_throttle (queue_name, throttle_interval_ms)
-        SELECT 'webhooks', 50
-        WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-                      WHERE tgrelid = 'pgmq.q_webhooks'::regclass
-                        AND tgname = 'trigger_notify_queue_insert_listeners')
-          AND NOT EXISTS (SELECT 1 FROM pgmq.notify_insert_throttle WHERE queue_name = 'webhooks')
-        ON CONFLICT DO NOTHING;
         RETURN v_batch;
     END IF;
-
     BEGIN
-        SELECT * INTO v_result FROM core.process_webhook_payloads(v_payloads);
+        SELECT * INTO v_result FROM core.process_webhook_payloads(p_payloads, v_signers);
         v_batch.status_events := v_result.status_events;
         v_batch.messages := v_result.messages;
+        v_batch.dropped := v_result.dropped;
     EXCEPTION
         WHEN deadlock_detected OR serialization_failure OR lock_not_available THEN
-            RAISE;      -- transient: the worker retries the whole batch
+            RAISE;
         WHEN OTHERS THEN
-            -- One bad payload must not block the rest: take them one at a time and
-            -- dead-letter those that still fail, with the reason.
             FOR i IN 1 .. v_batch.payloads LOOP
                 BEGIN
-                    SELECT * INTO v_result FROM core.process_webhook_payloads(ARRAY[v_payloads[i]]);
+                    SELECT * INTO v_result FROM core.process_webhook_payloads(ARRAY[p_payloads[i]], ARRAY[v_signers[i]]);
                     v_batch.status_events := v_batch.status_events + v_result.status_events;
                     v_batch.messages := v_batch.messages + v_result.messages;
+                    v_batch.dropped := v_batch.dropped + v_result.dropped;
                 EXCEPTION
                     WHEN deadlock_detected OR serialization_failure OR lock_not_available THEN
                         RAISE;
                     WHEN OTHERS THEN
                         GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_reason = MESSAGE_TEXT;
-                        PERFORM pgmq.send('webhooks_dead', jsonb_build_object(
-                            'msg_id', v_ids[i], 'sqlstate', v_state, 'reason', v_reason,
-                            'failed_at', now(), 'payload', v_payloads[i]));
-                        v_dead := v_dead || v_ids[i];
+                        PERFORM core.dead_letter_webhook(p_ids[i], p_payloads[i], p_headers[i], v_state, v_reason);
+                        v_dead := v_dead || p_ids[i];
                 END;
             END LOOP;
     END;
@@ -559,14 +669,149 @@ BEGIN
     v_batch.dead := cardinality(v_dead);
     IF v_batch.dead > 0 THEN
         PERFORM pgmq.delete('webhooks', v_dead);
-        PERFORM pgmq.archive('webhooks', ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest(v_dead)));
+        PERFORM pgmq.archive('webhooks', ARRAY(SELECT unnest(p_ids) EXCEPT SELECT unnest(v_dead)));
     ELSE
-        PERFORM pgmq.archive('webhooks', v_ids);
+        PERFORM pgmq.archive('webhooks', p_ids);
     END IF;
     RETURN v_batch;
 END
 $$;
+
+-- Idle: restore the insert-notification throttle row that a crash empties (pgmq keeps
+-- it UNLOGGED); 50 ms as in migration 0030.
+CREATE OR REPLACE FUNCTION core.restore_webhook_notify() RETURNS void
+LANGUAGE sql SET search_path = '' AS $$
+    INSERT INTO pgmq.notify_insert_throttle (queue_name, throttle_interval_ms)
+    SELECT 'webhooks', 50
+    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                  WHERE tgrelid = 'pgmq.q_webhooks'::regclass
+                    AND tgname = 'trigger_notify_queue_insert_listeners')
+      AND NOT EXISTS (SELECT 1 FROM pgmq.notify_insert_throttle WHERE queue_name = 'webhooks')
+    ON CONFLICT DO NOTHING;
+$$;
+
+CREATE OR REPLACE FUNCTION api.process_webhooks(p_max integer DEFAULT 100) RETURNS api.webhook_batch
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+DECLARE
+    v_ids bigint[];
+    v_payloads jsonb[];
+    v_headers jsonb[];
+BEGIN
+    IF p_max IS NULL OR p_max NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'p_max must be between 1 and 10000, not %', p_max
+            USING ERRCODE = 'PW100', HINT = 'Process a few hundred payloads per call.';
+    END IF;
+    -- Read and processing share this transaction: a crash rolls the read back too, and
+    -- concurrent workers skip each other's rows (FOR UPDATE SKIP LOCKED in pgmq.read).
+    SELECT array_agg(r.msg_id ORDER BY r.msg_id), array_agg(r.message ORDER BY r.msg_id),
+           array_agg(r.headers ORDER BY r.msg_id)
+    INTO v_ids, v_payloads, v_headers
+    FROM pgmq.read('webhooks', 60, p_max) r;
+    IF v_ids IS NULL THEN
+        PERFORM core.restore_webhook_notify();
+    END IF;
+    RETURN core.process_webhook_batch(v_ids, v_payloads, v_headers);
+END
+$$;
 COMMENT ON FUNCTION api.process_webhooks(integer) IS
-    'Process up to p_max queued webhook payloads in one transaction, set-based and idempotent under redelivery and reordering; archives them, dead-letters any that fail (webhooks_dead, with the reason). Returns the payloads taken, status events and inbound messages newly stored, and payloads dead-lettered. Raises PW100 for p_max outside 1..10000.';
+    'Read and process up to p_max queued webhook payloads in one transaction, set-based and idempotent under redelivery and reordering; applies each change only for the numbers its signer speaks for (dropped counts the others); archives the payloads and dead-letters any that fail (webhooks_dead, with the reason). A crash or timeout rolls the read back too: the worker uses api.claim_webhooks + api.process_claimed_webhooks, which count it. Raises PW100 for p_max outside 1..10000.';
 REVOKE ALL ON FUNCTION api.process_webhooks(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.process_webhooks(integer) TO pgwa_worker;
+
+CREATE OR REPLACE FUNCTION api.claim_webhooks(p_max integer DEFAULT 200) RETURNS bigint[]
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+DECLARE
+    v_settings core.settings;
+    v_ids bigint[];
+    v_spent bigint[];
+BEGIN
+    IF p_max IS NULL OR p_max NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'p_max must be between 1 and 10000, not %', p_max
+            USING ERRCODE = 'PW100', HINT = 'Claim a few hundred payloads per call.';
+    END IF;
+    SELECT * INTO v_settings FROM core.settings;
+    WITH claimed AS MATERIALIZED (
+        SELECT * FROM pgmq.read('webhooks', v_settings.webhook_claim_s, p_max)
+    ), spent AS (
+        -- Read this often and never archived: every batch that held it crashed or timed out.
+        SELECT c.msg_id, core.dead_letter_webhook(c.msg_id, c.message, c.headers, coalesce(c.headers->>'sqlstate', '57014'),
+                   format('not processed after %s attempts: %s', c.read_ct - 1,
+                          coalesce(c.headers->>'last_error', 'the batch never finished')))
+        FROM claimed c WHERE c.read_ct > v_settings.webhook_max_attempts
+    )
+    SELECT array_agg(c.msg_id ORDER BY c.msg_id) FILTER (WHERE c.msg_id NOT IN (SELECT s.msg_id FROM spent s)),
+           (SELECT array_agg(s.msg_id) FROM spent s)
+    INTO v_ids, v_spent
+    FROM claimed c;
+    IF v_spent IS NOT NULL THEN
+        PERFORM pgmq.delete('webhooks', v_spent);
+    END IF;
+    IF v_ids IS NULL AND v_spent IS NULL THEN
+        PERFORM core.restore_webhook_notify();
+    END IF;
+    RETURN coalesce(v_ids, '{}');
+END
+$$;
+COMMENT ON FUNCTION api.claim_webhooks(integer) IS
+    'Claims up to p_max queued webhook payloads for api.process_claimed_webhooks, in its own transaction, so that a batch that crashes or times out still counts as an attempt: the payloads come back after webhook_claim_s, and one read more than webhook_max_attempts times is dead-lettered (webhooks_dead) instead of returned. Returns the claimed queue ids. Raises PW100 for p_max outside 1..10000.';
+REVOKE ALL ON FUNCTION api.claim_webhooks(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.claim_webhooks(integer) TO pgwa_worker;
+
+CREATE OR REPLACE FUNCTION api.process_claimed_webhooks(p_ids bigint[]) RETURNS api.webhook_batch
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+DECLARE
+    v_ids bigint[];
+    v_payloads jsonb[];
+    v_headers jsonb[];
+BEGIN
+    IF cardinality(p_ids) > 10000 THEN
+        RAISE EXCEPTION 'at most 10000 payloads per call, not %', cardinality(p_ids)
+            USING ERRCODE = 'PW100', HINT = 'Pass the ids one api.claim_webhooks call returned.';
+    END IF;
+    -- Still queued and not being processed by another call (a claim that outlived its
+    -- visibility timeout may have been claimed again): those are skipped.
+    SELECT array_agg(q.msg_id ORDER BY q.msg_id), array_agg(q.message ORDER BY q.msg_id),
+           array_agg(q.headers ORDER BY q.msg_id)
+    INTO v_ids, v_payloads, v_headers
+    FROM (SELECT w.msg_id, w.message, w.headers FROM pgmq.q_webhooks w
+          WHERE w.msg_id = ANY (p_ids) ORDER BY w.msg_id FOR UPDATE SKIP LOCKED) q;
+    RETURN core.process_webhook_batch(v_ids, v_payloads, v_headers);
+END
+$$;
+COMMENT ON FUNCTION api.process_claimed_webhooks(bigint[]) IS
+    'Processes the webhook payloads api.claim_webhooks returned, as api.process_webhooks does (signer-checked, set-based, idempotent; a payload that raises is dead-lettered with the reason), and archives them. Ids no longer queued or being processed elsewhere are skipped. Returns the counts. Raises PW100 for more than 10000 ids.';
+REVOKE ALL ON FUNCTION api.process_claimed_webhooks(bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.process_claimed_webhooks(bigint[]) TO pgwa_worker;
+
+CREATE OR REPLACE FUNCTION api.fail_webhooks(p_ids bigint[], p_sqlstate text, p_reason text) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+DECLARE
+    v_settings core.settings;
+    v_dead bigint[];
+BEGIN
+    SELECT * INTO v_settings FROM core.settings;
+    -- Out of attempts: set aside now. The others come back after a pause that grows
+    -- with their attempts (capped by the claim's visibility timeout).
+    WITH failed AS (
+        UPDATE pgmq.q_webhooks w SET
+            headers = coalesce(w.headers, '{}') || jsonb_build_object('last_error', left(p_reason, 1000),
+                                                                     'sqlstate', p_sqlstate),
+            vt = clock_timestamp() + make_interval(secs => least(v_settings.webhook_claim_s, 2 ^ w.read_ct))
+        WHERE w.msg_id = ANY (p_ids)
+        RETURNING w.msg_id, w.read_ct, w.message, w.headers
+    ), dead AS (
+        SELECT f.msg_id, core.dead_letter_webhook(f.msg_id, f.message, f.headers, p_sqlstate,
+                   format('not processed after %s attempts: %s', f.read_ct, left(p_reason, 1000)))
+        FROM failed f WHERE f.read_ct >= v_settings.webhook_max_attempts
+    )
+    SELECT array_agg(d.msg_id) INTO v_dead FROM dead d;
+    IF v_dead IS NOT NULL THEN
+        PERFORM pgmq.delete('webhooks', v_dead);
+    END IF;
+    RETURN coalesce(cardinality(v_dead), 0);
+END
+$$;
+COMMENT ON FUNCTION api.fail_webhooks(bigint[], text, text) IS
+    'Records that claimed webhook payloads failed outside the database''s own error handling (their batch timed out or crashed): keeps the reason, and dead-letters those read webhook_max_attempts times; the others come back after a back-off. Returns how many were dead-lettered.';
+REVOKE ALL ON FUNCTION api.fail_webhooks(bigint[], text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.fail_webhooks(bigint[], text, text) TO pgwa_worker;
