@@ -1,36 +1,74 @@
-"""A contact CSV uploaded over HTTP, streamed into this session's staging table with COPY.
+"""A contact CSV uploaded over HTTP, spooled within its caps, then COPied into this
+session's staging table.
 
 ::
 
     request.stream() ──> multipart part (or the raw text/csv body) ──> UTF-8, whole CSV
-        records (quote-aware) ──> csv rows ──> COPY pg_temp.staged_contacts, chunk by chunk
+        records (quote-aware) ──> csv rows ──> COPY text in a spool (memory, then a temp file)
+    then, with a pooled connection: COPY pg_temp.staged_contacts FROM the spool
 
-Nothing holds the whole file: each chunk the client sends is parsed and written to
-COPY before the next is read. The header rules are pgwa.contacts' (a ``phone`` column
-or one of its aliases, ``name``, every other column an attribute); what makes a valid
-contact is decided in SQL (``api.create_campaign`` / ``api.import_contacts``).
-A multipart body may carry small text fields beside the file (``params``, a JSON
-object); they are collected in ``CsvUpload.fields``.
+The body is parsed as it arrives, under caps read once from Settings: bytes
+(PGWA_UPLOAD_MAX_BYTES, 413), data rows (PGWA_UPLOAD_MAX_ROWS, 413), characters in one
+field (PGWA_UPLOAD_MAX_FIELD, 422) and a deadline for the whole body
+(PGWA_UPLOAD_DEADLINE_S, 408); each error names the cap and the row. No database
+connection is held while the client sends: a client that dribbles bytes ties up a
+little memory or disk, never a pooled connection or an open transaction.
+The header rules are pgwa.contacts' (a ``phone`` column or one of its aliases, ``name``,
+every other column an attribute); what makes a valid contact is decided in SQL
+(``api.create_campaign`` / ``api.import_contacts``). A multipart body may carry small
+text fields beside the file (``params``, a JSON object); they are collected in
+``CsvUpload.fields``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import csv
+import tempfile
 from collections import deque
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import orjson
 import psycopg
 from starlette.requests import Request
 
 from api.errors import ApiError
+from pgwa.config import Settings
 from pgwa.contacts import COPY_STAGED, PHONE_COLUMNS, STAGE
 
 CSV_TYPES = ("text/csv", "application/csv", "text/plain", "application/octet-stream", "application/vnd.ms-excel")
 MAX_RECORD = 1 << 20        # one CSV record (a line, or lines inside quotes)
 MAX_FIELD = 64 << 10        # a multipart text field
 FILE_FIELDS = ("file", "csv", "contacts")
+SPOOL_IN_MEMORY = 4 << 20   # COPY text kept in memory up to this, then in a temporary file
+COPY_CHUNK = 256 << 10
+# COPY's text format: a backslash, tab, newline or carriage return inside a value is escaped.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """The caps of one upload (pgwa.config.Settings, PGWA_UPLOAD_*)."""
+
+    max_bytes: int = Settings.upload_max_bytes
+    max_rows: int = Settings.upload_max_rows
+    max_field: int = Settings.upload_max_field
+    deadline_s: float = Settings.upload_deadline_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadLimits:
+        return cls(settings.upload_max_bytes, settings.upload_max_rows, settings.upload_max_field,
+                   settings.upload_deadline_s)
+
+
+def _too_large(message: str) -> ApiError:
+    return ApiError("PW120", message, "Split the contact list into smaller uploads, or ask the operator "
+                    "to raise the cap.", status=413)
+
+
+def _copy_text(row: tuple) -> str:
+    return "\t".join("\\N" if v is None else str(v).translate(_COPY_ESCAPES) for v in row) + "\n"
 
 
 def _bad_csv(message: str) -> ApiError:
@@ -61,9 +99,13 @@ def _in_quotes_after(line: str, in_quotes: bool) -> bool:
 
 class CsvRows:
     """Incremental CSV parsing: ``feed(bytes)`` returns the staged rows completed so far,
-    as (row_no, phone, name, attributes-json); row 1 is the header, as pgwa.contacts counts."""
+    as (row_no, phone, name, attributes-json); row 1 is the header, as pgwa.contacts counts.
+    More than ``max_rows`` data rows, or a field of more than ``max_field`` characters, is
+    refused naming the row (and the column)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_rows: int | None = None, max_field: int | None = None) -> None:
+        self.max_rows = max_rows
+        self.max_field = max_field
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self._partial = ""             # the current line, not yet ended
         self._record: list[str] = []   # lines of the current record (open quotes)
@@ -125,11 +167,16 @@ class CsvRows:
             except (IndexError, StopIteration):   # the last record ends inside quotes
                 raise _bad_csv(f"row {self._row_no + 1} opens a quote that never closes") from None
             self._row_no += 1
+            if self.max_field is not None and row and max(map(len, row)) > self.max_field:
+                self._field_too_long(row)
             if self._header is None:
                 self._set_header(row)
                 continue
             if not row or not any(cell.strip() for cell in row):
                 continue
+            if self.max_rows is not None and self.rows + len(out) >= self.max_rows:
+                raise _too_large(f"row {self._row_no}: the upload has more than {self.max_rows} contact rows, "
+                                 "the cap (PGWA_UPLOAD_MAX_ROWS)")
             row += [""] * (len(self._header) - len(row))
             attributes = {h: row[i].strip() for i, h in self._extra}
             out.append((self._row_no, row[self._phone_at],
@@ -137,6 +184,23 @@ class CsvRows:
                         orjson.dumps(attributes).decode()))
         self.rows += len(out)
         return out
+
+    @property
+    def row_no(self) -> int:
+        """The CSV rows read so far (the header is row 1)."""
+        return self._row_no
+
+    def _field_too_long(self, row: list[str]) -> None:
+        at = next(i for i, cell in enumerate(row) if len(cell) > self.max_field)
+        if self._header is None:
+            named = f"column {at + 1} of the header"
+        elif at < len(self._header) and self._header[at]:
+            named = f"column {self._header[at]!r}"
+        else:
+            named = f"column {at + 1}"
+        raise ApiError("PW121", f"row {self._row_no}, {named}: a field of {len(row[at])} characters is longer "
+                       f"than the cap of {self.max_field} (PGWA_UPLOAD_MAX_FIELD)",
+                       "Shorten the field, or ask the operator to raise PGWA_UPLOAD_MAX_FIELD.", status=422)
 
     def _set_header(self, row: list[str]) -> None:
         header = [h.strip().lower() for h in row]
@@ -237,10 +301,13 @@ class _Multipart:
 
 
 class CsvUpload:
-    """The CSV of a request (a text/csv body, or the file part of a multipart form)."""
+    """The CSV of a request (a text/csv body, or the file part of a multipart form):
+    ``receive()`` spools it within the caps, with no database connection; ``stage(conn)``
+    then COPies it into this session's staging table; ``close()`` frees the spool."""
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, limits: UploadLimits | None = None) -> None:
         self.request = request
+        self.limits = limits or UploadLimits()
         content_type = request.headers.get("content-type", "")
         media = content_type.split(";", 1)[0].strip().lower()
         self.multipart = _Multipart(content_type) if media == "multipart/form-data" else None
@@ -248,33 +315,60 @@ class CsvUpload:
             raise ApiError("PW100", f"cannot read a contact list from Content-Type {media or 'none'!r}",
                            "Send the CSV as the body with Content-Type: text/csv, or as the file "
                            "of a multipart/form-data upload.", status=415)
-        self.csv = CsvRows()
+        self.csv = CsvRows(self.limits.max_rows, self.limits.max_field)
+        self.received = 0
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limits.max_bytes:
+            raise _too_large(f"the upload's Content-Length, {declared} bytes, is over the cap of "
+                             f"{self.limits.max_bytes} bytes (PGWA_UPLOAD_MAX_BYTES); no row was read")
+        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, mode="w+b")  # noqa: SIM115 - close()
 
     @property
     def fields(self) -> dict[str, str]:
         return self.multipart.fields if self.multipart else {}
 
-    async def batches(self) -> AsyncIterator[list[tuple]]:
-        """Batches of staged rows, as the body arrives."""
-        async for chunk in self.request.stream():
-            if not chunk:
-                continue
-            for data in (self.multipart.feed(chunk) if self.multipart else (chunk,)):
-                rows = self.csv.feed(data)
-                if rows:
-                    yield rows
+    def _over_bytes(self) -> ApiError:
+        return _too_large(f"the upload is over the cap of {self.limits.max_bytes} bytes (PGWA_UPLOAD_MAX_BYTES) "
+                          f"at row {self.csv.row_no + 1}")
+
+    async def receive(self) -> int:
+        """Read, parse and spool the whole body within the deadline; returns the data rows."""
+        try:
+            async with asyncio.timeout(self.limits.deadline_s):
+                async for chunk in self.request.stream():
+                    if chunk:
+                        self._take(chunk)
+        except TimeoutError:
+            raise ApiError("PW122", f"the upload did not arrive within {self.limits.deadline_s:g} s, the deadline "
+                           f"(PGWA_UPLOAD_DEADLINE_S): {self.received} bytes and {self.csv.rows} rows came, "
+                           f"up to row {self.csv.row_no}",
+                           "Send the whole body without pauses, split the list, or ask the operator to raise "
+                           "PGWA_UPLOAD_DEADLINE_S.", status=408) from None
         if self.multipart and not self.multipart.file_seen:
             raise ApiError("PW100", "the multipart form has no file part",
                            "Send the CSV as a part with a filename (or named file).")
-        rows = self.csv.finish()
+        self._write(self.csv.finish())
+        return self.csv.rows
+
+    def _take(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.limits.max_bytes:
+            raise self._over_bytes()
+        for data in (self.multipart.feed(chunk) if self.multipart else (chunk,)):
+            self._write(self.csv.feed(data))
+
+    def _write(self, rows: list[tuple]) -> None:
         if rows:
-            yield rows
+            self._spool.write("".join(map(_copy_text, rows)).encode())
 
     async def stage(self, conn: psycopg.AsyncConnection) -> int:
-        """Empty this session's staging table and COPY the upload into it; returns the rows."""
+        """Empty this session's staging table and COPY the spooled rows into it; returns the rows."""
         await conn.execute(STAGE)
+        self._spool.seek(0)
         async with conn.cursor().copy(COPY_STAGED) as copy:
-            async for rows in self.batches():
-                for row in rows:
-                    await copy.write_row(row)
+            while data := await asyncio.to_thread(self._spool.read, COPY_CHUNK):
+                await copy.write(data)
         return self.csv.rows
+
+    def close(self) -> None:
+        self._spool.close()

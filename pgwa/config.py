@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -76,6 +78,31 @@ class Settings:
     # Both processes: "" is each one's own default (worker INFO, api warning).
     log_level: str = ""
     uvloop: bool = True
+    # Contact CSV uploads (api/upload.py): the body is spooled within the deadline, under
+    # these caps, before a database connection is taken.
+    upload_max_bytes: int = 100 << 20
+    upload_max_rows: int = 1_000_000
+    upload_max_field: int = 1_000           # characters in one CSV field
+    upload_deadline_s: float = 300.0        # for the whole body to arrive
+    # Session limits set on every connection the API and the workers open.
+    statement_timeout_ms: int = 30_000
+    idle_tx_timeout_ms: int = 60_000        # the API's pooled connections
+    # The webhook loop's statement_timeout: a batch that takes longer is retried payload
+    # by payload, so one slow payload delays the others by about this much at most.
+    webhook_timeout_ms: int = 5_000
+    webhook_loops: int = 2                  # concurrent webhook-processing loops per worker
+
+    def session_url(self, *, idle_tx: bool = False) -> str:
+        """database_url with this process's session limits as libpq options: the
+        statement_timeout (and, for the API's pool, idle_in_transaction_session_timeout),
+        kept after any options the URL already carries. Set per connection because
+        ``ALTER ROLE ... SET`` binds only the login role, never the members of a group."""
+        gucs = {"statement_timeout": self.statement_timeout_ms}
+        if idle_tx:
+            gucs["idle_in_transaction_session_timeout"] = self.idle_tx_timeout_ms
+        given = conninfo_to_dict(self.database_url).get("options") or ""
+        options = " ".join([given, *(f"-c {name}={value}" for name, value in gucs.items())]).strip()
+        return make_conninfo(self.database_url, options=options)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -100,6 +127,14 @@ class Settings:
             metrics_token=os.environ.get("PGWA_METRICS_TOKEN", ""),
             log_level=os.environ.get("PGWA_LOG_LEVEL", ""),
             uvloop=_flag("PGWA_UVLOOP", cls.uvloop),
+            upload_max_bytes=_number("PGWA_UPLOAD_MAX_BYTES", cls.upload_max_bytes),
+            upload_max_rows=_number("PGWA_UPLOAD_MAX_ROWS", cls.upload_max_rows),
+            upload_max_field=_number("PGWA_UPLOAD_MAX_FIELD", cls.upload_max_field),
+            upload_deadline_s=_number("PGWA_UPLOAD_DEADLINE_S", cls.upload_deadline_s, float, 0.1),
+            statement_timeout_ms=_number("PGWA_STATEMENT_TIMEOUT_MS", cls.statement_timeout_ms, minimum=0),
+            idle_tx_timeout_ms=_number("PGWA_IDLE_TX_TIMEOUT_MS", cls.idle_tx_timeout_ms, minimum=0),
+            webhook_timeout_ms=_number("PGWA_WEBHOOK_TIMEOUT_MS", cls.webhook_timeout_ms, minimum=0),
+            webhook_loops=_number("PGWA_WEBHOOK_LOOPS", cls.webhook_loops),
         )
 
 

@@ -32,33 +32,69 @@ $$;
 
 -- Prepare this session's staging table for a contact upload and empty it. The client
 -- then streams rows with COPY pg_temp.staged_contacts (row_no, phone, name, attributes)
--- FROM STDIN, and api.create_campaign reads them. Returns the table's name.
--- The one api function that runs as its caller (SECURITY INVOKER): the staging table
--- must be the caller's, for the caller's COPY to fill it. The functions that consume it
--- run as their owner, who is let read and empty it.
+-- FROM STDIN, and api.create_campaign / api.import_contacts read them. Returns its name.
+-- The table is created by this function's owner, the owner of the functions that read
+-- it, and pgwa_api gets INSERT on it alone: a caller can COPY rows in but never attach a
+-- trigger, rule or policy that the owner's reads would run (and callers may not create
+-- temporary objects at all, migration 0066). core.staged_count checks it again.
 CREATE OR REPLACE FUNCTION api.stage_contacts() RETURNS text
-LANGUAGE plpgsql SET search_path = '' SET client_min_messages = warning AS $$
-DECLARE
-    v_owner name := (SELECT pg_catalog.pg_get_userbyid(p.proowner) FROM pg_catalog.pg_proc p
-                     WHERE p.oid = 'api.stage_contacts()'::pg_catalog.regprocedure);
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' SET client_min_messages = warning AS $$
 BEGIN
-    CREATE TEMP TABLE IF NOT EXISTS staged_contacts (
-        row_no      integer NOT NULL,
-        phone       text,
-        name        text,
-        attributes  jsonb NOT NULL DEFAULT '{}'
-    );
-    IF v_owner <> current_user THEN
-        EXECUTE format('GRANT SELECT, TRUNCATE ON pg_temp.staged_contacts TO %I', v_owner);
+    IF pg_catalog.to_regclass('pg_temp.staged_contacts') IS NULL THEN
+        CREATE TEMP TABLE staged_contacts (
+            row_no      integer NOT NULL,
+            phone       text,
+            name        text,
+            attributes  jsonb NOT NULL DEFAULT '{}'
+        );
+        GRANT INSERT ON pg_temp.staged_contacts TO pgwa_api;
     END IF;
+    PERFORM core.check_staging_table();
     TRUNCATE pg_temp.staged_contacts;
     RETURN 'pg_temp.staged_contacts';
 END
 $$;
 COMMENT ON FUNCTION api.stage_contacts() IS
-    'Creates (or empties) this session''s staging table pg_temp.staged_contacts(row_no, phone, name, attributes jsonb) for a COPY of contact rows that api.create_campaign then consumes. Returns the table name.';
+    'Creates (or empties) this session''s staging table pg_temp.staged_contacts(row_no, phone, name, attributes jsonb), owned by the functions'' owner and open to the caller for INSERT (COPY) only, for the contact rows that api.create_campaign or api.import_contacts then consume. Returns the table name. Raises PW403 when a pg_temp.staged_contacts it did not make is in the way.';
 
--- How many contact rows this session staged; raises when there are none.
+-- Whether pg_temp.staged_contacts, if there is one, is the table api.stage_contacts made:
+-- a plain table of this session's, owned by the functions' owner, with no trigger, rule,
+-- row-level security or inheritance. The functions that read it run as that owner, so a
+-- caller's view or a table with a trigger there would run the caller's code with the
+-- owner's rights: it is refused before anything reads it.
+CREATE OR REPLACE FUNCTION core.check_staging_table() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+DECLARE
+    v_problem text;
+BEGIN
+    SELECT CASE
+        WHEN c.relkind <> 'r' THEN format('it is a %s, not a table',
+            CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
+                           WHEN 'p' THEN 'partitioned table' WHEN 'S' THEN 'sequence' ELSE 'relation of kind ' || c.relkind::text END)
+        WHEN c.relowner <> p.proowner
+            THEN format('it is owned by %s, not by the functions'' owner', pg_get_userbyid(c.relowner))
+        WHEN c.relhastriggers OR EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid)
+            THEN 'it has triggers'
+        WHEN c.relhasrules OR EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid)
+            THEN 'it has rules'
+        WHEN c.relrowsecurity OR EXISTS (SELECT FROM pg_catalog.pg_policy o WHERE o.polrelid = c.oid)
+            THEN 'it has row-level security'
+        WHEN c.relhassubclass OR EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid)
+            THEN 'it is part of an inheritance tree'
+    END INTO v_problem
+    FROM pg_catalog.pg_class c, pg_catalog.pg_proc p
+    WHERE c.oid = to_regclass('pg_temp.staged_contacts')
+      AND p.oid = 'api.stage_contacts()'::pg_catalog.regprocedure;
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'pg_temp.staged_contacts is not the staging table api.stage_contacts makes: %', v_problem
+            USING ERRCODE = 'PW403',
+                  HINT = 'Drop your own pg_temp.staged_contacts (or reconnect), then call api.stage_contacts() and COPY the rows.';
+    END IF;
+END
+$$;
+
+-- How many contact rows this session staged; raises when there are none, or when the
+-- staging table is not the one api.stage_contacts made.
 CREATE OR REPLACE FUNCTION core.staged_count() RETURNS integer
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
@@ -68,6 +104,7 @@ BEGIN
         RAISE EXCEPTION 'no contacts staged in this session' USING ERRCODE = 'PW100',
             HINT = 'Call api.stage_contacts() and COPY the rows first.';
     END IF;
+    PERFORM core.check_staging_table();
     SELECT count(*) INTO v_count FROM pg_temp.staged_contacts;
     IF v_count = 0 THEN
         RAISE EXCEPTION 'the contact list is empty' USING ERRCODE = 'PW101', HINT = 'Upload at least one contact.';
@@ -412,13 +449,15 @@ COMMENT ON FUNCTION api.cancel_campaign(bigint, bigint) IS
 
 -- Running campaigns whose every message is past sending become completed. Returns the
 -- ids completed. The one completion check: report_sends, resume and the sweep call it.
-CREATE OR REPLACE FUNCTION core.complete_campaigns(p_campaign_ids bigint[] DEFAULT NULL) RETURNS bigint[]
+-- p_now is when (NULL: now()).
+CREATE OR REPLACE FUNCTION core.complete_campaigns(p_campaign_ids bigint[] DEFAULT NULL, p_now timestamptz DEFAULT NULL)
+RETURNS bigint[]
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
     v_done bigint[];
 BEGIN
     WITH done AS (
-        UPDATE core.campaigns SET status = 'completed', completed_at = now()
+        UPDATE core.campaigns SET status = 'completed', completed_at = coalesce(p_now, now())
         WHERE status = 'running' AND finished + cancelled >= total
           AND (p_campaign_ids IS NULL OR campaign_id = ANY (p_campaign_ids))
         RETURNING campaign_id
@@ -432,15 +471,15 @@ END
 $$;
 
 -- Scheduled campaigns whose time has come start. Cheap (a partial index), so the
--- claim path calls it too: pg_cron's minute is then only the floor.
-CREATE OR REPLACE FUNCTION core.start_due_campaigns() RETURNS integer
+-- claim path calls it too, with its p_now: pg_cron's minute is then only the floor.
+CREATE OR REPLACE FUNCTION core.start_due_campaigns(p_now timestamptz DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
     v_started integer;
 BEGIN
     WITH started AS (
-        UPDATE core.campaigns SET status = 'running', started_at = now()
-        WHERE status = 'scheduled' AND scheduled_at <= now()
+        UPDATE core.campaigns SET status = 'running', started_at = coalesce(p_now, now())
+        WHERE status = 'scheduled' AND scheduled_at <= coalesce(p_now, now())
         RETURNING number_id
     )
     SELECT count(*) INTO v_started FROM (SELECT pg_notify('pgwa_send', number_id::text) FROM started) n;
