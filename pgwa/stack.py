@@ -18,6 +18,7 @@ from typing import Any, Self
 
 import httpx
 
+from pgwa import numbers
 from pgwa.config import ROOT
 
 APP_SECRET = "local-app-secret"
@@ -124,10 +125,11 @@ class Stack:
 
     def register_number(self, conn, tenant_id: int, phone_number_id: str, waba_id: str,
                         throughput_mps: int, token: str = "local-token") -> int:
-        """The number in both the simulator (as Meta would have it) and pgwa."""
+        """The number in the simulator (as Meta would have it), then in pgwa the way a
+        tenant registers it: checked against the simulator's Graph API first."""
         self.sim("POST", "/_sim/numbers", {"phone_number_id": phone_number_id, "waba_id": waba_id,
                                            "display_phone_number": phone_number_id[-11:],
                                            "token": token, "throughput_mps": throughput_mps})
-        return conn.execute("SELECT api.register_number(%s, %s, %s, %s, %s, %s, %s)",
-                            (tenant_id, phone_number_id, waba_id, token, APP_SECRET, throughput_mps,
-                             phone_number_id[-11:])).fetchone()[0]
+        return numbers.register_number(conn, tenant_id, phone_number_id, waba_id, token,
+                                       graph_base_url=self.sim_url, app_secret=APP_SECRET,
+                                       throughput_mps=throughput_mps)

@@ -4,7 +4,11 @@ Graph API routes (``{version}`` is any ``v<major>.<minor>``)::
 
     POST /{version}/{phone_number_id}/messages       send, or mark as read
     GET  /{version}/{waba_id}/message_templates      cursor-paged templates
-    GET  /{version}/{phone_number_id}                a few phone-number fields
+    GET  /{version}/{waba_id}/phone_numbers          the WABA's numbers (cursor-paged)
+    GET  /{version}/{phone_number_id}                the phone number node (?fields=)
+
+A read needs a token declared with a number of the WABA (190, HTTP 401, otherwise an
+unknown token; 100 subcode 33, HTTP 400, for an object the token cannot read).
 
 Control routes (no auth; JSON in, JSON out)::
 
@@ -33,7 +37,7 @@ import orjson
 from aiohttp import web
 
 from .config import SimConfig
-from .errors import SimError, invalid_token, unknown_object, unknown_path
+from .errors import SimError, unknown_path
 from .simulator import DROP, Simulator
 
 log = logging.getLogger("sim")
@@ -96,6 +100,9 @@ class SimApp:
         if request.method == "GET" and len(parts) == 4 and parts[3] == "message_templates" \
                 and VERSION_RE.match(parts[1]):
             return self.message_templates(request, parts[2])
+        if request.method == "GET" and len(parts) == 4 and parts[3] == "phone_numbers" \
+                and VERSION_RE.match(parts[1]):
+            return self.waba_phone_numbers(request, parts[2])
         if request.method == "GET" and len(parts) == 3 and VERSION_RE.match(parts[1]):
             return self.phone_number(request, parts[2])
         return _graph_error(unknown_path(request.path))
@@ -125,12 +132,7 @@ class SimApp:
         return web.Response(body=body, status=status, content_type=JSON)
 
     def _waba_access(self, request: web.Request, waba_id: str) -> None:
-        auth = request.headers.get("Authorization")
-        token = auth[7:].strip() if auth and auth[:7].lower() == "bearer " else None
-        if not token or token not in self.sim.tokens:
-            raise invalid_token()
-        if not any(n.waba_id == waba_id and n.token == token for n in self.sim.numbers.values()):
-            raise unknown_object(waba_id, "get")
+        self.sim.read_waba_numbers(waba_id, request.headers.get("Authorization"))
 
     def message_templates(self, request: web.Request, waba_id: str) -> web.Response:
         try:
@@ -140,14 +142,45 @@ class SimApp:
         except SimError as err:
             return _graph_error(err)
 
+    @staticmethod
+    def _node(number, fields: str | None) -> dict:
+        """The phone number node: Meta's default fields, or those asked for (and ``id``)."""
+        node = {"verified_name": number.verified_name, "code_verification_status": "VERIFIED",
+                "display_phone_number": number.display_phone_number,
+                "quality_rating": number.quality_rating, "platform_type": "CLOUD_API",
+                "throughput": {"level": "HIGH" if number.throughput_mps >= 1000 else "STANDARD"},
+                "id": number.phone_number_id}
+        if fields:
+            wanted = {f.strip() for f in fields.split(",")} | {"id"}
+            node = {k: v for k, v in node.items() if k in wanted}
+        return node
+
     def phone_number(self, request: web.Request, pnid: str) -> web.Response:
         try:
-            number = self.sim.authorize(pnid, request.headers.get("Authorization"))
+            number = self.sim.read_number(pnid, request.headers.get("Authorization"))
         except SimError as err:
             return _graph_error(err)
-        level = "HIGH" if number.throughput_mps >= 1000 else "STANDARD"
-        return _json({"display_phone_number": number.display_phone_number,
-                      "throughput": {"level": level}, "id": number.phone_number_id})
+        return _json(self._node(number, request.query.get("fields")))
+
+    def waba_phone_numbers(self, request: web.Request, waba_id: str) -> web.Response:
+        """One page of the WABA's numbers; ``after`` is the index cursor of the last one."""
+        try:
+            numbers = self.sim.read_waba_numbers(waba_id, request.headers.get("Authorization"))
+            limit = max(1, min(int(request.query.get("limit", 25)), 100))
+            start = int(request.query.get("after", 0) or 0)
+        except SimError as err:
+            return _graph_error(err)
+        except ValueError:
+            return _graph_error(SimError(100, "limit and after must be integers", graph_level=True))
+        numbers.sort(key=lambda n: n.phone_number_id)
+        page = numbers[start:start + limit]
+        body: dict = {"data": [self._node(n, request.query.get("fields")) for n in page]}
+        if page:
+            body["paging"] = {"cursors": {"before": str(start), "after": str(start + len(page))}}
+            if start + len(page) < len(numbers):
+                query = {**request.query, "after": str(start + len(page)), "limit": str(limit)}
+                body["paging"]["next"] = str(request.url.with_query(query))
+        return _json(body)
 
     # --- control ---------------------------------------------------------------------
 

@@ -7,10 +7,16 @@ One JSON config file (``--config``) may hold::
       "app_secret": "sim-app-secret",
       "numbers": [{"phone_number_id": "100000000000001", "waba_id": "200000000000001",
                    "display_phone_number": "15550000001", "token": "sim-token",
-                   "throughput_mps": 80, "app_secret": null, "webhook_url": null}],
+                   "throughput_mps": 80, "app_secret": null, "webhook_url": null,
+                   "verified_name": "Sim Business 0001", "quality_rating": "GREEN"}],
       "templates": [...] | {"<waba_id>": [...]},   # default: sim/templates.json for every WABA
       "settings": {...}                             # any subset of DEFAULT_SETTINGS
     }
+
+A number's ``token`` stands for a system user's token assigned to its WABA: a token
+reads every number of every WABA it was declared with (``GET /{phone_number_id}``,
+``GET /{waba_id}/phone_numbers``, ``GET /{waba_id}/message_templates``), and sends
+from the numbers declared with it.
 
 Settings (behaviour and faults) can later be changed with ``POST /_sim/faults``,
 which deep-merges a partial object into the current settings.
@@ -50,6 +56,8 @@ DEFAULT_SETTINGS: dict = {
     # accepted send; "sync" answers it on the request instead. Default: webhook.
     "failing_mode": "webhook",
     "pair_rate_limit": {"enabled": False, "interval_s": 6.0},   # 131056, off by default
+    # --- faults on the Graph API's reads (phone number node, phone_numbers, templates) ---
+    "read_error_rates": {"http_500": 0.0, "http_503": 0.0},
     # --- status webhooks for accepted sends ---
     "statuses": {
         "delivered_rate": 1.0,
@@ -94,6 +102,8 @@ class Number:
     app_secret: str | None = None
     throughput_mps: float = DEFAULT_THROUGHPUT_MPS
     webhook_url: str | None = None
+    verified_name: str | None = None       # default: "Sim Business " + last 4 digits
+    quality_rating: str = "GREEN"
 
     def public(self) -> dict:
         return asdict(self)
@@ -113,6 +123,11 @@ def number_from(obj: dict, previous: Number | None = None) -> Number:
     merged["throughput_mps"] = float(DEFAULT_THROUGHPUT_MPS if mps is None else mps)
     if merged["throughput_mps"] <= 0:
         raise ValueError("throughput_mps must be positive")
+    merged["verified_name"] = str(merged.get("verified_name")
+                                  or f"Sim Business {merged['display_phone_number'][-4:]}")
+    if merged.get("quality_rating") not in (None, "GREEN", "YELLOW", "RED", "UNKNOWN"):
+        raise ValueError("quality_rating must be GREEN, YELLOW, RED or UNKNOWN")
+    merged["quality_rating"] = merged.get("quality_rating") or "GREEN"
     return Number(**merged)
 
 
@@ -139,6 +154,12 @@ def check_settings(settings: dict) -> None:
         prob(f"error_rates.{key}", value)
     if sum(settings["error_rates"].values()) > 1.0:
         raise ValueError("error_rates must sum to at most 1")
+    for key, value in settings["read_error_rates"].items():
+        if key not in DEFAULT_SETTINGS["read_error_rates"]:
+            raise ValueError(f"read_error_rates.{key} is not a known fault")
+        prob(f"read_error_rates.{key}", value)
+    if sum(settings["read_error_rates"].values()) > 1.0:
+        raise ValueError("read_error_rates must sum to at most 1")
     for key in ("drop_connection_rate", "drop_after_accept_share", "held_for_quality_rate"):
         prob(key, settings[key])
     prob("statuses.delivered_rate", settings["statuses"]["delivered_rate"])

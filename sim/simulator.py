@@ -74,6 +74,7 @@ class Simulator:
         self.fault_total = sum(p for p, _ in self.fault_table)
         lat = s["latency_ms"]
         self.latency = lognormal_params(lat["median"], lat["p99"]) if lat["median"] > 0 else None
+        self.read_faults = [(float(p), key) for key, p in s["read_error_rates"].items() if float(p) > 0]
 
     def update_settings(self, patch: dict) -> dict:
         """Apply a partial settings update plus the one-shot faults; returns the settings."""
@@ -159,6 +160,40 @@ class Simulator:
             # A valid token without access to this number: Graph's object error.
             raise unknown_object(pnid)
         return number
+
+    # --- the Graph API's reads ------------------------------------------------------
+
+    def read_token(self, auth: str | None) -> str:
+        """The bearer token of a read, or Meta's 190 (HTTP 401); injected 5xx first."""
+        r = random.random()
+        for p, key in self.read_faults:
+            if r < p:
+                raise SimError(1 if key == "http_500" else 2)
+            r -= p
+        token = auth[7:].strip() if auth and auth[:7].lower() == "bearer " else None
+        if not token or token not in self.tokens:
+            raise invalid_token()
+        return token
+
+    def token_wabas(self, token: str) -> set[str]:
+        """The WABAs a token reads: those of the numbers it was declared with (a system
+        user's token is assigned WABAs, and reads every number they hold)."""
+        return {n.waba_id for n in self.numbers.values() if n.token == token}
+
+    def read_number(self, pnid: str, auth: str | None) -> Number:
+        """``GET /{phone_number_id}``: the number, if a WABA of the token holds it."""
+        token = self.read_token(auth)
+        number = self.numbers.get(pnid)
+        if number is None or number.waba_id not in self.token_wabas(token):
+            raise unknown_object(pnid, "get")
+        return number
+
+    def read_waba_numbers(self, waba_id: str, auth: str | None) -> list[Number]:
+        """``GET /{waba_id}/phone_numbers``: the WABA's numbers, if the token reads it."""
+        token = self.read_token(auth)
+        if waba_id not in self.token_wabas(token):
+            raise unknown_object(waba_id, "get")
+        return [n for n in self.numbers.values() if n.waba_id == waba_id]
 
     def latency_s(self) -> float:
         if self.latency is None:

@@ -6,6 +6,8 @@ import asyncio
 import gc
 import time
 
+import httpx
+
 from sim.ledger import Ledger, NumberStats
 from sim.probe import LoopProbe
 from tests.sim_fixtures import NUMBERS, VERSION, template_body
@@ -74,7 +76,8 @@ def test_numbers_upsert_is_idempotent(sim):
         sim.control("numbers", new)
     numbers = sim.http.get("/_sim/numbers").json()["numbers"]
     assert [n for n in numbers if n["phone_number_id"] == "444000444"] == [
-        {**new, "app_secret": None, "webhook_url": None, "throughput_mps": 1000.0}]
+        {**new, "app_secret": None, "webhook_url": None, "throughput_mps": 1000.0,
+         "verified_name": "Sim Business 4444", "quality_rating": "GREEN"}]
     # A new WABA gets the seed templates.
     assert sim.send(template_body(), pnid="444000444", token="tok-four").status_code == 200
     # A partial upsert keeps the other fields.
@@ -87,7 +90,35 @@ def test_numbers_upsert_is_idempotent(sim):
 def test_phone_number_fields(sim):
     resp = sim.http.get(f"/{VERSION}/{ONE}", params={"fields": "throughput"},
                         headers={"Authorization": "Bearer tok-one"})
-    assert resp.json()["throughput"] == {"level": "STANDARD"}
+    assert resp.json() == {"throughput": {"level": "STANDARD"}, "id": ONE}
+
+
+def test_a_token_reads_the_numbers_of_its_wabas_and_nothing_else(sim):
+    def get(path: str, token: str, **params) -> httpx.Response:
+        return sim.http.get(f"/{VERSION}/{path}", params=params, headers={"Authorization": f"Bearer {token}"})
+
+    # tok-two was declared with a number of WABA 900000001, so it reads all of that WABA's.
+    node = get(ONE, "tok-two").json()
+    assert node["display_phone_number"] == "15550001111" and node["id"] == ONE
+    assert node["verified_name"] == "Sim Business 1111" and node["quality_rating"] == "GREEN"
+    listed = get("900000001/phone_numbers", "tok-one", limit=1)
+    assert listed.json()["data"][0]["id"] == ONE
+    after = httpx.get(listed.json()["paging"]["next"], headers={"Authorization": "Bearer tok-one"}).json()
+    assert [n["id"] for n in after["data"]] == ["222000222"] and "next" not in after["paging"]
+    # Another WABA's number or list: Meta's object error (100, subcode 33, HTTP 400).
+    for resp in (get(THREE, "tok-one"), get("900000003/phone_numbers", "tok-one")):
+        assert resp.status_code == 400
+        assert (resp.json()["error"]["code"], resp.json()["error"]["error_subcode"]) == (100, 33)
+    # A token Meta does not know: 190, HTTP 401.
+    resp = get(ONE, "tok-nobody")
+    assert resp.status_code == 401 and resp.json()["error"]["code"] == 190
+
+
+def test_read_faults_answer_metas_server_errors(sim):
+    sim.faults(read_error_rates={"http_503": 1.0})
+    resp = sim.http.get(f"/{VERSION}/{ONE}", headers={"Authorization": "Bearer tok-one"})
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == 2
+    assert sim.send(template_body()).status_code == 200     # sends are not reads
 
 
 def test_ledger_records_every_accepted_send(sim):
