@@ -217,14 +217,15 @@ def test_the_loop_wakes_on_notify_not_on_its_heartbeat(inbox: Inbox, db_url: str
 
 
 def test_configure_llm_checks_its_arguments(inbox: Inbox) -> None:
-    for args in ((True, None, -1, None), (True, None, None, 0), (True, "x" * 20001, None, None)):
+    for args in ((True, None, -1, None, None), (True, None, None, 0, None), (True, "x" * 20001, None, None, None),
+                 (True, None, None, None, -1), (True, None, None, None, 1_000_001)):
         with pytest.raises(psycopg.Error) as exc:
-            inbox.db.execute("SELECT api.configure_llm(%s, %s, %s, %s, %s, %s)",
+            inbox.db.execute("SELECT api.configure_llm(%s, %s, %s, %s, %s, %s, %s)",
                              (inbox.tenant_id, inbox.number_id, *args))
         assert sqlstate(exc) == "PW100"
     row = inbox.db.execute("SELECT * FROM api.configure_llm(%s, %s, false, '')",
                            (inbox.tenant_id, inbox.number_id)).fetchone()
-    assert row == (inbox.number_id, False, None, 3, 4)
+    assert row == (inbox.number_id, False, None, 3, 4, 1000)         # 1000 LLM calls per number and day
     alice = inbox.sender()
     inbox.say("hi", alice)
     assert inbox.llm_jobs() == []

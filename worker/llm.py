@@ -12,9 +12,11 @@
 
 The database decides everything: which jobs are still wanted, what the model sees (the
 number's system prompt and the conversation's last messages), whether the contact's
-replies for today are used up, and what a failure does (the fallback text, sent once,
-and the conversation flagged for a human). This loop only makes the HTTP calls, so a
-slow model holds a slot of PGWA_LLM_CONCURRENCY, never the webhook or send loops.
+replies or the number's LLM calls for today are used up (``over_limit``: no call), which
+jobs are cancelled (an opt-out, an agent taking over), and what a failure does (the
+fallback text, sent once, and the conversation flagged for a human). This loop only
+makes the HTTP calls, so a slow model holds a slot of PGWA_LLM_CONCURRENCY, never the
+webhook or send loops.
 
 A job claimed by a worker that dies comes back after its visibility timeout (the LLM
 timeout plus a margin). The API key goes into the Authorization header and nowhere
@@ -59,7 +61,7 @@ class LLMResponder:
         self.report_s = report_s
         self.http = http
         self._own_http = http is None
-        self.db = Database(settings.database_url, f"{settings.worker_name}-llm")
+        self.db = Database(settings.session_url(), f"{settings.worker_name}-llm")
         self.totals = {"claimed": 0, "asked": 0, "answered": 0, "failed": 0,
                        "replied": 0, "fell_back": 0, "dropped": 0}
         self._tasks: set[asyncio.Task] = set()

@@ -179,15 +179,22 @@ $$;
 -- the first match by priority (then rule id) among exact, starts_with, contains, regex
 -- and welcome rules; default_rule_id the number's first default rule, the fallback when
 -- nothing matched (core.on_inbound lets the LLM answer first where it is enabled).
+-- Rules see only the first core.settings.bot_match_prefix_chars characters of each text
+-- (1,024 by default), so a huge message costs no more than a long one; that bound is at
+-- least 500, the longest keyword pattern, so keyword rules compare their whole pattern.
 CREATE OR REPLACE FUNCTION core.match_bot_rules(p_number_ids bigint[], p_texts text[], p_welcome boolean[])
 RETURNS TABLE (ord bigint, rule_id bigint, default_rule_id bigint)
 LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+DECLARE
+    -- Cut once here: in the query, left() would be evaluated again for every rule tried.
+    v_texts text[] := ARRAY(SELECT left(t.norm, s.bot_match_prefix_chars)
+                            FROM unnest(p_texts) WITH ORDINALITY AS t(norm, i), core.settings s ORDER BY t.i);
 BEGIN
     -- PL/pgSQL keeps this statement's plan for the session; as a SQL function it would be
     -- planned on every call (~0.4 ms, more than running it).
     RETURN QUERY
     SELECT m.ord, coalesce(x.rule_id, k.rule_id), d.rule_id
-    FROM unnest(p_number_ids, p_texts, p_welcome) WITH ORDINALITY AS m(number_id, norm, welcome, ord)
+    FROM unnest(p_number_ids, v_texts, p_welcome) WITH ORDINALITY AS m(number_id, norm, welcome, ord)
     -- The best keyword or welcome rule: each branch stops at its first hit.
     LEFT JOIN LATERAL (
         SELECT b.priority, b.rule_id FROM (
@@ -376,6 +383,126 @@ LANGUAGE sql IMMUTABLE SET search_path = '' AS $$
                p_rule.enabled, p_rule.created_at, p_rule.updated_at)::api.bot_rule
 $$;
 
+-- Why a regular expression is outside the safe subset a regex bot rule may use, or null.
+-- Rules run inside webhook processing, so a pattern must stay cheap on any text. The
+-- subset, checked in one left-to-right pass (bracket expressions and escapes skipped):
+--   at most 200 characters; no back-references (\1..\9, \k); no look-around ((?=, (?!,
+--   (?<=, (?<!), embedded options ((?i) ...) or directors (***); repetition bounds
+--   {m}, {m,}, {m,n} with m and n at most 100; no quantifier applied to a quantifier; and
+--   no repeated group ((...)*, (...)+, (...){m,n} with n > 1) that holds a quantifier
+--   ((a+)+, (a*)*) or an alternation ((a|aa)*), anywhere inside it: the shapes whose
+--   ambiguity makes matching blow up. Whether it compiles is checked by PostgreSQL.
+CREATE OR REPLACE FUNCTION core.regex_unsafe_reason(p_pattern text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
+DECLARE
+    v_len integer := length(p_pattern);
+    v_stack integer[] := '{}';   -- the enclosing groups' flags
+    v_flags integer := 0;        -- the innermost open group's flags: 1 a quantifier, 2 an alternation inside
+    v_prev text := 'start';      -- the previous token: start, open, alt, atom, group (v_group_flags), quant
+    v_group_flags integer := 0;
+    v_repeats boolean;
+    i integer := 1;
+    j integer;
+    k integer;
+    c text;
+    b text[];
+BEGIN
+    IF v_len > 200 THEN
+        RETURN format('it is %s characters long; the limit is 200', v_len);
+    ELSIF left(p_pattern, 3) = '***' THEN
+        RETURN 'it starts with a director (***)';
+    END IF;
+    WHILE i <= v_len LOOP
+        c := substr(p_pattern, i, 1);
+        v_repeats := NULL;
+        IF c = '\' THEN
+            c := substr(p_pattern, i + 1, 1);
+            IF c ~ '^[1-9k]$' THEN
+                RETURN format('it has a back-reference (\%s)', c);
+            END IF;
+            i := i + 2;
+            v_prev := 'atom';
+        ELSIF c = '[' THEN
+            -- A bracket expression: to its closing ], past a leading ] or ^], [:class:],
+            -- [.elem.], [=equiv=] and escapes.
+            j := i + 1;
+            IF substr(p_pattern, j, 1) = '^' THEN j := j + 1; END IF;
+            IF substr(p_pattern, j, 1) = ']' THEN j := j + 1; END IF;
+            WHILE j <= v_len AND substr(p_pattern, j, 1) <> ']' LOOP
+                IF substr(p_pattern, j, 2) IN ('[:', '[.', '[=') THEN
+                    k := strpos(substr(p_pattern, j + 2), substr(p_pattern, j + 1, 1) || ']');
+                    j := CASE WHEN k = 0 THEN v_len + 1 ELSE j + 3 + k END;
+                ELSIF substr(p_pattern, j, 1) = '\' THEN
+                    j := j + 2;
+                ELSE
+                    j := j + 1;
+                END IF;
+            END LOOP;
+            i := j + 1;
+            v_prev := 'atom';
+        ELSIF c = '(' THEN
+            IF substr(p_pattern, i + 1, 1) = '?' THEN
+                IF substr(p_pattern, i + 2, 1) IN ('=', '!') OR substr(p_pattern, i + 2, 2) IN ('<=', '<!') THEN
+                    RETURN format('it has a look-around (%s)', substr(p_pattern, i, CASE WHEN substr(p_pattern, i + 2, 1) = '<' THEN 4 ELSE 3 END));
+                ELSIF substr(p_pattern, i + 2, 1) <> ':' THEN
+                    RETURN format('it has embedded options (%s); only (?: groups are allowed', substr(p_pattern, i, 3));
+                END IF;
+                i := i + 3;
+            ELSE
+                i := i + 1;
+            END IF;
+            v_stack := v_stack || v_flags;
+            v_flags := 0;
+            v_prev := 'open';
+        ELSIF c = ')' AND cardinality(v_stack) > 0 THEN
+            v_group_flags := v_flags;
+            v_flags := v_stack[cardinality(v_stack)] | v_flags;
+            v_stack := v_stack[1:cardinality(v_stack) - 1];
+            i := i + 1;
+            v_prev := 'group';
+        ELSIF c = '|' THEN
+            v_flags := v_flags | 2;
+            i := i + 1;
+            v_prev := 'alt';
+        ELSIF c IN ('*', '+') THEN
+            v_repeats := true;
+            i := i + 1;
+        ELSIF c = '?' THEN
+            v_repeats := false;
+            i := i + 1;
+        ELSIF c = '{' AND substr(p_pattern, i + 1, 1) ~ '^[0-9]$' THEN
+            b := regexp_match(substr(p_pattern, i), '^\{([0-9]+)(,([0-9]*))?\}');
+            IF b IS NULL THEN
+                RETURN format('it has an unterminated repetition bound (%s)', substr(p_pattern, i, 8));
+            ELSIF b[1]::numeric > 100 OR nullif(b[3], '')::numeric > 100 THEN
+                RETURN format('it has a repetition bound over 100 (%s)', substr(p_pattern, i, length(b[1]) + coalesce(length(b[2]), 0) + 2));
+            END IF;
+            v_repeats := b[2] IS NOT NULL AND (b[3] = '' OR b[3]::integer > 1) OR b[2] IS NULL AND b[1]::integer > 1;
+            i := i + length(b[1]) + coalesce(length(b[2]), 0) + 2;
+        ELSE
+            i := i + 1;
+            v_prev := 'atom';
+        END IF;
+
+        IF v_repeats IS NOT NULL THEN
+            IF substr(p_pattern, i, 1) = '?' THEN          -- a non-greedy quantifier: one token
+                i := i + 1;
+            END IF;
+            IF v_prev = 'quant' THEN
+                RETURN 'it applies a quantifier to a quantifier';
+            ELSIF v_prev = 'group' AND v_repeats AND v_group_flags & 1 = 1 THEN
+                RETURN 'it repeats a group that holds a quantifier (nested quantifiers, as in (a+)+)';
+            ELSIF v_prev = 'group' AND v_repeats AND v_group_flags & 2 = 2 THEN
+                RETURN 'it repeats a group that holds an alternation (as in (a|aa)*)';
+            END IF;
+            v_flags := v_flags | 1;
+            v_prev := 'quant';
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION api.save_bot_rule(
     p_tenant_id  bigint,
     p_number_id  bigint,
@@ -413,6 +540,13 @@ BEGIN
         -- Regexes see the normalised text (upper case, no accents) and match regardless of
         -- case; an accent in the pattern is removed as it is from the text.
         v_match := public.unaccent('public.unaccent'::regdictionary, p_pattern);
+        -- The pattern as it will run (unaccent may turn a character into several).
+        v_error := core.regex_unsafe_reason(v_match);
+        IF v_error IS NOT NULL THEN
+            RAISE EXCEPTION 'regular expression "%" is outside the safe subset: %', p_pattern, v_error
+                USING ERRCODE = 'PW103',
+                      HINT = 'At most 200 characters; no back-references, look-around or embedded options; repetition bounds up to 100; no repeated group that holds a quantifier or | (write (ab)+ or a+, not (a+)+ or (a|aa)*).';
+        END IF;
         BEGIN
             PERFORM '' ~* v_match;
         EXCEPTION WHEN invalid_regular_expression THEN
@@ -455,7 +589,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.save_bot_rule(bigint, bigint, text, text, jsonb, integer, boolean, bigint) IS
-    'Creates a bot rule for a number (or replaces rule p_rule_id): kind exact, starts_with, contains, regex, welcome (first message in 24 hours) or default (fallback), a pattern matched without case, accents and surrounding spaces, a priority (lower answers first) and a reply ({"type": "text" | "buttons" | "template", ...} with {{name}} variables). Returns the rule. Raises PW103 for a regular expression that does not compile, PW100 for a bad kind, pattern, priority or reply, PW102 for a template that is unknown, not approved or given the wrong parameters, PW202/PW206 when the number or rule is not the tenant''s.';
+    'Creates a bot rule for a number (or replaces rule p_rule_id): kind exact, starts_with, contains, regex, welcome (first message in 24 hours) or default (fallback), a pattern matched without case, accents and surrounding spaces, a priority (lower answers first) and a reply ({"type": "text" | "buttons" | "template", ...} with {{name}} variables). Rules see the first core.settings.bot_match_prefix_chars characters of a message. Returns the rule. Raises PW103 for a regular expression that does not compile or is outside the safe subset (at most 200 characters; no back-references, look-around or embedded options; repetition bounds up to 100; no repeated group holding a quantifier or an alternation), PW100 for a bad kind, pattern, priority or reply, PW102 for a template that is unknown, not approved or given the wrong parameters, PW202/PW206 when the number or rule is not the tenant''s.';
 
 CREATE OR REPLACE FUNCTION api.delete_bot_rule(p_tenant_id bigint, p_rule_id bigint) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
@@ -602,7 +736,8 @@ CREATE OR REPLACE FUNCTION api.configure_llm(
     p_enabled          boolean DEFAULT NULL,
     p_system_prompt    text DEFAULT NULL,
     p_daily_limit      integer DEFAULT NULL,
-    p_context_messages integer DEFAULT NULL
+    p_context_messages integer DEFAULT NULL,
+    p_number_daily_limit integer DEFAULT NULL
 ) RETURNS api.llm_settings
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
@@ -616,6 +751,10 @@ BEGIN
         RAISE EXCEPTION 'context_messages % is out of range', p_context_messages
             USING ERRCODE = 'PW100', HINT = 'The LLM sees the last 1 to 100 messages of the conversation.';
     END IF;
+    IF p_number_daily_limit NOT BETWEEN 0 AND 1000000 THEN
+        RAISE EXCEPTION 'number_daily_limit % is out of range', p_number_daily_limit
+            USING ERRCODE = 'PW100', HINT = 'LLM calls per number and UTC day, across its contacts: 0 to 1000000.';
+    END IF;
     IF length(p_system_prompt) > 20000 THEN
         RAISE EXCEPTION 'the system prompt is over 20000 characters' USING ERRCODE = 'PW100',
             HINT = 'Shorten it; pass an empty string to clear it.';
@@ -624,27 +763,34 @@ BEGIN
         llm_enabled = coalesce(p_enabled, llm_enabled),
         llm_system_prompt = CASE WHEN p_system_prompt IS NULL THEN llm_system_prompt ELSE nullif(btrim(p_system_prompt), '') END,
         llm_daily_limit = coalesce(p_daily_limit, llm_daily_limit),
-        llm_context_messages = coalesce(p_context_messages, llm_context_messages)
+        llm_context_messages = coalesce(p_context_messages, llm_context_messages),
+        llm_number_daily_limit = coalesce(p_number_daily_limit, llm_number_daily_limit)
     WHERE number_id = v_number.number_id
     RETURNING * INTO v_number;
     RETURN ROW(v_number.number_id, v_number.llm_enabled, v_number.llm_system_prompt, v_number.llm_daily_limit,
-               v_number.llm_context_messages)::api.llm_settings;
+               v_number.llm_context_messages, v_number.llm_number_daily_limit)::api.llm_settings;
 END
 $$;
-COMMENT ON FUNCTION api.configure_llm(bigint, bigint, boolean, text, integer, integer) IS
-    'Enables or disables LLM replies on a number (they answer what no bot rule matched) and sets the system prompt, the replies allowed per contact and day and how many recent messages the LLM sees; a NULL argument keeps the current value. Returns the settings. Raises PW100 for an out-of-range value, PW202 when the number is not the tenant''s.';
+COMMENT ON FUNCTION api.configure_llm(bigint, bigint, boolean, text, integer, integer, integer) IS
+    'Enables or disables LLM replies on a number (they answer what no bot rule matched) and sets the system prompt, the replies allowed per contact and day, how many recent messages the LLM sees and the LLM calls allowed per number and UTC day (default 1000; over it, conversations go to a human with the fallback text and one notification a day); a NULL argument keeps the current value. Returns the settings. Raises PW100 for an out-of-range value, PW202 when the number is not the tenant''s.';
 
 -- Take up to p_max LLM jobs for p_vt_s seconds. A conversation's newer job supersedes
--- its older ones, and jobs no longer wanted (handed to an agent, a human asked for, LLM
--- disabled, window closed, or already taken into an earlier job's context) are deleted.
--- Each job returned carries its context and whether the contact's daily replies are
--- used up, read here in one statement.
-CREATE OR REPLACE FUNCTION api.claim_llm_jobs(p_worker text, p_max integer DEFAULT 16, p_vt_s integer DEFAULT 60)
+-- its older ones, and jobs no longer wanted (the contact opted out, handed to an agent,
+-- a human asked for, LLM disabled, window closed, or already taken into an earlier job's
+-- context) are deleted: an opt-out that arrives while a job waits cancels it here.
+-- Each job returned carries its context and over_limit: the contact's daily replies are
+-- used up, or the number's LLM calls for the UTC day of p_now are (the jobs that will call
+-- the model are counted in core.llm_number_usage; the first to find the cap reached
+-- raises one notification per number and day).
+CREATE OR REPLACE FUNCTION api.claim_llm_jobs(p_worker text, p_max integer DEFAULT 16, p_vt_s integer DEFAULT 60,
+                                              p_now timestamptz DEFAULT now())
 RETURNS SETOF api.llm_job
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_keep bigint[];
     v_drop bigint[];
+    v_capped bigint[];
+    v_day date := (p_now AT TIME ZONE 'UTC')::date;
 BEGIN
     IF p_max IS NULL OR p_max NOT BETWEEN 1 AND 1000 OR p_vt_s IS NULL OR p_vt_s NOT BETWEEN 5 AND 3600 THEN
         RAISE EXCEPTION 'p_max must be 1..1000 and p_vt_s 5..3600' USING ERRCODE = 'PW100',
@@ -657,12 +803,13 @@ BEGIN
     ), judged AS (
         SELECT j.msg_id,
                row_number() OVER (PARTITION BY j.number_id, j.contact_id ORDER BY j.message_id DESC, j.msg_id DESC) = 1
-               AND n.llm_enabled AND v.assigned_to IS NULL AND NOT v.needs_human
-               AND v.last_inbound_at > now() - interval '24 hours'
+               AND n.llm_enabled AND v.assigned_to IS NULL AND NOT v.needs_human AND NOT c.opted_out
+               AND v.last_inbound_at > p_now - interval '24 hours'
                AND j.message_id > coalesce(v.llm_answered_id, 0) AS keep
         FROM jobs j
         LEFT JOIN core.wa_numbers n ON n.number_id = j.number_id
         LEFT JOIN core.conversations v ON v.number_id = j.number_id AND v.contact_id = j.contact_id
+        LEFT JOIN core.contacts c ON c.contact_id = j.contact_id
     )
     SELECT array_agg(msg_id) FILTER (WHERE keep), array_agg(msg_id) FILTER (WHERE keep IS NOT TRUE)
     INTO v_keep, v_drop FROM judged;
@@ -678,11 +825,51 @@ BEGIN
         llm_answered_id = greatest(v.llm_answered_id, (
             SELECT max(i.message_id) FROM core.inbox_messages i
             WHERE i.number_id = v.number_id AND i.contact_id = v.contact_id AND i.direction = 'in')),
-        llm_replies = CASE WHEN v.llm_day = current_date THEN v.llm_replies ELSE 0 END,
-        llm_day = current_date
+        llm_replies = CASE WHEN v.llm_day = v_day THEN v.llm_replies ELSE 0 END,
+        llm_day = v_day
     FROM pgmq.q_llm_jobs q
     WHERE q.msg_id = ANY (v_keep)
       AND v.number_id = (q.message->>'number_id')::bigint AND v.contact_id = (q.message->>'contact_id')::bigint;
+
+    -- The number's cap: lock today's usage rows (in key order, so that two workers share
+    -- the cap and cannot deadlock), then hand out calls to the jobs whose contact is under
+    -- its own limit, oldest first, while the number has calls left.
+    INSERT INTO core.llm_number_usage AS u (number_id, day)
+    SELECT DISTINCT (q.message->>'number_id')::bigint, v_day FROM pgmq.q_llm_jobs q WHERE q.msg_id = ANY (v_keep)
+    ORDER BY 1
+    ON CONFLICT (number_id, day) DO NOTHING;
+    PERFORM 1 FROM core.llm_number_usage u
+    WHERE u.day = v_day AND u.number_id IN (SELECT (q.message->>'number_id')::bigint FROM pgmq.q_llm_jobs q
+                                            WHERE q.msg_id = ANY (v_keep))
+    ORDER BY u.number_id FOR UPDATE;
+    WITH calls AS (
+        SELECT q.msg_id, n.number_id, n.tenant_id, n.llm_number_daily_limit - u.calls AS left_today,
+               row_number() OVER (PARTITION BY n.number_id ORDER BY q.msg_id) AS nth
+        FROM pgmq.q_llm_jobs q
+        JOIN core.conversations v ON v.number_id = (q.message->>'number_id')::bigint
+                                 AND v.contact_id = (q.message->>'contact_id')::bigint
+        JOIN core.wa_numbers n ON n.number_id = v.number_id
+        JOIN core.llm_number_usage u ON u.number_id = n.number_id AND u.day = v_day
+        WHERE q.msg_id = ANY (v_keep) AND v.llm_replies < n.llm_daily_limit
+    ), counted AS (
+        UPDATE core.llm_number_usage u SET calls = u.calls + k.granted
+        FROM (SELECT c.number_id, count(*) FILTER (WHERE c.nth <= c.left_today)::integer AS granted
+              FROM calls c GROUP BY c.number_id) k
+        WHERE u.number_id = k.number_id AND u.day = v_day AND k.granted > 0
+    ), notified AS (
+        INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
+        SELECT DISTINCT ON (c.number_id) c.tenant_id, 'llm_number_cap', 'warning',
+               format('number %s reached its %s LLM calls for %s (UTC); conversations go to a human until the next day',
+                      coalesce(n.display_phone_number, n.phone_number_id), n.llm_number_daily_limit, v_day),
+               jsonb_build_object('number_id', c.number_id, 'day', v_day, 'limit', n.llm_number_daily_limit,
+                                  'hint', 'Raise number_daily_limit with api.configure_llm, or answer the flagged conversations.'),
+               format('llm_number_cap:%s:%s', c.number_id, v_day)
+        FROM calls c JOIN core.wa_numbers n ON n.number_id = c.number_id
+        WHERE c.nth > c.left_today
+        ORDER BY c.number_id
+        ON CONFLICT DO NOTHING
+    )
+    SELECT array_agg(c.msg_id) FILTER (WHERE c.nth > c.left_today) INTO v_capped FROM calls c;
 
     RETURN QUERY
     SELECT q.msg_id, v.number_id, v.contact_id, (q.message->>'message_id')::bigint, n.llm_system_prompt,
@@ -695,7 +882,7 @@ BEGIN
                            WHERE i.number_id = v.number_id AND i.contact_id = v.contact_id
                            ORDER BY i.created_at DESC, i.message_id DESC
                            LIMIT n.llm_context_messages) h), '[]'),
-           v.llm_replies >= n.llm_daily_limit
+           v.llm_replies >= n.llm_daily_limit OR q.msg_id = ANY (coalesce(v_capped, '{}'))
     FROM pgmq.q_llm_jobs q
     JOIN core.conversations v ON v.number_id = (q.message->>'number_id')::bigint
                              AND v.contact_id = (q.message->>'contact_id')::bigint
@@ -704,8 +891,8 @@ BEGIN
     ORDER BY q.msg_id;
 END
 $$;
-COMMENT ON FUNCTION api.claim_llm_jobs(text, integer, integer) IS
-    'Claims up to p_max LLM jobs for p_vt_s seconds for worker p_worker; returns each with the number''s system prompt, the conversation''s last messages as chat messages (oldest first) and over_limit when the contact''s LLM replies for today are used up. Superseded or unwanted jobs (assigned to an agent, flagged for a human, LLM disabled, window closed) are deleted, not returned. Raises PW100 for p_max outside 1..1000 or p_vt_s outside 5..3600.';
+COMMENT ON FUNCTION api.claim_llm_jobs(text, integer, integer, timestamptz) IS
+    'Claims up to p_max LLM jobs for p_vt_s seconds for worker p_worker; returns each with the number''s system prompt, the conversation''s last messages as chat messages (oldest first) and over_limit when the contact''s LLM replies or the number''s LLM calls for the UTC day of p_now are used up (the number''s cap raises one notification a day). Superseded or unwanted jobs (the contact opted out, assigned to an agent, flagged for a human, LLM disabled, window closed) are deleted, not returned. Raises PW100 for p_max outside 1..1000 or p_vt_s outside 5..3600.';
 
 -- Store what the LLM worker got for claimed jobs. p_results is a JSON array of
 -- {msg_id, text, error}: without error, text is the LLM's reply; with one (a timeout,
@@ -735,12 +922,13 @@ BEGIN
                   nullif(btrim(r.text), '') AS text, r.error
     ), judged AS (
         SELECT d.*, CASE
-                   WHEN v.assigned_to IS NOT NULL OR d.text IS NULL THEN 'dropped'
+                   WHEN v.assigned_to IS NOT NULL OR d.text IS NULL OR c.opted_out THEN 'dropped'
                    WHEN d.error IS NULL THEN 'llm'
                    WHEN NOT v.needs_human THEN 'fallback'
                    ELSE 'dropped' END AS outcome
         FROM done d
         LEFT JOIN core.conversations v ON v.number_id = d.number_id AND v.contact_id = d.contact_id
+        LEFT JOIN core.contacts c ON c.contact_id = d.contact_id
     ), flagged AS (
         UPDATE core.conversations v SET needs_human = true, needs_human_at = now(),
             needs_human_reason = left('LLM: ' || j.error, 300)
@@ -776,21 +964,21 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.complete_llm_jobs(jsonb) IS
-    'Stores the LLM worker''s results (JSON array of {msg_id, text, error}): a reply is queued on the number''s reply queue and counted against the contact''s daily limit; an error queues the fallback text once and flags the conversation for a human. Results for jobs already done, handed to an agent or outside the window are dropped. Returns (replied, fell_back, dropped). Raises PW100 when p_results is not an array.';
+    'Stores the LLM worker''s results (JSON array of {msg_id, text, error}): a reply is queued on the number''s reply queue and counted against the contact''s daily limit; an error queues the fallback text once and flags the conversation for a human. Results for jobs already done, handed to an agent, outside the window or for a contact who opted out meanwhile are dropped. Returns (replied, fell_back, dropped). Raises PW100 when p_results is not an array.';
 
 REVOKE ALL ON FUNCTION api.save_bot_rule(bigint, bigint, text, text, jsonb, integer, boolean, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.delete_bot_rule(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.bot_rules(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.match_bot_rule(bigint, bigint, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.configure_opt_out(bigint, text[], text[], text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION api.configure_llm(bigint, bigint, boolean, text, integer, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION api.claim_llm_jobs(text, integer, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.configure_llm(bigint, bigint, boolean, text, integer, integer, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.claim_llm_jobs(text, integer, integer, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.complete_llm_jobs(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.save_bot_rule(bigint, bigint, text, text, jsonb, integer, boolean, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.delete_bot_rule(bigint, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.bot_rules(bigint, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.match_bot_rule(bigint, bigint, text, boolean) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.configure_opt_out(bigint, text[], text[], text, text) TO pgwa_api;
-GRANT EXECUTE ON FUNCTION api.configure_llm(bigint, bigint, boolean, text, integer, integer) TO pgwa_api;
-GRANT EXECUTE ON FUNCTION api.claim_llm_jobs(text, integer, integer) TO pgwa_worker;
+GRANT EXECUTE ON FUNCTION api.configure_llm(bigint, bigint, boolean, text, integer, integer, integer) TO pgwa_api;
+GRANT EXECUTE ON FUNCTION api.claim_llm_jobs(text, integer, integer, timestamptz) TO pgwa_worker;
 GRANT EXECUTE ON FUNCTION api.complete_llm_jobs(jsonb) TO pgwa_worker;
