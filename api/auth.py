@@ -1,9 +1,11 @@
 """Bearer API keys: the request's key becomes the sha256 that ``api.authenticate`` resolves.
 
 The key itself never reaches the database after its creation (``api.create_api_key``
-returns it once and stores only its hash). A route passes the hash into its one
-statement, ``SELECT ... FROM api.<function>(api.authenticate(%s), ...)``, so that a
-request costs one round trip and a bad key fails before anything else runs (PW401).
+returns it once and stores only its hash). A route passes the hash and the scope it
+needs (api/routes.py ROUTE_SCOPES) into its one statement,
+``SELECT ... FROM api.<function>(api.authenticate(%s, 'read'), ...)``, so that a request
+costs one round trip and a bad key fails before anything else runs: PW401 (unknown,
+revoked or expired), PW410 (the key lacks the scope), PW429 (over its rate limit).
 """
 
 from __future__ import annotations

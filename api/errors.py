@@ -12,7 +12,8 @@
                             same registry, so both kinds answer alike
 
 Every error answers ``{"error": {"code": "PW201", "name": "campaign_not_found",
-"message": "...", "hint": "..."}}``; invalid contact rows (PW101) add ``detail``. A
+"message": "...", "hint": "..."}}``; invalid contact rows (PW101) add ``detail``, and a
+key over its rate limit (PW429, 429) adds ``detail`` and a ``Retry-After`` header. A
 SQLSTATE missing from the registry is a bug as far as a client can tell: 500 with a
 generic message, while the log gets the SQLSTATE and PostgreSQL's primary message —
 never the statement's parameters or its DETAIL, which may hold what a client sent.
@@ -35,6 +36,9 @@ log = logging.getLogger("pgwa.api")
 # family digit of a PWgnn code gives the status (1 input, 2 not found, 3 state, 4 auth, 5 upstream).
 FAMILY_STATUS = {"1": 400, "2": 404, "3": 409, "4": 401, "5": 502}
 LOAD_CODES = "SELECT sqlstate, name, http_status FROM api.error_codes()"
+# Codes whose DETAIL is JSON written by pgwa's own SQL (never a client's input), shown to
+# the client: PW101's invalid rows, PW429's {"retry_after_s": n}.
+DETAILED = ("PW101", "PW429")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,14 @@ def error_response(status: int, sqlstate: str, name: str, message: str, hint: st
                     media_type="application/json", headers=headers)
 
 
+def _retry_after(sqlstate: str, detail: object) -> dict[str, str] | None:
+    """A rate-limited key (PW429) is told when to come back, in whole seconds."""
+    if sqlstate != "PW429":
+        return None
+    seconds = detail.get("retry_after_s") if isinstance(detail, dict) else None
+    return {"Retry-After": str(seconds if isinstance(seconds, int) and seconds > 0 else 1)}
+
+
 def _internal(request: Request, what: str) -> Response:
     log.error("500 on %s %s: %s", request.method, request.url.path, what)
     return error_response(500, "internal_error", "internal_error",
@@ -125,12 +137,12 @@ def handler(codes: ErrorCodes):
         if code is None:
             return _internal(request, f"SQLSTATE {sqlstate}: {diag.message_primary}")
         detail = None
-        if sqlstate == "PW101" and diag.message_detail:
+        if sqlstate in DETAILED and diag.message_detail:
             try:
                 detail = orjson.loads(diag.message_detail)
             except orjson.JSONDecodeError:
                 detail = None
         return error_response(code.status, sqlstate, code.name, diag.message_primary or code.name,
-                              diag.message_hint, detail)
+                              diag.message_hint, detail, headers=_retry_after(sqlstate, detail))
 
     return handle

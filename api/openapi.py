@@ -104,20 +104,34 @@ SCHEMAS: dict[str, dict] = {
                            opt_in_keywords={"type": "array", "items": {"type": "string"}},
                            opt_out_reply={"type": ["string", "null"]}, opt_in_reply={"type": ["string", "null"]}),
     "LlmSettings": _obj(number_id=_INT, llm_enabled={"type": "boolean"}, system_prompt={"type": ["string", "null"]},
-                        daily_limit={"type": ["integer", "null"]}, context_messages={"type": ["integer", "null"]}),
+                        daily_limit={"type": ["integer", "null"]}, context_messages={"type": ["integer", "null"]},
+                        number_daily_limit={"type": ["integer", "null"]}),
     "Notification": _obj(notification_id=_INT, kind={"type": "string"}, severity={"type": "string"},
                          message={"type": "string"}, details={"type": "object"}, created_at=_TS, read_at=_TS),
     "ApiKey": _obj(api_key_id=_INT, name={"type": "string"}, key_prefix={"type": "string"},
-                   created_at=_TS, revoked_at=_TS),
+                   created_at=_TS, revoked_at=_TS, scope={"type": "string", "enum": ["read", "send", "admin"]},
+                   expires_at=_TS, last_used_at={**_TS, "description": "Moved at most once a minute."},
+                   rate_limit_per_minute={"type": ["integer", "null"],
+                                          "description": "null: the platform's default."}),
     "ApiKeyCreated": _obj(api_key_id=_INT, tenant_id=_INT, name={"type": "string"},
                           key={"type": "string", "description": "Shown this once."},
-                          key_prefix={"type": "string"}, created_at=_TS),
+                          key_prefix={"type": "string"}, created_at=_TS,
+                          scope={"type": "string", "enum": ["read", "send", "admin"]}, expires_at=_TS,
+                          rate_limit_per_minute={"type": ["integer", "null"]}),
 }
 
 _ERRORS = {str(status): {"description": text, "content": {"application/json": {"schema": _ref("Error")}}}
-           for status, text in ((400, "Bad input (PW1nn, 22xxx)"), (401, "No or bad API key (PW401)"),
+           for status, text in ((400, "Bad input (PW1nn, 22xxx)"),
+                                (401, "No API key, or one unknown, revoked or expired (PW401)"),
+                                (403, "The key lacks the route's scope (PW410)"),
                                 (404, "Not found, or another tenant's (PW2nn)"),
                                 (409, "State conflict (PW3nn)"), (422, "Invalid rows or templates (PW1nn)"))}
+_ERRORS["429"] = {"description": "The key is over its request rate limit (PW429); retry after Retry-After seconds",
+                  "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+                  "content": {"application/json": {"schema": _ref("Error")}}}
+_SCOPE_TEXT = {"read": "Needs an API key with scope read, send or admin.",
+               "send": "Needs an API key with scope send or admin.",
+               "admin": "Needs an API key with scope admin."}
 
 
 def _param(name: str, where: str, schema: dict, description: str = "", required: bool = False) -> dict:
@@ -175,13 +189,16 @@ _CAMPAIGN_QUERY = [
 PATHS: dict[str, dict[str, dict]] = {
     "/v1/numbers": {
         "get": _op("numbers", "List the tenant's WhatsApp numbers (never their secrets)", _list("Number")),
-        "post": _op("register_number", "Register or update a number", _obj(number_id=_INT), status=201,
+        "post": _op("register_number", "Register or update a number, once the Graph API confirms that the "
+                    "token reads it and that the WABA holds it", _obj(number_id=_INT), status=201,
                     body=_json_body(_obj(["phone_number_id", "waba_id", "access_token"],
                                          phone_number_id={"type": "string"}, waba_id={"type": "string"},
                                          access_token={"type": "string", "writeOnly": True},
-                                         app_secret={"type": "string", "writeOnly": True},
+                                         app_secret={"type": ["string", "null"], "writeOnly": True,
+                                                     "description": "null or absent keeps the secret; \"\" clears it."},
                                          throughput_mps={"type": "integer", "default": 80},
-                                         display_phone_number={"type": "string"}))),
+                                         display_phone_number={"type": "string", "description":
+                                                               "Ignored: Meta's display number is stored."}))),
     },
     "/v1/templates": {"get": _op("templates", "List templates", _list("Template"), params=[
         _param("waba_id", "query", {"type": "string"}), _param("status", "query", {"type": "string"})])},
@@ -279,7 +296,8 @@ PATHS: dict[str, dict[str, dict]] = {
         "configure_llm", "LLM replies for the number: on or off, prompt, daily limit", _ref("LlmSettings"),
         params=[_NUMBER_ID], body=_json_body(_obj(
             enabled={"type": "boolean"}, system_prompt={"type": "string"},
-            daily_limit={"type": "integer", "minimum": 0}, context_messages={"type": "integer", "minimum": 0})))},
+            daily_limit={"type": "integer", "minimum": 0}, context_messages={"type": "integer", "minimum": 0},
+            number_daily_limit={"type": "integer", "description": "LLM calls per number and UTC day (api.configure_llm checks the range)."})))},
     "/v1/opt-out": {"post": _op(
         "configure_opt_out", "The tenant's opt-out and opt-in keywords and replies", _ref("OptOutSettings"),
         body=_json_body(_obj(opt_out_keywords=_KEYWORDS, opt_in_keywords=_KEYWORDS,
@@ -295,24 +313,35 @@ PATHS: dict[str, dict[str, dict]] = {
     "/v1/keys": {
         "get": _op("api_keys", "List the tenant's API keys (prefixes only)", _list("ApiKey")),
         "post": _op("create_api_key", "Create another API key for the tenant; the key is shown once",
-                    _ref("ApiKeyCreated"), status=201, body=_json_body(_obj(["name"], name={"type": "string"}))),
+                    _ref("ApiKeyCreated"), status=201, body=_json_body(_obj(
+                        ["name"], name={"type": "string"},
+                        scope={"type": "string", "enum": ["read", "send", "admin"], "default": "admin"},
+                        expires_at={"type": "string", "format": "date-time"},
+                        rate_limit_per_minute={"type": "integer", "minimum": 1, "maximum": 1000000}))),
     },
     "/v1/keys/{api_key_id}": {"delete": _op("revoke_api_key", "Revoke an API key", _ref("ApiKey"),
                                             params=[_param("api_key_id", "path", _INT)])},
-    "/metrics": {"get": {**_op("metrics", "Prometheus metrics", {"type": "string"}, media="text/plain"),
+    "/metrics": {"get": {**_op("metrics", "Prometheus metrics (no tenant's identifiers); needs the "
+                               "PGWA_METRICS_TOKEN bearer token when set, and is refused (403) without one "
+                               "unless the API listens on loopback", {"type": "string"}, media="text/plain"),
                          "security": []}},
 }
 
 
-def document(descriptions: dict[str, str]) -> dict:
-    """The OpenAPI document, with each operation's description from its function's comment."""
+def document(descriptions: dict[str, str], scopes: dict[tuple[str, str], str] | None = None) -> dict:
+    """The OpenAPI document, with each operation's description from its function's comment
+    and, from ``scopes`` ((path, METHOD) -> scope, api/routes.py), the scope its key needs."""
     paths: dict = {}
     for path, operations in PATHS.items():
         paths[path] = {}
         for method, op in operations.items():
             function = op["x-pgwa-function"]
             text = descriptions.get(function)
-            paths[path][method] = {**op, "description": f"Calls `api.{function}`. {text or ''}".strip()}
+            scope = (scopes or {}).get((path, method.upper()))
+            needs = f"{_SCOPE_TEXT[scope]} " if scope else ""
+            paths[path][method] = {**op, "description": f"{needs}Calls `api.{function}`. {text or ''}".strip()}
+            if scope:
+                paths[path][method]["x-pgwa-scope"] = scope
     return {
         "openapi": "3.1.0",
         "info": {"title": "pgwa", "version": VERSION,

@@ -5,11 +5,14 @@ that resolves the tenant and calls one ``api`` function with it, with PostgreSQL
 building the JSON::
 
     SELECT coalesce(json_agg(c), '[]')::text
-    FROM api.campaigns(api.authenticate(%(key)s), %(status)s::text, ...) c
+    FROM api.campaigns(api.authenticate(%(key)s, %(scope)s), %(status)s::text, ...) c
 
-so the response body is the bytes PostgreSQL returns. Two routes need more than one
-call and say so: uploads (authenticate, then ``api.stage_contacts`` + COPY +
-``api.create_campaign`` / ``api.import_contacts`` in one transaction) and template sync
+so the response body is the bytes PostgreSQL returns. Three routes need more than one
+call and say so: number registration (``api.prepare_number_registration``, the Graph
+API's answer for the number and its WABA, ``api.register_number`` with that answer),
+uploads (authenticate; spool the body within its caps, holding no connection; then
+``api.stage_contacts`` + COPY + ``api.create_campaign`` / ``api.import_contacts`` in
+one transaction) and template sync
 (``api.graph_credentials``, the Graph API's pages, one ``api.sync_templates``).
 Another tenant's ids are simply not found (the functions raise PW2nn), and no route
 returns an access token or an app secret. Errors go through api/errors.py.
@@ -21,6 +24,7 @@ whose endpoints call ``JsonApi.fetch_text(request, SQL, params)``, given to
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -28,6 +32,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -36,8 +41,9 @@ from api import openapi
 from api.auth import key_hash, token_matches
 from api.errors import ApiError, ErrorCodes, handler
 from api.graph_templates import fetch_templates
-from api.upload import CsvUpload
+from api.upload import CsvUpload, UploadLimits
 from pgwa.config import Settings
+from pgwa.numbers import GraphCheckError, verify_number
 
 JSON = "application/json"
 MAX_JSON_BODY = 1 << 20
@@ -48,95 +54,106 @@ MAX_BIGINT = (1 << 63) - 1
 # type is a clean 22xxx (400), never a function lookup failure.
 
 NUMBERS = """SELECT coalesce(json_agg(n ORDER BY n.number_id), '[]')::text
-FROM api.numbers(api.authenticate(%(key)s)) n"""
+FROM api.numbers(api.authenticate(%(key)s, %(scope)s)) n"""
+# Registering a number: check the fields, ask the Graph API (pgwa/numbers.py), then store
+# what Meta answered.
+PREPARE_NUMBER = """SELECT a.tenant_id, api.prepare_number_registration(
+    a.tenant_id, %(phone_number_id)s::text, %(waba_id)s::text, %(access_token)s::text, %(throughput_mps)s::integer)
+FROM (SELECT api.authenticate(%(key)s, %(scope)s) AS tenant_id) a"""
 REGISTER_NUMBER = """SELECT json_build_object('number_id', api.register_number(
-    api.authenticate(%(key)s), %(phone_number_id)s::text, %(waba_id)s::text, %(access_token)s::text,
-    %(app_secret)s::text, %(throughput_mps)s::integer, %(display_phone_number)s::text))::text"""
+    %(tenant_id)s::bigint, %(phone_number_id)s::text, %(waba_id)s::text, %(access_token)s::text,
+    %(app_secret)s::text, %(throughput_mps)s::integer, %(display_phone_number)s::text, %(verified)s::jsonb))::text"""
 TEMPLATES = """SELECT coalesce(json_agg(t), '[]')::text
-FROM api.templates(api.authenticate(%(key)s), %(waba_id)s::text, %(status)s::text) t"""
+FROM api.templates(api.authenticate(%(key)s, %(scope)s), %(waba_id)s::text, %(status)s::text) t"""
 CREDENTIALS = """SELECT a.tenant_id, c.waba_id, c.access_token, c.graph_api_version
-FROM (SELECT api.authenticate(%(key)s) AS tenant_id) a,
+FROM (SELECT api.authenticate(%(key)s, %(scope)s) AS tenant_id) a,
      api.graph_credentials(a.tenant_id, %(number_id)s::bigint) c"""
 SYNC_TEMPLATES = """SELECT row_to_json(r)::text
 FROM api.sync_templates(%(tenant_id)s::bigint, %(waba_id)s::text, %(templates)s::jsonb) r"""
-AUTHENTICATE = "SELECT api.authenticate(%(key)s)"
+AUTHENTICATE = "SELECT api.authenticate(%(key)s, %(scope)s)"
+# An upload's COPY and campaign creation may run for up to the upload deadline, not the
+# pool's statement_timeout: a million contacts take longer than a route's one statement.
+UPLOAD_TIMEOUT = "SELECT set_config('statement_timeout', %(ms)s::text, true)"
 CONTACTS = """SELECT json_build_object(
     'data', coalesce(json_agg(c ORDER BY c.contact_id DESC), '[]'),
     'next_before_id', CASE WHEN count(*) = %(limit)s::integer THEN min(c.contact_id) END)::text
-FROM api.contacts(api.authenticate(%(key)s), %(phone)s::text, %(opted_out)s::boolean,
+FROM api.contacts(api.authenticate(%(key)s, %(scope)s), %(phone)s::text, %(opted_out)s::boolean,
                   %(before_id)s::bigint, %(limit)s::integer) c"""
 IMPORT_CONTACTS = """SELECT row_to_json(r)::text
 FROM api.import_contacts(%(tenant_id)s::bigint, %(default_country_code)s::text, %(on_invalid)s::text) r"""
 OPT_OUT = """SELECT row_to_json(r)::text
-FROM api.set_contact_opt_out(api.authenticate(%(key)s), %(opted_out)s::boolean, %(contact_id)s::bigint,
+FROM api.set_contact_opt_out(api.authenticate(%(key)s, %(scope)s), %(opted_out)s::boolean, %(contact_id)s::bigint,
                              %(phone)s::text) r"""
 CAMPAIGNS = """SELECT json_build_object(
     'data', coalesce(json_agg(c ORDER BY c.campaign_id DESC), '[]'),
     'next_before_id', CASE WHEN count(*) = %(limit)s::integer THEN min(c.campaign_id) END)::text
-FROM api.campaigns(api.authenticate(%(key)s), %(status)s::text, %(before_id)s::bigint, %(limit)s::integer) c"""
+FROM api.campaigns(api.authenticate(%(key)s, %(scope)s), %(status)s::text, %(before_id)s::bigint, %(limit)s::integer) c"""
 CREATE_CAMPAIGN = """SELECT row_to_json(r)::text
 FROM api.create_campaign(%(tenant_id)s::bigint, %(number_id)s::bigint, %(name)s::text, %(templates)s::jsonb,
                          %(on_invalid)s::text, %(scheduled_at)s::timestamptz, %(start)s::boolean,
                          %(default_country_code)s::text) r"""
 CAMPAIGN_STATS = """SELECT row_to_json(s)::text
-FROM api.campaign_stats(api.authenticate(%(key)s), %(campaign_id)s::bigint) s"""
+FROM api.campaign_stats(api.authenticate(%(key)s, %(scope)s), %(campaign_id)s::bigint) s"""
 START_CAMPAIGN = """SELECT json_build_object('campaign_id', %(campaign_id)s::bigint, 'status',
-    api.start_campaign(api.authenticate(%(key)s), %(campaign_id)s::bigint, %(at)s::timestamptz))::text"""
+    api.start_campaign(api.authenticate(%(key)s, %(scope)s), %(campaign_id)s::bigint, %(at)s::timestamptz))::text"""
 PAUSE_CAMPAIGN = """SELECT json_build_object('campaign_id', %(campaign_id)s::bigint, 'status',
-    api.pause_campaign(api.authenticate(%(key)s), %(campaign_id)s::bigint, %(reason)s::text))::text"""
+    api.pause_campaign(api.authenticate(%(key)s, %(scope)s), %(campaign_id)s::bigint, %(reason)s::text))::text"""
 RESUME_CAMPAIGN = """SELECT json_build_object('campaign_id', %(campaign_id)s::bigint, 'status',
-    api.resume_campaign(api.authenticate(%(key)s), %(campaign_id)s::bigint))::text"""
+    api.resume_campaign(api.authenticate(%(key)s, %(scope)s), %(campaign_id)s::bigint))::text"""
 CANCEL_CAMPAIGN = """SELECT json_build_object('campaign_id', %(campaign_id)s::bigint, 'status',
-    api.cancel_campaign(api.authenticate(%(key)s), %(campaign_id)s::bigint))::text"""
+    api.cancel_campaign(api.authenticate(%(key)s, %(scope)s), %(campaign_id)s::bigint))::text"""
 RECONCILE = """SELECT coalesce(json_agg(r), '[]')::text
-FROM api.reconcile_campaign(api.authenticate(%(key)s), %(campaign_id)s::bigint, %(fix)s::boolean) r"""
+FROM api.reconcile_campaign(api.authenticate(%(key)s, %(scope)s), %(campaign_id)s::bigint, %(fix)s::boolean) r"""
 NOTIFICATIONS = """SELECT json_build_object(
     'data', coalesce(json_agg(n ORDER BY n.notification_id DESC), '[]'),
     'next_before_id', CASE WHEN count(*) = %(limit)s::integer THEN min(n.notification_id) END)::text
-FROM api.notifications(api.authenticate(%(key)s), %(unread)s::boolean, %(before_id)s::bigint,
+FROM api.notifications(api.authenticate(%(key)s, %(scope)s), %(unread)s::boolean, %(before_id)s::bigint,
                        %(limit)s::integer) n"""
 READ_NOTIFICATIONS = """SELECT json_build_object('marked',
-    api.read_notifications(api.authenticate(%(key)s), %(ids)s::bigint[]))::text"""
-API_KEYS = """SELECT coalesce(json_agg(k), '[]')::text FROM api.api_keys(api.authenticate(%(key)s)) k"""
-CREATE_API_KEY = """SELECT row_to_json(k)::text FROM api.create_api_key(api.authenticate(%(key)s), %(name)s::text) k"""
+    api.read_notifications(api.authenticate(%(key)s, %(scope)s), %(ids)s::bigint[]))::text"""
+API_KEYS = """SELECT coalesce(json_agg(k), '[]')::text FROM api.api_keys(api.authenticate(%(key)s, %(scope)s)) k"""
+CREATE_API_KEY = """SELECT row_to_json(k)::text
+FROM api.create_api_key(api.authenticate(%(key)s, %(scope)s), %(name)s::text, %(key_scope)s::text,
+                        %(expires_at)s::timestamptz, %(rate_limit_per_minute)s::integer) k"""
 REVOKE_API_KEY = """SELECT row_to_json(k)::text
-FROM api.revoke_api_key(api.authenticate(%(key)s), %(api_key_id)s::bigint) k"""
+FROM api.revoke_api_key(api.authenticate(%(key)s, %(scope)s), %(api_key_id)s::bigint) k"""
 CONVERSATIONS = """SELECT json_build_object(
     'data', coalesce(json_agg(c ORDER BY c.last_message_at DESC, c.contact_id DESC), '[]'),
     'next', CASE WHEN count(*) = %(limit)s::integer THEN json_build_object(
         'before_at', min(c.last_message_at),
         'before_contact_id', (array_agg(c.contact_id ORDER BY c.last_message_at, c.contact_id))[1]) END)::text
-FROM api.conversations(api.authenticate(%(key)s), %(number_id)s::bigint, %(filter)s::text, %(agent)s::text,
+FROM api.conversations(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(filter)s::text, %(agent)s::text,
                        %(before_at)s::timestamptz, %(before_contact_id)s::bigint, %(limit)s::integer) c"""
 CONVERSATION = """SELECT json_build_object(
     'data', coalesce(json_agg(m ORDER BY m.created_at DESC, m.message_id DESC), '[]'),
     'next', CASE WHEN count(*) = %(limit)s::integer THEN json_build_object(
         'before_at', min(m.created_at),
         'before_id', (array_agg(m.message_id ORDER BY m.created_at, m.message_id))[1]) END)::text
-FROM api.conversation(api.authenticate(%(key)s), %(number_id)s::bigint, %(contact_id)s::bigint,
+FROM api.conversation(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(contact_id)s::bigint,
                       %(before_at)s::timestamptz, %(before_id)s::bigint, %(limit)s::integer) m"""
 REPLY = """SELECT row_to_json(r)::text
-FROM api.reply(api.authenticate(%(key)s), %(number_id)s::bigint, %(contact_id)s::bigint, %(reply)s::jsonb) r"""
+FROM api.reply(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(contact_id)s::bigint, %(reply)s::jsonb) r"""
 MARK_READ = """SELECT json_build_object('marked',
-    api.mark_read(api.authenticate(%(key)s), %(number_id)s::bigint, %(contact_id)s::bigint))::text"""
+    api.mark_read(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(contact_id)s::bigint))::text"""
 ASSIGN = """SELECT row_to_json(c)::text
-FROM api.assign_conversation(api.authenticate(%(key)s), %(number_id)s::bigint, %(contact_id)s::bigint,
+FROM api.assign_conversation(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(contact_id)s::bigint,
                              %(agent)s::text) c"""
 RELEASE = """SELECT row_to_json(c)::text
-FROM api.release_conversation(api.authenticate(%(key)s), %(number_id)s::bigint, %(contact_id)s::bigint) c"""
+FROM api.release_conversation(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(contact_id)s::bigint) c"""
 BOT_RULES = """SELECT coalesce(json_agg(r), '[]')::text
-FROM api.bot_rules(api.authenticate(%(key)s), %(number_id)s::bigint) r"""
+FROM api.bot_rules(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint) r"""
 SAVE_BOT_RULE = """SELECT row_to_json(r)::text
-FROM api.save_bot_rule(api.authenticate(%(key)s), %(number_id)s::bigint, %(kind)s::text, %(pattern)s::text,
+FROM api.save_bot_rule(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(kind)s::text, %(pattern)s::text,
                        %(reply)s::jsonb, %(priority)s::integer, %(enabled)s::boolean, %(rule_id)s::bigint) r"""
 DELETE_BOT_RULE = """SELECT json_build_object('rule_id',
-    api.delete_bot_rule(api.authenticate(%(key)s), %(rule_id)s::bigint))::text"""
+    api.delete_bot_rule(api.authenticate(%(key)s, %(scope)s), %(rule_id)s::bigint))::text"""
 CONFIGURE_OPT_OUT = """SELECT row_to_json(o)::text
-FROM api.configure_opt_out(api.authenticate(%(key)s), %(opt_out_keywords)s::text[], %(opt_in_keywords)s::text[],
+FROM api.configure_opt_out(api.authenticate(%(key)s, %(scope)s), %(opt_out_keywords)s::text[], %(opt_in_keywords)s::text[],
                            %(opt_out_reply)s::text, %(opt_in_reply)s::text) o"""
 CONFIGURE_LLM = """SELECT row_to_json(l)::text
-FROM api.configure_llm(api.authenticate(%(key)s), %(number_id)s::bigint, %(enabled)s::boolean,
-                       %(system_prompt)s::text, %(daily_limit)s::integer, %(context_messages)s::integer) l"""
+FROM api.configure_llm(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(enabled)s::boolean,
+                       %(system_prompt)s::text, %(daily_limit)s::integer, %(context_messages)s::integer,
+                       %(number_daily_limit)s::integer) l"""
 METRICS = "SELECT api.metrics()"
 FUNCTION_DOCS = "SELECT name, description FROM api.functions()"
 
@@ -244,6 +261,43 @@ def _keywords(body: dict[str, Any], name: str) -> list[str] | None:
 
 CONVERSATION_PATH = "/v1/numbers/{number_id}/conversations/{contact_id}"
 
+# -- scopes -----------------------------------------------------------------------------------
+# The scope each route's key needs, by endpoint, decided here once: every statement passes
+# it to api.authenticate, which grants it in SQL (read < send < admin, each implying the
+# ones below). read: GET routes; send: what sends or changes campaigns, contacts, templates,
+# the inbox and notifications; admin: numbers and their credentials, automation settings,
+# bot rules and keys. tests/test_security_keys.py checks every /v1 route is listed.
+
+READ, SEND, ADMIN = "read", "send", "admin"
+ROUTE_SCOPES: dict[str, str] = {
+    "numbers": READ, "register_number": ADMIN,
+    "templates": READ, "sync_templates": SEND,
+    "contacts": READ, "import_contacts": SEND, "opt_out": SEND, "opt_in": SEND,
+    "campaigns": READ, "create_campaign": SEND, "campaign_stats": READ, "start_campaign": SEND,
+    "pause_campaign": SEND, "resume_campaign": SEND, "cancel_campaign": SEND, "reconcile_campaign": SEND,
+    "conversations": READ, "conversation": READ, "reply": SEND, "mark_read": SEND, "assign": SEND,
+    "release": SEND,
+    "bot_rules": READ, "save_bot_rule": ADMIN, "delete_bot_rule": ADMIN, "configure_llm": ADMIN,
+    "configure_opt_out": ADMIN,
+    "notifications": READ, "read_notifications": SEND, "read_notification": SEND,
+    "api_keys": ADMIN, "create_api_key": ADMIN, "revoke_api_key": ADMIN,
+}
+
+
+def scope_of(request: Request) -> str:
+    """The scope the request's route needs (a route missing from ROUTE_SCOPES is a bug: 500)."""
+    endpoint = request.scope.get("endpoint")
+    return ROUTE_SCOPES[getattr(endpoint, "__name__", "")]
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
 
 # -- the API ----------------------------------------------------------------------------------
 
@@ -256,8 +310,10 @@ class JsonApi:
         self.metrics_token = metrics_token if metrics_token is not None else settings.metrics_token
         self.extra_routes = list(extra_routes)
         self.codes = ErrorCodes()
-        self.document = openapi.document({})
-        self.pool = AsyncConnectionPool(settings.database_url, min_size=1, max_size=pool_size, open=False,
+        self.document = openapi.document({}, self.route_scopes())
+        self.upload_limits = UploadLimits.from_settings(settings)
+        # statement_timeout and idle_in_transaction_session_timeout on every pooled connection.
+        self.pool = AsyncConnectionPool(settings.session_url(idle_tx=True), min_size=1, max_size=pool_size, open=False,
                                         kwargs={"autocommit": True, "application_name": "pgwa-api"},
                                         timeout=10, name="pgwa-api")
 
@@ -266,7 +322,7 @@ class JsonApi:
         async with self.pool.connection() as conn:
             await self.codes.load(conn)
             docs = await (await conn.execute(FUNCTION_DOCS)).fetchall()
-        self.document = openapi.document(dict(docs))
+        self.document = openapi.document(dict(docs), self.route_scopes())
 
     async def stop(self) -> None:
         await self.pool.close()
@@ -277,14 +333,20 @@ class JsonApi:
         return {psycopg.Error: handle, ApiError: handle, PoolTimeout: handle}
 
     async def fetch_text(self, request: Request, sql: str, params: dict[str, Any]) -> str | None:
-        """Run one authenticated statement (``%(key)s`` is the request's key hash); its one value."""
-        params = {**params, "key": key_hash(request)}
+        """Run one authenticated statement (``%(key)s`` is the request's key hash, ``%(scope)s`` the
+        scope its route needs, from ROUTE_SCOPES); its one value."""
+        params = {**params, "key": key_hash(request), "scope": scope_of(request)}
         async with self.pool.connection() as conn:
             row = await (await conn.execute(sql, params)).fetchone()
         return row[0] if row else None
 
     async def _json(self, request: Request, sql: str, params: dict[str, Any], status: int = 200) -> Response:
         return Response(await self.fetch_text(request, sql, params), status_code=status, media_type=JSON)
+
+    def route_scopes(self) -> dict[tuple[str, str], str]:
+        """(path, method) -> the scope its key needs, for the OpenAPI document."""
+        return {(r.path, m): ROUTE_SCOPES[r.endpoint.__name__] for r in self.routes()
+                if isinstance(r, Route) and r.path.startswith("/v1/") for m in (r.methods or ()) if m != "HEAD"}
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -334,14 +396,28 @@ class JsonApi:
 
     async def register_number(self, request: Request) -> Response:
         body = await _json_body(request)
-        return await self._json(request, REGISTER_NUMBER, {
+        params = {
             "phone_number_id": _field(body, "phone_number_id", required=True, limit=64),
             "waba_id": _field(body, "waba_id", required=True, limit=64),
             "access_token": _field(body, "access_token", required=True),
-            "app_secret": _field(body, "app_secret"),
+            "app_secret": _field(body, "app_secret"),    # null keeps the secret, "" clears it
             "throughput_mps": _field(body, "throughput_mps", _to_int, default=80),
             "display_phone_number": _field(body, "display_phone_number", limit=64),
-        }, status=201)
+        }
+        async with self.pool.connection() as conn:
+            tenant_id, version = await (await conn.execute(
+                PREPARE_NUMBER, {**params, "key": key_hash(request), "scope": scope_of(request)})).fetchone()
+        # Meta's answer, not the client's word, is what gets stored; no connection is held
+        # while the Graph API answers (a thread: the check is rare and synchronous).
+        try:
+            verified = await run_in_threadpool(verify_number, self.settings.graph_base_url, version,
+                                               params["phone_number_id"], params["waba_id"], params["access_token"])
+        except GraphCheckError as exc:
+            raise ApiError(exc.sqlstate, exc.message, exc.hint) from None
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(REGISTER_NUMBER, {
+                **params, "tenant_id": tenant_id, "verified": orjson.dumps(verified).decode()})).fetchone()
+        return Response(row[0], status_code=201, media_type=JSON)
 
     async def templates(self, request: Request) -> Response:
         return await self._json(request, TEMPLATES, {"waba_id": _query(request, "waba_id"),
@@ -351,7 +427,7 @@ class JsonApi:
         body = await _json_body(request)
         number_id = _field(body, "number_id", _to_int, required=True)
         page_size = _field(body, "page_size", _to_int, default=100, low=1, high=1000)
-        params = {"key": key_hash(request), "number_id": number_id}
+        params = {"key": key_hash(request), "scope": scope_of(request), "number_id": number_id}
         async with self.pool.connection() as conn:
             tenant_id, waba_id, token, version = await (await conn.execute(CREDENTIALS, params)).fetchone()
         # No connection is held while the Graph API answers.
@@ -370,18 +446,31 @@ class JsonApi:
             "phone": _query(request, "phone"), "opted_out": _query(request, "opted_out", _to_bool),
             "before_id": _query(request, "before_id", _to_int), "limit": _limit(request)})
 
-    async def import_contacts(self, request: Request) -> Response:
-        key = key_hash(request)
-        upload = CsvUpload(request)
+    async def _authenticate(self, request: Request) -> int:
         async with self.pool.connection() as conn:
-            tenant_id = (await (await conn.execute(AUTHENTICATE, {"key": key})).fetchone())[0]
-            async with conn.transaction():
-                await upload.stage(conn)
-                options = {**dict(request.query_params), **upload.fields}
-                row = await (await conn.execute(IMPORT_CONTACTS, {
-                    "tenant_id": tenant_id,
-                    "default_country_code": _field(options, "default_country_code", limit=8),
-                    "on_invalid": _field(options, "on_invalid", default="skip", limit=16)})).fetchone()
+            return (await (await conn.execute(AUTHENTICATE, {"key": key_hash(request), "scope": scope_of(request)})).fetchone())[0]
+
+    async def _staged(self, conn: psycopg.AsyncConnection, upload: CsvUpload) -> None:
+        """In the caller's transaction: the upload's statement timeout, then its COPY."""
+        await conn.execute(UPLOAD_TIMEOUT, {"ms": int(self.upload_limits.deadline_s * 1000)})
+        await upload.stage(conn)
+
+    async def import_contacts(self, request: Request) -> Response:
+        # Authenticated first, then the body spooled with no connection held, then one
+        # transaction: stage, COPY, import.
+        tenant_id = await self._authenticate(request)
+        upload = CsvUpload(request, self.upload_limits)
+        try:
+            await upload.receive()
+            options = {**dict(request.query_params), **upload.fields}
+            params = {"tenant_id": tenant_id,
+                      "default_country_code": _field(options, "default_country_code", limit=8),
+                      "on_invalid": _field(options, "on_invalid", default="skip", limit=16)}
+            async with self.pool.connection() as conn, conn.transaction():
+                await self._staged(conn, upload)
+                row = await (await conn.execute(IMPORT_CONTACTS, params)).fetchone()
+        finally:
+            upload.close()
         return Response(row[0], media_type=JSON)
 
     async def _opt(self, request: Request, opted_out: bool) -> Response:
@@ -436,16 +525,18 @@ class JsonApi:
         }
 
     async def create_campaign(self, request: Request) -> Response:
-        key = key_hash(request)
-        upload = CsvUpload(request)
-        if upload.multipart is None:      # everything is known before the body: fail fast
-            self._campaign_options(request, {})
-        async with self.pool.connection() as conn:
-            tenant_id = (await (await conn.execute(AUTHENTICATE, {"key": key})).fetchone())[0]
-            async with conn.transaction():
-                await upload.stage(conn)
-                params = self._campaign_options(request, upload.fields)
+        tenant_id = await self._authenticate(request)
+        upload = CsvUpload(request, self.upload_limits)
+        try:
+            if upload.multipart is None:      # everything is known before the body: fail fast
+                self._campaign_options(request, {})
+            await upload.receive()            # no connection held while the client sends
+            params = self._campaign_options(request, upload.fields)
+            async with self.pool.connection() as conn, conn.transaction():
+                await self._staged(conn, upload)
                 row = await (await conn.execute(CREATE_CAMPAIGN, {**params, "tenant_id": tenant_id})).fetchone()
+        finally:
+            upload.close()
         return Response(row[0], status_code=201, media_type=JSON)
 
     async def campaign_stats(self, request: Request) -> Response:
@@ -535,7 +626,9 @@ class JsonApi:
             "enabled": _field(body, "enabled", _to_bool),
             "system_prompt": _field(body, "system_prompt", limit=20_000),
             "daily_limit": _field(body, "daily_limit", _to_int, low=0, high=10_000_000),
-            "context_messages": _field(body, "context_messages", _to_int, low=0, high=100)})
+            "context_messages": _field(body, "context_messages", _to_int, low=0, high=100),
+            # Its range is checked once, by api.configure_llm.
+            "number_daily_limit": _field(body, "number_daily_limit", _to_int)})
 
     async def configure_opt_out(self, request: Request) -> Response:
         body = await _json_body(request)
@@ -572,8 +665,12 @@ class JsonApi:
 
     async def create_api_key(self, request: Request) -> Response:
         body = await _json_body(request)
-        return await self._json(request, CREATE_API_KEY, {"name": _field(body, "name", required=True, limit=200)},
-                                status=201)
+        return await self._json(request, CREATE_API_KEY, {
+            "name": _field(body, "name", required=True, limit=200),
+            "key_scope": _field(body, "scope", default=ADMIN, limit=16),
+            "expires_at": _field(body, "expires_at", _to_time),
+            "rate_limit_per_minute": _field(body, "rate_limit_per_minute", _to_int, low=1, high=1_000_000)},
+            status=201)
 
     async def revoke_api_key(self, request: Request) -> Response:
         return await self._json(request, REVOKE_API_KEY, {"api_key_id": _path_id(request, "api_key_id")})
@@ -581,10 +678,17 @@ class JsonApi:
     # -- operations -----------------------------------------------------------------------------
 
     async def metrics(self, request: Request) -> Response:
-        """Prometheus text; behind a bearer token when PGWA_METRICS_TOKEN is set."""
-        if self.metrics_token and not token_matches(request, self.metrics_token):
-            raise ApiError("PW401", "the metrics token is missing or wrong",
-                           "Send Authorization: Bearer <PGWA_METRICS_TOKEN>.")
+        """Prometheus text, behind a bearer token when PGWA_METRICS_TOKEN is set; without one,
+        served only while the API listens on loopback."""
+        if self.metrics_token:
+            if not token_matches(request, self.metrics_token):
+                raise ApiError("PW401", "the metrics token is missing or wrong",
+                               "Send Authorization: Bearer <PGWA_METRICS_TOKEN>.")
+        elif not _loopback(self.settings.api_host):
+            raise ApiError("PW403", f"/metrics needs a token: the API listens on {self.settings.api_host}, "
+                           "not loopback only, and PGWA_METRICS_TOKEN is not set",
+                           "Set PGWA_METRICS_TOKEN and scrape with Authorization: Bearer <token>, "
+                           "or listen on 127.0.0.1 (PGWA_API_HOST).")
         async with self.pool.connection() as conn:
             text = (await (await conn.execute(METRICS)).fetchone())[0]
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -6,7 +6,10 @@ project's local cluster) through the same ``api`` functions every client uses.
     pgwa db up | migrate | psql | url
     pgwa serve api | worker | sim [ARGS...]
     pgwa tenant create NAME
-    pgwa key create --tenant T [--name N]  |  key list --tenant T  |  key revoke ID --tenant T
+    pgwa number register --tenant T --phone-number-id ID --waba-id ID  (token in WHATSAPP_ACCESS_TOKEN)
+    pgwa number transfer PHONE_NUMBER_ID --to T [--waba-id ID]       (operator only)
+    pgwa key create --tenant T [--name N] [--scope read|send|admin] [--expires WHEN] [--rate-limit N]
+    pgwa key list --tenant T  |  key revoke ID --tenant T
     pgwa campaign create --csv FILE --tenant T --number N --template name:lang[:param,...] ... [--start]
     pgwa campaign start|pause|resume|cancel ID --tenant T
     pgwa campaign watch ID --tenant T
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,7 +50,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pgwa.config import ROOT, database_url
+from pgwa import numbers
+from pgwa.config import ROOT, Settings, database_url
 
 FINAL = ("completed", "cancelled")
 STAGES = ("total", "queued", "sent", "delivered", "read", "replied", "failed", "cancelled")
@@ -188,23 +193,77 @@ def cmd_tenant(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_number(args: argparse.Namespace, console: Console) -> int:
+    """register: ask the Graph API first (as POST /v1/numbers does); transfer: the
+    operator's move of a number to another tenant (api.transfer_number, no client role)."""
+    with connect() as conn:
+        if args.action == "transfer":
+            to = tenant_id(conn, args.to)
+            moved = conn.execute("SELECT api.transfer_number(%s, %s, %s)",
+                                 (args.phone_number_id, to, args.waba_id)).fetchone()[0]
+            console.print(f"number {moved} ({args.phone_number_id}) moved to tenant {to}; it stays paused "
+                          "until that tenant registers it with its own token")
+            return 0
+        token = os.environ.get(args.token_env, "")
+        if not token:
+            raise CliError(f"set {args.token_env} to the number's access token (kept off the command line)")
+        app_secret = os.environ.get(args.app_secret_env) if args.app_secret_env else None
+        tenant = tenant_id(conn, args.tenant)
+        try:
+            number = numbers.register_number(
+                conn, tenant, args.phone_number_id, args.waba_id, token, app_secret=app_secret,
+                throughput_mps=args.throughput, graph_base_url=os.environ.get("GRAPH_BASE_URL", Settings.graph_base_url))
+        except numbers.GraphCheckError as exc:
+            err = Console(stderr=True)
+            err.print(f"pgwa: {exc.sqlstate}: {exc.message}", highlight=False)
+            err.print(f"hint: {exc.hint}", highlight=False)
+            return 1
+    console.print(f"number {number} ({args.phone_number_id}) registered for tenant {tenant}: Meta confirmed it")
+    return 0
+
+
+def _expiry(text: str) -> datetime:
+    """--expires: an ISO 8601 time (with its offset) or a span from now: 90d, 12h, 30m."""
+    spans = {"d": "days", "h": "hours", "m": "minutes"}
+    if text[:-1].isdigit() and text[-1:] in spans:
+        return datetime.now(UTC) + timedelta(**{spans[text[-1]]: int(text[:-1])})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a time (2026-12-31T00:00:00Z) nor a span "
+                                         "(90d, 12h, 30m)") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone offset, e.g. 2026-12-31T00:00:00+00:00")
+    return moment
+
+
+def _when(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M}" if moment else ""
+
+
 def cmd_key(args: argparse.Namespace, console: Console) -> int:
     with connect() as conn:
         tenant = tenant_id(conn, args.tenant)
         if args.action == "create":
-            key = conn.execute("SELECT * FROM api.create_api_key(%s, %s)", (tenant, args.name)).fetchone()
-            Console(stderr=True).print(f"API key {key[0]} for tenant {tenant} ({args.name}); shown once, keep it:",
-                                       highlight=False)
-            print(key[3])
+            key = conn.cursor(row_factory=dict_row).execute(
+                "SELECT * FROM api.create_api_key(%s, %s, %s, %s, %s)",
+                (tenant, args.name, args.scope, args.expires, args.rate_limit)).fetchone()
+            expiry = f", expires {_when(key['expires_at'])}" if key["expires_at"] else ""
+            Console(stderr=True).print(f"API key {key['api_key_id']} for tenant {tenant} ({args.name}, scope "
+                                       f"{key['scope']}{expiry}); shown once, keep it:", highlight=False)
+            print(key["key"])
         elif args.action == "revoke":
             conn.execute("SELECT api.revoke_api_key(%s, %s)", (tenant, args.id))
             console.print(f"API key {args.id} revoked")
         else:
             table = Table(title=f"API keys of tenant {tenant}")
-            for column in ("id", "name", "prefix", "created", "revoked"):
+            for column in ("id", "name", "prefix", "scope", "created", "expires", "last used", "limit/min",
+                           "revoked"):
                 table.add_column(column)
-            for k in conn.execute("SELECT * FROM api.api_keys(%s)", (tenant,)):
-                table.add_row(str(k[0]), k[1], k[2], f"{k[3]:%Y-%m-%d %H:%M}", f"{k[4]:%Y-%m-%d %H:%M}" if k[4] else "")
+            for k in conn.cursor(row_factory=dict_row).execute("SELECT * FROM api.api_keys(%s)", (tenant,)):
+                table.add_row(str(k["api_key_id"]), k["name"], k["key_prefix"], k["scope"], _when(k["created_at"]),
+                              _when(k["expires_at"]), _when(k["last_used_at"]),
+                              str(k["rate_limit_per_minute"] or "default"), _when(k["revoked_at"]))
             console.print(table)
     return 0
 
@@ -327,12 +386,36 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.set_defaults(run=cmd_tenant)
 
+    number = sub.add_parser("number", help="WhatsApp numbers").add_subparsers(dest="action", required=True)
+    n = number.add_parser("register", help="register a tenant's number once the Graph API confirms it")
+    n.add_argument("--tenant")
+    n.add_argument("--phone-number-id", required=True)
+    n.add_argument("--waba-id", required=True)
+    n.add_argument("--token-env", default="WHATSAPP_ACCESS_TOKEN", metavar="VAR",
+                   help="the variable holding the access token (default WHATSAPP_ACCESS_TOKEN)")
+    n.add_argument("--app-secret-env", metavar="VAR",
+                   help="the variable holding the number's app secret (empty clears it; unset keeps it)")
+    n.add_argument("--throughput", type=int, default=80, help="messages per second Meta allows (80..1000)")
+    n.set_defaults(run=cmd_number)
+    t = number.add_parser("transfer", help="operator: move a number to another tenant")
+    t.add_argument("phone_number_id")
+    t.add_argument("--to", required=True, help="the tenant (id or name) that now holds the number")
+    t.add_argument("--waba-id", help="the WABA that holds the number now (default: unchanged)")
+    t.set_defaults(run=cmd_number)
+
     key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
     for action in ("create", "list", "revoke"):
         k = key.add_parser(action)
         k.add_argument("--tenant")
         if action == "create":
             k.add_argument("--name", default="api")
+            k.add_argument("--scope", choices=("read", "send", "admin"), default="admin",
+                           help="read: GET routes; send: also campaigns, contacts, inbox; admin: everything "
+                                "(default)")
+            k.add_argument("--expires", type=_expiry, metavar="WHEN",
+                           help="an ISO 8601 time or a span from now (90d, 12h, 30m); default never")
+            k.add_argument("--rate-limit", type=int, metavar="N",
+                           help="requests a minute; default the platform's (core.settings)")
         if action == "revoke":
             k.add_argument("id", type=int)
         k.set_defaults(run=cmd_key)

@@ -24,9 +24,10 @@ def _sql_error(db: psycopg.Connection, query: str, params: tuple) -> str:
 
 def test_create_api_key_returns_the_key_once_and_stores_only_its_sha256(db: psycopg.Connection) -> None:
     acc = factories.account(db, with_templates=False)
-    key_id, tenant_id, name, key, prefix, _ = db.execute(
-        "SELECT * FROM api.create_api_key(%s, 'dashboard')", (acc.tenant_id,)).fetchone()
-    assert (tenant_id, name) == (acc.tenant_id, "dashboard")
+    key_id, tenant_id, name, key, prefix, scope = db.execute(
+        "SELECT api_key_id, tenant_id, name, key, key_prefix, scope FROM api.create_api_key(%s, 'dashboard')",
+        (acc.tenant_id,)).fetchone()
+    assert (tenant_id, name, scope) == (acc.tenant_id, "dashboard", "admin")
     assert key.startswith("pgwa_") and len(key) == 5 + 64 and key.startswith(prefix)
     stored = db.execute("SELECT key_hash, key_prefix FROM core.api_keys WHERE api_key_id = %s", (key_id,)).fetchone()
     assert bytes(stored[0]) == hashlib.sha256(key.encode()).digest()
@@ -113,8 +114,16 @@ def test_another_tenants_ids_answer_404(db: psycopg.Connection, client: TestClie
     assert client.get("/v1/notifications").json()["data"] == []
 
 
-def test_no_route_returns_an_access_token_or_app_secret(db: psycopg.Connection, client: TestClient,
-                                                        tenant: Tenant) -> None:
+def test_no_route_returns_an_access_token_or_app_secret(db: psycopg.Connection, db_url: str, tenant: Tenant,
+                                                        sim) -> None:
+    sim.control("numbers", {"phone_number_id": "5550001", "waba_id": tenant.acc.waba_id, "token": SECRET_TOKEN,
+                            "display_phone_number": "+1 555 0001"})
+    with api_client(db_url, graph_base_url=sim.url) as client:
+        client.headers.update(tenant.headers)
+        _no_route_returns_a_secret(db, client, tenant, sim)
+
+
+def _no_route_returns_a_secret(db: psycopg.Connection, client: TestClient, tenant: Tenant, sim) -> None:
     registered = client.post("/v1/numbers", json={
         "phone_number_id": "5550001", "waba_id": tenant.acc.waba_id, "access_token": SECRET_TOKEN,
         "app_secret": SECRET_APP, "throughput_mps": 250, "display_phone_number": "+1 555 0001"})
@@ -131,12 +140,17 @@ def test_no_route_returns_an_access_token_or_app_secret(db: psycopg.Connection, 
         assert response.status_code == 200, (path, response.text)
         bodies.append(response.text)
     # The server's own Graph call uses the token; a failure's message must not carry it.
+    sim.control("numbers", {"phone_number_id": "5550001", "token": SECRET_TOKEN + "2"})   # Meta rotated it
     failed = client.post("/v1/templates/sync", json={"number_id": number})
     assert failed.status_code == 502
     bodies.append(failed.text)
-    # Re-registering (a rotation) answers the id only.
+    # Re-registering (a rotation) answers the id only; so does a refused one.
     bodies.append(client.post("/v1/numbers", json={"phone_number_id": "5550001", "waba_id": tenant.acc.waba_id,
                                                     "access_token": SECRET_TOKEN + "2"}).text)
+    refused = client.post("/v1/numbers", json={"phone_number_id": "5550001", "waba_id": tenant.acc.waba_id,
+                                               "access_token": SECRET_TOKEN})
+    assert refused.status_code == 403
+    bodies.append(refused.text)
     for body in bodies:
         assert SECRET_TOKEN not in body and SECRET_APP not in body
         assert tenant.acc.access_token not in body
@@ -191,9 +205,16 @@ def test_errors_map_through_core_error_codes(client: TestClient, tenant: Tenant)
         assert body["error"]["message"]
 
 
-def test_a_number_of_another_tenant_is_a_conflict(db: psycopg.Connection, client: TestClient) -> None:
+def test_a_number_of_another_tenant_is_a_conflict(db: psycopg.Connection, db_url: str, tenant: Tenant,
+                                                  sim) -> None:
     other = new_tenant(db, with_templates=False)
-    response = client.post("/v1/numbers", json={"phone_number_id": other.acc.phone_number_id,
-                                                "waba_id": "31337", "access_token": "t"})
+    # Even when Meta says the caller's token reads it in the caller's WABA (the number
+    # moved at Meta), moving it between tenants is the operator's call.
+    sim.control("numbers", {"phone_number_id": other.acc.phone_number_id, "waba_id": tenant.acc.waba_id,
+                            "token": "t", "display_phone_number": "15550000001"})
+    with api_client(db_url, graph_base_url=sim.url) as client:
+        client.headers.update(tenant.headers)
+        response = client.post("/v1/numbers", json={"phone_number_id": other.acc.phone_number_id,
+                                                    "waba_id": tenant.acc.waba_id, "access_token": "t"})
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "PW302"

@@ -53,6 +53,11 @@ COMMENT ON VIEW core.number_health IS
 -- /metrics
 -------------------------------------------------------------------------------
 
+-- No series carries a tenant's identifier (issue 11): a scrape sees the platform, not who
+-- is on it. Queues are summed per kind (a campaign's or a number's queue is named by its
+-- id), numbers and campaigns are summed or maxed over all of them; per-tenant detail is
+-- for operators in psql (core.queue_depths, core.number_health) and for tenants in
+-- their own routes.
 CREATE OR REPLACE FUNCTION api.metrics() RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 DECLARE
@@ -62,10 +67,11 @@ DECLARE
 BEGIN
     SELECT * INTO v_settings FROM core.settings;
 
-    -- Queues, except those of finished campaigns (the sweep drops them a day later).
+    -- Queues per kind (campaign, reply, or the platform queue's own name), except those
+    -- of finished campaigns (the sweep drops them a day later).
     WITH q AS MATERIALIZED (
-        SELECT m.queue_name, q.kind, m.queue_length AS length, m.queue_visible_length AS visible,
-               coalesce(m.oldest_msg_age_sec, 0) AS oldest_s
+        SELECT q.kind, sum(m.queue_length) AS length, sum(m.queue_visible_length) AS visible,
+               max(coalesce(m.oldest_msg_age_sec, 0)) AS oldest_s
         FROM (SELECT q.queue_name,
                      CASE WHEN q.queue_name ~ '^c_[0-9]+$' THEN 'campaign'
                           WHEN q.queue_name ~ '^r_[0-9]+$' THEN 'reply' ELSE q.queue_name END AS kind
@@ -75,37 +81,36 @@ BEGIN
               WHERE c.status IS NULL OR c.status NOT IN ('completed', 'cancelled')
               OFFSET 0) q
         CROSS JOIN LATERAL pgmq.metrics(q.queue_name) m
+        GROUP BY q.kind
     )
     SELECT ARRAY[
-        core.prom_family('pgwa_queue_messages', 'gauge', 'Messages in a pgmq queue, waiting or in flight.',
-            (SELECT string_agg(format('pgwa_queue_messages{queue="%s",kind="%s"} %s',
-                                      core.prom_label(q.queue_name), core.prom_label(q.kind), q.length), E'\n'
-                               ORDER BY q.queue_name) FROM q)),
-        core.prom_family('pgwa_queue_visible_messages', 'gauge', 'Messages in a pgmq queue that a reader could take now.',
-            (SELECT string_agg(format('pgwa_queue_visible_messages{queue="%s",kind="%s"} %s',
-                                      core.prom_label(q.queue_name), core.prom_label(q.kind), q.visible), E'\n'
-                               ORDER BY q.queue_name) FROM q)),
+        core.prom_family('pgwa_queue_messages', 'gauge', 'Messages in the pgmq queues of a kind, waiting or in flight.',
+            (SELECT string_agg(format('pgwa_queue_messages{kind="%s"} %s', core.prom_label(q.kind), q.length), E'\n'
+                               ORDER BY q.kind) FROM q)),
+        core.prom_family('pgwa_queue_visible_messages', 'gauge',
+            'Messages in the pgmq queues of a kind that a reader could take now.',
+            (SELECT string_agg(format('pgwa_queue_visible_messages{kind="%s"} %s', core.prom_label(q.kind), q.visible),
+                               E'\n' ORDER BY q.kind) FROM q)),
         core.prom_family('pgwa_queue_oldest_message_age_seconds', 'gauge',
-            'Age of the oldest message in a pgmq queue (0 when empty).',
-            (SELECT string_agg(format('pgwa_queue_oldest_message_age_seconds{queue="%s",kind="%s"} %s',
-                                      core.prom_label(q.queue_name), core.prom_label(q.kind), q.oldest_s), E'\n'
-                               ORDER BY q.queue_name) FROM q)),
+            'Age of the oldest message in the pgmq queues of a kind (0 when empty).',
+            (SELECT string_agg(format('pgwa_queue_oldest_message_age_seconds{kind="%s"} %s',
+                                      core.prom_label(q.kind), q.oldest_s), E'\n' ORDER BY q.kind) FROM q)),
         core.prom_family('pgwa_webhook_lag_seconds', 'gauge',
             'Age of the oldest webhook payload waiting to be processed (0 when none waits).',
             format('pgwa_webhook_lag_seconds %s',
-                   coalesce((SELECT q.oldest_s FROM q WHERE q.queue_name = 'webhooks'), 0)))]
+                   coalesce((SELECT q.oldest_s FROM q WHERE q.kind = 'webhooks'), 0)))]
     INTO v_out;
 
-    -- Send outcomes per number over the last complete minute (core.send_minutes).
+    -- Send outcomes over the last complete minute (core.send_minutes), all numbers.
     v_out := v_out || core.prom_family('pgwa_sends_per_second', 'gauge',
-        'Send results per second over the last complete minute, per number and outcome.',
-        (SELECT string_agg(format('pgwa_sends_per_second{number="%s",outcome="%s"} %s',
-                                  core.prom_label(n.phone_number_id), o.outcome, round(o.n / 60.0, 3)),
-                           E'\n' ORDER BY n.phone_number_id, o.outcome)
-         FROM core.wa_numbers n
-         LEFT JOIN core.send_minutes m ON m.number_id = n.number_id AND m.minute = v_last_minute
-         CROSS JOIN LATERAL (VALUES ('accepted', coalesce(m.accepted, 0)), ('retried', coalesce(m.retried, 0)),
-                                    ('failed', coalesce(m.failed, 0)), ('throttled', coalesce(m.throttled, 0))) o(outcome, n)));
+        'Send results per second over the last complete minute, all numbers, per outcome.',
+        (SELECT string_agg(format('pgwa_sends_per_second{outcome="%s"} %s', o.outcome, round(o.n / 60.0, 3)),
+                           E'\n' ORDER BY o.outcome)
+         FROM (SELECT coalesce(sum(m.accepted), 0) AS accepted, coalesce(sum(m.retried), 0) AS retried,
+                      coalesce(sum(m.failed), 0) AS failed, coalesce(sum(m.throttled), 0) AS throttled
+               FROM core.send_minutes m WHERE m.minute = v_last_minute) m
+         CROSS JOIN LATERAL (VALUES ('accepted', m.accepted), ('retried', m.retried),
+                                    ('failed', m.failed), ('throttled', m.throttled)) o(outcome, n)));
 
     v_out := v_out || core.prom_family('pgwa_message_failures', 'gauge',
         'Campaign messages failed for good, per error category and Meta error code (-2: no code), over existing campaigns.',
@@ -114,31 +119,31 @@ BEGIN
          FROM (SELECT category, error_code, sum(count) AS n FROM core.campaign_errors
                GROUP BY category, error_code) e));
 
-    -- Rate state per number: AIMD pace, Meta's limit, GCRA arrival time, tokens now.
-    v_out := v_out || core.prom_family('pgwa_number_rate_mps', 'gauge',
-        'The pace the number sends at now (AIMD-controlled), messages per second.',
-        (SELECT string_agg(format('pgwa_number_rate_mps{number="%s"} %s', core.prom_label(phone_number_id),
-                                  round(rate_mps::numeric, 3)), E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
-    v_out := v_out || core.prom_family('pgwa_number_throughput_mps', 'gauge',
-        'Meta''s throughput limit of the number, messages per second.',
-        (SELECT string_agg(format('pgwa_number_throughput_mps{number="%s"} %s', core.prom_label(phone_number_id),
-                                  throughput_mps), E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
-    v_out := v_out || core.prom_family('pgwa_number_tat_ahead_seconds', 'gauge',
-        'How far the number''s GCRA theoretical arrival time runs ahead of now (0 when idle).',
-        (SELECT string_agg(format('pgwa_number_tat_ahead_seconds{number="%s"} %s', core.prom_label(phone_number_id),
-                                  round(greatest(extract(epoch FROM send_tat - now()), 0)::numeric, 3)),
-                           E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
-    v_out := v_out || core.prom_family('pgwa_number_tokens', 'gauge',
-        'Messages the number could be given by a claim now (its GCRA budget within the pace horizon).',
-        (SELECT string_agg(format('pgwa_number_tokens{number="%s"} %s', core.prom_label(phone_number_id),
-                                  floor(greatest(0, extract(epoch FROM now() + make_interval(secs => v_settings.pace_horizon_ms / 1000.0)
-                                                                        - greatest(now(), send_tat)))
-                                        * least(rate_mps, throughput_mps * v_settings.rate_headroom))),
-                           E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
-    v_out := v_out || core.prom_family('pgwa_number_paused', 'gauge',
-        '1 when sending from the number is paused.',
-        (SELECT string_agg(format('pgwa_number_paused{number="%s"} %s', core.prom_label(phone_number_id),
-                                  (paused_reason IS NOT NULL)::int), E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
+    -- Rate state over all numbers: AIMD pace, Meta's limits, GCRA arrival time, tokens now.
+    v_out := v_out || (
+        SELECT core.prom_family('pgwa_numbers', 'gauge', 'WhatsApp numbers registered.', format('pgwa_numbers %s', n.count))
+            || core.prom_family('pgwa_number_rate_mps', 'gauge',
+                   'The pace all numbers send at now (AIMD-controlled), summed, messages per second.',
+                   format('pgwa_number_rate_mps %s', n.rate))
+            || core.prom_family('pgwa_number_throughput_mps', 'gauge',
+                   'Meta''s throughput limits of all numbers, summed, messages per second.',
+                   format('pgwa_number_throughput_mps %s', n.throughput))
+            || core.prom_family('pgwa_number_tat_ahead_seconds', 'gauge',
+                   'How far the furthest number''s GCRA theoretical arrival time runs ahead of now (0 when idle).',
+                   format('pgwa_number_tat_ahead_seconds %s', n.tat_ahead))
+            || core.prom_family('pgwa_number_tokens', 'gauge',
+                   'Messages a claim could be given now over all numbers (their GCRA budgets within the pace horizon).',
+                   format('pgwa_number_tokens %s', n.tokens))
+            || core.prom_family('pgwa_number_paused', 'gauge', 'Numbers whose sending is paused.',
+                   format('pgwa_number_paused %s', n.paused))
+        FROM (SELECT count(*) AS count, round(coalesce(sum(rate_mps), 0)::numeric, 3) AS rate,
+                     coalesce(sum(throughput_mps), 0) AS throughput,
+                     round(coalesce(max(greatest(extract(epoch FROM send_tat - now()), 0)), 0)::numeric, 3) AS tat_ahead,
+                     coalesce(sum(floor(greatest(0, extract(epoch FROM now() + make_interval(secs => v_settings.pace_horizon_ms / 1000.0)
+                                                                 - greatest(now(), send_tat)))
+                                        * least(rate_mps, throughput_mps * v_settings.rate_headroom))), 0) AS tokens,
+                     count(*) FILTER (WHERE paused_reason IS NOT NULL) AS paused
+              FROM core.wa_numbers) n);
 
     -- Campaigns.
     v_out := v_out || core.prom_family('pgwa_campaigns', 'gauge', 'Campaigns per status.',
@@ -148,20 +153,25 @@ BEGIN
                LEFT JOIN core.campaigns c ON c.status = s.status
                GROUP BY s.status) x));
     v_out := v_out || core.prom_family('pgwa_campaign_messages', 'gauge',
-        'Messages of each unfinished campaign per funnel stage (maintained counters).',
-        (SELECT string_agg(format('pgwa_campaign_messages{campaign="%s",status="%s",stage="%s"} %s',
-                                  c.campaign_id, c.status, x.stage, x.n), E'\n' ORDER BY c.campaign_id, x.stage)
-         FROM core.campaigns c
-         CROSS JOIN LATERAL (VALUES ('total', c.total), ('queued', greatest(c.total - c.finished - c.cancelled, 0)),
-                                    ('sent', c.sent), ('delivered', c.delivered), ('read', c.read),
-                                    ('replied', c.replied), ('failed', c.failed), ('cancelled', c.cancelled)) x(stage, n)
-         WHERE c.status IN ('draft', 'scheduled', 'running', 'paused')));
+        'Messages of the unfinished campaigns of a status per funnel stage, summed (maintained counters).',
+        (SELECT string_agg(format('pgwa_campaign_messages{status="%s",stage="%s"} %s', x.status, x.stage, x.n), E'\n'
+                           ORDER BY x.status, x.stage)
+         FROM (SELECT c.status, x.stage, sum(x.n) AS n
+               FROM core.campaigns c
+               CROSS JOIN LATERAL (VALUES ('total', c.total), ('queued', greatest(c.total - c.finished - c.cancelled, 0)),
+                                          ('sent', c.sent), ('delivered', c.delivered), ('read', c.read),
+                                          ('replied', c.replied), ('failed', c.failed),
+                                          ('cancelled', c.cancelled)) x(stage, n)
+               WHERE c.status IN ('draft', 'scheduled', 'running', 'paused')
+               GROUP BY c.status, x.stage) x));
     v_out := v_out || core.prom_family('pgwa_campaign_progress_ratio', 'gauge',
-        'Share of an unfinished campaign''s messages past sending (0 to 1).',
-        (SELECT string_agg(format('pgwa_campaign_progress_ratio{campaign="%s",status="%s"} %s', c.campaign_id, c.status,
-                                  CASE WHEN c.total > 0 THEN round(least(1.0, (c.finished + c.cancelled)::numeric / c.total), 4) ELSE 1 END),
-                           E'\n' ORDER BY c.campaign_id)
-         FROM core.campaigns c WHERE c.status IN ('draft', 'scheduled', 'running', 'paused')));
+        'Share of the messages of the unfinished campaigns of a status that are past sending (0 to 1).',
+        (SELECT string_agg(format('pgwa_campaign_progress_ratio{status="%s"} %s', x.status,
+                                  CASE WHEN x.total > 0 THEN round(least(1.0, x.done::numeric / x.total), 4) ELSE 1 END),
+                           E'\n' ORDER BY x.status)
+         FROM (SELECT c.status, sum(c.total) AS total, sum(c.finished + c.cancelled) AS done
+               FROM core.campaigns c WHERE c.status IN ('draft', 'scheduled', 'running', 'paused')
+               GROUP BY c.status) x));
 
     v_out := v_out || core.prom_family('pgwa_notifications_unread', 'gauge', 'Unread notifications per severity.',
         (SELECT string_agg(format('pgwa_notifications_unread{severity="%s"} %s', x.severity, x.n), E'\n'
@@ -175,7 +185,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.metrics() IS
-    'Returns the Prometheus text exposition of pgwa: queue depths and ages (pgmq), webhook lag, sends per second per number and outcome (core.send_minutes), failures per category and code, each number''s pace, limit, GCRA arrival time and tokens, campaigns per status and the funnel of unfinished campaigns. Raises nothing of its own.';
+    'Returns the Prometheus text exposition of pgwa, with no tenant''s identifier in it: queue depths and ages per queue kind (pgmq), webhook lag, sends per second per outcome (core.send_minutes), failures per category and code, the numbers'' summed pace, limits and tokens and furthest GCRA arrival time, paused numbers, campaigns per status and the summed funnel of unfinished campaigns per status. Raises nothing of its own.';
 REVOKE ALL ON FUNCTION api.metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.metrics() TO pgwa_api;
 
