@@ -8,7 +8,11 @@ CREATE TYPE api.api_key AS (
 	name text,
 	key_prefix text,
 	created_at timestamp with time zone,
-	revoked_at timestamp with time zone
+	revoked_at timestamp with time zone,
+	scope text,
+	expires_at timestamp with time zone,
+	last_used_at timestamp with time zone,
+	rate_limit_per_minute integer
 );
 
 CREATE TYPE api.api_key_created AS (
@@ -17,7 +21,10 @@ CREATE TYPE api.api_key_created AS (
 	name text,
 	key text,
 	key_prefix text,
-	created_at timestamp with time zone
+	created_at timestamp with time zone,
+	scope text,
+	expires_at timestamp with time zone,
+	rate_limit_per_minute integer
 );
 
 CREATE TYPE api.bot_rule AS (
@@ -205,7 +212,8 @@ CREATE TYPE api.llm_settings AS (
 	llm_enabled boolean,
 	system_prompt text,
 	daily_limit integer,
-	context_messages integer
+	context_messages integer,
+	number_daily_limit integer
 );
 
 CREATE TYPE api.notification AS (
@@ -253,6 +261,11 @@ CREATE TYPE api.report_result AS (
 	ignored integer
 );
 
+CREATE TYPE api.send_policy AS (
+	throttle_hold_ms integer,
+	throttle_codes integer[]
+);
+
 CREATE TYPE api.send_request AS (
 	outbound_id bigint,
 	queue_name text,
@@ -288,7 +301,13 @@ CREATE TYPE api.webhook_batch AS (
 	payloads integer,
 	status_events integer,
 	messages integer,
-	dead integer
+	dead integer,
+	dropped integer
+);
+
+CREATE TYPE api.webhook_signer AS (
+	app_secret text,
+	signer text
 );
 
 CREATE TYPE core.claimed AS (
@@ -331,19 +350,21 @@ CREATE TYPE core.webhook_change AS (
 	entry_at timestamp with time zone,
 	field text,
 	phone_number_id text,
-	value jsonb
+	value jsonb,
+	signer text
 );
 
 CREATE FUNCTION api.api_keys(p_tenant_id bigint) RETURNS SETOF api.api_key
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
-    SELECT api_key_id, name, key_prefix, created_at, revoked_at
+    SELECT api_key_id, name, key_prefix, created_at, revoked_at, scope, expires_at, last_used_at,
+           rate_limit_per_minute
     FROM core.api_keys WHERE tenant_id = p_tenant_id
     ORDER BY api_key_id
 $$;
 
-COMMENT ON FUNCTION api.api_keys(p_tenant_id bigint) IS 'Lists the tenant''s API keys (id, name, prefix, created, revoked), never the keys themselves.';
+COMMENT ON FUNCTION api.api_keys(p_tenant_id bigint) IS 'Lists the tenant''s API keys (id, name, prefix, created, revoked, scope, expiry, last used within a minute, own rate limit or null for the platform''s), never the keys themselves.';
 
 CREATE FUNCTION api.assign_conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_agent text) RETURNS api.conversation_summary
     LANGUAGE plpgsql SECURITY DEFINER
@@ -364,24 +385,72 @@ $$;
 
 COMMENT ON FUNCTION api.assign_conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_agent text) IS 'Hands a conversation to an agent (or to another one): bots and the LLM stay quiet on it until api.release_conversation, and the call for a human is cleared. Returns the conversation. Raises PW100 for an empty agent, PW202/PW209 when the number or conversation is not the tenant''s.';
 
-CREATE FUNCTION api.authenticate(p_key_hash bytea) RETURNS bigint
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
+CREATE FUNCTION api.authenticate(p_key_hash bytea, p_scope text DEFAULT 'admin'::text, p_now timestamp with time zone DEFAULT now()) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
     v_tenant_id bigint;
+    v_key record;
+    v_wait_s integer;
 BEGIN
-    SELECT tenant_id INTO v_tenant_id FROM core.api_keys
-    WHERE key_hash = p_key_hash AND revoked_at IS NULL;
-    IF v_tenant_id IS NULL THEN
+    IF core.scope_rank(p_scope) IS NULL THEN
+        RAISE EXCEPTION 'scope % is not one of read, send, admin', p_scope USING ERRCODE = 'PW100',
+            HINT = 'The route passes read, send or admin.';
+    END IF;
+    UPDATE core.api_keys k
+    SET rate_tat = greatest(k.rate_tat, p_now)
+                   + make_interval(secs => 60.0 / coalesce(k.rate_limit_per_minute, s.api_rate_limit_per_minute)),
+        last_used_at = CASE WHEN k.last_used_at > p_now - interval '1 minute' THEN k.last_used_at ELSE p_now END
+    FROM core.settings s
+    WHERE k.key_hash = p_key_hash AND k.revoked_at IS NULL
+      AND (k.expires_at IS NULL OR k.expires_at > p_now)
+      AND core.scope_rank(k.scope) >= core.scope_rank(p_scope)
+      AND greatest(k.rate_tat, p_now)
+          + make_interval(secs => 60.0 / coalesce(k.rate_limit_per_minute, s.api_rate_limit_per_minute))
+          <= p_now + interval '1 minute'
+    RETURNING k.tenant_id INTO v_tenant_id;
+    IF v_tenant_id IS NOT NULL THEN
+        -- A read route's only write is this advisory state (a crash may forget its last
+        -- fraction of a second), so its commit does not wait for the WAL flush: measured,
+        -- that wait was two thirds of the write's cost. Routes that change data keep
+        -- synchronous commits.
+        IF p_scope = 'read' THEN
+            PERFORM set_config('synchronous_commit', 'off', true);
+        END IF;
+        RETURN v_tenant_id;
+    END IF;
+
+    SELECT k.scope, k.expires_at, coalesce(k.rate_limit_per_minute, s.api_rate_limit_per_minute) AS per_minute,
+           greatest(k.rate_tat, p_now)
+           + make_interval(secs => 60.0 / coalesce(k.rate_limit_per_minute, s.api_rate_limit_per_minute))
+           - (p_now + interval '1 minute') AS wait
+    INTO v_key
+    FROM core.api_keys k, core.settings s
+    WHERE k.key_hash = p_key_hash AND k.revoked_at IS NULL;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'the API key is unknown or revoked' USING ERRCODE = 'PW401',
             HINT = 'Send Authorization: Bearer <key>, with a key from `pgwa key create`.';
     END IF;
-    RETURN v_tenant_id;
+    IF v_key.expires_at <= p_now THEN
+        RAISE EXCEPTION 'the API key expired at %', v_key.expires_at USING ERRCODE = 'PW401',
+            HINT = 'Use another key; an admin key (POST /v1/keys) or an operator (`pgwa key create`) makes one.';
+    END IF;
+    IF core.scope_rank(v_key.scope) < core.scope_rank(p_scope) THEN
+        RAISE EXCEPTION 'this request needs an API key with scope %; this key has scope %', p_scope, v_key.scope
+            USING ERRCODE = 'PW410',
+            HINT = format('Use a key with scope %s or above (read < send < admin); an admin key makes one with '
+                          'POST /v1/keys {"name": "...", "scope": "%s"}.', p_scope, p_scope);
+    END IF;
+    v_wait_s := greatest(1, ceil(extract(epoch FROM v_key.wait)))::integer;
+    RAISE EXCEPTION 'the API key made more than % requests in a minute', v_key.per_minute USING ERRCODE = 'PW429',
+        DETAIL = json_build_object('retry_after_s', v_wait_s)::text,
+        HINT = format('Retry after %s seconds; an operator can raise the key''s limit '
+                      '(`pgwa key create --rate-limit`, or core.settings.api_rate_limit_per_minute).', v_wait_s);
 END
 $$;
 
-COMMENT ON FUNCTION api.authenticate(p_key_hash bytea) IS 'Returns the tenant of the API key whose sha256 is p_key_hash. Raises PW401 when no live key has that hash.';
+COMMENT ON FUNCTION api.authenticate(p_key_hash bytea, p_scope text, p_now timestamp with time zone) IS 'Returns the tenant of the API key whose sha256 is p_key_hash when the key is live, unexpired, holds p_scope (read < send < admin) and is within its request rate limit, and counts the request (moving last_used_at at most once a minute). Raises PW401 for an unknown, revoked or expired key, PW410 when the key lacks the scope, PW429 (DETAIL {"retry_after_s": n}) when it is over its limit, PW100 for an unknown scope.';
 
 CREATE FUNCTION api.bot_rules(p_tenant_id bigint, p_number_id bigint) RETURNS SETOF api.bot_rule
     LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -506,13 +575,15 @@ $$;
 
 COMMENT ON FUNCTION api.cancel_campaign(p_tenant_id bigint, p_campaign_id bigint) IS 'Cancels a campaign: its queued messages are withdrawn and marked cancelled (messages a worker already holds finish). Returns the new status. Raises PW201 when not found, PW301 when already completed or cancelled.';
 
-CREATE FUNCTION api.claim_llm_jobs(p_worker text, p_max integer DEFAULT 16, p_vt_s integer DEFAULT 60) RETURNS SETOF api.llm_job
+CREATE FUNCTION api.claim_llm_jobs(p_worker text, p_max integer DEFAULT 16, p_vt_s integer DEFAULT 60, p_now timestamp with time zone DEFAULT now()) RETURNS SETOF api.llm_job
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
     v_keep bigint[];
     v_drop bigint[];
+    v_capped bigint[];
+    v_day date := (p_now AT TIME ZONE 'UTC')::date;
 BEGIN
     IF p_max IS NULL OR p_max NOT BETWEEN 1 AND 1000 OR p_vt_s IS NULL OR p_vt_s NOT BETWEEN 5 AND 3600 THEN
         RAISE EXCEPTION 'p_max must be 1..1000 and p_vt_s 5..3600' USING ERRCODE = 'PW100',
@@ -525,12 +596,13 @@ BEGIN
     ), judged AS (
         SELECT j.msg_id,
                row_number() OVER (PARTITION BY j.number_id, j.contact_id ORDER BY j.message_id DESC, j.msg_id DESC) = 1
-               AND n.llm_enabled AND v.assigned_to IS NULL AND NOT v.needs_human
-               AND v.last_inbound_at > now() - interval '24 hours'
+               AND n.llm_enabled AND v.assigned_to IS NULL AND NOT v.needs_human AND NOT c.opted_out
+               AND v.last_inbound_at > p_now - interval '24 hours'
                AND j.message_id > coalesce(v.llm_answered_id, 0) AS keep
         FROM jobs j
         LEFT JOIN core.wa_numbers n ON n.number_id = j.number_id
         LEFT JOIN core.conversations v ON v.number_id = j.number_id AND v.contact_id = j.contact_id
+        LEFT JOIN core.contacts c ON c.contact_id = j.contact_id
     )
     SELECT array_agg(msg_id) FILTER (WHERE keep), array_agg(msg_id) FILTER (WHERE keep IS NOT TRUE)
     INTO v_keep, v_drop FROM judged;
@@ -546,11 +618,51 @@ BEGIN
         llm_answered_id = greatest(v.llm_answered_id, (
             SELECT max(i.message_id) FROM core.inbox_messages i
             WHERE i.number_id = v.number_id AND i.contact_id = v.contact_id AND i.direction = 'in')),
-        llm_replies = CASE WHEN v.llm_day = current_date THEN v.llm_replies ELSE 0 END,
-        llm_day = current_date
+        llm_replies = CASE WHEN v.llm_day = v_day THEN v.llm_replies ELSE 0 END,
+        llm_day = v_day
     FROM pgmq.q_llm_jobs q
     WHERE q.msg_id = ANY (v_keep)
       AND v.number_id = (q.message->>'number_id')::bigint AND v.contact_id = (q.message->>'contact_id')::bigint;
+
+    -- The number's cap: lock today's usage rows (in key order, so that two workers share
+    -- the cap and cannot deadlock), then hand out calls to the jobs whose contact is under
+    -- its own limit, oldest first, while the number has calls left.
+    INSERT INTO core.llm_number_usage AS u (number_id, day)
+    SELECT DISTINCT (q.message->>'number_id')::bigint, v_day FROM pgmq.q_llm_jobs q WHERE q.msg_id = ANY (v_keep)
+    ORDER BY 1
+    ON CONFLICT (number_id, day) DO NOTHING;
+    PERFORM 1 FROM core.llm_number_usage u
+    WHERE u.day = v_day AND u.number_id IN (SELECT (q.message->>'number_id')::bigint FROM pgmq.q_llm_jobs q
+                                            WHERE q.msg_id = ANY (v_keep))
+    ORDER BY u.number_id FOR UPDATE;
+    WITH calls AS (
+        SELECT q.msg_id, n.number_id, n.tenant_id, n.llm_number_daily_limit - u.calls AS left_today,
+               row_number() OVER (PARTITION BY n.number_id ORDER BY q.msg_id) AS nth
+        FROM pgmq.q_llm_jobs q
+        JOIN core.conversations v ON v.number_id = (q.message->>'number_id')::bigint
+                                 AND v.contact_id = (q.message->>'contact_id')::bigint
+        JOIN core.wa_numbers n ON n.number_id = v.number_id
+        JOIN core.llm_number_usage u ON u.number_id = n.number_id AND u.day = v_day
+        WHERE q.msg_id = ANY (v_keep) AND v.llm_replies < n.llm_daily_limit
+    ), counted AS (
+        UPDATE core.llm_number_usage u SET calls = u.calls + k.granted
+        FROM (SELECT c.number_id, count(*) FILTER (WHERE c.nth <= c.left_today)::integer AS granted
+              FROM calls c GROUP BY c.number_id) k
+        WHERE u.number_id = k.number_id AND u.day = v_day AND k.granted > 0
+    ), notified AS (
+        INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
+        SELECT DISTINCT ON (c.number_id) c.tenant_id, 'llm_number_cap', 'warning',
+               format('number %s reached its %s LLM calls for %s (UTC); conversations go to a human until the next day',
+                      coalesce(n.display_phone_number, n.phone_number_id), n.llm_number_daily_limit, v_day),
+               jsonb_build_object('number_id', c.number_id, 'day', v_day, 'limit', n.llm_number_daily_limit,
+                                  'hint', 'Raise number_daily_limit with api.configure_llm, or answer the flagged conversations.'),
+               format('llm_number_cap:%s:%s', c.number_id, v_day)
+        FROM calls c JOIN core.wa_numbers n ON n.number_id = c.number_id
+        WHERE c.nth > c.left_today
+        ORDER BY c.number_id
+        ON CONFLICT DO NOTHING
+    )
+    SELECT array_agg(c.msg_id) FILTER (WHERE c.nth > c.left_today) INTO v_capped FROM calls c;
 
     RETURN QUERY
     SELECT q.msg_id, v.number_id, v.contact_id, (q.message->>'message_id')::bigint, n.llm_system_prompt,
@@ -563,7 +675,7 @@ BEGIN
                            WHERE i.number_id = v.number_id AND i.contact_id = v.contact_id
                            ORDER BY i.created_at DESC, i.message_id DESC
                            LIMIT n.llm_context_messages) h), '[]'),
-           v.llm_replies >= n.llm_daily_limit
+           v.llm_replies >= n.llm_daily_limit OR q.msg_id = ANY (coalesce(v_capped, '{}'))
     FROM pgmq.q_llm_jobs q
     JOIN core.conversations v ON v.number_id = (q.message->>'number_id')::bigint
                              AND v.contact_id = (q.message->>'contact_id')::bigint
@@ -573,15 +685,15 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.claim_llm_jobs(p_worker text, p_max integer, p_vt_s integer) IS 'Claims up to p_max LLM jobs for p_vt_s seconds for worker p_worker; returns each with the number''s system prompt, the conversation''s last messages as chat messages (oldest first) and over_limit when the contact''s LLM replies for today are used up. Superseded or unwanted jobs (assigned to an agent, flagged for a human, LLM disabled, window closed) are deleted, not returned. Raises PW100 for p_max outside 1..1000 or p_vt_s outside 5..3600.';
+COMMENT ON FUNCTION api.claim_llm_jobs(p_worker text, p_max integer, p_vt_s integer, p_now timestamp with time zone) IS 'Claims up to p_max LLM jobs for p_vt_s seconds for worker p_worker; returns each with the number''s system prompt, the conversation''s last messages as chat messages (oldest first) and over_limit when the contact''s LLM replies or the number''s LLM calls for the UTC day of p_now are used up (the number''s cap raises one notification a day). Superseded or unwanted jobs (the contact opted out, assigned to an agent, flagged for a human, LLM disabled, window closed) are deleted, not returned. Raises PW100 for p_max outside 1..1000 or p_vt_s outside 5..3600.';
 
-CREATE FUNCTION api.claim_sends(p_worker text, p_max integer DEFAULT 500) RETURNS SETOF api.send_request
+CREATE FUNCTION api.claim_sends(p_worker text, p_max integer DEFAULT 500, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS SETOF api.send_request
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
     v_settings core.settings;
-    v_now timestamptz := clock_timestamp();
+    v_now timestamptz := coalesce(p_now, clock_timestamp());
     v_horizon interval;
     v_vt integer;
     v_left integer := least(greatest(p_max, 0), 5000);
@@ -601,7 +713,7 @@ BEGIN
     SELECT * INTO v_settings FROM core.settings;
     v_horizon := make_interval(secs => v_settings.pace_horizon_ms / 1000.0);
     v_vt := v_settings.claim_timeout_s + ceil(v_settings.pace_horizon_ms / 1000.0)::integer;
-    PERFORM core.start_due_campaigns();
+    PERFORM core.start_due_campaigns(v_now);
 
     FOR v_number IN
         SELECT n.* FROM core.wa_numbers n
@@ -619,7 +731,7 @@ BEGIN
                                            CASE WHEN v_number.send_tat <= v_now THEN 1 ELSE 0 END));
         CONTINUE WHEN v_budget <= 0;
 
-        v_batch := ARRAY(SELECT core.read_queue('r_' || v_number.number_id, v_vt, v_budget));
+        v_batch := ARRAY(SELECT core.read_queue('r_' || v_number.number_id, v_vt, v_budget, v_now));
         -- In a fresh order each claim: the first campaign's share is rounded up, and at a
         -- budget below the campaign count a fixed order would starve the last ones.
         SELECT array_agg(campaign_id ORDER BY random()) INTO v_campaigns
@@ -629,7 +741,7 @@ BEGIN
         WHILE v_i <= coalesce(cardinality(v_campaigns), 0) AND cardinality(v_batch) < v_budget LOOP
             -- An equal share of what is left; a campaign with less leaves the rest to the next.
             v_got := ceil((v_budget - cardinality(v_batch))::numeric / (cardinality(v_campaigns) - v_i + 1));
-            v_read := ARRAY(SELECT core.read_queue('c_' || v_campaigns[v_i], v_vt, v_got));
+            v_read := ARRAY(SELECT core.read_queue('c_' || v_campaigns[v_i], v_vt, v_got, v_now));
             v_batch := v_batch || v_read;
             IF cardinality(v_read) = v_got THEN
                 v_more := v_more || v_campaigns[v_i];
@@ -707,7 +819,46 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.claim_sends(p_worker text, p_max integer) IS 'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares) and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent.';
+COMMENT ON FUNCTION api.claim_sends(p_worker text, p_max integer, p_now timestamp with time zone) IS 'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares) and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent. p_now is the time of the claim (NULL: the clock).';
+
+CREATE FUNCTION api.claim_webhooks(p_max integer DEFAULT 200) RETURNS bigint[]
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_settings core.settings;
+    v_ids bigint[];
+    v_spent bigint[];
+BEGIN
+    IF p_max IS NULL OR p_max NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'p_max must be between 1 and 10000, not %', p_max
+            USING ERRCODE = 'PW100', HINT = 'Claim a few hundred payloads per call.';
+    END IF;
+    SELECT * INTO v_settings FROM core.settings;
+    WITH claimed AS MATERIALIZED (
+        SELECT * FROM pgmq.read('webhooks', v_settings.webhook_claim_s, p_max)
+    ), spent AS (
+        -- Read this often and never archived: every batch that held it crashed or timed out.
+        SELECT c.msg_id, core.dead_letter_webhook(c.msg_id, c.message, c.headers, coalesce(c.headers->>'sqlstate', '57014'),
+                   format('not processed after %s attempts: %s', c.read_ct - 1,
+                          coalesce(c.headers->>'last_error', 'the batch never finished')))
+        FROM claimed c WHERE c.read_ct > v_settings.webhook_max_attempts
+    )
+    SELECT array_agg(c.msg_id ORDER BY c.msg_id) FILTER (WHERE c.msg_id NOT IN (SELECT s.msg_id FROM spent s)),
+           (SELECT array_agg(s.msg_id) FROM spent s)
+    INTO v_ids, v_spent
+    FROM claimed c;
+    IF v_spent IS NOT NULL THEN
+        PERFORM pgmq.delete('webhooks', v_spent);
+    END IF;
+    IF v_ids IS NULL AND v_spent IS NULL THEN
+        PERFORM core.restore_webhook_notify();
+    END IF;
+    RETURN coalesce(v_ids, '{}');
+END
+$$;
+
+COMMENT ON FUNCTION api.claim_webhooks(p_max integer) IS 'Claims up to p_max queued webhook payloads for api.process_claimed_webhooks, in its own transaction, so that a batch that crashes or times out still counts as an attempt: the payloads come back after webhook_claim_s, and one read more than webhook_max_attempts times is dead-lettered (webhooks_dead) instead of returned. Returns the claimed queue ids. Raises PW100 for p_max outside 1..10000.';
 
 CREATE FUNCTION api.complete_llm_jobs(p_results jsonb) RETURNS api.llm_outcome
     LANGUAGE plpgsql SECURITY DEFINER
@@ -735,12 +886,13 @@ BEGIN
                   nullif(btrim(r.text), '') AS text, r.error
     ), judged AS (
         SELECT d.*, CASE
-                   WHEN v.assigned_to IS NOT NULL OR d.text IS NULL THEN 'dropped'
+                   WHEN v.assigned_to IS NOT NULL OR d.text IS NULL OR c.opted_out THEN 'dropped'
                    WHEN d.error IS NULL THEN 'llm'
                    WHEN NOT v.needs_human THEN 'fallback'
                    ELSE 'dropped' END AS outcome
         FROM done d
         LEFT JOIN core.conversations v ON v.number_id = d.number_id AND v.contact_id = d.contact_id
+        LEFT JOIN core.contacts c ON c.contact_id = d.contact_id
     ), flagged AS (
         UPDATE core.conversations v SET needs_human = true, needs_human_at = now(),
             needs_human_reason = left('LLM: ' || j.error, 300)
@@ -776,9 +928,9 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.complete_llm_jobs(p_results jsonb) IS 'Stores the LLM worker''s results (JSON array of {msg_id, text, error}): a reply is queued on the number''s reply queue and counted against the contact''s daily limit; an error queues the fallback text once and flags the conversation for a human. Results for jobs already done, handed to an agent or outside the window are dropped. Returns (replied, fell_back, dropped). Raises PW100 when p_results is not an array.';
+COMMENT ON FUNCTION api.complete_llm_jobs(p_results jsonb) IS 'Stores the LLM worker''s results (JSON array of {msg_id, text, error}): a reply is queued on the number''s reply queue and counted against the contact''s daily limit; an error queues the fallback text once and flags the conversation for a human. Results for jobs already done, handed to an agent, outside the window or for a contact who opted out meanwhile are dropped. Returns (replied, fell_back, dropped). Raises PW100 when p_results is not an array.';
 
-CREATE FUNCTION api.configure_llm(p_tenant_id bigint, p_number_id bigint, p_enabled boolean DEFAULT NULL::boolean, p_system_prompt text DEFAULT NULL::text, p_daily_limit integer DEFAULT NULL::integer, p_context_messages integer DEFAULT NULL::integer) RETURNS api.llm_settings
+CREATE FUNCTION api.configure_llm(p_tenant_id bigint, p_number_id bigint, p_enabled boolean DEFAULT NULL::boolean, p_system_prompt text DEFAULT NULL::text, p_daily_limit integer DEFAULT NULL::integer, p_context_messages integer DEFAULT NULL::integer, p_number_daily_limit integer DEFAULT NULL::integer) RETURNS api.llm_settings
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
@@ -793,6 +945,10 @@ BEGIN
         RAISE EXCEPTION 'context_messages % is out of range', p_context_messages
             USING ERRCODE = 'PW100', HINT = 'The LLM sees the last 1 to 100 messages of the conversation.';
     END IF;
+    IF p_number_daily_limit NOT BETWEEN 0 AND 1000000 THEN
+        RAISE EXCEPTION 'number_daily_limit % is out of range', p_number_daily_limit
+            USING ERRCODE = 'PW100', HINT = 'LLM calls per number and UTC day, across its contacts: 0 to 1000000.';
+    END IF;
     IF length(p_system_prompt) > 20000 THEN
         RAISE EXCEPTION 'the system prompt is over 20000 characters' USING ERRCODE = 'PW100',
             HINT = 'Shorten it; pass an empty string to clear it.';
@@ -801,15 +957,16 @@ BEGIN
         llm_enabled = coalesce(p_enabled, llm_enabled),
         llm_system_prompt = CASE WHEN p_system_prompt IS NULL THEN llm_system_prompt ELSE nullif(btrim(p_system_prompt), '') END,
         llm_daily_limit = coalesce(p_daily_limit, llm_daily_limit),
-        llm_context_messages = coalesce(p_context_messages, llm_context_messages)
+        llm_context_messages = coalesce(p_context_messages, llm_context_messages),
+        llm_number_daily_limit = coalesce(p_number_daily_limit, llm_number_daily_limit)
     WHERE number_id = v_number.number_id
     RETURNING * INTO v_number;
     RETURN ROW(v_number.number_id, v_number.llm_enabled, v_number.llm_system_prompt, v_number.llm_daily_limit,
-               v_number.llm_context_messages)::api.llm_settings;
+               v_number.llm_context_messages, v_number.llm_number_daily_limit)::api.llm_settings;
 END
 $$;
 
-COMMENT ON FUNCTION api.configure_llm(p_tenant_id bigint, p_number_id bigint, p_enabled boolean, p_system_prompt text, p_daily_limit integer, p_context_messages integer) IS 'Enables or disables LLM replies on a number (they answer what no bot rule matched) and sets the system prompt, the replies allowed per contact and day and how many recent messages the LLM sees; a NULL argument keeps the current value. Returns the settings. Raises PW100 for an out-of-range value, PW202 when the number is not the tenant''s.';
+COMMENT ON FUNCTION api.configure_llm(p_tenant_id bigint, p_number_id bigint, p_enabled boolean, p_system_prompt text, p_daily_limit integer, p_context_messages integer, p_number_daily_limit integer) IS 'Enables or disables LLM replies on a number (they answer what no bot rule matched) and sets the system prompt, the replies allowed per contact and day, how many recent messages the LLM sees and the LLM calls allowed per number and UTC day (default 1000; over it, conversations go to a human with the fallback text and one notification a day); a NULL argument keeps the current value. Returns the settings. Raises PW100 for an out-of-range value, PW202 when the number is not the tenant''s.';
 
 CREATE FUNCTION api.configure_opt_out(p_tenant_id bigint, p_opt_out_keywords text[] DEFAULT NULL::text[], p_opt_in_keywords text[] DEFAULT NULL::text[], p_opt_out_reply text DEFAULT NULL::text, p_opt_in_reply text DEFAULT NULL::text) RETURNS api.opt_out_settings
     LANGUAGE plpgsql SECURITY DEFINER
@@ -940,7 +1097,7 @@ $$;
 
 COMMENT ON FUNCTION api.conversations(p_tenant_id bigint, p_number_id bigint, p_filter text, p_agent text, p_before_at timestamp with time zone, p_before_contact_id bigint, p_limit integer) IS 'Lists a number''s conversations, latest message first: the contact, the last message, unread count, whether the 24-hour window is open and until when, the assigned agent and whether a human was asked for. p_filter is all, unread, open, assigned, unassigned or needs_human; p_agent narrows to one agent. Keyset pagination: pass the last row''s last_message_at and contact_id as p_before_at and p_before_contact_id. Raises PW100 for a bad filter or limit (1..500), PW202 when the number is not the tenant''s.';
 
-CREATE FUNCTION api.create_api_key(p_tenant_id bigint, p_name text) RETURNS api.api_key_created
+CREATE FUNCTION api.create_api_key(p_tenant_id bigint, p_name text, p_scope text DEFAULT 'admin'::text, p_expires_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_rate_limit_per_minute integer DEFAULT NULL::integer, p_now timestamp with time zone DEFAULT now()) RETURNS api.api_key_created
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
@@ -952,20 +1109,35 @@ BEGIN
         RAISE EXCEPTION 'API key name is empty' USING ERRCODE = 'PW100',
             HINT = 'Name the key after who uses it, e.g. "dashboard".';
     END IF;
+    IF core.scope_rank(coalesce(p_scope, '')) IS NULL THEN
+        RAISE EXCEPTION 'scope % is not one of read, send, admin', p_scope USING ERRCODE = 'PW100',
+            HINT = 'read: GET routes only; send: also campaigns, contacts and the inbox; admin: also numbers, settings and keys.';
+    END IF;
+    IF p_expires_at <= p_now THEN
+        RAISE EXCEPTION 'expires_at % is not in the future', p_expires_at USING ERRCODE = 'PW100',
+            HINT = 'Give a time after now, or none for a key that does not expire.';
+    END IF;
+    IF NOT p_rate_limit_per_minute BETWEEN 1 AND 1000000 THEN
+        RAISE EXCEPTION 'rate_limit_per_minute % is out of range', p_rate_limit_per_minute USING ERRCODE = 'PW100',
+            HINT = 'Give 1 to 1000000 requests a minute, or none for the platform''s default.';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM core.tenants WHERE tenant_id = p_tenant_id) THEN
         RAISE EXCEPTION 'tenant % does not exist', p_tenant_id USING ERRCODE = 'PW205',
             HINT = 'Create the tenant first.';
     END IF;
     -- 244 random bits from the server's strong random source (gen_random_uuid).
     v_key := 'pgwa_' || replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
-    INSERT INTO core.api_keys (tenant_id, name, key_hash, key_prefix)
-    VALUES (p_tenant_id, btrim(p_name), sha256(convert_to(v_key, 'UTF8')), left(v_key, 13))
-    RETURNING api_key_id, tenant_id, name, v_key, key_prefix, created_at INTO v_result;
+    INSERT INTO core.api_keys (tenant_id, name, key_hash, key_prefix, scope, expires_at, rate_limit_per_minute,
+                               created_at)
+    VALUES (p_tenant_id, btrim(p_name), sha256(convert_to(v_key, 'UTF8')), left(v_key, 13), p_scope, p_expires_at,
+            p_rate_limit_per_minute, p_now)
+    RETURNING api_key_id, tenant_id, name, v_key, key_prefix, created_at, scope, expires_at, rate_limit_per_minute
+    INTO v_result;
     RETURN v_result;
 END
 $$;
 
-COMMENT ON FUNCTION api.create_api_key(p_tenant_id bigint, p_name text) IS 'Creates an API key for a tenant and returns it with its id and prefix; the key is shown this once, only its sha256 is kept. Raises PW100 for an empty name, PW205 for an unknown tenant.';
+COMMENT ON FUNCTION api.create_api_key(p_tenant_id bigint, p_name text, p_scope text, p_expires_at timestamp with time zone, p_rate_limit_per_minute integer, p_now timestamp with time zone) IS 'Creates an API key for a tenant with a scope (read, send or admin; default admin), an optional expiry and an optional rate limit (requests a minute; default the platform''s), and returns it with its id and prefix; the key is shown this once, only its sha256 is kept. Raises PW100 for an empty name, an unknown scope, a past expiry or a limit out of range, PW205 for an unknown tenant.';
 
 CREATE FUNCTION api.create_campaign(p_tenant_id bigint, p_number_id bigint, p_name text, p_templates jsonb, p_on_invalid text DEFAULT 'reject'::text, p_scheduled_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_start boolean DEFAULT false, p_default_country_code text DEFAULT NULL::text) RETURNS api.campaign_created
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1190,6 +1362,39 @@ $$;
 
 COMMENT ON FUNCTION api.error_codes() IS 'Lists the SQLSTATEs pgwa raises or maps (PWgnn codes and standard ones), each with its name, HTTP status and meaning; the HTTP layer loads it once at start-up.';
 
+CREATE FUNCTION api.fail_webhooks(p_ids bigint[], p_sqlstate text, p_reason text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_settings core.settings;
+    v_dead bigint[];
+BEGIN
+    SELECT * INTO v_settings FROM core.settings;
+    -- Out of attempts: set aside now. The others come back after a pause that grows
+    -- with their attempts (capped by the claim's visibility timeout).
+    WITH failed AS (
+        UPDATE pgmq.q_webhooks w SET
+            headers = coalesce(w.headers, '{}') || jsonb_build_object('last_error', left(p_reason, 1000),
+                                                                     'sqlstate', p_sqlstate),
+            vt = clock_timestamp() + make_interval(secs => least(v_settings.webhook_claim_s, 2 ^ w.read_ct))
+        WHERE w.msg_id = ANY (p_ids)
+        RETURNING w.msg_id, w.read_ct, w.message, w.headers
+    ), dead AS (
+        SELECT f.msg_id, core.dead_letter_webhook(f.msg_id, f.message, f.headers, p_sqlstate,
+                   format('not processed after %s attempts: %s', f.read_ct, left(p_reason, 1000)))
+        FROM failed f WHERE f.read_ct >= v_settings.webhook_max_attempts
+    )
+    SELECT array_agg(d.msg_id) INTO v_dead FROM dead d;
+    IF v_dead IS NOT NULL THEN
+        PERFORM pgmq.delete('webhooks', v_dead);
+    END IF;
+    RETURN coalesce(cardinality(v_dead), 0);
+END
+$$;
+
+COMMENT ON FUNCTION api.fail_webhooks(p_ids bigint[], p_sqlstate text, p_reason text) IS 'Records that claimed webhook payloads failed outside the database''s own error handling (their batch timed out or crashed): keeps the reason, and dead-letters those read webhook_max_attempts times; the others come back after a back-off. Returns how many were dead-lettered.';
+
 CREATE FUNCTION api.functions() RETURNS SETOF api.function_doc
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
@@ -1256,19 +1461,19 @@ $$;
 
 COMMENT ON FUNCTION api.import_contacts(p_tenant_id bigint, p_default_country_code text, p_on_invalid text) IS 'Imports the contacts staged by api.stage_contacts into the tenant''s contacts, without a campaign: normalises phones to E.164 digits, drops duplicates (first row wins), inserts new contacts and merges names and attributes into existing ones; opt-out state is never changed. Returns the counts and the invalid rows. Raises PW100 on bad arguments or nothing staged, PW101 for an empty list or (p_on_invalid reject) invalid rows, PW205 for an unknown tenant.';
 
-CREATE FUNCTION api.ingest_webhook(p_payload jsonb) RETURNS bigint
+CREATE FUNCTION api.ingest_webhook(p_payload jsonb, p_signer text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO ''
     AS $$
-    SELECT (api.ingest_webhooks(ARRAY[p_payload]))[1]
+    SELECT (api.ingest_webhooks(ARRAY[p_payload], ARRAY[p_signer]))[1]
 $$;
 
-COMMENT ON FUNCTION api.ingest_webhook(p_payload jsonb) IS 'Enqueue one signature-checked webhook payload; returns its queue id. The single form of api.ingest_webhooks; raises PW105 if it is not a JSON object.';
+COMMENT ON FUNCTION api.ingest_webhook(p_payload jsonb, p_signer text) IS 'Enqueue one signature-checked webhook payload with its signer (null: the platform''s app secret); returns its queue id. The single form of api.ingest_webhooks; raises PW105 if it is not a JSON object.';
 
-CREATE FUNCTION api.ingest_webhooks(p_payloads jsonb[]) RETURNS bigint[]
+CREATE FUNCTION api.ingest_webhooks(p_payloads jsonb[], p_signers text[] DEFAULT NULL::text[]) RETURNS bigint[]
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
-    AS $$
+    AS $_$
 DECLARE
     v_ids bigint[];
 BEGIN
@@ -1279,21 +1484,53 @@ BEGIN
         RAISE EXCEPTION 'a webhook payload must be a JSON object'
             USING ERRCODE = 'PW105', HINT = 'Enqueue the body Meta posted, as it was received.';
     END IF;
-    -- The row pgmq.send_batch would write (visible now, no headers), inserted directly:
-    -- send_batch builds and plans a dynamic INSERT on every call, which on this path
-    -- costs more than the insert itself (~160 us a call, measured). pgmq's insert
-    -- trigger still fires (migration 0030).
+    IF cardinality(p_signers) > cardinality(p_payloads)
+       OR EXISTS (SELECT 1 FROM unnest(p_signers) s WHERE s !~ '^[0-9a-f]{64}$') THEN
+        RAISE EXCEPTION 'p_signers must hold at most one signer per payload, each from api.webhook_signers()'
+            USING ERRCODE = 'PW100', HINT = 'Pass null for a payload the platform''s app secret verified.';
+    END IF;
+    -- The row pgmq.send_batch would write (visible now), inserted directly: send_batch
+    -- builds and plans a dynamic INSERT on every call, which on this path costs more
+    -- than the insert itself (~160 us a call, measured). pgmq's insert trigger still
+    -- fires (migration 0030). The signer rides in the message's headers.
     WITH queued AS (
-        INSERT INTO pgmq.q_webhooks (vt, message)
-        SELECT clock_timestamp(), p FROM unnest(p_payloads) AS p
+        INSERT INTO pgmq.q_webhooks (vt, message, headers)
+        SELECT clock_timestamp(), u.p, CASE WHEN u.s IS NOT NULL THEN jsonb_build_object('signer', u.s) END
+        FROM unnest(p_payloads, p_signers) AS u(p, s)
         RETURNING msg_id
     )
     SELECT array_agg(msg_id ORDER BY msg_id) INTO v_ids FROM queued;
     RETURN v_ids;
 END
+$_$;
+
+COMMENT ON FUNCTION api.ingest_webhooks(p_payloads jsonb[], p_signers text[]) IS 'Enqueue signature-checked webhook payloads (JSON objects) in the webhooks queue, in one statement, each with the signer of the number app secret that verified it (null: the platform''s secret); returns their queue ids. Raises PW105 if one is not a JSON object, PW100 for a malformed signer.';
+
+CREATE FUNCTION api.keep_raw_webhook(p_body bytea, p_signer text, p_reason text, p_repaired jsonb DEFAULT NULL::jsonb) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_raw_id bigint;
+    v_msg_id bigint;
+BEGIN
+    IF p_body IS NULL THEN
+        RAISE EXCEPTION 'p_body is null' USING ERRCODE = 'PW100', HINT = 'Pass the bytes Meta posted.';
+    END IF;
+    INSERT INTO core.webhook_raw (signer, reason, body)
+    VALUES (p_signer, left(coalesce(p_reason, 'unknown'), 1000), p_body)
+    RETURNING raw_id INTO v_raw_id;
+    IF jsonb_typeof(p_repaired) = 'object' THEN
+        v_msg_id := api.ingest_webhook(p_repaired, p_signer);
+        UPDATE pgmq.q_webhooks SET headers = coalesce(headers, '{}') || jsonb_build_object('raw_id', v_raw_id)
+        WHERE msg_id = v_msg_id;
+        UPDATE core.webhook_raw SET queued_msg_id = v_msg_id WHERE raw_id = v_raw_id;
+    END IF;
+    RETURN v_raw_id;
+END
 $$;
 
-COMMENT ON FUNCTION api.ingest_webhooks(p_payloads jsonb[]) IS 'Enqueue signature-checked webhook payloads (JSON objects) in the webhooks queue, in one statement; returns their queue ids. Raises PW105 if one is not a JSON object.';
+COMMENT ON FUNCTION api.keep_raw_webhook(p_body bytea, p_signer text, p_reason text, p_repaired jsonb) IS 'Keeps a signed webhook body that jsonb cannot hold or that is not a JSON object, byte for byte (core.webhook_raw), and queues p_repaired (when it is a JSON object) for processing with the same signer. Returns the raw row''s id. Raises PW100 for a null body.';
 
 CREATE FUNCTION api.mark_read(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1350,10 +1587,11 @@ DECLARE
 BEGIN
     SELECT * INTO v_settings FROM core.settings;
 
-    -- Queues, except those of finished campaigns (the sweep drops them a day later).
+    -- Queues per kind (campaign, reply, or the platform queue's own name), except those
+    -- of finished campaigns (the sweep drops them a day later).
     WITH q AS MATERIALIZED (
-        SELECT m.queue_name, q.kind, m.queue_length AS length, m.queue_visible_length AS visible,
-               coalesce(m.oldest_msg_age_sec, 0) AS oldest_s
+        SELECT q.kind, sum(m.queue_length) AS length, sum(m.queue_visible_length) AS visible,
+               max(coalesce(m.oldest_msg_age_sec, 0)) AS oldest_s
         FROM (SELECT q.queue_name,
                      CASE WHEN q.queue_name ~ '^c_[0-9]+$' THEN 'campaign'
                           WHEN q.queue_name ~ '^r_[0-9]+$' THEN 'reply' ELSE q.queue_name END AS kind
@@ -1363,37 +1601,36 @@ BEGIN
               WHERE c.status IS NULL OR c.status NOT IN ('completed', 'cancelled')
               OFFSET 0) q
         CROSS JOIN LATERAL pgmq.metrics(q.queue_name) m
+        GROUP BY q.kind
     )
     SELECT ARRAY[
-        core.prom_family('pgwa_queue_messages', 'gauge', 'Messages in a pgmq queue, waiting or in flight.',
-            (SELECT string_agg(format('pgwa_queue_messages{queue="%s",kind="%s"} %s',
-                                      core.prom_label(q.queue_name), core.prom_label(q.kind), q.length), E'\n'
-                               ORDER BY q.queue_name) FROM q)),
-        core.prom_family('pgwa_queue_visible_messages', 'gauge', 'Messages in a pgmq queue that a reader could take now.',
-            (SELECT string_agg(format('pgwa_queue_visible_messages{queue="%s",kind="%s"} %s',
-                                      core.prom_label(q.queue_name), core.prom_label(q.kind), q.visible), E'\n'
-                               ORDER BY q.queue_name) FROM q)),
+        core.prom_family('pgwa_queue_messages', 'gauge', 'Messages in the pgmq queues of a kind, waiting or in flight.',
+            (SELECT string_agg(format('pgwa_queue_messages{kind="%s"} %s', core.prom_label(q.kind), q.length), E'\n'
+                               ORDER BY q.kind) FROM q)),
+        core.prom_family('pgwa_queue_visible_messages', 'gauge',
+            'Messages in the pgmq queues of a kind that a reader could take now.',
+            (SELECT string_agg(format('pgwa_queue_visible_messages{kind="%s"} %s', core.prom_label(q.kind), q.visible),
+                               E'\n' ORDER BY q.kind) FROM q)),
         core.prom_family('pgwa_queue_oldest_message_age_seconds', 'gauge',
-            'Age of the oldest message in a pgmq queue (0 when empty).',
-            (SELECT string_agg(format('pgwa_queue_oldest_message_age_seconds{queue="%s",kind="%s"} %s',
-                                      core.prom_label(q.queue_name), core.prom_label(q.kind), q.oldest_s), E'\n'
-                               ORDER BY q.queue_name) FROM q)),
+            'Age of the oldest message in the pgmq queues of a kind (0 when empty).',
+            (SELECT string_agg(format('pgwa_queue_oldest_message_age_seconds{kind="%s"} %s',
+                                      core.prom_label(q.kind), q.oldest_s), E'\n' ORDER BY q.kind) FROM q)),
         core.prom_family('pgwa_webhook_lag_seconds', 'gauge',
             'Age of the oldest webhook payload waiting to be processed (0 when none waits).',
             format('pgwa_webhook_lag_seconds %s',
-                   coalesce((SELECT q.oldest_s FROM q WHERE q.queue_name = 'webhooks'), 0)))]
+                   coalesce((SELECT q.oldest_s FROM q WHERE q.kind = 'webhooks'), 0)))]
     INTO v_out;
 
-    -- Send outcomes per number over the last complete minute (core.send_minutes).
+    -- Send outcomes over the last complete minute (core.send_minutes), all numbers.
     v_out := v_out || core.prom_family('pgwa_sends_per_second', 'gauge',
-        'Send results per second over the last complete minute, per number and outcome.',
-        (SELECT string_agg(format('pgwa_sends_per_second{number="%s",outcome="%s"} %s',
-                                  core.prom_label(n.phone_number_id), o.outcome, round(o.n / 60.0, 3)),
-                           E'\n' ORDER BY n.phone_number_id, o.outcome)
-         FROM core.wa_numbers n
-         LEFT JOIN core.send_minutes m ON m.number_id = n.number_id AND m.minute = v_last_minute
-         CROSS JOIN LATERAL (VALUES ('accepted', coalesce(m.accepted, 0)), ('retried', coalesce(m.retried, 0)),
-                                    ('failed', coalesce(m.failed, 0)), ('throttled', coalesce(m.throttled, 0))) o(outcome, n)));
+        'Send results per second over the last complete minute, all numbers, per outcome.',
+        (SELECT string_agg(format('pgwa_sends_per_second{outcome="%s"} %s', o.outcome, round(o.n / 60.0, 3)),
+                           E'\n' ORDER BY o.outcome)
+         FROM (SELECT coalesce(sum(m.accepted), 0) AS accepted, coalesce(sum(m.retried), 0) AS retried,
+                      coalesce(sum(m.failed), 0) AS failed, coalesce(sum(m.throttled), 0) AS throttled
+               FROM core.send_minutes m WHERE m.minute = v_last_minute) m
+         CROSS JOIN LATERAL (VALUES ('accepted', m.accepted), ('retried', m.retried),
+                                    ('failed', m.failed), ('throttled', m.throttled)) o(outcome, n)));
 
     v_out := v_out || core.prom_family('pgwa_message_failures', 'gauge',
         'Campaign messages failed for good, per error category and Meta error code (-2: no code), over existing campaigns.',
@@ -1402,31 +1639,31 @@ BEGIN
          FROM (SELECT category, error_code, sum(count) AS n FROM core.campaign_errors
                GROUP BY category, error_code) e));
 
-    -- Rate state per number: AIMD pace, Meta's limit, GCRA arrival time, tokens now.
-    v_out := v_out || core.prom_family('pgwa_number_rate_mps', 'gauge',
-        'The pace the number sends at now (AIMD-controlled), messages per second.',
-        (SELECT string_agg(format('pgwa_number_rate_mps{number="%s"} %s', core.prom_label(phone_number_id),
-                                  round(rate_mps::numeric, 3)), E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
-    v_out := v_out || core.prom_family('pgwa_number_throughput_mps', 'gauge',
-        'Meta''s throughput limit of the number, messages per second.',
-        (SELECT string_agg(format('pgwa_number_throughput_mps{number="%s"} %s', core.prom_label(phone_number_id),
-                                  throughput_mps), E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
-    v_out := v_out || core.prom_family('pgwa_number_tat_ahead_seconds', 'gauge',
-        'How far the number''s GCRA theoretical arrival time runs ahead of now (0 when idle).',
-        (SELECT string_agg(format('pgwa_number_tat_ahead_seconds{number="%s"} %s', core.prom_label(phone_number_id),
-                                  round(greatest(extract(epoch FROM send_tat - now()), 0)::numeric, 3)),
-                           E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
-    v_out := v_out || core.prom_family('pgwa_number_tokens', 'gauge',
-        'Messages the number could be given by a claim now (its GCRA budget within the pace horizon).',
-        (SELECT string_agg(format('pgwa_number_tokens{number="%s"} %s', core.prom_label(phone_number_id),
-                                  floor(greatest(0, extract(epoch FROM now() + make_interval(secs => v_settings.pace_horizon_ms / 1000.0)
-                                                                        - greatest(now(), send_tat)))
-                                        * least(rate_mps, throughput_mps * v_settings.rate_headroom))),
-                           E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
-    v_out := v_out || core.prom_family('pgwa_number_paused', 'gauge',
-        '1 when sending from the number is paused.',
-        (SELECT string_agg(format('pgwa_number_paused{number="%s"} %s', core.prom_label(phone_number_id),
-                                  (paused_reason IS NOT NULL)::int), E'\n' ORDER BY phone_number_id) FROM core.wa_numbers));
+    -- Rate state over all numbers: AIMD pace, Meta's limits, GCRA arrival time, tokens now.
+    v_out := v_out || (
+        SELECT core.prom_family('pgwa_numbers', 'gauge', 'WhatsApp numbers registered.', format('pgwa_numbers %s', n.count))
+            || core.prom_family('pgwa_number_rate_mps', 'gauge',
+                   'The pace all numbers send at now (AIMD-controlled), summed, messages per second.',
+                   format('pgwa_number_rate_mps %s', n.rate))
+            || core.prom_family('pgwa_number_throughput_mps', 'gauge',
+                   'Meta''s throughput limits of all numbers, summed, messages per second.',
+                   format('pgwa_number_throughput_mps %s', n.throughput))
+            || core.prom_family('pgwa_number_tat_ahead_seconds', 'gauge',
+                   'How far the furthest number''s GCRA theoretical arrival time runs ahead of now (0 when idle).',
+                   format('pgwa_number_tat_ahead_seconds %s', n.tat_ahead))
+            || core.prom_family('pgwa_number_tokens', 'gauge',
+                   'Messages a claim could be given now over all numbers (their GCRA budgets within the pace horizon).',
+                   format('pgwa_number_tokens %s', n.tokens))
+            || core.prom_family('pgwa_number_paused', 'gauge', 'Numbers whose sending is paused.',
+                   format('pgwa_number_paused %s', n.paused))
+        FROM (SELECT count(*) AS count, round(coalesce(sum(rate_mps), 0)::numeric, 3) AS rate,
+                     coalesce(sum(throughput_mps), 0) AS throughput,
+                     round(coalesce(max(greatest(extract(epoch FROM send_tat - now()), 0)), 0)::numeric, 3) AS tat_ahead,
+                     coalesce(sum(floor(greatest(0, extract(epoch FROM now() + make_interval(secs => v_settings.pace_horizon_ms / 1000.0)
+                                                                 - greatest(now(), send_tat)))
+                                        * least(rate_mps, throughput_mps * v_settings.rate_headroom))), 0) AS tokens,
+                     count(*) FILTER (WHERE paused_reason IS NOT NULL) AS paused
+              FROM core.wa_numbers) n);
 
     -- Campaigns.
     v_out := v_out || core.prom_family('pgwa_campaigns', 'gauge', 'Campaigns per status.',
@@ -1436,20 +1673,25 @@ BEGIN
                LEFT JOIN core.campaigns c ON c.status = s.status
                GROUP BY s.status) x));
     v_out := v_out || core.prom_family('pgwa_campaign_messages', 'gauge',
-        'Messages of each unfinished campaign per funnel stage (maintained counters).',
-        (SELECT string_agg(format('pgwa_campaign_messages{campaign="%s",status="%s",stage="%s"} %s',
-                                  c.campaign_id, c.status, x.stage, x.n), E'\n' ORDER BY c.campaign_id, x.stage)
-         FROM core.campaigns c
-         CROSS JOIN LATERAL (VALUES ('total', c.total), ('queued', greatest(c.total - c.finished - c.cancelled, 0)),
-                                    ('sent', c.sent), ('delivered', c.delivered), ('read', c.read),
-                                    ('replied', c.replied), ('failed', c.failed), ('cancelled', c.cancelled)) x(stage, n)
-         WHERE c.status IN ('draft', 'scheduled', 'running', 'paused')));
+        'Messages of the unfinished campaigns of a status per funnel stage, summed (maintained counters).',
+        (SELECT string_agg(format('pgwa_campaign_messages{status="%s",stage="%s"} %s', x.status, x.stage, x.n), E'\n'
+                           ORDER BY x.status, x.stage)
+         FROM (SELECT c.status, x.stage, sum(x.n) AS n
+               FROM core.campaigns c
+               CROSS JOIN LATERAL (VALUES ('total', c.total), ('queued', greatest(c.total - c.finished - c.cancelled, 0)),
+                                          ('sent', c.sent), ('delivered', c.delivered), ('read', c.read),
+                                          ('replied', c.replied), ('failed', c.failed),
+                                          ('cancelled', c.cancelled)) x(stage, n)
+               WHERE c.status IN ('draft', 'scheduled', 'running', 'paused')
+               GROUP BY c.status, x.stage) x));
     v_out := v_out || core.prom_family('pgwa_campaign_progress_ratio', 'gauge',
-        'Share of an unfinished campaign''s messages past sending (0 to 1).',
-        (SELECT string_agg(format('pgwa_campaign_progress_ratio{campaign="%s",status="%s"} %s', c.campaign_id, c.status,
-                                  CASE WHEN c.total > 0 THEN round(least(1.0, (c.finished + c.cancelled)::numeric / c.total), 4) ELSE 1 END),
-                           E'\n' ORDER BY c.campaign_id)
-         FROM core.campaigns c WHERE c.status IN ('draft', 'scheduled', 'running', 'paused')));
+        'Share of the messages of the unfinished campaigns of a status that are past sending (0 to 1).',
+        (SELECT string_agg(format('pgwa_campaign_progress_ratio{status="%s"} %s', x.status,
+                                  CASE WHEN x.total > 0 THEN round(least(1.0, x.done::numeric / x.total), 4) ELSE 1 END),
+                           E'\n' ORDER BY x.status)
+         FROM (SELECT c.status, sum(c.total) AS total, sum(c.finished + c.cancelled) AS done
+               FROM core.campaigns c WHERE c.status IN ('draft', 'scheduled', 'running', 'paused')
+               GROUP BY c.status) x));
 
     v_out := v_out || core.prom_family('pgwa_notifications_unread', 'gauge', 'Unread notifications per severity.',
         (SELECT string_agg(format('pgwa_notifications_unread{severity="%s"} %s', x.severity, x.n), E'\n'
@@ -1463,7 +1705,7 @@ BEGIN
 END
 $_$;
 
-COMMENT ON FUNCTION api.metrics() IS 'Returns the Prometheus text exposition of pgwa: queue depths and ages (pgmq), webhook lag, sends per second per number and outcome (core.send_minutes), failures per category and code, each number''s pace, limit, GCRA arrival time and tokens, campaigns per status and the funnel of unfinished campaigns. Raises nothing of its own.';
+COMMENT ON FUNCTION api.metrics() IS 'Returns the Prometheus text exposition of pgwa, with no tenant''s identifier in it: queue depths and ages per queue kind (pgmq), webhook lag, sends per second per outcome (core.send_minutes), failures per category and code, the numbers'' summed pace, limits and tokens and furthest GCRA arrival time, paused numbers, campaigns per status and the summed funnel of unfinished campaigns per status. Raises nothing of its own.';
 
 CREATE FUNCTION api.notifications(p_tenant_id bigint, p_unread_only boolean DEFAULT false, p_before_id bigint DEFAULT NULL::bigint, p_limit integer DEFAULT 50) RETURNS SETOF api.notification
     LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -1518,84 +1760,71 @@ $$;
 
 COMMENT ON FUNCTION api.pause_campaign(p_tenant_id bigint, p_campaign_id bigint, p_reason text) IS 'Pauses a running or scheduled campaign: no further message of it is claimed (those already claimed finish). Returns the new status. Raises PW201 when not found, PW301 from any other status.';
 
+CREATE FUNCTION api.prepare_number_registration(p_tenant_id bigint, p_phone_number_id text, p_waba_id text, p_access_token text, p_throughput_mps integer DEFAULT 80) RETURNS text
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+BEGIN
+    PERFORM core.check_number_fields(p_tenant_id, p_phone_number_id, p_waba_id, p_access_token, p_throughput_mps);
+    RETURN (SELECT graph_api_version FROM core.settings);
+END
+$$;
+
+COMMENT ON FUNCTION api.prepare_number_registration(p_tenant_id bigint, p_phone_number_id text, p_waba_id text, p_access_token text, p_throughput_mps integer) IS 'Checks a number registration''s fields before the server asks the Graph API about them, and returns the Graph API version to ask with. Changes nothing. Raises PW100 on a malformed field, PW205 for an unknown tenant.';
+
+CREATE FUNCTION api.process_claimed_webhooks(p_ids bigint[]) RETURNS api.webhook_batch
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_ids bigint[];
+    v_payloads jsonb[];
+    v_headers jsonb[];
+BEGIN
+    IF cardinality(p_ids) > 10000 THEN
+        RAISE EXCEPTION 'at most 10000 payloads per call, not %', cardinality(p_ids)
+            USING ERRCODE = 'PW100', HINT = 'Pass the ids one api.claim_webhooks call returned.';
+    END IF;
+    -- Still queued and not being processed by another call (a claim that outlived its
+    -- visibility timeout may have been claimed again): those are skipped.
+    SELECT array_agg(q.msg_id ORDER BY q.msg_id), array_agg(q.message ORDER BY q.msg_id),
+           array_agg(q.headers ORDER BY q.msg_id)
+    INTO v_ids, v_payloads, v_headers
+    FROM (SELECT w.msg_id, w.message, w.headers FROM pgmq.q_webhooks w
+          WHERE w.msg_id = ANY (p_ids) ORDER BY w.msg_id FOR UPDATE SKIP LOCKED) q;
+    RETURN core.process_webhook_batch(v_ids, v_payloads, v_headers);
+END
+$$;
+
+COMMENT ON FUNCTION api.process_claimed_webhooks(p_ids bigint[]) IS 'Processes the webhook payloads api.claim_webhooks returned, as api.process_webhooks does (signer-checked, set-based, idempotent; a payload that raises is dead-lettered with the reason), and archives them. Ids no longer queued or being processed elsewhere are skipped. Returns the counts. Raises PW100 for more than 10000 ids.';
+
 CREATE FUNCTION api.process_webhooks(p_max integer DEFAULT 100) RETURNS api.webhook_batch
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
-    v_batch api.webhook_batch := ROW(0, 0, 0, 0);
     v_ids bigint[];
     v_payloads jsonb[];
-    v_dead bigint[] := '{}';
-    v_result record;
-    v_state text;
-    v_reason text;
+    v_headers jsonb[];
 BEGIN
     IF p_max IS NULL OR p_max NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION 'p_max must be between 1 and 10000, not %', p_max
             USING ERRCODE = 'PW100', HINT = 'Process a few hundred payloads per call.';
     END IF;
-
     -- Read and processing share this transaction: a crash rolls the read back too, and
     -- concurrent workers skip each other's rows (FOR UPDATE SKIP LOCKED in pgmq.read).
-    SELECT array_agg(r.msg_id ORDER BY r.msg_id), array_agg(r.message ORDER BY r.msg_id)
-    INTO v_ids, v_payloads
+    SELECT array_agg(r.msg_id ORDER BY r.msg_id), array_agg(r.message ORDER BY r.msg_id),
+           array_agg(r.headers ORDER BY r.msg_id)
+    INTO v_ids, v_payloads, v_headers
     FROM pgmq.read('webhooks', 60, p_max) r;
-    v_batch.payloads := coalesce(cardinality(v_ids), 0);
-
-    IF v_batch.payloads = 0 THEN
-        -- Idle: restore the insert-notification throttle row that a crash empties
-        -- (pgmq keeps it UNLOGGED); 50 ms as in migration 0030.
-        INSERT INTO pgmq.notify_insert_throttle (queue_name, throttle_interval_ms)
-        SELECT 'webhooks', 50
-        WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-                      WHERE tgrelid = 'pgmq.q_webhooks'::regclass
-                        AND tgname = 'trigger_notify_queue_insert_listeners')
-          AND NOT EXISTS (SELECT 1 FROM pgmq.notify_insert_throttle WHERE queue_name = 'webhooks')
-        ON CONFLICT DO NOTHING;
-        RETURN v_batch;
+    IF v_ids IS NULL THEN
+        PERFORM core.restore_webhook_notify();
     END IF;
-
-    BEGIN
-        SELECT * INTO v_result FROM core.process_webhook_payloads(v_payloads);
-        v_batch.status_events := v_result.status_events;
-        v_batch.messages := v_result.messages;
-    EXCEPTION
-        WHEN deadlock_detected OR serialization_failure OR lock_not_available THEN
-            RAISE;      -- transient: the worker retries the whole batch
-        WHEN OTHERS THEN
-            -- One bad payload must not block the rest: take them one at a time and
-            -- dead-letter those that still fail, with the reason.
-            FOR i IN 1 .. v_batch.payloads LOOP
-                BEGIN
-                    SELECT * INTO v_result FROM core.process_webhook_payloads(ARRAY[v_payloads[i]]);
-                    v_batch.status_events := v_batch.status_events + v_result.status_events;
-                    v_batch.messages := v_batch.messages + v_result.messages;
-                EXCEPTION
-                    WHEN deadlock_detected OR serialization_failure OR lock_not_available THEN
-                        RAISE;
-                    WHEN OTHERS THEN
-                        GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_reason = MESSAGE_TEXT;
-                        PERFORM pgmq.send('webhooks_dead', jsonb_build_object(
-                            'msg_id', v_ids[i], 'sqlstate', v_state, 'reason', v_reason,
-                            'failed_at', now(), 'payload', v_payloads[i]));
-                        v_dead := v_dead || v_ids[i];
-                END;
-            END LOOP;
-    END;
-
-    v_batch.dead := cardinality(v_dead);
-    IF v_batch.dead > 0 THEN
-        PERFORM pgmq.delete('webhooks', v_dead);
-        PERFORM pgmq.archive('webhooks', ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest(v_dead)));
-    ELSE
-        PERFORM pgmq.archive('webhooks', v_ids);
-    END IF;
-    RETURN v_batch;
+    RETURN core.process_webhook_batch(v_ids, v_payloads, v_headers);
 END
 $$;
 
-COMMENT ON FUNCTION api.process_webhooks(p_max integer) IS 'Process up to p_max queued webhook payloads in one transaction, set-based and idempotent under redelivery and reordering; archives them, dead-letters any that fail (webhooks_dead, with the reason). Returns the payloads taken, status events and inbound messages newly stored, and payloads dead-lettered. Raises PW100 for p_max outside 1..10000.';
+COMMENT ON FUNCTION api.process_webhooks(p_max integer) IS 'Read and process up to p_max queued webhook payloads in one transaction, set-based and idempotent under redelivery and reordering; applies each change only for the numbers its signer speaks for (dropped counts the others); archives the payloads and dead-letters any that fail (webhooks_dead, with the reason). A crash or timeout rolls the read back too: the worker uses api.claim_webhooks + api.process_claimed_webhooks, which count it. Raises PW100 for p_max outside 1..10000.';
 
 CREATE FUNCTION api.read_notifications(p_tenant_id bigint, p_notification_ids bigint[] DEFAULT NULL::bigint[]) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1746,62 +1975,84 @@ $$;
 
 COMMENT ON FUNCTION api.reconcile_campaign(p_tenant_id bigint, p_campaign_id bigint, p_fix boolean) IS 'Recounts a campaign from its outbound messages and returns every maintained counter beside the recount (scope campaign, template, error, timeline; drift = maintained - actual). With p_fix, locks the campaign, sets the counters to the recount, rebuilds its error and per-minute tables, and marks the rows fixed. Raises PW201 when the tenant has no such campaign.';
 
-CREATE FUNCTION api.register_number(p_tenant_id bigint, p_phone_number_id text, p_waba_id text, p_access_token text, p_app_secret text DEFAULT NULL::text, p_throughput_mps integer DEFAULT 80, p_display_phone_number text DEFAULT NULL::text) RETURNS bigint
+CREATE FUNCTION api.register_number(p_tenant_id bigint, p_phone_number_id text, p_waba_id text, p_access_token text, p_app_secret text DEFAULT NULL::text, p_throughput_mps integer DEFAULT 80, p_display_phone_number text DEFAULT NULL::text, p_verified jsonb DEFAULT NULL::jsonb, p_now timestamp with time zone DEFAULT now()) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
-    AS $_$
+    AS $$
 DECLARE
     v_id bigint;
     v_owner bigint;
+    v_old_secret text;
+    v_new_secret text;
+    v_action text;
+    v_display text := p_display_phone_number;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM core.tenants WHERE tenant_id = p_tenant_id) THEN
-        RAISE EXCEPTION 'tenant % does not exist', p_tenant_id USING ERRCODE = 'PW205', HINT = 'Create the tenant first.';
+    PERFORM core.check_number_fields(p_tenant_id, p_phone_number_id, p_waba_id, p_access_token, p_throughput_mps);
+    IF p_verified IS NULL AND NOT core.caller_is_operator() THEN
+        RAISE EXCEPTION 'the registration of % carries no answer from the Graph API', p_phone_number_id
+            USING ERRCODE = 'PW417',
+                  HINT = 'Register through POST /v1/numbers or pgwa number register, which ask Meta that the token reads the number and that the WABA holds it.';
     END IF;
-    IF p_phone_number_id IS NULL OR p_phone_number_id !~ '^[0-9]{1,32}$' THEN
-        RAISE EXCEPTION 'phone_number_id "%" is not Meta''s numeric id', p_phone_number_id
-            USING ERRCODE = 'PW100', HINT = 'Use the Phone number ID from WhatsApp Manager, not the phone number.';
+    IF p_verified IS NOT NULL THEN
+        IF jsonb_typeof(p_verified) <> 'object' OR p_verified->>'id' IS DISTINCT FROM p_phone_number_id
+           OR p_verified->>'waba_id' IS DISTINCT FROM p_waba_id
+           OR coalesce(p_verified->>'display_phone_number', '') = '' THEN
+            RAISE EXCEPTION 'p_verified is not the Graph API''s answer for phone_number_id % in waba_id %',
+                p_phone_number_id, p_waba_id
+                USING ERRCODE = 'PW100',
+                      HINT = 'Pass the phone number node Meta returned (id, display_phone_number, verified_name) with the waba_id whose phone_numbers list holds it.';
+        END IF;
+        v_display := p_verified->>'display_phone_number';
     END IF;
-    IF p_waba_id IS NULL OR p_waba_id !~ '^[0-9]{1,32}$' THEN
-        RAISE EXCEPTION 'waba_id "%" is not Meta''s numeric id', p_waba_id
-            USING ERRCODE = 'PW100', HINT = 'Use the WhatsApp Business Account ID.';
-    END IF;
-    IF coalesce(p_access_token, '') = '' THEN
-        RAISE EXCEPTION 'access_token is empty' USING ERRCODE = 'PW100', HINT = 'Give a system user access token.';
-    END IF;
-    IF p_throughput_mps IS NULL OR p_throughput_mps NOT BETWEEN 1 AND 1000 THEN
-        RAISE EXCEPTION 'throughput_mps % is out of range', p_throughput_mps
-            USING ERRCODE = 'PW100', HINT = 'Meta allows 80 messages per second by default and up to 1,000.';
-    END IF;
-    SELECT number_id, tenant_id INTO v_id, v_owner FROM core.wa_numbers WHERE phone_number_id = p_phone_number_id;
+    SELECT number_id, tenant_id, app_secret INTO v_id, v_owner, v_old_secret
+    FROM core.wa_numbers WHERE phone_number_id = p_phone_number_id FOR UPDATE;
     IF v_owner IS NOT NULL AND v_owner <> p_tenant_id THEN
         RAISE EXCEPTION 'phone_number_id % is registered to another tenant', p_phone_number_id
-            USING ERRCODE = 'PW302', HINT = 'A number belongs to one tenant.';
+            USING ERRCODE = 'PW302',
+                  HINT = 'A number belongs to one tenant; an operator moves it with api.transfer_number (pgwa number transfer).';
     END IF;
     IF EXISTS (SELECT 1 FROM core.wa_numbers WHERE waba_id = p_waba_id AND tenant_id <> p_tenant_id) THEN
         RAISE EXCEPTION 'waba_id % belongs to another tenant', p_waba_id
             USING ERRCODE = 'PW302', HINT = 'A WhatsApp Business Account belongs to one tenant.';
     END IF;
+    -- NULL keeps the secret a number has; '' clears it.
+    v_new_secret := CASE WHEN p_app_secret IS NULL THEN v_old_secret ELSE nullif(p_app_secret, '') END;
     INSERT INTO core.wa_numbers AS n (tenant_id, phone_number_id, waba_id, access_token, app_secret,
-                                      throughput_mps, rate_mps, display_phone_number)
-    VALUES (p_tenant_id, p_phone_number_id, p_waba_id, p_access_token, p_app_secret,
-            p_throughput_mps, p_throughput_mps, p_display_phone_number)
+                                      throughput_mps, rate_mps, display_phone_number,
+                                      verified_name, verified_at, quality_rating)
+    VALUES (p_tenant_id, p_phone_number_id, p_waba_id, p_access_token, v_new_secret,
+            p_throughput_mps, p_throughput_mps, v_display,
+            p_verified->>'verified_name', CASE WHEN p_verified IS NOT NULL THEN p_now END,
+            p_verified->>'quality_rating')
     ON CONFLICT ON CONSTRAINT wa_numbers_phone_number_id_unique DO UPDATE SET
         waba_id = excluded.waba_id,
         access_token = excluded.access_token,
-        app_secret = coalesce(excluded.app_secret, n.app_secret),
+        app_secret = excluded.app_secret,
         throughput_mps = excluded.throughput_mps,
         rate_mps = least(n.rate_mps, excluded.throughput_mps),
         display_phone_number = coalesce(excluded.display_phone_number, n.display_phone_number),
+        -- An operator's unverified update no longer vouches for the token it sets.
+        verified_name = CASE WHEN p_verified IS NOT NULL THEN excluded.verified_name ELSE n.verified_name END,
+        verified_at = excluded.verified_at,
+        quality_rating = coalesce(excluded.quality_rating, n.quality_rating),
         paused_reason = NULL
     RETURNING number_id INTO v_id;
     IF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = 'r_' || v_id) THEN
         PERFORM pgmq.create('r_' || v_id);
     END IF;
+    IF v_new_secret IS DISTINCT FROM v_old_secret THEN
+        -- The audit holds neither the secret nor anything derived from it.
+        v_action := CASE WHEN v_old_secret IS NULL THEN 'set' WHEN v_new_secret IS NULL THEN 'cleared' ELSE 'changed' END;
+        PERFORM core.notify(p_tenant_id, 'app_secret_changed', 'warning',
+            format('The app secret of number %s was %s.', p_phone_number_id, v_action),
+            jsonb_build_object('number_id', v_id, 'phone_number_id', p_phone_number_id, 'action', v_action,
+                               'by', CASE WHEN core.caller_is_operator() THEN 'operator' ELSE 'tenant' END));
+    END IF;
     RETURN v_id;
 END
-$_$;
+$$;
 
-COMMENT ON FUNCTION api.register_number(p_tenant_id bigint, p_phone_number_id text, p_waba_id text, p_access_token text, p_app_secret text, p_throughput_mps integer, p_display_phone_number text) IS 'Registers or updates a WhatsApp number (Meta phone_number_id, waba_id, token, app secret, throughput) for a tenant, creates its reply queue and returns its number_id. Raises PW100 on a malformed field, PW205 for an unknown tenant, PW302 when another tenant owns the number or its WABA.';
+COMMENT ON FUNCTION api.register_number(p_tenant_id bigint, p_phone_number_id text, p_waba_id text, p_access_token text, p_app_secret text, p_throughput_mps integer, p_display_phone_number text, p_verified jsonb, p_now timestamp with time zone) IS 'Registers or updates a WhatsApp number (Meta phone_number_id, waba_id, token, app secret, throughput) for a tenant, creates its reply queue and returns its number_id. A tenant''s call must pass p_verified: the Graph API''s phone number node plus the waba_id whose phone_numbers list holds it (the server asks Meta first); Meta''s display number and verified name are stored. Only an operator (owner, superuser) registers without it. p_app_secret NULL keeps the current secret and an empty string clears it; setting, changing or clearing it raises an app_secret_changed notification. Raises PW100 on a malformed field, PW205 for an unknown tenant, PW302 when another tenant owns the number or its WABA, PW417 when a tenant''s call carries no verification.';
 
 CREATE FUNCTION api.release_conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) RETURNS api.conversation_summary
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1849,13 +2100,14 @@ $$;
 
 COMMENT ON FUNCTION api.reply(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_reply jsonb) IS 'An agent''s reply to a contact on a number, queued before campaign traffic: {"type": "text" | "buttons", ...} inside the 24-hour window, {"type": "template", ...} at any time; {{name}} and other contact variables are filled in. Returns the outbound id, the inbox row and when the window closes. Raises PW104 for a free-form reply outside the window (send a template), PW106 for a template to an opted-out contact, PW100/PW102 for a bad reply or template, PW202/PW204 when the number or contact is not the tenant''s.';
 
-CREATE FUNCTION api.report_sends(p_results jsonb) RETURNS api.report_result
+CREATE FUNCTION api.report_sends(p_results jsonb, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS api.report_result
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
     v_settings core.settings;
-    v_now timestamptz := clock_timestamp();
+    v_now timestamptz := coalesce(p_now, clock_timestamp());
+    v_hold interval;
     v_result api.report_result := ROW(0, 0, 0, 0, 0);
     v_paused bigint[];
     v_touched bigint[];
@@ -1867,6 +2119,7 @@ BEGIN
             HINT = 'One object per claimed message: outbound_id, queue_name, msg_id, wamid or error_code.';
     END IF;
     SELECT * INTO v_settings FROM core.settings;
+    v_hold := make_interval(secs => v_settings.throttle_hold_ms / 1000.0);
 
     DROP TABLE IF EXISTS pg_temp.send_results;
     CREATE TEMP TABLE send_results ON COMMIT DROP AS
@@ -1940,10 +2193,10 @@ BEGIN
                 CASE r.outcome
                     WHEN 'paused' THEN 0
                     WHEN 'throttled' THEN 1 + random()
-                    WHEN 'returned' THEN extract(epoch FROM core.throttle_hold())
+                    WHEN 'returned' THEN v_settings.throttle_hold_ms / 1000.0
                     ELSE v_settings.retry_backoff_s[least(r.attempts, cardinality(v_settings.retry_backoff_s))]
                          * (0.8 + 0.4 * random())
-                END))
+                END), v_now)
     FROM pg_temp.send_results r
     WHERE r.outcome IN ('retried', 'throttled', 'paused', 'returned') AND r.campaign_status IS DISTINCT FROM 'cancelled'
     GROUP BY r.queue_name;
@@ -2016,9 +2269,9 @@ BEGIN
         rate_mps = CASE WHEN r.throttled > 0 THEN greatest(1, n.rate_mps / 2)
                         ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps * 0.4
                              * least(1, greatest(0, extract(epoch FROM v_now - coalesce(n.rate_changed_at, '-infinity'))))) END,
-        rate_changed_at = CASE WHEN r.throttled > 0 THEN v_now + core.throttle_hold() ELSE v_now END,
+        rate_changed_at = CASE WHEN r.throttled > 0 THEN v_now + v_hold ELSE v_now END,
         throttled_at = CASE WHEN r.throttled > 0 THEN v_now ELSE n.throttled_at END,
-        send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, v_now + core.throttle_hold()) ELSE n.send_tat END
+        send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, v_now + v_hold) ELSE n.send_tat END
     FROM (SELECT number_id, count(*) FILTER (WHERE outcome = 'throttled') AS throttled,
                  count(*) FILTER (WHERE outcome IN ('retried', 'failed')) AS errors,
                  count(*) FILTER (WHERE outcome = 'accepted') AS accepted
@@ -2039,7 +2292,7 @@ BEGIN
 
     SELECT array_agg(DISTINCT campaign_id) INTO v_touched FROM pg_temp.send_results WHERE campaign_id IS NOT NULL;
     IF v_touched IS NOT NULL THEN
-        PERFORM core.complete_campaigns(v_touched);
+        PERFORM core.complete_campaigns(v_touched, v_now);
     END IF;
 
     SELECT count(*) FILTER (WHERE outcome IN ('accepted', 'receipt')),
@@ -2052,7 +2305,7 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.report_sends(p_results jsonb) IS 'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message}, or {outbound_id, queue_name, msg_id, "sent": false} for a message handed back unsent): wamids and accepted state, retries with backoff, permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored); retried counts every message back in the queue. Raises PW100 when p_results is not an array.';
+COMMENT ON FUNCTION api.report_sends(p_results jsonb, p_now timestamp with time zone) IS 'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message}, or {outbound_id, queue_name, msg_id, "sent": false} for a message handed back unsent): wamids and accepted state, retries with backoff, permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored); retried counts every message back in the queue. p_now is the time of the report (NULL: the clock). Raises PW100 when p_results is not an array.';
 
 CREATE FUNCTION api.resume_campaign(p_tenant_id bigint, p_campaign_id bigint) RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER
@@ -2089,7 +2342,8 @@ DECLARE
 BEGIN
     UPDATE core.api_keys SET revoked_at = coalesce(revoked_at, now())
     WHERE api_key_id = p_api_key_id AND tenant_id = p_tenant_id
-    RETURNING api_key_id, name, key_prefix, created_at, revoked_at INTO v_key;
+    RETURNING api_key_id, name, key_prefix, created_at, revoked_at, scope, expires_at, last_used_at,
+              rate_limit_per_minute INTO v_key;
     IF v_key.api_key_id IS NULL THEN
         RAISE EXCEPTION 'API key % not found', p_api_key_id USING ERRCODE = 'PW207',
             HINT = 'List the tenant''s keys with api.api_keys().';
@@ -2130,6 +2384,13 @@ BEGIN
         -- Regexes see the normalised text (upper case, no accents) and match regardless of
         -- case; an accent in the pattern is removed as it is from the text.
         v_match := public.unaccent('public.unaccent'::regdictionary, p_pattern);
+        -- The pattern as it will run (unaccent may turn a character into several).
+        v_error := core.regex_unsafe_reason(v_match);
+        IF v_error IS NOT NULL THEN
+            RAISE EXCEPTION 'regular expression "%" is outside the safe subset: %', p_pattern, v_error
+                USING ERRCODE = 'PW103',
+                      HINT = 'At most 200 characters; no back-references, look-around or embedded options; repetition bounds up to 100; no repeated group that holds a quantifier or | (write (ab)+ or a+, not (a+)+ or (a|aa)*).';
+        END IF;
         BEGIN
             PERFORM '' ~* v_match;
         EXCEPTION WHEN invalid_regular_expression THEN
@@ -2172,7 +2433,17 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.save_bot_rule(p_tenant_id bigint, p_number_id bigint, p_kind text, p_pattern text, p_reply jsonb, p_priority integer, p_enabled boolean, p_rule_id bigint) IS 'Creates a bot rule for a number (or replaces rule p_rule_id): kind exact, starts_with, contains, regex, welcome (first message in 24 hours) or default (fallback), a pattern matched without case, accents and surrounding spaces, a priority (lower answers first) and a reply ({"type": "text" | "buttons" | "template", ...} with {{name}} variables). Returns the rule. Raises PW103 for a regular expression that does not compile, PW100 for a bad kind, pattern, priority or reply, PW102 for a template that is unknown, not approved or given the wrong parameters, PW202/PW206 when the number or rule is not the tenant''s.';
+COMMENT ON FUNCTION api.save_bot_rule(p_tenant_id bigint, p_number_id bigint, p_kind text, p_pattern text, p_reply jsonb, p_priority integer, p_enabled boolean, p_rule_id bigint) IS 'Creates a bot rule for a number (or replaces rule p_rule_id): kind exact, starts_with, contains, regex, welcome (first message in 24 hours) or default (fallback), a pattern matched without case, accents and surrounding spaces, a priority (lower answers first) and a reply ({"type": "text" | "buttons" | "template", ...} with {{name}} variables). Rules see the first core.settings.bot_match_prefix_chars characters of a message. Returns the rule. Raises PW103 for a regular expression that does not compile or is outside the safe subset (at most 200 characters; no back-references, look-around or embedded options; repetition bounds up to 100; no repeated group holding a quantifier or an alternation), PW100 for a bad kind, pattern, priority or reply, PW102 for a template that is unknown, not approved or given the wrong parameters, PW202/PW206 when the number or rule is not the tenant''s.';
+
+CREATE FUNCTION api.send_policy() RETURNS api.send_policy
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+    SELECT s.throttle_hold_ms, ARRAY(SELECT e.code FROM core.meta_error_codes e WHERE e.throttles ORDER BY e.code)
+    FROM core.settings s
+$$;
+
+COMMENT ON FUNCTION api.send_policy() IS 'Returns what a worker must know of Meta''s pacing rules: the error codes that throttle a number (throttle_codes) and how long a throttled number sends nothing (throttle_hold_ms).';
 
 CREATE FUNCTION api.set_contact_opt_out(p_tenant_id bigint, p_opted_out boolean, p_contact_id bigint DEFAULT NULL::bigint, p_phone text DEFAULT NULL::text) RETURNS api.contact
     LANGUAGE plpgsql SECURITY DEFINER
@@ -2219,29 +2490,27 @@ $$;
 COMMENT ON FUNCTION api.set_contact_opt_out(p_tenant_id bigint, p_opted_out boolean, p_contact_id bigint, p_phone text) IS 'Opts a contact of the tenant out of (p_opted_out true) or back into messages, by contact_id or by phone; opting out an unknown phone creates the contact opted out, so that no campaign reaches it. Returns the contact. Raises PW100 unless exactly one of contact_id and phone is given or for a malformed phone, PW204 when the contact is not found.';
 
 CREATE FUNCTION api.stage_contacts() RETURNS text
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     SET client_min_messages TO 'warning'
     AS $$
-DECLARE
-    v_owner name := (SELECT pg_catalog.pg_get_userbyid(p.proowner) FROM pg_catalog.pg_proc p
-                     WHERE p.oid = 'api.stage_contacts()'::pg_catalog.regprocedure);
 BEGIN
-    CREATE TEMP TABLE IF NOT EXISTS staged_contacts (
-        row_no      integer NOT NULL,
-        phone       text,
-        name        text,
-        attributes  jsonb NOT NULL DEFAULT '{}'
-    );
-    IF v_owner <> current_user THEN
-        EXECUTE format('GRANT SELECT, TRUNCATE ON pg_temp.staged_contacts TO %I', v_owner);
+    IF pg_catalog.to_regclass('pg_temp.staged_contacts') IS NULL THEN
+        CREATE TEMP TABLE staged_contacts (
+            row_no      integer NOT NULL,
+            phone       text,
+            name        text,
+            attributes  jsonb NOT NULL DEFAULT '{}'
+        );
+        GRANT INSERT ON pg_temp.staged_contacts TO pgwa_api;
     END IF;
+    PERFORM core.check_staging_table();
     TRUNCATE pg_temp.staged_contacts;
     RETURN 'pg_temp.staged_contacts';
 END
 $$;
 
-COMMENT ON FUNCTION api.stage_contacts() IS 'Creates (or empties) this session''s staging table pg_temp.staged_contacts(row_no, phone, name, attributes jsonb) for a COPY of contact rows that api.create_campaign then consumes. Returns the table name.';
+COMMENT ON FUNCTION api.stage_contacts() IS 'Creates (or empties) this session''s staging table pg_temp.staged_contacts(row_no, phone, name, attributes jsonb), owned by the functions'' owner and open to the caller for INSERT (COPY) only, for the contact rows that api.create_campaign or api.import_contacts then consume. Returns the table name. Raises PW403 when a pg_temp.staged_contacts it did not make is in the way.';
 
 CREATE FUNCTION api.start_campaign(p_tenant_id bigint, p_campaign_id bigint, p_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER
@@ -2337,6 +2606,75 @@ $$;
 
 COMMENT ON FUNCTION api.templates(p_tenant_id bigint, p_waba_id text, p_status text) IS 'Lists the tenant''s message templates (optionally of one WABA or status) with their components and body parameter count.';
 
+CREATE FUNCTION api.transfer_number(p_phone_number_id text, p_to_tenant_id bigint, p_waba_id text DEFAULT NULL::text) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+DECLARE
+    v_number core.wa_numbers;
+    v_waba text;
+    v_open integer;
+    v_details jsonb;
+BEGIN
+    SELECT * INTO v_number FROM core.wa_numbers WHERE phone_number_id = p_phone_number_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'phone_number_id % is not registered', p_phone_number_id
+            USING ERRCODE = 'PW202', HINT = 'Give Meta''s phone_number_id of a registered number.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM core.tenants WHERE tenant_id = p_to_tenant_id) THEN
+        RAISE EXCEPTION 'tenant % does not exist', p_to_tenant_id USING ERRCODE = 'PW205', HINT = 'Create the tenant first.';
+    END IF;
+    IF v_number.tenant_id = p_to_tenant_id THEN
+        RAISE EXCEPTION 'phone_number_id % already belongs to tenant %', p_phone_number_id, p_to_tenant_id
+            USING ERRCODE = 'PW301', HINT = 'Nothing to move.';
+    END IF;
+    v_waba := coalesce(p_waba_id, v_number.waba_id);
+    IF v_waba !~ '^[0-9]{1,32}$' THEN
+        RAISE EXCEPTION 'waba_id "%" is not Meta''s numeric id', v_waba
+            USING ERRCODE = 'PW100', HINT = 'Give the WhatsApp Business Account the number is in now.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM core.wa_numbers
+               WHERE waba_id = v_waba AND tenant_id <> p_to_tenant_id AND number_id <> v_number.number_id) THEN
+        RAISE EXCEPTION 'waba_id % holds numbers of another tenant', v_waba
+            USING ERRCODE = 'PW302',
+                  HINT = 'A WABA belongs to one tenant: give the WABA the number is in now (p_waba_id), or move its other numbers too.';
+    END IF;
+    SELECT count(*) INTO v_open FROM core.campaigns
+    WHERE number_id = v_number.number_id AND status NOT IN ('completed', 'cancelled');
+    IF v_open > 0 THEN
+        RAISE EXCEPTION 'number % has % campaign(s) not finished', p_phone_number_id, v_open
+            USING ERRCODE = 'PW301',
+                  HINT = 'Cancel the old tenant''s draft, scheduled, running and paused campaigns on this number first.';
+    END IF;
+    -- Nothing of the old tenant goes with the number: its token and secret, its bots and
+    -- LLM set-up, its inbox listing (the messages stay with its contacts) and queued
+    -- replies. The number waits, paused, until the new tenant registers it with its own
+    -- token, which Meta must confirm.
+    UPDATE core.wa_numbers SET
+        tenant_id = p_to_tenant_id, waba_id = v_waba, access_token = '', app_secret = NULL,
+        verified_name = NULL, verified_at = NULL, llm_enabled = false, llm_system_prompt = NULL,
+        paused_reason = 'transferred: the new tenant must register the number with its own token'
+    WHERE number_id = v_number.number_id;
+    DELETE FROM core.bot_rules WHERE number_id = v_number.number_id;
+    DELETE FROM core.conversations WHERE number_id = v_number.number_id;
+    UPDATE core.outbound_messages SET state = 'cancelled'
+    WHERE number_id = v_number.number_id AND campaign_id IS NULL AND state IN ('queued', 'in_flight');
+    IF EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = 'r_' || v_number.number_id) THEN
+        PERFORM pgmq.purge_queue('r_' || v_number.number_id);
+    END IF;
+    v_details := jsonb_build_object('number_id', v_number.number_id, 'phone_number_id', p_phone_number_id,
+                                    'from_tenant_id', v_number.tenant_id, 'to_tenant_id', p_to_tenant_id);
+    PERFORM core.notify(v_number.tenant_id, 'number_transferred', 'warning',
+        format('An operator moved number %s to another tenant.', p_phone_number_id), v_details);
+    PERFORM core.notify(p_to_tenant_id, 'number_transferred', 'warning',
+        format('An operator moved number %s to this tenant; register it with your own access token to use it.',
+               p_phone_number_id), v_details);
+    RETURN v_number.number_id;
+END
+$_$;
+
+COMMENT ON FUNCTION api.transfer_number(p_phone_number_id text, p_to_tenant_id bigint, p_waba_id text) IS 'Operator only (granted to no client role): moves a registered number to another tenant, e.g. after Meta moved it to that tenant''s WABA (p_waba_id, default unchanged). The old tenant''s token, app secret, bot rules, LLM set-up, inbox listing and queued replies do not follow; the number stays paused until the new tenant registers it with its own token. Notifies both tenants (number_transferred) and returns the number_id. Raises PW202 for an unregistered number, PW205 for an unknown tenant, PW301 when it already belongs there or has unfinished campaigns, PW302 when the WABA holds another tenant''s numbers.';
+
 CREATE FUNCTION api.upsert_template(p_tenant_id bigint, p_waba_id text, p_name text, p_language text, p_components jsonb DEFAULT '[]'::jsonb, p_status text DEFAULT 'APPROVED'::text, p_category text DEFAULT NULL::text, p_meta_template_id text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
@@ -2372,15 +2710,16 @@ $$;
 
 COMMENT ON FUNCTION api.upsert_template(p_tenant_id bigint, p_waba_id text, p_name text, p_language text, p_components jsonb, p_status text, p_category text, p_meta_template_id text) IS 'Creates or updates a message template of a WABA (as listed by Meta) and returns its template_id; counts its body parameters. Raises PW100 on a malformed field, PW202 when the tenant has no number on that WABA.';
 
-CREATE FUNCTION api.webhook_app_secrets() RETURNS text[]
+CREATE FUNCTION api.webhook_signers() RETURNS SETOF api.webhook_signer
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
-    SELECT coalesce(array_agg(DISTINCT n.app_secret ORDER BY n.app_secret), '{}')
-    FROM core.wa_numbers n WHERE n.app_secret IS NOT NULL AND n.app_secret <> ''
+    SELECT d.app_secret, core.app_signer(d.app_secret)
+    FROM (SELECT DISTINCT n.app_secret FROM core.wa_numbers n
+          WHERE n.app_secret IS NOT NULL AND n.app_secret <> '') d
 $$;
 
-COMMENT ON FUNCTION api.webhook_app_secrets() IS 'The app secrets registered with numbers (each tenant''s Meta app signs its webhooks with its own): the webhook receiver checks X-Hub-Signature-256 against these and WHATSAPP_APP_SECRET. For the receiver only; never shown.';
+COMMENT ON FUNCTION api.webhook_signers() IS 'The app secrets registered with numbers, each with its signer: the webhook receiver checks X-Hub-Signature-256 against these (after WHATSAPP_APP_SECRET) and stores the signer of the one that verified a payload, which then speaks only for that secret''s numbers. For the receiver only; never shown.';
 
 CREATE FUNCTION core.advance_outbound(p_outbound_ids bigint[], p_states text[], p_at timestamp with time zone[], p_wamids text[] DEFAULT NULL::text[], p_error_codes integer[] DEFAULT NULL::integer[], p_error_details text[] DEFAULT NULL::text[]) RETURNS integer
     LANGUAGE plpgsql
@@ -2497,6 +2836,14 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION core.app_signer(p_app_secret text) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT encode(pg_catalog.sha256(convert_to(s.signer_salt || p_app_secret, 'UTF8')), 'hex')
+    FROM core.settings s
+$$;
+
 CREATE FUNCTION core.apply_account_updates(p_changes core.webhook_change[]) RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -2520,10 +2867,12 @@ BEGIN
                CASE upper(ch.value->>'event') WHEN 'REINSTATED' THEN 'APPROVED'
                     ELSE upper(ch.value->>'event') END AS status
         FROM unnest(p_changes) ch
+        -- Only a template of the WABA the entry came through, whatever id it names.
         JOIN core.templates t
-          ON t.meta_template_id = ch.value->>'message_template_id'
-          OR (t.waba_id = ch.waba_id AND t.name = ch.value->>'message_template_name'
-              AND t.language = ch.value->>'message_template_language')
+          ON t.waba_id = ch.waba_id
+         AND (t.meta_template_id = ch.value->>'message_template_id'
+              OR (t.name = ch.value->>'message_template_name'
+                  AND t.language = ch.value->>'message_template_language'))
         WHERE ch.field = 'message_template_status_update' AND ch.value->>'event' IS NOT NULL
         ORDER BY t.template_id, ch.entry_at DESC NULLS LAST, ch.ord DESC
     ), changed AS (
@@ -2716,7 +3065,8 @@ BEGIN
         SELECT u.number_id, u.contact_id, 'in', u.msg->>'id', coalesce(u.msg->>'type', 'unknown'),
                core.inbound_body(u.msg), u.msg, u.msg->'context'->>'id', o.outbound_id, o.campaign_id, u.at
         FROM unnest(v_number_ids, v_contact_ids, v_messages, v_at) AS u(number_id, contact_id, msg, at)
-        LEFT JOIN core.outbound_messages o ON o.wamid = u.msg->'context'->>'id'
+        -- A reply is attributed only to a message of the number it was sent to.
+        LEFT JOIN core.outbound_messages o ON o.wamid = u.msg->'context'->>'id' AND o.number_id = u.number_id
         WHERE u.contact_id IS NOT NULL
         ORDER BY u.msg->>'id'
         ON CONFLICT (wamid) WHERE wamid IS NOT NULL DO NOTHING
@@ -2785,7 +3135,9 @@ BEGIN
                o.outbound_id
         FROM unnest(p_changes) ch
         CROSS JOIN LATERAL jsonb_array_elements(ch.value->'statuses') AS s
-        LEFT JOIN core.outbound_messages o ON o.wamid = s->>'id'
+        -- A wamid moves a message only through the number that sent it.
+        LEFT JOIN core.wa_numbers sn ON sn.phone_number_id = ch.phone_number_id
+        LEFT JOIN core.outbound_messages o ON o.wamid = s->>'id' AND o.number_id = sn.number_id
         WHERE ch.field = 'messages' AND ch.value ? 'statuses' AND s->>'id' IS NOT NULL
           AND s->>'status' IN ('sent', 'delivered', 'read', 'failed', 'deleted', 'warning', 'played')
     ), unknown AS (
@@ -2845,6 +3197,52 @@ BEGIN
 END
 $_$;
 
+CREATE FUNCTION core.authorised_changes(p_changes core.webhook_change[], OUT changes core.webhook_change[], OUT dropped integer) RETURNS record
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) c WHERE c.signer IS NOT NULL) THEN
+        changes := p_changes;
+        dropped := 0;
+        RETURN;
+    END IF;
+    changes := ARRAY(
+        SELECT c FROM unnest(p_changes) c
+        WHERE c.signer IS NULL
+           OR EXISTS (SELECT 1 FROM core.wa_numbers n
+                      WHERE n.waba_id = c.waba_id
+                        AND (c.phone_number_id IS NULL OR n.phone_number_id = c.phone_number_id)
+                        AND n.app_secret <> '' AND core.app_signer(n.app_secret) = c.signer)
+        ORDER BY c.ord);
+    dropped := cardinality(p_changes) - cardinality(changes);
+    IF dropped = 0 THEN
+        RETURN;
+    END IF;
+    WITH refused AS (
+        SELECT c.signer, count(*) AS cnt,
+               array_agg(DISTINCT coalesce(c.phone_number_id, c.waba_id)) AS named
+        FROM unnest(p_changes) c
+        WHERE c.signer IS NOT NULL AND NOT (c = ANY (changes))
+        GROUP BY c.signer
+    )
+    INSERT INTO core.notifications AS nt (tenant_id, kind, severity, message, details, dedupe_key)
+    SELECT NULL, 'webhook_forbidden', 'critical',
+           format('%s webhook change(s) signed by a tenant''s app named numbers that app does not hold; dropped', r.cnt),
+           jsonb_build_object('changes', r.cnt, 'signer', left(r.signer, 16), 'named', to_jsonb(r.named[1:20]),
+                              'signer_tenants', (SELECT to_jsonb(array_agg(DISTINCT n.tenant_id)) FROM core.wa_numbers n
+                                                 WHERE n.app_secret <> '' AND core.app_signer(n.app_secret) = r.signer),
+                              'since', date_trunc('hour', now())),
+           format('webhook_forbidden|%s|%s', r.signer, date_trunc('hour', now()))
+    FROM refused r
+    ON CONFLICT (tenant_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO UPDATE SET
+        details = nt.details || jsonb_build_object('changes', (nt.details->>'changes')::bigint + (excluded.details->>'changes')::bigint),
+        message = format('%s webhook change(s) signed by a tenant''s app named numbers that app does not hold; dropped',
+                         (nt.details->>'changes')::bigint + (excluded.details->>'changes')::bigint),
+        read_at = NULL;
+END
+$$;
+
 CREATE FUNCTION core.body_param_count(p_components jsonb) RETURNS smallint
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
@@ -2879,6 +3277,13 @@ CREATE FUNCTION core.bot_rule_row(p_rule core.bot_rules) RETURNS api.bot_rule
     AS $$
     SELECT ROW(p_rule.rule_id, p_rule.number_id, p_rule.kind, p_rule.pattern, p_rule.priority, p_rule.reply,
                p_rule.enabled, p_rule.created_at, p_rule.updated_at)::api.bot_rule
+$$;
+
+CREATE FUNCTION core.caller_is_operator() RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT pg_catalog.pg_has_role(session_user, current_user, 'MEMBER')
 $$;
 
 CREATE TABLE core.campaigns (
@@ -2959,6 +3364,32 @@ BEGIN
     RETURN v_cancelled;
 END
 $$;
+
+CREATE FUNCTION core.check_number_fields(p_tenant_id bigint, p_phone_number_id text, p_waba_id text, p_access_token text, p_throughput_mps integer) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $_$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM core.tenants WHERE tenant_id = p_tenant_id) THEN
+        RAISE EXCEPTION 'tenant % does not exist', p_tenant_id USING ERRCODE = 'PW205', HINT = 'Create the tenant first.';
+    END IF;
+    IF p_phone_number_id IS NULL OR p_phone_number_id !~ '^[0-9]{1,32}$' THEN
+        RAISE EXCEPTION 'phone_number_id "%" is not Meta''s numeric id', p_phone_number_id
+            USING ERRCODE = 'PW100', HINT = 'Use the Phone number ID from WhatsApp Manager, not the phone number.';
+    END IF;
+    IF p_waba_id IS NULL OR p_waba_id !~ '^[0-9]{1,32}$' THEN
+        RAISE EXCEPTION 'waba_id "%" is not Meta''s numeric id', p_waba_id
+            USING ERRCODE = 'PW100', HINT = 'Use the WhatsApp Business Account ID.';
+    END IF;
+    IF coalesce(p_access_token, '') = '' THEN
+        RAISE EXCEPTION 'access_token is empty' USING ERRCODE = 'PW100', HINT = 'Give a system user access token.';
+    END IF;
+    IF p_throughput_mps IS NULL OR p_throughput_mps NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'throughput_mps % is out of range', p_throughput_mps
+            USING ERRCODE = 'PW100', HINT = 'Meta allows 80 messages per second by default and up to 1,000.';
+    END IF;
+END
+$_$;
 
 CREATE FUNCTION core.check_reply(p_reply jsonb, p_tenant_id bigint, p_waba_id text) RETURNS void
     LANGUAGE plpgsql STABLE
@@ -3071,7 +3502,40 @@ BEGIN
 END
 $_$;
 
-CREATE FUNCTION core.complete_campaigns(p_campaign_ids bigint[] DEFAULT NULL::bigint[]) RETURNS bigint[]
+CREATE FUNCTION core.check_staging_table() RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_problem text;
+BEGIN
+    SELECT CASE
+        WHEN c.relkind <> 'r' THEN format('it is a %s, not a table',
+            CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
+                           WHEN 'p' THEN 'partitioned table' WHEN 'S' THEN 'sequence' ELSE 'relation of kind ' || c.relkind::text END)
+        WHEN c.relowner <> p.proowner
+            THEN format('it is owned by %s, not by the functions'' owner', pg_get_userbyid(c.relowner))
+        WHEN c.relhastriggers OR EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid)
+            THEN 'it has triggers'
+        WHEN c.relhasrules OR EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid)
+            THEN 'it has rules'
+        WHEN c.relrowsecurity OR EXISTS (SELECT FROM pg_catalog.pg_policy o WHERE o.polrelid = c.oid)
+            THEN 'it has row-level security'
+        WHEN c.relhassubclass OR EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid)
+            THEN 'it is part of an inheritance tree'
+    END INTO v_problem
+    FROM pg_catalog.pg_class c, pg_catalog.pg_proc p
+    WHERE c.oid = to_regclass('pg_temp.staged_contacts')
+      AND p.oid = 'api.stage_contacts()'::pg_catalog.regprocedure;
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'pg_temp.staged_contacts is not the staging table api.stage_contacts makes: %', v_problem
+            USING ERRCODE = 'PW403',
+                  HINT = 'Drop your own pg_temp.staged_contacts (or reconnect), then call api.stage_contacts() and COPY the rows.';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION core.complete_campaigns(p_campaign_ids bigint[] DEFAULT NULL::bigint[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS bigint[]
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
@@ -3079,7 +3543,7 @@ DECLARE
     v_done bigint[];
 BEGIN
     WITH done AS (
-        UPDATE core.campaigns SET status = 'completed', completed_at = now()
+        UPDATE core.campaigns SET status = 'completed', completed_at = coalesce(p_now, now())
         WHERE status = 'running' AND finished + cancelled >= total
           AND (p_campaign_ids IS NULL OR campaign_id = ANY (p_campaign_ids))
         RETURNING campaign_id
@@ -3198,14 +3662,23 @@ CREATE FUNCTION core.conversation_summaries(p_number_id bigint, p_contact_ids bi
     ORDER BY v.last_message_at DESC, v.contact_id DESC
 $$;
 
-CREATE FUNCTION core.delay_messages(p_queue text, p_msg_ids bigint[], p_delays double precision[]) RETURNS void
+CREATE FUNCTION core.dead_letter_webhook(p_msg_id bigint, p_payload jsonb, p_headers jsonb, p_sqlstate text, p_reason text) RETURNS void
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    SELECT pgmq.send('webhooks_dead', jsonb_build_object(
+        'msg_id', p_msg_id, 'sqlstate', p_sqlstate, 'reason', p_reason, 'failed_at', now(),
+        'headers', p_headers, 'payload', p_payload));
+$$;
+
+CREATE FUNCTION core.delay_messages(p_queue text, p_msg_ids bigint[], p_delays double precision[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $_$
 BEGIN
-    EXECUTE format('UPDATE pgmq.%I q SET vt = clock_timestamp() + make_interval(secs => d.delay)
+    EXECUTE format('UPDATE pgmq.%I q SET vt = $3 + make_interval(secs => d.delay)
                     FROM unnest($1, $2) d(msg_id, delay) WHERE q.msg_id = d.msg_id', 'q_' || p_queue)
-    USING p_msg_ids, p_delays;
+    USING p_msg_ids, p_delays, coalesce(p_now, clock_timestamp());
 END
 $_$;
 
@@ -3280,13 +3753,13 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION core.flatten_webhooks(p_payloads jsonb[]) RETURNS SETOF core.webhook_change
+CREATE FUNCTION core.flatten_webhooks(p_payloads jsonb[], p_signers text[] DEFAULT NULL::text[]) RETURNS SETOF core.webhook_change
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
     AS $$
     SELECT p.ord::integer, e.value->>'id', core.unix_ts(e.value->>'time'), c.value->>'field',
-           c.value->'value'->'metadata'->>'phone_number_id', c.value->'value'
-    FROM unnest(p_payloads) WITH ORDINALITY AS p(payload, ord)
+           c.value->'value'->'metadata'->>'phone_number_id', c.value->'value', p.signer
+    FROM unnest(p_payloads, p_signers) WITH ORDINALITY AS p(payload, signer, ord)
     CROSS JOIN LATERAL jsonb_array_elements(p.payload->'entry') AS e
     CROSS JOIN LATERAL jsonb_array_elements(e.value->'changes') AS c
     WHERE p.payload->>'object' = 'whatsapp_business_account'
@@ -3322,12 +3795,16 @@ CREATE FUNCTION core.match_bot_rules(p_number_ids bigint[], p_texts text[], p_we
     LANGUAGE plpgsql STABLE
     SET search_path TO ''
     AS $$
+DECLARE
+    -- Cut once here: in the query, left() would be evaluated again for every rule tried.
+    v_texts text[] := ARRAY(SELECT left(t.norm, s.bot_match_prefix_chars)
+                            FROM unnest(p_texts) WITH ORDINALITY AS t(norm, i), core.settings s ORDER BY t.i);
 BEGIN
     -- PL/pgSQL keeps this statement's plan for the session; as a SQL function it would be
     -- planned on every call (~0.4 ms, more than running it).
     RETURN QUERY
     SELECT m.ord, coalesce(x.rule_id, k.rule_id), d.rule_id
-    FROM unnest(p_number_ids, p_texts, p_welcome) WITH ORDINALITY AS m(number_id, norm, welcome, ord)
+    FROM unnest(p_number_ids, v_texts, p_welcome) WITH ORDINALITY AS m(number_id, norm, welcome, ord)
     -- The best keyword or welcome rule: each branch stops at its first hit.
     LEFT JOIN LATERAL (
         SELECT b.priority, b.rule_id FROM (
@@ -3456,8 +3933,12 @@ CREATE TABLE core.wa_numbers (
     llm_system_prompt text,
     llm_daily_limit integer DEFAULT 20 NOT NULL,
     llm_context_messages integer DEFAULT 12 NOT NULL,
+    verified_name text,
+    verified_at timestamp with time zone,
+    llm_number_daily_limit integer DEFAULT 1000 NOT NULL,
     CONSTRAINT wa_numbers_llm_context_messages_valid CHECK (((llm_context_messages >= 1) AND (llm_context_messages <= 100))),
     CONSTRAINT wa_numbers_llm_daily_limit_valid CHECK (((llm_daily_limit >= 0) AND (llm_daily_limit <= 10000))),
+    CONSTRAINT wa_numbers_llm_number_daily_limit_valid CHECK (((llm_number_daily_limit >= 0) AND (llm_number_daily_limit <= 1000000))),
     CONSTRAINT wa_numbers_phone_number_id_digits CHECK ((phone_number_id ~ '^[0-9]{1,32}$'::text)),
     CONSTRAINT wa_numbers_rate_positive CHECK ((rate_mps > (0)::double precision)),
     CONSTRAINT wa_numbers_throughput_valid CHECK (((throughput_mps >= 1) AND (throughput_mps <= 1000))),
@@ -3627,13 +4108,67 @@ CREATE FUNCTION core.phone_problem(p_raw text, p_default_cc text DEFAULT NULL::t
     END
 $$;
 
-CREATE FUNCTION core.process_webhook_payloads(p_payloads jsonb[], OUT status_events integer, OUT messages integer, OUT updates integer) RETURNS record
+CREATE FUNCTION core.process_webhook_batch(p_ids bigint[], p_payloads jsonb[], p_headers jsonb[]) RETURNS api.webhook_batch
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
 DECLARE
-    v_changes core.webhook_change[] := ARRAY(SELECT c FROM core.flatten_webhooks(p_payloads) c);
+    v_batch api.webhook_batch := ROW(coalesce(cardinality(p_ids), 0), 0, 0, 0, 0);
+    v_signers text[] := ARRAY(SELECT h->>'signer' FROM unnest(p_headers) h);
+    v_dead bigint[] := '{}';
+    v_result record;
+    v_state text;
+    v_reason text;
 BEGIN
+    IF v_batch.payloads = 0 THEN
+        RETURN v_batch;
+    END IF;
+    BEGIN
+        SELECT * INTO v_result FROM core.process_webhook_payloads(p_payloads, v_signers);
+        v_batch.status_events := v_result.status_events;
+        v_batch.messages := v_result.messages;
+        v_batch.dropped := v_result.dropped;
+    EXCEPTION
+        WHEN deadlock_detected OR serialization_failure OR lock_not_available THEN
+            RAISE;
+        WHEN OTHERS THEN
+            FOR i IN 1 .. v_batch.payloads LOOP
+                BEGIN
+                    SELECT * INTO v_result FROM core.process_webhook_payloads(ARRAY[p_payloads[i]], ARRAY[v_signers[i]]);
+                    v_batch.status_events := v_batch.status_events + v_result.status_events;
+                    v_batch.messages := v_batch.messages + v_result.messages;
+                    v_batch.dropped := v_batch.dropped + v_result.dropped;
+                EXCEPTION
+                    WHEN deadlock_detected OR serialization_failure OR lock_not_available THEN
+                        RAISE;
+                    WHEN OTHERS THEN
+                        GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_reason = MESSAGE_TEXT;
+                        PERFORM core.dead_letter_webhook(p_ids[i], p_payloads[i], p_headers[i], v_state, v_reason);
+                        v_dead := v_dead || p_ids[i];
+                END;
+            END LOOP;
+    END;
+
+    v_batch.dead := cardinality(v_dead);
+    IF v_batch.dead > 0 THEN
+        PERFORM pgmq.delete('webhooks', v_dead);
+        PERFORM pgmq.archive('webhooks', ARRAY(SELECT unnest(p_ids) EXCEPT SELECT unnest(v_dead)));
+    ELSE
+        PERFORM pgmq.archive('webhooks', p_ids);
+    END IF;
+    RETURN v_batch;
+END
+$$;
+
+CREATE FUNCTION core.process_webhook_payloads(p_payloads jsonb[], p_signers text[], OUT status_events integer, OUT messages integer, OUT updates integer, OUT dropped integer) RETURNS record
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_changes core.webhook_change[];
+BEGIN
+    SELECT a.changes, a.dropped INTO v_changes, dropped
+    FROM core.authorised_changes(ARRAY(SELECT c FROM core.flatten_webhooks(p_payloads, p_signers) c)) a;
     status_events := core.apply_statuses(v_changes);
     messages := core.apply_inbound(v_changes);
     updates := core.apply_account_updates(v_changes);
@@ -3688,14 +4223,135 @@ CREATE FUNCTION core.ratio(p_a bigint, p_b bigint) RETURNS double precision
     SELECT CASE WHEN p_b > 0 THEN round(p_a::numeric / p_b, 4)::double precision END
 $$;
 
-CREATE FUNCTION core.read_queue(p_queue text, p_vt integer, p_max integer) RETURNS SETOF core.claimed
-    LANGUAGE sql
+CREATE FUNCTION core.read_queue(p_queue text, p_vt integer, p_max integer, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS SETOF core.claimed
+    LANGUAGE plpgsql
     SET search_path TO ''
-    AS $$
-    SELECT p_queue, r.msg_id, r.read_ct, (r.message->>'o')::bigint, r.message
-    FROM pgmq.read(p_queue, p_vt, p_max) r
-    WHERE p_max > 0
-$$;
+    AS $_$
+BEGIN
+    IF p_max <= 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE format(
+        'WITH cte AS (SELECT msg_id FROM pgmq.%1$I WHERE vt <= $1 ORDER BY msg_id LIMIT $2 FOR UPDATE SKIP LOCKED)
+         UPDATE pgmq.%1$I m SET last_read_at = $1, vt = $1 + $3, read_ct = m.read_ct + 1
+         FROM cte WHERE m.msg_id = cte.msg_id
+         RETURNING %2$L::text, m.msg_id, m.read_ct, (m.message->>''o'')::bigint, m.message', 'q_' || p_queue, p_queue)
+    USING coalesce(p_now, clock_timestamp()), p_max, make_interval(secs => p_vt);
+END
+$_$;
+
+CREATE FUNCTION core.regex_unsafe_reason(p_pattern text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $_$
+DECLARE
+    v_len integer := length(p_pattern);
+    v_stack integer[] := '{}';   -- the enclosing groups' flags
+    v_flags integer := 0;        -- the innermost open group's flags: 1 a quantifier, 2 an alternation inside
+    v_prev text := 'start';      -- the previous token: start, open, alt, atom, group (v_group_flags), quant
+    v_group_flags integer := 0;
+    v_repeats boolean;
+    i integer := 1;
+    j integer;
+    k integer;
+    c text;
+    b text[];
+BEGIN
+    IF v_len > 200 THEN
+        RETURN format('it is %s characters long; the limit is 200', v_len);
+    ELSIF left(p_pattern, 3) = '***' THEN
+        RETURN 'it starts with a director (***)';
+    END IF;
+    WHILE i <= v_len LOOP
+        c := substr(p_pattern, i, 1);
+        v_repeats := NULL;
+        IF c = '\' THEN
+            c := substr(p_pattern, i + 1, 1);
+            IF c ~ '^[1-9k]$' THEN
+                RETURN format('it has a back-reference (\%s)', c);
+            END IF;
+            i := i + 2;
+            v_prev := 'atom';
+        ELSIF c = '[' THEN
+            -- A bracket expression: to its closing ], past a leading ] or ^], [:class:],
+            -- [.elem.], [=equiv=] and escapes.
+            j := i + 1;
+            IF substr(p_pattern, j, 1) = '^' THEN j := j + 1; END IF;
+            IF substr(p_pattern, j, 1) = ']' THEN j := j + 1; END IF;
+            WHILE j <= v_len AND substr(p_pattern, j, 1) <> ']' LOOP
+                IF substr(p_pattern, j, 2) IN ('[:', '[.', '[=') THEN
+                    k := strpos(substr(p_pattern, j + 2), substr(p_pattern, j + 1, 1) || ']');
+                    j := CASE WHEN k = 0 THEN v_len + 1 ELSE j + 3 + k END;
+                ELSIF substr(p_pattern, j, 1) = '\' THEN
+                    j := j + 2;
+                ELSE
+                    j := j + 1;
+                END IF;
+            END LOOP;
+            i := j + 1;
+            v_prev := 'atom';
+        ELSIF c = '(' THEN
+            IF substr(p_pattern, i + 1, 1) = '?' THEN
+                IF substr(p_pattern, i + 2, 1) IN ('=', '!') OR substr(p_pattern, i + 2, 2) IN ('<=', '<!') THEN
+                    RETURN format('it has a look-around (%s)', substr(p_pattern, i, CASE WHEN substr(p_pattern, i + 2, 1) = '<' THEN 4 ELSE 3 END));
+                ELSIF substr(p_pattern, i + 2, 1) <> ':' THEN
+                    RETURN format('it has embedded options (%s); only (?: groups are allowed', substr(p_pattern, i, 3));
+                END IF;
+                i := i + 3;
+            ELSE
+                i := i + 1;
+            END IF;
+            v_stack := v_stack || v_flags;
+            v_flags := 0;
+            v_prev := 'open';
+        ELSIF c = ')' AND cardinality(v_stack) > 0 THEN
+            v_group_flags := v_flags;
+            v_flags := v_stack[cardinality(v_stack)] | v_flags;
+            v_stack := v_stack[1:cardinality(v_stack) - 1];
+            i := i + 1;
+            v_prev := 'group';
+        ELSIF c = '|' THEN
+            v_flags := v_flags | 2;
+            i := i + 1;
+            v_prev := 'alt';
+        ELSIF c IN ('*', '+') THEN
+            v_repeats := true;
+            i := i + 1;
+        ELSIF c = '?' THEN
+            v_repeats := false;
+            i := i + 1;
+        ELSIF c = '{' AND substr(p_pattern, i + 1, 1) ~ '^[0-9]$' THEN
+            b := regexp_match(substr(p_pattern, i), '^\{([0-9]+)(,([0-9]*))?\}');
+            IF b IS NULL THEN
+                RETURN format('it has an unterminated repetition bound (%s)', substr(p_pattern, i, 8));
+            ELSIF b[1]::numeric > 100 OR nullif(b[3], '')::numeric > 100 THEN
+                RETURN format('it has a repetition bound over 100 (%s)', substr(p_pattern, i, length(b[1]) + coalesce(length(b[2]), 0) + 2));
+            END IF;
+            v_repeats := b[2] IS NOT NULL AND (b[3] = '' OR b[3]::integer > 1) OR b[2] IS NULL AND b[1]::integer > 1;
+            i := i + length(b[1]) + coalesce(length(b[2]), 0) + 2;
+        ELSE
+            i := i + 1;
+            v_prev := 'atom';
+        END IF;
+
+        IF v_repeats IS NOT NULL THEN
+            IF substr(p_pattern, i, 1) = '?' THEN          -- a non-greedy quantifier: one token
+                i := i + 1;
+            END IF;
+            IF v_prev = 'quant' THEN
+                RETURN 'it applies a quantifier to a quantifier';
+            ELSIF v_prev = 'group' AND v_repeats AND v_group_flags & 1 = 1 THEN
+                RETURN 'it repeats a group that holds a quantifier (nested quantifiers, as in (a+)+)';
+            ELSIF v_prev = 'group' AND v_repeats AND v_group_flags & 2 = 2 THEN
+                RETURN 'it repeats a group that holds an alternation (as in (a|aa)*)';
+            END IF;
+            v_flags := v_flags | 1;
+            v_prev := 'quant';
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$_$;
 
 CREATE FUNCTION core.render_reply(p_reply jsonb, p_vars jsonb) RETURNS jsonb
     LANGUAGE sql IMMUTABLE
@@ -3751,6 +4407,19 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION core.restore_webhook_notify() RETURNS void
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    INSERT INTO pgmq.notify_insert_throttle (queue_name, throttle_interval_ms)
+    SELECT 'webhooks', 50
+    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                  WHERE tgrelid = 'pgmq.q_webhooks'::regclass
+                    AND tgname = 'trigger_notify_queue_insert_listeners')
+      AND NOT EXISTS (SELECT 1 FROM pgmq.notify_insert_throttle WHERE queue_name = 'webhooks')
+    ON CONFLICT DO NOTHING;
+$$;
+
 CREATE FUNCTION core.run_retention(p_keep interval DEFAULT '30 days'::interval) RETURNS bigint
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -3775,6 +4444,13 @@ BEGIN
 END
 $_$;
 
+CREATE FUNCTION core.scope_rank(p_scope text) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT CASE p_scope WHEN 'read' THEN 1 WHEN 'send' THEN 2 WHEN 'admin' THEN 3 END
+$$;
+
 CREATE FUNCTION core.staged_count() RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -3786,6 +4462,7 @@ BEGIN
         RAISE EXCEPTION 'no contacts staged in this session' USING ERRCODE = 'PW100',
             HINT = 'Call api.stage_contacts() and COPY the rows first.';
     END IF;
+    PERFORM core.check_staging_table();
     SELECT count(*) INTO v_count FROM pg_temp.staged_contacts;
     IF v_count = 0 THEN
         RAISE EXCEPTION 'the contact list is empty' USING ERRCODE = 'PW101', HINT = 'Upload at least one contact.';
@@ -3794,7 +4471,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION core.start_due_campaigns() RETURNS integer
+CREATE FUNCTION core.start_due_campaigns(p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
@@ -3802,8 +4479,8 @@ DECLARE
     v_started integer;
 BEGIN
     WITH started AS (
-        UPDATE core.campaigns SET status = 'running', started_at = now()
-        WHERE status = 'scheduled' AND scheduled_at <= now()
+        UPDATE core.campaigns SET status = 'running', started_at = coalesce(p_now, now())
+        WHERE status = 'scheduled' AND scheduled_at <= coalesce(p_now, now())
         RETURNING number_id
     )
     SELECT count(*) INTO v_started FROM (SELECT pg_notify('pgwa_send', number_id::text) FROM started) n;
@@ -3886,11 +4563,6 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION core.throttle_hold() RETURNS interval
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path TO ''
-    AS $$ SELECT interval '250 milliseconds' $$;
-
 CREATE FUNCTION core.unix_ts(p_value text) RETURNS timestamp with time zone
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     SET search_path TO ''
@@ -3905,7 +4577,14 @@ CREATE TABLE core.api_keys (
     key_hash bytea NOT NULL,
     key_prefix text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    revoked_at timestamp with time zone
+    revoked_at timestamp with time zone,
+    scope text DEFAULT 'admin'::text NOT NULL,
+    expires_at timestamp with time zone,
+    last_used_at timestamp with time zone,
+    rate_limit_per_minute integer,
+    rate_tat timestamp with time zone,
+    CONSTRAINT api_keys_rate_limit_valid CHECK (((rate_limit_per_minute >= 1) AND (rate_limit_per_minute <= 1000000))),
+    CONSTRAINT api_keys_scope_valid CHECK ((scope = ANY (ARRAY['read'::text, 'send'::text, 'admin'::text])))
 );
 
 ALTER TABLE core.api_keys ALTER COLUMN api_key_id ADD GENERATED ALWAYS AS IDENTITY (
@@ -4058,9 +4737,17 @@ ALTER TABLE core.inbox_messages ALTER COLUMN message_id ADD GENERATED ALWAYS AS 
     CACHE 1
 );
 
+CREATE TABLE core.llm_number_usage (
+    number_id bigint NOT NULL,
+    day date NOT NULL,
+    calls integer DEFAULT 0 NOT NULL
+);
+
+COMMENT ON TABLE core.llm_number_usage IS 'LLM calls per number and UTC day, counted when api.claim_llm_jobs hands a job to a worker; capped by wa_numbers.llm_number_daily_limit.';
+
 CREATE TABLE core.notifications (
     notification_id bigint NOT NULL,
-    tenant_id bigint NOT NULL,
+    tenant_id bigint,
     kind text NOT NULL,
     severity text DEFAULT 'warning'::text NOT NULL,
     message text NOT NULL,
@@ -4188,12 +4875,27 @@ CREATE TABLE core.settings (
     pace_horizon_ms integer DEFAULT 250 NOT NULL,
     rate_headroom double precision DEFAULT 0.97 NOT NULL,
     graph_api_version text DEFAULT 'v21.0'::text NOT NULL,
+    signer_salt text DEFAULT replace(((gen_random_uuid())::text || (gen_random_uuid())::text), '-'::text, ''::text) NOT NULL,
+    webhook_max_attempts integer DEFAULT 5 NOT NULL,
+    webhook_claim_s integer DEFAULT 30 NOT NULL,
+    api_rate_limit_per_minute integer DEFAULT 600 NOT NULL,
+    bot_match_prefix_chars integer DEFAULT 1024 NOT NULL,
+    throttle_hold_ms integer DEFAULT 250 NOT NULL,
+    CONSTRAINT settings_api_rate_limit_valid CHECK (((api_rate_limit_per_minute >= 1) AND (api_rate_limit_per_minute <= 1000000))),
+    CONSTRAINT settings_bot_match_prefix_valid CHECK (((bot_match_prefix_chars >= 500) AND (bot_match_prefix_chars <= 100000))),
     CONSTRAINT settings_claim_timeout_valid CHECK (((claim_timeout_s >= 5) AND (claim_timeout_s <= 3600))),
     CONSTRAINT settings_max_attempts_valid CHECK (((max_attempts >= 1) AND (max_attempts <= 50))),
     CONSTRAINT settings_pace_horizon_valid CHECK (((pace_horizon_ms >= 10) AND (pace_horizon_ms <= 5000))),
     CONSTRAINT settings_rate_headroom_valid CHECK (((rate_headroom > (0)::double precision) AND (rate_headroom <= (1)::double precision))),
-    CONSTRAINT settings_singleton CHECK (singleton)
+    CONSTRAINT settings_singleton CHECK (singleton),
+    CONSTRAINT settings_throttle_hold_valid CHECK (((throttle_hold_ms >= 0) AND (throttle_hold_ms <= 10000))),
+    CONSTRAINT settings_webhook_claim_s_valid CHECK (((webhook_claim_s >= 1) AND (webhook_claim_s <= 3600))),
+    CONSTRAINT settings_webhook_max_attempts_valid CHECK (((webhook_max_attempts >= 1) AND (webhook_max_attempts <= 100)))
 );
+
+COMMENT ON COLUMN core.settings.bot_match_prefix_chars IS 'Bot rules see at most this many leading characters of the normalised inbound text.';
+
+COMMENT ON COLUMN core.settings.throttle_hold_ms IS 'After a throughput error (core.meta_error_codes.throttles) a number sends nothing for this long; the worker hands back what it holds for the number that was due before the hold ends.';
 
 CREATE TABLE core.status_events (
     wamid text NOT NULL,
@@ -4251,6 +4953,24 @@ ALTER TABLE core.wa_numbers ALTER COLUMN number_id ADD GENERATED ALWAYS AS IDENT
     CACHE 1
 );
 
+CREATE TABLE core.webhook_raw (
+    raw_id bigint NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    signer text,
+    reason text NOT NULL,
+    body bytea NOT NULL,
+    queued_msg_id bigint
+);
+
+ALTER TABLE core.webhook_raw ALTER COLUMN raw_id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME core.webhook_raw_raw_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 ALTER TABLE ONLY core.api_keys
     ADD CONSTRAINT api_keys_key_hash_unique UNIQUE (key_hash);
 
@@ -4290,6 +5010,9 @@ ALTER TABLE ONLY core.error_codes
 ALTER TABLE ONLY core.inbox_messages
     ADD CONSTRAINT inbox_messages_pkey PRIMARY KEY (message_id);
 
+ALTER TABLE ONLY core.llm_number_usage
+    ADD CONSTRAINT llm_number_usage_pkey PRIMARY KEY (number_id, day);
+
 ALTER TABLE ONLY core.meta_error_codes
     ADD CONSTRAINT meta_error_codes_pkey PRIMARY KEY (code);
 
@@ -4328,6 +5051,9 @@ ALTER TABLE ONLY core.wa_numbers
 
 ALTER TABLE ONLY core.wa_numbers
     ADD CONSTRAINT wa_numbers_pkey PRIMARY KEY (number_id);
+
+ALTER TABLE ONLY core.webhook_raw
+    ADD CONSTRAINT webhook_raw_pkey PRIMARY KEY (raw_id);
 
 CREATE INDEX api_keys_tenant_id ON core.api_keys USING btree (tenant_id);
 
@@ -4369,7 +5095,7 @@ CREATE UNIQUE INDEX inbox_messages_wamid ON core.inbox_messages USING btree (wam
 
 CREATE INDEX notifications_tenant_created ON core.notifications USING btree (tenant_id, created_at DESC);
 
-CREATE UNIQUE INDEX notifications_tenant_dedupe_key ON core.notifications USING btree (tenant_id, dedupe_key) WHERE (dedupe_key IS NOT NULL);
+CREATE UNIQUE INDEX notifications_tenant_dedupe_key ON core.notifications USING btree (tenant_id, dedupe_key) NULLS NOT DISTINCT WHERE (dedupe_key IS NOT NULL);
 
 CREATE INDEX notifications_tenant_notification ON core.notifications USING btree (tenant_id, notification_id);
 
@@ -4427,6 +5153,9 @@ ALTER TABLE ONLY core.inbox_messages
 
 ALTER TABLE ONLY core.inbox_messages
     ADD CONSTRAINT inbox_messages_number_id_fkey FOREIGN KEY (number_id) REFERENCES core.wa_numbers(number_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY core.llm_number_usage
+    ADD CONSTRAINT llm_number_usage_number_id_fkey FOREIGN KEY (number_id) REFERENCES core.wa_numbers(number_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY core.notifications
     ADD CONSTRAINT notifications_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES core.tenants(tenant_id) ON DELETE CASCADE;
