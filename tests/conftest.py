@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql import factories
 from pytest_postgresql.executors import NoopExecutor
@@ -93,3 +94,24 @@ def db(postgresql: psycopg.Connection) -> Iterator[psycopg.Connection]:
 def server_url(cluster: None) -> str:
     """The URL of the cluster's project database (the one pg_cron lives in)."""
     return database_url()
+
+
+@pytest.fixture
+def login(db: psycopg.Connection, db_url: str) -> Iterator:
+    """connect(role): a connection as a throwaway login role in ``role`` (as in test_roles)."""
+    made: list[str] = []
+    conns: list[psycopg.Connection] = []
+
+    def connect(group: str) -> psycopg.Connection:
+        name = f"pgwa_test_{group}_{os.getpid()}_{len(made)}"
+        db.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(group)))
+        made.append(name)
+        conns.append(psycopg.connect(make_conninfo(**{**conninfo_to_dict(db_url), "user": name}), autocommit=True))
+        return conns[-1]
+
+    yield connect
+    for conn in conns:
+        conn.close()
+    for name in made:
+        db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

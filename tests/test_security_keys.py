@@ -311,3 +311,18 @@ def test_cli_makes_scoped_expiring_keys_and_lists_them(db: psycopg.Connection, d
     with pytest.raises(SystemExit):
         cli.main(["key", "create", "--tenant", tenant, "--expires", "soon"])
     assert db.execute("SELECT count(*) FROM core.api_keys WHERE tenant_id = %s", (acc.tenant_id,)).fetchone()[0] == 2
+
+
+def test_a_tenants_key_cannot_lift_its_own_rate_limit(db: psycopg.Connection, login) -> None:
+    """Through the API's role, a key above the platform's limit is refused; the operator
+    (psql, pgwa key create) may give one."""
+    tenant = db.execute("SELECT api.create_tenant('limits')").fetchone()[0]
+    client = login("pgwa_api")
+    with pytest.raises(psycopg.Error) as refused:
+        client.execute("SELECT api.create_api_key(%s, 'fast', 'read', NULL, 1000000)", (tenant,))
+    assert refused.value.diag.sqlstate == "PW410"
+    assert client.execute("SELECT (api.create_api_key(%s, 'ok', 'read', NULL, 600)).scope",
+                          (tenant,)).fetchone() == ("read",)
+    assert db.execute("SELECT (api.create_api_key(%s, 'ops', 'read', NULL, 1000000)).scope",
+                      (tenant,)).fetchone() == ("read",)
+    assert db.execute("SELECT count(*) FROM core.api_keys WHERE tenant_id = %s", (tenant,)).fetchone() == (2,)

@@ -7,7 +7,6 @@ as Meta would: each token reads the WABA it was declared with, and nothing else.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,8 +14,6 @@ import httpx
 import orjson
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgwa import cli
 from pgwa.stack import free_port
@@ -158,27 +155,6 @@ def test_setting_and_clearing_the_app_secret_is_audited_without_the_secret(db, w
 
 
 # -- the SQL decides: a client role cannot skip the check, nor move a number -----------------
-
-@pytest.fixture
-def login(db: psycopg.Connection, db_url: str) -> Iterator:
-    """connect(role): a connection as a throwaway login role in ``role`` (as in test_roles)."""
-    made: list[str] = []
-    conns: list[psycopg.Connection] = []
-
-    def connect(group: str) -> psycopg.Connection:
-        name = f"pgwa_test_{group}_{os.getpid()}_{len(made)}"
-        db.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(group)))
-        made.append(name)
-        conns.append(psycopg.connect(make_conninfo(**{**conninfo_to_dict(db_url), "user": name}), autocommit=True))
-        return conns[-1]
-
-    yield connect
-    for conn in conns:
-        conn.close()
-    for name in made:
-        db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
 
 def test_the_api_role_cannot_register_without_metas_answer(db, login) -> None:
     a = new_tenant(db, with_templates=False)

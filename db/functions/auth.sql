@@ -39,6 +39,13 @@ BEGIN
         RAISE EXCEPTION 'rate_limit_per_minute % is out of range', p_rate_limit_per_minute USING ERRCODE = 'PW100',
             HINT = 'Give 1 to 1000000 requests a minute, or none for the platform''s default.';
     END IF;
+    -- A tenant's own admin key must not lift its keys past the platform's limit.
+    IF p_rate_limit_per_minute > (SELECT s.api_rate_limit_per_minute FROM core.settings s)
+       AND NOT core.caller_is_operator() THEN
+        RAISE EXCEPTION 'rate_limit_per_minute % is above the platform''s limit of %', p_rate_limit_per_minute,
+            (SELECT s.api_rate_limit_per_minute FROM core.settings s) USING ERRCODE = 'PW410',
+            HINT = 'Only an operator (pgwa key create --rate-limit) gives a key more than the platform''s limit.';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM core.tenants WHERE tenant_id = p_tenant_id) THEN
         RAISE EXCEPTION 'tenant % does not exist', p_tenant_id USING ERRCODE = 'PW205',
             HINT = 'Create the tenant first.';
@@ -55,7 +62,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.create_api_key(bigint, text, text, timestamptz, integer, timestamptz) IS
-    'Creates an API key for a tenant with a scope (read, send or admin; default admin), an optional expiry and an optional rate limit (requests a minute; default the platform''s), and returns it with its id and prefix; the key is shown this once, only its sha256 is kept. Raises PW100 for an empty name, an unknown scope, a past expiry or a limit out of range, PW205 for an unknown tenant.';
+    'Creates an API key for a tenant with a scope (read, send or admin; default admin), an optional expiry and an optional rate limit (requests a minute; default the platform''s), and returns it with its id and prefix; the key is shown this once, only its sha256 is kept. Raises PW100 for an empty name, an unknown scope, a past expiry or a limit out of range, PW410 when a client (not an operator) asks for more than core.settings.api_rate_limit_per_minute, PW205 for an unknown tenant.';
 
 -- One guarded UPDATE serves every request that passes: the key is live, unexpired, holds
 -- the scope and has budget (GCRA: each request moves the key's theoretical arrival time
