@@ -103,7 +103,7 @@ def repaired(body: bytes) -> dict | None:
     replaced by U+FFFD; None when it is not a JSON object at all."""
     try:
         doc = json.loads(body.decode("utf-8", errors="replace"), parse_constant=_not_json)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
     def clean(value):
@@ -115,7 +115,12 @@ def repaired(body: bytes) -> dict | None:
             return [clean(v) for v in value]
         return value
 
-    return clean(doc) if isinstance(doc, dict) else None
+    if not isinstance(doc, dict):
+        return None
+    try:
+        return clean(doc)
+    except RecursionError:      # nested deeper than Python recurses: keep it raw only
+        return None
 
 
 async def _wait_fd(add, remove, fd: int) -> None:

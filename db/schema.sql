@@ -1121,6 +1121,13 @@ BEGIN
         RAISE EXCEPTION 'rate_limit_per_minute % is out of range', p_rate_limit_per_minute USING ERRCODE = 'PW100',
             HINT = 'Give 1 to 1000000 requests a minute, or none for the platform''s default.';
     END IF;
+    -- A tenant's own admin key must not lift its keys past the platform's limit.
+    IF p_rate_limit_per_minute > (SELECT s.api_rate_limit_per_minute FROM core.settings s)
+       AND NOT core.caller_is_operator() THEN
+        RAISE EXCEPTION 'rate_limit_per_minute % is above the platform''s limit of %', p_rate_limit_per_minute,
+            (SELECT s.api_rate_limit_per_minute FROM core.settings s) USING ERRCODE = 'PW410',
+            HINT = 'Only an operator (pgwa key create --rate-limit) gives a key more than the platform''s limit.';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM core.tenants WHERE tenant_id = p_tenant_id) THEN
         RAISE EXCEPTION 'tenant % does not exist', p_tenant_id USING ERRCODE = 'PW205',
             HINT = 'Create the tenant first.';
@@ -1137,7 +1144,7 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.create_api_key(p_tenant_id bigint, p_name text, p_scope text, p_expires_at timestamp with time zone, p_rate_limit_per_minute integer, p_now timestamp with time zone) IS 'Creates an API key for a tenant with a scope (read, send or admin; default admin), an optional expiry and an optional rate limit (requests a minute; default the platform''s), and returns it with its id and prefix; the key is shown this once, only its sha256 is kept. Raises PW100 for an empty name, an unknown scope, a past expiry or a limit out of range, PW205 for an unknown tenant.';
+COMMENT ON FUNCTION api.create_api_key(p_tenant_id bigint, p_name text, p_scope text, p_expires_at timestamp with time zone, p_rate_limit_per_minute integer, p_now timestamp with time zone) IS 'Creates an API key for a tenant with a scope (read, send or admin; default admin), an optional expiry and an optional rate limit (requests a minute; default the platform''s), and returns it with its id and prefix; the key is shown this once, only its sha256 is kept. Raises PW100 for an empty name, an unknown scope, a past expiry or a limit out of range, PW410 when a client (not an operator) asks for more than core.settings.api_rate_limit_per_minute, PW205 for an unknown tenant.';
 
 CREATE FUNCTION api.create_campaign(p_tenant_id bigint, p_number_id bigint, p_name text, p_templates jsonb, p_on_invalid text DEFAULT 'reject'::text, p_scheduled_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_start boolean DEFAULT false, p_default_country_code text DEFAULT NULL::text) RETURNS api.campaign_created
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1785,13 +1792,16 @@ BEGIN
         RAISE EXCEPTION 'at most 10000 payloads per call, not %', cardinality(p_ids)
             USING ERRCODE = 'PW100', HINT = 'Pass the ids one api.claim_webhooks call returned.';
     END IF;
-    -- Still queued and not being processed by another call (a claim that outlived its
-    -- visibility timeout may have been claimed again): those are skipped.
+    -- Still queued: ids archived meanwhile (a claim that outlived its visibility timeout
+    -- was claimed and processed again elsewhere) are gone and skipped. No SKIP LOCKED: a
+    -- concurrent claim's pgmq.read may hold a lock on a row it then found invisible (the
+    -- row lock is taken before the recheck), and skipping that row would leave it for its
+    -- whole visibility timeout; the wait is one claim's length, and claims never wait.
     SELECT array_agg(q.msg_id ORDER BY q.msg_id), array_agg(q.message ORDER BY q.msg_id),
            array_agg(q.headers ORDER BY q.msg_id)
     INTO v_ids, v_payloads, v_headers
     FROM (SELECT w.msg_id, w.message, w.headers FROM pgmq.q_webhooks w
-          WHERE w.msg_id = ANY (p_ids) ORDER BY w.msg_id FOR UPDATE SKIP LOCKED) q;
+          WHERE w.msg_id = ANY (p_ids) ORDER BY w.msg_id FOR UPDATE) q;
     RETURN core.process_webhook_batch(v_ids, v_payloads, v_headers);
 END
 $$;
@@ -2160,6 +2170,7 @@ BEGIN
         UPDATE core.status_events se SET outbound_id = r.outbound_id
         FROM pg_temp.send_results r
         WHERE r.wamid IS NOT NULL AND se.wamid = r.wamid AND se.outbound_id IS NULL
+          AND se.number_id = r.number_id       -- only events that came through its number
         RETURNING se.outbound_id, se.status, se.occurred_at, se.error_code
     )
     SELECT core.advance_outbound(array_agg(outbound_id), array_agg(status), array_agg(occurred_at),
@@ -3132,6 +3143,7 @@ BEGIN
                         s->'errors'->0->>'title') AS error_detail,
                s->'pricing'->>'category' AS pricing_category,
                s->'conversation'->>'id' AS conversation_id,
+               coalesce(sn.number_id, 0) AS number_id,
                o.outbound_id
         FROM unnest(p_changes) ch
         CROSS JOIN LATERAL jsonb_array_elements(ch.value->'statuses') AS s
@@ -3152,23 +3164,24 @@ BEGIN
         ORDER BY u.wamid, o.outbound_id
     ), matched AS MATERIALIZED (
         SELECT b.wamid, b.status, b.at, b.recipient_id, b.error_code, b.error_detail, b.pricing_category,
-               b.conversation_id, coalesce(b.outbound_id, bo.outbound_id) AS outbound_id
+               b.conversation_id, b.number_id, coalesce(b.outbound_id, bo.outbound_id) AS outbound_id
         FROM by_wamid b LEFT JOIN by_opaque bo ON b.outbound_id IS NULL AND bo.wamid = b.wamid
     ), stored AS (
         -- In key order, so that two batches inserting the same events cannot deadlock.
-        INSERT INTO core.status_events (wamid, status, outbound_id, occurred_at, recipient_id,
+        INSERT INTO core.status_events (wamid, status, number_id, outbound_id, occurred_at, recipient_id,
                                         error_code, pricing_category, conversation_id)
-        SELECT m.wamid, m.status, m.outbound_id, m.at, m.recipient_id, m.error_code,
+        SELECT m.wamid, m.status, m.number_id, m.outbound_id, m.at, m.recipient_id, m.error_code,
                m.pricing_category, m.conversation_id
         FROM matched m
-        ORDER BY m.wamid, m.status
+        ORDER BY m.wamid, m.status, m.number_id
         ON CONFLICT DO NOTHING
         RETURNING 1
     ), claimed AS (
-        -- Events stored before their message was known, now that it is.
+        -- Events stored before their message was known, now that it is: only those that
+        -- came through the message's own number.
         UPDATE core.status_events e SET outbound_id = k.outbound_id
-        FROM (SELECT DISTINCT m.wamid, m.outbound_id FROM matched m WHERE m.outbound_id IS NOT NULL) k
-        WHERE e.wamid = k.wamid AND e.outbound_id IS NULL
+        FROM (SELECT DISTINCT m.wamid, m.number_id, m.outbound_id FROM matched m WHERE m.outbound_id IS NOT NULL) k
+        WHERE e.wamid = k.wamid AND e.number_id = k.number_id AND e.outbound_id IS NULL
         RETURNING e.outbound_id, e.status, e.occurred_at, e.wamid, e.error_code
     ), moves AS (
         SELECT m.outbound_id, m.status, m.at, m.wamid, m.error_code, m.error_detail
@@ -3212,7 +3225,8 @@ BEGIN
         WHERE c.signer IS NULL
            OR EXISTS (SELECT 1 FROM core.wa_numbers n
                       WHERE n.waba_id = c.waba_id
-                        AND (c.phone_number_id IS NULL OR n.phone_number_id = c.phone_number_id)
+                        AND (n.phone_number_id = c.phone_number_id
+                             OR (c.phone_number_id IS NULL AND c.field <> 'messages'))
                         AND n.app_secret <> '' AND core.app_signer(n.app_secret) = c.signer)
         ORDER BY c.ord);
     dropped := cardinality(p_changes) - cardinality(changes);
@@ -4907,6 +4921,7 @@ CREATE TABLE core.status_events (
     error_code integer,
     pricing_category text,
     conversation_id text,
+    number_id bigint DEFAULT 0 NOT NULL,
     CONSTRAINT status_events_status_valid CHECK ((status = ANY (ARRAY['sent'::text, 'delivered'::text, 'read'::text, 'failed'::text, 'deleted'::text, 'warning'::text, 'played'::text])))
 );
 
@@ -5032,7 +5047,7 @@ ALTER TABLE ONLY core.settings
     ADD CONSTRAINT settings_pkey PRIMARY KEY (singleton);
 
 ALTER TABLE ONLY core.status_events
-    ADD CONSTRAINT status_events_pkey PRIMARY KEY (wamid, status);
+    ADD CONSTRAINT status_events_pkey PRIMARY KEY (wamid, status, number_id);
 
 ALTER TABLE ONLY core.templates
     ADD CONSTRAINT templates_pkey PRIMARY KEY (template_id);

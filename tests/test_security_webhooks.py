@@ -170,6 +170,39 @@ def test_ids_guessed_from_another_tenant_never_move_its_rows(platform: Platform,
     assert p.one("SELECT outbound_id FROM core.inbox_messages WHERE number_id = %s", p.b_number) == (None,)
 
 
+def test_a_status_for_a_wamid_not_sent_yet_never_moves_another_tenants_message(
+        platform: Platform, receiver: httpx.Client) -> None:
+    """B learns (or guesses) the wamid A's next send will get, and posts a failed status
+    for it through B's own number before A's worker reports the send: the event is kept
+    as B's, and neither A's report nor A's genuine statuses pick it up."""
+    p = platform
+    contact_id = p.one(
+        "INSERT INTO core.contacts (tenant_id, wa_id) VALUES (%s, %s) RETURNING contact_id", p.a, CUSTOMER)[0]
+    outbound_id = p.one(
+        """INSERT INTO core.outbound_messages (number_id, contact_id, kind, state)
+           VALUES (%s, %s, 'agent', 'in_flight') RETURNING outbound_id""", p.a_number, contact_id)[0]
+    future = wamid()
+    forged = statuses_payload(status(future, "failed", error_code=131026), phone_number_id=B_NUMBER)
+    assert post(receiver, on(B_NUMBER, B_WABA, forged), EVIL) == 200
+    # Without a number, a tenant's app speaks for nothing in the messages field.
+    nameless = statuses_payload(status(future, "read"))
+    del nameless["entry"][0]["changes"][0]["value"]["metadata"]
+    nameless["entry"][0]["id"] = B_WABA
+    assert post(receiver, nameless, EVIL) == 200
+    p.process()
+    # A's worker reports the send with that wamid; then A's genuine delivery arrives.
+    p.db.execute("""SELECT api.report_sends(jsonb_build_array(jsonb_build_object(
+                        'outbound_id', %s::bigint, 'queue_name', %s::text, 'msg_id', 0,
+                        'wamid', %s::text, 'message_status', 'accepted')))""",
+                 (outbound_id, f"r_{p.a_number}", future))
+    assert post(receiver, statuses_payload(status(future, "delivered"), phone_number_id=A_NUMBER), PLATFORM) == 200
+    p.process()
+    assert p.one("SELECT state, error_code FROM core.outbound_messages WHERE outbound_id = %s",
+                 outbound_id) == ("delivered", None)
+    assert p.one("SELECT count(*) FROM core.status_events WHERE wamid = %s AND outbound_id IS NULL",
+                 future) == (1,)
+
+
 def test_a_poison_payload_is_retried_then_dead_lettered_without_holding_up_the_rest(
         platform: Platform, receiver: httpx.Client, db_url: str) -> None:
     p = platform

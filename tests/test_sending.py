@@ -557,13 +557,18 @@ def test_statuses_that_arrived_before_the_wamid_was_known_are_applied_by_the_rep
     acc = f.account(db)
     cid = f.running_campaign(db, acc, 1)
     (req,) = f.claim_all(db)
-    db.execute("INSERT INTO core.status_events (wamid, status, occurred_at) VALUES "
-               "('wamid.early', 'sent', now()), ('wamid.early', 'read', now())")
+    other = f.account(db, with_templates=False)
+    db.execute("INSERT INTO core.status_events (wamid, status, number_id, occurred_at) VALUES "
+               "('wamid.early', 'sent', %(n)s, now()), ('wamid.early', 'read', %(n)s, now()), "
+               # Through another tenant's number: never this message's, whatever its wamid.
+               "('wamid.early', 'failed', %(other)s, now())",
+               {"n": acc.number_id, "other": other.number_id})
     assert f.report(db, [f.ok(req, "wamid.early")])["accepted"] == 1
     o = f.outbound(db, req["outbound_id"])
     assert (o["state"], o["wamid"], o["read_at"] is not None) == ("read", "wamid.early", True)
     assert db.execute("SELECT count(*) FROM core.status_events WHERE outbound_id = %s",
                       (req["outbound_id"],)).fetchone()[0] == 2
+    assert db.execute("SELECT outbound_id FROM core.status_events WHERE status = 'failed'").fetchone() == (None,)
     c = f.campaign(db, cid)
     assert (c["sent"], c["delivered"], c["read"], c["finished"]) == (1, 1, 1, 1)
 

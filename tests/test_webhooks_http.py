@@ -182,7 +182,8 @@ def kept_raw(db: psycopg.Connection) -> list[tuple[bytes, int | None]]:
 
 
 @pytest.mark.parametrize("body", [b"", b"not json", b'{"object": ', b"[1, 2, 3]", b'"a string"',
-                                  b"42", b"\xff\xfe{}", b'{"a": NaN}'])
+                                  b"42", b"\xff\xfe{}", b'{"a": NaN}',
+                                  b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}"])
 def test_a_signed_body_that_is_not_a_json_object_is_kept_raw_and_acknowledged(
         client: httpx.Client, db: psycopg.Connection, body: bytes) -> None:
     # Signed by an app we trust: acknowledged (Meta would retry it for days otherwise)

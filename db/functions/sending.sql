@@ -231,6 +231,7 @@ BEGIN
         UPDATE core.status_events se SET outbound_id = r.outbound_id
         FROM pg_temp.send_results r
         WHERE r.wamid IS NOT NULL AND se.wamid = r.wamid AND se.outbound_id IS NULL
+          AND se.number_id = r.number_id       -- only events that came through its number
         RETURNING se.outbound_id, se.status, se.occurred_at, se.error_code
     )
     SELECT core.advance_outbound(array_agg(outbound_id), array_agg(status), array_agg(occurred_at),

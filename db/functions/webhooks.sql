@@ -152,7 +152,8 @@ BEGIN
         WHERE c.signer IS NULL
            OR EXISTS (SELECT 1 FROM core.wa_numbers n
                       WHERE n.waba_id = c.waba_id
-                        AND (c.phone_number_id IS NULL OR n.phone_number_id = c.phone_number_id)
+                        AND (n.phone_number_id = c.phone_number_id
+                             OR (c.phone_number_id IS NULL AND c.field <> 'messages'))
                         AND n.app_secret <> '' AND core.app_signer(n.app_secret) = c.signer)
         ORDER BY c.ord);
     dropped := cardinality(p_changes) - cardinality(changes);
@@ -245,6 +246,7 @@ BEGIN
                         s->'errors'->0->>'title') AS error_detail,
                s->'pricing'->>'category' AS pricing_category,
                s->'conversation'->>'id' AS conversation_id,
+               coalesce(sn.number_id, 0) AS number_id,
                o.outbound_id
         FROM unnest(p_changes) ch
         CROSS JOIN LATERAL jsonb_array_elements(ch.value->'statuses') AS s
@@ -265,23 +267,24 @@ BEGIN
         ORDER BY u.wamid, o.outbound_id
     ), matched AS MATERIALIZED (
         SELECT b.wamid, b.status, b.at, b.recipient_id, b.error_code, b.error_detail, b.pricing_category,
-               b.conversation_id, coalesce(b.outbound_id, bo.outbound_id) AS outbound_id
+               b.conversation_id, b.number_id, coalesce(b.outbound_id, bo.outbound_id) AS outbound_id
         FROM by_wamid b LEFT JOIN by_opaque bo ON b.outbound_id IS NULL AND bo.wamid = b.wamid
     ), stored AS (
         -- In key order, so that two batches inserting the same events cannot deadlock.
-        INSERT INTO core.status_events (wamid, status, outbound_id, occurred_at, recipient_id,
+        INSERT INTO core.status_events (wamid, status, number_id, outbound_id, occurred_at, recipient_id,
                                         error_code, pricing_category, conversation_id)
-        SELECT m.wamid, m.status, m.outbound_id, m.at, m.recipient_id, m.error_code,
+        SELECT m.wamid, m.status, m.number_id, m.outbound_id, m.at, m.recipient_id, m.error_code,
                m.pricing_category, m.conversation_id
         FROM matched m
-        ORDER BY m.wamid, m.status
+        ORDER BY m.wamid, m.status, m.number_id
         ON CONFLICT DO NOTHING
         RETURNING 1
     ), claimed AS (
-        -- Events stored before their message was known, now that it is.
+        -- Events stored before their message was known, now that it is: only those that
+        -- came through the message's own number.
         UPDATE core.status_events e SET outbound_id = k.outbound_id
-        FROM (SELECT DISTINCT m.wamid, m.outbound_id FROM matched m WHERE m.outbound_id IS NOT NULL) k
-        WHERE e.wamid = k.wamid AND e.outbound_id IS NULL
+        FROM (SELECT DISTINCT m.wamid, m.number_id, m.outbound_id FROM matched m WHERE m.outbound_id IS NOT NULL) k
+        WHERE e.wamid = k.wamid AND e.number_id = k.number_id AND e.outbound_id IS NULL
         RETURNING e.outbound_id, e.status, e.occurred_at, e.wamid, e.error_code
     ), moves AS (
         SELECT m.outbound_id, m.status, m.at, m.wamid, m.error_code, m.error_detail
@@ -768,13 +771,16 @@ BEGIN
         RAISE EXCEPTION 'at most 10000 payloads per call, not %', cardinality(p_ids)
             USING ERRCODE = 'PW100', HINT = 'Pass the ids one api.claim_webhooks call returned.';
     END IF;
-    -- Still queued and not being processed by another call (a claim that outlived its
-    -- visibility timeout may have been claimed again): those are skipped.
+    -- Still queued: ids archived meanwhile (a claim that outlived its visibility timeout
+    -- was claimed and processed again elsewhere) are gone and skipped. No SKIP LOCKED: a
+    -- concurrent claim's pgmq.read may hold a lock on a row it then found invisible (the
+    -- row lock is taken before the recheck), and skipping that row would leave it for its
+    -- whole visibility timeout; the wait is one claim's length, and claims never wait.
     SELECT array_agg(q.msg_id ORDER BY q.msg_id), array_agg(q.message ORDER BY q.msg_id),
            array_agg(q.headers ORDER BY q.msg_id)
     INTO v_ids, v_payloads, v_headers
     FROM (SELECT w.msg_id, w.message, w.headers FROM pgmq.q_webhooks w
-          WHERE w.msg_id = ANY (p_ids) ORDER BY w.msg_id FOR UPDATE SKIP LOCKED) q;
+          WHERE w.msg_id = ANY (p_ids) ORDER BY w.msg_id FOR UPDATE) q;
     RETURN core.process_webhook_batch(v_ids, v_payloads, v_headers);
 END
 $$;
