@@ -305,6 +305,11 @@ CREATE TYPE api.webhook_batch AS (
 	dropped integer
 );
 
+CREATE TYPE api.webhook_claim AS (
+	fresh bigint[],
+	retried bigint[]
+);
+
 CREATE TYPE api.webhook_signer AS (
 	app_secret text,
 	signer text
@@ -821,13 +826,13 @@ $$;
 
 COMMENT ON FUNCTION api.claim_sends(p_worker text, p_max integer, p_now timestamp with time zone) IS 'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares) and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent. p_now is the time of the claim (NULL: the clock).';
 
-CREATE FUNCTION api.claim_webhooks(p_max integer DEFAULT 200) RETURNS bigint[]
+CREATE FUNCTION api.claim_webhooks(p_max integer DEFAULT 200) RETURNS api.webhook_claim
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 DECLARE
     v_settings core.settings;
-    v_ids bigint[];
+    v_claim api.webhook_claim;
     v_spent bigint[];
 BEGIN
     IF p_max IS NULL OR p_max NOT BETWEEN 1 AND 10000 THEN
@@ -844,21 +849,23 @@ BEGIN
                           coalesce(c.headers->>'last_error', 'the batch never finished')))
         FROM claimed c WHERE c.read_ct > v_settings.webhook_max_attempts
     )
-    SELECT array_agg(c.msg_id ORDER BY c.msg_id) FILTER (WHERE c.msg_id NOT IN (SELECT s.msg_id FROM spent s)),
+    SELECT coalesce(array_agg(c.msg_id ORDER BY c.msg_id) FILTER (WHERE c.read_ct = 1), '{}'),
+           coalesce(array_agg(c.msg_id ORDER BY c.msg_id)
+                    FILTER (WHERE c.read_ct > 1 AND c.msg_id NOT IN (SELECT s.msg_id FROM spent s)), '{}'),
            (SELECT array_agg(s.msg_id) FROM spent s)
-    INTO v_ids, v_spent
+    INTO v_claim.fresh, v_claim.retried, v_spent
     FROM claimed c;
     IF v_spent IS NOT NULL THEN
         PERFORM pgmq.delete('webhooks', v_spent);
     END IF;
-    IF v_ids IS NULL AND v_spent IS NULL THEN
+    IF cardinality(v_claim.fresh) + cardinality(v_claim.retried) = 0 AND v_spent IS NULL THEN
         PERFORM core.restore_webhook_notify();
     END IF;
-    RETURN coalesce(v_ids, '{}');
+    RETURN v_claim;
 END
 $$;
 
-COMMENT ON FUNCTION api.claim_webhooks(p_max integer) IS 'Claims up to p_max queued webhook payloads for api.process_claimed_webhooks, in its own transaction, so that a batch that crashes or times out still counts as an attempt: the payloads come back after webhook_claim_s, and one read more than webhook_max_attempts times is dead-lettered (webhooks_dead) instead of returned. Returns the claimed queue ids. Raises PW100 for p_max outside 1..10000.';
+COMMENT ON FUNCTION api.claim_webhooks(p_max integer) IS 'Claims up to p_max queued webhook payloads for api.process_claimed_webhooks, in its own transaction, so that a batch that crashes or times out still counts as an attempt: the payloads come back after webhook_claim_s, and one read more than webhook_max_attempts times is dead-lettered (webhooks_dead) instead of returned. Returns the queue ids read for the first time (fresh: process them as one batch) and those read again after a failed attempt (retried: process them one by one). Raises PW100 for p_max outside 1..10000.';
 
 CREATE FUNCTION api.complete_llm_jobs(p_results jsonb) RETURNS api.llm_outcome
     LANGUAGE plpgsql SECURITY DEFINER
@@ -4127,18 +4134,38 @@ CREATE FUNCTION core.process_webhook_batch(p_ids bigint[], p_payloads jsonb[], p
     SET search_path TO ''
     AS $$
 DECLARE
-    v_batch api.webhook_batch := ROW(coalesce(cardinality(p_ids), 0), 0, 0, 0, 0);
-    v_signers text[] := ARRAY(SELECT h->>'signer' FROM unnest(p_headers) h);
-    v_dead bigint[] := '{}';
+    v_batch api.webhook_batch;
+BEGIN
+    IF coalesce(cardinality(p_ids), 0) = 0 THEN
+        RETURN ROW(0, 0, 0, 0, 0);
+    END IF;
+    v_batch := core.process_webhook_part(p_ids, p_payloads, p_headers);
+    v_batch.payloads := cardinality(p_ids);
+    PERFORM pgmq.archive('webhooks', p_ids);    -- the dead-lettered ones are gone already
+    RETURN v_batch;
+END
+$$;
+
+CREATE FUNCTION core.process_webhook_part(p_ids bigint[], p_payloads jsonb[], p_headers jsonb[]) RETURNS api.webhook_batch
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_n integer := coalesce(cardinality(p_ids), 0);
+    v_half integer := v_n / 2;
+    v_batch api.webhook_batch := ROW(0, 0, 0, 0, 0);
+    v_left api.webhook_batch;
+    v_right api.webhook_batch;
     v_result record;
     v_state text;
     v_reason text;
 BEGIN
-    IF v_batch.payloads = 0 THEN
+    IF v_n = 0 THEN
         RETURN v_batch;
     END IF;
     BEGIN
-        SELECT * INTO v_result FROM core.process_webhook_payloads(p_payloads, v_signers);
+        SELECT * INTO v_result
+        FROM core.process_webhook_payloads(p_payloads, ARRAY(SELECT h->>'signer' FROM unnest(p_headers) h));
         v_batch.status_events := v_result.status_events;
         v_batch.messages := v_result.messages;
         v_batch.dropped := v_result.dropped;
@@ -4146,30 +4173,19 @@ BEGIN
         WHEN deadlock_detected OR serialization_failure OR lock_not_available THEN
             RAISE;
         WHEN OTHERS THEN
-            FOR i IN 1 .. v_batch.payloads LOOP
-                BEGIN
-                    SELECT * INTO v_result FROM core.process_webhook_payloads(ARRAY[p_payloads[i]], ARRAY[v_signers[i]]);
-                    v_batch.status_events := v_batch.status_events + v_result.status_events;
-                    v_batch.messages := v_batch.messages + v_result.messages;
-                    v_batch.dropped := v_batch.dropped + v_result.dropped;
-                EXCEPTION
-                    WHEN deadlock_detected OR serialization_failure OR lock_not_available THEN
-                        RAISE;
-                    WHEN OTHERS THEN
-                        GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_reason = MESSAGE_TEXT;
-                        PERFORM core.dead_letter_webhook(p_ids[i], p_payloads[i], p_headers[i], v_state, v_reason);
-                        v_dead := v_dead || p_ids[i];
-                END;
-            END LOOP;
+            IF v_n = 1 THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_reason = MESSAGE_TEXT;
+                PERFORM core.dead_letter_webhook(p_ids[1], p_payloads[1], p_headers[1], v_state, v_reason);
+                PERFORM pgmq.delete('webhooks', p_ids[1]);
+                v_batch.dead := 1;
+            ELSE
+                v_left := core.process_webhook_part(p_ids[1:v_half], p_payloads[1:v_half], p_headers[1:v_half]);
+                v_right := core.process_webhook_part(p_ids[v_half + 1:], p_payloads[v_half + 1:],
+                                                     p_headers[v_half + 1:]);
+                v_batch := ROW(0, v_left.status_events + v_right.status_events, v_left.messages + v_right.messages,
+                               v_left.dead + v_right.dead, v_left.dropped + v_right.dropped);
+            END IF;
     END;
-
-    v_batch.dead := cardinality(v_dead);
-    IF v_batch.dead > 0 THEN
-        PERFORM pgmq.delete('webhooks', v_dead);
-        PERFORM pgmq.archive('webhooks', ARRAY(SELECT unnest(p_ids) EXCEPT SELECT unnest(v_dead)));
-    ELSE
-        PERFORM pgmq.archive('webhooks', p_ids);
-    END IF;
     RETURN v_batch;
 END
 $$;
@@ -4183,9 +4199,13 @@ DECLARE
 BEGIN
     SELECT a.changes, a.dropped INTO v_changes, dropped
     FROM core.authorised_changes(ARRAY(SELECT c FROM core.flatten_webhooks(p_payloads, p_signers) c)) a;
-    status_events := core.apply_statuses(v_changes);
+    -- Inbound messages (and the bots they run) first, statuses last: statuses move the
+    -- campaign counter rows every batch needs, so a batch that stalls in the inbound
+    -- part (a stuck lock, a slow rule) does so before it holds them, instead of holding
+    -- up every other batch of those campaigns until its timeout.
     messages := core.apply_inbound(v_changes);
     updates := core.apply_account_updates(v_changes);
+    status_events := core.apply_statuses(v_changes);
 END
 $$;
 

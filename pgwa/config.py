@@ -89,7 +89,8 @@ class Settings:
     idle_tx_timeout_ms: int = 60_000        # the API's pooled connections
     # The webhook loop's statement_timeout: a batch that takes longer is retried payload
     # by payload, so one slow payload delays the others by about this much at most.
-    webhook_timeout_ms: int = 5_000
+    webhook_timeout_ms: int = 700
+    webhook_single_timeout_ms: int = 300    # one payload retried alone after a failed batch
     webhook_loops: int = 2                  # concurrent webhook-processing loops per worker
 
     def session_url(self, *, idle_tx: bool = False) -> str:
@@ -135,6 +136,8 @@ class Settings:
             idle_tx_timeout_ms=_number("PGWA_IDLE_TX_TIMEOUT_MS", cls.idle_tx_timeout_ms, minimum=0),
             webhook_timeout_ms=_number("PGWA_WEBHOOK_TIMEOUT_MS", cls.webhook_timeout_ms, minimum=0),
             webhook_loops=_number("PGWA_WEBHOOK_LOOPS", cls.webhook_loops),
+            webhook_single_timeout_ms=_number("PGWA_WEBHOOK_SINGLE_TIMEOUT_MS", cls.webhook_single_timeout_ms,
+                                              minimum=0),
         )
 
 

@@ -212,7 +212,7 @@ def test_a_poison_payload_is_retried_then_dead_lettered_without_holding_up_the_r
     # backend would hold it) longer than the webhook loop's statement timeout.
     assert post(receiver, on(B_NUMBER, B_WABA, inbound_payload(text("first"), wa_id=CUSTOMER)), EVIL) == 200
     p.process()
-    proc = p.processor(webhook_timeout_ms=300)
+    proc = p.processor(webhook_timeout_ms=300, webhook_single_timeout_ms=200)
     with psycopg.connect(db_url) as holder:
         holder.execute("SELECT 1 FROM core.contacts WHERE tenant_id = %s FOR UPDATE", (p.b,))
         assert post(receiver, on(B_NUMBER, B_WABA, inbound_payload(text("stuck"), wa_id=CUSTOMER)), EVIL) == 200
@@ -247,10 +247,10 @@ def test_a_payload_whose_batch_crashed_counts_an_attempt_and_is_set_aside_when_s
     p.db.execute("UPDATE core.settings SET webhook_max_attempts = 2")
     p.db.execute("SELECT api.ingest_webhook(%s)", (orjson.dumps(envelope("messages", {})).decode(),))
     for attempt in (1, 2):
-        ids = p.one("SELECT api.claim_webhooks(10)")[0]
-        assert len(ids) == 1
+        fresh, retried = p.one("SELECT fresh, retried FROM api.claim_webhooks(10)")
+        assert (len(fresh), len(retried)) == ((1, 0) if attempt == 1 else (0, 1))
         p.db.execute("UPDATE pgmq.q_webhooks SET vt = now()")     # as if the claim timed out
-    assert p.one("SELECT api.claim_webhooks(10)") == ([],)
+    assert p.one("SELECT fresh, retried FROM api.claim_webhooks(10)") == ([], [])
     reason = p.one("SELECT message->>'reason' FROM pgmq.q_webhooks_dead")[0]
     assert reason.startswith("not processed after 2 attempts")
     assert p.one("SELECT count(*) FROM pgmq.q_webhooks") == (0,)

@@ -11,9 +11,11 @@
 All logic is in the SQL functions (one transaction per batch, set-based, idempotent);
 this loop only decides when to call them. The claim commits on its own, so a batch
 that crashes or outlives the connection's statement timeout still counts as an
-attempt: it is then retried payload by payload, so that the payloads beside a poison
-one are processed at once, and the poison one is reported (api.fail_webhooks), retried
-after a back-off, and dead-lettered after webhook_max_attempts reads. The insert trigger sends at most one
+attempt: it is then retried payload by payload under a short timeout
+(PGWA_WEBHOOK_SINGLE_TIMEOUT_MS), so that the payloads beside a poison one are processed
+at once, and the poison one is reported (api.fail_webhooks), retried after a back-off,
+alone (the claim hands retried payloads back apart), and dead-lettered after
+webhook_max_attempts reads. The insert trigger sends at most one
 notification per throttle interval, so a payload committed just after one may arrive
 silently: the short re-check after every busy drain picks it up, and the heartbeat
 covers anything else (a lost LISTEN connection, a crash that emptied pgmq's throttle
@@ -43,7 +45,8 @@ HEARTBEAT_S = 10.0       # idle: process anyway this often, even without a NOTIF
 ERROR_BACKOFF_S = 1.0    # after an unexpected error, before trying again
 THROUGHPUT_LOG_S = 60.0
 
-CLAIM_SQL = "SELECT api.claim_webhooks(%s)"
+CLAIM_SQL = "SELECT fresh, retried FROM api.claim_webhooks(%s)"
+TIMEOUT_SQL = "SELECT set_config('statement_timeout', %s, false)"
 PROCESS_SQL = ("SELECT payloads, status_events, messages, dead, dropped "
                "FROM api.process_claimed_webhooks(%s)")
 FAIL_SQL = "SELECT api.fail_webhooks(%s, %s, %s)"
@@ -71,29 +74,22 @@ class WebhookProcessor:
 
     async def process_once(self, stop: asyncio.Event | None = None) -> tuple[int, int, int, int]:
         """One batch: (payloads, status_events, messages, dead)."""
-        ids = (await self.db.fetch(CLAIM_SQL, (self.batch,), stop=stop))[0][0][0]
-        if not ids:
+        fresh, retried = (await self.db.fetch(CLAIM_SQL, (self.batch,), stop=stop))[0][0]
+        if not fresh and not retried:
             return 0, 0, 0, 0
-        counts = [len(ids), 0, 0, 0, 0]
-        try:
-            self._add(counts, await self._process(ids, stop))
-        except psycopg.Error as exc:
-            # The batch's transaction failed as a whole (a statement timeout, a crash of
-            # its backend): the database could not isolate the culprit, so do it here.
-            log.warning("a batch of %d webhook payloads failed (%s); retrying one by one",
-                        len(ids), exc.sqlstate or type(exc).__name__)
-            failed = list(ids) if len(ids) == 1 else []
-            for msg_id in ids if len(ids) > 1 else ():
-                try:
-                    self._add(counts, await self._process([msg_id], stop))
-                except psycopg.Error as one:
-                    failed.append(msg_id)
-                    exc = one
-            if failed:
-                reason = f"{type(exc).__name__}: {exc}"[:1000]
-                counts[3] += (await self.db.fetch(FAIL_SQL, (failed, exc.sqlstate or "XX000", reason),
-                                                  stop=stop))[0][0][0]
-                self.totals["failed"] += len(failed)
+        counts = [len(fresh) + len(retried), 0, 0, 0, 0]
+        singles = list(retried)
+        if fresh:
+            try:
+                self._add(counts, await self._process(fresh, stop))
+            except psycopg.Error as exc:
+                # The batch's transaction failed as a whole (a statement timeout, a crash
+                # of its backend): the database could not isolate the culprit; do it here.
+                log.warning("a batch of %d webhook payloads failed (%s); retrying one by one",
+                            len(fresh), exc.sqlstate or type(exc).__name__)
+                singles = list(fresh) + singles
+        if singles:
+            await self._one_by_one(singles, counts, stop)
         t = self.totals
         t["batches"] += 1
         for key, n in zip(("payloads", "status_events", "messages", "dead", "dropped"), counts):
@@ -104,6 +100,27 @@ class WebhookProcessor:
             log.warning("%d webhook change(s) dropped: signed by an app that does not hold "
                         "the number they name", counts[4])
         return tuple(counts[:4])
+
+    async def _one_by_one(self, ids: list[int], counts: list[int], stop: asyncio.Event | None) -> None:
+        """Each payload alone, under the short single-payload timeout: those that fail
+        are reported to api.fail_webhooks (back-off, then dead-lettered)."""
+        failed: list[int] = []
+        exc: psycopg.Error | None = None
+        await self.db.fetch(TIMEOUT_SQL, (str(self.settings.webhook_single_timeout_ms),), stop=stop)
+        try:
+            for msg_id in ids:
+                try:
+                    self._add(counts, await self._process([msg_id], stop))
+                except psycopg.Error as one:
+                    failed.append(msg_id)
+                    exc = one
+        finally:
+            await self.db.fetch(TIMEOUT_SQL, (str(self.settings.webhook_timeout_ms),), stop=stop)
+        if failed and exc is not None:
+            reason = f"{type(exc).__name__}: {exc}"[:1000]
+            counts[3] += (await self.db.fetch(FAIL_SQL, (failed, exc.sqlstate or "XX000", reason),
+                                              stop=stop))[0][0][0]
+            self.totals["failed"] += len(failed)
 
     async def _process(self, ids: list[int], stop: asyncio.Event | None) -> tuple:
         rows, _ = await self.db.fetch(PROCESS_SQL, (ids,), stop=stop)
