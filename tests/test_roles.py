@@ -7,41 +7,14 @@ neither can read or write a table, nor call a function granted to the other.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import orjson
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 try:  # tests/ is a rootless directory under pytest's default import mode
     import factories as f
 except ImportError:
     from tests import factories as f
-
-
-@pytest.fixture
-def login(db: psycopg.Connection, db_url: str) -> Iterator:
-    """connect(role): a connection to this test's database as a new login role in ``role``."""
-    made: list[str] = []
-    conns: list[psycopg.Connection] = []
-
-    def connect(group: str) -> psycopg.Connection:
-        name = f"pgwa_test_{group}_{os.getpid()}_{len(made)}"
-        db.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(group)))
-        made.append(name)
-        conn = psycopg.connect(make_conninfo(**{**conninfo_to_dict(db_url), "user": name}), autocommit=True)
-        conns.append(conn)
-        return conn
-
-    yield connect
-    for conn in conns:
-        conn.close()
-    for name in made:        # roles are cluster-wide: leave none behind
-        db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def test_the_api_role_creates_and_lists_a_campaign_through_functions_alone(db, login) -> None:
