@@ -71,6 +71,8 @@ FROM (SELECT api.authenticate(%(key)s, %(scope)s) AS tenant_id) a,
 SYNC_TEMPLATES = """SELECT row_to_json(r)::text
 FROM api.sync_templates(%(tenant_id)s::bigint, %(waba_id)s::text, %(templates)s::jsonb) r"""
 AUTHENTICATE = "SELECT api.authenticate(%(key)s, %(scope)s)"
+# Refused by api.authenticate itself (no key, no scope, over the limit): nothing to count.
+UNCOUNTED = frozenset({"PW401", "PW410", "PW429"})
 # An upload's COPY and campaign creation may run for up to the upload deadline, not the
 # pool's statement_timeout: a million contacts take longer than a route's one statement.
 UPLOAD_TIMEOUT = "SELECT set_config('statement_timeout', %(ms)s::text, true)"
@@ -337,7 +339,15 @@ class JsonApi:
         scope its route needs, from ROUTE_SCOPES); its one value."""
         params = {**params, "key": key_hash(request), "scope": scope_of(request)}
         async with self.pool.connection() as conn:
-            row = await (await conn.execute(sql, params)).fetchone()
+            try:
+                row = await (await conn.execute(sql, params)).fetchone()
+            except psycopg.Error as exc:
+                # The statement's count of the request rolled back with it: count it on
+                # its own, so that requests that fail (a 404 while guessing ids, say) are
+                # rate-limited too. Over the limit, this answers 429 instead.
+                if exc.sqlstate not in UNCOUNTED and not conn.broken:
+                    await conn.execute(AUTHENTICATE, params)
+                raise
         return row[0] if row else None
 
     async def _json(self, request: Request, sql: str, params: dict[str, Any], status: int = 200) -> Response:

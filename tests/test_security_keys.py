@@ -326,3 +326,14 @@ def test_a_tenants_key_cannot_lift_its_own_rate_limit(db: psycopg.Connection, lo
     assert db.execute("SELECT (api.create_api_key(%s, 'ops', 'read', NULL, 1000000)).scope",
                       (tenant,)).fetchone() == ("read",)
     assert db.execute("SELECT count(*) FROM core.api_keys WHERE tenant_id = %s", (tenant,)).fetchone() == (2,)
+
+
+def test_requests_that_fail_count_against_the_rate_limit(db: psycopg.Connection, db_url: str) -> None:
+    """Guessing ids costs requests too: a 404 rolls back its statement, not its count."""
+    owner = new_tenant(db, with_templates=False)
+    with live_server(db_url) as url, httpx.Client(base_url=url, timeout=30) as http:
+        created = http.post("/v1/keys", headers=owner.headers,
+                            json={"name": "guesser", "scope": "read", "rate_limit_per_minute": 3})
+        limited = _bearer(created.json()["key"])
+        statuses = [http.get(f"/v1/campaigns/{10**9 + i}", headers=limited).status_code for i in range(4)]
+        assert statuses == [404, 404, 404, 429]
