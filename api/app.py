@@ -22,7 +22,7 @@ from api.routes import JsonApi
 from api.webhooks import PATH, GroupCommitter, WhatsAppWebhook
 from pgwa.config import Settings
 
-SIGNERS = "SELECT app_secret, signer FROM api.webhook_signers()"
+SIGNERS = "SELECT app_secret, signer, waba_ids FROM api.webhook_signers()"
 
 
 class PgwaApp(Starlette):
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, routes: Sequence[BaseRoute] = (
             await json_api.stop()
             await committer.stop()
 
-    async def numbers_secrets() -> list[tuple[str, str]]:
+    async def numbers_secrets() -> list[tuple[str, str, list[str]]]:
         async with json_api.pool.connection() as conn:
             return await (await conn.execute(SIGNERS)).fetchall()
 

@@ -353,14 +353,28 @@ async def _respond(send, status: int, body: bytes = b"", extra: Sequence = ()) -
     await send({"type": "http.response.body", "body": body})
 
 
+def named_wabas(body: bytes) -> list[str]:
+    """The WABA ids (entry[].id) a webhook body names; none when it is not such a body."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return []
+    entries = payload.get("entry") if type(payload) is dict else None
+    if type(entries) is not list:
+        return []
+    return [str(e["id"]) for e in entries[:100] if type(e) is dict and "id" in e]
+
+
 class WhatsAppWebhook:
     """``GET`` (Meta's verification handshake) and ``POST`` (webhooks) of /webhooks/whatsapp.
 
     A POST is signed by one Meta app: WHATSAPP_APP_SECRET's, or the app of a tenant that
-    registered its number with its own secret. The numbers' secrets and their signers
-    come from ``load_secrets`` (api.webhook_signers) at start-up, at most every
+    registered its number with its own secret. The numbers' secrets, their signers and
+    their WABAs come from ``load_secrets`` (api.webhook_signers) at start-up, at most every
     SECRETS_MAX_AGE_S after, and at once (at most every SECRETS_RETRY_S) when a signature
-    matches none, so a number registered a moment ago is received.
+    matches none, so a number registered a moment ago is received. A body the platform's
+    app did not sign is checked only against the secrets of the WABAs its entries name:
+    one HMAC per app that could have sent it, however many apps the platform knows.
     """
 
     SECRETS_MAX_AGE_S = 60.0
@@ -368,11 +382,12 @@ class WhatsAppWebhook:
 
     def __init__(self, verify_token: str, app_secrets: Sequence[str],
                  committer: GroupCommitter,
-                 load_secrets: Callable[[], Awaitable[Sequence[tuple[str, str]]]] | None = None,
+                 load_secrets: Callable[[], Awaitable[Sequence[tuple[str, str, Sequence[str]]]]] | None = None,
                  ) -> None:
         self.verify_token = verify_token
         self.app_secrets = tuple(app_secrets)
         self.number_secrets: dict[str, str] = {}     # app secret -> its signer
+        self.waba_secrets: dict[str, tuple[str, ...]] = {}   # WABA id -> app secrets
         self.committer = committer
         self.load_secrets = load_secrets
         self._loaded_at = -1e9
@@ -388,8 +403,17 @@ class WhatsAppWebhook:
         except Exception as exc:  # noqa: BLE001 (the receiver keeps receiving)
             log.warning("could not load the numbers' app secrets: %s", type(exc).__name__)
             return
-        self.number_secrets = {secret: signer for secret, signer in numbers
-                               if secret not in self.app_secrets}
+        secrets = [(secret, signer, wabas) for secret, signer, wabas in numbers
+                   if secret not in self.app_secrets]
+        by_waba: dict[str, list[str]] = {}
+        for secret, _, wabas in secrets:
+            for waba in wabas or ():
+                by_waba.setdefault(waba, []).append(secret)
+        self.number_secrets = {secret: signer for secret, signer, _ in secrets}
+        self.waba_secrets = {waba: tuple(names) for waba, names in by_waba.items()}
+
+    def _candidates(self, wabas: Sequence[str]) -> list[str]:
+        return list(dict.fromkeys(s for waba in wabas for s in self.waba_secrets.get(waba, ())))
 
     async def _signer(self, body: bytes, signature: str | None) -> tuple[bool, str | None]:
         """(signed, signer): signer is None for the platform's app, else the signer of
@@ -401,10 +425,13 @@ class WhatsAppWebhook:
         # The environment's app first: one HMAC for most deployments, one per app beyond.
         if matching_secret(body, signature, self.app_secrets) is not None:
             return True, None
-        secret = matching_secret(body, signature, self.number_secrets)
+        wabas = named_wabas(body)
+        if not wabas:
+            return False, None
+        secret = matching_secret(body, signature, self._candidates(wabas))
         if secret is None and self.load_secrets is not None and age >= self.SECRETS_RETRY_S:
             await self.refresh_secrets()
-            secret = matching_secret(body, signature, self.number_secrets)
+            secret = matching_secret(body, signature, self._candidates(wabas))
         if secret is None:
             return False, None
         return True, self.number_secrets[secret]

@@ -312,7 +312,8 @@ CREATE TYPE api.webhook_claim AS (
 
 CREATE TYPE api.webhook_signer AS (
 	app_secret text,
-	signer text
+	signer text,
+	waba_ids text[]
 );
 
 CREATE TYPE core.claimed AS (
@@ -2732,12 +2733,14 @@ CREATE FUNCTION api.webhook_signers() RETURNS SETOF api.webhook_signer
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
-    SELECT d.app_secret, core.app_signer(d.app_secret)
-    FROM (SELECT DISTINCT n.app_secret FROM core.wa_numbers n
-          WHERE n.app_secret IS NOT NULL AND n.app_secret <> '') d
+    SELECT d.app_secret, core.app_signer(d.app_secret), d.waba_ids
+    FROM (SELECT n.app_secret, array_agg(DISTINCT n.waba_id ORDER BY n.waba_id) AS waba_ids
+          FROM core.wa_numbers n
+          WHERE n.app_secret IS NOT NULL AND n.app_secret <> ''
+          GROUP BY n.app_secret) d
 $$;
 
-COMMENT ON FUNCTION api.webhook_signers() IS 'The app secrets registered with numbers, each with its signer: the webhook receiver checks X-Hub-Signature-256 against these (after WHATSAPP_APP_SECRET) and stores the signer of the one that verified a payload, which then speaks only for that secret''s numbers. For the receiver only; never shown.';
+COMMENT ON FUNCTION api.webhook_signers() IS 'The app secrets registered with numbers, each with its signer and the WABAs of its numbers: the webhook receiver checks X-Hub-Signature-256 against these (after WHATSAPP_APP_SECRET) and stores the signer of the one that verified a payload, which then speaks only for that secret''s numbers. For the receiver only; never shown.';
 
 CREATE FUNCTION core.advance_outbound(p_outbound_ids bigint[], p_states text[], p_at timestamp with time zone[], p_wamids text[] DEFAULT NULL::text[], p_error_codes integer[] DEFAULT NULL::integer[], p_error_details text[] DEFAULT NULL::text[]) RETURNS integer
     LANGUAGE plpgsql

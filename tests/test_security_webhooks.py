@@ -111,25 +111,28 @@ def test_a_tenants_app_cannot_speak_for_another_tenants_number(platform: Platfor
     assert p.one("SELECT opted_out FROM core.contacts WHERE tenant_id = %s AND wa_id = %s", p.a, CUSTOMER) == (True,)
     inbox_before = p.one("SELECT count(*) FROM core.inbox_messages WHERE number_id = %s", p.a_number)
 
-    # B signs with its own app: a START and a message for A's number, under A's WABA and
-    # under its own; a PAUSED for A's template named by its Meta id.
+    # B signs with its own app: a START for A's number under A's WABA, beside a message
+    # for A's number under B's own WABA (so the signature verifies: B's app holds that
+    # WABA); a message naming only A's WABA; a PAUSED for A's template by its Meta id.
+    both = on(A_NUMBER, A_WABA, inbound_payload(text("START"), wa_id=CUSTOMER))
+    both["entry"].append(on(A_NUMBER, B_WABA, inbound_payload(text("hello from B"), wa_id=CUSTOMER))["entry"][0])
     forged = [
-        on(A_NUMBER, A_WABA, inbound_payload(text("START"), wa_id=CUSTOMER)),
-        on(A_NUMBER, B_WABA, inbound_payload(text("hello from B"), wa_id=CUSTOMER)),
+        both,
         on(A_NUMBER, A_WABA, inbound_payload(text("second"), wa_id=CUSTOMER)),
         on(B_NUMBER, B_WABA, template_status_payload("PAUSED", template_id=594425479261596,
                                                      name="spring_sale")),
     ]
-    assert [post(receiver, f, EVIL) for f in forged] == [200] * 4      # acknowledged, not applied
+    # A body naming only A's WABA is checked against no secret of B's: refused at the door.
+    assert [post(receiver, f, EVIL) for f in forged] == [200, 401, 200]
     p.process()
 
     assert p.one("SELECT opted_out FROM core.contacts WHERE tenant_id = %s AND wa_id = %s", p.a, CUSTOMER) == (True,)
     assert p.one("SELECT count(*) FROM core.inbox_messages WHERE number_id = %s", p.a_number) == inbox_before
     assert p.one("SELECT status FROM core.templates WHERE template_id = %s", p.a_template) == ("APPROVED",)
-    # One operator notification (no tenant), counting the three changes dropped.
+    # One operator notification (no tenant), counting the two changes dropped.
     notes = p.db.execute("SELECT tenant_id, kind, details FROM core.notifications "
                          "WHERE kind = 'webhook_forbidden'").fetchall()
-    assert len(notes) == 1 and notes[0][0] is None and notes[0][2]["changes"] == 3
+    assert len(notes) == 1 and notes[0][0] is None and notes[0][2]["changes"] == 2
     assert notes[0][2]["signer_tenants"] == [p.b] and EVIL not in orjson.dumps(notes[0][2]).decode()
     assert not p.db.execute("SELECT 1 FROM core.notifications WHERE tenant_id = %s AND kind <> 'app_secret_changed'",
                             (p.b,)).fetchall()
@@ -143,6 +146,7 @@ def test_a_tenants_app_cannot_speak_for_another_tenants_number(platform: Platfor
     p.process()
     assert p.one("SELECT count(*), max((details->>'changes')::int) FROM core.notifications "
                  "WHERE kind = 'webhook_forbidden'") == (1, 4)
+    assert p.one("SELECT opted_out FROM core.contacts WHERE tenant_id = %s AND wa_id = %s", p.a, CUSTOMER) == (True,)
 
 
 def test_ids_guessed_from_another_tenant_never_move_its_rows(platform: Platform,

@@ -123,7 +123,9 @@ def test_every_configured_secret_is_accepted_during_rotation(client: httpx.Clien
 def test_a_webhook_signed_by_a_tenants_own_app_is_accepted_even_for_a_number_registered_since(
         client: httpx.Client, db: psycopg.Connection) -> None:
     tenant = db.execute("SELECT api.create_tenant('own app')").fetchone()[0]
-    body = orjson.dumps(statuses_payload(status(wamid(), "sent")))
+    payload = statuses_payload(status(wamid(), "sent"))
+    payload["entry"][0]["id"] = "5550009"            # the WABA the tenant's app sends for
+    body = orjson.dumps(payload)
     assert post(client, body, "tenant-app-secret").status_code == 401      # nobody's secret yet
     assert queued(db) == []
     # Registered after the receiver started: a signature that matches no known secret
@@ -134,6 +136,10 @@ def test_a_webhook_signed_by_a_tenants_own_app_is_accepted_even_for_a_number_reg
     assert post(client, body, "tenant-app-secret").status_code == 200
     assert post(client, body, SECRETS[0]).status_code == 200              # the environment's still
     assert post(client, body, "another-app").status_code == 401
+    # Checked only against the secrets of the WABAs a body names: the same app's
+    # signature over a body naming another WABA matches nothing.
+    elsewhere = orjson.dumps(statuses_payload(status(wamid(), "sent")))
+    assert post(client, elsewhere, "tenant-app-secret").status_code == 401
     assert len(queued(db)) == 2
     # Never shown: the numbers list only says one is set.
     assert db.execute("SELECT has_app_secret FROM api.numbers(%s)", (tenant,)).fetchone()[0] is True

@@ -23,12 +23,14 @@ $$;
 
 CREATE OR REPLACE FUNCTION api.webhook_signers() RETURNS SETOF api.webhook_signer
 LANGUAGE sql SECURITY DEFINER STABLE SET search_path = '' AS $$
-    SELECT d.app_secret, core.app_signer(d.app_secret)
-    FROM (SELECT DISTINCT n.app_secret FROM core.wa_numbers n
-          WHERE n.app_secret IS NOT NULL AND n.app_secret <> '') d
+    SELECT d.app_secret, core.app_signer(d.app_secret), d.waba_ids
+    FROM (SELECT n.app_secret, array_agg(DISTINCT n.waba_id ORDER BY n.waba_id) AS waba_ids
+          FROM core.wa_numbers n
+          WHERE n.app_secret IS NOT NULL AND n.app_secret <> ''
+          GROUP BY n.app_secret) d
 $$;
 COMMENT ON FUNCTION api.webhook_signers() IS
-    'The app secrets registered with numbers, each with its signer: the webhook receiver checks X-Hub-Signature-256 against these (after WHATSAPP_APP_SECRET) and stores the signer of the one that verified a payload, which then speaks only for that secret''s numbers. For the receiver only; never shown.';
+    'The app secrets registered with numbers, each with its signer and the WABAs of its numbers: the webhook receiver checks X-Hub-Signature-256 against these (after WHATSAPP_APP_SECRET) and stores the signer of the one that verified a payload, which then speaks only for that secret''s numbers. For the receiver only; never shown.';
 REVOKE ALL ON FUNCTION api.webhook_signers() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.webhook_signers() TO pgwa_api;
 
