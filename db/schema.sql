@@ -1377,6 +1377,21 @@ $$;
 
 COMMENT ON FUNCTION api.error_codes() IS 'Lists the SQLSTATEs pgwa raises or maps (PWgnn codes and standard ones), each with its name, HTTP status and meaning; the HTTP layer loads it once at start-up.';
 
+CREATE FUNCTION api.extend_webhook_claims(p_ids bigint[]) RETURNS integer
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+    WITH extended AS (
+        UPDATE pgmq.q_webhooks w
+        SET vt = clock_timestamp() + make_interval(secs => (SELECT s.webhook_claim_s FROM core.settings s))
+        WHERE w.msg_id = ANY (p_ids)
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM extended
+$$;
+
+COMMENT ON FUNCTION api.extend_webhook_claims(p_ids bigint[]) IS 'Keeps claimed webhook payloads invisible for another webhook_claim_s, while the worker retries them one by one, so that no other loop claims them again meanwhile (which would spend an attempt of payloads that never failed). Returns how many were still queued.';
+
 CREATE FUNCTION api.fail_webhooks(p_ids bigint[], p_sqlstate text, p_reason text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''

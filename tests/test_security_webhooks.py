@@ -258,3 +258,21 @@ def test_a_payload_whose_batch_crashed_counts_an_attempt_and_is_set_aside_when_s
     reason = p.one("SELECT message->>'reason' FROM pgmq.q_webhooks_dead")[0]
     assert reason.startswith("not processed after 2 attempts")
     assert p.one("SELECT count(*) FROM pgmq.q_webhooks") == (0,)
+
+
+def test_claims_being_retried_one_by_one_are_kept_from_other_loops(platform: Platform) -> None:
+    """While a loop retries a batch payload by payload, it extends the claim of the rest,
+    so another loop does not claim them again (which would spend an attempt of payloads
+    that never failed)."""
+    p = platform
+    p.db.execute("UPDATE core.settings SET webhook_claim_s = 600")
+    for _ in range(3):
+        p.db.execute("SELECT api.ingest_webhook(%s)", (orjson.dumps(envelope("messages", {})).decode(),))
+    fresh, _ = p.one("SELECT fresh, retried FROM api.claim_webhooks(10)")
+    p.db.execute("UPDATE pgmq.q_webhooks SET vt = now()")          # as if the claim ran out
+    assert p.one("SELECT api.extend_webhook_claims(%s)", fresh[1:]) == (2,)
+    # Only the one not extended can be claimed again, and it counts a second read.
+    again = p.one("SELECT fresh, retried FROM api.claim_webhooks(10)")
+    assert again == ([], [fresh[0]])
+    assert p.one("SELECT min(vt) > now() + interval '590 seconds' FROM pgmq.q_webhooks "
+                 "WHERE msg_id = ANY(%s)", fresh[1:]) == (True,)

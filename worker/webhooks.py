@@ -50,6 +50,8 @@ TIMEOUT_SQL = "SELECT set_config('statement_timeout', %s, false)"
 PROCESS_SQL = ("SELECT payloads, status_events, messages, dead, dropped "
                "FROM api.process_claimed_webhooks(%s)")
 FAIL_SQL = "SELECT api.fail_webhooks(%s, %s, %s)"
+EXTEND_SQL = "SELECT api.extend_webhook_claims(%s)"
+EXTEND_EVERY_S = 10.0    # well inside webhook_claim_s (30 s by default)
 
 
 def webhook_url(settings: Settings) -> str:
@@ -106,9 +108,15 @@ class WebhookProcessor:
         are reported to api.fail_webhooks (back-off, then dead-lettered)."""
         failed: list[int] = []
         exc: psycopg.Error | None = None
+        loop = asyncio.get_running_loop()
+        extended_at = loop.time()       # the claim was made moments ago
         await self.db.fetch(TIMEOUT_SQL, (str(self.settings.webhook_single_timeout_ms),), stop=stop)
         try:
-            for msg_id in ids:
+            for i, msg_id in enumerate(ids):
+                if loop.time() - extended_at >= EXTEND_EVERY_S and len(ids) - i > 1:
+                    # Many slow payloads in a row must not outlive the claim of the rest.
+                    await self.db.fetch(EXTEND_SQL, (ids[i:],), stop=stop)
+                    extended_at = loop.time()
                 try:
                     self._add(counts, await self._process([msg_id], stop))
                 except psycopg.Error as one:

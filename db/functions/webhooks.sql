@@ -806,6 +806,21 @@ COMMENT ON FUNCTION api.process_claimed_webhooks(bigint[]) IS
 REVOKE ALL ON FUNCTION api.process_claimed_webhooks(bigint[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.process_claimed_webhooks(bigint[]) TO pgwa_worker;
 
+CREATE OR REPLACE FUNCTION api.extend_webhook_claims(p_ids bigint[]) RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = '' AS $$
+    WITH extended AS (
+        UPDATE pgmq.q_webhooks w
+        SET vt = clock_timestamp() + make_interval(secs => (SELECT s.webhook_claim_s FROM core.settings s))
+        WHERE w.msg_id = ANY (p_ids)
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM extended
+$$;
+COMMENT ON FUNCTION api.extend_webhook_claims(bigint[]) IS
+    'Keeps claimed webhook payloads invisible for another webhook_claim_s, while the worker retries them one by one, so that no other loop claims them again meanwhile (which would spend an attempt of payloads that never failed). Returns how many were still queued.';
+REVOKE ALL ON FUNCTION api.extend_webhook_claims(bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.extend_webhook_claims(bigint[]) TO pgwa_worker;
+
 CREATE OR REPLACE FUNCTION api.fail_webhooks(p_ids bigint[], p_sqlstate text, p_reason text) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
