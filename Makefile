@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: db db-url db-stop db-restart psql migrate schema test lint demo sim worker api \
+.PHONY: db db-url db-stop db-restart psql migrate schema test test-fast lint demo sim worker api \
         bench bench-sim bench-campaign bench-webhooks bench-api bench-bots clean
 
 db:            ## the local cluster (or DATABASE_URL), migrated; idempotent
@@ -27,6 +27,9 @@ schema: db     ## regenerate db/schema.sql from a freshly migrated database
 
 test: db
 	$(PY) -m pytest
+
+test-fast: db  ## the unit tests alone (PostgreSQL, no processes): the inner loop
+	$(PY) -m pytest -m "unit and not slow"
 
 lint: db
 	.venv/bin/ruff check .

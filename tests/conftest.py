@@ -26,6 +26,27 @@ from pgwa.migrate import migrate
 
 pytest_plugins = ["tests.sim_fixtures"] if (ROOT / "tests" / "sim_fixtures.py").exists() else []
 
+# What a test needs, by module: `unit` tests talk to PostgreSQL only; `integration` tests
+# also start processes or servers (the API, the simulator, a worker, uvicorn); `slow`
+# ones run for tens of seconds (fuzzing, crash recovery). `make test` runs them all,
+# `make test-fast` the unit tests alone.
+INTEGRATION = frozenset({
+    "test_api_auth", "test_api_routes", "test_api_schema", "test_bots", "test_campaign_recovery",
+    "test_cli", "test_config", "test_inbox", "test_llm", "test_migrate", "test_security_bots",
+    "test_security_keys", "test_security_numbers", "test_security_uploads", "test_security_webhooks",
+    "test_sim_control", "test_sim_send", "test_sim_webhooks", "test_webhooks_http",
+    "test_webhooks_worker", "test_worker_graph", "test_worker_sender",
+})
+SLOW = frozenset({"test_api_schema", "test_campaign_recovery"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        item.add_marker("integration" if module in INTEGRATION else "unit")
+        if module in SLOW:
+            item.add_marker("slow")
+
 
 # The server's address is known without starting it; the cluster itself is started
 # (and migrated) only when a test asks for a database, so tests of the simulator alone
