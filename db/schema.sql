@@ -1806,26 +1806,12 @@ CREATE FUNCTION api.process_claimed_webhooks(p_ids bigint[]) RETURNS api.webhook
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
-DECLARE
-    v_ids bigint[];
-    v_payloads jsonb[];
-    v_headers jsonb[];
 BEGIN
     IF cardinality(p_ids) > 10000 THEN
         RAISE EXCEPTION 'at most 10000 payloads per call, not %', cardinality(p_ids)
             USING ERRCODE = 'PW100', HINT = 'Pass the ids one api.claim_webhooks call returned.';
     END IF;
-    -- Still queued: ids archived meanwhile (a claim that outlived its visibility timeout
-    -- was claimed and processed again elsewhere) are gone and skipped. No SKIP LOCKED: a
-    -- concurrent claim's pgmq.read may hold a lock on a row it then found invisible (the
-    -- row lock is taken before the recheck), and skipping that row would leave it for its
-    -- whole visibility timeout; the wait is one claim's length, and claims never wait.
-    SELECT array_agg(q.msg_id ORDER BY q.msg_id), array_agg(q.message ORDER BY q.msg_id),
-           array_agg(q.headers ORDER BY q.msg_id)
-    INTO v_ids, v_payloads, v_headers
-    FROM (SELECT w.msg_id, w.message, w.headers FROM pgmq.q_webhooks w
-          WHERE w.msg_id = ANY (p_ids) ORDER BY w.msg_id FOR UPDATE) q;
-    RETURN core.process_webhook_batch(v_ids, v_payloads, v_headers);
+    RETURN core.process_webhook_batch(p_ids);
 END
 $$;
 
@@ -1837,8 +1823,6 @@ CREATE FUNCTION api.process_webhooks(p_max integer DEFAULT 100) RETURNS api.webh
     AS $$
 DECLARE
     v_ids bigint[];
-    v_payloads jsonb[];
-    v_headers jsonb[];
 BEGIN
     IF p_max IS NULL OR p_max NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION 'p_max must be between 1 and 10000, not %', p_max
@@ -1846,14 +1830,11 @@ BEGIN
     END IF;
     -- Read and processing share this transaction: a crash rolls the read back too, and
     -- concurrent workers skip each other's rows (FOR UPDATE SKIP LOCKED in pgmq.read).
-    SELECT array_agg(r.msg_id ORDER BY r.msg_id), array_agg(r.message ORDER BY r.msg_id),
-           array_agg(r.headers ORDER BY r.msg_id)
-    INTO v_ids, v_payloads, v_headers
-    FROM pgmq.read('webhooks', 60, p_max) r;
-    IF v_ids IS NULL THEN
+    v_ids := ARRAY(SELECT r.msg_id FROM pgmq.read('webhooks', 60, p_max) r);
+    IF cardinality(v_ids) = 0 THEN
         PERFORM core.restore_webhook_notify();
     END IF;
-    RETURN core.process_webhook_batch(v_ids, v_payloads, v_headers);
+    RETURN core.process_webhook_batch(v_ids);
 END
 $$;
 
@@ -4147,19 +4128,27 @@ CREATE FUNCTION core.phone_problem(p_raw text, p_default_cc text DEFAULT NULL::t
     END
 $$;
 
-CREATE FUNCTION core.process_webhook_batch(p_ids bigint[], p_payloads jsonb[], p_headers jsonb[]) RETURNS api.webhook_batch
+CREATE FUNCTION core.process_webhook_batch(p_ids bigint[]) RETURNS api.webhook_batch
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
 DECLARE
     v_batch api.webhook_batch;
+    v_ids bigint[];
+    v_payloads jsonb[];
+    v_headers jsonb[];
 BEGIN
-    IF coalesce(cardinality(p_ids), 0) = 0 THEN
+    SELECT array_agg(q.msg_id ORDER BY q.msg_id), array_agg(q.message ORDER BY q.msg_id),
+           array_agg(q.headers ORDER BY q.msg_id)
+    INTO v_ids, v_payloads, v_headers
+    FROM (SELECT w.msg_id, w.message, w.headers FROM pgmq.q_webhooks w
+          WHERE w.msg_id = ANY (p_ids) ORDER BY w.msg_id FOR UPDATE) q;
+    IF v_ids IS NULL THEN
         RETURN ROW(0, 0, 0, 0, 0);
     END IF;
-    v_batch := core.process_webhook_part(p_ids, p_payloads, p_headers);
-    v_batch.payloads := cardinality(p_ids);
-    PERFORM pgmq.archive('webhooks', p_ids);    -- the dead-lettered ones are gone already
+    v_batch := core.process_webhook_part(v_ids, v_payloads, v_headers);
+    v_batch.payloads := cardinality(v_ids);
+    PERFORM pgmq.archive('webhooks', v_ids);    -- the dead-lettered ones are gone already
     RETURN v_batch;
 END
 $$;

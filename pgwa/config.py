@@ -93,12 +93,14 @@ class Settings:
     webhook_single_timeout_ms: int = 300    # one payload retried alone after a failed batch
     webhook_loops: int = 2                  # concurrent webhook-processing loops per worker
 
-    def session_url(self, *, idle_tx: bool = False) -> str:
+    def session_url(self, *, idle_tx: bool = False, statement_timeout_ms: int | None = None) -> str:
         """database_url with this process's session limits as libpq options: the
-        statement_timeout (and, for the API's pool, idle_in_transaction_session_timeout),
-        kept after any options the URL already carries. Set per connection because
-        ``ALTER ROLE ... SET`` binds only the login role, never the members of a group."""
-        gucs = {"statement_timeout": self.statement_timeout_ms}
+        statement_timeout (``statement_timeout_ms``, else PGWA_STATEMENT_TIMEOUT_MS; and,
+        for the API's pool, idle_in_transaction_session_timeout), kept after any options
+        the URL already carries. Set per connection because ``ALTER ROLE ... SET`` binds
+        only the login role, never the members of a group."""
+        gucs = {"statement_timeout": self.statement_timeout_ms if statement_timeout_ms is None
+                else statement_timeout_ms}
         if idle_tx:
             gucs["idle_in_transaction_session_timeout"] = self.idle_tx_timeout_ms
         given = conninfo_to_dict(self.database_url).get("options") or ""

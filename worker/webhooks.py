@@ -30,7 +30,6 @@ import logging
 import time
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgwa.config import Settings
 
@@ -54,13 +53,6 @@ EXTEND_SQL = "SELECT api.extend_webhook_claims(%s)"
 EXTEND_EVERY_S = 10.0    # well inside webhook_claim_s (30 s by default)
 
 
-def webhook_url(settings: Settings) -> str:
-    """The session URL with the webhook loop's own statement_timeout (the last -c wins)."""
-    url = settings.session_url()
-    given = conninfo_to_dict(url).get("options") or ""
-    return make_conninfo(url, options=f"{given} -c statement_timeout={settings.webhook_timeout_ms}".strip())
-
-
 class WebhookProcessor:
     """One loop claiming and processing webhook payloads; ``await run(stop)`` until ``stop``."""
 
@@ -70,7 +62,8 @@ class WebhookProcessor:
         self.batch = batch
         self.recheck_s = recheck_s
         self.heartbeat_s = heartbeat_s
-        self.db = Database(webhook_url(settings), name=f"{settings.worker_name}-webhooks-{index}")
+        self.db = Database(settings.session_url(statement_timeout_ms=settings.webhook_timeout_ms),
+                           name=f"{settings.worker_name}-webhooks-{index}")
         self.totals = {"batches": 0, "payloads": 0, "status_events": 0, "messages": 0, "dead": 0,
                        "dropped": 0, "failed": 0}
 
