@@ -1,5 +1,5 @@
 -- The login roles the API and the workers connect as: members of pgwa_api and
--- pgwa_worker (made by migration 0016), never the owner or a superuser. Run by
+-- pgwa_worker (made by db/migrations/0086_baseline/09_roles.sql), never the owner or a superuser. Run by
 -- docker-compose's `logins` service after migrate, as the owner, with psql variables
 -- api_password and worker_password:
 --   psql -v ON_ERROR_STOP=1 -v api_password=... -v worker_password=... -f deploy/logins.sql

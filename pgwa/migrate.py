@@ -1,11 +1,16 @@
-"""The migration runner: numbered, forward-only files, then every function file.
+"""The migration runner: numbered, forward-only migrations, then every function file.
 
-Each file in db/migrations runs once, in its own transaction, which first records the
-file's version: two runners started at once serialise on that row, and the second
-skips what the first applied (graphile-worker does the same). Then every file in
-db/functions is re-applied, all in one transaction. A broken file raises
-MigrationError naming the file and the server's message, and leaves the database
-as it was before that file.
+Each migration in db/migrations runs once, in its own transaction, which first records
+its version: two runners started at once serialise on that row, and the second skips
+what the first applied (graphile-worker does the same). A migration is a file
+NNNN_name.sql, or a folder NNNN_name/ whose .sql files run in name order as that one
+migration. Then every file in db/functions is re-applied, all in one transaction. A
+broken file raises MigrationError naming the file and the server's message, and leaves
+the database as it was before that migration.
+
+The baseline (the migration named NNNN_baseline) folds the history up to its number
+into the schema as it stood then. A database that history built already holds that
+schema: the runner records the baseline there without running it (fold_history).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from pgwa.config import ROOT, database_url
 
 MIGRATIONS = ROOT / "db" / "migrations"
 FUNCTIONS = ROOT / "db" / "functions"
+# The name of the migration that stands for every earlier one: NNNN_baseline.
+BASELINE = "_baseline"
 
 BOOTSTRAP = """
 CREATE SCHEMA IF NOT EXISTS core;
@@ -79,6 +86,58 @@ def _version(path: Path) -> int:
     return int(head)
 
 
+def _migrations(directory: Path) -> list[Path]:
+    """The migrations in order: files NNNN_name.sql and folders NNNN_name/ (the README is neither)."""
+    return sorted(p for p in directory.iterdir() if p.suffix == ".sql" or p.is_dir())
+
+
+def _files(migration: Path) -> list[Path]:
+    return sorted(migration.glob("*.sql")) if migration.is_dir() else [migration]
+
+
+def _digest(migration: Path) -> str:
+    """sha256 of a file's bytes, or of a folder's files with their names: renaming, adding
+    or editing a file of the folder changes the migration as editing a file does."""
+    if not migration.is_dir():
+        return hashlib.sha256(migration.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for path in _files(migration):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def fold_history(conn: psycopg.Connection, migrations: list[Path]) -> None:
+    """Record the baseline as applied, without running it, where its history built the database.
+
+    That history ran in version order and ended with the migration numbered as the
+    baseline, so a row at the baseline's version under another name marks a database that
+    already holds the baseline's schema. Its rows up to there give way to the baseline's
+    one row, so that it and a database created afresh record the same migrations. A
+    database that holds only part of that history cannot be brought forward from here.
+    """
+    baseline = next((p for p in migrations if p.name.endswith(BASELINE)), None)
+    if baseline is None:
+        return
+    version = _version(baseline)
+    row = conn.execute("SELECT name FROM core.schema_migrations WHERE version = %s", (version,)).fetchone()
+    if row is None:
+        older = conn.execute(
+            "SELECT max(name) FROM core.schema_migrations WHERE version < %s", (version,)
+        ).fetchone()[0]
+        if older is not None:
+            raise MigrationError(
+                f"{baseline.name}: the database was migrated only up to {older} of the history "
+                "the baseline folds; migrate it with a checkout from before the baseline, or create it afresh"
+            )
+        return
+    if row[0] != baseline.name:
+        conn.execute("DELETE FROM core.schema_migrations WHERE version <= %s", (version,))
+        conn.execute(
+            "INSERT INTO core.schema_migrations (version, name, sha256) VALUES (%s, %s, %s)",
+            (version, baseline.name, _digest(baseline)),
+        )
+
+
 def _run_file(conn: psycopg.Connection, path: Path) -> None:
     try:
         conn.execute(path.read_text())
@@ -92,12 +151,13 @@ def _run_file(conn: psycopg.Connection, path: Path) -> None:
 def apply_migrations(conn: psycopg.Connection, directory: Path = MIGRATIONS) -> list[str]:
     """Apply the migrations not yet recorded; return the names applied."""
     applied = []
+    migrations = _migrations(directory)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgwa.ensure_extensions'))")
         conn.execute(BOOTSTRAP)
-    for path in sorted(directory.glob("*.sql")):
-        version, text = _version(path), path.read_bytes()
-        digest = hashlib.sha256(text).hexdigest()
+        fold_history(conn, migrations)
+    for path in migrations:
+        version, digest = _version(path), _digest(path)
         with conn.transaction():
             row = conn.execute(
                 "INSERT INTO core.schema_migrations (version, name, sha256) VALUES (%s, %s, %s)"
@@ -114,7 +174,8 @@ def apply_migrations(conn: psycopg.Connection, directory: Path = MIGRATIONS) -> 
                         "migrations are forward-only, add a new one"
                     )
                 continue
-            _run_file(conn, path)
+            for file in _files(path):
+                _run_file(conn, file)
         applied.append(path.name)
     return applied
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -12,7 +13,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgwa.config import ROOT
-from pgwa.migrate import MIGRATIONS, MigrationError, apply_functions, apply_migrations, migrate
+from pgwa.migrate import (
+    BASELINE,
+    MIGRATIONS,
+    MigrationError,
+    apply_functions,
+    apply_migrations,
+    migrate,
+)
 
 # A fingerprint of everything the migrations and functions define in core and api.
 CATALOG_FINGERPRINT = """
@@ -34,6 +42,24 @@ SELECT md5(string_agg(item, E'\n' ORDER BY item)) FROM (
 """
 
 
+def migration_names() -> list[str]:
+    """What db/migrations holds: the baseline folder, then the files after it."""
+    return sorted(p.name for p in MIGRATIONS.iterdir() if p.suffix == ".sql" or p.is_dir())
+
+
+def baseline() -> Path:
+    return next(p for p in MIGRATIONS.iterdir() if p.name.endswith(BASELINE))
+
+
+def record_folded_history(db: psycopg.Connection, *names: str) -> None:
+    """Make this database's records look as the history the baseline folds left them: the
+    migrations named, in place of the baseline's row."""
+    db.execute("DELETE FROM core.schema_migrations WHERE version <= %s", (int(baseline().name[:4]),))
+    for name in names:
+        db.execute("INSERT INTO core.schema_migrations (version, name, sha256) VALUES (%s, %s, 'old')",
+                   (int(name[:4]), name))
+
+
 @pytest.fixture
 def empty_db(db: psycopg.Connection) -> str:
     """A brand-new empty database beside the test's own; dropped afterwards."""
@@ -52,7 +78,8 @@ def fingerprint(url: str) -> str:
 
 def test_migrate_from_empty_creates_schema_and_queues(empty_db: str) -> None:
     applied = migrate(empty_db, quiet=True)
-    assert applied == [p.name for p in sorted(MIGRATIONS.glob("*.sql"))]
+    assert applied == migration_names()
+    assert applied[0] == baseline().name
     with psycopg.connect(empty_db) as conn:
         tables = {r[0] for r in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'core'")}
@@ -90,7 +117,7 @@ def test_two_runners_at_once_apply_each_migration_once(empty_db: str) -> None:
     assert errors == []
     with psycopg.connect(empty_db) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM core.schema_migrations")]
-    assert len(versions) == len(set(versions)) == len(list(MIGRATIONS.glob("*.sql")))
+    assert len(versions) == len(set(versions)) == len(migration_names())
 
 
 def test_broken_migration_fails_loudly_and_rolls_back(db: psycopg.Connection, tmp_path: Path) -> None:
@@ -114,10 +141,53 @@ def test_broken_function_file_leaves_every_function_as_it_was(db: psycopg.Connec
     assert fingerprint(db.info.dsn) == before
 
 
+def test_a_folder_is_one_migration_run_in_one_transaction(db: psycopg.Connection, tmp_path: Path) -> None:
+    folder = tmp_path / "9002_in_parts"
+    folder.mkdir()
+    (folder / "01_table.sql").write_text("CREATE TABLE core.in_parts (id int);")
+    (folder / "02_broken.sql").write_text("SELECT no_such_column FROM core.in_parts;")
+    with pytest.raises(MigrationError, match="02_broken.sql"):
+        apply_migrations(db, tmp_path)
+    assert db.execute("SELECT to_regclass('core.in_parts')").fetchone()[0] is None
+    (folder / "02_broken.sql").write_text("INSERT INTO core.in_parts VALUES (1);")
+    assert apply_migrations(db, tmp_path) == ["9002_in_parts"]
+    assert db.execute("SELECT id FROM core.in_parts").fetchall() == [(1,)]
+
+
 def test_changed_migration_is_refused(db: psycopg.Connection, tmp_path: Path) -> None:
-    (tmp_path / "0001_error_codes.sql").write_text("SELECT 1;")
+    shutil.copytree(baseline(), tmp_path / baseline().name)
+    (tmp_path / baseline().name / "01_registries.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="forward-only"):
         apply_migrations(db, tmp_path)
+
+
+def test_database_the_folded_history_built_takes_the_baseline_without_running_it(
+        db: psycopg.Connection, db_url: str) -> None:
+    fresh = fingerprint(db_url)
+    record_folded_history(db, "0001_error_codes.sql", "0056_definer_roles.sql", "0086_send_policy_type.sql")
+    # Running the baseline would fail: its tables are there already.
+    assert migrate(db_url, quiet=True) == []
+    assert fingerprint(db_url) == fresh
+
+
+def test_database_the_folded_history_built_gets_the_migrations_after_the_baseline(
+        db: psycopg.Connection, tmp_path: Path) -> None:
+    shutil.copytree(baseline(), tmp_path / baseline().name)
+    (tmp_path / "9003_after_the_baseline.sql").write_text("CREATE TABLE core.after_the_baseline (id int);")
+    record_folded_history(db, "0001_error_codes.sql", "0086_send_policy_type.sql")
+    assert apply_migrations(db, tmp_path) == ["9003_after_the_baseline.sql"]
+    assert db.execute("SELECT to_regclass('core.after_the_baseline')").fetchone()[0] is not None
+    folded = db.execute("SELECT name FROM core.schema_migrations WHERE version <= %s",
+                        (int(baseline().name[:4]),)).fetchall()
+    assert folded == [(baseline().name,)]
+
+
+def test_database_with_part_of_the_folded_history_is_refused(db: psycopg.Connection) -> None:
+    record_folded_history(db, "0001_error_codes.sql", "0050_conversations.sql")
+    with pytest.raises(MigrationError, match="only up to 0050_conversations.sql"):
+        apply_migrations(db)
+    names = [r[0] for r in db.execute("SELECT name FROM core.schema_migrations ORDER BY version")]
+    assert names[:2] == ["0001_error_codes.sql", "0050_conversations.sql"]
 
 
 def test_pgmq_queue_round_trip(db: psycopg.Connection) -> None:
