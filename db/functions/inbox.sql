@@ -41,9 +41,9 @@ BEGIN
     END IF;
     WITH req AS MATERIALIZED (
         SELECT r.ord::integer AS ord, r.number_id, r.contact_id, r.kind, r.message, c.wa_id, c.user_id,
-               v.last_inbound_at + interval '24 hours' AS closes_at,
+               core.window_closes_at(v.last_inbound_at) AS closes_at,
                r.kind = 'receipt' OR r.message->>'type' = 'template'
-               OR v.last_inbound_at > now() - interval '24 hours' AS allowed
+               OR core.window_open(v.last_inbound_at, now()) AS allowed
         FROM unnest(p_replies) WITH ORDINALITY AS r(number_id, contact_id, kind, message, ord)
         JOIN core.contacts c ON c.contact_id = r.contact_id
         LEFT JOIN core.conversations v ON v.number_id = r.number_id AND v.contact_id = r.contact_id
@@ -91,7 +91,7 @@ BEGIN
     LEFT JOIN inbox i ON i.outbound_id = o.outbound_id;
 
     IF v_queue IS NOT NULL THEN
-        PERFORM pgmq.send_batch('r_' || (m->>'n'), array_agg(jsonb_build_object('o', m->'o', 'b', m->'b') ORDER BY (m->>'o')::bigint))
+        PERFORM pgmq.send_batch(core.reply_queue((m->>'n')::bigint), array_agg(jsonb_build_object('o', m->'o', 'b', m->'b') ORDER BY (m->>'o')::bigint))
         FROM unnest(v_queue) m GROUP BY m->>'n';
         PERFORM pg_notify('pgwa_send', n) FROM (SELECT DISTINCT m->>'n' AS n FROM unnest(v_queue) m) d;
     END IF;
@@ -109,8 +109,8 @@ RETURNS SETOF api.conversation_summary
 LANGUAGE sql STABLE SET search_path = '' AS $$
     SELECT c.contact_id, c.wa_id, c.user_id, c.name, c.profile_name, c.opted_out,
            l.message_id, l.direction, l.type, l.body, v.last_message_at, v.unread,
-           coalesce(v.last_inbound_at > now() - interval '24 hours', false),
-           v.last_inbound_at + interval '24 hours',
+           core.window_open(v.last_inbound_at, now()),
+           core.window_closes_at(v.last_inbound_at),
            v.assigned_to, v.assigned_at, v.needs_human, v.needs_human_reason
     FROM unnest(p_contact_ids) AS k(contact_id)
     JOIN core.conversations v ON v.number_id = p_number_id AND v.contact_id = k.contact_id
@@ -167,7 +167,7 @@ BEGIN
               < (coalesce(p_before_at, 'infinity'), coalesce(p_before_contact_id, 9223372036854775807))
           AND CASE p_filter
                   WHEN 'unread' THEN v.unread > 0
-                  WHEN 'open' THEN v.last_inbound_at > now() - interval '24 hours'
+                  WHEN 'open' THEN v.last_inbound_at > (SELECT core.window_start(now()))
                   WHEN 'assigned' THEN v.assigned_to IS NOT NULL
                   WHEN 'unassigned' THEN v.assigned_to IS NULL
                   WHEN 'needs_human' THEN v.needs_human

@@ -146,8 +146,8 @@ BEGIN
         quality_rating = coalesce(excluded.quality_rating, n.quality_rating),
         paused_reason = NULL
     RETURNING number_id INTO v_id;
-    IF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = 'r_' || v_id) THEN
-        PERFORM pgmq.create('r_' || v_id);
+    IF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = core.reply_queue(v_id)) THEN
+        PERFORM pgmq.create(core.reply_queue(v_id));
     END IF;
     IF v_new_secret IS DISTINCT FROM v_old_secret THEN
         -- The audit holds neither the secret nor anything derived from it.
@@ -219,8 +219,8 @@ BEGIN
     DELETE FROM core.conversations WHERE number_id = v_number.number_id;
     UPDATE core.outbound_messages SET state = 'cancelled'
     WHERE number_id = v_number.number_id AND campaign_id IS NULL AND state IN ('queued', 'in_flight');
-    IF EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = 'r_' || v_number.number_id) THEN
-        PERFORM pgmq.purge_queue('r_' || v_number.number_id);
+    IF EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = core.reply_queue(v_number.number_id)) THEN
+        PERFORM pgmq.purge_queue(core.reply_queue(v_number.number_id));
     END IF;
     v_details := jsonb_build_object('number_id', v_number.number_id, 'phone_number_id', p_phone_number_id,
                                     'from_tenant_id', v_number.tenant_id, 'to_tenant_id', p_to_tenant_id);
