@@ -44,7 +44,7 @@ api: db
 	$(PY) -m api
 
 demo: db
-	$(PY) -m pgwa.demo
+	$(PY) -m pgwa.local.demo
 
 bench: bench-sim bench-campaign bench-webhooks bench-api bench-bots
 

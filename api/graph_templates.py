@@ -1,18 +1,25 @@
-"""Fetch a WABA's message templates from the Graph API, following Meta's cursor paging.
+"""Template sync: fetch a WABA's message templates from the Graph API, following Meta's
+cursor paging, then store every page with one ``api.sync_templates`` call.
 
-The async twin of pgwa.templates.sync_templates' fetch: the route gathers every page,
-then stores them all with one ``api.sync_templates`` call. The access token goes only
-to the Graph API's own host: a ``paging.next`` link to anywhere else is not followed.
-Errors name Meta's code and message, never the token.
+``POST /v1/templates/sync`` (api/routes.py) does it with the number's credentials and no
+connection held while Meta answers; :func:`sync_templates` is the same fetch and the same
+statement for scripts, the local stack, the demo, the benchmarks and the tests. The access
+token goes only to the Graph API's own host: a ``paging.next`` link to anywhere else is not
+followed. Errors name Meta's code and message, never the token.
 """
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
+import psycopg
+from psycopg.rows import dict_row
 
 from api.errors import ApiError
+from pgwa.queries import queries
 
 FIELDS = "id,name,language,status,category,components"
 MAX_PAGES = 200
@@ -58,3 +65,14 @@ async def fetch_templates(graph_base_url: str, version: str, waba_id: str, token
             paging = page.get("paging")
             url, params = (paging.get("next") if isinstance(paging, dict) else None), None
     raise _upstream(f"more than {MAX_PAGES} pages of templates; stopped")
+
+
+def sync_templates(conn: psycopg.Connection, tenant_id: int, waba_id: str, token: str, graph_base_url: str,
+                   version: str) -> int:
+    """Fetch every template of the WABA and store them, as the route does; returns how many
+    Meta listed. Blocking: not for a running event loop. Raises ApiError PW501 when Meta refuses."""
+    templates = asyncio.run(fetch_templates(graph_base_url, version, waba_id, token))
+    with conn.cursor(row_factory=dict_row) as cur:
+        synced = cur.execute(queries["sync_templates"], {
+            "tenant_id": tenant_id, "waba_id": waba_id, "templates": orjson.dumps(templates).decode()}).fetchone()
+    return synced["received"]

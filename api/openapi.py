@@ -3,7 +3,9 @@
 Operations are written here by hand (small schema dicts); each names the ``api``
 function it calls (``x-pgwa-function``) and takes that function's ``COMMENT ON`` text as
 its description, loaded at start-up from ``api.functions()``: the database documents
-itself once, and this document and ``\\dd api.*`` never disagree.
+itself once, and this document and ``\\dd api.*`` never disagree. The ranges of the LLM
+settings come the same way, from ``api.llm_bounds()``, the rows ``api.configure_llm``
+checks against.
 """
 
 from __future__ import annotations
@@ -175,6 +177,19 @@ def _op(function: str, summary: str, response: dict | None, *, status: int = 200
     return op
 
 
+def _llm_body(bounds: dict[str, dict]) -> dict:
+    """configure_llm's body, each bounded setting with its range and meaning from its row of
+    ``api.llm_bounds()`` (read at start-up: the ranges are written nowhere else)."""
+    fields: dict[str, dict] = {"system_prompt": {"type": "string"}, "daily_limit": {"type": "integer"},
+                               "context_messages": {"type": "integer"}, "number_daily_limit": {"type": "integer"}}
+    for name, bound in bounds.items():
+        if name in fields:
+            low, high = ("minLength", "maxLength") if bound["type"] == "string" else ("minimum", "maximum")
+            fields[name] = {**fields[name], low: bound["minimum"], high: bound["maximum"],
+                            "description": f"{bound['meaning']}."}
+    return _json_body(_obj(enabled={"type": "boolean"}, **fields))
+
+
 _CAMPAIGN_QUERY = [
     _param("number_id", "query", _INT, "The number to send from (or in Pgwa-Campaign / params)."),
     _param("name", "query", {"type": "string"}),
@@ -294,10 +309,7 @@ PATHS: dict[str, dict[str, dict]] = {
                                               params=[_param("rule_id", "path", _INT)])},
     "/v1/numbers/{number_id}/llm": {"post": _op(
         "configure_llm", "LLM replies for the number: on or off, prompt, daily limit", _ref("LlmSettings"),
-        params=[_NUMBER_ID], body=_json_body(_obj(
-            enabled={"type": "boolean"}, system_prompt={"type": "string"},
-            daily_limit={"type": "integer", "minimum": 0}, context_messages={"type": "integer", "minimum": 0},
-            number_daily_limit={"type": "integer", "description": "LLM calls per number and UTC day (api.configure_llm checks the range)."})))},
+        params=[_NUMBER_ID], body=_llm_body({}))},
     "/v1/opt-out": {"post": _op(
         "configure_opt_out", "The tenant's opt-out and opt-in keywords and replies", _ref("OptOutSettings"),
         body=_json_body(_obj(opt_out_keywords=_KEYWORDS, opt_in_keywords=_KEYWORDS,
@@ -328,9 +340,11 @@ PATHS: dict[str, dict[str, dict]] = {
 }
 
 
-def document(descriptions: dict[str, str], scopes: dict[tuple[str, str], str] | None = None) -> dict:
-    """The OpenAPI document, with each operation's description from its function's comment
-    and, from ``scopes`` ((path, METHOD) -> scope, api/routes.py), the scope its key needs."""
+def document(descriptions: dict[str, str], scopes: dict[tuple[str, str], str] | None = None,
+             llm_bounds: dict[str, dict] | None = None) -> dict:
+    """The OpenAPI document, with each operation's description from its function's comment,
+    from ``scopes`` ((path, METHOD) -> scope, api/routes.py) the scope its key needs, and the
+    ranges of the LLM settings from ``llm_bounds`` (``api.llm_bounds()`` by setting)."""
     paths: dict = {}
     for path, operations in PATHS.items():
         paths[path] = {}
@@ -342,6 +356,8 @@ def document(descriptions: dict[str, str], scopes: dict[tuple[str, str], str] | 
             paths[path][method] = {**op, "description": f"{needs}Calls `api.{function}`. {text or ''}".strip()}
             if scope:
                 paths[path][method]["x-pgwa-scope"] = scope
+            if function == "configure_llm":
+                paths[path][method]["requestBody"] = _llm_body(llm_bounds or {})
     return {
         "openapi": "3.1.0",
         "info": {"title": "pgwa", "version": VERSION,

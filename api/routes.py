@@ -13,7 +13,9 @@ API's answer for the number and its WABA, ``api.register_number`` with that answ
 uploads (authenticate; spool the body within its caps, holding no connection; then
 ``api.stage_contacts`` + COPY + ``api.create_campaign`` / ``api.import_contacts`` in
 one transaction) and template sync
-(``api.graph_credentials``, the Graph API's pages, one ``api.sync_templates``).
+(``api.graph_credentials``, the Graph API's pages, one ``api.sync_templates``). Their calls
+that take a tenant id are the named queries of pgwa/queries.sql, the texts the CLI, the
+local stack and the tests send too; those routes encode the row they return with orjson.
 Another tenant's ids are simply not found (the functions raise PW2nn), and no route
 returns an access token or an app secret. Errors go through api/errors.py.
 
@@ -31,6 +33,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -44,6 +47,7 @@ from api.graph_templates import fetch_templates
 from api.upload import CsvUpload, UploadLimits
 from pgwa.config import Settings
 from pgwa.numbers import GraphCheckError, verify_number
+from pgwa.queries import queries
 
 JSON = "application/json"
 MAX_JSON_BODY = 1 << 20
@@ -56,20 +60,15 @@ MAX_BIGINT = (1 << 63) - 1
 NUMBERS = """SELECT coalesce(json_agg(n ORDER BY n.number_id), '[]')::text
 FROM api.numbers(api.authenticate(%(key)s, %(scope)s)) n"""
 # Registering a number: check the fields, ask the Graph API (pgwa/numbers.py), then store
-# what Meta answered.
+# what Meta answered (queries["register_number"]).
 PREPARE_NUMBER = """SELECT a.tenant_id, api.prepare_number_registration(
     a.tenant_id, %(phone_number_id)s::text, %(waba_id)s::text, %(access_token)s::text, %(throughput_mps)s::integer)
 FROM (SELECT api.authenticate(%(key)s, %(scope)s) AS tenant_id) a"""
-REGISTER_NUMBER = """SELECT json_build_object('number_id', api.register_number(
-    %(tenant_id)s::bigint, %(phone_number_id)s::text, %(waba_id)s::text, %(access_token)s::text,
-    %(app_secret)s::text, %(throughput_mps)s::integer, %(display_phone_number)s::text, %(verified)s::jsonb))::text"""
 TEMPLATES = """SELECT coalesce(json_agg(t), '[]')::text
 FROM api.templates(api.authenticate(%(key)s, %(scope)s), %(waba_id)s::text, %(status)s::text) t"""
 CREDENTIALS = """SELECT a.tenant_id, c.waba_id, c.access_token, c.graph_api_version
 FROM (SELECT api.authenticate(%(key)s, %(scope)s) AS tenant_id) a,
      api.graph_credentials(a.tenant_id, %(number_id)s::bigint) c"""
-SYNC_TEMPLATES = """SELECT row_to_json(r)::text
-FROM api.sync_templates(%(tenant_id)s::bigint, %(waba_id)s::text, %(templates)s::jsonb) r"""
 AUTHENTICATE = "SELECT api.authenticate(%(key)s, %(scope)s)"
 # Refused by api.authenticate itself (no key, no scope, over the limit): nothing to count.
 UNCOUNTED = frozenset({"PW401", "PW410", "PW429"})
@@ -90,10 +89,6 @@ CAMPAIGNS = """SELECT json_build_object(
     'data', coalesce(json_agg(c ORDER BY c.campaign_id DESC), '[]'),
     'next_before_id', CASE WHEN count(*) = %(limit)s::integer THEN min(c.campaign_id) END)::text
 FROM api.campaigns(api.authenticate(%(key)s, %(scope)s), %(status)s::text, %(before_id)s::bigint, %(limit)s::integer) c"""
-CREATE_CAMPAIGN = """SELECT row_to_json(r)::text
-FROM api.create_campaign(%(tenant_id)s::bigint, %(number_id)s::bigint, %(name)s::text, %(templates)s::jsonb,
-                         %(on_invalid)s::text, %(scheduled_at)s::timestamptz, %(start)s::boolean,
-                         %(default_country_code)s::text) r"""
 CAMPAIGN_STATS = """SELECT row_to_json(s)::text
 FROM api.campaign_stats(api.authenticate(%(key)s, %(scope)s), %(campaign_id)s::bigint) s"""
 START_CAMPAIGN = """SELECT json_build_object('campaign_id', %(campaign_id)s::bigint, 'status',
@@ -158,6 +153,7 @@ FROM api.configure_llm(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigi
                        %(number_daily_limit)s::integer) l"""
 METRICS = "SELECT api.metrics()"
 FUNCTION_DOCS = "SELECT name, description FROM api.functions()"
+LLM_BOUNDS = "SELECT setting, type, minimum, maximum, meaning FROM api.llm_bounds()"
 
 
 # -- input ------------------------------------------------------------------------------------
@@ -251,6 +247,16 @@ def _field(body: dict, name: str, convert=_to_text, *, required: bool = False, d
     return convert(name, value, **bounds)
 
 
+def _bounded(body: dict, name: str, bounds: dict[str, dict]) -> Any:
+    """A field within its row of ``bounds`` (``api.llm_bounds()``, which the function the route
+    calls checks again): an integer from minimum to maximum, or a string of at most maximum
+    characters."""
+    bound = bounds[name]
+    if bound["type"] == "string":
+        return _field(body, name, limit=bound["maximum"])
+    return _field(body, name, _to_int, low=bound["minimum"], high=bound["maximum"])
+
+
 def _keywords(body: dict[str, Any], name: str) -> list[str] | None:
     value = body.get(name)
     if value is None:
@@ -259,6 +265,12 @@ def _keywords(body: dict[str, Any], name: str) -> list[str] | None:
                                                                    for k in value):
         raise _bad(f"{name} must be a list of at most 100 words of 1 to 64 characters", '["STOP", "UNSUBSCRIBE"]')
     return value
+
+
+async def _row(conn: psycopg.AsyncConnection, query: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The one row of a named query, as a dict (for the routes that send one)."""
+    cur = conn.cursor(row_factory=dict_row)
+    return await (await cur.execute(query, params)).fetchone()
 
 
 CONVERSATION_PATH = "/v1/numbers/{number_id}/conversations/{contact_id}"
@@ -312,6 +324,7 @@ class JsonApi:
         self.metrics_token = metrics_token if metrics_token is not None else settings.metrics_token
         self.extra_routes = list(extra_routes)
         self.codes = ErrorCodes()
+        self.llm_bounds: dict[str, dict] = {}   # api.llm_bounds() by setting, read by start()
         self.document = openapi.document({}, self.route_scopes())
         self.upload_limits = UploadLimits.from_settings(settings)
         # statement_timeout and idle_in_transaction_session_timeout on every pooled connection.
@@ -324,7 +337,10 @@ class JsonApi:
         async with self.pool.connection() as conn:
             await self.codes.load(conn)
             docs = await (await conn.execute(FUNCTION_DOCS)).fetchall()
-        self.document = openapi.document(dict(docs), self.route_scopes())
+            bounds = await (await conn.execute(LLM_BOUNDS)).fetchall()
+        self.llm_bounds = {setting: {"type": kind, "minimum": low, "maximum": high, "meaning": meaning}
+                           for setting, kind, low, high, meaning in bounds}
+        self.document = openapi.document(dict(docs), self.route_scopes(), self.llm_bounds)
 
     async def stop(self) -> None:
         await self.pool.close()
@@ -425,9 +441,9 @@ class JsonApi:
         except GraphCheckError as exc:
             raise ApiError(exc.sqlstate, exc.message, exc.hint) from None
         async with self.pool.connection() as conn:
-            row = await (await conn.execute(REGISTER_NUMBER, {
-                **params, "tenant_id": tenant_id, "verified": orjson.dumps(verified).decode()})).fetchone()
-        return Response(row[0], status_code=201, media_type=JSON)
+            number_id = (await (await conn.execute(queries["register_number"], {
+                **params, "tenant_id": tenant_id, "verified": orjson.dumps(verified).decode()})).fetchone())[0]
+        return Response(orjson.dumps({"number_id": number_id}), status_code=201, media_type=JSON)
 
     async def templates(self, request: Request) -> Response:
         return await self._json(request, TEMPLATES, {"waba_id": _query(request, "waba_id"),
@@ -444,10 +460,9 @@ class JsonApi:
         templates = await fetch_templates(self.settings.graph_base_url, version, waba_id, token,
                                           page_size=page_size)
         async with self.pool.connection() as conn:
-            row = await (await conn.execute(SYNC_TEMPLATES, {
-                "tenant_id": tenant_id, "waba_id": waba_id,
-                "templates": orjson.dumps(templates).decode()})).fetchone()
-        return Response(row[0], media_type=JSON)
+            synced = await _row(conn, queries["sync_templates"], {
+                "tenant_id": tenant_id, "waba_id": waba_id, "templates": orjson.dumps(templates).decode()})
+        return Response(orjson.dumps(synced), media_type=JSON)
 
     # -- contacts -------------------------------------------------------------------------------
 
@@ -544,10 +559,10 @@ class JsonApi:
             params = self._campaign_options(request, upload.fields)
             async with self.pool.connection() as conn, conn.transaction():
                 await self._staged(conn, upload)
-                row = await (await conn.execute(CREATE_CAMPAIGN, {**params, "tenant_id": tenant_id})).fetchone()
+                created = await _row(conn, queries["create_campaign"], {**params, "tenant_id": tenant_id})
         finally:
             upload.close()
-        return Response(row[0], status_code=201, media_type=JSON)
+        return Response(orjson.dumps(created), status_code=201, media_type=JSON)
 
     async def campaign_stats(self, request: Request) -> Response:
         return await self._json(request, CAMPAIGN_STATS, {"campaign_id": _path_id(request, "campaign_id")})
@@ -634,19 +649,17 @@ class JsonApi:
         return await self._json(request, CONFIGURE_LLM, {
             "number_id": _path_id(request, "number_id"),
             "enabled": _field(body, "enabled", _to_bool),
-            "system_prompt": _field(body, "system_prompt", limit=20_000),
-            "daily_limit": _field(body, "daily_limit", _to_int, low=0, high=10_000_000),
-            "context_messages": _field(body, "context_messages", _to_int, low=0, high=100),
-            # Its range is checked once, by api.configure_llm.
-            "number_daily_limit": _field(body, "number_daily_limit", _to_int)})
+            **{name: _bounded(body, name, self.llm_bounds)
+               for name in ("system_prompt", "daily_limit", "context_messages", "number_daily_limit")}})
 
     async def configure_opt_out(self, request: Request) -> Response:
         body = await _json_body(request)
         return await self._json(request, CONFIGURE_OPT_OUT, {
             "opt_out_keywords": _keywords(body, "opt_out_keywords"),
             "opt_in_keywords": _keywords(body, "opt_in_keywords"),
-            "opt_out_reply": _field(body, "opt_out_reply", limit=4096),
-            "opt_in_reply": _field(body, "opt_in_reply", limit=4096)})
+            # api.configure_opt_out holds them to Meta's cap on a text (core.text_body_max).
+            "opt_out_reply": _field(body, "opt_out_reply"),
+            "opt_in_reply": _field(body, "opt_in_reply")})
 
     # -- notifications and keys -----------------------------------------------------------------
 

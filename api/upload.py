@@ -35,7 +35,8 @@ from starlette.requests import Request
 
 from api.errors import ApiError
 from pgwa.config import Settings
-from pgwa.contacts import COPY_STAGED, PHONE_COLUMNS, STAGE
+from pgwa.contacts import PHONE_COLUMNS
+from pgwa.queries import queries
 
 CSV_TYPES = ("text/csv", "application/csv", "text/plain", "application/octet-stream", "application/vnd.ms-excel")
 MAX_RECORD = 1 << 20        # one CSV record (a line, or lines inside quotes)
@@ -363,9 +364,9 @@ class CsvUpload:
 
     async def stage(self, conn: psycopg.AsyncConnection) -> int:
         """Empty this session's staging table and COPY the spooled rows into it; returns the rows."""
-        await conn.execute(STAGE)
+        await conn.execute(queries["stage_contacts"])
         self._spool.seek(0)
-        async with conn.cursor().copy(COPY_STAGED) as copy:
+        async with conn.cursor().copy(queries["copy_staged_contacts"]) as copy:
             while data := await asyncio.to_thread(self._spool.read, COPY_CHUNK):
                 await copy.write(data)
         return self.csv.rows

@@ -32,12 +32,16 @@ import time
 
 import httpx
 import psycopg
+from common import create_tenant, logger, register_number, upsert_template
+from psycopg.rows import dict_row
 
 from pgwa import scratch
 from pgwa.config import ROOT
-from pgwa.stack import free_port
+from pgwa.local.stack import free_port
+from pgwa.queries import queries
 
 BENCH_DB = "pgwa_bench_api"
+WABA_ID = "700000000000009"
 CAMPAIGNS = 1000
 # 2% failed after sending (sent, failed), 1% delivered (sent, delivered), 97% read (sent,
 # delivered, read): 2.97 events a message, so 3.37 M messages carry 10 M status events.
@@ -126,12 +130,16 @@ WHERE s.present
 """
 
 
-def log(msg: str) -> None:
-    print(f"bench-api: {msg}", file=sys.stderr, flush=True)
+log = logger("bench-api")
 
 
 def fresh_database() -> str:
     return scratch.fresh_database(BENCH_DB)
+
+
+def reconcile(conn: psycopg.Connection, tenant: int, campaign: int, *, fix: bool) -> list[dict]:
+    return conn.cursor(row_factory=dict_row).execute(queries["reconcile_campaign"], {
+        "tenant_id": tenant, "campaign_id": campaign, "fix": fix}).fetchall()
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:
@@ -142,13 +150,11 @@ def generate(url: str, messages: int) -> dict:
     began = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET synchronous_commit = off")
-        tenant = conn.execute("SELECT api.create_tenant('bench-api')").fetchone()[0]
-        number = conn.execute("SELECT api.register_number(%s, '700000000000001', '700000000000009', "
-                              "'bench-token', NULL, 1000)", (tenant,)).fetchone()[0]
-        t1 = conn.execute("SELECT api.upsert_template(%s, '700000000000009', 'order_update', 'en_US', "
-                          "'[{\"type\": \"BODY\", \"text\": \"Hi {{1}}\"}]')", (tenant,)).fetchone()[0]
-        t2 = conn.execute("SELECT api.upsert_template(%s, '700000000000009', 'promo', 'en_US', "
-                          "'[{\"type\": \"BODY\", \"text\": \"10%% off\"}]')", (tenant,)).fetchone()[0]
+        tenant = create_tenant(conn, "bench-api")
+        number = register_number(conn, tenant, "700000000000001", WABA_ID, token="bench-token",
+                                 throughput_mps=1000)
+        t1, t2 = (upsert_template(conn, tenant, WABA_ID, name, components=[{"type": "BODY", "text": text}])
+                  for name, text in (("order_update", "Hi {{1}}"), ("promo", "10% off")))
         args = {"tenant": tenant, "number": number, "t1": t1, "t2": t2, "n": CAMPAIGNS}
         conn.execute(MANY_CAMPAIGNS, args)
         conn.execute(MANY_TEMPLATES, args)
@@ -175,17 +181,16 @@ def generate(url: str, messages: int) -> dict:
         loaded = time.perf_counter() - began
         log(f"loaded in {loaded:.0f} s; reconciling the big campaign's counters")
         step = time.perf_counter()
-        drifted = sum(1 for r in conn.execute("SELECT drift FROM api.reconcile_campaign(%s, %s, true)",
-                                              (tenant, big)) if r[0])
+        drifted = sum(1 for r in reconcile(conn, tenant, big, fix=True) if r["drift"])
         reconcile_s = time.perf_counter() - step
         conn.execute("VACUUM (ANALYZE) core.campaigns, core.campaign_templates, core.campaign_minutes, "
                      "core.campaign_errors, core.outbound_messages, core.status_events")
         events = conn.execute("SELECT count(*) FROM core.status_events").fetchone()[0]
         # A read key whose rate limit the timed calls stay under (they measure latency).
-        key = conn.execute("SELECT key FROM api.create_api_key(%s, 'bench', 'read', p_rate_limit_per_minute => 1000000)",
-                           (tenant,)).fetchone()[0]
-        check = conn.execute("SELECT count(*) FILTER (WHERE drift <> 0) FROM api.reconcile_campaign(%s, %s)",
-                             (tenant, big)).fetchone()[0]
+        key = conn.cursor(row_factory=dict_row).execute(queries["create_api_key"], {
+            "tenant_id": tenant, "name": "bench", "scope": "read", "expires_at": None,
+            "rate_limit_per_minute": 1_000_000}).fetchone()["key"]
+        check = sum(1 for r in reconcile(conn, tenant, big, fix=False) if r["drift"])
     return {"tenant": tenant, "big": big, "key": key, "events": events, "generation_s": time.perf_counter() - began,
             "reconcile_fix_s": reconcile_s, "counters_fixed": drifted, "drift_after_fix": check}
 

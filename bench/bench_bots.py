@@ -14,7 +14,7 @@ Sets up its own database (pgwa_bench_bots) on the project's cluster (DATABASE_UR
                                regexes PostgreSQL caches per session), for scale
 * reply_p50_ms, reply_p99_ms   from POST /_sim/inbound to the bot's reply accepted by the
                                simulator (its ledger), at 200 inbound messages/s for 15 s
-                               from distinct users, through pgwa.stack (simulator, webhook
+                               from distinct users, through pgwa.local.stack (simulator, webhook
                                receiver, one worker process); the simulator flushes
                                webhooks every 10 ms
 * conversation_page_ms, conversation_page_p99_ms   api.conversation(), 50 messages, first
@@ -45,8 +45,10 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import create_tenant, logger, register_number
+
 from pgwa import scratch
-from pgwa.stack import Stack
+from pgwa.local.stack import Stack
 
 BENCH_DB = "pgwa_bench_bots"
 PNID, WABA = "106540352242001", "102290129340001"
@@ -74,8 +76,7 @@ $$;
 """
 
 
-def log(msg: str) -> None:
-    print(f"bench-bots: {msg}", file=sys.stderr, flush=True)
+log = logger("bench-bots")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -132,9 +133,8 @@ def measure_matching(url: str, rng: random.Random) -> dict:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(TIMING_FUNCTION)
         for label, regexes in (("", MIX["regex"]), ("_100_regex", 100)):
-            tenant = conn.execute("SELECT api.create_tenant(%s)", (f"match{label}",)).fetchone()[0]
-            number = conn.execute("SELECT api.register_number(%s, %s, %s, 'token')",
-                                  (tenant, f"1065403522{len(label):05d}", f"1022901293{len(label):05d}")).fetchone()[0]
+            tenant = create_tenant(conn, f"match{label}")
+            number = register_number(conn, tenant, f"1065403522{len(label):05d}", f"1022901293{len(label):05d}")
             add_rules(conn, tenant, number, rng, regexes)
             texts = messages(rng, 3000, regexes)
             hits = conn.execute("SELECT count(m.rule_id) FROM core.match_bot_rules(array_fill(%s::bigint, ARRAY[%s]), "
@@ -196,7 +196,7 @@ def ledger(stack: Stack) -> list[dict]:
 def measure_reply_latency(url: str, rng: random.Random, rate: int, seconds: int) -> dict:
     with Stack(url, workers=1) as stack, psycopg.connect(url, autocommit=True) as conn:
         stack.sim("POST", "/_sim/faults", {"webhook": {"flush_ms": 10}})
-        tenant = conn.execute("SELECT api.create_tenant('replies')").fetchone()[0]
+        tenant = create_tenant(conn, "replies")
         number = stack.register_number(conn, tenant, PNID, WABA, 1000)
         add_rules(conn, tenant, number, rng, MIX["regex"])
         stack.start_workers()
@@ -265,9 +265,8 @@ def generate_inbox(conn: psycopg.Connection, tenant: int, number: int, rows: int
 
 def measure_pages(url: str, rng: random.Random, rows: int, contacts: int) -> dict:
     with psycopg.connect(url, autocommit=True) as conn:
-        tenant = conn.execute("SELECT api.create_tenant('inbox')").fetchone()[0]
-        number = conn.execute("SELECT api.register_number(%s, '106540352249999', '102290129349999', 'token')",
-                              (tenant,)).fetchone()[0]
+        tenant = create_tenant(conn, "inbox")
+        number = register_number(conn, tenant, "106540352249999", "102290129349999")
         generate_inbox(conn, tenant, number, rows, contacts)
         ids = [r[0] for r in conn.execute("SELECT contact_id FROM core.contacts WHERE tenant_id = %s", (tenant,))]
         first_pages, next_pages, lists = [], [], []

@@ -1,7 +1,7 @@
 """Campaign benchmark: creation time, end-to-end send rate, rate compliance, exactly-once.
 
 Sets up its own database on the project's cluster, starts the simulator, the webhook
-receiver and a worker (pgwa.stack), and measures:
+receiver and a worker (pgwa.local.stack), and measures:
 
 * create_100k_s     api.stage_contacts + COPY + api.create_campaign of 100,000 contacts
 * msgs_per_s        one number limited to 1,000 msg/s, a 50,000-message campaign, from
@@ -29,11 +29,13 @@ import time
 
 import orjson
 import psycopg
+from common import create_tenant, logger
 
+from api.graph_templates import sync_templates
 from pgwa import scratch
 from pgwa.contacts import csv_text, stage_csv
-from pgwa.stack import GRAPH_VERSION, Stack
-from pgwa.templates import sync_templates
+from pgwa.local.stack import GRAPH_VERSION, Stack
+from pgwa.queries import queries
 
 LIMIT = 1000
 BENCH_DB = "pgwa_bench"
@@ -42,17 +44,16 @@ TEMPLATES = [
     {"name": "promo_offer", "language": "en_US", "params": [{"value": "20% off"}]},
 ]
 # The send path's statements: everything but the webhook path and this script's own
-# queries (marked), as pg_stat_statements counts them at top level.
+# queries (marked, or the named start_campaign), as pg_stat_statements counts them at top level.
 SEND_PATH_STATEMENTS = """
 SELECT query, calls FROM pg_stat_statements
 WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND query !~* '(process_webhooks|process_claimed_webhooks|claim_webhooks|fail_webhooks|ingest_webhook|/\\* bench \\*/|pg_stat_statements)'
+  AND query !~* '(process_webhooks|process_claimed_webhooks|claim_webhooks|fail_webhooks|ingest_webhook|start_campaign|/\\* bench \\*/|pg_stat_statements)'
 ORDER BY calls DESC
 """
 
 
-def log(msg: str) -> None:
-    print(f"bench-campaign: {msg}", file=sys.stderr, flush=True)
+log = logger("bench-campaign")
 
 
 def fresh_database() -> str:
@@ -68,9 +69,10 @@ def create(conn: psycopg.Connection, tenant: int, number: int, n: int, offset: i
     began = time.perf_counter()
     with conn.transaction():
         stage_csv(conn, rows)
-        campaign = conn.execute(
-            "/* bench */ SELECT campaign_id FROM api.create_campaign(%s, %s, %s, %s, p_start => %s)",
-            (tenant, number, f"bench {offset}", orjson.dumps(TEMPLATES).decode(), start)).fetchone()[0]
+        campaign = conn.execute(queries["create_campaign"], {
+            "tenant_id": tenant, "number_id": number, "name": f"bench {offset}",
+            "templates": orjson.dumps(TEMPLATES).decode(), "on_invalid": "reject", "scheduled_at": None,
+            "start": start, "default_country_code": None}).fetchone()[0]
     return campaign, time.perf_counter() - began
 
 
@@ -104,7 +106,7 @@ def settle(url: str) -> None:
 def send_run(url: str, numbers: int, per_number: int, run: int) -> dict:
     settle(url)
     with psycopg.connect(url, autocommit=True) as conn, Stack(url) as stack:
-        tenant = conn.execute("/* bench */ SELECT api.create_tenant(%s)", (f"bench-{run}-{numbers}-{time.time()}",)).fetchone()[0]
+        tenant = create_tenant(conn, f"bench-{run}-{numbers}-{time.time()}")
         ids, campaigns = [], []
         for k in range(numbers):
             pnid, waba = f"{run}{numbers}{k}{int(time.time() * 1000) % 10**9:09d}", f"9{run}{numbers}{k}{int(time.time()) % 10**8:08d}"
@@ -117,7 +119,7 @@ def send_run(url: str, numbers: int, per_number: int, run: int) -> dict:
         stack.start_workers()
         time.sleep(1.0)  # the worker connects and goes idle: its start-up is not the send path
         for campaign in campaigns:
-            conn.execute("/* bench */ SELECT api.start_campaign(%s, %s)", (tenant, campaign))
+            conn.execute(queries["start_campaign"], {"tenant_id": tenant, "campaign_id": campaign})
         span, _ = wait_completed(conn, campaigns, timeout=per_number * numbers / 200 + 60)
         print(file=sys.stderr)
         statements = conn.execute(SEND_PATH_STATEMENTS).fetchall()
@@ -145,13 +147,13 @@ def main() -> int:
     log(f"database {BENCH_DB} ready")
 
     with psycopg.connect(url, autocommit=True) as conn, Stack(url, api=False) as stack:
-        tenant = conn.execute("/* bench */ SELECT api.create_tenant('bench-create')").fetchone()[0]
+        tenant = create_tenant(conn, "bench-create")
         number = stack.register_number(conn, tenant, "500000000000001", "500000000000009", LIMIT)
         sync_templates(conn, tenant, "500000000000009", "local-token", stack.sim_url, GRAPH_VERSION)
         creates = []
         for run in range(args.runs):
             campaign, seconds = create(conn, tenant, number, 100_000, offset=(50 + run) * 10**6, start=False)
-            conn.execute("/* bench */ SELECT api.cancel_campaign(%s, %s)", (tenant, campaign))
+            conn.execute(queries["cancel_campaign"], {"tenant_id": tenant, "campaign_id": campaign})
             creates.append(seconds)
             log(f"create 100k run {run + 1}: {seconds:.2f} s")
 

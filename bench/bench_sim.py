@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from pgwa.stack import free_port
+from pgwa.local.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBERS = 10            # 10 numbers at Meta's 1,000 mps ceiling: 10,000/s of headroom

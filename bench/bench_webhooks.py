@@ -48,10 +48,12 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import create_tenant, logger, register_number, upsert_template
+
 from api.signature import sign
 from pgwa.config import Settings
+from pgwa.local.stack import free_port
 from pgwa.scratch import fresh_database
-from pgwa.stack import free_port
 from worker.webhooks import WebhookProcessor
 
 BENCH_DB = "pgwa_bench_webhooks"
@@ -85,8 +87,7 @@ end
 """
 
 
-def log(msg: str) -> None:
-    print(f"bench-webhooks: {msg}", file=sys.stderr, flush=True)
+log = logger("bench-webhooks")
 
 
 # --- setup ------------------------------------------------------------------------------
@@ -108,11 +109,11 @@ def ensure_wrk() -> str:
 
 def setup_world(conn: psycopg.Connection) -> tuple[int, int]:
     """Tenant, number, two templates, a running campaign; returns (campaign_id, number_id)."""
-    tenant = conn.execute("SELECT api.create_tenant('bench')").fetchone()[0]
-    number = conn.execute("SELECT api.register_number(%s, %s, %s, 'token', %s, 1000, %s)",
-                          (tenant, PHONE_NUMBER_ID, WABA_ID, SECRET, DISPLAY_PHONE)).fetchone()[0]
-    templates = [conn.execute("SELECT api.upsert_template(%s, %s, %s, 'en_US', '[]', 'APPROVED', 'MARKETING')",
-                              (tenant, WABA_ID, name)).fetchone()[0] for name in ("order_update", "promo_offer")]
+    tenant = create_tenant(conn, "bench")
+    number = register_number(conn, tenant, PHONE_NUMBER_ID, WABA_ID, app_secret=SECRET, throughput_mps=1000,
+                             display_phone_number=DISPLAY_PHONE)
+    templates = [upsert_template(conn, tenant, WABA_ID, name, category="MARKETING")
+                 for name in ("order_update", "promo_offer")]
     campaign = conn.execute("""INSERT INTO core.campaigns (tenant_id, number_id, name, status, started_at)
                                VALUES (%s, %s, 'bench', 'running', now()) RETURNING campaign_id""",
                             (tenant, number)).fetchone()[0]
@@ -360,9 +361,8 @@ POISON_NUMBER, POISON_WABA, POISON_SENDER = "106540352242999", "102290129340999"
 
 def poison_world(conn: psycopg.Connection) -> None:
     """Another tenant, whose one contact's row the bench keeps locked during the phase."""
-    tenant = conn.execute("SELECT api.create_tenant('poison')").fetchone()[0]
-    conn.execute("SELECT api.register_number(%s, %s, %s, 'token', NULL, 80)",
-                 (tenant, POISON_NUMBER, POISON_WABA))
+    tenant = create_tenant(conn, "poison")
+    register_number(conn, tenant, POISON_NUMBER, POISON_WABA)
     conn.execute("INSERT INTO core.contacts (tenant_id, wa_id) VALUES (%s, %s)", (tenant, POISON_SENDER))
 
 

@@ -3,7 +3,8 @@
 The CSV's header names the columns: `phone` (or `wa_id`, `mobile`, `number`) is the
 phone, `name` the name, every other column becomes a contact attribute that a template
 parameter can map to. Parsing stays here only because COPY needs rows; every rule about
-what a valid contact is lives in api.create_campaign.
+what a valid contact is lives in api.create_campaign. The HTTP upload (api/upload.py)
+spools its own COPY text under caps, then stages it with the same two named queries.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import TextIO
 import orjson
 import psycopg
 
+from pgwa.queries import queries
+
 PHONE_COLUMNS = ("phone", "wa_id", "mobile", "number", "phone_number")
-COPY_STAGED = "COPY pg_temp.staged_contacts (row_no, phone, name, attributes) FROM STDIN"
-STAGE = "SELECT api.stage_contacts()"
 
 
 class CsvHeaderError(ValueError):
@@ -48,25 +49,15 @@ def staged_rows(source: TextIO | Iterable[str]) -> Iterator[tuple[int, str, str 
 def stage_csv(conn: psycopg.Connection, source: TextIO | Iterable[str],
               progress: Callable[[int], None] | None = None) -> int:
     """Stage the CSV's rows for api.create_campaign on this connection; returns the count."""
-    conn.execute(STAGE)
+    conn.execute(queries["stage_contacts"])
     count = 0
-    with conn.cursor().copy(COPY_STAGED) as copy:
+    with conn.cursor().copy(queries["copy_staged_contacts"]) as copy:
         for count, row in enumerate(staged_rows(source), start=1):
             copy.write_row(row)
             if progress and count % 5000 == 0:
                 progress(count)
     if progress:
         progress(count)
-    return count
-
-
-async def stage_csv_async(conn: psycopg.AsyncConnection, source: TextIO | Iterable[str]) -> int:
-    """stage_csv for an async connection."""
-    await conn.execute(STAGE)
-    count = 0
-    async with conn.cursor().copy(COPY_STAGED) as copy:
-        for count, row in enumerate(staged_rows(source), start=1):
-            await copy.write_row(row)
     return count
 
 

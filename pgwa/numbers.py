@@ -29,8 +29,7 @@ import httpx
 import orjson
 import psycopg
 
-PREPARE = "SELECT api.prepare_number_registration(%s, %s, %s, %s, %s)"
-REGISTER = """SELECT api.register_number(%s, %s, %s, %s, %s, %s, NULL, %s::jsonb)"""
+from pgwa.queries import queries
 
 NODE_FIELDS = "id,display_phone_number,verified_name,quality_rating,throughput"
 MAX_PAGES = 50
@@ -154,7 +153,10 @@ def register_number(conn: psycopg.Connection, tenant_id: int, phone_number_id: s
     ``app_secret`` None keeps the number's secret, "" clears it. Raises GraphCheckError
     or psycopg.Error (the SQLSTATE and hint of the refusal).
     """
-    version = conn.execute(PREPARE, (tenant_id, phone_number_id, waba_id, token, throughput_mps)).fetchone()[0]
+    params = {"tenant_id": tenant_id, "phone_number_id": phone_number_id, "waba_id": waba_id,
+              "access_token": token, "throughput_mps": throughput_mps}
+    version = conn.execute(queries["prepare_number_registration"], params).fetchone()[0]
     facts = verify_number(graph_base_url, version, phone_number_id, waba_id, token, transport=transport)
-    return conn.execute(REGISTER, (tenant_id, phone_number_id, waba_id, token, app_secret, throughput_mps,
-                                   orjson.dumps(facts).decode())).fetchone()[0]
+    return conn.execute(queries["register_number"], {
+        **params, "app_secret": app_secret, "display_phone_number": None,
+        "verified": orjson.dumps(facts).decode()}).fetchone()[0]

@@ -14,10 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.rows import dict_row
 
 from api.app import create_app
 from pgwa.config import ROOT, Settings
-from pgwa.stack import free_port, wait_until_serving
+from pgwa.local.stack import free_port, wait_until_serving
+from pgwa.queries import queries
 from tests import factories
 
 with warnings.catch_warnings():
@@ -40,7 +42,10 @@ class Tenant:
 
 def new_tenant(db: psycopg.Connection, **account: object) -> Tenant:
     acc = factories.account(db, **account)
-    key = db.execute("SELECT key FROM api.create_api_key(%s, 'tests')", (acc.tenant_id,)).fetchone()[0]
+    with db.cursor(row_factory=dict_row) as cur:
+        key = cur.execute(queries["create_api_key"], {
+            "tenant_id": acc.tenant_id, "name": "tests", "scope": "admin", "expires_at": None,
+            "rate_limit_per_minute": None}).fetchone()["key"]
     return Tenant(acc, key)
 
 

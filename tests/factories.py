@@ -19,6 +19,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from pgwa.contacts import csv_text, stage_csv
+from pgwa.queries import queries
 
 ORDER_UPDATE = [{"type": "BODY", "text": "Hi {{1}}, your order {{2}} from {{3}} is on its way."}]
 PROMO = [{"type": "BODY", "text": "Hello {{1}}, 10% off this week."}]
@@ -42,10 +43,13 @@ def account(db: psycopg.Connection, throughput_mps: int = 1000, with_templates: 
     """A tenant, a number at `throughput_mps` and (by default) the approved templates
     order_update (3 body parameters), promo (1) and confirmed (none), all en_US."""
     n = next(_ids)
-    tenant_id = db.execute("SELECT api.create_tenant(%s)", (f"tenant {n}",)).fetchone()[0]
+    tenant_id = db.execute(queries["create_tenant"], {"name": f"tenant {n}"}).fetchone()[0]
     phone_number_id, waba_id, token = f"10{n:04d}", f"20{n:04d}", f"token-{n}"
-    number_id = db.execute("SELECT api.register_number(%s, %s, %s, %s, NULL, %s)",
-                           (tenant_id, phone_number_id, waba_id, token, throughput_mps)).fetchone()[0]
+    # As the operator: no app secret, and no Graph API answer to register with.
+    number_id = db.execute(queries["register_number"], {
+        "tenant_id": tenant_id, "phone_number_id": phone_number_id, "waba_id": waba_id, "access_token": token,
+        "app_secret": None, "throughput_mps": throughput_mps, "display_phone_number": None,
+        "verified": None}).fetchone()[0]
     acc = Account(tenant_id, number_id, phone_number_id, waba_id, token)
     if with_templates:
         template(db, acc, "order_update", ORDER_UPDATE)
@@ -56,9 +60,10 @@ def account(db: psycopg.Connection, throughput_mps: int = 1000, with_templates: 
 
 def template(db: psycopg.Connection, acc: Account, name: str, components: list[dict],
              status: str = "APPROVED", language: str = "en_US") -> int:
-    return db.execute("SELECT api.upsert_template(%s, %s, %s, %s, %s::jsonb, %s)",
-                      (acc.tenant_id, acc.waba_id, name, language, orjson.dumps(components).decode(),
-                       status)).fetchone()[0]
+    return db.execute(queries["upsert_template"], {
+        "tenant_id": acc.tenant_id, "waba_id": acc.waba_id, "name": name, "language": language,
+        "components": orjson.dumps(components).decode(), "status": status, "category": None,
+        "meta_template_id": None}).fetchone()[0]
 
 
 def phones(n: int, base: int = 0) -> list[str]:
@@ -94,11 +99,10 @@ def create_campaign(db: psycopg.Connection, acc: Account, rows: list[dict[str, A
     returns api.create_campaign's row as a dict."""
     stage(db, contacts(rows) if isinstance(rows, int) else rows)
     with db.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            "SELECT * FROM api.create_campaign(%s, %s, %s, %s::jsonb, %s, %s, %s, %s)",
-            (acc.tenant_id, acc.number_id, name or f"campaign {next(_ids)}",
-             orjson.dumps(templates or [order_update()]).decode(), on_invalid, scheduled_at, start,
-             default_country_code)).fetchone()
+        return cur.execute(queries["create_campaign"], {
+            "tenant_id": acc.tenant_id, "number_id": acc.number_id, "name": name or f"campaign {next(_ids)}",
+            "templates": orjson.dumps(templates or [order_update()]).decode(), "on_invalid": on_invalid,
+            "scheduled_at": scheduled_at, "start": start, "default_country_code": default_country_code}).fetchone()
 
 
 def running_campaign(db: psycopg.Connection, acc: Account, rows: list[dict[str, Any]] | int,
@@ -116,7 +120,7 @@ def catch_up(db: psycopg.Connection, now: Any = None) -> None:
 def expire_claims(db: psycopg.Connection, campaign_id: int) -> None:
     """As if the claim timeout had passed: every message of the campaign's queue is visible."""
     db.execute(sql.SQL("UPDATE pgmq.{} SET vt = now() - interval '1 second'")
-               .format(sql.Identifier(f"q_c_{campaign_id}")))
+               .format(sql.Identifier("q_" + campaign_queue(db, campaign_id))))
 
 
 def claim(db: psycopg.Connection, max_rows: int = 500, worker: str = "test", now: Any = None) -> list[dict[str, Any]]:
@@ -164,7 +168,8 @@ def outbound(db: psycopg.Connection, outbound_id: int) -> dict[str, Any]:
 
 
 def queue(db: psycopg.Connection, name: str) -> list[dict[str, Any]]:
-    """The messages of a pgmq queue ('c_1', 'r_1') in msg_id order; vt_in is vt's distance from now (s)."""
+    """The messages of a pgmq queue (campaign_queue(), reply_queue()) in msg_id order; vt_in is
+    vt's distance from now (s)."""
     with db.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             sql.SQL("SELECT msg_id, read_ct, message, vt, extract(epoch FROM vt - clock_timestamp())::float8"
@@ -175,6 +180,16 @@ def queue(db: psycopg.Connection, name: str) -> list[dict[str, Any]]:
 def archived(db: psycopg.Connection, name: str) -> list[int]:
     return [r[0] for r in db.execute(
         sql.SQL("SELECT msg_id FROM pgmq.{} ORDER BY msg_id").format(sql.Identifier("a_" + name)))]
+
+
+def campaign_queue(db: psycopg.Connection, campaign_id: int) -> str:
+    """The name of a campaign's pgmq queue, as core.campaign_queue (its one home) builds it."""
+    return db.execute("SELECT core.campaign_queue(%s)", (campaign_id,)).fetchone()[0]
+
+
+def reply_queue(db: psycopg.Connection, number_id: int) -> str:
+    """The name of a number's reply queue, as core.reply_queue builds it."""
+    return db.execute("SELECT core.reply_queue(%s)", (number_id,)).fetchone()[0]
 
 
 def clock(db: psycopg.Connection) -> Any:

@@ -1,4 +1,5 @@
-"""``python -m worker``: the send loop (and the webhook-processing loop) until SIGTERM/SIGINT.
+"""``python -m worker``: the send loop, the webhook-processing loops and the LLM loop until
+SIGTERM/SIGINT, run together by worker.loop.run_tasks (one crashing stops the others).
 
 Configuration comes from the environment once (pgwa.config.Settings): DATABASE_URL,
 GRAPH_BASE_URL, PGWA_WORKER_NAME, PGWA_CLAIM_BATCH, PGWA_SEND_CONCURRENCY. On the
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib.util
 import logging
 import os
 import signal
@@ -19,26 +19,13 @@ import sys
 
 from pgwa.config import Settings, settings_or_exit
 
-from . import sender
+from . import llm, sender, webhooks
+from .loop import Crashed, run_tasks
 
 log = logging.getLogger("worker")
 
-
-def _loops() -> list:
-    """The loops this process runs: each ``async run(settings, stop)``."""
-    loops = [sender.run]
-    # --- the lead wires further loops here ----------------------------------------------
-    # worker.webhooks (issue 4, written separately): `async run(settings, stop)`; started
-    # when the module exists, so the two land independently.
-    if importlib.util.find_spec("worker.webhooks") is not None:
-        from . import webhooks
-        if asyncio.iscoroutinefunction(getattr(webhooks, "run", None)):
-            loops.append(webhooks.run)
-    # worker.llm (issue 6): LLM replies to what no bot rule matched (api.claim_llm_jobs).
-    from . import llm
-    loops.append(llm.run)
-    # -------------------------------------------------------------------------------------
-    return loops
+# The loops this process runs, each ``async run(settings, stop)``.
+LOOPS = {"sender": sender.run, "webhooks": webhooks.run, "llm": llm.run}
 
 
 async def main(settings: Settings) -> int:
@@ -55,23 +42,12 @@ async def main(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
 
-    tasks = {asyncio.create_task(run(settings, stop), name=f"{run.__module__}.run")
-             for run in _loops()}
-    log.info("worker %s running: %s", settings.worker_name,
-             ", ".join(sorted(t.get_name() for t in tasks)))
-    failed = False
-    pending = tasks
-    while pending:
-        finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for task in finished:
-            exc = task.exception()
-            if exc is not None:
-                failed = True
-                log.error("%s crashed; stopping the others", task.get_name(),
-                          exc_info=(type(exc), exc, exc.__traceback__))
-            elif not stop.is_set():
-                log.warning("%s returned before stop; stopping the others", task.get_name())
-            stop.set()
+    log.info("worker %s running: %s", settings.worker_name, ", ".join(LOOPS))
+    try:
+        await run_tasks({name: run(settings, stop) for name, run in LOOPS.items()}, stop=stop)
+        failed = False
+    except Crashed:
+        failed = True
     log.info("worker %s stopped", settings.worker_name)
     return 1 if failed else 0
 

@@ -20,6 +20,8 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
+from .loop import wait
+
 log = logging.getLogger("worker.db")
 
 # Admin or crash shutdown, or a server not yet accepting connections: reconnect.
@@ -34,16 +36,6 @@ class Unavailable(Exception):
 
 def _backoff(attempt: int) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** attempt) * (0.5 + random.random() / 2)
-
-
-async def _sleep(delay: float, stop: asyncio.Event | None) -> None:
-    if stop is None:
-        await asyncio.sleep(delay)
-    else:
-        try:
-            await asyncio.wait_for(stop.wait(), delay)
-        except TimeoutError:
-            pass
 
 
 class Database:
@@ -101,7 +93,7 @@ class Database:
                 raise Unavailable(f"{self.name}: gave up after {attempt} attempts ({reason})")
             if attempt in (1, 5) or attempt % 20 == 0:
                 log.warning("%s: %s; retrying (attempt %d)", self.name, reason, attempt)
-            await _sleep(delay, stop)
+            await (asyncio.sleep(delay) if stop is None else wait(stop, None, delay))
 
     def _lost(self, exc: psycopg.OperationalError) -> bool:
         conn = self._conn
@@ -139,4 +131,4 @@ async def listen(url: str, channel: str, wake: asyncio.Event, stop: asyncio.Even
             attempt += 1
             if attempt in (1, 5) or attempt % 20 == 0:
                 log.warning("LISTEN %s lost (%s); reconnecting", channel, type(exc).__name__)
-            await _sleep(_backoff(attempt), stop)
+            await wait(stop, None, _backoff(attempt))

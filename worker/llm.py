@@ -35,6 +35,7 @@ import orjson
 from pgwa.config import Settings
 
 from .db import Database, Unavailable, listen
+from .loop import Results, run_tasks, wait
 
 log = logging.getLogger("worker.llm")
 
@@ -65,8 +66,7 @@ class LLMResponder:
         self.totals = {"claimed": 0, "asked": 0, "answered": 0, "failed": 0,
                        "replied": 0, "fell_back": 0, "dropped": 0}
         self._tasks: set[asyncio.Task] = set()
-        self._results: list[dict] = []
-        self._results_ready = asyncio.Event()
+        self._results = Results()
         self._slot_free = asyncio.Event()
         self._warned_unconfigured = False
 
@@ -131,27 +131,29 @@ class LLMResponder:
             self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.llm_timeout_s, connect=5.0),
                                           limits=httpx.Limits(max_connections=settings.llm_concurrency))
         wake = asyncio.Event()
-        listener = asyncio.create_task(listen(settings.database_url, CHANNEL, wake, stop,
-                                              f"{settings.worker_name}-llm-listen"), name="llm-listen")
-        done = asyncio.Event()
-        reporter = asyncio.create_task(self._report_loop(done), name="llm-report")
+        done = asyncio.Event()              # claiming has stopped and every job has its result
         log.info("LLM loop %s started: %s, model %s, concurrency %d", settings.worker_name,
                  settings.llm_base_url or "no endpoint (fallback only)", settings.llm_model,
                  settings.llm_concurrency)
+        try:
+            await run_tasks(
+                {"llm-claim": self._claim_then_answer(stop, wake, done), "llm-report": self._report_loop(done)},
+                {"llm-listen": listen(settings.database_url, CHANNEL, wake, stop, f"{settings.worker_name}-llm-listen")},
+                stop=stop)
+        finally:
+            await self.db.close()
+            if self._own_http:
+                await self.http.aclose()
+            log.info("LLM loop %s stopped: %s", settings.worker_name, self.totals)
+
+    async def _claim_then_answer(self, stop: asyncio.Event, wake: asyncio.Event, done: asyncio.Event) -> None:
+        """The claim loop until ``stop``; then the jobs in hand are answered, and ``done`` is set."""
         try:
             await self._claim_loop(stop, wake)
         finally:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             done.set()
-            self._results_ready.set()
-            await reporter
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
-            await self.db.close()
-            if self._own_http:
-                await self.http.aclose()
-            log.info("LLM loop %s stopped: %s", settings.worker_name, self.totals)
 
     async def _claim_loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         vt = int(self.settings.llm_timeout_s) + VT_MARGIN_S
@@ -167,7 +169,7 @@ class LLMResponder:
                     break
                 except Exception:
                     log.exception("claim_llm_jobs failed; retrying in %.0f s", self.heartbeat_s)
-                    await _wait(stop, None, self.heartbeat_s)
+                    await wait(stop, None, self.heartbeat_s)
                     continue
                 claimed = len(rows)
                 self.totals["claimed"] += claimed
@@ -181,7 +183,7 @@ class LLMResponder:
             if claimed and claimed == free:
                 continue                        # there may be more: claim again at once
             # Full: wait for a slot. Otherwise: for a NOTIFY, or the heartbeat.
-            await _wait(stop, self._slot_free if free <= 0 else wake, self.heartbeat_s)
+            await wait(stop, self._slot_free if free <= 0 else wake, self.heartbeat_s)
 
     async def _run_job(self, job: dict) -> None:
         try:
@@ -191,28 +193,15 @@ class LLMResponder:
             result = {"msg_id": job["msg_id"], "text": self.settings.llm_fallback_text,
                       "error": f"worker error ({type(exc).__name__})"}
         result["error"] = result["error"][:ERROR_MAX] if result["error"] else None
-        self._results.append(result)
-        self._results_ready.set()
+        self._results.add(result)
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         self._slot_free.set()
 
     async def _report_loop(self, done: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        last = -1e9
-        while True:
-            await self._results_ready.wait()
-            wait = last + self.report_s - loop.time()
-            if wait > 0 and not done.is_set():
-                await asyncio.sleep(wait)
-            self._results_ready.clear()
-            batch, self._results = self._results, []
-            if batch:
-                last = loop.time()
-                await self._report(batch, done)
-            if done.is_set() and not self._results:
-                return
+        async for batch in self._results.batches(self.report_s, done):
+            await self._report(batch, done)
 
     async def _report(self, batch: list[dict], done: asyncio.Event) -> None:
         payload = orjson.dumps(batch).decode()
@@ -235,20 +224,6 @@ class LLMResponder:
 
 class LLMError(Exception):
     """The endpoint did not give a usable answer; the message is safe to log and store."""
-
-
-async def _wait(stop: asyncio.Event, event: asyncio.Event | None, timeout: float) -> None:
-    """Until ``stop`` or ``event`` is set, or ``timeout`` seconds pass."""
-    if stop.is_set() or (event is not None and event.is_set()):
-        return
-    waiters = [asyncio.ensure_future(stop.wait())]
-    if event is not None:
-        waiters.append(asyncio.ensure_future(event.wait()))
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:

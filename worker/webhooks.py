@@ -34,6 +34,7 @@ import psycopg
 from pgwa.config import Settings
 
 from .db import Database, Unavailable, listen
+from .loop import run_tasks, wait
 
 log = logging.getLogger("worker.webhooks")
 
@@ -62,8 +63,8 @@ class WebhookProcessor:
         self.batch = batch
         self.recheck_s = recheck_s
         self.heartbeat_s = heartbeat_s
-        self.db = Database(settings.session_url(statement_timeout_ms=settings.webhook_timeout_ms),
-                           name=f"{settings.worker_name}-webhooks-{index}")
+        self.name = f"{settings.worker_name}-webhooks-{index}"
+        self.db = Database(settings.session_url(statement_timeout_ms=settings.webhook_timeout_ms), name=self.name)
         self.totals = {"batches": 0, "payloads": 0, "status_events": 0, "messages": 0, "dead": 0,
                        "dropped": 0, "failed": 0}
 
@@ -145,30 +146,28 @@ class WebhookProcessor:
 
     async def run(self, stop: asyncio.Event) -> None:
         wake = asyncio.Event()
-        listener = asyncio.create_task(listen(self.settings.database_url, CHANNEL, wake, stop),
-                                       name="webhooks-listen")
-        stopping = asyncio.create_task(stop.wait(), name="webhooks-stop")
-        logged_at, logged = time.monotonic(), dict(self.totals)
         try:
-            while not stop.is_set():
-                wake.clear()
-                try:
-                    busy = await self.drain(stop) > 0
-                except Unavailable:
-                    break                   # stop was set while the database was away
-                except Exception:
-                    log.exception("processing webhooks failed; retrying in %.0f s", ERROR_BACKOFF_S)
-                    busy = False
-                    await _wait(stopping, None, ERROR_BACKOFF_S)
-                    continue
-                await _wait(stopping, wake, self.recheck_s if busy else self.heartbeat_s)
-                if time.monotonic() - logged_at >= THROUGHPUT_LOG_S:
-                    logged_at, logged = time.monotonic(), self._log_throughput(logged)
+            await run_tasks({self.name: self._loop(stop, wake)},
+                            {f"{self.name}-listen": listen(self.settings.database_url, CHANNEL, wake, stop)},
+                            stop=stop)
         finally:
-            stopping.cancel()
-            listener.cancel()
-            await asyncio.gather(listener, stopping, return_exceptions=True)
             await self.db.close()
+
+    async def _loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        logged_at, logged = time.monotonic(), dict(self.totals)
+        while not stop.is_set():
+            wake.clear()
+            try:
+                busy = await self.drain(stop) > 0
+            except Unavailable:
+                break                   # stop was set while the database was away
+            except Exception:
+                log.exception("processing webhooks failed; retrying in %.0f s", ERROR_BACKOFF_S)
+                await wait(stop, None, ERROR_BACKOFF_S)
+                continue
+            await wait(stop, wake, self.recheck_s if busy else self.heartbeat_s)
+            if time.monotonic() - logged_at >= THROUGHPUT_LOG_S:
+                logged_at, logged = time.monotonic(), self._log_throughput(logged)
 
     def _log_throughput(self, before: dict) -> dict:
         now = dict(self.totals)
@@ -179,20 +178,9 @@ class WebhookProcessor:
         return now
 
 
-async def _wait(stopping: asyncio.Task, wake: asyncio.Event | None, timeout: float) -> None:
-    """Until ``wake`` is set, ``stopping`` completes, or ``timeout`` seconds pass."""
-    waiter = asyncio.create_task(wake.wait()) if wake is not None else None
-    try:
-        await asyncio.wait([t for t in (stopping, waiter) if t is not None], timeout=timeout,
-                           return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if waiter is not None:
-            waiter.cancel()
-
-
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """The webhook-processing loops of ``python -m worker`` (PGWA_WEBHOOK_LOOPS of them),
     until ``stop`` is set. More than one, so that a batch held up by a slow payload (up
     to the statement timeout, twice) never holds up the payloads that arrive meanwhile."""
-    await asyncio.gather(*(WebhookProcessor(settings, index=i).run(stop)
-                           for i in range(settings.webhook_loops)))
+    processors = [WebhookProcessor(settings, index=i) for i in range(settings.webhook_loops)]
+    await run_tasks({p.name: p.run(stop) for p in processors}, stop=stop)

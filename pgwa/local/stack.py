@@ -1,7 +1,8 @@
 """Run the whole system locally: the simulator, the webhook receiver and the workers.
 
-`make demo` and the benchmarks use this: every part is a real process talking real
-HTTP and SQL, exactly as in production, with sim/ standing in for graph.facebook.com.
+`make demo`, the benchmarks and the end-to-end tests use this: every part is a real
+process talking real HTTP and SQL, exactly as in production, with sim/ standing in for
+graph.facebook.com (the API's Graph calls, number checks and template sync, included).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class Stack:
         api_port = self.api_url.rsplit(":", 1)[1]
         if self.with_api:
             self._spawn("api", ["-m", "api"], {"PGWA_API_PORT": api_port, "WHATSAPP_APP_SECRET": APP_SECRET,
-                                               "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN})
+                                               "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+                                               "GRAPH_BASE_URL": self.sim_url})
             self._wait_http("api", f"{self.api_url}/healthz")
         self._spawn("sim", ["-m", "sim", "--port", self.sim_url.rsplit(":", 1)[1],
                             "--webhook-url", f"{self.api_url}/webhooks/whatsapp", "--app-secret", APP_SECRET], {})

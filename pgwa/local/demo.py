@@ -15,14 +15,16 @@ import time
 
 import orjson
 import psycopg
+from psycopg.rows import dict_row
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.graph_templates import sync_templates
 from pgwa.config import database_url
 from pgwa.contacts import csv_text, stage_csv
-from pgwa.stack import GRAPH_VERSION, Stack
-from pgwa.templates import sync_templates
+from pgwa.local.stack import GRAPH_VERSION, Stack
+from pgwa.queries import queries
 
 CONTACTS = 20_000
 THROUGHPUT = 1000
@@ -30,7 +32,6 @@ TEMPLATES = [
     {"name": "order_update", "language": "en_US", "params": [{"column": "name"}, {"column": "order_no"}]},
     {"name": "promo_offer", "language": "en_US", "params": [{"value": "20% off this week"}]},
 ]
-PROGRESS = "SELECT status, total, sent, delivered, read, failed, replied FROM core.campaigns WHERE campaign_id = %s"
 
 
 def contacts(n: int, seed: int = 7) -> list[dict[str, str]]:
@@ -45,7 +46,8 @@ def run(console: Console) -> int:
     stamp = int(time.time())
     with psycopg.connect(url, autocommit=True) as conn, Stack(url) as stack:
         console.print(f"[bold]pgwa demo[/]: simulator {stack.sim_url}, webhooks {stack.api_url}, logs {stack.logs}")
-        tenant = conn.execute("SELECT api.create_tenant(%s)", (f"demo-{stamp}",)).fetchone()[0]
+        rows = conn.cursor(row_factory=dict_row)
+        tenant = conn.execute(queries["create_tenant"], {"name": f"demo-{stamp}"}).fetchone()[0]
         phone_number_id, waba_id = f"1{stamp:014d}", f"2{stamp:014d}"
         number = stack.register_number(conn, tenant, phone_number_id, waba_id, THROUGHPUT)
         synced = sync_templates(conn, tenant, waba_id, "local-token", stack.sim_url, GRAPH_VERSION)
@@ -54,10 +56,11 @@ def run(console: Console) -> int:
         started = time.monotonic()
         with conn.transaction():
             stage_csv(conn, csv_text(contacts(CONTACTS)))
-            created = conn.execute(
-                "SELECT campaign_id, total FROM api.create_campaign(%s, %s, %s, %s, p_start => true)",
-                (tenant, number, "Demo: order update + promo", orjson.dumps(TEMPLATES).decode())).fetchone()
-        campaign, total = created
+            created = rows.execute(queries["create_campaign"], {
+                "tenant_id": tenant, "number_id": number, "name": "Demo: order update + promo",
+                "templates": orjson.dumps(TEMPLATES).decode(), "on_invalid": "reject", "scheduled_at": None,
+                "start": True, "default_country_code": None}).fetchone()
+        campaign, total = created["campaign_id"], created["total"]
         console.print(f"campaign {campaign}: {total} messages queued in {time.monotonic() - started:.2f} s")
 
         stack.start_workers()
@@ -67,7 +70,9 @@ def run(console: Console) -> int:
             task = bar.add_task("sending", total=total, detail="")
             status, sent_at = "running", None
             while True:
-                status, total, sent, delivered, read, failed, replied = conn.execute(PROGRESS, (campaign,)).fetchone()
+                s = rows.execute(queries["campaign_stats"], {"tenant_id": tenant, "campaign_id": campaign}).fetchone()
+                status, sent, delivered, read, failed, replied = (
+                    s["status"], s["sent"], s["delivered"], s["read"], s["failed"], s["replied"])
                 elapsed = time.monotonic() - sending_from
                 if status == "completed" and sent_at is None:
                     sent_at = elapsed

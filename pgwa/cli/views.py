@@ -1,0 +1,90 @@
+"""What ``pgwa`` prints: rich tables and the live progress view, drawn from the rows the
+``api`` functions return (dicts of psycopg's dict_row)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.console import Group
+from rich.table import Table
+
+STAGES = ("total", "queued", "sent", "delivered", "read", "replied", "failed", "cancelled")
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def when(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M}" if moment else ""
+
+
+def campaigns_table(rows: list[dict], title: str = "Campaigns") -> Table:
+    table = Table(title=title)
+    for column in ("id", "name", "status", *STAGES[:-1], "progress", "created"):
+        table.add_column(column, justify="right" if column not in ("name", "status", "created") else "left")
+    for r in rows:
+        table.add_row(str(r["campaign_id"]), r["name"], r["status"],
+                      *(f"{r[s]:,}" for s in STAGES[:-1]), _pct(r["progress"]),
+                      r["created_at"].strftime("%Y-%m-%d %H:%M"))
+    return table
+
+
+def stats_tables(s: dict) -> list[Table]:
+    funnel = Table(title=f"Campaign {s['campaign_id']}: {s['name']} ({s['status']})")
+    funnel.add_column("stage")
+    funnel.add_column("messages", justify="right")
+    funnel.add_column("rate", justify="right")
+    rates = {"delivered": s["delivery_rate"], "read": s["read_rate"], "replied": s["reply_rate"],
+             "failed": s["failure_rate"]}
+    for stage in STAGES:
+        funnel.add_row(stage, f"{s[stage]:,}", _pct(rates[stage]) if stage in rates else "")
+    funnel.add_row("progress", "", _pct(s["progress"]))
+    templates = Table(title="Per template")
+    for column in ("variant", "template", "total", "sent", "delivered", "read", "replied", "failed", "delivery"):
+        templates.add_column(column, justify="left" if column == "template" else "right")
+    for t in s["templates"]:
+        templates.add_row(str(t["variant"]), f"{t['name']} ({t['language']})",
+                          *(f"{t[k]:,}" for k in ("total", "sent", "delivered", "read", "replied", "failed")),
+                          _pct(t["delivery_rate"]))
+    errors = Table(title="Failures by error")
+    for column in ("code", "category", "title", "count"):
+        errors.add_column(column, justify="right" if column in ("code", "count") else "left")
+    for e in s["errors"]:
+        errors.add_row(str(e["error_code"]), e["category"], e["title"] or "", f"{e['count']:,}")
+    return [funnel, templates, errors]
+
+
+def progress_view(s: dict) -> Group:
+    done = s["total"] - s["queued"]
+    width = 40
+    filled = int(width * (s["progress"] or 0))
+    bar = "█" * filled + "░" * (width - filled)
+    last = s["timeline"][-1] if s["timeline"] else None
+    rate = f"  last minute: {last['sent']:,} sent" if last else ""
+    table = Table.grid(padding=(0, 2))
+    table.add_row(f"[bold]campaign {s['campaign_id']}[/] {s['name']}", f"[bold]{s['status']}[/]")
+    table.add_row(f"{bar} {_pct(s['progress'])}", f"{done:,} / {s['total']:,}{rate}")
+    table.add_row("  ".join(f"{k} {s[k]:,}" for k in ("sent", "delivered", "read", "replied", "failed",
+                                                    "cancelled")), "")
+    return Group(table)
+
+
+def keys_table(rows: list[dict], tenant: int) -> Table:
+    table = Table(title=f"API keys of tenant {tenant}")
+    for column in ("id", "name", "prefix", "scope", "created", "expires", "last used", "limit/min", "revoked"):
+        table.add_column(column)
+    for k in rows:
+        table.add_row(str(k["api_key_id"]), k["name"], k["key_prefix"], k["scope"], when(k["created_at"]),
+                      when(k["expires_at"]), when(k["last_used_at"]),
+                      str(k["rate_limit_per_minute"] or "default"), when(k["revoked_at"]))
+    return table
+
+
+def drift_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("scope", "key", "counter", "maintained", "actual", "drift"):
+        table.add_column(column, justify="right" if column in ("maintained", "actual", "drift") else "left")
+    for r in rows:
+        table.add_row(r["scope"], r["key"], r["counter"], f"{r['maintained']:,}", f"{r['actual']:,}", f"{r['drift']:+,}")
+    return table

@@ -1,0 +1,129 @@
+-- The SQL that pgwa's Python clients share, one text for each call (after procrastinate's
+-- procrastinate/sql/queries.sql). The operator CLI, the local stack and demo, number
+-- registration, contact staging, the benchmarks, the tests' factories and the HTTP routes
+-- that take a tenant id all send these texts; pgwa/queries.py reads this file once into
+-- ``pgwa.queries.queries``, a dict by name:
+--
+--     conn.execute(queries["create_tenant"], {"name": "acme"})
+--
+-- A query starts with a line ``-- name --``; the comment lines after it say what it
+-- returns. Parameters are named, ``%(name)s``, and cast to the function's types, so that a
+-- value of the wrong type is a clean 22xxx error rather than a failed function lookup.
+-- A function's arguments that a query leaves out take their defaults; the ones it names
+-- are always passed, and a NULL passed is a NULL, not the default.
+--
+-- Not here, each with one caller and kept beside it: the HTTP routes' statements, which
+-- resolve the tenant from the request's key with api.authenticate and have PostgreSQL build
+-- the response's JSON (api/routes.py), and the worker's hot-path statements (worker/*.py),
+-- which psycopg prepares once and which unpack their columns by position.
+
+-- tenants and numbers -------------------------------------------------------------------
+
+-- create_tenant --
+-- The new tenant's id.
+SELECT api.create_tenant(%(name)s::text);
+
+-- tenant_by_name --
+-- The id of the tenant with this name; no row when there is none.
+SELECT tenant_id FROM core.tenants WHERE name = %(name)s::text;
+
+-- tenant_number --
+-- One of the tenant's numbers, by its number_id or by Meta's phone_number_id (the
+-- number_id wins); no row when the tenant has no such number.
+SELECT number_id FROM api.numbers(%(tenant_id)s::bigint)
+WHERE number_id::text = %(number)s::text OR phone_number_id = %(number)s::text
+ORDER BY number_id::text = %(number)s::text DESC
+LIMIT 1;
+
+-- prepare_number_registration --
+-- The Graph API version to ask Meta with, once a registration's fields are checked.
+SELECT api.prepare_number_registration(%(tenant_id)s::bigint, %(phone_number_id)s::text, %(waba_id)s::text,
+                                       %(access_token)s::text, %(throughput_mps)s::integer);
+
+-- register_number --
+-- The number_id of the number registered (or updated) with Meta's answer, ``verified``
+-- (only an operator registers without one); app_secret NULL keeps the secret, '' clears it.
+SELECT api.register_number(%(tenant_id)s::bigint, %(phone_number_id)s::text, %(waba_id)s::text,
+                           %(access_token)s::text, %(app_secret)s::text, %(throughput_mps)s::integer,
+                           %(display_phone_number)s::text, %(verified)s::jsonb);
+
+-- transfer_number --
+-- The number_id of the number moved to another tenant (operator only); waba_id NULL
+-- keeps its WABA.
+SELECT api.transfer_number(%(phone_number_id)s::text, %(tenant_id)s::bigint, %(waba_id)s::text);
+
+-- templates ------------------------------------------------------------------------------
+
+-- upsert_template --
+-- The template_id of one template stored as Meta lists it.
+SELECT api.upsert_template(%(tenant_id)s::bigint, %(waba_id)s::text, %(name)s::text, %(language)s::text,
+                           %(components)s::jsonb, %(status)s::text, %(category)s::text,
+                           %(meta_template_id)s::text);
+
+-- sync_templates --
+-- received, stored, unchanged: a WABA's templates, every page the Graph API listed, stored
+-- in one statement.
+SELECT * FROM api.sync_templates(%(tenant_id)s::bigint, %(waba_id)s::text, %(templates)s::jsonb);
+
+-- contacts and campaigns -----------------------------------------------------------------
+
+-- stage_contacts --
+-- This session's empty staging table, pg_temp.staged_contacts, ready for the COPY below.
+SELECT api.stage_contacts();
+
+-- copy_staged_contacts --
+-- COPY FROM STDIN of the contact rows: (row_no, phone, name, attributes jsonb).
+COPY pg_temp.staged_contacts (row_no, phone, name, attributes) FROM STDIN;
+
+-- create_campaign --
+-- campaign_id, status, total, skipped_invalid, skipped_opted_out, duplicates_removed,
+-- invalid_rows: a campaign made from the staged contacts, in the caller's transaction.
+SELECT * FROM api.create_campaign(%(tenant_id)s::bigint, %(number_id)s::bigint, %(name)s::text,
+                                  %(templates)s::jsonb, %(on_invalid)s::text,
+                                  %(scheduled_at)s::timestamptz, %(start)s::boolean,
+                                  %(default_country_code)s::text);
+
+-- start_campaign --
+-- The campaign's new status.
+SELECT api.start_campaign(%(tenant_id)s::bigint, %(campaign_id)s::bigint);
+
+-- pause_campaign --
+-- The campaign's new status (the reason recorded is the function's default).
+SELECT api.pause_campaign(%(tenant_id)s::bigint, %(campaign_id)s::bigint);
+
+-- resume_campaign --
+-- The campaign's new status.
+SELECT api.resume_campaign(%(tenant_id)s::bigint, %(campaign_id)s::bigint);
+
+-- cancel_campaign --
+-- The campaign's new status.
+SELECT api.cancel_campaign(%(tenant_id)s::bigint, %(campaign_id)s::bigint);
+
+-- campaigns --
+-- The tenant's campaigns with their live counters, newest first (keyset: before_id).
+SELECT * FROM api.campaigns(%(tenant_id)s::bigint, %(status)s::text, %(before_id)s::bigint,
+                            %(limit)s::integer);
+
+-- campaign_stats --
+-- One campaign's funnel, rates, templates, failures and timeline.
+SELECT * FROM api.campaign_stats(%(tenant_id)s::bigint, %(campaign_id)s::bigint);
+
+-- reconcile_campaign --
+-- Every maintained counter of the campaign beside its recount (drift = maintained -
+-- actual); with fix, the counters are set to the recount.
+SELECT * FROM api.reconcile_campaign(%(tenant_id)s::bigint, %(campaign_id)s::bigint, %(fix)s::boolean);
+
+-- API keys -------------------------------------------------------------------------------
+
+-- create_api_key --
+-- The new key (shown this once) with its id, prefix, scope, expiry and rate limit.
+SELECT * FROM api.create_api_key(%(tenant_id)s::bigint, %(name)s::text, %(scope)s::text,
+                                 %(expires_at)s::timestamptz, %(rate_limit_per_minute)s::integer);
+
+-- api_keys --
+-- The tenant's keys (never the keys themselves).
+SELECT * FROM api.api_keys(%(tenant_id)s::bigint);
+
+-- revoke_api_key --
+-- The key, revoked.
+SELECT * FROM api.revoke_api_key(%(tenant_id)s::bigint, %(api_key_id)s::bigint);
