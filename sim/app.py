@@ -19,6 +19,9 @@ Control routes (no auth; JSON in, JSON out)::
     GET  /_sim/numbers | POST /_sim/numbers    idempotent upsert of one number (or a list)
     GET  /_sim/templates?waba_id= | POST /_sim/templates {"waba_id"?, "templates": [...]}
     POST /_sim/reset                  {"numbers": false, "templates": false, "settings": true}
+                                      (and the clock back on real time)
+    GET  /_sim/clock | POST /_sim/clock        {"frozen"?: bool, "advance_s"?: seconds}:
+                                      freeze or move the simulator's time (sim/clock.py)
     POST /_sim/inbound                {"phone_number_id", "from", "text" | "message", ...}
     POST /_sim/template_status        {"name", "status", "language"?, "waba_id"?, "reason"?}
     POST /_sim/quality                {"phone_number_id", "event", "current_limit"?, ...}
@@ -67,6 +70,8 @@ class SimApp:
             ("GET", "templates"): self.get_templates,
             ("POST", "templates"): self.post_templates,
             ("POST", "reset"): self.reset,
+            ("GET", "clock"): self.get_clock,
+            ("POST", "clock"): self.post_clock,
             ("POST", "inbound"): self.post_inbound,
             ("POST", "template_status"): self.post_template_status,
             ("POST", "quality"): self.post_quality,
@@ -237,6 +242,19 @@ class SimApp:
                        templates=bool(body.get("templates", False)),
                        settings=bool(body.get("settings", True)))
         return _json({"ok": True})
+
+    async def get_clock(self, _request) -> web.Response:
+        return _json(self.sim.clock.as_dict())
+
+    async def post_clock(self, request) -> web.Response:
+        body = await self._body(request)
+        unknown = set(body) - {"frozen", "advance_s"}
+        if unknown:
+            raise ValueError(f"unknown clock fields: {sorted(unknown)}")
+        frozen = body.get("frozen")
+        if frozen is not None and not isinstance(frozen, bool):
+            raise TypeError("frozen must be true or false")
+        return _json(self.sim.clock.set(frozen=frozen, advance_s=float(body.get("advance_s", 0))))
 
     async def post_inbound(self, request) -> web.Response:
         body = await self._body(request)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import orjson
 
 from . import messages
+from .clock import SimClock
 from .config import Number, SimConfig, check_settings, deep_merge, lognormal_params, number_from
 from .errors import SimError, expired_token, invalid_token, unknown_object
 from .ledger import Ledger
@@ -48,6 +49,7 @@ class Simulator:
         self.tokens: set[str] = set()
         self.templates = TemplateStore(config.templates)
         self.ledger = Ledger()
+        self.clock = SimClock()             # every decision by time reads it (sim/clock.py)
         self.emitter = Emitter(self)
         self.probe = LoopProbe()
         self.started = time.time()
@@ -100,7 +102,7 @@ class Simulator:
         pnid = burst.get("phone_number_id")
         if pnid is not None and str(pnid) not in self.numbers:
             raise ValueError(f"unknown phone_number_id {pnid}")
-        self.bursts[str(pnid) if pnid else None] = time.monotonic() + float(burst.get("seconds", 1))
+        self.bursts[str(pnid) if pnid else None] = self.clock.monotonic() + float(burst.get("seconds", 1))
 
     def _token_expiry(self, spec: dict) -> None:
         pnid = str(spec.get("phone_number_id", ""))
@@ -115,11 +117,11 @@ class Simulator:
         elif spec.get("at") is not None:
             exp.at = float(spec["at"])
         elif spec.get("in_seconds") is not None:
-            exp.at = time.time() + float(spec["in_seconds"])
+            exp.at = self.clock.time() + float(spec["in_seconds"])
         else:
-            exp.at = time.time()
+            exp.at = self.clock.time()
         if exp.after_sends == 0:
-            exp.expired_since = time.time()
+            exp.expired_since = self.clock.time()
         self.expiries[pnid] = exp
 
     def upsert_number(self, raw: dict) -> Number:
@@ -136,6 +138,7 @@ class Simulator:
     def reset(self, numbers: bool = False, templates: bool = False, settings: bool = True) -> None:
         self.ledger.reset()
         self.emitter.clear()
+        self.clock.reset()
         self._reset_state()
         if numbers:
             self.numbers.clear()
@@ -209,7 +212,7 @@ class Simulator:
 
     def send(self, number: Number, raw_body: bytes, drop: str | None = None):
         """Decide one send; returns (http_status, body bytes) or DROP."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         pnid = number.phone_number_id
         stats = self.ledger.number(pnid)
         try:
@@ -273,7 +276,7 @@ class Simulator:
         exp = self.expiries.get(pnid)
         if exp is None:
             return
-        if exp.expired_since is None and exp.at is not None and time.time() >= exp.at:
+        if exp.expired_since is None and exp.at is not None and self.clock.time() >= exp.at:
             exp.expired_since = exp.at
         if exp.expired_since is not None:
             when = time.strftime("%A, %d-%b-%y %H:%M:%S PDT", time.gmtime(exp.expired_since))
@@ -284,7 +287,7 @@ class Simulator:
             return self.templates.check_send(number.waba_id, send.template)
         if send.type in messages.FREE_FORM_TYPES:
             opened = self.windows.get((number.phone_number_id, send.wa_id))
-            if opened is None or time.time() - opened > WINDOW_24H:
+            if opened is None or self.clock.time() - opened > WINDOW_24H:
                 raise SimError(131047)
         return None
 
@@ -310,8 +313,8 @@ class Simulator:
         if exp is not None and exp.after_sends is not None and exp.expired_since is None:
             exp.after_sends -= 1
             if exp.after_sends <= 0:
-                exp.expired_since = time.time()
-        self.ledger.record((time.time(), pnid, send.wa_id, send.type,
+                exp.expired_since = self.clock.time()
+        self.ledger.record((self.clock.time(), pnid, send.wa_id, send.type,
                             tpl.data["name"] if tpl else None,
                             tpl.data["language"] if tpl else None,
                             send.biz, wamid, status))
@@ -327,7 +330,7 @@ class Simulator:
     def _conversation(self, pnid: str, wa_id: str, category: str) -> tuple[str, float]:
         key = (pnid, wa_id, category)
         conv = self.conversations.get(key)
-        wall = time.time()
+        wall = self.clock.time()
         if conv is None or conv[1] <= wall:
             cid = hashlib.md5(f"{pnid}:{wa_id}:{category}:{wall}".encode()).hexdigest()
             conv = self.conversations[key] = (cid, wall + WINDOW_24H)
@@ -443,9 +446,9 @@ class Simulator:
         msg.setdefault("type", "text")
         contact = {"profile": {"name": name or f"Sim User {wa_id[-4:]}"}, "wa_id": wa_id}
         if due is None:     # delivered now: the window opens now
-            self.windows[(number.phone_number_id, wa_id)] = time.time()
+            self.windows[(number.phone_number_id, wa_id)] = self.clock.time()
         # Otherwise the emitter opens it when the message goes out (see Emitter.flush).
-        self.emitter.at(time.monotonic() if due is None else due,
+        self.emitter.at(self.clock.monotonic() if due is None else due,
                         ("message", number.phone_number_id, (contact, msg)))
         return wamid
 
@@ -467,7 +470,7 @@ class Simulator:
                 "message_template_category": tpl.category,
             }
             if tpl.status == "DISABLED":
-                value["disable_info"] = {"disable_date": int(time.time())}
+                value["disable_info"] = {"disable_date": int(self.clock.time())}
             if spec.get("other_info"):
                 value["other_info"] = spec["other_info"]
             self.emitter.post_account_update(waba_id, "message_template_status_update", value,

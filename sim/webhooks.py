@@ -27,7 +27,6 @@ import hashlib
 import hmac
 import logging
 import random
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -75,10 +74,11 @@ def sign(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def envelope(waba_id: str, field: str, value: dict, with_time: bool = False) -> bytes:
+def envelope(waba_id: str, field: str, value: dict, at: float | None = None) -> bytes:
+    """The webhook body; ``at`` (unix time) becomes the entry's ``time`` when given."""
     entry: dict = {"id": waba_id}
-    if with_time:
-        entry["time"] = int(time.time())
+    if at is not None:
+        entry["time"] = int(at)
     entry["changes"] = [{"value": value, "field": field}]
     return orjson.dumps({"object": "whatsapp_business_account", "entry": [entry]})
 
@@ -94,11 +94,12 @@ class Emitter:
         self.generation = 0
         self.session: aiohttp.ClientSession | None = None
         self.tasks: list[asyncio.Task] = []
+        self.delivering = 0             # posts taken from the queue, not yet answered
 
     # --- scheduling (request path) ------------------------------------------
 
     def at(self, due: float, item: tuple) -> None:
-        """Queue ``item`` for the flush at monotonic time ``due``.
+        """Queue ``item`` for the flush at ``due``, a reading of ``sim.clock.monotonic()``.
 
         Items: ("status", phone_number_id, status_dict) — timestamp filled at flush;
                ("message", phone_number_id, (contact, message));
@@ -107,7 +108,9 @@ class Emitter:
         self.wheel[int(due / TICK_S)].append(item)
 
     def pending(self) -> int:
-        return sum(len(v) for v in self.wheel.values()) + self.queue.qsize()
+        """Events and posts not yet answered with a 200 or given up on: scheduled, queued or
+        on the wire. Zero means nothing more will be posted until something new happens."""
+        return sum(len(v) for v in self.wheel.values()) + self.queue.qsize() + self.delivering
 
     def clear(self) -> None:
         self.generation += 1
@@ -148,7 +151,8 @@ class Emitter:
                 log.exception("webhook flush failed")
 
     def flush(self) -> None:
-        now_tick = int(time.monotonic() / TICK_S)
+        clock = self.sim.clock
+        now_tick = int(clock.monotonic() / TICK_S)
         wheel = self.wheel
         due: list = []
         for tick in sorted(t for t in wheel if t <= now_tick):
@@ -165,7 +169,8 @@ class Emitter:
                 messages[item[1]].append(item[2])
             elif kind == "post" and item[1].generation == self.generation:
                 self.queue.put_nowait(item[1])
-        ts = str(int(time.time()))
+        wall = clock.time()
+        ts = str(int(wall))
         batch_max = int(self.sim.settings["webhook"]["batch_max"])
         for pnid, items in statuses.items():
             for status in items:
@@ -173,7 +178,6 @@ class Emitter:
             for i in range(0, len(items), batch_max):
                 self._post_value(pnid, "statuses", items[i:i + batch_max])
         windows = self.sim.windows
-        wall = time.time()
         for pnid, items in messages.items():
             for contact, message in items:
                 message.setdefault("timestamp", ts)
@@ -213,7 +217,7 @@ class Emitter:
                     targets[url] = number.app_secret or self.sim.app_secret
         if not targets and self.sim.webhook_url:
             targets[self.sim.webhook_url] = self.sim.app_secret
-        body = envelope(waba_id, field, value, with_time=True)
+        body = envelope(waba_id, field, value, at=self.sim.clock.time())
         for url, secret in targets.items():
             self.queue.put_nowait(Post(url, secret, body, kind, 1, generation=self.generation))
         return len(targets)
@@ -225,12 +229,15 @@ class Emitter:
             post = await self.queue.get()
             if post.generation != self.generation:
                 continue
+            self.delivering += 1
             try:
                 await self._deliver(post)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("webhook delivery crashed")
+            finally:
+                self.delivering -= 1
 
     async def _deliver(self, post: Post) -> None:
         conf = self.sim.settings["webhook"]
@@ -267,4 +274,4 @@ class Emitter:
                        float(conf["retry_max_ms"]))
         delay_ms *= random.uniform(0.8, 1.2)
         post.attempt += 1
-        self.at(time.monotonic() + delay_ms / 1000.0, ("post", post))
+        self.at(self.sim.clock.monotonic() + delay_ms / 1000.0, ("post", post))

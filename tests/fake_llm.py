@@ -44,6 +44,7 @@ class FakeLLM:
         self.status = 200
         self.requests: list[dict] = []
         self.lock = threading.Lock()
+        self._closing = threading.Event()    # cuts a slow answer short: close() never waits it out
         self._ids = itertools.count(1)
         fake = self
 
@@ -60,7 +61,7 @@ class FakeLLM:
                     fake.requests.append({"path": self.path, "headers": dict(self.headers), "json": body})
                     delay, status, reply = fake.delay_s, fake.status, fake.reply
                 if delay:
-                    time.sleep(delay)
+                    fake._closing.wait(delay)
                 if not self.path.endswith("/chat/completions"):
                     status, answer = 404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}}
                 elif not isinstance(body, dict) or not isinstance(body.get("messages"), list):
@@ -108,6 +109,7 @@ class FakeLLM:
             return list(self.requests)
 
     def close(self) -> None:
+        self._closing.set()
         self.server.shutdown()
         self.server.server_close()
 

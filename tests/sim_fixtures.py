@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pgwa.stack import free_port, wait_until_serving
+from pgwa.local.stack import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_SECRET = "test-app-secret"
@@ -110,7 +110,7 @@ class WebhookReceiver:
     def messages(self) -> list[dict]:
         return [m for v in self.changes() for m in v.get("messages", [])]
 
-    def wait_for(self, predicate, timeout: float = 5.0, what: str = "webhooks"):
+    def wait_for(self, predicate, timeout: float = 30.0, what: str = "webhooks"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             result = predicate(self)
@@ -147,6 +147,20 @@ class SimClient:
 
     def stats(self) -> dict:
         return self.http.get("/_sim/stats").json()
+
+    def clock(self, *, frozen: bool | None = None, advance_s: float = 0.0) -> dict:
+        """Freeze, thaw or move the simulator's clock (sim/clock.py); the reset before
+        each test puts it back on real time."""
+        body: dict = {"advance_s": advance_s}
+        if frozen is not None:
+            body["frozen"] = frozen
+        return self.control("clock", body)
+
+    def quiet(self, timeout: float = 30.0) -> dict:
+        """Wait until every webhook scheduled so far was answered (or given up on):
+        nothing more will be posted until something new happens. Returns the stats."""
+        return wait_for(lambda: (s := self.stats())["webhooks"]["pending"] == 0 and s,
+                        timeout, "the simulator's webhooks to be delivered")
 
     def ledger(self, since: int = 0) -> list[dict]:
         return self.http.get("/_sim/ledger", params={"since": since}).json()["entries"]

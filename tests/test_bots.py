@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from pgwa.config import Settings
 from pgwa.contacts import csv_text, stage_csv
+from tests import factories
 from worker.sender import Sender
 
 try:  # tests/ is a rootless directory under pytest's default import mode
@@ -106,8 +107,8 @@ class Inbox:
 
     def queued(self) -> list[dict]:
         """The Graph API requests on the number's reply queue, oldest first."""
-        return [r[0] for r in self.db.execute(
-            f"SELECT message FROM pgmq.q_r_{self.number_id} ORDER BY msg_id")]
+        queue = factories.reply_queue(self.db, self.number_id)
+        return [m["message"] for m in factories.queue(self.db, queue)]
 
     def replies_to(self, wa_id: str) -> list[str]:
         """What the reply queue holds for one recipient, as text."""
@@ -455,7 +456,8 @@ def test_claim_sends_cancels_queued_campaign_messages_of_a_contact_who_opted_out
     assert row == ("cancelled", "opted_out")
     assert inbox.db.execute("SELECT cancelled FROM core.campaigns WHERE campaign_id = %s",
                             (campaign,)).fetchone()[0] == 1
-    assert inbox.db.execute(f"SELECT count(*) FROM pgmq.q_c_{campaign}").fetchone()[0] == 2   # only the two in flight
+    assert inbox.db.execute("SELECT queue_length FROM pgmq.metrics(core.campaign_queue(%s))",
+                            (campaign,)).fetchone()[0] == 2   # only the two in flight
 
 
 def test_claim_sends_pays_nothing_for_opt_outs_older_than_the_running_campaigns(inbox: Inbox) -> None:
@@ -472,8 +474,9 @@ def test_claim_sends_pays_nothing_for_opt_outs_older_than_the_running_campaigns(
 
 # --- the simulator ------------------------------------------------------------------------
 
-async def _run_sender(db_url: str, sim_url: str, query: str, params: tuple, timeout: float = 15) -> Sender:
-    sender = Sender(Settings(database_url=db_url, graph_base_url=sim_url, worker_name="bots-test"))
+async def _run_sender(db_url: str, sim_url: str, query: str, params: tuple, timeout: float = 30,
+                      **settings) -> Sender:
+    sender = Sender(Settings(database_url=db_url, graph_base_url=sim_url, worker_name="bots-test", **settings))
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
     try:
@@ -508,8 +511,12 @@ def test_a_bot_reply_goes_out_before_campaign_traffic_and_the_simulator_accepts_
         campaign = create_campaign(inbox, [inbox.sender() for _ in range(60)])
         alice = inbox.sender()
         sim_inbound(inbox, sim, sim_receiver, alice, "What is the PRICE?")
+        # One request at a time: the simulator sees them in the order the worker starts
+        # them (the order of their send_at), not in whichever order two concurrent
+        # requests happen to arrive 50 ms apart on a loaded machine.
         asyncio.run(_run_sender(db_url, sim.url,
-                                "SELECT count(*) = 61 FROM core.outbound_messages WHERE state = 'accepted'", ()))
+                                "SELECT count(*) = 61 FROM core.outbound_messages WHERE state = 'accepted'", (),
+                                send_concurrency=1))
         ledger = sim.ledger(0)
         assert len(ledger) == 61
         # The reply was claimed first: the first request the simulator accepted.

@@ -24,10 +24,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from api.graph_templates import sync_templates
 from pgwa.config import ROOT
 from pgwa.contacts import csv_text, stage_csv
-from pgwa.stack import GRAPH_VERSION, Stack
-from pgwa.templates import sync_templates
+from pgwa.local.stack import GRAPH_VERSION, Stack
 from tests.sim_fixtures import wait_for as poll
 
 PNID, WABA = "310000000000001", "410000000000001"
@@ -78,14 +78,17 @@ def settled(db_url: str, stack: Stack, campaign: int) -> dict:
     processed; then the campaign row and the recount of its messages."""
     with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as conn:
         def quiet() -> bool:
+            # In this order, each read final once true: a completed campaign sends nothing
+            # more, so no new status is scheduled; the simulator's pending counts every
+            # webhook not yet answered 200, and pgwa's receiver answers only once the
+            # payload is committed to the queue; a payload leaves the queue in the
+            # transaction that applies it.
             status = conn.execute("SELECT status FROM core.campaigns WHERE campaign_id = %s",
                                   (campaign,)).fetchone()["status"]
             pending = stack.sim("GET", "/_sim/stats")["webhooks"]["pending"]
             queued = conn.execute("SELECT queue_length FROM pgmq.metrics('webhooks')").fetchone()
             return status == "completed" and pending == 0 and queued["queue_length"] == 0
         wait_for(quiet, 90, f"campaign {campaign} to complete and its webhooks to settle")
-        time.sleep(0.5)     # a webhook batch read just before the queue emptied is committed
-        wait_for(quiet, 10, "the last webhooks")
         row = conn.execute("SELECT * FROM core.campaigns WHERE campaign_id = %s", (campaign,)).fetchone()
         recount = conn.execute(RECOUNT, (campaign,)).fetchone()
     return {"campaign": row, "recount": recount}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import time
 
 import httpx
@@ -185,19 +186,58 @@ def test_reset_clears_the_ledger_and_keeps_numbers(sim):
     assert sim.send(template_body(), pnid="555000555", token="tok-five").status_code == 401
 
 
-def test_peaks_and_stats_stay_cheap_at_100k_sends():
+def test_the_clock_freezes_moves_forward_only_and_is_reset(sim):
+    assert sim.clock() == {"frozen": False, "offset_s": 0.0}
+    frozen = sim.clock(frozen=True, advance_s=60)
+    assert frozen["frozen"] and frozen["offset_s"] >= 59.9
+    sim.send(template_body())
+    [entry] = sim.ledger()
+    assert entry["time"] >= time.time() + 59          # the ledger reads the simulator's time
+    for bad in ({"advance_s": -1}, {"frozen": "yes"}, {"speed": 2}):
+        assert sim.http.post("/_sim/clock", json=bad).status_code == 400
+    assert sim.http.get("/_sim/clock").json()["frozen"] is True
+    sim.control("reset")
+    assert sim.http.get("/_sim/clock").json() == {"frozen": False, "offset_s": 0.0}
+
+
+def _lines_run(fn) -> int:
+    """How many lines of Python ``fn()`` executes: a measure of its work that no
+    machine's load can change, unlike a stopwatch."""
+    count = 0
+
+    def trace(_frame, event, _arg):
+        nonlocal count
+        count += event == "line"
+        return trace
+
+    previous = sys.gettrace()           # a coverage tool's, say
+    sys.settrace(trace)
+    try:
+        fn()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def _ledger(sends: int) -> Ledger:
     ledger = Ledger()
     stats = ledger.number("1")
     t = 1000.0
-    for i in range(100_000):
+    for i in range(sends):
         t += 0.0125                      # 80 per second
         stats.attempt(t)
         stats.accept(t)
         ledger.record((t, "1", f"1555{i % 5000:07d}", "template", "x", "en_US",
                        f"camp-{i % 3}:{i}", f"wamid.{i}", "accepted"))
-    t0 = time.perf_counter()
+    return ledger
+
+
+def test_peaks_and_stats_stay_cheap_at_100k_sends():
+    ledger = _ledger(100_000)
+    # The stats answer does the same work at 100 sends as at 100,000: nothing scans the ledger.
+    small = _ledger(100)
+    assert _lines_run(lambda: ledger.stats({"1": 80})) == _lines_run(lambda: small.stats({"1": 80}))
     out = ledger.stats({"1": 80})
-    assert time.perf_counter() - t0 < 0.05
     assert out["accepted"] == 100_000
     assert out["numbers"]["1"]["peak_1s_rate"] in (80, 81)
     assert out["duplicates"] == 100_000 - 15_000
@@ -225,7 +265,8 @@ def test_loop_probe_reports_a_stalled_loop_and_collector_pauses():
 
     asyncio.run(stall())
     report = probe.as_dict()
-    assert report["stalls_over_50ms"] == 1 and report["max_lag_ms"] >= 60, report
+    # At least the stall made on purpose (a loaded machine may add its own).
+    assert report["stalls_over_50ms"] >= 1 and report["max_lag_ms"] >= 60, report
     assert report["gc_total_ms"] > 0
     assert probe._on_gc not in gc.callbacks      # removed when the probe stops
 

@@ -1,6 +1,10 @@
 -- /metrics (Prometheus text format, from one function), the operators' views of queues
 -- and numbers, and retention of what they read.
 
+-- api.metrics took no argument before it took p_now (a new argument is a new signature,
+-- and api functions are never overloaded).
+DROP FUNCTION IF EXISTS api.metrics();
+
 -- A label value escaped for the Prometheus text format.
 CREATE OR REPLACE FUNCTION core.prom_label(p_value text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
@@ -21,16 +25,16 @@ $$;
 
 CREATE OR REPLACE VIEW core.queue_depths AS
 SELECT q.queue_name,
-       CASE WHEN q.queue_name ~ '^c_[0-9]+$' THEN 'campaign'
-            WHEN q.queue_name ~ '^r_[0-9]+$' THEN 'reply'
+       CASE WHEN o.campaign_id IS NOT NULL THEN 'campaign'
+            WHEN o.number_id IS NOT NULL THEN 'reply'
             ELSE q.queue_name END AS kind,
        c.campaign_id, c.status AS campaign_status, coalesce(c.number_id, n.number_id) AS number_id,
        m.queue_length, m.queue_visible_length, m.oldest_msg_age_sec, m.total_messages
 FROM pgmq.meta q
-LEFT JOIN core.campaigns c
-       ON c.campaign_id = CASE WHEN q.queue_name ~ '^c_[0-9]{1,18}$' THEN substr(q.queue_name, 3)::bigint END
-LEFT JOIN core.wa_numbers n
-       ON n.number_id = CASE WHEN q.queue_name ~ '^r_[0-9]{1,18}$' THEN substr(q.queue_name, 3)::bigint END
+CROSS JOIN LATERAL (SELECT core.queue_campaign_id(q.queue_name) AS campaign_id,
+                           core.queue_number_id(q.queue_name) AS number_id) o
+LEFT JOIN core.campaigns c ON c.campaign_id = o.campaign_id
+LEFT JOIN core.wa_numbers n ON n.number_id = o.number_id
 CROSS JOIN LATERAL pgmq.metrics(q.queue_name) m;
 COMMENT ON VIEW core.queue_depths IS
     'Every pgmq queue with its kind (campaign, reply, webhooks, ...), campaign or number, messages waiting (all and visible now), the oldest message''s age in seconds and messages ever sent.';
@@ -58,12 +62,15 @@ COMMENT ON VIEW core.number_health IS
 -- id), numbers and campaigns are summed or maxed over all of them; per-tenant detail is
 -- for operators in psql (core.queue_depths, core.number_health) and for tenants in
 -- their own routes.
-CREATE OR REPLACE FUNCTION api.metrics() RETURNS text
+-- p_now is the time of the scrape (NULL: the transaction's); tests pass it instead of
+-- racing the turn of a minute.
+CREATE OR REPLACE FUNCTION api.metrics(p_now timestamptz DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 DECLARE
     v_settings core.settings;
     v_out text[];
-    v_last_minute timestamptz := date_trunc('minute', now()) - interval '1 minute';
+    v_now timestamptz := coalesce(p_now, now());
+    v_last_minute timestamptz := date_trunc('minute', v_now) - interval '1 minute';
 BEGIN
     SELECT * INTO v_settings FROM core.settings;
 
@@ -73,11 +80,12 @@ BEGIN
         SELECT q.kind, sum(m.queue_length) AS length, sum(m.queue_visible_length) AS visible,
                max(coalesce(m.oldest_msg_age_sec, 0)) AS oldest_s
         FROM (SELECT q.queue_name,
-                     CASE WHEN q.queue_name ~ '^c_[0-9]+$' THEN 'campaign'
-                          WHEN q.queue_name ~ '^r_[0-9]+$' THEN 'reply' ELSE q.queue_name END AS kind
+                     CASE WHEN o.campaign_id IS NOT NULL THEN 'campaign'
+                          WHEN o.number_id IS NOT NULL THEN 'reply' ELSE q.queue_name END AS kind
               FROM pgmq.meta q
-              LEFT JOIN core.campaigns c
-                     ON c.campaign_id = CASE WHEN q.queue_name ~ '^c_[0-9]{1,18}$' THEN substr(q.queue_name, 3)::bigint END
+              CROSS JOIN LATERAL (SELECT core.queue_campaign_id(q.queue_name) AS campaign_id,
+                                         core.queue_number_id(q.queue_name) AS number_id) o
+              LEFT JOIN core.campaigns c ON c.campaign_id = o.campaign_id
               WHERE c.status IS NULL OR c.status NOT IN ('completed', 'cancelled')
               OFFSET 0) q
         CROSS JOIN LATERAL pgmq.metrics(q.queue_name) m
@@ -138,9 +146,9 @@ BEGIN
                    format('pgwa_number_paused %s', n.paused))
         FROM (SELECT count(*) AS count, round(coalesce(sum(rate_mps), 0)::numeric, 3) AS rate,
                      coalesce(sum(throughput_mps), 0) AS throughput,
-                     round(coalesce(max(greatest(extract(epoch FROM send_tat - now()), 0)), 0)::numeric, 3) AS tat_ahead,
-                     coalesce(sum(floor(greatest(0, extract(epoch FROM now() + make_interval(secs => v_settings.pace_horizon_ms / 1000.0)
-                                                                 - greatest(now(), send_tat)))
+                     round(coalesce(max(greatest(extract(epoch FROM send_tat - v_now), 0)), 0)::numeric, 3) AS tat_ahead,
+                     coalesce(sum(floor(greatest(0, extract(epoch FROM v_now + make_interval(secs => v_settings.pace_horizon_ms / 1000.0)
+                                                                 - greatest(v_now, send_tat)))
                                         * least(rate_mps, throughput_mps * v_settings.rate_headroom))), 0) AS tokens,
                      count(*) FILTER (WHERE paused_reason IS NOT NULL) AS paused
               FROM core.wa_numbers) n);
@@ -184,10 +192,10 @@ BEGIN
     RETURN array_to_string(v_out, '');
 END
 $$;
-COMMENT ON FUNCTION api.metrics() IS
-    'Returns the Prometheus text exposition of pgwa, with no tenant''s identifier in it: queue depths and ages per queue kind (pgmq), webhook lag, sends per second per outcome (core.send_minutes), failures per category and code, the numbers'' summed pace, limits and tokens and furthest GCRA arrival time, paused numbers, campaigns per status and the summed funnel of unfinished campaigns per status. Raises nothing of its own.';
-REVOKE ALL ON FUNCTION api.metrics() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION api.metrics() TO pgwa_api;
+COMMENT ON FUNCTION api.metrics(timestamptz) IS
+    'Returns the Prometheus text exposition of pgwa, with no tenant''s identifier in it: queue depths and ages per queue kind (pgmq), webhook lag, sends per second per outcome (core.send_minutes), failures per category and code, the numbers'' summed pace, limits and tokens and furthest GCRA arrival time, paused numbers, campaigns per status and the summed funnel of unfinished campaigns per status. Rates and tokens are as of p_now (NULL: now; queue ages are pgmq''s, on the clock). Raises nothing of its own.';
+REVOKE ALL ON FUNCTION api.metrics(timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.metrics(timestamptz) TO pgwa_api;
 
 -------------------------------------------------------------------------------
 -- Retention (pg_cron; core.cron_jobs)
