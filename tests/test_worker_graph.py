@@ -9,7 +9,7 @@ import time
 import httpx
 import orjson
 
-from worker.graph import GraphClient, SendResult, parse_error, send_result
+from worker.graph import GraphClient, SendResult, parse_error, regain_after_s, send_result
 
 try:  # tests/ is a rootless directory under pytest's default import mode
     from sim_fixtures import NUMBERS, VERSION, template_body, text_body
@@ -87,6 +87,21 @@ def test_bad_token_is_190_and_the_token_appears_nowhere(sim):
     assert secret not in repr(r)
 
 
+def test_the_usage_header_says_when_access_comes_back():
+    usage = orjson.dumps({"102290129340398": [
+        {"type": "whatsapp_business_management", "call_count": 100, "total_cputime": 7, "total_time": 9,
+         "estimated_time_to_regain_access": 25},
+        {"type": "messenger", "call_count": 4, "estimated_time_to_regain_access": 0}]})
+    answer = orjson.dumps({"error": {"message": "(#80007) Rate limit issues", "code": 80007}})
+    r = send_result(400, answer, raw_headers=[(b"Content-Type", b"application/json"),
+                                               (b"X-Business-Use-Case-Usage", usage)])
+    assert (r.error_code, r.retry_after_s) == (80007, 1500)
+    # Under the limit, absent or garbled: Meta said nothing, the error's own backoff applies.
+    assert regain_after_s([(b"x-business-use-case-usage", b'{"1": [{"estimated_time_to_regain_access": 0}]}')]) is None
+    assert regain_after_s([(b"x-business-use-case-usage", b"not json")]) is None
+    assert regain_after_s(None) is None
+
+
 def test_token_is_scrubbed_even_if_an_answer_echoes_it():
     r = send_result(400, orjson.dumps({"error": {"message": "bad token tok-xyz", "code": 190}}),
                     "tok-xyz")
@@ -132,7 +147,7 @@ def test_slow_answer_times_out_without_code(sim):
     # The request still reaches Meta after the client gave up: a timeout is no proof the
     # message was not sent (the database reconciles it against its status webhooks before
     # any resend). Wait for it here, so it cannot land in the next test's ledger.
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while sim.stats()["accepted"] < 1:
         assert time.monotonic() < deadline, "the slow request never reached the simulator"
         time.sleep(0.05)

@@ -106,7 +106,7 @@ def test_campaign_is_sent_end_to_end_once_per_contact(db, db_url, sim):
     to = phones(150)
     campaign = create_campaign(db, tenant, number_id, to)
     sender = Sender(settings(db_url, sim.url))
-    asyncio.run(run_until([sender], db_url, ALL_ACCEPTED, (campaign,), 20))
+    asyncio.run(run_until([sender], db_url, ALL_ACCEPTED, (campaign,), 60))
 
     assert states(db, campaign) == {"accepted": 150}
     assert db.execute("SELECT status FROM core.campaigns WHERE campaign_id = %s",
@@ -125,19 +125,29 @@ def test_campaign_is_sent_end_to_end_once_per_contact(db, db_url, sim):
 
 
 def test_sends_respect_the_number_limit(db, db_url, sim):
-    tenant, number_id = setup_number(db, ONE, 80)        # the simulator's limit too
-    to = phones(320)
+    # pgwa holds the number to 40 msg/s; the simulator would allow it 80. How exactly the
+    # database paces is pinned, without a clock, in test_sending.py; here the worker must
+    # keep to the schedule it is given. A worker that bursts (or ignores send_at) puts
+    # its 200 requests into the simulator's one second and meets 130429s. One that keeps
+    # to the schedule stays clear of the limit by a factor of two, which no stall of a
+    # loaded machine (squeezing the arrivals of a moment into one instant) can use up.
+    tenant, number_id = setup_number(db, ONE, 40)
+    to = phones(200)
     campaign = create_campaign(db, tenant, number_id, to)
+    before = db.execute("SELECT clock_timestamp()").fetchone()[0]
     started = time.monotonic()
     asyncio.run(run_until([Sender(settings(db_url, sim.url))], db_url, ALL_ACCEPTED,
-                          (campaign,), 30))
+                          (campaign,), 60))
     elapsed = time.monotonic() - started
     stats = sim.stats()
-    # The database paces at 97% of the limit; the simulator counts arrivals on its own
-    # (busy) loop, so a stall there may squeeze a send or two into one second.
-    assert stats["rejected_by_code"].get("130429", 0) <= 2, stats
-    assert stats["numbers"][ONE["phone_number_id"]]["peak_1s_attempts"] <= 82
-    assert elapsed > 320 / 80 - 0.5            # paced, not bursted
+    assert stats["rejected_by_code"].get("130429", 0) == 0, stats
+    assert stats["numbers"][ONE["phone_number_id"]]["peak_1s_attempts"] <= 80, stats
+    # The schedule (state, not a stopwatch): the number's theoretical arrival time moved
+    # on by 200 sends at no more than 40 a second.
+    assert db.execute("SELECT send_tat - %s FROM core.wa_numbers WHERE number_id = %s",
+                      (before, number_id)).fetchone()[0].total_seconds() >= 200 / 40
+    # None went before its time: the last was due 199 intervals after the first.
+    assert elapsed >= 199 / 40
     assert_each_messaged_once(sim, to, ONE["phone_number_id"])
 
 
@@ -147,7 +157,7 @@ def test_rate_limit_errors_make_the_worker_back_off(db, db_url, sim):
     to = phones(150)
     campaign = create_campaign(db, tenant, number_id, to)
     sender = Sender(settings(db_url, sim.url))
-    asyncio.run(run_until([sender], db_url, ALL_ACCEPTED, (campaign,), 40))
+    asyncio.run(run_until([sender], db_url, ALL_ACCEPTED, (campaign,), 60))
 
     stats = sim.stats()
     rejected = stats["rejected_by_code"].get("130429", 0)
@@ -159,7 +169,7 @@ def test_rate_limit_errors_make_the_worker_back_off(db, db_url, sim):
     # 130429 throttles, and for how long, from the database (api.send_policy).
     assert sender.stats.returned > 0
     assert sender.policy.throttle_codes == {r[0] for r in db.execute(
-        "SELECT code FROM core.meta_error_codes WHERE throttles")} >= {130429}
+        "SELECT code FROM core.meta_error_codes WHERE backoff = 'throttle'")} == {130429}
     assert sender.policy.throttle_hold_s == 0.25
     # Backing off keeps rejections a fraction of the sends; without it about three in
     # four requests at 80/s against a limit of 20 would be refused.
@@ -184,7 +194,9 @@ def test_idle_worker_waits_for_notify_and_issues_no_queries(db, db_url, sim):
         while not (sender.stats.claims and db.execute(listening).fetchone()[0]):
             assert time.monotonic() - started < 30, sender.stats
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)
+        # Long enough for a worker that polled (every PACE_S, 0.125 s) to show it many
+        # times over, even on a loaded machine whose round trips take a second.
+        await asyncio.sleep(2.0)
         idle_claims = sender.stats.claims
         started = time.monotonic()
         await asyncio.to_thread(create_campaign, db, tenant, number_id, phones(5))
@@ -205,20 +217,21 @@ def test_idle_worker_waits_for_notify_and_issues_no_queries(db, db_url, sim):
 
 
 def test_two_workers_share_a_campaign_without_duplicates(db, db_url, sim):
-    tenant, number_id = setup_number(db, ONE, 80)
+    # At half the simulator's limit (see test_sends_respect_the_number_limit).
+    tenant, number_id = setup_number(db, ONE, 40)
     to = phones(200)
     campaign = create_campaign(db, tenant, number_id, to)
     # A short heartbeat: a worker whose claim found the number taken by the other goes
     # idle, and nothing NOTIFYs it while the campaign is already running.
     a = Sender(settings(db_url, sim.url, "wa"), heartbeat_s=0.3)
     b = Sender(settings(db_url, sim.url, "wb"), heartbeat_s=0.3)
-    asyncio.run(run_until([a, b], db_url, ALL_ACCEPTED, (campaign,), 30))
+    asyncio.run(run_until([a, b], db_url, ALL_ACCEPTED, (campaign,), 60))
     assert a.stats.accepted + b.stats.accepted == 200
     # Not asserted: that both sent some. A claim locks the number's row (SKIP LOCKED), so
     # on a loaded machine one worker may legitimately win every claim; sharing is shown
     # by the total, and safety by the once-each check below.
-    # Each worker holds its own share of the schedule; a stall in one may squeeze a send
-    # or two into the other's second, which the database retries.
+    # Each worker holds its own share of the schedule; only stalls in both at once could
+    # squeeze their sends past the limit, which the database would retry.
     assert sim.stats()["rejected_by_code"].get("130429", 0) <= 5
     assert_each_messaged_once(sim, to, ONE["phone_number_id"])
 
@@ -309,7 +322,7 @@ def test_sigterm_mid_campaign_then_restart_messages_everyone_once(db, db_url, si
 
     first = start_worker(db_url, sim.url, "first")
     try:
-        wait_for(lambda: sim.stats()["accepted"] >= 100, 15, "the first sends")
+        wait_for(lambda: sim.stats()["accepted"] >= 100, 60, "the first sends")
         first.send_signal(signal.SIGTERM)
         out, _ = first.communicate(timeout=20)
     finally:
@@ -324,7 +337,7 @@ def test_sigterm_mid_campaign_then_restart_messages_everyone_once(db, db_url, si
 
     second = start_worker(db_url, sim.url, "second")
     try:
-        wait_for(lambda: states(db, campaign) == {"accepted": 400}, 30, "the campaign to finish")
+        wait_for(lambda: states(db, campaign) == {"accepted": 400}, 60, "the campaign to finish")
         second.send_signal(signal.SIGTERM)
         out, _ = second.communicate(timeout=20)
     finally:

@@ -43,6 +43,8 @@ class SendResult:
     error_code: int | None = None
     http_status: int | None = None
     error_message: str | None = None
+    # Meta's X-Business-Use-Case-Usage said access comes back after so many seconds.
+    retry_after_s: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -103,7 +105,32 @@ def _short(text: str, token: str | None) -> str:
     return text if len(text) <= ERROR_MESSAGE_MAX else text[: ERROR_MESSAGE_MAX - 1] + "…"
 
 
-def send_result(status: int, content: bytes, token: str | None = None) -> SendResult:
+USAGE_HEADER = b"x-business-use-case-usage"
+
+
+def regain_after_s(raw_headers: Any) -> int | None:
+    """Seconds until Meta gives access back, from ``X-Business-Use-Case-Usage``.
+
+    The header maps a business id to usage entries, each with
+    ``estimated_time_to_regain_access`` in minutes (0 while under the limit); the
+    longest wait wins. None when the header is absent, malformed or says nothing.
+    """
+    for name, value in raw_headers or ():
+        if name.lower() != USAGE_HEADER:
+            continue
+        try:
+            usage = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+        minutes = [_int(entry.get("estimated_time_to_regain_access"))
+                   for entries in (usage.values() if isinstance(usage, dict) else ())
+                   if isinstance(entries, list) for entry in entries if isinstance(entry, dict)]
+        longest = max((m for m in minutes if m), default=None)
+        return longest * 60 if longest else None
+    return None
+
+
+def send_result(status: int, content: bytes, token: str | None = None, raw_headers: Any = None) -> SendResult:
     """Turn one HTTP answer to ``POST /messages`` into a SendResult."""
     try:
         data = orjson.loads(content) if content else None
@@ -118,7 +145,7 @@ def send_result(status: int, content: bytes, token: str | None = None) -> SendRe
                 return SendResult(wamid, _str(first.get("message_status")), None, status, None)
     err = parse_error(data)
     if err is not None:
-        return SendResult(None, None, err.code, status, _short(err.summary(), token))
+        return SendResult(None, None, err.code, status, _short(err.summary(), token), regain_after_s(raw_headers))
     if 200 <= status < 300:
         return SendResult(None, None, None, status, "answer without messages[0].id")
     snippet = content[:120].decode("utf-8", "replace").strip() if content else ""
@@ -252,10 +279,10 @@ class GraphClient:
         data = body if isinstance(body, (bytes, str)) else orjson.dumps(body)
         try:
             async with self._slots:
-                status, _, content = await self._transport.fetch(
+                status, raw_headers, content = await self._transport.fetch(
                     "POST", url, headers, data, self._send_timeout)
         except httpx.TimeoutException:
             return SendResult(error_message="timeout")
         except httpx.TransportError as exc:
             return SendResult(error_message=_short(f"connection error: {exc}", token))
-        return send_result(status, content, token)
+        return send_result(status, content, token, raw_headers)

@@ -33,6 +33,7 @@ from pgwa.config import Settings
 
 from .db import Database, Unavailable, listen
 from .graph import GraphClient
+from .loop import Results, run_tasks, wait
 
 log = logging.getLogger("worker.sender")
 
@@ -127,8 +128,7 @@ class Sender:
         self._lanes: dict[str, _Lane] = {}  # by request path: one per number
         self._draining = False
         self._sending: set[asyncio.Task] = set()
-        self._results: list[dict] = []
-        self._results_ready = asyncio.Event()
+        self._results = Results()
         self._retry_seen = -1e9             # loop time of the last report with retries
         self.policy: SendPolicy | None = None   # read before the first claim
 
@@ -137,17 +137,34 @@ class Sender:
     async def run(self, stop: asyncio.Event) -> SenderStats:
         if self.graph is None:
             self.graph = GraphClient(self.settings.graph_base_url, self.settings.send_concurrency)
+        name = self.settings.worker_name
         wake = asyncio.Event()
         done = asyncio.Event()              # the claim loop has stopped
         sent = asyncio.Event()              # ... and every claimed message was sent
         log.info("sender %s started: graph %s, batch %d, concurrency %d",
-                 self.settings.worker_name, self.settings.graph_base_url,
-                 self.settings.claim_batch, self.settings.send_concurrency)
-        listener = asyncio.create_task(
-            listen(self.settings.database_url, CHANNEL, wake, stop,
-                   f"{self.settings.worker_name}-listen"), name="pgwa-send-listen")
-        reporter = asyncio.create_task(self._report_loop(sent), name="pgwa-send-report")
-        status = asyncio.create_task(self._status_loop(done), name="pgwa-send-status")
+                 name, self.settings.graph_base_url, self.settings.claim_batch, self.settings.send_concurrency)
+        try:
+            await run_tasks(
+                {"pgwa-send-claim": self._claim_then_send(stop, wake, done, sent),
+                 "pgwa-send-report": self._report_loop(sent)},
+                {"pgwa-send-listen": listen(self.settings.database_url, CHANNEL, wake, stop, f"{name}-listen"),
+                 "pgwa-send-status": self._status_loop(done)},
+                stop=stop)
+        finally:
+            await self._claims.close()
+            await self._reports.close()
+            if self._own_graph:
+                await self.graph.aclose()
+            s = self.stats
+            log.info("sender %s stopped: %d sent (%d accepted, %d errors), %d reported, "
+                     "%d left to the visibility timeout; %d sent late (max %.0f ms)",
+                     self.settings.worker_name, s.sent, s.accepted, s.errors, s.reported,
+                     s.unreported, s.late, s.max_late_ms)
+        return self.stats
+
+    async def _claim_then_send(self, stop: asyncio.Event, wake: asyncio.Event, done: asyncio.Event,
+                               sent: asyncio.Event) -> None:
+        """The claim loop until ``stop``; then every lane sends what it holds, and ``sent`` is set."""
         try:
             await self._claim_loop(stop, wake)
         finally:
@@ -160,21 +177,6 @@ class Sender:
             if self._sending:
                 await asyncio.gather(*self._sending, return_exceptions=True)
             sent.set()
-            self._results_ready.set()
-            await reporter
-            listener.cancel()
-            status.cancel()
-            await asyncio.gather(listener, status, return_exceptions=True)
-            await self._claims.close()
-            await self._reports.close()
-            if self._own_graph:
-                await self.graph.aclose()
-            s = self.stats
-            log.info("sender %s stopped: %d sent (%d accepted, %d errors), %d reported, "
-                     "%d left to the visibility timeout; %d sent late (max %.0f ms)",
-                     self.settings.worker_name, s.sent, s.accepted, s.errors, s.reported,
-                     s.unreported, s.late, s.max_late_ms)
-        return self.stats
 
     async def _claim_loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -197,7 +199,7 @@ class Sender:
                 except Exception as exc:     # noqa: BLE001 (a broken function must not kill the loop)
                     failures += 1
                     log.error("%s failed: %s", "claim_sends" if self.policy else "send_policy", _describe(exc))
-                    await _wait(stop, None, min(self.heartbeat_s, 0.5 * 2 ** failures))
+                    await wait(stop, None, min(self.heartbeat_s, 0.5 * 2 ** failures))
                     continue
                 self.stats.claims += 1
                 if rows:
@@ -209,9 +211,9 @@ class Sender:
             if now - last_work < self.idle_after_s or now - self._retry_seen < self.after_retry_s:
                 # Busy: claim again one pace interval after this claim began. A NOTIFY
                 # changes nothing here; the next claim is at most PACE_S away anyway.
-                await _wait(stop, None, self.pace_s - (loop.time() - started))
+                await wait(stop, None, self.pace_s - (loop.time() - started))
             else:
-                await _wait(stop, wake, self.heartbeat_s)
+                await wait(stop, wake, self.heartbeat_s)
 
     def _dispatch(self, rows: list[tuple], arrived: float) -> None:
         self.stats.claimed += len(rows)
@@ -280,9 +282,8 @@ class Sender:
         while rows and rows[0][0] < until:
             outbound_id, queue_name, msg_id = rows.popleft()[1][:3]
             self.stats.returned += 1
-            self._results.append({"outbound_id": outbound_id, "queue_name": queue_name,
-                                  "msg_id": msg_id, "sent": False})
-            self._results_ready.set()
+            self._results.add({"outbound_id": outbound_id, "queue_name": queue_name,
+                               "msg_id": msg_id, "sent": False})
 
     async def _send(self, row: tuple, lane: _Lane) -> None:
         # In the window from when the request really leaves: a task created just before
@@ -318,27 +319,14 @@ class Sender:
             result = {"outbound_id": outbound_id, "queue_name": queue_name, "msg_id": msg_id,
                       "wamid": r.wamid, "message_status": r.message_status,
                       "error_code": r.error_code, "http_status": r.http_status,
-                      "error_message": r.error_message}
-        self._results.append(result)
-        self._results_ready.set()
+                      "error_message": r.error_message, "retry_after_s": r.retry_after_s}
+        self._results.add(result)
 
     async def _report_loop(self, sent: asyncio.Event) -> None:
         """Report coalesced results, at most one call per ``report_s``; after ``sent``,
         the rest at once, then return."""
-        loop = asyncio.get_running_loop()
-        last = -1e9
-        while True:
-            await self._results_ready.wait()
-            wait = last + self.report_s - loop.time()
-            if wait > 0:
-                await _wait(sent, None, wait)
-            self._results_ready.clear()
-            batch, self._results = self._results, []
-            if batch:
-                last = loop.time()
-                await self._report(batch, sent)
-            if sent.is_set() and not self._results:
-                return
+        async for batch in self._results.batches(self.report_s, sent):
+            await self._report(batch, sent)
 
     async def _report(self, batch: list[dict], sent: asyncio.Event) -> None:
         """One api.report_sends call; retried until it succeeds, or for STOP_REPORT_S
@@ -423,20 +411,6 @@ class _Lane:
         self.starting = 0                       # sends created, not yet started
         self.window_max: int | None = None      # sends allowed per window (None: no limit)
         self.hold_until = 0.0                   # loop time: throttled by Meta until then
-
-
-async def _wait(stop: asyncio.Event, wake: asyncio.Event | None, timeout: float) -> None:
-    """Sleep ``timeout`` seconds, or less if ``stop`` (or ``wake``) is set."""
-    if timeout <= 0 or stop.is_set() or (wake is not None and wake.is_set()):
-        return
-    waiters = [asyncio.ensure_future(stop.wait())]
-    if wake is not None:
-        waiters.append(asyncio.ensure_future(wake.wait()))
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
 
 
 def _describe(exc: BaseException) -> str:

@@ -90,8 +90,8 @@ BEGIN
                   HINT = '{"type": "text", "text": "Hi {{name}}"}, {"type": "buttons", "text": "...", "buttons": ["Yes", "No"]} or {"type": "template", "name": "...", "language": "en_US", "params": [...]}';
     END IF;
     IF p_reply->>'type' IN ('text', 'buttons') AND (jsonb_typeof(p_reply->'text') IS DISTINCT FROM 'string'
-            OR btrim(p_reply->>'text') = '' OR length(p_reply->>'text') > 4096) THEN
-        RAISE EXCEPTION 'a % reply needs a text of 1 to 4096 characters', p_reply->>'type'
+            OR btrim(p_reply->>'text') = '' OR length(p_reply->>'text') > core.text_body_max()) THEN
+        RAISE EXCEPTION 'a % reply needs a text of 1 to % characters', p_reply->>'type', core.text_body_max()
             USING ERRCODE = 'PW100', HINT = 'Give "text"; it may use {{name}} and other contact variables.';
     END IF;
     IF p_reply->>'type' = 'buttons' THEN
@@ -141,7 +141,7 @@ CREATE OR REPLACE FUNCTION core.render_reply(p_reply jsonb, p_vars jsonb) RETURN
 LANGUAGE sql IMMUTABLE SET search_path = '' AS $$
     SELECT CASE p_reply->>'type'
         WHEN 'text' THEN jsonb_build_object('type', 'text', 'text',
-            jsonb_build_object('body', left(core.render_vars(p_reply->>'text', p_vars), 4096))
+            jsonb_build_object('body', left(core.render_vars(p_reply->>'text', p_vars), core.text_body_max()))
             || CASE WHEN jsonb_typeof(p_reply->'preview_url') = 'boolean'
                     THEN jsonb_build_object('preview_url', p_reply->'preview_url') ELSE '{}' END)
         WHEN 'buttons' THEN jsonb_build_object('type', 'interactive', 'interactive',
@@ -250,10 +250,11 @@ DECLARE
     v_jobs jsonb[];
 BEGIN
     SELECT array_agg(ROW(s.message_id, s.number_id, s.contact_id, s.tenant_id, s.created_at, s.norm,
-                         s.prev_at IS NULL OR s.created_at - s.prev_at > interval '24 hours',
+                         -- Welcome: the window was closed (or never open) when it came.
+                         NOT core.window_open(s.prev_at, s.created_at),
                          CASE WHEN s.is_out THEN 'opt_out'
                               WHEN s.is_in AND s.opted_before THEN 'opt_in'
-                              WHEN s.created_at <= now() - interval '24 hours' THEN 'none'
+                              WHEN NOT core.window_open(s.created_at, now()) THEN 'none'
                               WHEN s.assigned_to IS NOT NULL OR s.opted_before THEN 'none'
                               ELSE 'auto' END,
                          s.llm)::core.inbound_step
@@ -670,9 +671,9 @@ BEGIN
         RAISE EXCEPTION 'keywords % are both opt-out and opt-in', ARRAY(SELECT unnest(v_out) INTERSECT SELECT unnest(v_in))
             USING ERRCODE = 'PW100', HINT = 'A keyword opts out or opts in, not both.';
     END IF;
-    IF btrim(p_opt_out_reply) = '' OR btrim(p_opt_in_reply) = '' OR length(p_opt_out_reply) > 4096
-       OR length(p_opt_in_reply) > 4096 THEN
-        RAISE EXCEPTION 'confirmation texts are 1 to 4096 characters' USING ERRCODE = 'PW100',
+    IF btrim(p_opt_out_reply) = '' OR btrim(p_opt_in_reply) = '' OR length(p_opt_out_reply) > core.text_body_max()
+       OR length(p_opt_in_reply) > core.text_body_max() THEN
+        RAISE EXCEPTION 'confirmation texts are 1 to % characters', core.text_body_max() USING ERRCODE = 'PW100',
             HINT = 'Pass NULL to keep a confirmation as it is.';
     END IF;
     UPDATE core.tenants SET opt_out_keywords = v_out, opt_in_keywords = v_in,
@@ -687,10 +688,12 @@ COMMENT ON FUNCTION api.configure_opt_out(bigint, text[], text[], text, text) IS
     'Sets the tenant''s opt-out and opt-in keywords (matched against the whole message without case, accents and surrounding spaces) and the confirmations sent for them; a NULL argument keeps the current value. Returns the settings. Raises PW100 for an empty opt-out list, a keyword in both lists or an empty or over-long confirmation, PW205 for an unknown tenant.';
 
 -- Called by api.claim_sends for each number's claimed messages: campaign messages of
--- contacts who opted out after their campaign was created are cancelled (counted as
+-- contacts who opted out after their campaign was created, and marketing templates to
+-- contacts who stopped marketing messages at Meta (131050), are cancelled (counted as
 -- api.cancel_campaign counts withdrawn messages), so that claim_sends drops them from
--- the queue instead of sending. Costs one index probe while nobody has opted out since
--- the number's oldest running campaign began. Returns the messages cancelled.
+-- the queue instead of sending. Costs two index probes while nobody has opted out since
+-- the number's oldest running campaign began and nobody of the tenant stopped marketing.
+-- Returns the messages cancelled.
 CREATE OR REPLACE FUNCTION core.cancel_opted_out(p_batch core.claimed[], p_tenant_id bigint, p_number_id bigint)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = '' AS $$
@@ -702,15 +705,22 @@ BEGIN
         SELECT 1 FROM core.contacts c
         WHERE c.tenant_id = p_tenant_id AND c.opted_out
           AND c.opted_out_at >= (SELECT min(created_at) FROM core.campaigns
-                                 WHERE number_id = p_number_id AND status = 'running')) THEN
+                                 WHERE number_id = p_number_id AND status = 'running'))
+       AND NOT EXISTS (SELECT 1 FROM core.contacts c
+                       WHERE c.tenant_id = p_tenant_id AND c.marketing_stopped_at IS NOT NULL) THEN
         RETURN 0;
     END IF;
     WITH cancelled AS (
         UPDATE core.outbound_messages o SET state = 'cancelled', error_category = 'opted_out',
-            error_detail = 'the contact opted out after the campaign was created'
+            error_detail = CASE WHEN c.opted_out THEN 'the contact opted out after the campaign was created'
+                                ELSE 'the contact stopped marketing messages from this business' END
         FROM unnest(p_batch) b, core.contacts c
         WHERE o.outbound_id = b.outbound_id AND o.campaign_id IS NOT NULL AND o.state IN ('queued', 'in_flight')
-          AND c.contact_id = o.contact_id AND c.opted_out
+          AND c.contact_id = o.contact_id
+          AND (c.opted_out
+               OR (c.marketing_stopped_at IS NOT NULL AND EXISTS (
+                       SELECT 1 FROM core.campaign_templates ct JOIN core.templates t ON t.template_id = ct.template_id
+                       WHERE ct.campaign_id = o.campaign_id AND ct.variant = o.variant AND t.category = 'MARKETING')))
         RETURNING o.campaign_id
     ), counted AS (
         UPDATE core.campaigns c SET cancelled = c.cancelled + k.n
@@ -730,6 +740,21 @@ $$;
 -- LLM replies
 -------------------------------------------------------------------------------
 
+-- The bounds of a number's LLM settings, their one home: api.configure_llm refuses a value
+-- outside them, and the HTTP API reads them once at start-up to check its input and to show
+-- the ranges in /openapi.json.
+CREATE OR REPLACE FUNCTION api.llm_bounds() RETURNS SETOF api.llm_bound
+LANGUAGE sql SECURITY DEFINER STABLE SET search_path = '' AS $$
+    SELECT * FROM (VALUES
+        ('system_prompt', 'string', 0, 20000, 'Characters of the system prompt; an empty string clears it'),
+        ('daily_limit', 'integer', 0, 10000, 'LLM replies per contact and UTC day'),
+        ('context_messages', 'integer', 1, 100, 'The last messages of the conversation that the LLM sees'),
+        ('number_daily_limit', 'integer', 0, 1000000, 'LLM calls per number and UTC day, across its contacts')
+    ) AS b(setting, type, minimum, maximum, meaning)
+$$;
+COMMENT ON FUNCTION api.llm_bounds() IS
+    'The bounds of the LLM settings api.configure_llm takes, one row per setting: its name (the argument without p_), type (integer, or string: bounded in characters), minimum, maximum and meaning. Raises nothing.';
+
 CREATE OR REPLACE FUNCTION api.configure_llm(
     p_tenant_id        bigint,
     p_number_id        bigint,
@@ -742,22 +767,21 @@ CREATE OR REPLACE FUNCTION api.configure_llm(
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_number core.wa_numbers := core.number_for(p_tenant_id, p_number_id);
+    v_bad record;
 BEGIN
-    IF p_daily_limit NOT BETWEEN 0 AND 10000 THEN
-        RAISE EXCEPTION 'daily_limit % is out of range', p_daily_limit
-            USING ERRCODE = 'PW100', HINT = 'LLM replies per contact and day: 0 to 10000.';
-    END IF;
-    IF p_context_messages NOT BETWEEN 1 AND 100 THEN
-        RAISE EXCEPTION 'context_messages % is out of range', p_context_messages
-            USING ERRCODE = 'PW100', HINT = 'The LLM sees the last 1 to 100 messages of the conversation.';
-    END IF;
-    IF p_number_daily_limit NOT BETWEEN 0 AND 1000000 THEN
-        RAISE EXCEPTION 'number_daily_limit % is out of range', p_number_daily_limit
-            USING ERRCODE = 'PW100', HINT = 'LLM calls per number and UTC day, across its contacts: 0 to 1000000.';
-    END IF;
-    IF length(p_system_prompt) > 20000 THEN
-        RAISE EXCEPTION 'the system prompt is over 20000 characters' USING ERRCODE = 'PW100',
-            HINT = 'Shorten it; pass an empty string to clear it.';
+    -- The first setting given outside its bounds (api.llm_bounds), named in the error.
+    SELECT b.setting, b.type, b.minimum, b.maximum, b.meaning, v.value INTO v_bad
+    FROM api.llm_bounds() b
+    JOIN (VALUES ('system_prompt', length(p_system_prompt)), ('daily_limit', p_daily_limit),
+                 ('context_messages', p_context_messages), ('number_daily_limit', p_number_daily_limit))
+         AS v(setting, value) ON v.setting = b.setting
+    WHERE v.value NOT BETWEEN b.minimum AND b.maximum
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '%', format('%s%s %s is outside %s to %s', v_bad.setting,
+                                    CASE v_bad.type WHEN 'string' THEN ' length' ELSE '' END,
+                                    v_bad.value, v_bad.minimum, v_bad.maximum)
+            USING ERRCODE = 'PW100', COLUMN = v_bad.setting, HINT = v_bad.meaning || '.';
     END IF;
     UPDATE core.wa_numbers SET
         llm_enabled = coalesce(p_enabled, llm_enabled),
@@ -772,7 +796,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.configure_llm(bigint, bigint, boolean, text, integer, integer, integer) IS
-    'Enables or disables LLM replies on a number (they answer what no bot rule matched) and sets the system prompt, the replies allowed per contact and day, how many recent messages the LLM sees and the LLM calls allowed per number and UTC day (default 1000; over it, conversations go to a human with the fallback text and one notification a day); a NULL argument keeps the current value. Returns the settings. Raises PW100 for an out-of-range value, PW202 when the number is not the tenant''s.';
+    'Enables or disables LLM replies on a number (they answer what no bot rule matched) and sets the system prompt, the replies allowed per contact and day, how many recent messages the LLM sees and the LLM calls allowed per number and UTC day (default 1000; over it, conversations go to a human with the fallback text and one notification a day); a NULL argument keeps the current value. Returns the settings. Raises PW100 naming the first setting outside api.llm_bounds(), PW202 when the number is not the tenant''s.';
 
 -- Take up to p_max LLM jobs for p_vt_s seconds. A conversation's newer job supersedes
 -- its older ones, and jobs no longer wanted (the contact opted out, handed to an agent,
@@ -804,7 +828,7 @@ BEGIN
         SELECT j.msg_id,
                row_number() OVER (PARTITION BY j.number_id, j.contact_id ORDER BY j.message_id DESC, j.msg_id DESC) = 1
                AND n.llm_enabled AND v.assigned_to IS NULL AND NOT v.needs_human AND NOT c.opted_out
-               AND v.last_inbound_at > p_now - interval '24 hours'
+               AND core.window_open(v.last_inbound_at, p_now)
                AND j.message_id > coalesce(v.llm_answered_id, 0) AS keep
         FROM jobs j
         LEFT JOIN core.wa_numbers n ON n.number_id = j.number_id
@@ -937,7 +961,7 @@ BEGIN
     )
     SELECT count(*),
            array_agg(ROW(j.number_id, j.contact_id, CASE j.outcome WHEN 'llm' THEN 'llm' ELSE 'bot' END,
-                         jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', left(j.text, 4096))))::core.reply_request)
+                         jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', left(j.text, core.text_body_max()))))::core.reply_request)
                FILTER (WHERE j.outcome <> 'dropped')
     INTO v_total, v_replies
     FROM judged j;
@@ -971,6 +995,7 @@ REVOKE ALL ON FUNCTION api.delete_bot_rule(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.bot_rules(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.match_bot_rule(bigint, bigint, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.configure_opt_out(bigint, text[], text[], text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.llm_bounds() FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.configure_llm(bigint, bigint, boolean, text, integer, integer, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.claim_llm_jobs(text, integer, integer, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.complete_llm_jobs(jsonb) FROM PUBLIC;
@@ -979,6 +1004,7 @@ GRANT EXECUTE ON FUNCTION api.delete_bot_rule(bigint, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.bot_rules(bigint, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.match_bot_rule(bigint, bigint, text, boolean) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.configure_opt_out(bigint, text[], text[], text, text) TO pgwa_api;
+GRANT EXECUTE ON FUNCTION api.llm_bounds() TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.configure_llm(bigint, bigint, boolean, text, integer, integer, integer) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.claim_llm_jobs(text, integer, integer, timestamptz) TO pgwa_worker;
 GRANT EXECUTE ON FUNCTION api.complete_llm_jobs(jsonb) TO pgwa_worker;

@@ -36,7 +36,7 @@ $$;
 -- The table is created by this function's owner, the owner of the functions that read
 -- it, and pgwa_api gets INSERT on it alone: a caller can COPY rows in but never attach a
 -- trigger, rule or policy that the owner's reads would run (and callers may not create
--- temporary objects at all, migration 0066). core.staged_count checks it again.
+-- temporary objects at all, db/migrations/0086_baseline/09_roles.sql). core.staged_count checks it again.
 CREATE OR REPLACE FUNCTION api.stage_contacts() RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' SET client_min_messages = warning AS $$
 BEGIN
@@ -309,7 +309,7 @@ BEGIN
            (SELECT count(*) FROM pg_temp.campaign_sends s WHERE s.variant = v.variant)
     FROM pg_temp.campaign_variants v;
 
-    PERFORM pgmq.create('c_' || v_campaign_id);
+    PERFORM pgmq.create(core.campaign_queue(v_campaign_id));
     -- The body parameters of each row as one expression (a CASE over the variants), so
     -- queueing 100,000 messages is expression evaluation, not a subquery per row.
     -- Column names and constants enter the SQL only through format's %L.
@@ -341,7 +341,7 @@ BEGIN
         SELECT now(), jsonb_build_object('o', s.outbound_id, 't', s.wa_id, 'v', s.variant, 'p', %s)
         FROM pg_temp.campaign_sends s
         ORDER BY s.outbound_id
-    $q$, 'q_c_' || v_campaign_id, v_params_sql);
+    $q$, pgmq.format_table_name(core.campaign_queue(v_campaign_id), 'q'), v_params_sql);
 
     TRUNCATE pg_temp.staged_contacts;
     IF v_status = 'running' THEN
@@ -435,7 +435,7 @@ BEGIN
     -- Messages waiting in the queue are withdrawn; those a worker holds finish and report.
     EXECUTE format('DELETE FROM pgmq.%I q USING core.outbound_messages o
                     WHERE o.outbound_id = (q.message->>''o'')::bigint AND o.state = ''queued''',
-                   'q_c_' || p_campaign_id);
+                   pgmq.format_table_name(core.campaign_queue(p_campaign_id), 'q'));
     UPDATE core.outbound_messages SET state = 'cancelled'
     WHERE campaign_id = p_campaign_id AND state = 'queued';
     GET DIAGNOSTICS v_cancelled = ROW_COUNT;

@@ -18,8 +18,78 @@ BEGIN
         'WITH cte AS (SELECT msg_id FROM pgmq.%1$I WHERE vt <= $1 ORDER BY msg_id LIMIT $2 FOR UPDATE SKIP LOCKED)
          UPDATE pgmq.%1$I m SET last_read_at = $1, vt = $1 + $3, read_ct = m.read_ct + 1
          FROM cte WHERE m.msg_id = cte.msg_id
-         RETURNING %2$L::text, m.msg_id, m.read_ct, (m.message->>''o'')::bigint, m.message', 'q_' || p_queue, p_queue)
+         RETURNING %2$L::text, m.msg_id, m.read_ct, (m.message->>''o'')::bigint, m.message', pgmq.format_table_name(p_queue, 'q'), p_queue)
     USING coalesce(p_now, clock_timestamp()), p_max, make_interval(secs => p_vt);
+END
+$$;
+
+-- Up to p_budget messages of one number: its replies first, then its running campaigns
+-- in equal shares, in a fresh order each claim (the first campaign's share is rounded
+-- up, and at a budget below the campaign count a fixed order would starve the last ones).
+CREATE OR REPLACE FUNCTION core.read_number(p_number_id bigint, p_budget integer, p_vt integer, p_now timestamptz)
+RETURNS core.claimed[]
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_batch core.claimed[] := ARRAY(SELECT core.read_queue(core.reply_queue(p_number_id), p_vt, p_budget, p_now));
+    v_campaigns bigint[];
+    v_more bigint[] := '{}';
+    v_read core.claimed[];
+    v_i integer := 1;
+    v_got integer;
+BEGIN
+    SELECT array_agg(campaign_id ORDER BY random()) INTO v_campaigns
+    FROM core.campaigns WHERE number_id = p_number_id AND status = 'running';
+    WHILE v_i <= coalesce(cardinality(v_campaigns), 0) AND cardinality(v_batch) < p_budget LOOP
+        -- An equal share of what is left; a campaign with less leaves the rest to the next.
+        v_got := ceil((p_budget - cardinality(v_batch))::numeric / (cardinality(v_campaigns) - v_i + 1));
+        v_read := ARRAY(SELECT core.read_queue(core.campaign_queue(v_campaigns[v_i]), p_vt, v_got, p_now));
+        v_batch := v_batch || v_read;
+        IF cardinality(v_read) = v_got THEN
+            v_more := v_more || v_campaigns[v_i];
+        END IF;
+        v_i := v_i + 1;
+        -- What the last ones left goes round again to those that filled their share.
+        IF v_i > cardinality(v_campaigns) THEN
+            v_campaigns := v_more;
+            v_more := '{}';
+            v_i := 1;
+        END IF;
+    END LOOP;
+    RETURN v_batch;
+END
+$$;
+
+-- Of messages just read, the ones to send, marked in flight. Campaign messages of
+-- contacts who opted out after their campaign was created are cancelled (bots.sql). A
+-- message redelivered after an expired claim (its worker died) but settled meanwhile by
+-- a status webhook or a late report, or cancelled, is dropped from its queue instead of
+-- messaging the contact twice.
+CREATE OR REPLACE FUNCTION core.take_in_flight(p_batch core.claimed[], p_tenant_id bigint, p_number_id bigint,
+                                               p_now timestamptz)
+RETURNS core.claimed[]
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_dropped integer;
+    v_batch core.claimed[];
+BEGIN
+    IF cardinality(p_batch) = 0 THEN
+        RETURN p_batch;
+    END IF;
+    PERFORM core.cancel_opted_out(p_batch, p_tenant_id, p_number_id);
+    WITH settled AS (
+        SELECT b.queue_name, b.msg_id FROM unnest(p_batch) b
+        LEFT JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+        WHERE o.state IS NULL OR o.state NOT IN ('queued', 'in_flight')
+    )
+    SELECT count(*) INTO v_dropped FROM (
+        SELECT pgmq.delete(s.queue_name, array_agg(s.msg_id)) FROM settled s GROUP BY s.queue_name) d;
+    v_batch := CASE WHEN v_dropped = 0 THEN p_batch
+                    ELSE ARRAY(SELECT b FROM unnest(p_batch) b
+                               JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+                               WHERE o.state IN ('queued', 'in_flight')) END;
+    UPDATE core.outbound_messages o SET state = 'in_flight', attempts = o.attempts + 1, claimed_at = p_now
+    FROM unnest(v_batch) b WHERE o.outbound_id = b.outbound_id AND o.state IN ('queued', 'in_flight');
+    RETURN v_batch;
 END
 $$;
 
@@ -44,11 +114,6 @@ DECLARE
     v_start timestamptz;
     v_budget integer;
     v_batch core.claimed[];
-    v_campaigns bigint[];
-    v_i integer;
-    v_got integer;
-    v_read core.claimed[];
-    v_more bigint[];
     v_all core.claimed[] := '{}';
     v_starts jsonb := '{}';
 BEGIN
@@ -73,54 +138,9 @@ BEGIN
                                            CASE WHEN v_number.send_tat <= v_now THEN 1 ELSE 0 END));
         CONTINUE WHEN v_budget <= 0;
 
-        v_batch := ARRAY(SELECT core.read_queue('r_' || v_number.number_id, v_vt, v_budget, v_now));
-        -- In a fresh order each claim: the first campaign's share is rounded up, and at a
-        -- budget below the campaign count a fixed order would starve the last ones.
-        SELECT array_agg(campaign_id ORDER BY random()) INTO v_campaigns
-        FROM core.campaigns WHERE number_id = v_number.number_id AND status = 'running';
-        v_i := 1;
-        v_more := '{}';
-        WHILE v_i <= coalesce(cardinality(v_campaigns), 0) AND cardinality(v_batch) < v_budget LOOP
-            -- An equal share of what is left; a campaign with less leaves the rest to the next.
-            v_got := ceil((v_budget - cardinality(v_batch))::numeric / (cardinality(v_campaigns) - v_i + 1));
-            v_read := ARRAY(SELECT core.read_queue('c_' || v_campaigns[v_i], v_vt, v_got, v_now));
-            v_batch := v_batch || v_read;
-            IF cardinality(v_read) = v_got THEN
-                v_more := v_more || v_campaigns[v_i];
-            END IF;
-            v_i := v_i + 1;
-            -- What the last ones left goes round again to those that filled their share.
-            IF v_i > cardinality(v_campaigns) THEN
-                v_campaigns := v_more;
-                v_more := '{}';
-                v_i := 1;
-            END IF;
-        END LOOP;
+        v_batch := core.take_in_flight(core.read_number(v_number.number_id, v_budget, v_vt, v_now),
+                                       v_number.tenant_id, v_number.number_id, v_now);
         CONTINUE WHEN cardinality(v_batch) = 0;
-
-        -- Campaign messages of contacts who opted out after their campaign was created
-        -- are cancelled (bots.sql), and so dropped just below.
-        PERFORM core.cancel_opted_out(v_batch, v_number.tenant_id, v_number.number_id);
-
-        -- Redelivered after an expired claim (its worker died) but settled meanwhile by a
-        -- status webhook or a late report, or cancelled: dropped from the queue instead of
-        -- messaging the contact twice.
-        WITH settled AS (
-            SELECT b.queue_name, b.msg_id FROM unnest(v_batch) b
-            LEFT JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
-            WHERE o.state IS NULL OR o.state NOT IN ('queued', 'in_flight')
-        )
-        SELECT count(*) INTO v_got FROM (
-            SELECT pgmq.delete(s.queue_name, array_agg(s.msg_id)) FROM settled s GROUP BY s.queue_name) d;
-        IF v_got > 0 THEN
-            v_batch := ARRAY(SELECT b FROM unnest(v_batch) b
-                             JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
-                             WHERE o.state IN ('queued', 'in_flight'));
-        END IF;
-        CONTINUE WHEN cardinality(v_batch) = 0;
-
-        UPDATE core.outbound_messages o SET state = 'in_flight', attempts = o.attempts + 1, claimed_at = v_now
-        FROM unnest(v_batch) b WHERE o.outbound_id = b.outbound_id AND o.state IN ('queued', 'in_flight');
 
         UPDATE core.wa_numbers SET send_tat = v_start + make_interval(secs => cardinality(v_batch) / v_rate)
         WHERE number_id = v_number.number_id;
@@ -173,63 +193,127 @@ COMMENT ON FUNCTION api.claim_sends(text, integer, timestamptz) IS
 -- never POSTed (it held it for a number Meta just throttled): it comes back to the
 -- queue once the throttle hold is over, its attempt not counted.
 -- p_now is the time of the report (NULL: the clock); tests pass it instead of waiting.
+--
+-- Each result is classified once (core.classify_reports), then each step below applies
+-- one outcome, each UPDATE guarded by the state the message must still be in.
 CREATE OR REPLACE FUNCTION api.report_sends(p_results jsonb, p_now timestamptz DEFAULT NULL) RETURNS api.report_result
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
-    v_settings core.settings;
     v_now timestamptz := coalesce(p_now, clock_timestamp());
-    v_hold interval;
-    v_result api.report_result := ROW(0, 0, 0, 0, 0);
-    v_paused bigint[];
+    v_rows core.send_outcome[];
     v_touched bigint[];
-    v_early integer;
-    v_noticed integer;
 BEGIN
     IF jsonb_typeof(p_results) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'results must be a JSON array' USING ERRCODE = 'PW100',
             HINT = 'One object per claimed message: outbound_id, queue_name, msg_id, wamid or error_code.';
     END IF;
-    SELECT * INTO v_settings FROM core.settings;
-    v_hold := make_interval(secs => v_settings.throttle_hold_ms / 1000.0);
+    v_rows := core.classify_reports(p_results);
 
-    DROP TABLE IF EXISTS pg_temp.send_results;
-    CREATE TEMP TABLE send_results ON COMMIT DROP AS
-    SELECT r.*, o.state, o.attempts, o.campaign_id, o.number_id, c.status AS campaign_status,
-           e.category, e.retryable, e.alert, e.pauses_campaign, e.throttles,
-           CASE
-               WHEN o.outbound_id IS NULL THEN 'ignored'
-               -- A message reported twice in one batch (sent twice after an expired claim)
-               -- is applied once, its success first; the rest are ignored.
-               WHEN row_number() OVER (PARTITION BY r.outbound_id ORDER BY r.wamid IS NULL) > 1 THEN 'ignored'
-               -- A status webhook may have moved the message on before this report.
-               WHEN r.wamid IS NOT NULL AND (o.state = 'in_flight' OR o.wamid IS NULL) THEN 'accepted'
-               WHEN o.state <> 'in_flight' THEN 'ignored'
-               WHEN r.sent IS FALSE THEN 'returned'
-               -- A read receipt (inbox.sql) is answered {"success": true}, without a wamid.
-               WHEN o.kind = 'receipt' AND r.error_code IS NULL AND r.http_status BETWEEN 200 AND 299 THEN 'receipt'
-               WHEN e.pauses_campaign AND o.campaign_id IS NOT NULL THEN 'paused'
-               WHEN e.throttles THEN 'throttled'
-               WHEN e.retryable AND o.attempts < v_settings.max_attempts THEN 'retried'
-               ELSE 'failed'
-           END AS outcome
-    FROM jsonb_to_recordset(p_results) AS r(outbound_id bigint, queue_name text, msg_id bigint, wamid text,
-                                            message_status text, error_code integer, http_status integer,
-                                            error_message text, sent boolean)
-    LEFT JOIN core.outbound_messages o ON o.outbound_id = r.outbound_id
-    LEFT JOIN core.campaigns c ON c.campaign_id = o.campaign_id
-    LEFT JOIN LATERAL core.meta_error(r.error_code) e ON r.wamid IS NULL;
+    PERFORM core.report_accepted(v_rows, v_now);
+    PERFORM core.report_requeued(v_rows, v_now);
+    PERFORM core.report_held(v_rows, v_now);
+    PERFORM core.report_failed(v_rows, v_now);
+    PERFORM core.report_paused(v_rows);
+    PERFORM core.report_alerts(v_rows, v_now);
+    PERFORM core.report_pace(v_rows, v_now);
+    PERFORM core.report_minute(v_rows, v_now);
+    v_touched := ARRAY(SELECT DISTINCT r.campaign_id FROM unnest(v_rows) r WHERE r.campaign_id IS NOT NULL);
+    IF cardinality(v_touched) > 0 THEN
+        PERFORM core.complete_campaigns(v_touched, v_now);
+    END IF;
 
-    -- Successes: the message moves forward (a status may have moved it already), and
-    -- statuses that arrived before this report are matched now.
-    PERFORM core.advance_outbound(array_agg(outbound_id), array_fill('accepted'::text, ARRAY[count(*)::int]),
-                                  array_fill(v_now, ARRAY[count(*)::int]), array_agg(wamid))
-    FROM pg_temp.send_results WHERE wamid IS NOT NULL AND outbound_id IS NOT NULL;
-    PERFORM core.advance_outbound(array_agg(outbound_id), array_fill('accepted'::text, ARRAY[count(*)::int]),
-                                  array_fill(v_now, ARRAY[count(*)::int]))
-    FROM pg_temp.send_results WHERE outcome = 'receipt';
+    RETURN (SELECT ROW(count(*) FILTER (WHERE r.outcome IN ('accepted', 'receipt')),
+                       count(*) FILTER (WHERE r.outcome IN ('retried', 'throttled', 'held', 'deferred', 'returned')),
+                       count(*) FILTER (WHERE r.outcome = 'failed'),
+                       count(*) FILTER (WHERE r.outcome = 'paused'),
+                       count(*) FILTER (WHERE r.outcome = 'ignored'))::api.report_result
+            FROM unnest(v_rows) r);
+END
+$$;
+COMMENT ON FUNCTION api.report_sends(jsonb, timestamptz) IS
+    'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message}, or {outbound_id, queue_name, msg_id, "sent": false} for a message handed back unsent): wamids and accepted state, retries with backoff, permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored); retried counts every message back in the queue. p_now is the time of the report (NULL: the clock). Raises PW100 when p_results is not an array.';
+
+-- What each reported send becomes, decided once, in this order:
+--   ignored    the message is unknown, reported twice in this batch (its success is
+--              applied, the rest ignored), or no longer in flight (settled meanwhile);
+--   accepted   Meta answered with a wamid (a status may have moved the message already);
+--   returned   the worker never POSTed it (held for a throttled number);
+--   receipt    a read receipt (inbox.sql) answered {"success": true}, without a wamid;
+--   paused     an error that pauses the campaign (auth, payment, template);
+--   throttled  the number's throughput was exceeded (backoff 'throttle');
+--   held       the number, its WABA or its app may not send for a while (backoff
+--              number_hold, waba_hold, app_hold): as long as Meta's usage header said
+--              (retry_after_s), else the code's backoff_s;
+--   deferred   only this recipient waits: 4^n seconds after the n-th pair-rate deferral
+--              (backoff 'recipient', at most 16 times), a day under the marketing cap ('next_day', at most
+--              core.settings.capped_retry_days times, then failed);
+--   retried    a transient error, attempts left;
+--   failed     anything else.
+-- requeue_s is when a message comes back to its queue: a paused campaign's at once (the
+-- campaign is not read while paused), a throttled one shortly, a returned one when the
+-- throttle hold is over, a retried one after a jittered backoff.
+CREATE OR REPLACE FUNCTION core.classify_reports(p_results jsonb) RETURNS core.send_outcome[]
+LANGUAGE sql VOLATILE SET search_path = '' AS $$
+    SELECT coalesce(array_agg(ROW(c.outbound_id, c.queue_name, c.msg_id, c.wamid, c.error_code, c.error_message,
+                                  c.number_id, c.campaign_id, c.campaign_status, c.category, c.alert, c.backoff,
+                                  c.outcome,
+                                  CASE c.outcome
+                                      WHEN 'paused' THEN 0
+                                      WHEN 'throttled' THEN 1 + random()
+                                      WHEN 'returned' THEN c.throttle_hold_ms / 1000.0
+                                      WHEN 'held' THEN greatest(coalesce(c.retry_after_s, c.backoff_s), 1)
+                                      WHEN 'deferred' THEN CASE c.backoff WHEN 'recipient' THEN least(power(c.backoff_s, c.deferrals), 3600)
+                                                                          ELSE c.backoff_s END
+                                      WHEN 'retried' THEN c.retry_backoff_s[least(c.attempts, cardinality(c.retry_backoff_s))]
+                                                          * (0.8 + 0.4 * random())
+                                  END)::core.send_outcome), '{}')
+    FROM (
+        SELECT r.*, o.attempts, o.deferrals, o.campaign_id, o.number_id, cp.status AS campaign_status,
+               e.category, e.alert, e.backoff, e.backoff_s, s.throttle_hold_ms, s.retry_backoff_s,
+               CASE
+                   WHEN o.outbound_id IS NULL THEN 'ignored'
+                   WHEN row_number() OVER (PARTITION BY r.outbound_id ORDER BY r.wamid IS NULL) > 1 THEN 'ignored'
+                   WHEN r.wamid IS NOT NULL AND (o.state = 'in_flight' OR o.wamid IS NULL) THEN 'accepted'
+                   WHEN o.state <> 'in_flight' THEN 'ignored'
+                   WHEN r.sent IS FALSE THEN 'returned'
+                   WHEN o.kind = 'receipt' AND r.error_code IS NULL AND r.http_status BETWEEN 200 AND 299 THEN 'receipt'
+                   WHEN e.pauses_campaign AND o.campaign_id IS NOT NULL THEN 'paused'
+                   WHEN e.backoff = 'throttle' THEN 'throttled'
+                   WHEN e.backoff IN ('number_hold', 'waba_hold', 'app_hold') THEN 'held'
+                   -- 4^0 .. 4^6 s, then hourly: about half a day of tries in all.
+                   WHEN e.backoff = 'recipient' AND o.deferrals < 16 THEN 'deferred'
+                   WHEN e.backoff = 'next_day' AND o.deferrals < s.capped_retry_days THEN 'deferred'
+                   WHEN e.retryable AND e.backoff = 'retry' AND o.attempts < s.max_attempts THEN 'retried'
+                   ELSE 'failed'
+               END AS outcome
+        FROM jsonb_to_recordset(p_results) AS r(outbound_id bigint, queue_name text, msg_id bigint, wamid text,
+                                                error_code integer, http_status integer, error_message text,
+                                                sent boolean, retry_after_s integer)
+        CROSS JOIN core.settings s
+        LEFT JOIN core.outbound_messages o ON o.outbound_id = r.outbound_id
+        LEFT JOIN core.campaigns cp ON cp.campaign_id = o.campaign_id
+        LEFT JOIN LATERAL core.meta_error(r.error_code) e ON r.wamid IS NULL
+    ) c
+$$;
+
+-- Successes (and read receipts) move forward, statuses that came before this report
+-- are matched now, and their queue messages are done. A success reported for a message
+-- settled meanwhile still records its wamid and accepted time (advance_outbound never
+-- moves a message back).
+CREATE OR REPLACE FUNCTION core.report_accepted(p_rows core.send_outcome[], p_now timestamptz) RETURNS void
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_early integer;
+BEGIN
+    PERFORM core.advance_outbound(array_agg(r.outbound_id), array_fill('accepted'::text, ARRAY[count(*)::int]),
+                                  array_fill(p_now, ARRAY[count(*)::int]), array_agg(r.wamid))
+    FROM unnest(p_rows) r
+    WHERE (r.wamid IS NOT NULL AND r.outbound_id IS NOT NULL) OR r.outcome = 'receipt'
+    HAVING count(*) > 0;
+
     WITH early AS (
         UPDATE core.status_events se SET outbound_id = r.outbound_id
-        FROM pg_temp.send_results r
+        FROM unnest(p_rows) r
         WHERE r.wamid IS NOT NULL AND se.wamid = r.wamid AND se.outbound_id IS NULL
           AND se.number_id = r.number_id       -- only events that came through its number
         RETURNING se.outbound_id, se.status, se.occurred_at, se.error_code
@@ -238,73 +322,129 @@ BEGIN
                                  NULL, array_agg(error_code))
     INTO v_early FROM early;
 
-    -- Back to the queue: transient errors after a jittered backoff, throughput errors
-    -- shortly, messages never sent when the throttle hold is over, paused campaigns'
-    -- messages at once (the campaign is not read while paused).
-    -- A message of a campaign cancelled while it was in flight does not come back: it is
-    -- cancelled and counted as cancel_campaign counts the ones it withdraws.
+    PERFORM pgmq.delete(r.queue_name, array_agg(r.msg_id))
+    FROM unnest(p_rows) r
+    WHERE (r.wamid IS NOT NULL AND r.outbound_id IS NOT NULL) OR r.outcome = 'receipt'
+    GROUP BY r.queue_name;
+END
+$$;
+
+-- Messages that come back: queued again (their attempt not counted unless the error was
+-- transient), their queue message visible after requeue_s. A message of a campaign
+-- cancelled while it was in flight does not come back: it is cancelled and counted as
+-- cancel_campaign counts the ones it withdraws.
+CREATE OR REPLACE FUNCTION core.report_requeued(p_rows core.send_outcome[], p_now timestamptz) RETURNS void
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
     WITH back AS (
         UPDATE core.outbound_messages o SET
             state = CASE WHEN r.campaign_status = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
-            attempts = CASE WHEN r.outcome IN ('paused', 'throttled', 'returned') THEN o.attempts - 1 ELSE o.attempts END,
+            -- Only a transient error spends an attempt; the rest waited for something else.
+            attempts = CASE WHEN r.outcome = 'retried' THEN o.attempts ELSE o.attempts - 1 END,
+            deferrals = CASE WHEN r.outcome = 'deferred' THEN o.deferrals + 1 ELSE o.deferrals END,
             -- A message handed back unsent keeps the error of its last real attempt. An
             -- answer without Meta's error object is -2, as when it finally fails.
             error_code = CASE WHEN r.outcome = 'returned' THEN o.error_code ELSE coalesce(r.error_code, -2) END,
             error_category = CASE WHEN r.outcome = 'returned' THEN o.error_category ELSE r.category END,
             error_detail = CASE WHEN r.outcome = 'returned' THEN o.error_detail ELSE left(r.error_message, 500) END
-        FROM pg_temp.send_results r
-        WHERE o.outbound_id = r.outbound_id AND r.outcome IN ('retried', 'throttled', 'paused', 'returned')
-          -- Re-checked on the locked row: a concurrent report may have settled it meanwhile.
-          AND o.state = 'in_flight'
+        FROM unnest(p_rows) r
+        WHERE r.requeue_s IS NOT NULL AND o.outbound_id = r.outbound_id
+          AND o.state = 'in_flight'    -- a concurrent report or status may have settled it
         RETURNING o.campaign_id, o.state
     )
     UPDATE core.campaigns c SET cancelled = c.cancelled + b.n
     FROM (SELECT campaign_id, count(*)::int AS n FROM back WHERE state = 'cancelled' GROUP BY campaign_id) b
     WHERE c.campaign_id = b.campaign_id;
-    PERFORM core.delay_messages(r.queue_name, array_agg(r.msg_id), array_agg(
-                CASE r.outcome
-                    WHEN 'paused' THEN 0
-                    WHEN 'throttled' THEN 1 + random()
-                    WHEN 'returned' THEN v_settings.throttle_hold_ms / 1000.0
-                    ELSE v_settings.retry_backoff_s[least(r.attempts, cardinality(v_settings.retry_backoff_s))]
-                         * (0.8 + 0.4 * random())
-                END), v_now)
-    FROM pg_temp.send_results r
-    WHERE r.outcome IN ('retried', 'throttled', 'paused', 'returned') AND r.campaign_status IS DISTINCT FROM 'cancelled'
+
+    PERFORM core.delay_messages(r.queue_name, array_agg(r.msg_id), array_agg(r.requeue_s), p_now)
+    FROM unnest(p_rows) r
+    WHERE r.requeue_s IS NOT NULL AND r.campaign_status IS DISTINCT FROM 'cancelled'
     GROUP BY r.queue_name;
-    PERFORM pgmq.delete(queue_name, array_agg(msg_id)) FROM pg_temp.send_results
-    WHERE outcome IN ('retried', 'throttled', 'paused', 'returned') AND campaign_status = 'cancelled' GROUP BY queue_name;
+    PERFORM pgmq.delete(r.queue_name, array_agg(r.msg_id))
+    FROM unnest(p_rows) r
+    WHERE r.requeue_s IS NOT NULL AND r.campaign_status = 'cancelled'
+    GROUP BY r.queue_name;
+END
+$$;
 
-    -- Permanent failures.
-    PERFORM core.advance_outbound(array_agg(outbound_id), array_fill('failed'::text, ARRAY[count(*)::int]),
-                                  array_fill(v_now, ARRAY[count(*)::int]), NULL,
-                                  array_agg(coalesce(error_code, -2)), array_agg(left(error_message, 500)))
-    FROM pg_temp.send_results WHERE outcome = 'failed';
+-- Numbers Meta told to wait (outcome held): their schedule moves past the hold, so that
+-- api.claim_sends skips them until then; the pace is untouched (it is not a throughput
+-- error). 80007 holds every number of the WABA, 4 every number of the tenant's app.
+CREATE OR REPLACE FUNCTION core.report_held(p_rows core.send_outcome[], p_now timestamptz) RETURNS void
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+    UPDATE core.wa_numbers n SET send_tat = greatest(n.send_tat, p_now + make_interval(secs => h.hold_s))
+    FROM (SELECT x.number_id, x.backoff, max(x.requeue_s) AS hold_s
+          FROM unnest(p_rows) x WHERE x.outcome = 'held' GROUP BY x.number_id, x.backoff) h
+    JOIN core.wa_numbers held ON held.number_id = h.number_id
+    WHERE CASE h.backoff WHEN 'waba_hold' THEN n.tenant_id = held.tenant_id AND n.waba_id = held.waba_id
+                         WHEN 'app_hold' THEN n.tenant_id = held.tenant_id
+                         ELSE n.number_id = held.number_id END;
+END
+$$;
 
-    -- Done with the queue: successes are deleted, failures archived for history.
-    PERFORM pgmq.delete(queue_name, array_agg(msg_id))
-    FROM pg_temp.send_results WHERE (wamid IS NOT NULL AND outbound_id IS NOT NULL) OR outcome = 'receipt'
-    GROUP BY queue_name;
-    PERFORM pgmq.archive(queue_name, array_agg(msg_id))
-    FROM pg_temp.send_results WHERE outcome = 'failed' GROUP BY queue_name;
+-- Permanent failures: the message fails, its queue message is archived for history.
+CREATE OR REPLACE FUNCTION core.report_failed(p_rows core.send_outcome[], p_now timestamptz) RETURNS void
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+    PERFORM core.advance_outbound(array_agg(r.outbound_id), array_fill('failed'::text, ARRAY[count(*)::int]),
+                                  array_fill(p_now, ARRAY[count(*)::int]), NULL,
+                                  array_agg(coalesce(r.error_code, -2)), array_agg(left(r.error_message, 500)))
+    FROM unnest(p_rows) r WHERE r.outcome = 'failed'
+    HAVING count(*) > 0;
+    PERFORM pgmq.archive(r.queue_name, array_agg(r.msg_id))
+    FROM unnest(p_rows) r WHERE r.outcome = 'failed'
+    GROUP BY r.queue_name;
+    PERFORM core.stop_marketing(array_agg(r.outbound_id), array_agg(r.error_code), p_now)
+    FROM unnest(p_rows) r WHERE r.outcome = 'failed' AND r.error_code IS NOT NULL
+    HAVING count(*) > 0;
+END
+$$;
 
-    -- Campaigns that must not burn their list: paused, and an operator told.
+-- Contacts whose messages failed with an error that says the user stopped marketing
+-- messages from this business (core.meta_error_codes.stops_marketing: 131050), as an
+-- answer or a failed status: marketing templates skip them from now on
+-- (core.cancel_opted_out); utility templates and replies still reach them.
+CREATE OR REPLACE FUNCTION core.stop_marketing(p_outbound_ids bigint[], p_error_codes integer[], p_at timestamptz)
+RETURNS void
+LANGUAGE sql SET search_path = '' AS $$
+    UPDATE core.contacts c SET marketing_stopped_at = p_at, updated_at = p_at
+    FROM unnest(p_outbound_ids, p_error_codes) f(outbound_id, error_code)
+    JOIN core.meta_error_codes e ON e.code = f.error_code AND e.stops_marketing
+    JOIN core.outbound_messages o ON o.outbound_id = f.outbound_id
+    WHERE c.contact_id = o.contact_id AND c.marketing_stopped_at IS NULL;
+$$;
+
+-- Campaigns that must not burn their list: paused (their messages are back in the
+-- queue, see report_requeued), and an operator told.
+CREATE OR REPLACE FUNCTION core.report_paused(p_rows core.send_outcome[]) RETURNS void
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_paused integer;
+BEGIN
     WITH paused AS (
         UPDATE core.campaigns c SET status = 'paused',
-            pause_reason = format('Meta error %s: %s', r.error_code, r.title)
-        FROM (SELECT DISTINCT ON (sr.campaign_id) sr.campaign_id, sr.error_code, (core.meta_error(sr.error_code)).title
-              FROM pg_temp.send_results sr WHERE sr.outcome = 'paused' ORDER BY sr.campaign_id) r
+            pause_reason = format('Meta error %s: %s', r.error_code, (core.meta_error(r.error_code)).title)
+        FROM (SELECT DISTINCT ON (x.campaign_id) x.campaign_id, x.error_code
+              FROM unnest(p_rows) x WHERE x.outcome = 'paused' ORDER BY x.campaign_id) r
         WHERE c.campaign_id = r.campaign_id AND c.status = 'running'
         RETURNING c.campaign_id, c.tenant_id, c.name, c.pause_reason
     )
-    SELECT array_agg(campaign_id) INTO v_paused FROM (
-        SELECT p.campaign_id, core.notify(p.tenant_id, 'campaign_paused', 'critical',
-                   format('Campaign "%s" paused: %s', p.name, p.pause_reason),
-                   jsonb_build_object('campaign_id', p.campaign_id))
-        FROM paused p) n;
-    -- Errors an operator must see that do not pause anything: one notice per number,
-    -- code and hour, which later batches count into (and mark unread again), instead of
-    -- a new notice per report, several a second while the error lasts.
+    SELECT count(core.notify(p.tenant_id, 'campaign_paused', 'critical',
+                             format('Campaign "%s" paused: %s', p.name, p.pause_reason),
+                             jsonb_build_object('campaign_id', p.campaign_id)))
+    INTO v_paused FROM paused p;
+END
+$$;
+
+-- Errors an operator must see that do not pause anything: one notice per number, code
+-- and hour, which later batches count into (and mark unread again), instead of a new
+-- notice per report, several a second while the error lasts.
+CREATE OR REPLACE FUNCTION core.report_alerts(p_rows core.send_outcome[], p_now timestamptz) RETURNS void
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_noticed integer;
+BEGIN
     WITH noticed AS (
         INSERT INTO core.notifications AS nt (tenant_id, kind, severity, message, details, dedupe_key)
         SELECT n.tenant_id, 'send_error', 'warning',
@@ -313,9 +453,9 @@ BEGIN
                jsonb_build_object('error_code', r.error_code, 'number_id', r.number_id, 'messages', r.cnt,
                                   'category', r.category, 'phone_number_id', n.phone_number_id, 'since', r.hour),
                format('send_error|%s|%s|%s', r.number_id, r.error_code, r.hour)
-        FROM (SELECT number_id, error_code, category, count(*) AS cnt, date_trunc('hour', v_now) AS hour
-              FROM pg_temp.send_results
-              WHERE alert AND outcome IN ('retried', 'failed') GROUP BY number_id, error_code, category) r
+        FROM (SELECT x.number_id, x.error_code, x.category, count(*) AS cnt, date_trunc('hour', p_now) AS hour
+              FROM unnest(p_rows) x
+              WHERE x.alert AND x.outcome IN ('retried', 'held', 'failed') GROUP BY x.number_id, x.error_code, x.category) r
         JOIN core.wa_numbers n ON n.number_id = r.number_id
         ON CONFLICT (tenant_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO UPDATE SET
             details = nt.details || jsonb_build_object('messages', (nt.details->>'messages')::bigint + (excluded.details->>'messages')::bigint),
@@ -328,63 +468,60 @@ BEGIN
         RETURNING nt.tenant_id
     )
     SELECT count(pg_notify('pgwa_notification', tenant_id::text)) INTO v_noticed FROM noticed;
+END
+$$;
 
-    -- AIMD per number. Halve on throughput errors, once per throttle event: the sends
-    -- already in flight when Meta said stop report the same error within the second
-    -- after, and halving for each would collapse the rate. A throttled number sends
-    -- nothing for the throttle hold (its workers hand back what they hold for it, and
-    -- it resumes from an empty schedule, at the halved pace). Grow back additively by
-    -- two fifths of the limit per second of clean sending (a batch with sends accepted and no
-    -- error; a batch of ignored duplicates is no evidence), counted from the end of the
-    -- hold. The pace never exceeds the number's limit.
+-- AIMD per number. Halve on throughput errors, once per throttle event: the sends
+-- already in flight when Meta said stop report the same error within the second after,
+-- and halving for each would collapse the rate. A throttled number sends nothing for
+-- the throttle hold (its workers hand back what they hold for it, and it resumes from
+-- an empty schedule, at the halved pace). Grow back additively by two fifths of the
+-- limit per second of clean sending (a batch with sends accepted and no error; a batch
+-- of ignored duplicates is no evidence), counted from the end of the hold. The pace
+-- never exceeds the number's limit.
+CREATE OR REPLACE FUNCTION core.report_pace(p_rows core.send_outcome[], p_now timestamptz) RETURNS void
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_hold interval := (SELECT make_interval(secs => s.throttle_hold_ms / 1000.0) FROM core.settings s);
+BEGIN
     UPDATE core.wa_numbers n SET
         rate_mps = CASE WHEN r.throttled > 0 THEN greatest(1, n.rate_mps / 2)
                         ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps * 0.4
-                             * least(1, greatest(0, extract(epoch FROM v_now - coalesce(n.rate_changed_at, '-infinity'))))) END,
-        rate_changed_at = CASE WHEN r.throttled > 0 THEN v_now + v_hold ELSE v_now END,
-        throttled_at = CASE WHEN r.throttled > 0 THEN v_now ELSE n.throttled_at END,
-        send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, v_now + v_hold) ELSE n.send_tat END
-    FROM (SELECT number_id, count(*) FILTER (WHERE outcome = 'throttled') AS throttled,
-                 count(*) FILTER (WHERE outcome IN ('retried', 'failed')) AS errors,
-                 count(*) FILTER (WHERE outcome = 'accepted') AS accepted
-          FROM pg_temp.send_results WHERE number_id IS NOT NULL GROUP BY number_id) r
+                             * least(1, greatest(0, extract(epoch FROM p_now - coalesce(n.rate_changed_at, '-infinity'))))) END,
+        rate_changed_at = CASE WHEN r.throttled > 0 THEN p_now + v_hold ELSE p_now END,
+        throttled_at = CASE WHEN r.throttled > 0 THEN p_now ELSE n.throttled_at END,
+        send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, p_now + v_hold) ELSE n.send_tat END
+    FROM (SELECT x.number_id, count(*) FILTER (WHERE x.outcome = 'throttled') AS throttled,
+                 count(*) FILTER (WHERE x.outcome IN ('retried', 'failed')) AS errors,
+                 count(*) FILTER (WHERE x.outcome = 'accepted') AS accepted
+          FROM unnest(p_rows) x WHERE x.number_id IS NOT NULL GROUP BY x.number_id) r
     WHERE n.number_id = r.number_id
-      AND CASE WHEN r.throttled > 0 THEN coalesce(n.throttled_at, '-infinity') < v_now - interval '1 second'
+      AND CASE WHEN r.throttled > 0 THEN coalesce(n.throttled_at, '-infinity') < p_now - interval '1 second'
                ELSE r.errors = 0 AND r.accepted > 0 AND n.rate_mps < n.throughput_mps
-                    AND v_now > coalesce(n.rate_changed_at, '-infinity') END;
+                    AND p_now > coalesce(n.rate_changed_at, '-infinity') END;
+END
+$$;
 
+-- The per-minute send counters of each number (analytics).
+CREATE OR REPLACE FUNCTION core.report_minute(p_rows core.send_outcome[], p_now timestamptz) RETURNS void
+LANGUAGE sql SET search_path = '' AS $$
     INSERT INTO core.send_minutes AS m (number_id, minute, accepted, retried, failed, throttled)
-    SELECT number_id, date_trunc('minute', v_now),
-           count(*) FILTER (WHERE outcome = 'accepted'), count(*) FILTER (WHERE outcome = 'retried'),
-           count(*) FILTER (WHERE outcome = 'failed'), count(*) FILTER (WHERE outcome = 'throttled')
-    FROM pg_temp.send_results WHERE number_id IS NOT NULL GROUP BY number_id
+    SELECT x.number_id, date_trunc('minute', p_now),
+           count(*) FILTER (WHERE x.outcome = 'accepted'),
+           count(*) FILTER (WHERE x.outcome IN ('retried', 'held', 'deferred')),
+           count(*) FILTER (WHERE x.outcome = 'failed'), count(*) FILTER (WHERE x.outcome = 'throttled')
+    FROM unnest(p_rows) x WHERE x.number_id IS NOT NULL GROUP BY x.number_id
     ON CONFLICT (number_id, minute) DO UPDATE SET
         accepted = m.accepted + excluded.accepted, retried = m.retried + excluded.retried,
         failed = m.failed + excluded.failed, throttled = m.throttled + excluded.throttled;
-
-    SELECT array_agg(DISTINCT campaign_id) INTO v_touched FROM pg_temp.send_results WHERE campaign_id IS NOT NULL;
-    IF v_touched IS NOT NULL THEN
-        PERFORM core.complete_campaigns(v_touched, v_now);
-    END IF;
-
-    SELECT count(*) FILTER (WHERE outcome IN ('accepted', 'receipt')),
-           count(*) FILTER (WHERE outcome IN ('retried', 'throttled', 'returned')),
-           count(*) FILTER (WHERE outcome = 'failed'),
-           count(*) FILTER (WHERE outcome = 'paused'),
-           count(*) FILTER (WHERE outcome = 'ignored')
-    INTO v_result FROM pg_temp.send_results;
-    RETURN v_result;
-END
 $$;
-COMMENT ON FUNCTION api.report_sends(jsonb, timestamptz) IS
-    'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message}, or {outbound_id, queue_name, msg_id, "sent": false} for a message handed back unsent): wamids and accepted state, retries with backoff, permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored); retried counts every message back in the queue. p_now is the time of the report (NULL: the clock). Raises PW100 when p_results is not an array.';
 
 -- What the worker needs of Meta's pacing rules, so that it copies none: the error codes
 -- that throttle a number (core.meta_error_codes) and how long the number then sends
 -- nothing (core.settings). The worker holds a throttled number's lane as long.
 CREATE OR REPLACE FUNCTION api.send_policy() RETURNS api.send_policy
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
-    SELECT s.throttle_hold_ms, ARRAY(SELECT e.code FROM core.meta_error_codes e WHERE e.throttles ORDER BY e.code)
+    SELECT s.throttle_hold_ms, ARRAY(SELECT e.code FROM core.meta_error_codes e WHERE e.backoff = 'throttle' ORDER BY e.code)
     FROM core.settings s
 $$;
 COMMENT ON FUNCTION api.send_policy() IS
@@ -398,7 +535,7 @@ RETURNS void
 LANGUAGE plpgsql SET search_path = '' AS $$
 BEGIN
     EXECUTE format('UPDATE pgmq.%I q SET vt = $3 + make_interval(secs => d.delay)
-                    FROM unnest($1, $2) d(msg_id, delay) WHERE q.msg_id = d.msg_id', 'q_' || p_queue)
+                    FROM unnest($1, $2) d(msg_id, delay) WHERE q.msg_id = d.msg_id', pgmq.format_table_name(p_queue, 'q'))
     USING p_msg_ids, p_delays, coalesce(p_now, clock_timestamp());
 END
 $$;
@@ -443,7 +580,7 @@ BEGIN
     SELECT coalesce(sum(n), 0) INTO v_settled FROM counted;
     FOR v_queue IN
         SELECT m.queue_name FROM pgmq.meta m
-        JOIN core.campaigns c ON m.queue_name = 'c_' || c.campaign_id
+        JOIN core.campaigns c ON c.campaign_id = core.queue_campaign_id(m.queue_name)
         WHERE c.status IN ('completed', 'cancelled')
           AND coalesce(c.completed_at, c.cancelled_at) < now() - interval '1 day'
     LOOP

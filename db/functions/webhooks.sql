@@ -55,7 +55,7 @@ BEGIN
     -- The row pgmq.send_batch would write (visible now), inserted directly: send_batch
     -- builds and plans a dynamic INSERT on every call, which on this path costs more
     -- than the insert itself (~160 us a call, measured). pgmq's insert trigger still
-    -- fires (migration 0030). The signer rides in the message's headers.
+    -- fires (0086_baseline/08_queues_and_cron.sql). The signer rides in the message's headers.
     WITH queued AS (
         INSERT INTO pgmq.q_webhooks (vt, message, headers)
         SELECT clock_timestamp(), u.p, CASE WHEN u.s IS NOT NULL THEN jsonb_build_object('signer', u.s) END
@@ -310,6 +310,10 @@ BEGIN
 
     IF v_ids IS NOT NULL THEN
         PERFORM core.advance_outbound(v_ids, v_states, v_at, v_wamids, v_codes, v_details);
+        PERFORM core.stop_marketing(array_agg(f.id), array_agg(f.code), max(f.at))
+        FROM unnest(v_ids, v_states, v_codes, v_at) f(id, state, code, at)
+        WHERE f.state = 'failed' AND f.code IS NOT NULL
+        HAVING count(*) > 0;
     END IF;
     RETURN v_stored;
 END
@@ -708,7 +712,7 @@ END
 $$;
 
 -- Idle: restore the insert-notification throttle row that a crash empties (pgmq keeps
--- it UNLOGGED); 50 ms as in migration 0030.
+-- it UNLOGGED); 50 ms as in 0086_baseline/08_queues_and_cron.sql.
 CREATE OR REPLACE FUNCTION core.restore_webhook_notify() RETURNS void
 LANGUAGE sql SET search_path = '' AS $$
     INSERT INTO pgmq.notify_insert_throttle (queue_name, throttle_interval_ms)
