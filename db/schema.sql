@@ -191,6 +191,14 @@ CREATE TYPE api.inbox_message AS (
 	campaign_id bigint
 );
 
+CREATE TYPE api.llm_bound AS (
+	setting text,
+	type text,
+	minimum integer,
+	maximum integer,
+	meaning text
+);
+
 CREATE TYPE api.llm_job AS (
 	msg_id bigint,
 	number_id bigint,
@@ -348,6 +356,23 @@ CREATE TYPE core.reply_request AS (
 	contact_id bigint,
 	kind text,
 	message jsonb
+);
+
+CREATE TYPE core.send_outcome AS (
+	outbound_id bigint,
+	queue_name text,
+	msg_id bigint,
+	wamid text,
+	error_code integer,
+	error_message text,
+	number_id bigint,
+	campaign_id bigint,
+	campaign_status text,
+	category text,
+	alert boolean,
+	backoff text,
+	outcome text,
+	requeue_s double precision
 );
 
 CREATE TYPE core.webhook_change AS (
@@ -569,7 +594,7 @@ BEGIN
     -- Messages waiting in the queue are withdrawn; those a worker holds finish and report.
     EXECUTE format('DELETE FROM pgmq.%I q USING core.outbound_messages o
                     WHERE o.outbound_id = (q.message->>''o'')::bigint AND o.state = ''queued''',
-                   'q_c_' || p_campaign_id);
+                   pgmq.format_table_name(core.campaign_queue(p_campaign_id), 'q'));
     UPDATE core.outbound_messages SET state = 'cancelled'
     WHERE campaign_id = p_campaign_id AND state = 'queued';
     GET DIAGNOSTICS v_cancelled = ROW_COUNT;
@@ -603,7 +628,7 @@ BEGIN
         SELECT j.msg_id,
                row_number() OVER (PARTITION BY j.number_id, j.contact_id ORDER BY j.message_id DESC, j.msg_id DESC) = 1
                AND n.llm_enabled AND v.assigned_to IS NULL AND NOT v.needs_human AND NOT c.opted_out
-               AND v.last_inbound_at > p_now - interval '24 hours'
+               AND core.window_open(v.last_inbound_at, p_now)
                AND j.message_id > coalesce(v.llm_answered_id, 0) AS keep
         FROM jobs j
         LEFT JOIN core.wa_numbers n ON n.number_id = j.number_id
@@ -708,11 +733,6 @@ DECLARE
     v_start timestamptz;
     v_budget integer;
     v_batch core.claimed[];
-    v_campaigns bigint[];
-    v_i integer;
-    v_got integer;
-    v_read core.claimed[];
-    v_more bigint[];
     v_all core.claimed[] := '{}';
     v_starts jsonb := '{}';
 BEGIN
@@ -737,54 +757,9 @@ BEGIN
                                            CASE WHEN v_number.send_tat <= v_now THEN 1 ELSE 0 END));
         CONTINUE WHEN v_budget <= 0;
 
-        v_batch := ARRAY(SELECT core.read_queue('r_' || v_number.number_id, v_vt, v_budget, v_now));
-        -- In a fresh order each claim: the first campaign's share is rounded up, and at a
-        -- budget below the campaign count a fixed order would starve the last ones.
-        SELECT array_agg(campaign_id ORDER BY random()) INTO v_campaigns
-        FROM core.campaigns WHERE number_id = v_number.number_id AND status = 'running';
-        v_i := 1;
-        v_more := '{}';
-        WHILE v_i <= coalesce(cardinality(v_campaigns), 0) AND cardinality(v_batch) < v_budget LOOP
-            -- An equal share of what is left; a campaign with less leaves the rest to the next.
-            v_got := ceil((v_budget - cardinality(v_batch))::numeric / (cardinality(v_campaigns) - v_i + 1));
-            v_read := ARRAY(SELECT core.read_queue('c_' || v_campaigns[v_i], v_vt, v_got, v_now));
-            v_batch := v_batch || v_read;
-            IF cardinality(v_read) = v_got THEN
-                v_more := v_more || v_campaigns[v_i];
-            END IF;
-            v_i := v_i + 1;
-            -- What the last ones left goes round again to those that filled their share.
-            IF v_i > cardinality(v_campaigns) THEN
-                v_campaigns := v_more;
-                v_more := '{}';
-                v_i := 1;
-            END IF;
-        END LOOP;
+        v_batch := core.take_in_flight(core.read_number(v_number.number_id, v_budget, v_vt, v_now),
+                                       v_number.tenant_id, v_number.number_id, v_now);
         CONTINUE WHEN cardinality(v_batch) = 0;
-
-        -- Campaign messages of contacts who opted out after their campaign was created
-        -- are cancelled (bots.sql), and so dropped just below.
-        PERFORM core.cancel_opted_out(v_batch, v_number.tenant_id, v_number.number_id);
-
-        -- Redelivered after an expired claim (its worker died) but settled meanwhile by a
-        -- status webhook or a late report, or cancelled: dropped from the queue instead of
-        -- messaging the contact twice.
-        WITH settled AS (
-            SELECT b.queue_name, b.msg_id FROM unnest(v_batch) b
-            LEFT JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
-            WHERE o.state IS NULL OR o.state NOT IN ('queued', 'in_flight')
-        )
-        SELECT count(*) INTO v_got FROM (
-            SELECT pgmq.delete(s.queue_name, array_agg(s.msg_id)) FROM settled s GROUP BY s.queue_name) d;
-        IF v_got > 0 THEN
-            v_batch := ARRAY(SELECT b FROM unnest(v_batch) b
-                             JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
-                             WHERE o.state IN ('queued', 'in_flight'));
-        END IF;
-        CONTINUE WHEN cardinality(v_batch) = 0;
-
-        UPDATE core.outbound_messages o SET state = 'in_flight', attempts = o.attempts + 1, claimed_at = v_now
-        FROM unnest(v_batch) b WHERE o.outbound_id = b.outbound_id AND o.state IN ('queued', 'in_flight');
 
         UPDATE core.wa_numbers SET send_tat = v_start + make_interval(secs => cardinality(v_batch) / v_rate)
         WHERE number_id = v_number.number_id;
@@ -909,7 +884,7 @@ BEGIN
     )
     SELECT count(*),
            array_agg(ROW(j.number_id, j.contact_id, CASE j.outcome WHEN 'llm' THEN 'llm' ELSE 'bot' END,
-                         jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', left(j.text, 4096))))::core.reply_request)
+                         jsonb_build_object('type', 'text', 'text', jsonb_build_object('body', left(j.text, core.text_body_max()))))::core.reply_request)
                FILTER (WHERE j.outcome <> 'dropped')
     INTO v_total, v_replies
     FROM judged j;
@@ -944,22 +919,21 @@ CREATE FUNCTION api.configure_llm(p_tenant_id bigint, p_number_id bigint, p_enab
     AS $$
 DECLARE
     v_number core.wa_numbers := core.number_for(p_tenant_id, p_number_id);
+    v_bad record;
 BEGIN
-    IF p_daily_limit NOT BETWEEN 0 AND 10000 THEN
-        RAISE EXCEPTION 'daily_limit % is out of range', p_daily_limit
-            USING ERRCODE = 'PW100', HINT = 'LLM replies per contact and day: 0 to 10000.';
-    END IF;
-    IF p_context_messages NOT BETWEEN 1 AND 100 THEN
-        RAISE EXCEPTION 'context_messages % is out of range', p_context_messages
-            USING ERRCODE = 'PW100', HINT = 'The LLM sees the last 1 to 100 messages of the conversation.';
-    END IF;
-    IF p_number_daily_limit NOT BETWEEN 0 AND 1000000 THEN
-        RAISE EXCEPTION 'number_daily_limit % is out of range', p_number_daily_limit
-            USING ERRCODE = 'PW100', HINT = 'LLM calls per number and UTC day, across its contacts: 0 to 1000000.';
-    END IF;
-    IF length(p_system_prompt) > 20000 THEN
-        RAISE EXCEPTION 'the system prompt is over 20000 characters' USING ERRCODE = 'PW100',
-            HINT = 'Shorten it; pass an empty string to clear it.';
+    -- The first setting given outside its bounds (api.llm_bounds), named in the error.
+    SELECT b.setting, b.type, b.minimum, b.maximum, b.meaning, v.value INTO v_bad
+    FROM api.llm_bounds() b
+    JOIN (VALUES ('system_prompt', length(p_system_prompt)), ('daily_limit', p_daily_limit),
+                 ('context_messages', p_context_messages), ('number_daily_limit', p_number_daily_limit))
+         AS v(setting, value) ON v.setting = b.setting
+    WHERE v.value NOT BETWEEN b.minimum AND b.maximum
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '%', format('%s%s %s is outside %s to %s', v_bad.setting,
+                                    CASE v_bad.type WHEN 'string' THEN ' length' ELSE '' END,
+                                    v_bad.value, v_bad.minimum, v_bad.maximum)
+            USING ERRCODE = 'PW100', COLUMN = v_bad.setting, HINT = v_bad.meaning || '.';
     END IF;
     UPDATE core.wa_numbers SET
         llm_enabled = coalesce(p_enabled, llm_enabled),
@@ -974,7 +948,7 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.configure_llm(p_tenant_id bigint, p_number_id bigint, p_enabled boolean, p_system_prompt text, p_daily_limit integer, p_context_messages integer, p_number_daily_limit integer) IS 'Enables or disables LLM replies on a number (they answer what no bot rule matched) and sets the system prompt, the replies allowed per contact and day, how many recent messages the LLM sees and the LLM calls allowed per number and UTC day (default 1000; over it, conversations go to a human with the fallback text and one notification a day); a NULL argument keeps the current value. Returns the settings. Raises PW100 for an out-of-range value, PW202 when the number is not the tenant''s.';
+COMMENT ON FUNCTION api.configure_llm(p_tenant_id bigint, p_number_id bigint, p_enabled boolean, p_system_prompt text, p_daily_limit integer, p_context_messages integer, p_number_daily_limit integer) IS 'Enables or disables LLM replies on a number (they answer what no bot rule matched) and sets the system prompt, the replies allowed per contact and day, how many recent messages the LLM sees and the LLM calls allowed per number and UTC day (default 1000; over it, conversations go to a human with the fallback text and one notification a day); a NULL argument keeps the current value. Returns the settings. Raises PW100 naming the first setting outside api.llm_bounds(), PW202 when the number is not the tenant''s.';
 
 CREATE FUNCTION api.configure_opt_out(p_tenant_id bigint, p_opt_out_keywords text[] DEFAULT NULL::text[], p_opt_in_keywords text[] DEFAULT NULL::text[], p_opt_out_reply text DEFAULT NULL::text, p_opt_in_reply text DEFAULT NULL::text) RETURNS api.opt_out_settings
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1003,9 +977,9 @@ BEGIN
         RAISE EXCEPTION 'keywords % are both opt-out and opt-in', ARRAY(SELECT unnest(v_out) INTERSECT SELECT unnest(v_in))
             USING ERRCODE = 'PW100', HINT = 'A keyword opts out or opts in, not both.';
     END IF;
-    IF btrim(p_opt_out_reply) = '' OR btrim(p_opt_in_reply) = '' OR length(p_opt_out_reply) > 4096
-       OR length(p_opt_in_reply) > 4096 THEN
-        RAISE EXCEPTION 'confirmation texts are 1 to 4096 characters' USING ERRCODE = 'PW100',
+    IF btrim(p_opt_out_reply) = '' OR btrim(p_opt_in_reply) = '' OR length(p_opt_out_reply) > core.text_body_max()
+       OR length(p_opt_in_reply) > core.text_body_max() THEN
+        RAISE EXCEPTION 'confirmation texts are 1 to % characters', core.text_body_max() USING ERRCODE = 'PW100',
             HINT = 'Pass NULL to keep a confirmation as it is.';
     END IF;
     UPDATE core.tenants SET opt_out_keywords = v_out, opt_in_keywords = v_in,
@@ -1092,7 +1066,7 @@ BEGIN
               < (coalesce(p_before_at, 'infinity'), coalesce(p_before_contact_id, 9223372036854775807))
           AND CASE p_filter
                   WHEN 'unread' THEN v.unread > 0
-                  WHEN 'open' THEN v.last_inbound_at > now() - interval '24 hours'
+                  WHEN 'open' THEN v.last_inbound_at > (SELECT core.window_start(now()))
                   WHEN 'assigned' THEN v.assigned_to IS NOT NULL
                   WHEN 'unassigned' THEN v.assigned_to IS NULL
                   WHEN 'needs_human' THEN v.needs_human
@@ -1271,7 +1245,7 @@ BEGIN
            (SELECT count(*) FROM pg_temp.campaign_sends s WHERE s.variant = v.variant)
     FROM pg_temp.campaign_variants v;
 
-    PERFORM pgmq.create('c_' || v_campaign_id);
+    PERFORM pgmq.create(core.campaign_queue(v_campaign_id));
     -- The body parameters of each row as one expression (a CASE over the variants), so
     -- queueing 100,000 messages is expression evaluation, not a subquery per row.
     -- Column names and constants enter the SQL only through format's %L.
@@ -1303,7 +1277,7 @@ BEGIN
         SELECT now(), jsonb_build_object('o', s.outbound_id, 't', s.wa_id, 'v', s.variant, 'p', %s)
         FROM pg_temp.campaign_sends s
         ORDER BY s.outbound_id
-    $q$, 'q_c_' || v_campaign_id, v_params_sql);
+    $q$, pgmq.format_table_name(core.campaign_queue(v_campaign_id), 'q'), v_params_sql);
 
     TRUNCATE pg_temp.staged_contacts;
     IF v_status = 'running' THEN
@@ -1522,7 +1496,7 @@ BEGIN
     -- The row pgmq.send_batch would write (visible now), inserted directly: send_batch
     -- builds and plans a dynamic INSERT on every call, which on this path costs more
     -- than the insert itself (~160 us a call, measured). pgmq's insert trigger still
-    -- fires (migration 0030). The signer rides in the message's headers.
+    -- fires (0086_baseline/08_queues_and_cron.sql). The signer rides in the message's headers.
     WITH queued AS (
         INSERT INTO pgmq.q_webhooks (vt, message, headers)
         SELECT clock_timestamp(), u.p, CASE WHEN u.s IS NOT NULL THEN jsonb_build_object('signer', u.s) END
@@ -1561,6 +1535,20 @@ END
 $$;
 
 COMMENT ON FUNCTION api.keep_raw_webhook(p_body bytea, p_signer text, p_reason text, p_repaired jsonb) IS 'Keeps a signed webhook body that jsonb cannot hold or that is not a JSON object, byte for byte (core.webhook_raw), and queues p_repaired (when it is a JSON object) for processing with the same signer. Returns the raw row''s id. Raises PW100 for a null body.';
+
+CREATE FUNCTION api.llm_bounds() RETURNS SETOF api.llm_bound
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+    SELECT * FROM (VALUES
+        ('system_prompt', 'string', 0, 20000, 'Characters of the system prompt; an empty string clears it'),
+        ('daily_limit', 'integer', 0, 10000, 'LLM replies per contact and UTC day'),
+        ('context_messages', 'integer', 1, 100, 'The last messages of the conversation that the LLM sees'),
+        ('number_daily_limit', 'integer', 0, 1000000, 'LLM calls per number and UTC day, across its contacts')
+    ) AS b(setting, type, minimum, maximum, meaning)
+$$;
+
+COMMENT ON FUNCTION api.llm_bounds() IS 'The bounds of the LLM settings api.configure_llm takes, one row per setting: its name (the argument without p_), type (integer, or string: bounded in characters), minimum, maximum and meaning. Raises nothing.';
 
 CREATE FUNCTION api.mark_read(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1606,14 +1594,15 @@ $$;
 
 COMMENT ON FUNCTION api.match_bot_rule(p_tenant_id bigint, p_number_id bigint, p_text text, p_welcome boolean) IS 'The rule that would answer p_text on this number (p_welcome: as the first message in 24 hours), exactly as webhook processing matches it, falling back to the default rule; null when none would. Raises PW202 when the number is not the tenant''s.';
 
-CREATE FUNCTION api.metrics() RETURNS text
+CREATE FUNCTION api.metrics(p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS text
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
-    AS $_$
+    AS $$
 DECLARE
     v_settings core.settings;
     v_out text[];
-    v_last_minute timestamptz := date_trunc('minute', now()) - interval '1 minute';
+    v_now timestamptz := coalesce(p_now, now());
+    v_last_minute timestamptz := date_trunc('minute', v_now) - interval '1 minute';
 BEGIN
     SELECT * INTO v_settings FROM core.settings;
 
@@ -1623,11 +1612,12 @@ BEGIN
         SELECT q.kind, sum(m.queue_length) AS length, sum(m.queue_visible_length) AS visible,
                max(coalesce(m.oldest_msg_age_sec, 0)) AS oldest_s
         FROM (SELECT q.queue_name,
-                     CASE WHEN q.queue_name ~ '^c_[0-9]+$' THEN 'campaign'
-                          WHEN q.queue_name ~ '^r_[0-9]+$' THEN 'reply' ELSE q.queue_name END AS kind
+                     CASE WHEN o.campaign_id IS NOT NULL THEN 'campaign'
+                          WHEN o.number_id IS NOT NULL THEN 'reply' ELSE q.queue_name END AS kind
               FROM pgmq.meta q
-              LEFT JOIN core.campaigns c
-                     ON c.campaign_id = CASE WHEN q.queue_name ~ '^c_[0-9]{1,18}$' THEN substr(q.queue_name, 3)::bigint END
+              CROSS JOIN LATERAL (SELECT core.queue_campaign_id(q.queue_name) AS campaign_id,
+                                         core.queue_number_id(q.queue_name) AS number_id) o
+              LEFT JOIN core.campaigns c ON c.campaign_id = o.campaign_id
               WHERE c.status IS NULL OR c.status NOT IN ('completed', 'cancelled')
               OFFSET 0) q
         CROSS JOIN LATERAL pgmq.metrics(q.queue_name) m
@@ -1688,9 +1678,9 @@ BEGIN
                    format('pgwa_number_paused %s', n.paused))
         FROM (SELECT count(*) AS count, round(coalesce(sum(rate_mps), 0)::numeric, 3) AS rate,
                      coalesce(sum(throughput_mps), 0) AS throughput,
-                     round(coalesce(max(greatest(extract(epoch FROM send_tat - now()), 0)), 0)::numeric, 3) AS tat_ahead,
-                     coalesce(sum(floor(greatest(0, extract(epoch FROM now() + make_interval(secs => v_settings.pace_horizon_ms / 1000.0)
-                                                                 - greatest(now(), send_tat)))
+                     round(coalesce(max(greatest(extract(epoch FROM send_tat - v_now), 0)), 0)::numeric, 3) AS tat_ahead,
+                     coalesce(sum(floor(greatest(0, extract(epoch FROM v_now + make_interval(secs => v_settings.pace_horizon_ms / 1000.0)
+                                                                 - greatest(v_now, send_tat)))
                                         * least(rate_mps, throughput_mps * v_settings.rate_headroom))), 0) AS tokens,
                      count(*) FILTER (WHERE paused_reason IS NOT NULL) AS paused
               FROM core.wa_numbers) n);
@@ -1733,9 +1723,9 @@ BEGIN
 
     RETURN array_to_string(v_out, '');
 END
-$_$;
+$$;
 
-COMMENT ON FUNCTION api.metrics() IS 'Returns the Prometheus text exposition of pgwa, with no tenant''s identifier in it: queue depths and ages per queue kind (pgmq), webhook lag, sends per second per outcome (core.send_minutes), failures per category and code, the numbers'' summed pace, limits and tokens and furthest GCRA arrival time, paused numbers, campaigns per status and the summed funnel of unfinished campaigns per status. Raises nothing of its own.';
+COMMENT ON FUNCTION api.metrics(p_now timestamp with time zone) IS 'Returns the Prometheus text exposition of pgwa, with no tenant''s identifier in it: queue depths and ages per queue kind (pgmq), webhook lag, sends per second per outcome (core.send_minutes), failures per category and code, the numbers'' summed pace, limits and tokens and furthest GCRA arrival time, paused numbers, campaigns per status and the summed funnel of unfinished campaigns per status. Rates and tokens are as of p_now (NULL: now; queue ages are pgmq''s, on the clock). Raises nothing of its own.';
 
 CREATE FUNCTION api.notifications(p_tenant_id bigint, p_unread_only boolean DEFAULT false, p_before_id bigint DEFAULT NULL::bigint, p_limit integer DEFAULT 50) RETURNS SETOF api.notification
     LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -2051,8 +2041,8 @@ BEGIN
         quality_rating = coalesce(excluded.quality_rating, n.quality_rating),
         paused_reason = NULL
     RETURNING number_id INTO v_id;
-    IF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = 'r_' || v_id) THEN
-        PERFORM pgmq.create('r_' || v_id);
+    IF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = core.reply_queue(v_id)) THEN
+        PERFORM pgmq.create(core.reply_queue(v_id));
     END IF;
     IF v_new_secret IS DISTINCT FROM v_old_secret THEN
         -- The audit holds neither the secret nor anything derived from it.
@@ -2119,204 +2109,35 @@ CREATE FUNCTION api.report_sends(p_results jsonb, p_now timestamp with time zone
     SET search_path TO ''
     AS $$
 DECLARE
-    v_settings core.settings;
     v_now timestamptz := coalesce(p_now, clock_timestamp());
-    v_hold interval;
-    v_result api.report_result := ROW(0, 0, 0, 0, 0);
-    v_paused bigint[];
+    v_rows core.send_outcome[];
     v_touched bigint[];
-    v_early integer;
-    v_noticed integer;
 BEGIN
     IF jsonb_typeof(p_results) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'results must be a JSON array' USING ERRCODE = 'PW100',
             HINT = 'One object per claimed message: outbound_id, queue_name, msg_id, wamid or error_code.';
     END IF;
-    SELECT * INTO v_settings FROM core.settings;
-    v_hold := make_interval(secs => v_settings.throttle_hold_ms / 1000.0);
+    v_rows := core.classify_reports(p_results);
 
-    DROP TABLE IF EXISTS pg_temp.send_results;
-    CREATE TEMP TABLE send_results ON COMMIT DROP AS
-    SELECT r.*, o.state, o.attempts, o.campaign_id, o.number_id, c.status AS campaign_status,
-           e.category, e.retryable, e.alert, e.pauses_campaign, e.throttles,
-           CASE
-               WHEN o.outbound_id IS NULL THEN 'ignored'
-               -- A message reported twice in one batch (sent twice after an expired claim)
-               -- is applied once, its success first; the rest are ignored.
-               WHEN row_number() OVER (PARTITION BY r.outbound_id ORDER BY r.wamid IS NULL) > 1 THEN 'ignored'
-               -- A status webhook may have moved the message on before this report.
-               WHEN r.wamid IS NOT NULL AND (o.state = 'in_flight' OR o.wamid IS NULL) THEN 'accepted'
-               WHEN o.state <> 'in_flight' THEN 'ignored'
-               WHEN r.sent IS FALSE THEN 'returned'
-               -- A read receipt (inbox.sql) is answered {"success": true}, without a wamid.
-               WHEN o.kind = 'receipt' AND r.error_code IS NULL AND r.http_status BETWEEN 200 AND 299 THEN 'receipt'
-               WHEN e.pauses_campaign AND o.campaign_id IS NOT NULL THEN 'paused'
-               WHEN e.throttles THEN 'throttled'
-               WHEN e.retryable AND o.attempts < v_settings.max_attempts THEN 'retried'
-               ELSE 'failed'
-           END AS outcome
-    FROM jsonb_to_recordset(p_results) AS r(outbound_id bigint, queue_name text, msg_id bigint, wamid text,
-                                            message_status text, error_code integer, http_status integer,
-                                            error_message text, sent boolean)
-    LEFT JOIN core.outbound_messages o ON o.outbound_id = r.outbound_id
-    LEFT JOIN core.campaigns c ON c.campaign_id = o.campaign_id
-    LEFT JOIN LATERAL core.meta_error(r.error_code) e ON r.wamid IS NULL;
-
-    -- Successes: the message moves forward (a status may have moved it already), and
-    -- statuses that arrived before this report are matched now.
-    PERFORM core.advance_outbound(array_agg(outbound_id), array_fill('accepted'::text, ARRAY[count(*)::int]),
-                                  array_fill(v_now, ARRAY[count(*)::int]), array_agg(wamid))
-    FROM pg_temp.send_results WHERE wamid IS NOT NULL AND outbound_id IS NOT NULL;
-    PERFORM core.advance_outbound(array_agg(outbound_id), array_fill('accepted'::text, ARRAY[count(*)::int]),
-                                  array_fill(v_now, ARRAY[count(*)::int]))
-    FROM pg_temp.send_results WHERE outcome = 'receipt';
-    WITH early AS (
-        UPDATE core.status_events se SET outbound_id = r.outbound_id
-        FROM pg_temp.send_results r
-        WHERE r.wamid IS NOT NULL AND se.wamid = r.wamid AND se.outbound_id IS NULL
-          AND se.number_id = r.number_id       -- only events that came through its number
-        RETURNING se.outbound_id, se.status, se.occurred_at, se.error_code
-    )
-    SELECT core.advance_outbound(array_agg(outbound_id), array_agg(status), array_agg(occurred_at),
-                                 NULL, array_agg(error_code))
-    INTO v_early FROM early;
-
-    -- Back to the queue: transient errors after a jittered backoff, throughput errors
-    -- shortly, messages never sent when the throttle hold is over, paused campaigns'
-    -- messages at once (the campaign is not read while paused).
-    -- A message of a campaign cancelled while it was in flight does not come back: it is
-    -- cancelled and counted as cancel_campaign counts the ones it withdraws.
-    WITH back AS (
-        UPDATE core.outbound_messages o SET
-            state = CASE WHEN r.campaign_status = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
-            attempts = CASE WHEN r.outcome IN ('paused', 'throttled', 'returned') THEN o.attempts - 1 ELSE o.attempts END,
-            -- A message handed back unsent keeps the error of its last real attempt. An
-            -- answer without Meta's error object is -2, as when it finally fails.
-            error_code = CASE WHEN r.outcome = 'returned' THEN o.error_code ELSE coalesce(r.error_code, -2) END,
-            error_category = CASE WHEN r.outcome = 'returned' THEN o.error_category ELSE r.category END,
-            error_detail = CASE WHEN r.outcome = 'returned' THEN o.error_detail ELSE left(r.error_message, 500) END
-        FROM pg_temp.send_results r
-        WHERE o.outbound_id = r.outbound_id AND r.outcome IN ('retried', 'throttled', 'paused', 'returned')
-          -- Re-checked on the locked row: a concurrent report may have settled it meanwhile.
-          AND o.state = 'in_flight'
-        RETURNING o.campaign_id, o.state
-    )
-    UPDATE core.campaigns c SET cancelled = c.cancelled + b.n
-    FROM (SELECT campaign_id, count(*)::int AS n FROM back WHERE state = 'cancelled' GROUP BY campaign_id) b
-    WHERE c.campaign_id = b.campaign_id;
-    PERFORM core.delay_messages(r.queue_name, array_agg(r.msg_id), array_agg(
-                CASE r.outcome
-                    WHEN 'paused' THEN 0
-                    WHEN 'throttled' THEN 1 + random()
-                    WHEN 'returned' THEN v_settings.throttle_hold_ms / 1000.0
-                    ELSE v_settings.retry_backoff_s[least(r.attempts, cardinality(v_settings.retry_backoff_s))]
-                         * (0.8 + 0.4 * random())
-                END), v_now)
-    FROM pg_temp.send_results r
-    WHERE r.outcome IN ('retried', 'throttled', 'paused', 'returned') AND r.campaign_status IS DISTINCT FROM 'cancelled'
-    GROUP BY r.queue_name;
-    PERFORM pgmq.delete(queue_name, array_agg(msg_id)) FROM pg_temp.send_results
-    WHERE outcome IN ('retried', 'throttled', 'paused', 'returned') AND campaign_status = 'cancelled' GROUP BY queue_name;
-
-    -- Permanent failures.
-    PERFORM core.advance_outbound(array_agg(outbound_id), array_fill('failed'::text, ARRAY[count(*)::int]),
-                                  array_fill(v_now, ARRAY[count(*)::int]), NULL,
-                                  array_agg(coalesce(error_code, -2)), array_agg(left(error_message, 500)))
-    FROM pg_temp.send_results WHERE outcome = 'failed';
-
-    -- Done with the queue: successes are deleted, failures archived for history.
-    PERFORM pgmq.delete(queue_name, array_agg(msg_id))
-    FROM pg_temp.send_results WHERE (wamid IS NOT NULL AND outbound_id IS NOT NULL) OR outcome = 'receipt'
-    GROUP BY queue_name;
-    PERFORM pgmq.archive(queue_name, array_agg(msg_id))
-    FROM pg_temp.send_results WHERE outcome = 'failed' GROUP BY queue_name;
-
-    -- Campaigns that must not burn their list: paused, and an operator told.
-    WITH paused AS (
-        UPDATE core.campaigns c SET status = 'paused',
-            pause_reason = format('Meta error %s: %s', r.error_code, r.title)
-        FROM (SELECT DISTINCT ON (sr.campaign_id) sr.campaign_id, sr.error_code, (core.meta_error(sr.error_code)).title
-              FROM pg_temp.send_results sr WHERE sr.outcome = 'paused' ORDER BY sr.campaign_id) r
-        WHERE c.campaign_id = r.campaign_id AND c.status = 'running'
-        RETURNING c.campaign_id, c.tenant_id, c.name, c.pause_reason
-    )
-    SELECT array_agg(campaign_id) INTO v_paused FROM (
-        SELECT p.campaign_id, core.notify(p.tenant_id, 'campaign_paused', 'critical',
-                   format('Campaign "%s" paused: %s', p.name, p.pause_reason),
-                   jsonb_build_object('campaign_id', p.campaign_id))
-        FROM paused p) n;
-    -- Errors an operator must see that do not pause anything: one notice per number,
-    -- code and hour, which later batches count into (and mark unread again), instead of
-    -- a new notice per report, several a second while the error lasts.
-    WITH noticed AS (
-        INSERT INTO core.notifications AS nt (tenant_id, kind, severity, message, details, dedupe_key)
-        SELECT n.tenant_id, 'send_error', 'warning',
-               format('Meta error %s (%s) on %s message(s) from number %s since %s',
-                      r.error_code, r.category, r.cnt, n.phone_number_id, to_char(r.hour, 'YYYY-MM-DD HH24:00 TZ')),
-               jsonb_build_object('error_code', r.error_code, 'number_id', r.number_id, 'messages', r.cnt,
-                                  'category', r.category, 'phone_number_id', n.phone_number_id, 'since', r.hour),
-               format('send_error|%s|%s|%s', r.number_id, r.error_code, r.hour)
-        FROM (SELECT number_id, error_code, category, count(*) AS cnt, date_trunc('hour', v_now) AS hour
-              FROM pg_temp.send_results
-              WHERE alert AND outcome IN ('retried', 'failed') GROUP BY number_id, error_code, category) r
-        JOIN core.wa_numbers n ON n.number_id = r.number_id
-        ON CONFLICT (tenant_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO UPDATE SET
-            details = nt.details || jsonb_build_object('messages', (nt.details->>'messages')::bigint + (excluded.details->>'messages')::bigint),
-            message = format('Meta error %s (%s) on %s message(s) from number %s since %s',
-                             excluded.details->>'error_code', excluded.details->>'category',
-                             (nt.details->>'messages')::bigint + (excluded.details->>'messages')::bigint,
-                             excluded.details->>'phone_number_id',
-                             to_char((excluded.details->>'since')::timestamptz, 'YYYY-MM-DD HH24:00 TZ')),
-            read_at = NULL
-        RETURNING nt.tenant_id
-    )
-    SELECT count(pg_notify('pgwa_notification', tenant_id::text)) INTO v_noticed FROM noticed;
-
-    -- AIMD per number. Halve on throughput errors, once per throttle event: the sends
-    -- already in flight when Meta said stop report the same error within the second
-    -- after, and halving for each would collapse the rate. A throttled number sends
-    -- nothing for the throttle hold (its workers hand back what they hold for it, and
-    -- it resumes from an empty schedule, at the halved pace). Grow back additively by
-    -- two fifths of the limit per second of clean sending (a batch with sends accepted and no
-    -- error; a batch of ignored duplicates is no evidence), counted from the end of the
-    -- hold. The pace never exceeds the number's limit.
-    UPDATE core.wa_numbers n SET
-        rate_mps = CASE WHEN r.throttled > 0 THEN greatest(1, n.rate_mps / 2)
-                        ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps * 0.4
-                             * least(1, greatest(0, extract(epoch FROM v_now - coalesce(n.rate_changed_at, '-infinity'))))) END,
-        rate_changed_at = CASE WHEN r.throttled > 0 THEN v_now + v_hold ELSE v_now END,
-        throttled_at = CASE WHEN r.throttled > 0 THEN v_now ELSE n.throttled_at END,
-        send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, v_now + v_hold) ELSE n.send_tat END
-    FROM (SELECT number_id, count(*) FILTER (WHERE outcome = 'throttled') AS throttled,
-                 count(*) FILTER (WHERE outcome IN ('retried', 'failed')) AS errors,
-                 count(*) FILTER (WHERE outcome = 'accepted') AS accepted
-          FROM pg_temp.send_results WHERE number_id IS NOT NULL GROUP BY number_id) r
-    WHERE n.number_id = r.number_id
-      AND CASE WHEN r.throttled > 0 THEN coalesce(n.throttled_at, '-infinity') < v_now - interval '1 second'
-               ELSE r.errors = 0 AND r.accepted > 0 AND n.rate_mps < n.throughput_mps
-                    AND v_now > coalesce(n.rate_changed_at, '-infinity') END;
-
-    INSERT INTO core.send_minutes AS m (number_id, minute, accepted, retried, failed, throttled)
-    SELECT number_id, date_trunc('minute', v_now),
-           count(*) FILTER (WHERE outcome = 'accepted'), count(*) FILTER (WHERE outcome = 'retried'),
-           count(*) FILTER (WHERE outcome = 'failed'), count(*) FILTER (WHERE outcome = 'throttled')
-    FROM pg_temp.send_results WHERE number_id IS NOT NULL GROUP BY number_id
-    ON CONFLICT (number_id, minute) DO UPDATE SET
-        accepted = m.accepted + excluded.accepted, retried = m.retried + excluded.retried,
-        failed = m.failed + excluded.failed, throttled = m.throttled + excluded.throttled;
-
-    SELECT array_agg(DISTINCT campaign_id) INTO v_touched FROM pg_temp.send_results WHERE campaign_id IS NOT NULL;
-    IF v_touched IS NOT NULL THEN
+    PERFORM core.report_accepted(v_rows, v_now);
+    PERFORM core.report_requeued(v_rows, v_now);
+    PERFORM core.report_held(v_rows, v_now);
+    PERFORM core.report_failed(v_rows, v_now);
+    PERFORM core.report_paused(v_rows);
+    PERFORM core.report_alerts(v_rows, v_now);
+    PERFORM core.report_pace(v_rows, v_now);
+    PERFORM core.report_minute(v_rows, v_now);
+    v_touched := ARRAY(SELECT DISTINCT r.campaign_id FROM unnest(v_rows) r WHERE r.campaign_id IS NOT NULL);
+    IF cardinality(v_touched) > 0 THEN
         PERFORM core.complete_campaigns(v_touched, v_now);
     END IF;
 
-    SELECT count(*) FILTER (WHERE outcome IN ('accepted', 'receipt')),
-           count(*) FILTER (WHERE outcome IN ('retried', 'throttled', 'returned')),
-           count(*) FILTER (WHERE outcome = 'failed'),
-           count(*) FILTER (WHERE outcome = 'paused'),
-           count(*) FILTER (WHERE outcome = 'ignored')
-    INTO v_result FROM pg_temp.send_results;
-    RETURN v_result;
+    RETURN (SELECT ROW(count(*) FILTER (WHERE r.outcome IN ('accepted', 'receipt')),
+                       count(*) FILTER (WHERE r.outcome IN ('retried', 'throttled', 'held', 'deferred', 'returned')),
+                       count(*) FILTER (WHERE r.outcome = 'failed'),
+                       count(*) FILTER (WHERE r.outcome = 'paused'),
+                       count(*) FILTER (WHERE r.outcome = 'ignored'))::api.report_result
+            FROM unnest(v_rows) r);
 END
 $$;
 
@@ -2454,7 +2275,7 @@ CREATE FUNCTION api.send_policy() RETURNS api.send_policy
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
-    SELECT s.throttle_hold_ms, ARRAY(SELECT e.code FROM core.meta_error_codes e WHERE e.throttles ORDER BY e.code)
+    SELECT s.throttle_hold_ms, ARRAY(SELECT e.code FROM core.meta_error_codes e WHERE e.backoff = 'throttle' ORDER BY e.code)
     FROM core.settings s
 $$;
 
@@ -2674,8 +2495,8 @@ BEGIN
     DELETE FROM core.conversations WHERE number_id = v_number.number_id;
     UPDATE core.outbound_messages SET state = 'cancelled'
     WHERE number_id = v_number.number_id AND campaign_id IS NULL AND state IN ('queued', 'in_flight');
-    IF EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = 'r_' || v_number.number_id) THEN
-        PERFORM pgmq.purge_queue('r_' || v_number.number_id);
+    IF EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = core.reply_queue(v_number.number_id)) THEN
+        PERFORM pgmq.purge_queue(core.reply_queue(v_number.number_id));
     END IF;
     v_details := jsonb_build_object('number_id', v_number.number_id, 'phone_number_id', p_phone_number_id,
                                     'from_tenant_id', v_number.tenant_id, 'to_tenant_id', p_to_tenant_id);
@@ -3211,6 +3032,10 @@ BEGIN
 
     IF v_ids IS NOT NULL THEN
         PERFORM core.advance_outbound(v_ids, v_states, v_at, v_wamids, v_codes, v_details);
+        PERFORM core.stop_marketing(array_agg(f.id), array_agg(f.code), max(f.at))
+        FROM unnest(v_ids, v_states, v_codes, v_at) f(id, state, code, at)
+        WHERE f.state = 'failed' AND f.code IS NOT NULL
+        HAVING count(*) > 0;
     END IF;
     RETURN v_stored;
 END
@@ -3349,6 +3174,13 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION core.campaign_queue(p_campaign_id bigint) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT 'c_' || p_campaign_id::text
+$$;
+
 CREATE FUNCTION core.cancel_opted_out(p_batch core.claimed[], p_tenant_id bigint, p_number_id bigint) RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -3361,15 +3193,22 @@ BEGIN
         SELECT 1 FROM core.contacts c
         WHERE c.tenant_id = p_tenant_id AND c.opted_out
           AND c.opted_out_at >= (SELECT min(created_at) FROM core.campaigns
-                                 WHERE number_id = p_number_id AND status = 'running')) THEN
+                                 WHERE number_id = p_number_id AND status = 'running'))
+       AND NOT EXISTS (SELECT 1 FROM core.contacts c
+                       WHERE c.tenant_id = p_tenant_id AND c.marketing_stopped_at IS NOT NULL) THEN
         RETURN 0;
     END IF;
     WITH cancelled AS (
         UPDATE core.outbound_messages o SET state = 'cancelled', error_category = 'opted_out',
-            error_detail = 'the contact opted out after the campaign was created'
+            error_detail = CASE WHEN c.opted_out THEN 'the contact opted out after the campaign was created'
+                                ELSE 'the contact stopped marketing messages from this business' END
         FROM unnest(p_batch) b, core.contacts c
         WHERE o.outbound_id = b.outbound_id AND o.campaign_id IS NOT NULL AND o.state IN ('queued', 'in_flight')
-          AND c.contact_id = o.contact_id AND c.opted_out
+          AND c.contact_id = o.contact_id
+          AND (c.opted_out
+               OR (c.marketing_stopped_at IS NOT NULL AND EXISTS (
+                       SELECT 1 FROM core.campaign_templates ct JOIN core.templates t ON t.template_id = ct.template_id
+                       WHERE ct.campaign_id = o.campaign_id AND ct.variant = o.variant AND t.category = 'MARKETING')))
         RETURNING o.campaign_id
     ), counted AS (
         UPDATE core.campaigns c SET cancelled = c.cancelled + k.n
@@ -3426,8 +3265,8 @@ BEGIN
                   HINT = '{"type": "text", "text": "Hi {{name}}"}, {"type": "buttons", "text": "...", "buttons": ["Yes", "No"]} or {"type": "template", "name": "...", "language": "en_US", "params": [...]}';
     END IF;
     IF p_reply->>'type' IN ('text', 'buttons') AND (jsonb_typeof(p_reply->'text') IS DISTINCT FROM 'string'
-            OR btrim(p_reply->>'text') = '' OR length(p_reply->>'text') > 4096) THEN
-        RAISE EXCEPTION 'a % reply needs a text of 1 to 4096 characters', p_reply->>'type'
+            OR btrim(p_reply->>'text') = '' OR length(p_reply->>'text') > core.text_body_max()) THEN
+        RAISE EXCEPTION 'a % reply needs a text of 1 to % characters', p_reply->>'type', core.text_body_max()
             USING ERRCODE = 'PW100', HINT = 'Give "text"; it may use {{name}} and other contact variables.';
     END IF;
     IF p_reply->>'type' = 'buttons' THEN
@@ -3555,6 +3394,52 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION core.classify_reports(p_results jsonb) RETURNS core.send_outcome[]
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    SELECT coalesce(array_agg(ROW(c.outbound_id, c.queue_name, c.msg_id, c.wamid, c.error_code, c.error_message,
+                                  c.number_id, c.campaign_id, c.campaign_status, c.category, c.alert, c.backoff,
+                                  c.outcome,
+                                  CASE c.outcome
+                                      WHEN 'paused' THEN 0
+                                      WHEN 'throttled' THEN 1 + random()
+                                      WHEN 'returned' THEN c.throttle_hold_ms / 1000.0
+                                      WHEN 'held' THEN greatest(coalesce(c.retry_after_s, c.backoff_s), 1)
+                                      WHEN 'deferred' THEN CASE c.backoff WHEN 'recipient' THEN least(power(c.backoff_s, c.deferrals), 3600)
+                                                                          ELSE c.backoff_s END
+                                      WHEN 'retried' THEN c.retry_backoff_s[least(c.attempts, cardinality(c.retry_backoff_s))]
+                                                          * (0.8 + 0.4 * random())
+                                  END)::core.send_outcome), '{}')
+    FROM (
+        SELECT r.*, o.attempts, o.deferrals, o.campaign_id, o.number_id, cp.status AS campaign_status,
+               e.category, e.alert, e.backoff, e.backoff_s, s.throttle_hold_ms, s.retry_backoff_s,
+               CASE
+                   WHEN o.outbound_id IS NULL THEN 'ignored'
+                   WHEN row_number() OVER (PARTITION BY r.outbound_id ORDER BY r.wamid IS NULL) > 1 THEN 'ignored'
+                   WHEN r.wamid IS NOT NULL AND (o.state = 'in_flight' OR o.wamid IS NULL) THEN 'accepted'
+                   WHEN o.state <> 'in_flight' THEN 'ignored'
+                   WHEN r.sent IS FALSE THEN 'returned'
+                   WHEN o.kind = 'receipt' AND r.error_code IS NULL AND r.http_status BETWEEN 200 AND 299 THEN 'receipt'
+                   WHEN e.pauses_campaign AND o.campaign_id IS NOT NULL THEN 'paused'
+                   WHEN e.backoff = 'throttle' THEN 'throttled'
+                   WHEN e.backoff IN ('number_hold', 'waba_hold', 'app_hold') THEN 'held'
+                   -- 4^0 .. 4^6 s, then hourly: about half a day of tries in all.
+                   WHEN e.backoff = 'recipient' AND o.deferrals < 16 THEN 'deferred'
+                   WHEN e.backoff = 'next_day' AND o.deferrals < s.capped_retry_days THEN 'deferred'
+                   WHEN e.retryable AND e.backoff = 'retry' AND o.attempts < s.max_attempts THEN 'retried'
+                   ELSE 'failed'
+               END AS outcome
+        FROM jsonb_to_recordset(p_results) AS r(outbound_id bigint, queue_name text, msg_id bigint, wamid text,
+                                                error_code integer, http_status integer, error_message text,
+                                                sent boolean, retry_after_s integer)
+        CROSS JOIN core.settings s
+        LEFT JOIN core.outbound_messages o ON o.outbound_id = r.outbound_id
+        LEFT JOIN core.campaigns cp ON cp.campaign_id = o.campaign_id
+        LEFT JOIN LATERAL core.meta_error(r.error_code) e ON r.wamid IS NULL
+    ) c
+$$;
+
 CREATE FUNCTION core.complete_campaigns(p_campaign_ids bigint[] DEFAULT NULL::bigint[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS bigint[]
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -3589,9 +3474,12 @@ CREATE TABLE core.contacts (
     last_inbound_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    marketing_stopped_at timestamp with time zone,
     CONSTRAINT contacts_identified CHECK (((wa_id IS NOT NULL) OR (user_id IS NOT NULL))),
     CONSTRAINT contacts_wa_id_e164 CHECK ((wa_id ~ '^[1-9][0-9]{6,14}$'::text))
 );
+
+COMMENT ON COLUMN core.contacts.marketing_stopped_at IS 'When Meta said the user stopped marketing messages from this business (error 131050 or a user_preferences webhook); marketing templates skip the contact, utility ones do not.';
 
 CREATE FUNCTION core.contact_for(p_tenant_id bigint, p_contact_id bigint) RETURNS core.contacts
     LANGUAGE plpgsql STABLE
@@ -3666,8 +3554,8 @@ CREATE FUNCTION core.conversation_summaries(p_number_id bigint, p_contact_ids bi
     AS $$
     SELECT c.contact_id, c.wa_id, c.user_id, c.name, c.profile_name, c.opted_out,
            l.message_id, l.direction, l.type, l.body, v.last_message_at, v.unread,
-           coalesce(v.last_inbound_at > now() - interval '24 hours', false),
-           v.last_inbound_at + interval '24 hours',
+           core.window_open(v.last_inbound_at, now()),
+           core.window_closes_at(v.last_inbound_at),
            v.assigned_to, v.assigned_at, v.needs_human, v.needs_human_reason
     FROM unnest(p_contact_ids) AS k(contact_id)
     JOIN core.conversations v ON v.number_id = p_number_id AND v.contact_id = k.contact_id
@@ -3697,7 +3585,7 @@ CREATE FUNCTION core.delay_messages(p_queue text, p_msg_ids bigint[], p_delays d
     AS $_$
 BEGIN
     EXECUTE format('UPDATE pgmq.%I q SET vt = $3 + make_interval(secs => d.delay)
-                    FROM unnest($1, $2) d(msg_id, delay) WHERE q.msg_id = d.msg_id', 'q_' || p_queue)
+                    FROM unnest($1, $2) d(msg_id, delay) WHERE q.msg_id = d.msg_id', pgmq.format_table_name(p_queue, 'q'))
     USING p_msg_ids, p_delays, coalesce(p_now, clock_timestamp());
 END
 $_$;
@@ -3715,9 +3603,9 @@ BEGIN
     END IF;
     WITH req AS MATERIALIZED (
         SELECT r.ord::integer AS ord, r.number_id, r.contact_id, r.kind, r.message, c.wa_id, c.user_id,
-               v.last_inbound_at + interval '24 hours' AS closes_at,
+               core.window_closes_at(v.last_inbound_at) AS closes_at,
                r.kind = 'receipt' OR r.message->>'type' = 'template'
-               OR v.last_inbound_at > now() - interval '24 hours' AS allowed
+               OR core.window_open(v.last_inbound_at, now()) AS allowed
         FROM unnest(p_replies) WITH ORDINALITY AS r(number_id, contact_id, kind, message, ord)
         JOIN core.contacts c ON c.contact_id = r.contact_id
         LEFT JOIN core.conversations v ON v.number_id = r.number_id AND v.contact_id = r.contact_id
@@ -3765,7 +3653,7 @@ BEGIN
     LEFT JOIN inbox i ON i.outbound_id = o.outbound_id;
 
     IF v_queue IS NOT NULL THEN
-        PERFORM pgmq.send_batch('r_' || (m->>'n'), array_agg(jsonb_build_object('o', m->'o', 'b', m->'b') ORDER BY (m->>'o')::bigint))
+        PERFORM pgmq.send_batch(core.reply_queue((m->>'n')::bigint), array_agg(jsonb_build_object('o', m->'o', 'b', m->'b') ORDER BY (m->>'o')::bigint))
         FROM unnest(v_queue) m GROUP BY m->>'n';
         PERFORM pg_notify('pgwa_send', n) FROM (SELECT DISTINCT m->>'n' AS n FROM unnest(v_queue) m) d;
     END IF;
@@ -3879,11 +3767,16 @@ CREATE TABLE core.meta_error_codes (
     retryable boolean NOT NULL,
     alert boolean NOT NULL,
     pauses_campaign boolean DEFAULT false NOT NULL,
-    throttles boolean DEFAULT false NOT NULL,
+    backoff text DEFAULT 'retry'::text NOT NULL,
+    backoff_s integer,
+    stops_marketing boolean DEFAULT false NOT NULL,
+    CONSTRAINT meta_error_codes_backoff_s_given CHECK (((backoff = ANY (ARRAY['retry'::text, 'throttle'::text])) OR (backoff_s IS NOT NULL))),
+    CONSTRAINT meta_error_codes_backoff_s_positive CHECK ((backoff_s > 0)),
+    CONSTRAINT meta_error_codes_backoff_valid CHECK ((backoff = ANY (ARRAY['retry'::text, 'throttle'::text, 'number_hold'::text, 'waba_hold'::text, 'app_hold'::text, 'recipient'::text, 'next_day'::text]))),
     CONSTRAINT meta_error_codes_category_valid CHECK ((category = ANY (ARRAY['rate_limit'::text, 'auth'::text, 'template'::text, 'payment'::text, 'recipient'::text, 'policy'::text, 'transient'::text, 'request'::text, 'unknown'::text])))
 );
 
-COMMENT ON TABLE core.meta_error_codes IS 'Meta Cloud API error codes: category, retry, alert, pause and throttle policy; code -1 is the default for unknown codes.';
+COMMENT ON TABLE core.meta_error_codes IS 'Meta Cloud API error codes: category, retry, alert, pause and backoff policy (what a retryable error waits for); code -1 is the default for unknown codes.';
 
 CREATE FUNCTION core.meta_error(p_code integer) RETURNS core.meta_error_codes
     LANGUAGE sql STABLE
@@ -3956,9 +3849,6 @@ CREATE TABLE core.wa_numbers (
     verified_name text,
     verified_at timestamp with time zone,
     llm_number_daily_limit integer DEFAULT 1000 NOT NULL,
-    CONSTRAINT wa_numbers_llm_context_messages_valid CHECK (((llm_context_messages >= 1) AND (llm_context_messages <= 100))),
-    CONSTRAINT wa_numbers_llm_daily_limit_valid CHECK (((llm_daily_limit >= 0) AND (llm_daily_limit <= 10000))),
-    CONSTRAINT wa_numbers_llm_number_daily_limit_valid CHECK (((llm_number_daily_limit >= 0) AND (llm_number_daily_limit <= 1000000))),
     CONSTRAINT wa_numbers_phone_number_id_digits CHECK ((phone_number_id ~ '^[0-9]{1,32}$'::text)),
     CONSTRAINT wa_numbers_rate_positive CHECK ((rate_mps > (0)::double precision)),
     CONSTRAINT wa_numbers_throughput_valid CHECK (((throughput_mps >= 1) AND (throughput_mps <= 1000))),
@@ -3991,10 +3881,11 @@ DECLARE
     v_jobs jsonb[];
 BEGIN
     SELECT array_agg(ROW(s.message_id, s.number_id, s.contact_id, s.tenant_id, s.created_at, s.norm,
-                         s.prev_at IS NULL OR s.created_at - s.prev_at > interval '24 hours',
+                         -- Welcome: the window was closed (or never open) when it came.
+                         NOT core.window_open(s.prev_at, s.created_at),
                          CASE WHEN s.is_out THEN 'opt_out'
                               WHEN s.is_in AND s.opted_before THEN 'opt_in'
-                              WHEN s.created_at <= now() - interval '24 hours' THEN 'none'
+                              WHEN NOT core.window_open(s.created_at, now()) THEN 'none'
                               WHEN s.assigned_to IS NOT NULL OR s.opted_before THEN 'none'
                               ELSE 'auto' END,
                          s.llm)::core.inbound_step
@@ -4257,11 +4148,61 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION core.queue_campaign_id(p_queue_name text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $_$
+    SELECT x.id FROM (SELECT substring(p_queue_name FROM '[0-9]{1,18}$')::bigint AS id) x
+    WHERE core.campaign_queue(x.id) = p_queue_name
+$_$;
+
+CREATE FUNCTION core.queue_number_id(p_queue_name text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $_$
+    SELECT x.id FROM (SELECT substring(p_queue_name FROM '[0-9]{1,18}$')::bigint AS id) x
+    WHERE core.reply_queue(x.id) = p_queue_name
+$_$;
+
 CREATE FUNCTION core.ratio(p_a bigint, p_b bigint) RETURNS double precision
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     SET search_path TO ''
     AS $$
     SELECT CASE WHEN p_b > 0 THEN round(p_a::numeric / p_b, 4)::double precision END
+$$;
+
+CREATE FUNCTION core.read_number(p_number_id bigint, p_budget integer, p_vt integer, p_now timestamp with time zone) RETURNS core.claimed[]
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_batch core.claimed[] := ARRAY(SELECT core.read_queue(core.reply_queue(p_number_id), p_vt, p_budget, p_now));
+    v_campaigns bigint[];
+    v_more bigint[] := '{}';
+    v_read core.claimed[];
+    v_i integer := 1;
+    v_got integer;
+BEGIN
+    SELECT array_agg(campaign_id ORDER BY random()) INTO v_campaigns
+    FROM core.campaigns WHERE number_id = p_number_id AND status = 'running';
+    WHILE v_i <= coalesce(cardinality(v_campaigns), 0) AND cardinality(v_batch) < p_budget LOOP
+        -- An equal share of what is left; a campaign with less leaves the rest to the next.
+        v_got := ceil((p_budget - cardinality(v_batch))::numeric / (cardinality(v_campaigns) - v_i + 1));
+        v_read := ARRAY(SELECT core.read_queue(core.campaign_queue(v_campaigns[v_i]), p_vt, v_got, p_now));
+        v_batch := v_batch || v_read;
+        IF cardinality(v_read) = v_got THEN
+            v_more := v_more || v_campaigns[v_i];
+        END IF;
+        v_i := v_i + 1;
+        -- What the last ones left goes round again to those that filled their share.
+        IF v_i > cardinality(v_campaigns) THEN
+            v_campaigns := v_more;
+            v_more := '{}';
+            v_i := 1;
+        END IF;
+    END LOOP;
+    RETURN v_batch;
+END
 $$;
 
 CREATE FUNCTION core.read_queue(p_queue text, p_vt integer, p_max integer, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS SETOF core.claimed
@@ -4276,7 +4217,7 @@ BEGIN
         'WITH cte AS (SELECT msg_id FROM pgmq.%1$I WHERE vt <= $1 ORDER BY msg_id LIMIT $2 FOR UPDATE SKIP LOCKED)
          UPDATE pgmq.%1$I m SET last_read_at = $1, vt = $1 + $3, read_ct = m.read_ct + 1
          FROM cte WHERE m.msg_id = cte.msg_id
-         RETURNING %2$L::text, m.msg_id, m.read_ct, (m.message->>''o'')::bigint, m.message', 'q_' || p_queue, p_queue)
+         RETURNING %2$L::text, m.msg_id, m.read_ct, (m.message->>''o'')::bigint, m.message', pgmq.format_table_name(p_queue, 'q'), p_queue)
     USING coalesce(p_now, clock_timestamp()), p_max, make_interval(secs => p_vt);
 END
 $_$;
@@ -4400,7 +4341,7 @@ CREATE FUNCTION core.render_reply(p_reply jsonb, p_vars jsonb) RETURNS jsonb
     AS $$
     SELECT CASE p_reply->>'type'
         WHEN 'text' THEN jsonb_build_object('type', 'text', 'text',
-            jsonb_build_object('body', left(core.render_vars(p_reply->>'text', p_vars), 4096))
+            jsonb_build_object('body', left(core.render_vars(p_reply->>'text', p_vars), core.text_body_max()))
             || CASE WHEN jsonb_typeof(p_reply->'preview_url') = 'boolean'
                     THEN jsonb_build_object('preview_url', p_reply->'preview_url') ELSE '{}' END)
         WHEN 'buttons' THEN jsonb_build_object('type', 'interactive', 'interactive',
@@ -4448,6 +4389,209 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION core.reply_queue(p_number_id bigint) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT 'r_' || p_number_id::text
+$$;
+
+CREATE FUNCTION core.report_accepted(p_rows core.send_outcome[], p_now timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_early integer;
+BEGIN
+    PERFORM core.advance_outbound(array_agg(r.outbound_id), array_fill('accepted'::text, ARRAY[count(*)::int]),
+                                  array_fill(p_now, ARRAY[count(*)::int]), array_agg(r.wamid))
+    FROM unnest(p_rows) r
+    WHERE (r.wamid IS NOT NULL AND r.outbound_id IS NOT NULL) OR r.outcome = 'receipt'
+    HAVING count(*) > 0;
+
+    WITH early AS (
+        UPDATE core.status_events se SET outbound_id = r.outbound_id
+        FROM unnest(p_rows) r
+        WHERE r.wamid IS NOT NULL AND se.wamid = r.wamid AND se.outbound_id IS NULL
+          AND se.number_id = r.number_id       -- only events that came through its number
+        RETURNING se.outbound_id, se.status, se.occurred_at, se.error_code
+    )
+    SELECT core.advance_outbound(array_agg(outbound_id), array_agg(status), array_agg(occurred_at),
+                                 NULL, array_agg(error_code))
+    INTO v_early FROM early;
+
+    PERFORM pgmq.delete(r.queue_name, array_agg(r.msg_id))
+    FROM unnest(p_rows) r
+    WHERE (r.wamid IS NOT NULL AND r.outbound_id IS NOT NULL) OR r.outcome = 'receipt'
+    GROUP BY r.queue_name;
+END
+$$;
+
+CREATE FUNCTION core.report_alerts(p_rows core.send_outcome[], p_now timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_noticed integer;
+BEGIN
+    WITH noticed AS (
+        INSERT INTO core.notifications AS nt (tenant_id, kind, severity, message, details, dedupe_key)
+        SELECT n.tenant_id, 'send_error', 'warning',
+               format('Meta error %s (%s) on %s message(s) from number %s since %s',
+                      r.error_code, r.category, r.cnt, n.phone_number_id, to_char(r.hour, 'YYYY-MM-DD HH24:00 TZ')),
+               jsonb_build_object('error_code', r.error_code, 'number_id', r.number_id, 'messages', r.cnt,
+                                  'category', r.category, 'phone_number_id', n.phone_number_id, 'since', r.hour),
+               format('send_error|%s|%s|%s', r.number_id, r.error_code, r.hour)
+        FROM (SELECT x.number_id, x.error_code, x.category, count(*) AS cnt, date_trunc('hour', p_now) AS hour
+              FROM unnest(p_rows) x
+              WHERE x.alert AND x.outcome IN ('retried', 'held', 'failed') GROUP BY x.number_id, x.error_code, x.category) r
+        JOIN core.wa_numbers n ON n.number_id = r.number_id
+        ON CONFLICT (tenant_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO UPDATE SET
+            details = nt.details || jsonb_build_object('messages', (nt.details->>'messages')::bigint + (excluded.details->>'messages')::bigint),
+            message = format('Meta error %s (%s) on %s message(s) from number %s since %s',
+                             excluded.details->>'error_code', excluded.details->>'category',
+                             (nt.details->>'messages')::bigint + (excluded.details->>'messages')::bigint,
+                             excluded.details->>'phone_number_id',
+                             to_char((excluded.details->>'since')::timestamptz, 'YYYY-MM-DD HH24:00 TZ')),
+            read_at = NULL
+        RETURNING nt.tenant_id
+    )
+    SELECT count(pg_notify('pgwa_notification', tenant_id::text)) INTO v_noticed FROM noticed;
+END
+$$;
+
+CREATE FUNCTION core.report_failed(p_rows core.send_outcome[], p_now timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    PERFORM core.advance_outbound(array_agg(r.outbound_id), array_fill('failed'::text, ARRAY[count(*)::int]),
+                                  array_fill(p_now, ARRAY[count(*)::int]), NULL,
+                                  array_agg(coalesce(r.error_code, -2)), array_agg(left(r.error_message, 500)))
+    FROM unnest(p_rows) r WHERE r.outcome = 'failed'
+    HAVING count(*) > 0;
+    PERFORM pgmq.archive(r.queue_name, array_agg(r.msg_id))
+    FROM unnest(p_rows) r WHERE r.outcome = 'failed'
+    GROUP BY r.queue_name;
+    PERFORM core.stop_marketing(array_agg(r.outbound_id), array_agg(r.error_code), p_now)
+    FROM unnest(p_rows) r WHERE r.outcome = 'failed' AND r.error_code IS NOT NULL
+    HAVING count(*) > 0;
+END
+$$;
+
+CREATE FUNCTION core.report_held(p_rows core.send_outcome[], p_now timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    UPDATE core.wa_numbers n SET send_tat = greatest(n.send_tat, p_now + make_interval(secs => h.hold_s))
+    FROM (SELECT x.number_id, x.backoff, max(x.requeue_s) AS hold_s
+          FROM unnest(p_rows) x WHERE x.outcome = 'held' GROUP BY x.number_id, x.backoff) h
+    JOIN core.wa_numbers held ON held.number_id = h.number_id
+    WHERE CASE h.backoff WHEN 'waba_hold' THEN n.tenant_id = held.tenant_id AND n.waba_id = held.waba_id
+                         WHEN 'app_hold' THEN n.tenant_id = held.tenant_id
+                         ELSE n.number_id = held.number_id END;
+END
+$$;
+
+CREATE FUNCTION core.report_minute(p_rows core.send_outcome[], p_now timestamp with time zone) RETURNS void
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    INSERT INTO core.send_minutes AS m (number_id, minute, accepted, retried, failed, throttled)
+    SELECT x.number_id, date_trunc('minute', p_now),
+           count(*) FILTER (WHERE x.outcome = 'accepted'),
+           count(*) FILTER (WHERE x.outcome IN ('retried', 'held', 'deferred')),
+           count(*) FILTER (WHERE x.outcome = 'failed'), count(*) FILTER (WHERE x.outcome = 'throttled')
+    FROM unnest(p_rows) x WHERE x.number_id IS NOT NULL GROUP BY x.number_id
+    ON CONFLICT (number_id, minute) DO UPDATE SET
+        accepted = m.accepted + excluded.accepted, retried = m.retried + excluded.retried,
+        failed = m.failed + excluded.failed, throttled = m.throttled + excluded.throttled;
+$$;
+
+CREATE FUNCTION core.report_pace(p_rows core.send_outcome[], p_now timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_hold interval := (SELECT make_interval(secs => s.throttle_hold_ms / 1000.0) FROM core.settings s);
+BEGIN
+    UPDATE core.wa_numbers n SET
+        rate_mps = CASE WHEN r.throttled > 0 THEN greatest(1, n.rate_mps / 2)
+                        ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps * 0.4
+                             * least(1, greatest(0, extract(epoch FROM p_now - coalesce(n.rate_changed_at, '-infinity'))))) END,
+        rate_changed_at = CASE WHEN r.throttled > 0 THEN p_now + v_hold ELSE p_now END,
+        throttled_at = CASE WHEN r.throttled > 0 THEN p_now ELSE n.throttled_at END,
+        send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, p_now + v_hold) ELSE n.send_tat END
+    FROM (SELECT x.number_id, count(*) FILTER (WHERE x.outcome = 'throttled') AS throttled,
+                 count(*) FILTER (WHERE x.outcome IN ('retried', 'failed')) AS errors,
+                 count(*) FILTER (WHERE x.outcome = 'accepted') AS accepted
+          FROM unnest(p_rows) x WHERE x.number_id IS NOT NULL GROUP BY x.number_id) r
+    WHERE n.number_id = r.number_id
+      AND CASE WHEN r.throttled > 0 THEN coalesce(n.throttled_at, '-infinity') < p_now - interval '1 second'
+               ELSE r.errors = 0 AND r.accepted > 0 AND n.rate_mps < n.throughput_mps
+                    AND p_now > coalesce(n.rate_changed_at, '-infinity') END;
+END
+$$;
+
+CREATE FUNCTION core.report_paused(p_rows core.send_outcome[]) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_paused integer;
+BEGIN
+    WITH paused AS (
+        UPDATE core.campaigns c SET status = 'paused',
+            pause_reason = format('Meta error %s: %s', r.error_code, (core.meta_error(r.error_code)).title)
+        FROM (SELECT DISTINCT ON (x.campaign_id) x.campaign_id, x.error_code
+              FROM unnest(p_rows) x WHERE x.outcome = 'paused' ORDER BY x.campaign_id) r
+        WHERE c.campaign_id = r.campaign_id AND c.status = 'running'
+        RETURNING c.campaign_id, c.tenant_id, c.name, c.pause_reason
+    )
+    SELECT count(core.notify(p.tenant_id, 'campaign_paused', 'critical',
+                             format('Campaign "%s" paused: %s', p.name, p.pause_reason),
+                             jsonb_build_object('campaign_id', p.campaign_id)))
+    INTO v_paused FROM paused p;
+END
+$$;
+
+CREATE FUNCTION core.report_requeued(p_rows core.send_outcome[], p_now timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    WITH back AS (
+        UPDATE core.outbound_messages o SET
+            state = CASE WHEN r.campaign_status = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
+            -- Only a transient error spends an attempt; the rest waited for something else.
+            attempts = CASE WHEN r.outcome = 'retried' THEN o.attempts ELSE o.attempts - 1 END,
+            deferrals = CASE WHEN r.outcome = 'deferred' THEN o.deferrals + 1 ELSE o.deferrals END,
+            -- A message handed back unsent keeps the error of its last real attempt. An
+            -- answer without Meta's error object is -2, as when it finally fails.
+            error_code = CASE WHEN r.outcome = 'returned' THEN o.error_code ELSE coalesce(r.error_code, -2) END,
+            error_category = CASE WHEN r.outcome = 'returned' THEN o.error_category ELSE r.category END,
+            error_detail = CASE WHEN r.outcome = 'returned' THEN o.error_detail ELSE left(r.error_message, 500) END
+        FROM unnest(p_rows) r
+        WHERE r.requeue_s IS NOT NULL AND o.outbound_id = r.outbound_id
+          AND o.state = 'in_flight'    -- a concurrent report or status may have settled it
+        RETURNING o.campaign_id, o.state
+    )
+    UPDATE core.campaigns c SET cancelled = c.cancelled + b.n
+    FROM (SELECT campaign_id, count(*)::int AS n FROM back WHERE state = 'cancelled' GROUP BY campaign_id) b
+    WHERE c.campaign_id = b.campaign_id;
+
+    PERFORM core.delay_messages(r.queue_name, array_agg(r.msg_id), array_agg(r.requeue_s), p_now)
+    FROM unnest(p_rows) r
+    WHERE r.requeue_s IS NOT NULL AND r.campaign_status IS DISTINCT FROM 'cancelled'
+    GROUP BY r.queue_name;
+    PERFORM pgmq.delete(r.queue_name, array_agg(r.msg_id))
+    FROM unnest(p_rows) r
+    WHERE r.requeue_s IS NOT NULL AND r.campaign_status = 'cancelled'
+    GROUP BY r.queue_name;
+END
+$$;
+
 CREATE FUNCTION core.restore_webhook_notify() RETURNS void
     LANGUAGE sql
     SET search_path TO ''
@@ -4490,6 +4634,13 @@ CREATE FUNCTION core.scope_rank(p_scope text) RETURNS integer
     SET search_path TO ''
     AS $$
     SELECT CASE p_scope WHEN 'read' THEN 1 WHEN 'send' THEN 2 WHEN 'admin' THEN 3 END
+$$;
+
+CREATE FUNCTION core.service_window() RETURNS interval
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT interval '24 hours'
 $$;
 
 CREATE FUNCTION core.staged_count() RETURNS integer
@@ -4538,6 +4689,17 @@ CREATE FUNCTION core.state_rank(p_state text) RETURNS smallint
     END)::pg_catalog.int2
 $$;
 
+CREATE FUNCTION core.stop_marketing(p_outbound_ids bigint[], p_error_codes integer[], p_at timestamp with time zone) RETURNS void
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    UPDATE core.contacts c SET marketing_stopped_at = p_at, updated_at = p_at
+    FROM unnest(p_outbound_ids, p_error_codes) f(outbound_id, error_code)
+    JOIN core.meta_error_codes e ON e.code = f.error_code AND e.stops_marketing
+    JOIN core.outbound_messages o ON o.outbound_id = f.outbound_id
+    WHERE c.contact_id = o.contact_id AND c.marketing_stopped_at IS NULL;
+$$;
+
 CREATE FUNCTION core.sweep_sends() RETURNS jsonb
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -4566,7 +4728,7 @@ BEGIN
     SELECT coalesce(sum(n), 0) INTO v_settled FROM counted;
     FOR v_queue IN
         SELECT m.queue_name FROM pgmq.meta m
-        JOIN core.campaigns c ON m.queue_name = 'c_' || c.campaign_id
+        JOIN core.campaigns c ON c.campaign_id = core.queue_campaign_id(m.queue_name)
         WHERE c.status IN ('completed', 'cancelled')
           AND coalesce(c.completed_at, c.cancelled_at) < now() - interval '1 day'
     LOOP
@@ -4604,12 +4766,69 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION core.take_in_flight(p_batch core.claimed[], p_tenant_id bigint, p_number_id bigint, p_now timestamp with time zone) RETURNS core.claimed[]
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_dropped integer;
+    v_batch core.claimed[];
+BEGIN
+    IF cardinality(p_batch) = 0 THEN
+        RETURN p_batch;
+    END IF;
+    PERFORM core.cancel_opted_out(p_batch, p_tenant_id, p_number_id);
+    WITH settled AS (
+        SELECT b.queue_name, b.msg_id FROM unnest(p_batch) b
+        LEFT JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+        WHERE o.state IS NULL OR o.state NOT IN ('queued', 'in_flight')
+    )
+    SELECT count(*) INTO v_dropped FROM (
+        SELECT pgmq.delete(s.queue_name, array_agg(s.msg_id)) FROM settled s GROUP BY s.queue_name) d;
+    v_batch := CASE WHEN v_dropped = 0 THEN p_batch
+                    ELSE ARRAY(SELECT b FROM unnest(p_batch) b
+                               JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+                               WHERE o.state IN ('queued', 'in_flight')) END;
+    UPDATE core.outbound_messages o SET state = 'in_flight', attempts = o.attempts + 1, claimed_at = p_now
+    FROM unnest(v_batch) b WHERE o.outbound_id = b.outbound_id AND o.state IN ('queued', 'in_flight');
+    RETURN v_batch;
+END
+$$;
+
+CREATE FUNCTION core.text_body_max() RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT 4096
+$$;
+
 CREATE FUNCTION core.unix_ts(p_value text) RETURNS timestamp with time zone
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     SET search_path TO ''
     AS $_$
     SELECT CASE WHEN p_value ~ '^[0-9]{1,11}$' THEN pg_catalog.to_timestamp(p_value::double precision) END
 $_$;
+
+CREATE FUNCTION core.window_closes_at(p_last_inbound_at timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT p_last_inbound_at + core.service_window()
+$$;
+
+CREATE FUNCTION core.window_open(p_last_inbound_at timestamp with time zone, p_now timestamp with time zone) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT coalesce(p_last_inbound_at > p_now - core.service_window(), false)
+$$;
+
+CREATE FUNCTION core.window_start(p_now timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT p_now - core.service_window()
+$$;
 
 CREATE TABLE core.api_keys (
     api_key_id bigint NOT NULL,
@@ -4859,6 +5078,7 @@ CREATE TABLE core.outbound_messages (
     read_at timestamp with time zone,
     failed_at timestamp with time zone,
     replied_at timestamp with time zone,
+    deferrals smallint DEFAULT 0 NOT NULL,
     CONSTRAINT outbound_messages_kind_valid CHECK ((kind = ANY (ARRAY['campaign'::text, 'reply'::text, 'bot'::text, 'agent'::text, 'llm'::text, 'receipt'::text]))),
     CONSTRAINT outbound_messages_state_valid CHECK ((state = ANY (ARRAY['queued'::text, 'in_flight'::text, 'accepted'::text, 'sent'::text, 'delivered'::text, 'read'::text, 'failed'::text, 'cancelled'::text])))
 );
@@ -4875,8 +5095,8 @@ ALTER TABLE core.outbound_messages ALTER COLUMN outbound_id ADD GENERATED ALWAYS
 CREATE VIEW core.queue_depths AS
  SELECT q.queue_name,
         CASE
-            WHEN ((q.queue_name)::text ~ '^c_[0-9]+$'::text) THEN 'campaign'::character varying
-            WHEN ((q.queue_name)::text ~ '^r_[0-9]+$'::text) THEN 'reply'::character varying
+            WHEN (o.campaign_id IS NOT NULL) THEN 'campaign'::character varying
+            WHEN (o.number_id IS NOT NULL) THEN 'reply'::character varying
             ELSE q.queue_name
         END AS kind,
     c.campaign_id,
@@ -4886,17 +5106,11 @@ CREATE VIEW core.queue_depths AS
     m.queue_visible_length,
     m.oldest_msg_age_sec,
     m.total_messages
-   FROM (((pgmq.meta q
-     LEFT JOIN core.campaigns c ON ((c.campaign_id =
-        CASE
-            WHEN ((q.queue_name)::text ~ '^c_[0-9]{1,18}$'::text) THEN (substr((q.queue_name)::text, 3))::bigint
-            ELSE NULL::bigint
-        END)))
-     LEFT JOIN core.wa_numbers n ON ((n.number_id =
-        CASE
-            WHEN ((q.queue_name)::text ~ '^r_[0-9]{1,18}$'::text) THEN (substr((q.queue_name)::text, 3))::bigint
-            ELSE NULL::bigint
-        END)))
+   FROM ((((pgmq.meta q
+     CROSS JOIN LATERAL ( SELECT core.queue_campaign_id((q.queue_name)::text) AS campaign_id,
+            core.queue_number_id((q.queue_name)::text) AS number_id) o)
+     LEFT JOIN core.campaigns c ON ((c.campaign_id = o.campaign_id)))
+     LEFT JOIN core.wa_numbers n ON ((n.number_id = o.number_id)))
      CROSS JOIN LATERAL pgmq.metrics((q.queue_name)::text) m(queue_name, queue_length, newest_msg_age_sec, oldest_msg_age_sec, total_messages, scrape_time, queue_visible_length, default_partition_length));
 
 COMMENT ON VIEW core.queue_depths IS 'Every pgmq queue with its kind (campaign, reply, webhooks, ...), campaign or number, messages waiting (all and visible now), the oldest message''s age in seconds and messages ever sent.';
@@ -4922,8 +5136,10 @@ CREATE TABLE core.settings (
     api_rate_limit_per_minute integer DEFAULT 600 NOT NULL,
     bot_match_prefix_chars integer DEFAULT 1024 NOT NULL,
     throttle_hold_ms integer DEFAULT 250 NOT NULL,
+    capped_retry_days smallint DEFAULT 3 NOT NULL,
     CONSTRAINT settings_api_rate_limit_valid CHECK (((api_rate_limit_per_minute >= 1) AND (api_rate_limit_per_minute <= 1000000))),
     CONSTRAINT settings_bot_match_prefix_valid CHECK (((bot_match_prefix_chars >= 500) AND (bot_match_prefix_chars <= 100000))),
+    CONSTRAINT settings_capped_retry_days_valid CHECK (((capped_retry_days >= 0) AND (capped_retry_days <= 30))),
     CONSTRAINT settings_claim_timeout_valid CHECK (((claim_timeout_s >= 5) AND (claim_timeout_s <= 3600))),
     CONSTRAINT settings_max_attempts_valid CHECK (((max_attempts >= 1) AND (max_attempts <= 50))),
     CONSTRAINT settings_pace_horizon_valid CHECK (((pace_horizon_ms >= 10) AND (pace_horizon_ms <= 5000))),
@@ -4937,6 +5153,8 @@ CREATE TABLE core.settings (
 COMMENT ON COLUMN core.settings.bot_match_prefix_chars IS 'Bot rules see at most this many leading characters of the normalised inbound text.';
 
 COMMENT ON COLUMN core.settings.throttle_hold_ms IS 'After a throughput error (core.meta_error_codes.throttles) a number sends nothing for this long; the worker hands back what it holds for the number that was due before the hold ends.';
+
+COMMENT ON COLUMN core.settings.capped_retry_days IS 'How many times a message Meta withheld under the per-user marketing cap (131049) is tried again, a day apart, before it fails for good.';
 
 CREATE TABLE core.status_events (
     wamid text NOT NULL,
@@ -5118,6 +5336,8 @@ CREATE INDEX campaigns_scheduled_due ON core.campaigns USING btree (scheduled_at
 CREATE INDEX campaigns_tenant_campaign ON core.campaigns USING btree (tenant_id, campaign_id);
 
 CREATE INDEX campaigns_tenant_created ON core.campaigns USING btree (tenant_id, created_at DESC);
+
+CREATE INDEX contacts_marketing_stopped ON core.contacts USING btree (tenant_id) WHERE (marketing_stopped_at IS NOT NULL);
 
 CREATE INDEX contacts_opted_out ON core.contacts USING btree (tenant_id, opted_out_at) WHERE opted_out;
 

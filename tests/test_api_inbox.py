@@ -101,3 +101,26 @@ def test_bot_rules_opt_out_words_and_llm_settings_are_managed_over_http(inbox: I
     llm = client.post(f"/v1/numbers/{inbox.number_id}/llm", json={"enabled": True, "daily_limit": 50})
     assert llm.status_code == 200, llm.text
     assert (llm.json()["llm_enabled"], llm.json()["daily_limit"]) == (True, 50)
+
+
+def test_the_llm_route_and_its_document_take_their_ranges_from_api_llm_bounds(
+        inbox: Inbox, client: TestClient) -> None:
+    bounds = {s: (kind, low, high) for s, kind, low, high in
+              inbox.db.execute("SELECT setting, type, minimum, maximum FROM api.llm_bounds()")}
+    path = "/v1/numbers/{number_id}/llm"
+    body = client.get("/openapi.json").json()["paths"][path]["post"]["requestBody"]
+    fields = body["content"]["application/json"]["schema"]["properties"]
+    for setting, (kind, low, high) in bounds.items():
+        shown = ((fields[setting].get("minLength", 0), fields[setting]["maxLength"]) if kind == "string"
+                 else (fields[setting]["minimum"], fields[setting]["maximum"]))
+        assert shown == (low, high), setting
+    url = path.format(number_id=inbox.number_id)
+    for setting in ("daily_limit", "context_messages", "number_daily_limit"):
+        _, low, high = bounds[setting]
+        assert client.post(url, json={setting: high}).json()[setting] == high
+        for bad in (low - 1, high + 1):
+            refused = client.post(url, json={setting: bad})
+            assert refused.status_code == 400 and refused.json()["error"]["code"] == "PW100", refused.text
+            assert setting in refused.json()["error"]["message"], refused.text
+    too_long = client.post(url, json={"system_prompt": "x" * (bounds["system_prompt"][2] + 1)})
+    assert too_long.status_code == 400 and "system_prompt" in too_long.json()["error"]["message"]

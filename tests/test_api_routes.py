@@ -164,7 +164,7 @@ def test_a_campaign_is_created_from_a_csv_body_with_parameters_in_the_query(db: 
     assert (created["status"], created["total"], created["skipped_invalid"]) == ("running", 50, 1)
     campaign = factories.campaign(db, created["campaign_id"])
     assert campaign["tenant_id"] == tenant.acc.tenant_id and campaign["name"] == "spring"
-    assert len(factories.queue(db, f"c_{created['campaign_id']}")) == 50
+    assert len(factories.queue(db, factories.campaign_queue(db, created['campaign_id']))) == 50
 
 
 def test_a_campaign_is_created_from_a_multipart_upload_with_a_params_field(db: psycopg.Connection,

@@ -29,12 +29,12 @@ def assert_nothing_left_behind(db: psycopg.Connection) -> None:
     counts = db.execute("""
         SELECT (SELECT count(*) FROM core.campaigns), (SELECT count(*) FROM core.campaign_templates),
                (SELECT count(*) FROM core.contacts), (SELECT count(*) FROM core.outbound_messages),
-               (SELECT count(*) FROM pgmq.meta WHERE queue_name LIKE 'c\\_%')""").fetchone()
+               (SELECT count(*) FROM pgmq.meta WHERE core.queue_campaign_id(queue_name) IS NOT NULL)""").fetchone()
     assert counts == (0, 0, 0, 0, 0)
 
 
 def queued_messages(db: psycopg.Connection, campaign_id: int) -> list[dict]:
-    return [m["message"] for m in f.queue(db, f"c_{campaign_id}")]
+    return [m["message"] for m in f.queue(db, f.campaign_queue(db, campaign_id))]
 
 
 # -- create_campaign: phones -----------------------------------------------------------
@@ -91,7 +91,7 @@ def test_skip_sends_to_the_valid_rows_and_returns_the_invalid_ones(db: psycopg.C
     c = f.campaign(db, created["campaign_id"])
     assert (c["total"], c["skipped_invalid"], c["status"]) == (5, 1, "draft")
     assert db.execute("SELECT count(*) FROM core.outbound_messages").fetchone()[0] == 5
-    assert len(f.queue(db, f"c_{created['campaign_id']}")) == 5
+    assert len(f.queue(db, f.campaign_queue(db, created['campaign_id']))) == 5
     # The staged list is consumed: the same upload cannot create a second campaign.
     with pytest.raises(psycopg.Error) as again:
         db.execute("SELECT api.create_campaign(%s, %s, 'again', %s::jsonb)",
@@ -207,7 +207,7 @@ def test_columns_and_constants_render_into_the_request_exactly_as_meta_expects(d
                       "components": [{"type": "body", "parameters": [{"type": "text", "text": "Bob"}]}]},
          "biz_opaque_callback_data": f"c{cid}:{requests[1]['outbound_id']}"}]
     assert {(r["phone_number_id"], r["access_token"], r["path"], r["queue_name"]) for r in requests} == {
-        (acc.phone_number_id, acc.access_token, f"v21.0/{acc.phone_number_id}/messages", f"c_{cid}")}
+        (acc.phone_number_id, acc.access_token, f"v21.0/{acc.phone_number_id}/messages", f.campaign_queue(db, cid))}
 
 
 def test_a_template_without_parameters_is_sent_without_components(db: psycopg.Connection) -> None:
@@ -308,7 +308,7 @@ def test_paused_campaign_leaves_other_campaigns_of_the_number_sending(db: psycop
     acc = f.account(db)
     paused, other = f.running_campaign(db, acc, 5), f.running_campaign(db, acc, f.contacts(5, base=100))
     db.execute("SELECT api.pause_campaign(%s, %s)", (acc.tenant_id, paused))
-    assert {r["queue_name"] for r in f.claim_all(db)} == {f"c_{other}"}
+    assert {r["queue_name"] for r in f.claim_all(db)} == {f.campaign_queue(db, other)}
 
 
 def test_cancel_withdraws_queued_messages_and_counts_them(db: psycopg.Connection) -> None:
@@ -317,7 +317,7 @@ def test_cancel_withdraws_queued_messages_and_counts_them(db: psycopg.Connection
     assert db.execute("SELECT api.cancel_campaign(%s, %s)", (acc.tenant_id, cid)).fetchone()[0] == "cancelled"
     c = f.campaign(db, cid)
     assert (c["status"], c["cancelled"], c["cancelled_at"] is not None) == ("cancelled", 10, True)
-    assert f.queue(db, f"c_{cid}") == []
+    assert f.queue(db, f.campaign_queue(db, cid)) == []
     assert db.execute("SELECT array_agg(DISTINCT state) FROM core.outbound_messages").fetchone()[0] == ["cancelled"]
     assert f.claim_all(db) == []
     raises(db, "PW301", "SELECT api.cancel_campaign(%s, %s)", (acc.tenant_id, cid))
@@ -328,11 +328,11 @@ def test_cancel_lets_messages_already_claimed_finish(db: psycopg.Connection) -> 
     cid = f.running_campaign(db, acc, 10)
     held = f.claim_all(db, 3)
     db.execute("SELECT api.cancel_campaign(%s, %s)", (acc.tenant_id, cid))
-    assert sorted(m["message"]["o"] for m in f.queue(db, f"c_{cid}")) == sorted(r["outbound_id"] for r in held)
+    assert sorted(m["message"]["o"] for m in f.queue(db, f.campaign_queue(db, cid))) == sorted(r["outbound_id"] for r in held)
     assert f.report(db, [f.ok(r) for r in held])["accepted"] == 3
     c = f.campaign(db, cid)
     assert (c["status"], c["cancelled"], c["sent"], c["finished"]) == ("cancelled", 7, 3, 3)
-    assert f.queue(db, f"c_{cid}") == []
+    assert f.queue(db, f.campaign_queue(db, cid)) == []
 
 
 def test_messages_held_at_cancel_that_come_back_are_cancelled_not_requeued(db: psycopg.Connection) -> None:
@@ -345,7 +345,7 @@ def test_messages_held_at_cancel_that_come_back_are_cancelled_not_requeued(db: p
     assert states == ["cancelled", "cancelled", "cancelled", "accepted"]
     c = f.campaign(db, cid)
     assert (c["status"], c["cancelled"], c["sent"], c["finished"]) == ("cancelled", 9, 1, 1)
-    assert f.queue(db, f"c_{cid}") == []
+    assert f.queue(db, f.campaign_queue(db, cid)) == []
     assert db.execute("SELECT count(*) FROM core.outbound_messages WHERE state = 'queued'").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM core.notifications").fetchone()[0] == 0
 

@@ -64,7 +64,7 @@ def test_campaign_create_uploads_a_csv_and_the_tables_show_it(run, db: psycopg.C
     assert "30 messages queued" in out and "1 invalid" in out and "row 32" in out
     campaign = factories.campaign(db, campaign_id)
     assert (campaign["name"], campaign["status"], campaign["total"]) == ("Spring", "draft", 30)
-    first = factories.queue(db, f"c_{campaign_id}")[0]["message"]
+    first = factories.queue(db, factories.campaign_queue(db, campaign_id))[0]["message"]
     assert first["p"] == ["Name 0", "A-0", "ACME"]
 
     assert run("campaign", "start", str(campaign_id), "--tenant", str(acc.tenant_id))[1].strip() == \

@@ -264,4 +264,5 @@ def test_a_read_receipt_and_an_agent_reply_reach_the_simulator(db_url: str, sim,
         assert [(e["to"], e["type"]) for e in ledger] == [(alice, "text")]
         assert db.execute("SELECT wamid = %s FROM core.outbound_messages WHERE outbound_id = %s",
                           (ledger[0]["wamid"], outbound_id)).fetchone()[0]
-        assert db.execute(f"SELECT count(*) FROM pgmq.q_r_{inbox.number_id}").fetchone()[0] == 0
+        assert db.execute("SELECT queue_length FROM pgmq.metrics(core.reply_queue(%s))",
+                          (inbox.number_id,)).fetchone()[0] == 0

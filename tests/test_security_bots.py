@@ -1,7 +1,7 @@
 """Hostile input to the bots and the LLM (issue 11): regex rules outside the safe subset
 are refused at save, over HTTP and in SQL; rules see a bounded prefix of a huge message;
-rules saved before the subset are disabled with a notification; LLM calls are capped per
-number and UTC day; an opt-out cancels a queued or in-flight LLM job."""
+LLM calls are capped per number and UTC day; an opt-out cancels a queued or in-flight LLM
+job."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from pgwa.config import ROOT
 from tests.api_support import live_server, new_tenant
 from tests.fake_llm import FakeLLM
 from tests.test_bots import Inbox, sqlstate
@@ -133,24 +132,6 @@ def test_a_huge_message_is_matched_on_its_prefix_only(inbox: Inbox) -> None:
     # The bound is what hides the tail: with a longer prefix the first rule answers.
     inbox.db.execute("UPDATE core.settings SET bot_match_prefix_chars = 100000")
     assert inbox.match(body[-90_000:]) == beyond
-
-
-def test_rules_saved_before_the_subset_are_disabled_with_one_notification(inbox: Inbox) -> None:
-    good = save(inbox, "^HELP$")
-    # As stored before migration 0080 (no api function would save them now).
-    legacy = [inbox.db.execute(
-        "INSERT INTO core.bot_rules (number_id, kind, pattern, priority, reply, enabled, match_text) "
-        "VALUES (%s, 'regex', %s, 10, %s, true, %s) RETURNING rule_id",
-        (inbox.number_id, p, Jsonb(REPLY), p)).fetchone()[0] for p in (r"(A|AA)*\1$", "(?=X)X", "A{1,200}")]
-    migration = (ROOT / "db" / "migrations" / "0081_disable_unsafe_regex_rules.sql").read_text()
-    for _ in range(2):                                      # a second run changes nothing
-        inbox.db.execute(migration)
-    enabled = dict(inbox.db.execute("SELECT rule_id, enabled FROM core.bot_rules").fetchall())
-    assert enabled == {good: True, **{r: False for r in legacy}}
-    (details,) = inbox.db.execute("SELECT details FROM core.notifications WHERE tenant_id = %s "
-                                  "AND kind = 'bot_rules_disabled'", (inbox.tenant_id,)).fetchone()
-    assert [r["rule_id"] for r in details["rules"]] == legacy
-    assert inbox.match("AAAA") is None                      # disabled rules never run
 
 
 # --- LLM: opt-out cancels, number cap -------------------------------------------------

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from pgwa import cli
-from pgwa.stack import free_port
+from pgwa.local.stack import free_port
 from tests.api_support import Tenant, live_server, new_tenant
 
 NEW_PNID, NEW_DISPLAY, NEW_NAME = "770000001", "+1 555-010-0001", "Bravo Coffee"

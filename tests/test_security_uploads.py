@@ -30,7 +30,7 @@ from tests.api_support import Tenant, live_server, new_tenant
 from worker.db import Database
 from worker.sender import Sender
 
-NO_TEMPORARY = ROOT / "db" / "migrations" / "0066_no_temporary_for_clients.sql"
+NO_TEMPORARY = ROOT / "db" / "migrations" / "0086_baseline" / "09_roles.sql"
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -41,7 +41,7 @@ def production_privileges(db: psycopg.Connection) -> None:
 
     A test database is a clone of the migrated template, and CREATE DATABASE ... TEMPLATE
     does not copy database privileges: the clone gets PostgreSQL's defaults (TEMPORARY for
-    PUBLIC). So the migration that revokes it is run again here, the very file;
+    PUBLIC). So the baseline's roles file, which revokes it, is run again here;
     test_a_migrated_database_gives_client_roles_no_temporary_objects checks migrate did.
     """
     db.execute(NO_TEMPORARY.read_text())

@@ -196,9 +196,9 @@ def test_a_status_for_a_wamid_not_sent_yet_never_moves_another_tenants_message(
     p.process()
     # A's worker reports the send with that wamid; then A's genuine delivery arrives.
     p.db.execute("""SELECT api.report_sends(jsonb_build_array(jsonb_build_object(
-                        'outbound_id', %s::bigint, 'queue_name', %s::text, 'msg_id', 0,
+                        'outbound_id', %s::bigint, 'queue_name', core.reply_queue(%s), 'msg_id', 0,
                         'wamid', %s::text, 'message_status', 'accepted')))""",
-                 (outbound_id, f"r_{p.a_number}", future))
+                 (outbound_id, p.a_number, future))
     assert post(receiver, statuses_payload(status(future, "delivered"), phone_number_id=A_NUMBER), PLATFORM) == 200
     p.process()
     assert p.one("SELECT state, error_code FROM core.outbound_messages WHERE outbound_id = %s",

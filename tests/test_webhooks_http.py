@@ -22,7 +22,7 @@ from api.app import create_app
 from api.signature import sign
 from api.webhooks import MAX_BODY, WhatsAppWebhook
 from pgwa.config import Settings
-from pgwa.stack import free_port
+from pgwa.local.stack import free_port
 from tests.test_webhooks_payloads import status, statuses_payload, wamid
 
 SECRETS = ("current-secret", "previous-secret")
