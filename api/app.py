@@ -9,7 +9,10 @@ itself.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
+import logging
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 
@@ -23,6 +26,27 @@ from api.webhooks import PATH, GroupCommitter, WhatsAppWebhook
 from pgwa.config import Settings
 
 SIGNERS = "SELECT app_secret, signer, waba_ids FROM api.webhook_signers()"
+HEARTBEAT = "SELECT api.receiver_heartbeat()"
+HEARTBEAT_RETRY_S = 1.0
+
+log = logging.getLogger("pgwa.api")
+
+
+async def beat(pool) -> None:
+    """Tell the database, as often as it asks, that Meta's webhooks are being answered.
+
+    The worker resends a message whose answer was lost only once the webhook stream has
+    caught up past it; a gap in these beats is an outage during which Meta's statuses
+    went unanswered (api.receiver_heartbeat).
+    """
+    while True:
+        try:
+            async with pool.connection() as conn:
+                interval = (await (await conn.execute(HEARTBEAT)).fetchone())[0]
+        except Exception as exc:  # noqa: BLE001 (the database is away: the gap is the record)
+            log.warning("receiver heartbeat failed (%s); retrying", type(exc).__name__)
+            interval = HEARTBEAT_RETRY_S
+        await asyncio.sleep(interval)
 
 
 class PgwaApp(Starlette):
@@ -63,7 +87,13 @@ def create_app(settings: Settings | None = None, routes: Sequence[BaseRoute] = (
             # the event loop, every second or so at 15,000 webhooks/s, without this).
             gc.collect()
             gc.freeze()
-            yield
+            heart = asyncio.create_task(beat(json_api.pool), name="receiver-heartbeat")
+            try:
+                yield
+            finally:
+                heart.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heart
         finally:
             await json_api.stop()
             await committer.stop()

@@ -16,6 +16,10 @@ VERSION = "0.1.0"
 
 _INT = {"type": "integer", "minimum": 1, "maximum": (1 << 63) - 1}
 _TS = {"type": ["string", "null"], "format": "date-time"}
+TIERS = ["TIER_50", "TIER_250", "TIER_1K", "TIER_2K", "TIER_10K", "TIER_100K", "TIER_UNLIMITED"]
+_DAYS_AT_LIMIT = {"type": ["integer", "null"],
+                  "description": "Days the messages need at the portfolio's messaging limit (unique users "
+                                 "per moving 24 hours); null: unlimited."}
 
 
 def _ref(name: str) -> dict:
@@ -50,6 +54,16 @@ SCHEMAS: dict[str, dict] = {
                    rate_mps={"type": "number"}, quality_rating={"type": ["string", "null"]},
                    paused_reason={"type": ["string", "null"]}, has_app_secret={"type": "boolean"},
                    created_at=_TS),
+    "Portfolio": _obj(portfolio_id=_INT, business_id={"type": "string", "description":
+                                                          "Meta's business portfolio id (until known, the WABA's)."},
+                      tier={"type": ["string", "null"], "enum": [*TIERS, None]},
+                      messaging_limit={"type": ["integer", "null"],
+                                       "description": "Unique users per moving 24 hours; null: unlimited."},
+                      used_24h={"type": ["integer", "null"], "description":
+                                "Unique users messaged business-initiated in the last 24 hours (null: unlimited)."},
+                      budget_wait_until={**_TS, "description": "Messages to new users wait until then; null: "
+                                                               "they do not wait."},
+                      number_ids={"type": "array", "items": _INT}),
     "Template": _obj(template_id=_INT, waba_id={"type": "string"}, name={"type": "string"},
                      language={"type": "string"}, category={"type": ["string", "null"]},
                      status={"type": "string"}, body_param_count={"type": "integer"},
@@ -70,7 +84,8 @@ SCHEMAS: dict[str, dict] = {
                      progress={"type": "number"}, created_at=_TS, started_at=_TS, completed_at=_TS),
     "CampaignCreated": _obj(campaign_id=_INT, status={"type": "string"}, total={"type": "integer"},
                             skipped_invalid={"type": "integer"}, skipped_opted_out={"type": "integer"},
-                            duplicates_removed={"type": "integer"}, invalid_rows={"type": "array"}),
+                            duplicates_removed={"type": "integer"}, invalid_rows={"type": "array"},
+                            days_at_limit=_DAYS_AT_LIMIT),
     "CampaignStats": _obj(campaign_id=_INT, name={"type": "string"}, status={"type": "string"},
                           total={"type": "integer"}, queued={"type": "integer"}, sent={"type": "integer"},
                           delivered={"type": "integer"}, read={"type": "integer"},
@@ -78,7 +93,17 @@ SCHEMAS: dict[str, dict] = {
                           delivery_rate={"type": ["number", "null"]}, read_rate={"type": ["number", "null"]},
                           reply_rate={"type": ["number", "null"]}, failure_rate={"type": ["number", "null"]},
                           templates={"type": "array"}, errors={"type": "array"},
-                          errors_by_category={"type": "array"}, timeline={"type": "array"}),
+                          errors_by_category={"type": "array"}, timeline={"type": "array"},
+                          waiting_for={"type": ["string", "null"], "enum": ["messaging_limit", None],
+                                       "description": "messaging_limit: the portfolio's budget of new users "
+                                                      "is spent; the campaign resumes at resumes_at."},
+                          resumes_at=_TS,
+                          messaging_limit={"type": ["integer", "null"],
+                                           "description": "The portfolio's; null: unlimited."},
+                          days_at_limit=_DAYS_AT_LIMIT,
+                          retrying={"type": ["integer", "null"], "description":
+                                    "Messages Meta withheld under its per-user marketing cap (131049), "
+                                    "tried again a day later."}),
     "CampaignStatus": _obj(["campaign_id", "status"], campaign_id=_INT, status={"type": "string"}),
     "CounterDrift": _obj(scope={"type": "string"}, key={"type": "string"}, counter={"type": "string"},
                          maintained={"type": "integer"}, actual={"type": "integer"},
@@ -215,6 +240,16 @@ PATHS: dict[str, dict[str, dict]] = {
                                          display_phone_number={"type": "string", "description":
                                                                "Ignored: Meta's display number is stored."}))),
     },
+    "/v1/portfolios": {"get": _op(
+        "portfolios", "The tenant's business portfolios: messaging-limit tier, the unique users messaged "
+        "in the last 24 hours, until when new users wait", _list("Portfolio"))},
+    "/v1/numbers/{number_id}/messaging-limit": {"put": _op(
+        "set_messaging_limit", "Set the messaging-limit tier of the number's portfolio (and with business_id, "
+        "which business portfolio its WABA is in)", _ref("Portfolio"), params=[_NUMBER_ID],
+        body=_json_body(_obj(["tier"], tier={"type": "string", "enum": TIERS},
+                             business_id={"type": "string", "pattern": "^[0-9]{1,32}$",
+                                          "description": "Meta's business portfolio id: WABAs given one id "
+                                                         "share one limit."})))},
     "/v1/templates": {"get": _op("templates", "List templates", _list("Template"), params=[
         _param("waba_id", "query", {"type": "string"}), _param("status", "query", {"type": "string"})])},
     "/v1/templates/sync": {"post": _op(

@@ -66,6 +66,11 @@ PREPARE_NUMBER = """SELECT a.tenant_id, api.prepare_number_registration(
 FROM (SELECT api.authenticate(%(key)s, %(scope)s) AS tenant_id) a"""
 TEMPLATES = """SELECT coalesce(json_agg(t), '[]')::text
 FROM api.templates(api.authenticate(%(key)s, %(scope)s), %(waba_id)s::text, %(status)s::text) t"""
+PORTFOLIOS = """SELECT coalesce(json_agg(p ORDER BY p.portfolio_id), '[]')::text
+FROM api.portfolios(api.authenticate(%(key)s, %(scope)s)) p"""
+SET_MESSAGING_LIMIT = """SELECT row_to_json(p)::text
+FROM api.set_messaging_limit(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(tier)s::text,
+                             %(business_id)s::text) p"""
 CREDENTIALS = """SELECT a.tenant_id, c.waba_id, c.access_token, c.graph_api_version
 FROM (SELECT api.authenticate(%(key)s, %(scope)s) AS tenant_id) a,
      api.graph_credentials(a.tenant_id, %(number_id)s::bigint) c"""
@@ -279,12 +284,12 @@ CONVERSATION_PATH = "/v1/numbers/{number_id}/conversations/{contact_id}"
 # The scope each route's key needs, by endpoint, decided here once: every statement passes
 # it to api.authenticate, which grants it in SQL (read < send < admin, each implying the
 # ones below). read: GET routes; send: what sends or changes campaigns, contacts, templates,
-# the inbox and notifications; admin: numbers and their credentials, automation settings,
-# bot rules and keys. tests/test_security_keys.py checks every /v1 route is listed.
+# the inbox and notifications; admin: numbers and their credentials and messaging limits,
+# automation settings, bot rules and keys. tests/test_security_keys.py checks every /v1 route is listed.
 
 READ, SEND, ADMIN = "read", "send", "admin"
 ROUTE_SCOPES: dict[str, str] = {
-    "numbers": READ, "register_number": ADMIN,
+    "numbers": READ, "register_number": ADMIN, "portfolios": READ, "set_messaging_limit": ADMIN,
     "templates": READ, "sync_templates": SEND,
     "contacts": READ, "import_contacts": SEND, "opt_out": SEND, "opt_in": SEND,
     "campaigns": READ, "create_campaign": SEND, "campaign_stats": READ, "start_campaign": SEND,
@@ -378,6 +383,8 @@ class JsonApi:
         return [
             Route("/v1/numbers", self.numbers, methods=["GET"]),
             Route("/v1/numbers", self.register_number, methods=["POST"]),
+            Route("/v1/portfolios", self.portfolios, methods=["GET"]),
+            Route("/v1/numbers/{number_id}/messaging-limit", self.set_messaging_limit, methods=["PUT"]),
             Route("/v1/templates", self.templates, methods=["GET"]),
             Route("/v1/templates/sync", self.sync_templates, methods=["POST"]),
             Route("/v1/contacts", self.contacts, methods=["GET"]),
@@ -444,6 +451,17 @@ class JsonApi:
             number_id = (await (await conn.execute(queries["register_number"], {
                 **params, "tenant_id": tenant_id, "verified": orjson.dumps(verified).decode()})).fetchone())[0]
         return Response(orjson.dumps({"number_id": number_id}), status_code=201, media_type=JSON)
+
+    async def portfolios(self, request: Request) -> Response:
+        return await self._json(request, PORTFOLIOS, {})
+
+    async def set_messaging_limit(self, request: Request) -> Response:
+        body = await _json_body(request)
+        # api.set_messaging_limit checks the tier's and the business id's values (PW100).
+        return await self._json(request, SET_MESSAGING_LIMIT, {
+            "number_id": _path_id(request, "number_id"),
+            "tier": _field(body, "tier", required=True, limit=32),
+            "business_id": _field(body, "business_id", limit=64)})
 
     async def templates(self, request: Request) -> Response:
         return await self._json(request, TEMPLATES, {"waba_id": _query(request, "waba_id"),

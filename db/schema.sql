@@ -46,7 +46,8 @@ CREATE TYPE api.campaign_created AS (
 	skipped_invalid integer,
 	skipped_opted_out integer,
 	duplicates_removed integer,
-	invalid_rows jsonb
+	invalid_rows jsonb,
+	days_at_limit integer
 );
 
 CREATE TYPE api.campaign_stats AS (
@@ -77,7 +78,12 @@ CREATE TYPE api.campaign_stats AS (
 	templates jsonb,
 	errors jsonb,
 	errors_by_category jsonb,
-	timeline jsonb
+	timeline jsonb,
+	waiting_for text,
+	resumes_at timestamp with time zone,
+	messaging_limit integer,
+	days_at_limit integer,
+	retrying integer
 );
 
 CREATE TYPE api.campaign_summary AS (
@@ -255,6 +261,16 @@ CREATE TYPE api.opt_out_settings AS (
 	opt_in_reply text
 );
 
+CREATE TYPE api.portfolio AS (
+	portfolio_id bigint,
+	business_id text,
+	tier text,
+	messaging_limit integer,
+	used_24h integer,
+	budget_wait_until timestamp with time zone,
+	number_ids bigint[]
+);
+
 CREATE TYPE api.reply_queued AS (
 	outbound_id bigint,
 	message_id bigint,
@@ -372,7 +388,8 @@ CREATE TYPE core.send_outcome AS (
 	alert boolean,
 	backoff text,
 	outcome text,
-	requeue_s double precision
+	requeue_s double precision,
+	unsure boolean
 );
 
 CREATE TYPE core.webhook_change AS (
@@ -534,9 +551,19 @@ BEGIN
                        'minute', m.minute, 'sent', m.sent, 'delivered', m.delivered, 'read', m.read,
                        'failed', m.failed, 'replied', m.replied) ORDER BY m.minute), '[]')
             FROM (SELECT * FROM core.campaign_minutes cm WHERE cm.campaign_id = c.campaign_id
-                  ORDER BY cm.minute DESC LIMIT 1440) m)
+                  ORDER BY cm.minute DESC LIMIT 1440) m),
+           -- Its messages to new users wait while the portfolio's messaging limit is spent.
+           CASE WHEN c.status = 'running' AND c.total > c.finished + c.cancelled AND p.budget_wait_until > now()
+                THEN 'messaging_limit' END,
+           CASE WHEN c.status = 'running' AND c.total > c.finished + c.cancelled AND p.budget_wait_until > now()
+                THEN p.budget_wait_until END,
+           p.messaging_limit,
+           ceil(greatest(c.total - c.finished - c.cancelled, 0)::numeric / p.messaging_limit)::integer,
+           c.retrying
     INTO v_stats
     FROM core.campaigns c
+    LEFT JOIN core.wa_numbers n ON n.number_id = c.number_id
+    LEFT JOIN core.portfolios p ON p.portfolio_id = n.portfolio_id
     WHERE c.campaign_id = p_campaign_id AND c.tenant_id = p_tenant_id;
     IF v_stats.campaign_id IS NULL THEN
         RAISE EXCEPTION 'campaign % not found', p_campaign_id
@@ -546,7 +573,7 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.campaign_stats(p_tenant_id bigint, p_campaign_id bigint) IS 'Analytics of one campaign from maintained counters, in one query: the funnel (total, queued, sent, delivered, read, replied, failed, cancelled), rates, per-template counters, failures by Meta error code and by category, and a per-minute timeline (latest 1,440 minutes). Raises PW201 when the tenant has no such campaign.';
+COMMENT ON FUNCTION api.campaign_stats(p_tenant_id bigint, p_campaign_id bigint) IS 'Analytics of one campaign from maintained counters, in one query: the funnel (total, queued, sent, delivered, read, replied, failed, cancelled), rates, per-template counters, failures by Meta error code and by category, a per-minute timeline (latest 1,440 minutes), and what it waits for: waiting_for ''messaging_limit'' with resumes_at while its portfolio''s budget of new users is spent, the portfolio''s messaging_limit and the days_at_limit its queued messages still need; retrying counts the messages Meta withheld under the per-user marketing cap (131049) that wait for their next try a day later. Raises PW201 when the tenant has no such campaign.';
 
 CREATE FUNCTION api.campaigns(p_tenant_id bigint, p_status text DEFAULT NULL::text, p_before_id bigint DEFAULT NULL::bigint, p_limit integer DEFAULT 50) RETURNS SETOF api.campaign_summary
     LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -757,8 +784,7 @@ BEGIN
                                            CASE WHEN v_number.send_tat <= v_now THEN 1 ELSE 0 END));
         CONTINUE WHEN v_budget <= 0;
 
-        v_batch := core.take_in_flight(core.read_number(v_number.number_id, v_budget, v_vt, v_now),
-                                       v_number.tenant_id, v_number.number_id, v_now);
+        v_batch := core.take_in_flight(core.read_number(v_number.number_id, v_budget, v_vt, v_now), v_number, v_now);
         CONTINUE WHEN cardinality(v_batch) = 0;
 
         UPDATE core.wa_numbers SET send_tat = v_start + make_interval(secs => cardinality(v_batch) / v_rate)
@@ -1285,6 +1311,10 @@ BEGIN
     END IF;
     v_result.campaign_id := v_campaign_id;
     v_result.status := v_status;
+    -- How many days the list needs at the portfolio's messaging limit (NULL: unlimited).
+    v_result.days_at_limit := (SELECT ceil(v_result.total::numeric / p.messaging_limit)::integer
+                               FROM core.wa_numbers n JOIN core.portfolios p ON p.portfolio_id = n.portfolio_id
+                               WHERE n.number_id = p_number_id);
     RETURN v_result;
 END
 $_$;
@@ -1780,6 +1810,16 @@ $$;
 
 COMMENT ON FUNCTION api.pause_campaign(p_tenant_id bigint, p_campaign_id bigint, p_reason text) IS 'Pauses a running or scheduled campaign: no further message of it is claimed (those already claimed finish). Returns the new status. Raises PW201 when not found, PW301 from any other status.';
 
+CREATE FUNCTION api.portfolios(p_tenant_id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS SETOF api.portfolio
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+    SELECT (core.portfolio_row(p.portfolio_id, coalesce(p_now, now()))).*
+    FROM core.portfolios p WHERE p.tenant_id = p_tenant_id ORDER BY p.portfolio_id
+$$;
+
+COMMENT ON FUNCTION api.portfolios(p_tenant_id bigint, p_now timestamp with time zone) IS 'The tenant''s business portfolios (WABAs and numbers sharing one messaging limit): Meta''s tier, the limit of unique users per moving 24 hours (NULL: unlimited), the users messaged business-initiated in the 24 hours before p_now (NULL: the clock), until when messages to new users wait, and the numbers.';
+
 CREATE FUNCTION api.prepare_number_registration(p_tenant_id bigint, p_phone_number_id text, p_waba_id text, p_access_token text, p_throughput_mps integer DEFAULT 80) RETURNS text
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
@@ -1854,6 +1894,32 @@ END
 $$;
 
 COMMENT ON FUNCTION api.read_notifications(p_tenant_id bigint, p_notification_ids bigint[]) IS 'Marks the given notifications of the tenant read (all unread ones when p_notification_ids is null); returns how many were newly marked. Raises PW208, marking nothing, when an id is not one of the tenant''s.';
+
+CREATE FUNCTION api.receiver_heartbeat(p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_now timestamptz := coalesce(p_now, clock_timestamp());
+    v_beat_s integer := (SELECT s.receiver_beat_s FROM core.settings s);
+    v_last timestamptz;
+BEGIN
+    SELECT beat_at INTO v_last FROM core.receiver_beats FOR UPDATE;
+    IF v_last IS NULL THEN
+        INSERT INTO core.receiver_beats (beat_at) VALUES (v_now)
+        ON CONFLICT (singleton) DO UPDATE SET beat_at = greatest(core.receiver_beats.beat_at, excluded.beat_at);
+    ELSE
+        IF v_now - v_last > make_interval(secs => 3 * v_beat_s) THEN
+            INSERT INTO core.receiver_outages (started_at, ended_at) VALUES (v_last, v_now)
+            ON CONFLICT (started_at) DO UPDATE SET ended_at = greatest(core.receiver_outages.ended_at, excluded.ended_at);
+        END IF;
+        UPDATE core.receiver_beats SET beat_at = greatest(beat_at, v_now);
+    END IF;
+    RETURN v_beat_s;
+END
+$$;
+
+COMMENT ON FUNCTION api.receiver_heartbeat(p_now timestamp with time zone) IS 'Called by each webhook receiver every core.settings.receiver_beat_s seconds (returned): records that Meta''s webhooks are being answered, and an outage when no receiver beat for three beats. api.claim_sends resends a message whose answer was lost only once the webhook stream has caught up past it. p_now: the time (NULL: the clock).';
 
 CREATE FUNCTION api.reconcile_campaign(p_tenant_id bigint, p_campaign_id bigint, p_fix boolean DEFAULT false) RETURNS SETOF api.counter_drift
     LANGUAGE plpgsql SECURITY DEFINER
@@ -2041,6 +2107,7 @@ BEGIN
         quality_rating = coalesce(excluded.quality_rating, n.quality_rating),
         paused_reason = NULL
     RETURNING number_id INTO v_id;
+    PERFORM core.place_in_portfolio(v_id);
     IF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = core.reply_queue(v_id)) THEN
         PERFORM pgmq.create(core.reply_queue(v_id));
     END IF;
@@ -2325,6 +2392,45 @@ $$;
 
 COMMENT ON FUNCTION api.set_contact_opt_out(p_tenant_id bigint, p_opted_out boolean, p_contact_id bigint, p_phone text) IS 'Opts a contact of the tenant out of (p_opted_out true) or back into messages, by contact_id or by phone; opting out an unknown phone creates the contact opted out, so that no campaign reaches it. Returns the contact. Raises PW100 unless exactly one of contact_id and phone is given or for a malformed phone, PW204 when the contact is not found.';
 
+CREATE FUNCTION api.set_messaging_limit(p_tenant_id bigint, p_number_id bigint, p_tier text, p_business_id text DEFAULT NULL::text) RETURNS api.portfolio
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+DECLARE
+    v_number core.wa_numbers;
+    v_portfolio bigint;
+BEGIN
+    SELECT * INTO v_number FROM core.wa_numbers WHERE number_id = p_number_id AND tenant_id = p_tenant_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'number % not found', p_number_id
+            USING ERRCODE = 'PW202', HINT = 'List the tenant''s numbers with api.numbers().';
+    END IF;
+    IF p_tier IS NOT NULL AND p_tier NOT IN ('TIER_50', 'TIER_250', 'TIER_1K', 'TIER_2K', 'TIER_10K', 'TIER_100K', 'TIER_UNLIMITED') THEN
+        RAISE EXCEPTION 'tier "%" is not one of Meta''s messaging limit tiers', p_tier
+            USING ERRCODE = 'PW100', COLUMN = 'tier',
+                  HINT = 'TIER_250, TIER_2K, TIER_10K, TIER_100K or TIER_UNLIMITED (as whatsapp_business_manager_messaging_limit says).';
+    END IF;
+    IF p_business_id IS NOT NULL AND p_business_id !~ '^[0-9]{1,32}$' THEN
+        RAISE EXCEPTION 'business_id "%" is not Meta''s numeric id', p_business_id
+            USING ERRCODE = 'PW100', COLUMN = 'business_id', HINT = 'Give the business portfolio''s id from Business Manager.';
+    END IF;
+    v_portfolio := v_number.portfolio_id;
+    IF p_business_id IS NOT NULL THEN
+        INSERT INTO core.portfolios AS p (tenant_id, business_id) VALUES (p_tenant_id, p_business_id)
+        ON CONFLICT ON CONSTRAINT portfolios_tenant_business_unique DO UPDATE SET updated_at = p.updated_at
+        RETURNING p.portfolio_id INTO v_portfolio;
+        UPDATE core.wa_numbers SET portfolio_id = v_portfolio
+        WHERE tenant_id = p_tenant_id AND waba_id = v_number.waba_id;
+    END IF;
+    IF p_tier IS NOT NULL THEN
+        PERFORM core.set_tier(v_portfolio, p_tier);
+    END IF;
+    RETURN core.portfolio_row(v_portfolio, now());
+END
+$_$;
+
+COMMENT ON FUNCTION api.set_messaging_limit(p_tenant_id bigint, p_number_id bigint, p_tier text, p_business_id text) IS 'Sets the messaging-limit tier (TIER_50 .. TIER_UNLIMITED) of the portfolio of a number, and with p_business_id moves the number''s WABA into that business portfolio (WABAs with one business id share one limit). api.claim_sends never starts a conversation with a new user beyond the limit. Returns the portfolio. Raises PW202 when the number is not the tenant''s, PW100 for an unknown tier or a business id that is not numeric.';
+
 CREATE FUNCTION api.stage_contacts() RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
@@ -2491,6 +2597,7 @@ BEGIN
         verified_name = NULL, verified_at = NULL, llm_enabled = false, llm_system_prompt = NULL,
         paused_reason = 'transferred: the new tenant must register the number with its own token'
     WHERE number_id = v_number.number_id;
+    PERFORM core.place_in_portfolio(v_number.number_id);
     DELETE FROM core.bot_rules WHERE number_id = v_number.number_id;
     DELETE FROM core.conversations WHERE number_id = v_number.number_id;
     UPDATE core.outbound_messages SET state = 'cancelled'
@@ -2573,7 +2680,9 @@ BEGIN
         WHERE u.outbound_id IS NOT NULL AND core.state_rank(u.state) IS NOT NULL
     ), events AS (
         SELECT i.outbound_id,
-               (array_agg(i.state ORDER BY core.state_rank(i.state) DESC))[1] AS state,
+               -- Delivered or read outranks failed: if Meta said both, it delivered.
+               (array_agg(i.state ORDER BY i.state IN ('delivered', 'read') DESC, core.state_rank(i.state) DESC))[1]
+                   AS state,
                max(i.wamid) AS wamid,
                min(i.at) FILTER (WHERE i.state = 'accepted') AS accepted_at,
                min(i.at) FILTER (WHERE i.state = 'sent') AS sent_at,
@@ -2591,7 +2700,9 @@ BEGIN
         FOR UPDATE OF o
     ), moved AS (
         UPDATE core.outbound_messages o SET
-            state = CASE WHEN core.state_rank(e.state) > core.state_rank(o.state) THEN e.state ELSE o.state END,
+            state = CASE WHEN core.state_rank(e.state) > core.state_rank(o.state) THEN e.state
+                         WHEN o.state = 'failed' AND e.state IN ('delivered', 'read') THEN e.state
+                         ELSE o.state END,
             wamid = coalesce(o.wamid, e.wamid),
             accepted_at = coalesce(o.accepted_at, e.accepted_at),
             sent_at = coalesce(o.sent_at, e.sent_at),
@@ -2605,6 +2716,7 @@ BEGIN
         FROM events e JOIN locked l USING (outbound_id)
         WHERE o.outbound_id = e.outbound_id
           AND (core.state_rank(e.state) > core.state_rank(o.state)
+               OR (o.state = 'failed' AND e.state IN ('delivered', 'read'))
                OR (e.wamid IS NOT NULL AND o.wamid IS NULL)
                OR (e.accepted_at IS NOT NULL AND o.accepted_at IS NULL)
                OR (e.sent_at IS NOT NULL AND o.sent_at IS NULL)
@@ -2616,9 +2728,11 @@ BEGIN
         SELECT m.campaign_id, m.variant,
                count(*) FILTER (WHERE m.r1 > m.r0) AS moved,
                count(*) FILTER (WHERE m.r0 < 2 AND m.r1 BETWEEN 2 AND 5) AS sent,
-               count(*) FILTER (WHERE m.r0 < 4 AND m.r1 BETWEEN 4 AND 5) AS delivered,
-               count(*) FILTER (WHERE m.r0 < 5 AND m.r1 = 5) AS read,
-               count(*) FILTER (WHERE m.r0 < 6 AND m.r1 = 6) AS failed,
+               -- r0 = 6 and r1 in 4, 5: a failed message revived by a later delivered or read.
+               count(*) FILTER (WHERE (m.r0 < 4 OR m.r0 = 6) AND m.r1 BETWEEN 4 AND 5) AS delivered,
+               count(*) FILTER (WHERE (m.r0 < 5 OR m.r0 = 6) AND m.r1 = 5) AS read,
+               count(*) FILTER (WHERE m.r0 < 6 AND m.r1 = 6)
+               - count(*) FILTER (WHERE m.r0 = 6 AND m.r1 BETWEEN 4 AND 5) AS failed,
                count(*) FILTER (WHERE m.r0 < 2 AND m.r1 >= 2) AS finished
         FROM moved m GROUP BY m.campaign_id, m.variant
     ), per_template AS (
@@ -2627,7 +2741,7 @@ BEGIN
             read = t.read + d.read, failed = t.failed + d.failed
         FROM deltas d
         WHERE t.campaign_id = d.campaign_id AND t.variant = d.variant
-          AND (d.sent + d.delivered + d.read + d.failed) > 0
+          AND (d.sent, d.delivered, d.read, d.failed) <> (0, 0, 0, 0)
     ), per_campaign AS (
         UPDATE core.campaigns c SET
             sent = c.sent + d.sent, delivered = c.delivered + d.delivered, read = c.read + d.read,
@@ -2636,7 +2750,7 @@ BEGIN
                      sum(read)::int AS read, sum(failed)::int AS failed, sum(finished)::int AS finished
               FROM deltas WHERE campaign_id IS NOT NULL GROUP BY campaign_id) d
         WHERE c.campaign_id = d.campaign_id
-          AND (d.sent + d.delivered + d.read + d.failed + d.finished) > 0
+          AND (d.sent, d.delivered, d.read, d.failed, d.finished) <> (0, 0, 0, 0, 0)
     ), minutes AS (
         -- The timeline (api.campaign_stats): each transition in the minute of its event.
         SELECT m.campaign_id, x.minute, sum(x.sent)::int AS sent, sum(x.delivered)::int AS delivered,
@@ -2645,13 +2759,15 @@ BEGIN
         CROSS JOIN LATERAL (VALUES
             (date_trunc('minute', coalesce(m.accepted_at, m.sent_at, m.delivered_at, m.read_at, now())),
              (m.r0 < 2 AND m.r1 BETWEEN 2 AND 5)::int, 0, 0, 0),
-            (date_trunc('minute', coalesce(m.delivered_at, m.read_at, now())), 0, (m.r0 < 4 AND m.r1 BETWEEN 4 AND 5)::int, 0, 0),
-            (date_trunc('minute', coalesce(m.read_at, now())), 0, 0, (m.r0 < 5 AND m.r1 = 5)::int, 0),
-            (date_trunc('minute', coalesce(m.failed_at, now())), 0, 0, 0, (m.r0 < 6 AND m.r1 = 6)::int)
+            (date_trunc('minute', coalesce(m.delivered_at, m.read_at, now())), 0,
+             ((m.r0 < 4 OR m.r0 = 6) AND m.r1 BETWEEN 4 AND 5)::int, 0, 0),
+            (date_trunc('minute', coalesce(m.read_at, now())), 0, 0, ((m.r0 < 5 OR m.r0 = 6) AND m.r1 = 5)::int, 0),
+            (date_trunc('minute', coalesce(m.failed_at, now())), 0, 0, 0,
+             (m.r0 < 6 AND m.r1 = 6)::int - (m.r0 = 6 AND m.r1 BETWEEN 4 AND 5)::int)
         ) AS x(minute, sent, delivered, read, failed)
-        WHERE m.campaign_id IS NOT NULL AND m.r1 > m.r0
+        WHERE m.campaign_id IS NOT NULL AND (m.r1 > m.r0 OR m.r0 = 6)
         GROUP BY m.campaign_id, x.minute
-        HAVING sum(x.sent + x.delivered + x.read + x.failed) > 0
+        HAVING (sum(x.sent), sum(x.delivered), sum(x.read), sum(x.failed)) <> (0, 0, 0, 0)
     ), per_minute AS (
         INSERT INTO core.campaign_minutes AS cm (campaign_id, minute, sent, delivered, read, failed)
         SELECT campaign_id, minute, sent, delivered, read, failed FROM minutes
@@ -2660,11 +2776,13 @@ BEGIN
             sent = cm.sent + excluded.sent, delivered = cm.delivered + excluded.delivered,
             read = cm.read + excluded.read, failed = cm.failed + excluded.failed
     ), per_error AS (
-        -- Final failures by Meta error code (-2: none given, as core.meta_error reads it).
+        -- Final failures by Meta error code (-2: none given, as core.meta_error reads it);
+        -- a revived message no longer counts under the code it failed with.
         INSERT INTO core.campaign_errors AS ce (campaign_id, error_code, category, count)
-        SELECT m.campaign_id, coalesce(m.error_code, -2), coalesce(max(m.error_category), 'unknown'), count(*)::int
+        SELECT m.campaign_id, coalesce(m.error_code, -2), coalesce(max(m.error_category), 'unknown'),
+               sum(CASE WHEN m.r0 = 6 THEN -1 ELSE 1 END)::int
         FROM moved m
-        WHERE m.campaign_id IS NOT NULL AND m.r0 < 6 AND m.r1 = 6
+        WHERE m.campaign_id IS NOT NULL AND ((m.r0 < 6 AND m.r1 = 6) OR (m.r0 = 6 AND m.r1 BETWEEN 4 AND 5))
         GROUP BY m.campaign_id, coalesce(m.error_code, -2)
         ORDER BY 1, 2
         ON CONFLICT (campaign_id, error_code) DO UPDATE SET count = ce.count + excluded.count
@@ -2682,125 +2800,211 @@ CREATE FUNCTION core.app_signer(p_app_secret text) RETURNS text
     FROM core.settings s
 $$;
 
-CREATE FUNCTION core.apply_account_updates(p_changes core.webhook_change[]) RETURNS integer
+CREATE FUNCTION core.apply_account_events(p_changes core.webhook_change[]) RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
 DECLARE
-    v_templates integer;
-    v_numbers integer;
-    v_accounts integer;
+    v_moved bigint[];
     v_notified bigint[];
-    v_more bigint[];
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch
-                   WHERE ch.field IN ('message_template_status_update', 'phone_number_quality_update',
-                                      'account_update')) THEN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'account_update') THEN
         RETURN 0;
     END IF;
-
-    WITH events AS (
-        SELECT DISTINCT ON (t.template_id)
-               t.template_id, ch.entry_at, ch.value AS v,
-               CASE upper(ch.value->>'event') WHEN 'REINSTATED' THEN 'APPROVED'
-                    ELSE upper(ch.value->>'event') END AS status
+    WITH bans AS (
+        SELECT DISTINCT ON (n.number_id) n.number_id, ch.waba_id, ch.entry_at,
+               upper(ch.value->'ban_info'->>'waba_ban_state') AS state, ch.value->'ban_info'->>'waba_ban_date' AS ban_date
         FROM unnest(p_changes) ch
-        -- Only a template of the WABA the entry came through, whatever id it names.
-        JOIN core.templates t
-          ON t.waba_id = ch.waba_id
-         AND (t.meta_template_id = ch.value->>'message_template_id'
-              OR (t.name = ch.value->>'message_template_name'
-                  AND t.language = ch.value->>'message_template_language'))
-        WHERE ch.field = 'message_template_status_update' AND ch.value->>'event' IS NOT NULL
-        ORDER BY t.template_id, ch.entry_at DESC NULLS LAST, ch.ord DESC
-    ), changed AS (
-        UPDATE core.templates t SET
-            status = e.status,
-            status_event_at = coalesce(e.entry_at, t.status_event_at),
-            meta_template_id = coalesce(t.meta_template_id, e.v->>'message_template_id'),
-            updated_at = now()
-        FROM events e
-        WHERE t.template_id = e.template_id
-          AND t.status IS DISTINCT FROM e.status
-          AND (e.entry_at IS NULL OR t.status_event_at IS NULL OR e.entry_at >= t.status_event_at)
-        RETURNING t.tenant_id, t.template_id, t.name, t.language, t.status, e.entry_at, e.v
-    ), notified AS (
-        INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
-        SELECT c.tenant_id, 'template_status',
-               CASE c.status WHEN 'DISABLED' THEN 'critical' ELSE 'warning' END,
-               format('Template %s (%s) is %s: %s', c.name, c.language, c.status,
-                      coalesce(nullif(c.v->>'reason', 'NONE'), 'no reason given')),
-               jsonb_build_object('template_id', c.template_id, 'event', c.v),
-               md5(format('template_status|%s|%s|%s', c.template_id, c.status, c.entry_at))
-        FROM changed c
-        WHERE c.status IN ('PAUSED', 'REJECTED', 'DISABLED')
-        ON CONFLICT DO NOTHING
-        RETURNING tenant_id
-    )
-    SELECT (SELECT count(*) FROM changed), (SELECT array_agg(tenant_id) FROM notified)
-    INTO v_templates, v_notified;
-
-    WITH events AS (
-        SELECT DISTINCT ON (n.number_id)
-               n.number_id, n.tenant_id, ch.entry_at, ch.value AS v, upper(ch.value->>'event') AS event,
-               upper(coalesce(ch.value->>'quality_rating', ch.value->>'current_quality_rating',
-                              CASE upper(ch.value->>'event') WHEN 'FLAGGED' THEN 'RED'
-                                                             WHEN 'UNFLAGGED' THEN 'GREEN' END)) AS rating
-        FROM unnest(p_changes) ch
-        JOIN core.wa_numbers n
-          ON n.waba_id = ch.waba_id
-         AND regexp_replace(n.display_phone_number, '[^0-9]', '', 'g')
-             = regexp_replace(ch.value->>'display_phone_number', '[^0-9]', '', 'g')
-        WHERE ch.field = 'phone_number_quality_update'
+        CROSS JOIN LATERAL core.change_numbers(ch.waba_id, NULL, ch.signer) n
+        WHERE ch.field = 'account_update' AND upper(ch.value->>'event') = 'DISABLED_UPDATE'
+          AND upper(ch.value->'ban_info'->>'waba_ban_state') IN ('DISABLE', 'REINSTATE')
         ORDER BY n.number_id, ch.entry_at DESC NULLS LAST, ch.ord DESC
-    ), changed AS (
-        UPDATE core.wa_numbers n SET quality_rating = e.rating
-        FROM events e
-        WHERE n.number_id = e.number_id AND e.rating IS NOT NULL
-          AND n.quality_rating IS DISTINCT FROM e.rating
-        RETURNING n.number_id
-    ), notified AS (
-        INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
-        SELECT e.tenant_id, 'phone_quality',
-               CASE WHEN e.event = 'FLAGGED' THEN 'critical' ELSE 'warning' END,
-               format('Number %s: %s (messaging limit %s)', e.v->>'display_phone_number', e.event,
-                      coalesce(e.v->>'max_daily_conversations_per_business', e.v->>'current_limit', 'unchanged')),
-               jsonb_build_object('number_id', e.number_id, 'event', e.v),
-               md5(format('phone_quality|%s|%s|%s', e.number_id, e.entry_at, e.v))
-        FROM events e
-        WHERE e.event IN ('FLAGGED', 'DOWNGRADE') OR e.rating = 'RED'
-        ON CONFLICT DO NOTHING
-        RETURNING tenant_id
+    ), moved AS (
+        UPDATE core.wa_numbers n SET
+            paused_reason = CASE
+                WHEN b.state = 'DISABLE' AND o.paused_reason IS NULL
+                    THEN format('waba_disabled: Meta disabled WhatsApp Business Account %s%s', b.waba_id,
+                                coalesce(' on ' || b.ban_date, ''))
+                WHEN b.state = 'REINSTATE' AND o.paused_reason LIKE 'waba\_disabled:%' THEN NULL
+                ELSE o.paused_reason END,
+            ban_event_at = coalesce(b.entry_at, o.ban_event_at)
+        FROM bans b JOIN core.wa_numbers o ON o.number_id = b.number_id
+        WHERE n.number_id = b.number_id
+          AND (b.entry_at IS NULL OR o.ban_event_at IS NULL OR b.entry_at >= o.ban_event_at)
+        RETURNING n.number_id, n.paused_reason IS DISTINCT FROM o.paused_reason AS moved
     )
-    SELECT (SELECT count(*) FROM changed), (SELECT array_agg(tenant_id) FROM notified)
-    INTO v_numbers, v_more;
-    v_notified := v_notified || v_more;
+    SELECT array_agg(m.number_id) FILTER (WHERE m.moved) INTO v_moved FROM moved m;
+    -- Reinstated numbers send again at once.
+    PERFORM pg_notify('pgwa_send', n.number_id::text) FROM core.wa_numbers n
+    WHERE n.number_id = ANY (v_moved) AND n.paused_reason IS NULL;
 
     WITH events AS (
-        SELECT DISTINCT n.tenant_id, ch.waba_id, ch.entry_at, ch.value AS v, upper(ch.value->>'event') AS event
+        SELECT DISTINCT n.tenant_id, ch.waba_id, ch.entry_at, ch.value AS v, upper(ch.value->>'event') AS event,
+               upper(ch.value->'ban_info'->>'waba_ban_state') AS ban_state
         FROM unnest(p_changes) ch
-        JOIN core.wa_numbers n ON n.waba_id = ch.waba_id
+        CROSS JOIN LATERAL core.change_numbers(ch.waba_id, NULL, ch.signer) n
         WHERE ch.field = 'account_update'
     ), notified AS (
         INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
         SELECT e.tenant_id, 'account_update',
-               CASE WHEN e.event IN ('DISABLED_UPDATE', 'ACCOUNT_VIOLATION', 'ACCOUNT_RESTRICTION',
-                                     'ACCOUNT_DELETED', 'ACCOUNT_OFFBOARDED', 'PARTNER_REMOVED',
-                                     'PARTNER_APP_UNINSTALLED')
-                    THEN 'critical' ELSE 'info' END,
-               format('WhatsApp Business Account %s: %s', e.waba_id, coalesce(e.event, 'update')),
+               CASE WHEN e.event = 'DISABLED_UPDATE' AND e.ban_state = 'REINSTATE' THEN 'info'
+                    WHEN e.event IN ('ACCOUNT_VIOLATION', 'ACCOUNT_RESTRICTION', 'DISABLED_UPDATE', 'ACCOUNT_DELETED',
+                                     'ACCOUNT_OFFBOARDED', 'PARTNER_REMOVED', 'PARTNER_APP_UNINSTALLED')
+                        THEN 'critical'
+                    WHEN e.event = 'PARTNER_CLIENT_CERTIFICATION_STATUS_UPDATE'
+                         AND upper(e.v->'partner_client_certification_info'->>'status') IS DISTINCT FROM 'APPROVED'
+                        THEN 'warning'
+                    ELSE 'info' END,
+               format('WhatsApp Business Account %s: %s', e.waba_id, concat_ws('; ', coalesce(e.event, 'update'),
+                      e.v->'violation_info'->>'violation_type',
+                      (SELECT string_agg(concat_ws(' until ', r->>'restriction_type',
+                                                   coalesce(to_char(core.unix_ts(r->>'expiration'), 'YYYY-MM-DD HH24:MI TZ'),
+                                                            r->>'expiration')), ', ')
+                       FROM jsonb_array_elements(CASE jsonb_typeof(e.v->'restriction_info')
+                                                 WHEN 'array' THEN e.v->'restriction_info' ELSE '[]' END) r),
+                      nullif(concat_ws(' ', e.ban_state, e.v->'ban_info'->>'waba_ban_date'), ''),
+                      e.v->>'country',
+                      CASE WHEN e.event = 'DISABLED_UPDATE' AND e.ban_state = 'DISABLE' THEN 'sending paused on its numbers'
+                           WHEN e.event = 'DISABLED_UPDATE' AND e.ban_state = 'REINSTATE' THEN 'sending resumed' END)),
                jsonb_build_object('waba_id', e.waba_id, 'event', e.v),
                md5(format('account_update|%s|%s|%s', e.waba_id, e.entry_at, e.v))
         FROM events e
         ON CONFLICT DO NOTHING
         RETURNING tenant_id
     )
-    SELECT count(*), array_agg(tenant_id) INTO v_accounts, v_more FROM notified;
-    v_notified := v_notified || v_more;
+    SELECT array_agg(tenant_id) INTO v_notified FROM notified;
+    PERFORM core.wake_notified(v_notified);
+    RETURN coalesce(cardinality(v_moved), 0);
+END
+$$;
 
-    -- Wake whoever shows notifications, as core.notify does.
-    PERFORM pg_notify('pgwa_notification', t::text) FROM (SELECT DISTINCT unnest(v_notified) AS t) d;
-    RETURN v_templates + v_numbers + v_accounts;
+CREATE FUNCTION core.apply_account_updates(p_changes core.webhook_change[]) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch
+                   WHERE ch.field IN ('message_template_status_update', 'template_category_update',
+                                      'phone_number_quality_update', 'business_capability_update',
+                                      'account_update', 'user_preferences')) THEN
+        RETURN 0;
+    END IF;
+    RETURN core.apply_template_statuses(p_changes) + core.apply_category_updates(p_changes)
+         + core.apply_quality_updates(p_changes) + core.apply_capability_updates(p_changes)
+         + core.apply_account_events(p_changes) + core.apply_user_preferences(p_changes);
+END
+$$;
+
+CREATE FUNCTION core.apply_capability_updates(p_changes core.webhook_change[]) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_notified bigint[];
+    v_portfolios bigint[];
+    v_tiers text[];
+    v_at timestamptz[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'business_capability_update') THEN
+        RETURN 0;
+    END IF;
+    WITH events AS (
+        SELECT DISTINCT n.tenant_id, n.portfolio_id, ch.waba_id, ch.entry_at, ch.value AS v,
+               coalesce(core.meta_tier(ch.value->>'max_daily_conversations_per_business'),
+                        core.meta_tier(ch.value->>'max_daily_conversation_per_phone')) AS tier
+        FROM unnest(p_changes) ch
+        CROSS JOIN LATERAL core.change_numbers(ch.waba_id, NULL, ch.signer) n
+        WHERE ch.field = 'business_capability_update' AND n.portfolio_id IS NOT NULL
+    ), graded AS (
+        SELECT e.*, CASE WHEN e.tier IS NOT NULL AND p.tier IS NOT NULL
+                              AND coalesce(core.tier_limit(e.tier), 2147483647) < coalesce(core.tier_limit(p.tier), 2147483647)
+                         THEN 'warning' ELSE 'info' END AS severity
+        FROM events e JOIN core.portfolios p ON p.portfolio_id = e.portfolio_id
+        -- A limit older than the portfolio's newest is old news: not applied, not told.
+        WHERE e.tier IS NULL OR e.entry_at IS NULL OR p.tier_event_at IS NULL OR e.entry_at >= p.tier_event_at
+    ), notified AS (
+        INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
+        SELECT g.tenant_id, 'business_capability', g.severity,
+               format('Capabilities of WhatsApp Business Account %s: %s', g.waba_id, coalesce(nullif(concat_ws('; ',
+                      'messaging limit ' || CASE WHEN g.tier = 'TIER_UNLIMITED' THEN 'unlimited'
+                                                 ELSE core.tier_limit(g.tier) || ' users per 24 hours' END,
+                      'phone numbers per business portfolio ' || (g.v->>'max_phone_numbers_per_business'),
+                      'phone numbers per WABA ' || (g.v->>'max_phone_numbers_per_waba')), ''), 'updated')),
+               jsonb_build_object('waba_id', g.waba_id, 'portfolio_id', g.portfolio_id, 'event', g.v),
+               md5(format('business_capability|%s|%s|%s|%s', g.portfolio_id, g.waba_id, g.entry_at, g.v))
+        FROM graded g
+        ON CONFLICT DO NOTHING
+        RETURNING tenant_id
+    )
+    SELECT (SELECT array_agg(tenant_id) FROM notified), t.portfolios, t.tiers, t.at
+    INTO v_notified, v_portfolios, v_tiers, v_at
+    FROM (SELECT array_agg(g.portfolio_id) AS portfolios, array_agg(g.tier) AS tiers, array_agg(g.entry_at) AS at
+          FROM graded g WHERE g.tier IS NOT NULL) t;
+
+    PERFORM core.wake_notified(v_notified);
+    RETURN core.apply_tiers(v_portfolios, v_tiers, v_at);
+END
+$$;
+
+CREATE FUNCTION core.apply_category_updates(p_changes core.webhook_change[]) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_changed integer;
+    v_notified bigint[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'template_category_update') THEN
+        RETURN 0;
+    END IF;
+    WITH events AS (
+        SELECT t.tenant_id, t.template_id, t.name, t.language, ch.entry_at, ch.ord, ch.value AS v,
+               upper(ch.value->>'new_category') AS category,
+               upper(coalesce(ch.value->>'previous_category', t.category)) AS previous,
+               ch.value ? 'correct_category' AS impending
+        FROM unnest(p_changes) ch
+        CROSS JOIN LATERAL core.change_templates(ch.waba_id, ch.signer, ch.value) t
+        WHERE ch.field = 'template_category_update' AND ch.value->>'new_category' IS NOT NULL
+    ), changed AS (
+        UPDATE core.templates t SET category = e.category, updated_at = now()
+        FROM (SELECT DISTINCT ON (x.template_id) x.template_id, x.category FROM events x WHERE NOT x.impending
+              ORDER BY x.template_id, x.entry_at DESC NULLS LAST, x.ord DESC) e
+        WHERE t.template_id = e.template_id AND t.category IS DISTINCT FROM e.category
+        RETURNING t.template_id
+    ), notes AS (
+        SELECT 1 AS pos, e.tenant_id, 'template_category' AS kind,
+               CASE WHEN e.impending
+                    THEN format('Template %s (%s) will be recategorised from %s to %s %s', e.name, e.language,
+                                e.category, upper(e.v->>'correct_category'),
+                                coalesce('on ' || to_char(core.unix_ts(e.v->>'category_update_timestamp'),
+                                                          'YYYY-MM-DD HH24:MI TZ'), 'within 24 hours'))
+                    ELSE format('Template %s (%s) is now %s (was %s)', e.name, e.language, e.category,
+                                coalesce(e.previous, 'unknown')) END AS message,
+               jsonb_build_object('template_id', e.template_id, 'event', e.v) AS details,
+               md5(format('template_category|%s|%s|%s', e.template_id, e.entry_at, e.v)) AS dedupe_key
+        FROM events e
+        UNION ALL
+        SELECT 2, c.tenant_id, 'campaign_template_category',
+               format('Campaign "%s" sends template %s (%s), which Meta moved from %s to %s', c.name, e.name,
+                      e.language, coalesce(e.previous, 'unknown'), e.category),
+               jsonb_build_object('campaign_id', c.campaign_id, 'template_id', e.template_id, 'category', e.category),
+               md5(format('campaign_template_category|%s|%s|%s|%s', c.campaign_id, e.template_id, e.entry_at, e.v))
+        FROM events e
+        JOIN core.campaign_templates ct ON ct.template_id = e.template_id
+        JOIN core.campaigns c ON c.campaign_id = ct.campaign_id AND c.tenant_id = e.tenant_id
+        WHERE NOT e.impending AND c.status IN ('scheduled', 'running', 'paused')
+    ), notified AS (
+        INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
+        SELECT d.tenant_id, d.kind, 'warning', d.message, d.details, d.dedupe_key
+        FROM (SELECT DISTINCT ON (n.dedupe_key) n.* FROM notes n ORDER BY n.dedupe_key) d
+        ORDER BY d.pos, d.kind
+        ON CONFLICT DO NOTHING
+        RETURNING tenant_id
+    )
+    SELECT (SELECT count(*) FROM changed), (SELECT array_agg(tenant_id) FROM notified)
+    INTO v_changed, v_notified;
+    PERFORM core.wake_notified(v_notified);
+    RETURN v_changed;
 END
 $$;
 
@@ -2942,6 +3146,75 @@ BEGIN
 END
 $_$;
 
+CREATE FUNCTION core.apply_quality_updates(p_changes core.webhook_change[]) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_numbers integer;
+    v_notified bigint[];
+    v_portfolios bigint[];
+    v_tiers text[];
+    v_at timestamptz[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'phone_number_quality_update') THEN
+        RETURN 0;
+    END IF;
+    WITH events AS (
+        SELECT q.*, q.entry_at IS NULL OR n.quality_event_at IS NULL OR q.entry_at >= n.quality_event_at AS fresh,
+               q.tier IS NOT NULL AND p.tier IS NOT NULL
+               AND (q.entry_at IS NULL OR p.tier_event_at IS NULL OR q.entry_at >= p.tier_event_at) AS compared,
+               coalesce(core.tier_limit(q.tier), 2147483647) AS new_limit,
+               coalesce(core.tier_limit(p.tier), 2147483647) AS old_limit
+        FROM core.quality_events(p_changes) q
+        JOIN core.wa_numbers n ON n.number_id = q.number_id
+        LEFT JOIN core.portfolios p ON p.portfolio_id = q.portfolio_id
+    ), graded AS (
+        SELECT e.*, CASE
+                   WHEN e.event = 'FLAGGED' OR e.rating = 'RED' THEN 'critical'
+                   WHEN e.event = 'DOWNGRADE' OR (e.compared AND e.new_limit < e.old_limit) THEN 'warning'
+                   WHEN e.event IN ('UPGRADE', 'THROUGHPUT_UPGRADE') OR (e.compared AND e.new_limit > e.old_limit)
+                       THEN 'info'
+               END AS severity
+        FROM events e WHERE e.fresh
+    ), notified AS (
+        INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
+        SELECT g.tenant_id, 'phone_quality', g.severity,
+               format('Number %s: %s', g.display, concat_ws('; ', nullif(g.event, ''),
+                      'quality ' || g.rating, 'messaging limit ' || g.tier,
+                      CASE WHEN g.event = 'THROUGHPUT_UPGRADE' THEN 'now 1,000 messages per second' END)),
+               jsonb_build_object('number_id', g.number_id, 'event', g.v),
+               md5(format('phone_quality|%s|%s|%s', g.number_id, g.entry_at, g.v))
+        FROM graded g WHERE g.severity IS NOT NULL
+        ON CONFLICT DO NOTHING
+        RETURNING tenant_id
+    )
+    SELECT (SELECT array_agg(tenant_id) FROM notified), t.portfolios, t.tiers, t.at
+    INTO v_notified, v_portfolios, v_tiers, v_at
+    FROM (SELECT array_agg(g.portfolio_id) AS portfolios, array_agg(g.tier) AS tiers, array_agg(g.entry_at) AS at
+          FROM graded g WHERE g.tier IS NOT NULL) t;
+
+    UPDATE core.wa_numbers n SET
+        quality_rating = CASE WHEN e.fresh THEN coalesce(e.rating, n.quality_rating) ELSE n.quality_rating END,
+        quality_event_at = CASE WHEN e.fresh THEN coalesce(e.entry_at, n.quality_event_at) ELSE n.quality_event_at END,
+        throughput_mps = CASE WHEN e.event = 'THROUGHPUT_UPGRADE' THEN 1000 ELSE n.throughput_mps END,
+        -- The pace grows from the upgrade on; core.report_pace cannot measure from NULL.
+        rate_changed_at = CASE WHEN e.event = 'THROUGHPUT_UPGRADE' THEN coalesce(n.rate_changed_at, now())
+                               ELSE n.rate_changed_at END
+    FROM (SELECT q.*, q.entry_at IS NULL OR o.quality_event_at IS NULL OR q.entry_at >= o.quality_event_at AS fresh,
+                 o.quality_rating AS old_rating, o.quality_event_at AS old_event_at, o.throughput_mps AS old_mps
+          FROM core.quality_events(p_changes) q JOIN core.wa_numbers o ON o.number_id = q.number_id) e
+    WHERE n.number_id = e.number_id
+      AND ((e.fresh AND (e.old_rating IS DISTINCT FROM coalesce(e.rating, e.old_rating)
+                         OR e.old_event_at IS DISTINCT FROM coalesce(e.entry_at, e.old_event_at)))
+           OR (e.event = 'THROUGHPUT_UPGRADE' AND e.old_mps < 1000));
+    GET DIAGNOSTICS v_numbers = ROW_COUNT;
+
+    PERFORM core.wake_notified(v_notified);
+    RETURN v_numbers + core.apply_tiers(v_portfolios, v_tiers, v_at);
+END
+$$;
+
 CREATE FUNCTION core.apply_statuses(p_changes core.webhook_change[]) RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -2954,6 +3227,7 @@ DECLARE
     v_wamids text[];
     v_codes integer[];
     v_details text[];
+    v_deferred bigint[];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'messages' AND ch.value ? 'statuses') THEN
         RETURN 0;
@@ -3030,8 +3304,18 @@ BEGIN
     ) v
     WHERE v.state IS NOT NULL;
 
+    -- Withheld under the per-user marketing cap: tried again later, not failed (limits.sql).
+    v_deferred := core.defer_capped(v_ids, v_states, v_codes);
+    IF cardinality(v_deferred) > 0 THEN
+        SELECT array_agg(u.id), array_agg(u.state), array_agg(u.at), array_agg(u.wamid), array_agg(u.code),
+               array_agg(u.detail)
+        INTO v_ids, v_states, v_at, v_wamids, v_codes, v_details
+        FROM unnest(v_ids, v_states, v_at, v_wamids, v_codes, v_details) u(id, state, at, wamid, code, detail)
+        WHERE u.id <> ALL (v_deferred);
+    END IF;
     IF v_ids IS NOT NULL THEN
         PERFORM core.advance_outbound(v_ids, v_states, v_at, v_wamids, v_codes, v_details);
+        PERFORM core.raise_watermarks(v_ids);
         PERFORM core.stop_marketing(array_agg(f.id), array_agg(f.code), max(f.at))
         FROM unnest(v_ids, v_states, v_codes, v_at) f(id, state, code, at)
         WHERE f.state = 'failed' AND f.code IS NOT NULL
@@ -3040,6 +3324,111 @@ BEGIN
     RETURN v_stored;
 END
 $_$;
+
+CREATE FUNCTION core.apply_template_statuses(p_changes core.webhook_change[]) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_changed integer;
+    v_notified bigint[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'message_template_status_update') THEN
+        RETURN 0;
+    END IF;
+    WITH events AS (
+        SELECT DISTINCT ON (t.template_id)
+               t.template_id, ch.entry_at, ch.value AS v,
+               CASE upper(ch.value->>'event') WHEN 'REINSTATED' THEN 'APPROVED'
+                    ELSE upper(ch.value->>'event') END AS status
+        FROM unnest(p_changes) ch
+        CROSS JOIN LATERAL core.change_templates(ch.waba_id, ch.signer, ch.value) t
+        WHERE ch.field = 'message_template_status_update' AND ch.value->>'event' IS NOT NULL
+        ORDER BY t.template_id, ch.entry_at DESC NULLS LAST, ch.ord DESC
+    ), changed AS (
+        UPDATE core.templates t SET
+            status = e.status,
+            status_event_at = coalesce(e.entry_at, t.status_event_at),
+            meta_template_id = coalesce(t.meta_template_id, e.v->>'message_template_id'),
+            updated_at = now()
+        FROM events e
+        WHERE t.template_id = e.template_id
+          AND t.status IS DISTINCT FROM e.status
+          AND (e.entry_at IS NULL OR t.status_event_at IS NULL OR e.entry_at >= t.status_event_at)
+        RETURNING t.tenant_id, t.template_id, t.name, t.language, t.status, e.entry_at, e.v
+    ), notified AS (
+        INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
+        SELECT c.tenant_id, 'template_status',
+               CASE c.status WHEN 'DISABLED' THEN 'critical' ELSE 'warning' END,
+               format('Template %s (%s) is %s: %s', c.name, c.language, c.status,
+                      coalesce(nullif(c.v->>'reason', 'NONE'), 'no reason given')),
+               jsonb_build_object('template_id', c.template_id, 'event', c.v),
+               md5(format('template_status|%s|%s|%s', c.template_id, c.status, c.entry_at))
+        FROM changed c
+        WHERE c.status IN ('PAUSED', 'REJECTED', 'DISABLED')
+        ON CONFLICT DO NOTHING
+        RETURNING tenant_id
+    )
+    SELECT (SELECT count(*) FROM changed), (SELECT array_agg(tenant_id) FROM notified)
+    INTO v_changed, v_notified;
+    PERFORM core.wake_notified(v_notified);
+    RETURN v_changed;
+END
+$$;
+
+CREATE FUNCTION core.apply_tiers(p_portfolio_ids bigint[], p_tiers text[], p_event_at timestamp with time zone[]) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_row record;
+    v_changed integer := 0;
+BEGIN
+    FOR v_row IN
+        SELECT DISTINCT ON (u.portfolio_id) u.portfolio_id, u.tier, u.event_at, p.tier AS old_tier
+        FROM unnest(p_portfolio_ids, p_tiers, p_event_at) u(portfolio_id, tier, event_at)
+        JOIN core.portfolios p ON p.portfolio_id = u.portfolio_id
+        WHERE u.tier IS NOT NULL
+          AND (u.event_at IS NULL OR p.tier_event_at IS NULL OR u.event_at >= p.tier_event_at)
+        ORDER BY u.portfolio_id, u.event_at DESC NULLS LAST
+    LOOP
+        PERFORM core.set_tier(v_row.portfolio_id, v_row.tier);
+        UPDATE core.portfolios SET tier_event_at = greatest(tier_event_at, v_row.event_at)
+        WHERE portfolio_id = v_row.portfolio_id AND v_row.event_at IS NOT NULL;
+        v_changed := v_changed + (v_row.old_tier IS DISTINCT FROM v_row.tier)::integer;
+    END LOOP;
+    RETURN v_changed;
+END
+$$;
+
+CREATE FUNCTION core.apply_user_preferences(p_changes core.webhook_change[]) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_resumed integer;
+    v_stopped integer;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'user_preferences') THEN
+        RETURN 0;
+    END IF;
+    UPDATE core.contacts c SET marketing_stopped_at = NULL, marketing_resumed_at = p.at, updated_at = now()
+    FROM core.marketing_preferences(p_changes) p
+    WHERE NOT p.stop AND c.tenant_id = p.tenant_id AND c.wa_id = p.wa_id
+      AND p.at > coalesce(c.marketing_resumed_at, '-infinity')
+      AND p.at >= coalesce(c.marketing_stopped_at, '-infinity');
+    GET DIAGNOSTICS v_resumed = ROW_COUNT;
+
+    INSERT INTO core.contacts AS c (tenant_id, wa_id, marketing_stopped_at)
+    SELECT p.tenant_id, p.wa_id, p.at FROM core.marketing_preferences(p_changes) p WHERE p.stop
+    ON CONFLICT (tenant_id, wa_id) DO UPDATE SET marketing_stopped_at = excluded.marketing_stopped_at,
+                                                 updated_at = now()
+    WHERE c.marketing_stopped_at IS NULL
+      AND excluded.marketing_stopped_at > coalesce(c.marketing_resumed_at, '-infinity');
+    GET DIAGNOSTICS v_stopped = ROW_COUNT;
+    RETURN v_resumed + v_stopped;
+END
+$$;
 
 CREATE FUNCTION core.authorised_changes(p_changes core.webhook_change[], OUT changes core.webhook_change[], OUT dropped integer) RETURNS record
     LANGUAGE plpgsql
@@ -3124,6 +3513,15 @@ CREATE FUNCTION core.bot_rule_row(p_rule core.bot_rules) RETURNS api.bot_rule
                p_rule.enabled, p_rule.created_at, p_rule.updated_at)::api.bot_rule
 $$;
 
+CREATE FUNCTION core.budget_used(p_portfolio_id bigint, p_now timestamp with time zone) RETURNS integer
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT coalesce(sum(m.users), 0)::integer FROM core.portfolio_reach_minutes m
+    WHERE m.portfolio_id = p_portfolio_id
+      AND m.minute > core.window_start(p_now) - interval '1 minute'
+$$;
+
 CREATE FUNCTION core.caller_is_operator() RETURNS boolean
     LANGUAGE sql STABLE
     SET search_path TO ''
@@ -3154,6 +3552,8 @@ CREATE TABLE core.campaigns (
     failed integer DEFAULT 0 NOT NULL,
     cancelled integer DEFAULT 0 NOT NULL,
     finished integer DEFAULT 0 NOT NULL,
+    retrying integer DEFAULT 0 NOT NULL,
+    CONSTRAINT campaigns_retrying_valid CHECK ((retrying >= 0)),
     CONSTRAINT campaigns_status_valid CHECK ((status = ANY (ARRAY['draft'::text, 'scheduled'::text, 'running'::text, 'paused'::text, 'completed'::text, 'cancelled'::text])))
 );
 
@@ -3222,6 +3622,81 @@ BEGIN
     END IF;
     RETURN v_cancelled;
 END
+$$;
+
+CREATE TABLE core.wa_numbers (
+    number_id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    phone_number_id text NOT NULL,
+    waba_id text NOT NULL,
+    display_phone_number text,
+    access_token text NOT NULL,
+    app_secret text,
+    throughput_mps integer DEFAULT 80 NOT NULL,
+    rate_mps double precision DEFAULT 80 NOT NULL,
+    send_tat timestamp with time zone DEFAULT now() NOT NULL,
+    throttled_at timestamp with time zone,
+    quality_rating text,
+    llm_enabled boolean DEFAULT false NOT NULL,
+    paused_reason text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    rate_changed_at timestamp with time zone,
+    llm_system_prompt text,
+    llm_daily_limit integer DEFAULT 20 NOT NULL,
+    llm_context_messages integer DEFAULT 12 NOT NULL,
+    verified_name text,
+    verified_at timestamp with time zone,
+    llm_number_daily_limit integer DEFAULT 1000 NOT NULL,
+    portfolio_id bigint,
+    quality_event_at timestamp with time zone,
+    ban_event_at timestamp with time zone,
+    CONSTRAINT wa_numbers_phone_number_id_digits CHECK ((phone_number_id ~ '^[0-9]{1,32}$'::text)),
+    CONSTRAINT wa_numbers_rate_positive CHECK ((rate_mps > (0)::double precision)),
+    CONSTRAINT wa_numbers_throughput_valid CHECK (((throughput_mps >= 1) AND (throughput_mps <= 1000))),
+    CONSTRAINT wa_numbers_waba_id_digits CHECK ((waba_id ~ '^[0-9]{1,32}$'::text))
+);
+
+COMMENT ON COLUMN core.wa_numbers.quality_event_at IS 'When the newest phone_number_quality_update applied to the number happened; an older one changes nothing.';
+
+COMMENT ON COLUMN core.wa_numbers.ban_event_at IS 'When the newest account_update DISABLED_UPDATE (ban or reinstatement) of the number''s WABA happened; an older one changes nothing.';
+
+CREATE FUNCTION core.change_numbers(p_waba_id text, p_phone_number_id text, p_signer text) RETURNS SETOF core.wa_numbers
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT n.* FROM core.wa_numbers n
+    WHERE n.waba_id = p_waba_id
+      AND (p_phone_number_id IS NULL OR n.phone_number_id = p_phone_number_id)
+      AND (p_signer IS NULL OR (n.app_secret <> '' AND core.app_signer(n.app_secret) = p_signer))
+$$;
+
+CREATE TABLE core.templates (
+    template_id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    waba_id text NOT NULL,
+    meta_template_id text,
+    name text NOT NULL,
+    language text NOT NULL,
+    category text,
+    status text DEFAULT 'APPROVED'::text NOT NULL,
+    components jsonb DEFAULT '[]'::jsonb NOT NULL,
+    body_param_count smallint DEFAULT 0 NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    status_event_at timestamp with time zone,
+    CONSTRAINT templates_param_count_valid CHECK ((body_param_count >= 0))
+);
+
+CREATE FUNCTION core.change_templates(p_waba_id text, p_signer text, p_value jsonb) RETURNS SETOF core.templates
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT t.* FROM core.templates t
+    WHERE t.waba_id = p_waba_id
+      AND (t.meta_template_id = p_value->>'message_template_id'
+           OR (t.name = p_value->>'message_template_name'
+               AND t.language IN (p_value->>'message_template_language',
+                                  replace(p_value->>'message_template_language', '-', '_'))))
+      AND EXISTS (SELECT 1 FROM core.change_numbers(p_waba_id, NULL, p_signer) n WHERE n.tenant_id = t.tenant_id)
 $$;
 
 CREATE FUNCTION core.check_number_fields(p_tenant_id bigint, p_phone_number_id text, p_waba_id text, p_access_token text, p_throughput_mps integer) RETURNS void
@@ -3410,7 +3885,8 @@ CREATE FUNCTION core.classify_reports(p_results jsonb) RETURNS core.send_outcome
                                                                           ELSE c.backoff_s END
                                       WHEN 'retried' THEN c.retry_backoff_s[least(c.attempts, cardinality(c.retry_backoff_s))]
                                                           * (0.8 + 0.4 * random())
-                                  END)::core.send_outcome), '{}')
+                                  END,
+                                  c.unsure IS TRUE)::core.send_outcome), '{}')
     FROM (
         SELECT r.*, o.attempts, o.deferrals, o.campaign_id, o.number_id, cp.status AS campaign_status,
                e.category, e.alert, e.backoff, e.backoff_s, s.throttle_hold_ms, s.retry_backoff_s,
@@ -3432,7 +3908,7 @@ CREATE FUNCTION core.classify_reports(p_results jsonb) RETURNS core.send_outcome
                END AS outcome
         FROM jsonb_to_recordset(p_results) AS r(outbound_id bigint, queue_name text, msg_id bigint, wamid text,
                                                 error_code integer, http_status integer, error_message text,
-                                                sent boolean, retry_after_s integer)
+                                                sent boolean, retry_after_s integer, unsure boolean)
         CROSS JOIN core.settings s
         LEFT JOIN core.outbound_messages o ON o.outbound_id = r.outbound_id
         LEFT JOIN core.campaigns cp ON cp.campaign_id = o.campaign_id
@@ -3475,11 +3951,14 @@ CREATE TABLE core.contacts (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     marketing_stopped_at timestamp with time zone,
+    marketing_resumed_at timestamp with time zone,
     CONSTRAINT contacts_identified CHECK (((wa_id IS NOT NULL) OR (user_id IS NOT NULL))),
     CONSTRAINT contacts_wa_id_e164 CHECK ((wa_id ~ '^[1-9][0-9]{6,14}$'::text))
 );
 
 COMMENT ON COLUMN core.contacts.marketing_stopped_at IS 'When Meta said the user stopped marketing messages from this business (error 131050 or a user_preferences webhook); marketing templates skip the contact, utility ones do not.';
+
+COMMENT ON COLUMN core.contacts.marketing_resumed_at IS 'When the user last resumed marketing messages (user_preferences webhook); a stop older than this changes nothing.';
 
 CREATE FUNCTION core.contact_for(p_tenant_id bigint, p_contact_id bigint) RETURNS core.contacts
     LANGUAGE plpgsql STABLE
@@ -3579,6 +4058,70 @@ CREATE FUNCTION core.dead_letter_webhook(p_msg_id bigint, p_payload jsonb, p_hea
         'headers', p_headers, 'payload', p_payload));
 $$;
 
+CREATE FUNCTION core.defer_capped(p_ids bigint[], p_states text[], p_codes integer[]) RETURNS bigint[]
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_deferred bigint[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_states, p_codes) f(state, code)
+                   JOIN core.meta_error_codes e ON e.code = f.code AND e.backoff = 'next_day'
+                   WHERE f.state = 'failed') THEN
+        RETURN '{}';
+    END IF;
+    WITH picked AS (
+        SELECT DISTINCT ON (o.outbound_id) o.outbound_id, o.campaign_id, o.variant, e.code, e.category,
+               e.title, e.backoff_s, coalesce(o.accepted_at, o.sent_at) AS at,
+               jsonb_build_object('o', o.outbound_id, 't', ct.wa_id, 'v', o.variant, 'p', (
+                   SELECT coalesce(jsonb_agg(CASE WHEN p ? 'value' THEN p->>'value'
+                                                  WHEN p->>'column' = 'phone' THEN ct.wa_id
+                                                  WHEN p->>'column' = 'name' THEN ct.name
+                                                  ELSE ct.attributes->>(p->>'column') END ORDER BY n), '[]')
+                   FROM jsonb_array_elements(t.params) WITH ORDINALITY pp(p, n))) AS message
+        FROM unnest(p_ids, p_states, p_codes) f(id, state, code)
+        JOIN core.meta_error_codes e ON e.code = f.code AND e.backoff = 'next_day'
+        JOIN core.outbound_messages o ON o.outbound_id = f.id AND o.campaign_id IS NOT NULL
+                                     AND o.state IN ('accepted', 'sent')
+        JOIN core.campaigns c ON c.campaign_id = o.campaign_id AND c.status IN ('running', 'paused', 'completed')
+        JOIN core.campaign_templates t ON t.campaign_id = o.campaign_id AND t.variant = o.variant
+        JOIN core.contacts ct ON ct.contact_id = o.contact_id
+        CROSS JOIN core.settings s
+        WHERE f.state = 'failed' AND o.deferrals < s.capped_retry_days
+          AND EXISTS (SELECT 1 FROM pgmq.meta q WHERE q.queue_name = core.campaign_queue(o.campaign_id))
+        ORDER BY o.outbound_id
+    ), reset AS (
+        UPDATE core.outbound_messages o SET state = 'queued', wamid = NULL, accepted_at = NULL, sent_at = NULL,
+            claimed_at = NULL, deferrals = o.deferrals + 1, error_code = p.code, error_category = p.category,
+            error_detail = format('%s: tried again after %s s', p.title, p.backoff_s)
+        FROM picked p WHERE o.outbound_id = p.outbound_id
+        RETURNING p.*
+    ), per_campaign AS (
+        UPDATE core.campaigns c SET sent = c.sent - d.n, finished = c.finished - d.n, retrying = c.retrying + d.n,
+            status = CASE WHEN c.status = 'completed' THEN 'running' ELSE c.status END,
+            completed_at = CASE WHEN c.status = 'completed' THEN NULL ELSE c.completed_at END
+        FROM (SELECT campaign_id, count(*)::integer AS n FROM reset GROUP BY 1) d
+        WHERE c.campaign_id = d.campaign_id
+    ), per_template AS (
+        UPDATE core.campaign_templates t SET sent = t.sent - d.n
+        FROM (SELECT campaign_id, variant, count(*)::integer AS n FROM reset GROUP BY 1, 2) d
+        WHERE t.campaign_id = d.campaign_id AND t.variant = d.variant
+    ), per_minute AS (
+        UPDATE core.campaign_minutes m SET sent = m.sent - d.n
+        FROM (SELECT campaign_id, date_trunc('minute', at) AS minute, count(*)::integer AS n
+              FROM reset WHERE at IS NOT NULL GROUP BY 1, 2) d
+        WHERE m.campaign_id = d.campaign_id AND m.minute = d.minute
+    ), queued AS (
+        SELECT pgmq.send_batch(core.campaign_queue(q.campaign_id), q.messages, q.delay_s)
+        FROM (SELECT campaign_id, array_agg(message ORDER BY outbound_id) AS messages, max(backoff_s) AS delay_s
+              FROM reset GROUP BY campaign_id) q
+    )
+    SELECT array_agg(r.outbound_id) INTO v_deferred
+    FROM reset r, (SELECT count(*) FROM queued) x;
+    RETURN coalesce(v_deferred, '{}');
+END
+$$;
+
 CREATE FUNCTION core.delay_messages(p_queue text, p_msg_ids bigint[], p_delays double precision[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -3673,6 +4216,38 @@ CREATE FUNCTION core.flatten_webhooks(p_payloads jsonb[], p_signers text[] DEFAU
     WHERE p.payload->>'object' = 'whatsapp_business_account'
 $$;
 
+CREATE FUNCTION core.hold_unsure(p_batch core.claimed[], p_number_id bigint, p_now timestamp with time zone) RETURNS core.claimed[]
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_held integer;
+BEGIN
+    WITH held AS (
+        SELECT b.queue_name, b.msg_id,
+               -- Another grace, but no later than the bound.
+               least(s.status_grace_s,
+                     greatest(1, extract(epoch FROM coalesce(o.unsure_since, o.claimed_at)
+                                                    + make_interval(secs => s.unsure_resend_after_s) - p_now)))
+                   ::double precision AS wait_s
+        FROM unnest(p_batch) b
+        JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+        CROSS JOIN core.settings s
+        WHERE (o.state = 'in_flight' OR o.unsure_since IS NOT NULL)
+          AND NOT core.resend_safe(p_number_id, coalesce(o.unsure_since, o.claimed_at), p_now)
+    )
+    SELECT count(core.delay_messages(h.queue_name, h.msg_ids, h.waits, p_now)) INTO v_held
+    FROM (SELECT queue_name, array_agg(msg_id) AS msg_ids, array_agg(wait_s) AS waits FROM held GROUP BY queue_name) h;
+    IF v_held = 0 THEN
+        RETURN p_batch;
+    END IF;
+    RETURN ARRAY(SELECT b FROM unnest(p_batch) b
+                 JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+                 WHERE NOT ((o.state = 'in_flight' OR o.unsure_since IS NOT NULL)
+                            AND NOT core.resend_safe(p_number_id, coalesce(o.unsure_since, o.claimed_at), p_now)));
+END
+$$;
+
 CREATE FUNCTION core.inbound_body(p_message jsonb) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     SET search_path TO ''
@@ -3698,6 +4273,23 @@ CREATE FUNCTION core.like_literal(p_text text) RETURNS text
     AS $$
     SELECT replace(replace(replace(p_text, '\', '\\'), '%', '\%'), '_', '\_')
 $$;
+
+CREATE FUNCTION core.marketing_preferences(p_changes core.webhook_change[]) RETURNS TABLE(tenant_id bigint, wa_id text, stop boolean, at timestamp with time zone)
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $_$
+    SELECT DISTINCT ON (n.tenant_id, p.value->>'wa_id')
+           n.tenant_id, p.value->>'wa_id', lower(p.value->>'value') = 'stop',
+           coalesce(core.unix_ts(p.value->>'timestamp'), ch.entry_at, now())
+    FROM unnest(p_changes) ch
+    CROSS JOIN LATERAL core.change_numbers(ch.waba_id, ch.phone_number_id, ch.signer) n
+    CROSS JOIN LATERAL jsonb_array_elements(CASE jsonb_typeof(ch.value->'user_preferences')
+                                            WHEN 'array' THEN ch.value->'user_preferences' ELSE '[]' END) p
+    WHERE ch.field = 'user_preferences' AND ch.phone_number_id IS NOT NULL
+      AND p.value->>'category' = 'marketing_messages' AND lower(p.value->>'value') IN ('stop', 'resume')
+      AND p.value->>'wa_id' ~ '^[1-9][0-9]{6,14}$'
+    ORDER BY n.tenant_id, p.value->>'wa_id', 4 DESC, ch.ord DESC
+$_$;
 
 CREATE FUNCTION core.match_bot_rules(p_number_ids bigint[], p_texts text[], p_welcome boolean[]) RETURNS TABLE(ord bigint, rule_id bigint, default_rule_id bigint)
     LANGUAGE plpgsql STABLE
@@ -3789,6 +4381,19 @@ CREATE FUNCTION core.meta_error(p_code integer) RETURNS core.meta_error_codes
     WHERE d.code = -1 AND NOT EXISTS (SELECT 1 FROM core.meta_error_codes x WHERE x.code = coalesce(p_code, -2))
 $$;
 
+CREATE FUNCTION core.meta_tier(p_value text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $_$
+    SELECT CASE
+        WHEN upper(p_value) IN ('TIER_50', 'TIER_250', 'TIER_1K', 'TIER_2K', 'TIER_10K', 'TIER_100K', 'TIER_UNLIMITED')
+            THEN upper(p_value)
+        WHEN p_value ~ '^-?[0-9]{1,9}$' THEN CASE p_value::integer
+            WHEN -1 THEN 'TIER_UNLIMITED' WHEN 50 THEN 'TIER_50' WHEN 250 THEN 'TIER_250' WHEN 1000 THEN 'TIER_1K'
+            WHEN 2000 THEN 'TIER_2K' WHEN 10000 THEN 'TIER_10K' WHEN 100000 THEN 'TIER_100K' END
+    END
+$_$;
+
 CREATE FUNCTION core.normalize_phone(p_raw text, p_default_cc text DEFAULT NULL::text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $_$
@@ -3825,35 +4430,6 @@ CREATE FUNCTION core.notify(p_tenant_id bigint, p_kind text, p_severity text, p_
     )
     SELECT notification_id FROM n, LATERAL pg_notify('pgwa_notification', p_tenant_id::text) x
 $$;
-
-CREATE TABLE core.wa_numbers (
-    number_id bigint NOT NULL,
-    tenant_id bigint NOT NULL,
-    phone_number_id text NOT NULL,
-    waba_id text NOT NULL,
-    display_phone_number text,
-    access_token text NOT NULL,
-    app_secret text,
-    throughput_mps integer DEFAULT 80 NOT NULL,
-    rate_mps double precision DEFAULT 80 NOT NULL,
-    send_tat timestamp with time zone DEFAULT now() NOT NULL,
-    throttled_at timestamp with time zone,
-    quality_rating text,
-    llm_enabled boolean DEFAULT false NOT NULL,
-    paused_reason text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    rate_changed_at timestamp with time zone,
-    llm_system_prompt text,
-    llm_daily_limit integer DEFAULT 20 NOT NULL,
-    llm_context_messages integer DEFAULT 12 NOT NULL,
-    verified_name text,
-    verified_at timestamp with time zone,
-    llm_number_daily_limit integer DEFAULT 1000 NOT NULL,
-    CONSTRAINT wa_numbers_phone_number_id_digits CHECK ((phone_number_id ~ '^[0-9]{1,32}$'::text)),
-    CONSTRAINT wa_numbers_rate_positive CHECK ((rate_mps > (0)::double precision)),
-    CONSTRAINT wa_numbers_throughput_valid CHECK (((throughput_mps >= 1) AND (throughput_mps <= 1000))),
-    CONSTRAINT wa_numbers_waba_id_digits CHECK ((waba_id ~ '^[0-9]{1,32}$'::text))
-);
 
 CREATE FUNCTION core.number_for(p_tenant_id bigint, p_number_id bigint) RETURNS core.wa_numbers
     LANGUAGE plpgsql STABLE
@@ -4019,6 +4595,48 @@ CREATE FUNCTION core.phone_problem(p_raw text, p_default_cc text DEFAULT NULL::t
     END
 $$;
 
+CREATE FUNCTION core.place_in_portfolio(p_number_id bigint) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_number core.wa_numbers;
+    v_portfolio bigint;
+BEGIN
+    SELECT * INTO v_number FROM core.wa_numbers WHERE number_id = p_number_id;
+    SELECT n.portfolio_id INTO v_portfolio FROM core.wa_numbers n
+    WHERE n.tenant_id = v_number.tenant_id AND n.waba_id = v_number.waba_id AND n.number_id <> p_number_id
+      AND n.portfolio_id IS NOT NULL
+    LIMIT 1;
+    IF v_portfolio IS NULL THEN
+        SELECT p.portfolio_id INTO v_portfolio FROM core.portfolios p
+        WHERE p.portfolio_id = v_number.portfolio_id AND p.tenant_id = v_number.tenant_id;
+    END IF;
+    IF v_portfolio IS NULL THEN
+        INSERT INTO core.portfolios AS p (tenant_id, business_id) VALUES (v_number.tenant_id, v_number.waba_id)
+        ON CONFLICT ON CONSTRAINT portfolios_tenant_business_unique DO UPDATE SET updated_at = p.updated_at
+        RETURNING p.portfolio_id INTO v_portfolio;
+    END IF;
+    UPDATE core.wa_numbers SET portfolio_id = v_portfolio
+    WHERE number_id = p_number_id AND portfolio_id IS DISTINCT FROM v_portfolio;
+    -- Its status watermark's row too (receiver.sql), so that webhook batches never insert it.
+    INSERT INTO core.status_watermarks (number_id, sent_through) VALUES (p_number_id, '-infinity')
+    ON CONFLICT (number_id) DO NOTHING;
+    RETURN v_portfolio;
+END
+$$;
+
+CREATE FUNCTION core.portfolio_row(p_portfolio_id bigint, p_now timestamp with time zone) RETURNS api.portfolio
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT p.portfolio_id, p.business_id, p.tier, p.messaging_limit,
+           CASE WHEN p.messaging_limit IS NOT NULL THEN core.budget_used(p.portfolio_id, p_now) END,
+           CASE WHEN p.budget_wait_until > p_now THEN p.budget_wait_until END,
+           ARRAY(SELECT n.number_id FROM core.wa_numbers n WHERE n.portfolio_id = p.portfolio_id ORDER BY n.number_id)
+    FROM core.portfolios p WHERE p.portfolio_id = p_portfolio_id
+$$;
+
 CREATE FUNCTION core.process_webhook_batch(p_ids bigint[]) RETURNS api.webhook_batch
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -4148,6 +4766,30 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION core.quality_events(p_changes core.webhook_change[]) RETURNS TABLE(number_id bigint, tenant_id bigint, portfolio_id bigint, display text, entry_at timestamp with time zone, v jsonb, event text, rating text, tier text)
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT DISTINCT ON (n.number_id)
+           n.number_id, n.tenant_id, n.portfolio_id, ch.value->>'display_phone_number', ch.entry_at, ch.value,
+           e.event,
+           CASE WHEN e.rating IN ('GREEN', 'YELLOW', 'RED', 'UNKNOWN') THEN e.rating END,
+           coalesce(core.meta_tier(ch.value->>'max_daily_conversations_per_business'),
+                    CASE WHEN e.event NOT IN ('FLAGGED', 'UNFLAGGED') THEN core.meta_tier(ch.value->>'current_limit') END)
+    FROM unnest(p_changes) ch
+    CROSS JOIN LATERAL core.change_numbers(ch.waba_id, ch.phone_number_id, ch.signer) n
+    CROSS JOIN LATERAL (
+        SELECT coalesce(upper(ch.value->>'event'), '') AS event,
+               upper(coalesce(ch.value->>'quality_rating', ch.value->>'current_quality_rating',
+                              CASE upper(ch.value->>'event') WHEN 'FLAGGED' THEN 'RED'
+                                                             WHEN 'UNFLAGGED' THEN 'GREEN' END)) AS rating) e
+    WHERE ch.field = 'phone_number_quality_update'
+      AND (ch.phone_number_id IS NOT NULL
+           OR regexp_replace(n.display_phone_number, '[^0-9]', '', 'g')
+              = regexp_replace(ch.value->>'display_phone_number', '[^0-9]', '', 'g'))
+    ORDER BY n.number_id, ch.entry_at DESC NULLS LAST, ch.ord DESC
+$$;
+
 CREATE FUNCTION core.queue_campaign_id(p_queue_name text) RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     SET search_path TO ''
@@ -4163,6 +4805,25 @@ CREATE FUNCTION core.queue_number_id(p_queue_name text) RETURNS bigint
     SELECT x.id FROM (SELECT substring(p_queue_name FROM '[0-9]{1,18}$')::bigint AS id) x
     WHERE core.reply_queue(x.id) = p_queue_name
 $_$;
+
+CREATE FUNCTION core.raise_watermarks(p_outbound_ids bigint[]) RETURNS void
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    WITH sent AS (
+        SELECT o.number_id, max(o.claimed_at) AS through FROM core.outbound_messages o
+        WHERE o.outbound_id = ANY (p_outbound_ids) AND o.claimed_at IS NOT NULL
+        GROUP BY o.number_id
+    ), free AS (
+        SELECT w.number_id FROM core.status_watermarks w JOIN sent s USING (number_id)
+        WHERE w.sent_through < s.through
+        ORDER BY w.number_id
+        FOR UPDATE OF w SKIP LOCKED
+    )
+    UPDATE core.status_watermarks w SET sent_through = s.through
+    FROM sent s JOIN free f USING (number_id)
+    WHERE w.number_id = s.number_id AND w.sent_through < s.through;
+$$;
 
 CREATE FUNCTION core.ratio(p_a bigint, p_b bigint) RETURNS double precision
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -4519,7 +5180,7 @@ BEGIN
     UPDATE core.wa_numbers n SET
         rate_mps = CASE WHEN r.throttled > 0 THEN greatest(1, n.rate_mps / 2)
                         ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps * 0.4
-                             * least(1, greatest(0, extract(epoch FROM p_now - coalesce(n.rate_changed_at, '-infinity'))))) END,
+                             * least(1, greatest(0, extract(epoch FROM p_now - coalesce(n.rate_changed_at, p_now - interval '1 second'))))) END,
         rate_changed_at = CASE WHEN r.throttled > 0 THEN p_now + v_hold ELSE p_now END,
         throttled_at = CASE WHEN r.throttled > 0 THEN p_now ELSE n.throttled_at END,
         send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, p_now + v_hold) ELSE n.send_tat END
@@ -4571,15 +5232,22 @@ BEGIN
             -- answer without Meta's error object is -2, as when it finally fails.
             error_code = CASE WHEN r.outcome = 'returned' THEN o.error_code ELSE coalesce(r.error_code, -2) END,
             error_category = CASE WHEN r.outcome = 'returned' THEN o.error_category ELSE r.category END,
-            error_detail = CASE WHEN r.outcome = 'returned' THEN o.error_detail ELSE left(r.error_message, 500) END
+            error_detail = CASE WHEN r.outcome = 'returned' THEN o.error_detail ELSE left(r.error_message, 500) END,
+            -- The request went out and its answer was lost: Meta may have it. Resent only
+            -- once the webhook stream has caught up past it (core.hold_unsure).
+            unsure_since = CASE WHEN r.outcome = 'returned' THEN o.unsure_since
+                                WHEN r.unsure THEN coalesce(o.unsure_since, o.claimed_at) END
         FROM unnest(p_rows) r
         WHERE r.requeue_s IS NOT NULL AND o.outbound_id = r.outbound_id
           AND o.state = 'in_flight'    -- a concurrent report or status may have settled it
-        RETURNING o.campaign_id, o.state
+        RETURNING o.campaign_id, o.state, r.outcome = 'deferred' AND r.backoff = 'next_day' AS capped
     )
-    UPDATE core.campaigns c SET cancelled = c.cancelled + b.n
-    FROM (SELECT campaign_id, count(*)::int AS n FROM back WHERE state = 'cancelled' GROUP BY campaign_id) b
-    WHERE c.campaign_id = b.campaign_id;
+    -- Withheld under the per-user marketing cap: retrying until tried again (take_in_flight).
+    UPDATE core.campaigns c SET cancelled = c.cancelled + b.cancelled, retrying = c.retrying + b.capped
+    FROM (SELECT campaign_id, count(*) FILTER (WHERE state = 'cancelled')::int AS cancelled,
+                 count(*) FILTER (WHERE capped AND state = 'queued')::int AS capped
+          FROM back WHERE campaign_id IS NOT NULL GROUP BY campaign_id) b
+    WHERE c.campaign_id = b.campaign_id AND (b.cancelled, b.capped) <> (0, 0);
 
     PERFORM core.delay_messages(r.queue_name, array_agg(r.msg_id), array_agg(r.requeue_s), p_now)
     FROM unnest(p_rows) r
@@ -4590,6 +5258,23 @@ BEGIN
     WHERE r.requeue_s IS NOT NULL AND r.campaign_status = 'cancelled'
     GROUP BY r.queue_name;
 END
+$$;
+
+CREATE FUNCTION core.resend_safe(p_number_id bigint, p_since timestamp with time zone, p_now timestamp with time zone) RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT p_now >= p_since + make_interval(secs => s.unsure_resend_after_s)
+        OR (p_now >= p_since + make_interval(secs => s.status_grace_s)
+            AND ((EXISTS (SELECT 1 FROM core.receiver_beats b
+                          WHERE b.beat_at >= p_now - make_interval(secs => 3 * s.receiver_beat_s))
+                  AND NOT EXISTS (SELECT 1 FROM core.receiver_outages g WHERE g.ended_at >= p_since)
+                  AND NOT EXISTS (SELECT 1 FROM pgmq.q_webhooks q
+                                  WHERE q.enqueued_at <= p_since + make_interval(secs => s.status_grace_s)))
+                 OR EXISTS (SELECT 1 FROM core.status_watermarks w
+                            WHERE w.number_id = p_number_id
+                              AND w.sent_through >= p_since + make_interval(secs => s.status_grace_s))))
+    FROM core.settings s
 $$;
 
 CREATE FUNCTION core.restore_webhook_notify() RETURNS void
@@ -4641,6 +5326,111 @@ CREATE FUNCTION core.service_window() RETURNS interval
     SET search_path TO ''
     AS $$
     SELECT interval '24 hours'
+$$;
+
+CREATE FUNCTION core.set_tier(p_portfolio_id bigint, p_tier text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $_$
+DECLARE
+    v_old core.portfolios;
+    v_queue text;
+BEGIN
+    SELECT * INTO v_old FROM core.portfolios WHERE portfolio_id = p_portfolio_id FOR UPDATE;
+    IF NOT FOUND OR v_old.tier IS NOT DISTINCT FROM p_tier THEN
+        RETURN;
+    END IF;
+    UPDATE core.portfolios SET tier = p_tier, messaging_limit = core.tier_limit(p_tier), updated_at = now(),
+                               budget_wait_until = NULL
+    WHERE portfolio_id = p_portfolio_id;
+    IF v_old.budget_wait_until > now()
+       AND coalesce(core.tier_limit(p_tier), 2147483647) > coalesce(v_old.messaging_limit, 2147483647) THEN
+        FOR v_queue IN
+            SELECT core.campaign_queue(c.campaign_id) FROM core.campaigns c
+            JOIN core.wa_numbers n ON n.number_id = c.number_id
+            WHERE n.portfolio_id = p_portfolio_id AND c.status = 'running'
+        LOOP
+            EXECUTE format('UPDATE pgmq.%I SET vt = now() WHERE vt > now() AND vt <= $1',
+                           pgmq.format_table_name(v_queue, 'q'))
+            USING v_old.budget_wait_until;
+        END LOOP;
+        PERFORM pg_notify('pgwa_send', n.number_id::text) FROM core.wa_numbers n WHERE n.portfolio_id = p_portfolio_id;
+    END IF;
+END
+$_$;
+
+CREATE FUNCTION core.spend_budget(p_batch core.claimed[], p_portfolio_id bigint, p_now timestamp with time zone) RETURNS core.claimed[]
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_limit integer;
+    v_room integer;
+    v_wait timestamptz;
+    v_keep core.claimed[];
+    v_late core.claimed[];
+    v_sent text[];
+BEGIN
+    -- Unlimited portfolios (most) cost one index probe and no lock.
+    SELECT p.messaging_limit INTO v_limit FROM core.portfolios p WHERE p.portfolio_id = p_portfolio_id;
+    IF v_limit IS NULL OR NOT EXISTS (SELECT 1 FROM unnest(p_batch) b WHERE b.message ? 't') THEN
+        RETURN p_batch;
+    END IF;
+    SELECT p.messaging_limit INTO v_limit FROM core.portfolios p WHERE p.portfolio_id = p_portfolio_id FOR UPDATE;
+    IF v_limit IS NULL THEN                   -- raised to unlimited meanwhile
+        RETURN p_batch;
+    END IF;
+    v_room := greatest(v_limit - core.budget_used(p_portfolio_id, p_now), 0);
+
+    WITH sends AS (
+        SELECT b, b.ord,
+               b.message->>'t' IS NOT NULL AND coalesce(r.last_at <= core.window_start(p_now), true) AS is_new,
+               min(b.ord) OVER (PARTITION BY b.message->>'t') AS first_ord
+        FROM unnest(p_batch) WITH ORDINALITY b(queue_name, msg_id, read_ct, outbound_id, message, ord)
+        LEFT JOIN core.portfolio_reach r ON r.portfolio_id = p_portfolio_id AND r.wa_id = b.message->>'t'
+    ), ranked AS (
+        -- New users in claim order; several messages to one user count it once.
+        SELECT s.*, CASE WHEN s.is_new THEN dense_rank() OVER (PARTITION BY s.is_new ORDER BY s.first_ord)
+                         ELSE 0 END AS new_rank
+        FROM sends s
+    )
+    SELECT array_agg(ROW((r.b).queue_name, (r.b).msg_id, (r.b).read_ct, (r.b).outbound_id, (r.b).message)::core.claimed
+                     ORDER BY r.ord) FILTER (WHERE r.new_rank <= v_room),
+           array_agg(ROW((r.b).queue_name, (r.b).msg_id, (r.b).read_ct, (r.b).outbound_id, (r.b).message)::core.claimed
+                     ORDER BY r.ord) FILTER (WHERE r.new_rank > v_room)
+    INTO v_keep, v_late FROM ranked r;
+
+    -- The recipients sent to move to this minute, out of the minute they were last in.
+    v_sent := ARRAY(SELECT DISTINCT k.message->>'t' FROM unnest(v_keep) k WHERE k.message ? 't');
+    UPDATE core.portfolio_reach_minutes m SET users = greatest(m.users - d.n, 0)
+    FROM (SELECT date_trunc('minute', r.last_at) AS minute, count(*)::integer AS n
+          FROM core.portfolio_reach r
+          WHERE r.portfolio_id = p_portfolio_id AND r.wa_id = ANY (v_sent) GROUP BY 1) d
+    WHERE m.portfolio_id = p_portfolio_id AND m.minute = d.minute;
+    INSERT INTO core.portfolio_reach AS r (portfolio_id, wa_id, last_at)
+    SELECT p_portfolio_id, w, p_now FROM unnest(v_sent) w
+    ON CONFLICT (portfolio_id, wa_id) DO UPDATE SET last_at = excluded.last_at;
+    INSERT INTO core.portfolio_reach_minutes AS m (portfolio_id, minute, users)
+    VALUES (p_portfolio_id, date_trunc('minute', p_now), cardinality(v_sent))
+    ON CONFLICT (portfolio_id, minute) DO UPDATE SET users = m.users + excluded.users;
+
+    IF v_late IS NOT NULL THEN
+        SELECT min(m.minute) + core.service_window() + interval '1 minute' INTO v_wait
+        FROM core.portfolio_reach_minutes m
+        WHERE m.portfolio_id = p_portfolio_id AND m.users > 0
+          AND m.minute > core.window_start(p_now) - interval '1 minute';
+        v_wait := greatest(coalesce(v_wait, p_now + interval '1 minute'), p_now + interval '1 second');
+        PERFORM core.delay_messages(l.queue_name, array_agg(l.msg_id),
+                                    array_fill(extract(epoch FROM v_wait - p_now)::double precision, ARRAY[count(*)::int]),
+                                    p_now)
+        FROM unnest(v_late) l GROUP BY l.queue_name;
+        UPDATE core.portfolios SET budget_wait_until = v_wait WHERE portfolio_id = p_portfolio_id;
+    ELSE
+        UPDATE core.portfolios SET budget_wait_until = NULL
+        WHERE portfolio_id = p_portfolio_id AND budget_wait_until IS NOT NULL;
+    END IF;
+    RETURN coalesce(v_keep, '{}');
+END
 $$;
 
 CREATE FUNCTION core.staged_count() RETURNS integer
@@ -4735,6 +5525,9 @@ BEGIN
         PERFORM pgmq.drop_queue(v_queue);
         v_dropped := v_dropped + 1;
     END LOOP;
+    -- Messaging-limit buckets and users that left the window (core.spend_budget).
+    DELETE FROM core.portfolio_reach_minutes WHERE minute < core.window_start(now()) - interval '1 hour';
+    DELETE FROM core.portfolio_reach WHERE last_at < core.window_start(now()) - interval '1 hour';
     RETURN jsonb_build_object('started', v_started, 'completed', cardinality(v_completed),
                               'stuck_cancelled', v_settled, 'queues_dropped', v_dropped);
 END
@@ -4766,7 +5559,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION core.take_in_flight(p_batch core.claimed[], p_tenant_id bigint, p_number_id bigint, p_now timestamp with time zone) RETURNS core.claimed[]
+CREATE FUNCTION core.take_in_flight(p_batch core.claimed[], p_number core.wa_numbers, p_now timestamp with time zone) RETURNS core.claimed[]
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
@@ -4777,7 +5570,7 @@ BEGIN
     IF cardinality(p_batch) = 0 THEN
         RETURN p_batch;
     END IF;
-    PERFORM core.cancel_opted_out(p_batch, p_tenant_id, p_number_id);
+    PERFORM core.cancel_opted_out(p_batch, p_number.tenant_id, p_number.number_id);
     WITH settled AS (
         SELECT b.queue_name, b.msg_id FROM unnest(p_batch) b
         LEFT JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
@@ -4789,8 +5582,27 @@ BEGIN
                     ELSE ARRAY(SELECT b FROM unnest(p_batch) b
                                JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
                                WHERE o.state IN ('queued', 'in_flight')) END;
-    UPDATE core.outbound_messages o SET state = 'in_flight', attempts = o.attempts + 1, claimed_at = p_now
-    FROM unnest(v_batch) b WHERE o.outbound_id = b.outbound_id AND o.state IN ('queued', 'in_flight');
+    v_batch := core.hold_unsure(v_batch, p_number.number_id, p_now);
+    IF p_number.portfolio_id IS NOT NULL THEN
+        v_batch := core.spend_budget(v_batch, p_number.portfolio_id, p_now);
+    END IF;
+    -- A message withheld under the per-user marketing cap and now tried again no longer
+    -- counts as retrying (core.defer_capped).
+    WITH taken AS (
+        SELECT o.outbound_id, o.campaign_id,
+               o.state = 'queued' AND o.deferrals > 0 AND e.backoff = 'next_day' AS was_capped
+        FROM unnest(v_batch) b
+        JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+        LEFT JOIN core.meta_error_codes e ON e.code = o.error_code
+    ), flown AS (
+        UPDATE core.outbound_messages o SET state = 'in_flight', attempts = o.attempts + 1, claimed_at = p_now,
+                                            unsure_since = NULL
+        FROM taken t WHERE o.outbound_id = t.outbound_id AND o.state IN ('queued', 'in_flight')
+        RETURNING t.campaign_id, t.was_capped
+    )
+    UPDATE core.campaigns c SET retrying = greatest(c.retrying - k.n, 0)
+    FROM (SELECT campaign_id, count(*)::integer AS n FROM flown WHERE was_capped GROUP BY campaign_id) k
+    WHERE c.campaign_id = k.campaign_id;
     RETURN v_batch;
 END
 $$;
@@ -4802,12 +5614,30 @@ CREATE FUNCTION core.text_body_max() RETURNS integer
     SELECT 4096
 $$;
 
+CREATE FUNCTION core.tier_limit(p_tier text) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT CASE p_tier WHEN 'TIER_50' THEN 50 WHEN 'TIER_250' THEN 250 WHEN 'TIER_1K' THEN 1000
+                       WHEN 'TIER_2K' THEN 2000 WHEN 'TIER_10K' THEN 10000 WHEN 'TIER_100K' THEN 100000 END
+$$;
+
 CREATE FUNCTION core.unix_ts(p_value text) RETURNS timestamp with time zone
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     SET search_path TO ''
     AS $_$
     SELECT CASE WHEN p_value ~ '^[0-9]{1,11}$' THEN pg_catalog.to_timestamp(p_value::double precision) END
 $_$;
+
+CREATE FUNCTION core.wake_notified(p_tenant_ids bigint[]) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    PERFORM pg_notify('pgwa_notification', d.t::text)
+    FROM (SELECT DISTINCT t FROM unnest(p_tenant_ids) t WHERE t IS NOT NULL) d;
+END
+$$;
 
 CREATE FUNCTION core.window_closes_at(p_last_inbound_at timestamp with time zone) RETURNS timestamp with time zone
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -5079,12 +5909,52 @@ CREATE TABLE core.outbound_messages (
     failed_at timestamp with time zone,
     replied_at timestamp with time zone,
     deferrals smallint DEFAULT 0 NOT NULL,
+    unsure_since timestamp with time zone,
     CONSTRAINT outbound_messages_kind_valid CHECK ((kind = ANY (ARRAY['campaign'::text, 'reply'::text, 'bot'::text, 'agent'::text, 'llm'::text, 'receipt'::text]))),
     CONSTRAINT outbound_messages_state_valid CHECK ((state = ANY (ARRAY['queued'::text, 'in_flight'::text, 'accepted'::text, 'sent'::text, 'delivered'::text, 'read'::text, 'failed'::text, 'cancelled'::text])))
 );
 
 ALTER TABLE core.outbound_messages ALTER COLUMN outbound_id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME core.outbound_messages_outbound_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE core.portfolio_reach (
+    portfolio_id bigint NOT NULL,
+    wa_id text NOT NULL,
+    last_at timestamp with time zone NOT NULL
+);
+
+CREATE TABLE core.portfolio_reach_minutes (
+    portfolio_id bigint NOT NULL,
+    minute timestamp with time zone NOT NULL,
+    users integer NOT NULL,
+    CONSTRAINT portfolio_reach_minutes_users_valid CHECK ((users >= 0))
+);
+
+CREATE TABLE core.portfolios (
+    portfolio_id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    business_id text NOT NULL,
+    tier text,
+    messaging_limit integer,
+    budget_wait_until timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    tier_event_at timestamp with time zone,
+    CONSTRAINT portfolios_messaging_limit_positive CHECK ((messaging_limit > 0)),
+    CONSTRAINT portfolios_tier_valid CHECK ((tier = ANY (ARRAY['TIER_50'::text, 'TIER_250'::text, 'TIER_1K'::text, 'TIER_2K'::text, 'TIER_10K'::text, 'TIER_100K'::text, 'TIER_UNLIMITED'::text])))
+);
+
+COMMENT ON TABLE core.portfolios IS 'Business portfolios: the WABAs and numbers that share one messaging limit (unique users per moving 24 hours).';
+
+COMMENT ON COLUMN core.portfolios.tier_event_at IS 'When the newest webhook that set the tier happened (phone_number_quality_update, business_capability_update); an older one leaves the tier alone.';
+
+ALTER TABLE core.portfolios ALTER COLUMN portfolio_id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME core.portfolios_portfolio_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
@@ -5115,6 +5985,17 @@ CREATE VIEW core.queue_depths AS
 
 COMMENT ON VIEW core.queue_depths IS 'Every pgmq queue with its kind (campaign, reply, webhooks, ...), campaign or number, messages waiting (all and visible now), the oldest message''s age in seconds and messages ever sent.';
 
+CREATE TABLE core.receiver_beats (
+    singleton boolean DEFAULT true NOT NULL,
+    beat_at timestamp with time zone NOT NULL,
+    CONSTRAINT receiver_beats_one_row CHECK (singleton)
+);
+
+CREATE TABLE core.receiver_outages (
+    started_at timestamp with time zone NOT NULL,
+    ended_at timestamp with time zone NOT NULL
+);
+
 CREATE TABLE core.schema_migrations (
     version integer NOT NULL,
     name text NOT NULL,
@@ -5137,6 +6018,9 @@ CREATE TABLE core.settings (
     bot_match_prefix_chars integer DEFAULT 1024 NOT NULL,
     throttle_hold_ms integer DEFAULT 250 NOT NULL,
     capped_retry_days smallint DEFAULT 3 NOT NULL,
+    receiver_beat_s integer DEFAULT 5 NOT NULL,
+    status_grace_s integer DEFAULT 60 NOT NULL,
+    unsure_resend_after_s integer DEFAULT 604800 NOT NULL,
     CONSTRAINT settings_api_rate_limit_valid CHECK (((api_rate_limit_per_minute >= 1) AND (api_rate_limit_per_minute <= 1000000))),
     CONSTRAINT settings_bot_match_prefix_valid CHECK (((bot_match_prefix_chars >= 500) AND (bot_match_prefix_chars <= 100000))),
     CONSTRAINT settings_capped_retry_days_valid CHECK (((capped_retry_days >= 0) AND (capped_retry_days <= 30))),
@@ -5144,8 +6028,11 @@ CREATE TABLE core.settings (
     CONSTRAINT settings_max_attempts_valid CHECK (((max_attempts >= 1) AND (max_attempts <= 50))),
     CONSTRAINT settings_pace_horizon_valid CHECK (((pace_horizon_ms >= 10) AND (pace_horizon_ms <= 5000))),
     CONSTRAINT settings_rate_headroom_valid CHECK (((rate_headroom > (0)::double precision) AND (rate_headroom <= (1)::double precision))),
+    CONSTRAINT settings_receiver_beat_s_valid CHECK (((receiver_beat_s >= 1) AND (receiver_beat_s <= 300))),
     CONSTRAINT settings_singleton CHECK (singleton),
+    CONSTRAINT settings_status_grace_s_valid CHECK (((status_grace_s >= 1) AND (status_grace_s <= 86400))),
     CONSTRAINT settings_throttle_hold_valid CHECK (((throttle_hold_ms >= 0) AND (throttle_hold_ms <= 10000))),
+    CONSTRAINT settings_unsure_resend_after_s_valid CHECK ((unsure_resend_after_s >= 60)),
     CONSTRAINT settings_webhook_claim_s_valid CHECK (((webhook_claim_s >= 1) AND (webhook_claim_s <= 3600))),
     CONSTRAINT settings_webhook_max_attempts_valid CHECK (((webhook_max_attempts >= 1) AND (webhook_max_attempts <= 100)))
 );
@@ -5155,6 +6042,12 @@ COMMENT ON COLUMN core.settings.bot_match_prefix_chars IS 'Bot rules see at most
 COMMENT ON COLUMN core.settings.throttle_hold_ms IS 'After a throughput error (core.meta_error_codes.throttles) a number sends nothing for this long; the worker hands back what it holds for the number that was due before the hold ends.';
 
 COMMENT ON COLUMN core.settings.capped_retry_days IS 'How many times a message Meta withheld under the per-user marketing cap (131049) is tried again, a day apart, before it fails for good.';
+
+COMMENT ON COLUMN core.settings.receiver_beat_s IS 'How often the webhook receiver beats (api.receiver_heartbeat); a gap of three beats is an outage.';
+
+COMMENT ON COLUMN core.settings.status_grace_s IS 'How long after a send its first status webhook normally arrives: a send whose answer was lost is not resent sooner.';
+
+COMMENT ON COLUMN core.settings.unsure_resend_after_s IS 'After this long a send whose answer was lost is resent even if the webhook stream never caught up past it (Meta retries webhooks for up to 7 days).';
 
 CREATE TABLE core.status_events (
     wamid text NOT NULL,
@@ -5170,20 +6063,9 @@ CREATE TABLE core.status_events (
     CONSTRAINT status_events_status_valid CHECK ((status = ANY (ARRAY['sent'::text, 'delivered'::text, 'read'::text, 'failed'::text, 'deleted'::text, 'warning'::text, 'played'::text])))
 );
 
-CREATE TABLE core.templates (
-    template_id bigint NOT NULL,
-    tenant_id bigint NOT NULL,
-    waba_id text NOT NULL,
-    meta_template_id text,
-    name text NOT NULL,
-    language text NOT NULL,
-    category text,
-    status text DEFAULT 'APPROVED'::text NOT NULL,
-    components jsonb DEFAULT '[]'::jsonb NOT NULL,
-    body_param_count smallint DEFAULT 0 NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    status_event_at timestamp with time zone,
-    CONSTRAINT templates_param_count_valid CHECK ((body_param_count >= 0))
+CREATE TABLE core.status_watermarks (
+    number_id bigint NOT NULL,
+    sent_through timestamp with time zone NOT NULL
 );
 
 ALTER TABLE core.templates ALTER COLUMN template_id ADD GENERATED ALWAYS AS IDENTITY (
@@ -5282,6 +6164,24 @@ ALTER TABLE ONLY core.notifications
 ALTER TABLE ONLY core.outbound_messages
     ADD CONSTRAINT outbound_messages_pkey PRIMARY KEY (outbound_id);
 
+ALTER TABLE ONLY core.portfolio_reach_minutes
+    ADD CONSTRAINT portfolio_reach_minutes_pkey PRIMARY KEY (portfolio_id, minute);
+
+ALTER TABLE ONLY core.portfolio_reach
+    ADD CONSTRAINT portfolio_reach_pkey PRIMARY KEY (portfolio_id, wa_id);
+
+ALTER TABLE ONLY core.portfolios
+    ADD CONSTRAINT portfolios_pkey PRIMARY KEY (portfolio_id);
+
+ALTER TABLE ONLY core.portfolios
+    ADD CONSTRAINT portfolios_tenant_business_unique UNIQUE (tenant_id, business_id);
+
+ALTER TABLE ONLY core.receiver_beats
+    ADD CONSTRAINT receiver_beats_pkey PRIMARY KEY (singleton);
+
+ALTER TABLE ONLY core.receiver_outages
+    ADD CONSTRAINT receiver_outages_pkey PRIMARY KEY (started_at);
+
 ALTER TABLE ONLY core.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
 
@@ -5293,6 +6193,9 @@ ALTER TABLE ONLY core.settings
 
 ALTER TABLE ONLY core.status_events
     ADD CONSTRAINT status_events_pkey PRIMARY KEY (wamid, status, number_id);
+
+ALTER TABLE ONLY core.status_watermarks
+    ADD CONSTRAINT status_watermarks_pkey PRIMARY KEY (number_id);
 
 ALTER TABLE ONLY core.templates
     ADD CONSTRAINT templates_pkey PRIMARY KEY (template_id);
@@ -5375,6 +6278,8 @@ CREATE INDEX templates_meta_template_id ON core.templates USING btree (meta_temp
 
 CREATE INDEX templates_tenant_id ON core.templates USING btree (tenant_id);
 
+CREATE INDEX wa_numbers_portfolio ON core.wa_numbers USING btree (portfolio_id);
+
 CREATE INDEX wa_numbers_tenant_id ON core.wa_numbers USING btree (tenant_id);
 
 ALTER TABLE ONLY core.api_keys
@@ -5425,11 +6330,26 @@ ALTER TABLE ONLY core.notifications
 ALTER TABLE ONLY core.outbound_messages
     ADD CONSTRAINT outbound_messages_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES core.campaigns(campaign_id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY core.portfolio_reach_minutes
+    ADD CONSTRAINT portfolio_reach_minutes_portfolio_id_fkey FOREIGN KEY (portfolio_id) REFERENCES core.portfolios(portfolio_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY core.portfolio_reach
+    ADD CONSTRAINT portfolio_reach_portfolio_id_fkey FOREIGN KEY (portfolio_id) REFERENCES core.portfolios(portfolio_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY core.portfolios
+    ADD CONSTRAINT portfolios_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES core.tenants(tenant_id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY core.send_minutes
     ADD CONSTRAINT send_minutes_number_id_fkey FOREIGN KEY (number_id) REFERENCES core.wa_numbers(number_id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY core.status_watermarks
+    ADD CONSTRAINT status_watermarks_number_id_fkey FOREIGN KEY (number_id) REFERENCES core.wa_numbers(number_id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY core.templates
     ADD CONSTRAINT templates_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES core.tenants(tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY core.wa_numbers
+    ADD CONSTRAINT wa_numbers_portfolio_id_fkey FOREIGN KEY (portfolio_id) REFERENCES core.portfolios(portfolio_id);
 
 ALTER TABLE ONLY core.wa_numbers
     ADD CONSTRAINT wa_numbers_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES core.tenants(tenant_id) ON DELETE CASCADE;

@@ -52,6 +52,17 @@ SELECT api.register_number(%(tenant_id)s::bigint, %(phone_number_id)s::text, %(w
 -- keeps its WABA.
 SELECT api.transfer_number(%(phone_number_id)s::text, %(tenant_id)s::bigint, %(waba_id)s::text);
 
+-- portfolios --
+-- The tenant's business portfolios: tier, messaging_limit (NULL: unlimited), used_24h,
+-- budget_wait_until (messages to new users wait until then) and number_ids.
+SELECT * FROM api.portfolios(%(tenant_id)s::bigint);
+
+-- set_messaging_limit --
+-- The number's portfolio with its new tier; business_id (Meta's) moves the number's WABA
+-- into that portfolio, NULL leaves it where it is.
+SELECT * FROM api.set_messaging_limit(%(tenant_id)s::bigint, %(number_id)s::bigint, %(tier)s::text,
+                                      %(business_id)s::text);
+
 -- templates ------------------------------------------------------------------------------
 
 -- upsert_template --
@@ -77,7 +88,8 @@ COPY pg_temp.staged_contacts (row_no, phone, name, attributes) FROM STDIN;
 
 -- create_campaign --
 -- campaign_id, status, total, skipped_invalid, skipped_opted_out, duplicates_removed,
--- invalid_rows: a campaign made from the staged contacts, in the caller's transaction.
+-- invalid_rows, days_at_limit (the days the list needs at its portfolio's messaging limit;
+-- NULL: unlimited): a campaign made from the staged contacts, in the caller's transaction.
 SELECT * FROM api.create_campaign(%(tenant_id)s::bigint, %(number_id)s::bigint, %(name)s::text,
                                   %(templates)s::jsonb, %(on_invalid)s::text,
                                   %(scheduled_at)s::timestamptz, %(start)s::boolean,
@@ -105,7 +117,8 @@ SELECT * FROM api.campaigns(%(tenant_id)s::bigint, %(status)s::text, %(before_id
                             %(limit)s::integer);
 
 -- campaign_stats --
--- One campaign's funnel, rates, templates, failures and timeline.
+-- One campaign's funnel, rates, templates, failures and timeline, and what it waits for
+-- (waiting_for, resumes_at, messaging_limit, days_at_limit, retrying).
 SELECT * FROM api.campaign_stats(%(tenant_id)s::bigint, %(campaign_id)s::bigint);
 
 -- reconcile_campaign --

@@ -118,9 +118,19 @@ def catch_up(db: psycopg.Connection, now: Any = None) -> None:
 
 
 def expire_claims(db: psycopg.Connection, campaign_id: int) -> None:
-    """As if the claim timeout had passed: every message of the campaign's queue is visible."""
+    """As if the claim timeout had passed, with the webhook receiver up all along and no
+    status come: every message of the campaign's queue is visible, and those in flight
+    were claimed long enough ago for a resend (core.resend_safe)."""
     db.execute(sql.SQL("UPDATE pgmq.{} SET vt = now() - interval '1 second'")
                .format(sql.Identifier("q_" + campaign_queue(db, campaign_id))))
+    db.execute("UPDATE core.outbound_messages SET claimed_at = claimed_at - interval '1 day' "
+               "WHERE campaign_id = %s AND state = 'in_flight'", (campaign_id,))
+    receiver_up(db)
+
+
+def receiver_up(db: psycopg.Connection, now: Any = None) -> None:
+    """The webhook receiver beats (api.receiver_heartbeat), as the API process does."""
+    db.execute("SELECT api.receiver_heartbeat(%s)", (now,))
 
 
 def claim(db: psycopg.Connection, max_rows: int = 500, worker: str = "test", now: Any = None) -> list[dict[str, Any]]:

@@ -48,7 +48,8 @@ def drift(db: psycopg.Connection, acc: factories.Account, campaign_id: int, fix:
 def settled_campaign(db: psycopg.Connection, acc: factories.Account) -> tuple[int, list[dict]]:
     """Ten messages over two templates: 6 accepted (then 4 delivered, 2 of them read, 1 failed
     after sending with 131049, 1 failed with no code), 2 failed 131026, 1 failed 131050,
-    1 retried (transient 131000) and still queued."""
+    1 retried (transient 131000) and still queued. 131049 is final here: no retries left."""
+    factories.settings(db, capped_retry_days=0)
     campaign_id = factories.running_campaign(db, acc, 10, [factories.order_update(), factories.promo()])
     requests = factories.claim_all(db)
     assert len(requests) == 10

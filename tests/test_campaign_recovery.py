@@ -31,6 +31,11 @@ from pgwa.local.stack import GRAPH_VERSION, Stack
 from tests.sim_fixtures import wait_for as poll
 
 PNID, WABA = "310000000000001", "410000000000001"
+# The simulator behaves as Meta (duplicated and reordered statuses, `read` without
+# `delivered`: the ordeals must survive them), except that every message here must be
+# deliverable: the contacts are +1 numbers and the second template is marketing, which
+# Meta does not deliver to US numbers, and a share of marketing meets the per-user cap.
+DELIVERABLE = {"us_marketing_blocked": False, "marketing_cap_share": 0.0}
 TEMPLATES = [{"name": "order_update", "language": "en_US",
               "params": [{"column": "name"}, {"column": "order_no"}]},
              {"name": "promo_offer", "language": "en_US", "params": [{"value": "20% off"}]}]
@@ -116,9 +121,10 @@ def assert_counters_match(result: dict, total: int) -> None:
 
 
 def test_worker_killed_mid_campaign_then_restarted_messages_everyone_once(db, db_url):
-    # A claim dies with its worker; it comes back after the claim timeout (the minimum, 5 s).
-    db.execute("UPDATE core.settings SET claim_timeout_s = 5")
-    with Stack(db_url) as stack:
+    # A claim dies with its worker; it comes back after the claim timeout (the minimum, 5 s),
+    # and goes again once its status would have come (10 s here; the receiver stays up).
+    db.execute("UPDATE core.settings SET claim_timeout_s = 5, status_grace_s = 10")
+    with Stack(db_url, sim_settings=DELIVERABLE) as stack:
         campaign, to = start_campaign(db, stack, 2000, 250)
         stack.start_workers()
         wait_for(lambda: accepted(stack) >= 600, 30, "the first sends")
@@ -136,7 +142,7 @@ def test_worker_killed_mid_campaign_then_restarted_messages_everyone_once(db, db
 
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="restarts the project's own cluster")
 def test_postgresql_restart_mid_campaign_is_survived(db, db_url):
-    with Stack(db_url) as stack:
+    with Stack(db_url, sim_settings=DELIVERABLE) as stack:
         campaign, to = start_campaign(db, stack, 2000, 250)
         db.close()                      # the restart ends every session
         stack.start_workers()
@@ -158,7 +164,7 @@ def test_postgresql_restart_mid_campaign_is_survived(db, db_url):
 
 def test_transient_errors_and_throttle_bursts_end_with_everything_sent(db, db_url):
     db.execute("UPDATE core.settings SET retry_backoff_s = '{1,1,2}', max_attempts = 10")
-    with Stack(db_url) as stack:
+    with Stack(db_url, sim_settings=DELIVERABLE) as stack:
         campaign, to = start_campaign(db, stack, 3000, 300)
         number = db.execute("SELECT number_id FROM core.campaigns WHERE campaign_id = %s",
                             (campaign,)).fetchone()[0]

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from pgwa import cli
 from tests import factories
+from tests.test_webhooks_payloads import status, statuses_payload
 
 
 @pytest.fixture
@@ -109,3 +111,66 @@ def test_template_specs_map_columns_and_constants() -> None:
     assert cli.parse_template("confirmed:en_US") == {"name": "confirmed", "language": "en_US", "params": []}
     with pytest.raises(cli.CliError):
         cli.parse_template("nolanguage")
+
+
+def test_portfolio_set_tier_and_list_show_the_messaging_limit(run, db: psycopg.Connection) -> None:
+    acc = factories.account(db)
+    tenant = str(acc.tenant_id)
+    code, out, err = run("portfolio", "set-tier", acc.phone_number_id, "TIER_250", "--tenant", tenant,
+                         "--business-id", "5566778899")
+    assert code == 0, err
+    assert "business 5566778899" in out and "TIER_250" in out and "250 new users per 24 hours" in out
+    code, out, _ = run("portfolio", "list", "--tenant", tenant)
+    row = next(line for line in out.splitlines() if "5566778899" in line)
+    assert code == 0 and re.search(rf"TIER_250\s*│\s*250\s*│\s*0\s*│\s*│\s*{acc.number_id}\b", row), row
+    code, _, err = run("portfolio", "set-tier", str(acc.number_id), "TIER_5", "--tenant", tenant)
+    assert code == 1 and "PW100" in err and "tier" in err and "hint:" in err
+    code, _, err = run("portfolio", "set-tier", "999", "TIER_50", "--tenant", tenant)
+    assert code == 2 and "no number" in err
+
+
+def test_a_campaign_over_the_messaging_limit_warns_at_creation_and_its_stats_say_it_waits(
+        run, db: psycopg.Connection, tmp_path: Path) -> None:
+    acc = factories.account(db)
+    tenant = str(acc.tenant_id)
+    assert run("portfolio", "set-tier", str(acc.number_id), "TIER_50", "--tenant", tenant)[0] == 0
+    path = write_csv(tmp_path, factories.contacts(80))
+    code, out, err = run("campaign", "create", "--csv", str(path), "--tenant", tenant, "--number",
+                         str(acc.number_id), "--template", "order_update:en_US:name,order_no,=ACME", "--start",
+                         "--quiet")
+    assert code == 0, err
+    assert "warning: needs 2 days at tier TIER_50 (50 new users per 24 hours)" in out
+    campaign_id = int(out.strip().splitlines()[-1])
+    t = factories.clock(db)
+    sent = factories.claim_all(db, now=t)
+    assert len(sent) == 50
+    factories.report(db, [factories.ok(r) for r in sent], now=t)
+    # Meta accepted one, then withheld it under its per-user marketing cap: tried again a day later.
+    db.execute("SELECT api.ingest_webhooks(%s::jsonb[])", ([Jsonb(statuses_payload(
+        status(f"wamid.{sent[0]['outbound_id']}", "failed", error_code=131049),
+        phone_number_id=acc.phone_number_id))],))
+    while db.execute("SELECT payloads FROM api.process_webhooks(100)").fetchone()[0]:
+        pass
+    until = db.execute("SELECT budget_wait_until FROM api.portfolios(%s)", (acc.tenant_id,)).fetchone()[0]
+    code, out, _ = run("stats", str(campaign_id), "--tenant", tenant)
+    assert code == 0
+    assert f"waiting for messaging limit until {until:%Y-%m-%d %H:%M}" in out
+    assert "needs 1 day at the messaging limit (50 new users per 24 hours)" in out
+    assert "retrying 1: withheld by Meta's per-user marketing cap" in out
+    code, out, _ = run("campaign", "watch", str(campaign_id), "--tenant", tenant, "--once")
+    assert code == 0 and "waiting for messaging limit until" in out
+    code, out, _ = run("portfolio", "list", "--tenant", tenant)
+    assert re.search(rf"TIER_50\s*│\s*50\s*│\s*50\s*│\s*{until:%Y-%m-%d %H:%M}", out), out
+
+
+def test_a_campaign_within_a_day_of_its_limit_creates_without_a_warning(run, db: psycopg.Connection,
+                                                                        tmp_path: Path) -> None:
+    acc = factories.account(db)
+    assert run("portfolio", "set-tier", str(acc.number_id), "TIER_50", "--tenant", str(acc.tenant_id))[0] == 0
+    code, out, err = run("campaign", "create", "--csv", str(write_csv(tmp_path, factories.contacts(50))),
+                         "--tenant", str(acc.tenant_id), "--number", str(acc.number_id),
+                         "--template", "promo:en_US:name", "--quiet")
+    assert code == 0, err
+    assert "50 messages queued" in out and "warning" not in out
+    code, out, _ = run("stats", out.strip().splitlines()[-1], "--tenant", str(acc.tenant_id))
+    assert code == 0 and "waiting for" not in out and "retrying" not in out

@@ -19,6 +19,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from pgwa.queries import queries
 from tests import factories as f
@@ -128,6 +129,7 @@ def test_the_marketing_cap_tries_a_recipient_again_a_day_later_then_fails(db: ps
     first, *others = f.claim_all(db, now=t)
     f.report(db, [f.err(first, 131049)] + [f.ok(r) for r in others], now=t)
     assert visible_at(db, cid, first) == later(t, 86400)
+    assert f.campaign(db, cid)["retrying"] == 1
     assert f.claim_all(db, now=later(t, 86399)) == []       # the rest of the campaign went on
     for day in (1, 2):
         t = later(t, 86400)
@@ -165,3 +167,49 @@ def test_a_user_who_stopped_marketing_gets_no_more_marketing_templates_but_still
     c = f.campaign(db, promo)
     assert (c["cancelled"], c["total"]) == (1, 2)
     assert f.campaign(db, first)["failed"] == 1
+
+
+def test_a_message_withheld_by_the_marketing_cap_after_acceptance_is_tried_again_a_day_later(
+        db: psycopg.Connection) -> None:
+    from tests.test_webhooks_payloads import status, statuses_payload
+
+    acc = f.account(db)
+
+    def deliver(*items: dict) -> None:
+        db.execute("SELECT api.ingest_webhooks(%s::jsonb[])",
+                   ([Jsonb(statuses_payload(*items, phone_number_id=acc.phone_number_id))],))
+        while db.execute("SELECT payloads FROM api.process_webhooks(100)").fetchone()[0]:
+            pass
+
+    f.settings(db, capped_retry_days=1)
+    rows = [{"phone": p, "name": n, "order_no": o, "shop": "ACME"}
+            for p, n, o in zip(f.phones(2), ("Ann", "Bo"), ("A1", "B2"))]
+    cid = f.create_campaign(db, acc, rows, start=True)["campaign_id"]
+    t = f.clock(db)
+    capped, other = f.claim_all(db, now=t)
+    f.report(db, [f.ok(capped), f.ok(other)], now=t)
+    assert f.campaign(db, cid)["status"] == "completed"
+
+    # Meta accepted it, then withheld it: a failed status with 131049.
+    deliver(status(f"wamid.{capped['outbound_id']}", "failed", error_code=131049))
+    o = f.outbound(db, capped["outbound_id"])
+    assert (o["state"], o["wamid"], o["deferrals"], o["error_code"]) == ("queued", None, 1, 131049)
+    c = f.campaign(db, cid)
+    assert (c["status"], c["sent"], c["failed"], c["finished"]) == ("running", 1, 0, 1)
+    with db.cursor(row_factory=dict_row) as cur:
+        assert cur.execute("SELECT retrying FROM api.campaign_stats(%s, %s)",
+                           (acc.tenant_id, cid)).fetchone()["retrying"] == 1
+    # A day later it is sent again, as first rendered; this time it fails for good.
+    assert f.claim_all(db, now=later(f.clock(db), 86000)) == []
+    (again,) = f.claim_all(db, now=later(f.clock(db), 86401))
+    assert again["body"] == capped["body"] and again["outbound_id"] == capped["outbound_id"]
+    assert f.campaign(db, cid)["retrying"] == 0           # tried again: no longer waiting
+    f.report(db, [f.ok(again, wamid="wamid.second")], now=later(t, 86401))
+    deliver(status("wamid.second", "failed", error_code=131049))
+    o = f.outbound(db, capped["outbound_id"])
+    assert (o["state"], o["error_code"]) == ("failed", 131049)
+    c = f.campaign(db, cid)
+    assert (c["status"], c["sent"], c["failed"]) == ("completed", 2, 1)
+    drift = db.execute("SELECT scope, key, counter, drift FROM api.reconcile_campaign(%s, %s) WHERE drift <> 0",
+                       (acc.tenant_id, cid)).fetchall()
+    assert drift == []            # every counter the deferral moved back agrees with a recount

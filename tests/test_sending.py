@@ -228,8 +228,8 @@ def test_a_claim_skips_the_numbers_another_claim_holds_and_takes_the_rest_after(
     assert len(after) == 10 and not set(held) & set(after)
 
 
-def test_expired_claim_comes_back(db: psycopg.Connection) -> None:
-    f.settings(db, claim_timeout_s=5)
+def test_expired_claim_comes_back_once_its_status_would_have_come(db: psycopg.Connection) -> None:
+    f.settings(db, claim_timeout_s=5, status_grace_s=60, receiver_beat_s=5)
     acc = f.account(db)
     cid = f.running_campaign(db, acc, 3)
     t = f.clock(db)
@@ -237,7 +237,13 @@ def test_expired_claim_comes_back(db: psycopg.Connection) -> None:
     # For the claim timeout plus the 250 ms pace horizon, rounded up to a second.
     assert [m["vt"] for m in f.queue(db, f.campaign_queue(db, cid))] == [later(t, 6)] * 3
     assert f.claim_all(db, now=later(t, 5.9)) == []          # invisible while claimed
-    again = f.claim_all(db, now=later(t, 6))
+    # Its worker died: Meta may have the sends, and their statuses may still come. With the
+    # receiver up all along, they go again once a status would have come (60 s), not before.
+    for k in range(0, 70, 5):
+        f.receiver_up(db, now=later(t, k))
+    assert f.claim_all(db, now=later(t, 6)) == []
+    assert [m["vt"] for m in f.queue(db, f.campaign_queue(db, cid))] == [later(t, 66)] * 3
+    again = f.claim_all(db, now=later(t, 66))
     assert [r["outbound_id"] for r in again] == [r["outbound_id"] for r in first]
     assert [r["attempt"] for r in again] == [2, 2, 2]
 
@@ -666,3 +672,15 @@ def test_sweep_settles_messages_held_by_a_dead_worker_when_their_campaign_was_ca
     assert summary["stuck_cancelled"] == len(held) == 3
     assert {f.outbound(db, r["outbound_id"])["state"] for r in held} == {"cancelled"}
     assert f.campaign(db, cid)["cancelled"] == 3
+
+
+def test_a_number_whose_pace_never_changed_grows_by_a_full_step(db: psycopg.Connection) -> None:
+    acc = f.account(db, throughput_mps=100)
+    # As registered before any pace change: no rate_changed_at, the pace below the limit
+    # (e.g. the number was re-registered with a higher throughput).
+    db.execute("UPDATE core.wa_numbers SET rate_mps = 20, rate_changed_at = NULL WHERE number_id = %s",
+               (acc.number_id,))
+    f.running_campaign(db, acc, 5)
+    t = f.clock(db)
+    f.report(db, [f.ok(r) for r in f.claim_all(db, now=t)], now=t)
+    assert number(db, acc)["rate_mps"] == 60          # 20 + two fifths of 100

@@ -175,6 +175,25 @@ def test_failed_status_keeps_metas_error_code_and_category(world: World, code: i
     assert world.campaign_counters()["failed"] == 1
 
 
+def test_a_delivered_after_failed_is_the_truth_and_moves_every_counter_back(world: World) -> None:
+    a, wa = world.outbound()
+    world.deliver(statuses_payload(status(wa, "failed", error_code=131026)))
+    before = world.campaign_counters()
+    world.deliver(statuses_payload(status(wa, "delivered")))
+    row = outbound_row(world, a)
+    assert row["state"] == "delivered" and row["delivered_at"] is not None
+    after = world.campaign_counters()
+    assert (after["failed"] - before["failed"], after["delivered"] - before["delivered"]) == (-1, 1)
+    assert world.one("SELECT coalesce(sum(count), 0) FROM core.campaign_errors WHERE campaign_id = %s",
+                     world.campaign_id) == (0,)
+    assert world.one("SELECT sum(failed), sum(delivered) FROM core.campaign_minutes WHERE campaign_id = %s",
+                     world.campaign_id) == (0, 1)
+    # A failed that comes later still wins over a delivered: only this direction revives.
+    b, wb = world.outbound()
+    world.deliver(statuses_payload(status(wb, "delivered"), status(wb, "failed", error_code=131026)))
+    assert outbound_row(world, b)["state"] == "delivered"     # both in one batch: delivered is the truth
+
+
 def test_a_webhook_of_a_thousand_statuses_is_processed_in_one_batch(world: World) -> None:
     msgs = [world.outbound(variant=1 + i % 2) for i in range(500)]
     payload = statuses_payload(*[status(w, s) for _, w in msgs for s in ("sent", "delivered")])
@@ -344,7 +363,9 @@ def test_phone_quality_update_sets_the_rating_and_notifies(world: World) -> None
     world.deliver(quality_payload("THROUGHPUT_UPGRADE", current_limit="TIER_UNLIMITED"))
     assert world.one("SELECT quality_rating FROM core.wa_numbers WHERE number_id = %s", world.number_id) == \
         ("GREEN",)
-    assert world.one("SELECT count(*) FROM core.notifications") == (1,)
+    # The upgrade is news, not an incident (tests/test_webhooks_account.py has the rest).
+    assert world.db.execute("SELECT severity FROM core.notifications ORDER BY notification_id").fetchall() == \
+        [("critical",), ("info",)]
 
 
 def test_account_update_notifies_the_tenant(world: World) -> None:

@@ -113,6 +113,7 @@ def test_dropped_connection_is_a_transient_error_without_code(sim):
     [r] = send(sim.url, template_body())
     assert (r.wamid, r.error_code, r.http_status) == (None, None, None)
     assert r.error_message.startswith("connection error")
+    assert r.unsure            # the request went out: Meta may have it
 
 
 def test_the_pool_recovers_after_dropped_connections(sim):
@@ -137,13 +138,14 @@ def test_connection_refused_is_a_transient_error_without_code():
     [r] = send(f"http://127.0.0.1:{port}", template_body())
     assert (r.wamid, r.error_code, r.http_status) == (None, None, None)
     assert r.error_message.startswith("connection error")
+    assert not r.unsure        # nothing was sent: it may go again at once
 
 
 def test_slow_answer_times_out_without_code(sim):
     sim.faults(latency_ms={"median": 800, "p99": 900})
     [r] = send(sim.url, template_body(), timeout=httpx.Timeout(0.2, connect=1.0))
-    assert (r.wamid, r.error_code, r.http_status, r.error_message) == \
-        (None, None, None, "timeout")
+    assert (r.wamid, r.error_code, r.http_status, r.error_message, r.unsure) == \
+        (None, None, None, "timeout", True)
     # The request still reaches Meta after the client gave up: a timeout is no proof the
     # message was not sent (the database reconciles it against its status webhooks before
     # any resend). Wait for it here, so it cannot land in the next test's ledger.

@@ -45,6 +45,9 @@ class SendResult:
     error_message: str | None = None
     # Meta's X-Business-Use-Case-Usage said access comes back after so many seconds.
     retry_after_s: int | None = None
+    # The request went out and no answer came back (a timeout, a dropped connection): Meta
+    # may have accepted it. A refused connection sent nothing and is not unsure.
+    unsure: bool = False
 
     @property
     def ok(self) -> bool:
@@ -282,7 +285,9 @@ class GraphClient:
                 status, raw_headers, content = await self._transport.fetch(
                     "POST", url, headers, data, self._send_timeout)
         except httpx.TimeoutException:
-            return SendResult(error_message="timeout")
-        except httpx.TransportError as exc:
+            return SendResult(error_message="timeout", unsure=True)
+        except httpx.ConnectError as exc:
             return SendResult(error_message=_short(f"connection error: {exc}", token))
+        except httpx.TransportError as exc:
+            return SendResult(error_message=_short(f"connection error: {exc}", token), unsure=True)
         return send_result(status, content, token, raw_headers)

@@ -303,7 +303,7 @@ class Sender:
             stats.errors += 1
             result = {"outbound_id": outbound_id, "queue_name": queue_name, "msg_id": msg_id,
                       "wamid": None, "message_status": None, "error_code": None,
-                      "http_status": None, "error_message": error}
+                      "http_status": None, "error_message": error, "unsure": True}
         else:
             if r.wamid is not None:
                 stats.accepted += 1
@@ -319,7 +319,8 @@ class Sender:
             result = {"outbound_id": outbound_id, "queue_name": queue_name, "msg_id": msg_id,
                       "wamid": r.wamid, "message_status": r.message_status,
                       "error_code": r.error_code, "http_status": r.http_status,
-                      "error_message": r.error_message, "retry_after_s": r.retry_after_s}
+                      "error_message": r.error_message, "retry_after_s": r.retry_after_s,
+                      "unsure": r.unsure}
         self._results.add(result)
 
     async def _report_loop(self, sent: asyncio.Event) -> None:

@@ -82,9 +82,19 @@ BEGIN
                        'minute', m.minute, 'sent', m.sent, 'delivered', m.delivered, 'read', m.read,
                        'failed', m.failed, 'replied', m.replied) ORDER BY m.minute), '[]')
             FROM (SELECT * FROM core.campaign_minutes cm WHERE cm.campaign_id = c.campaign_id
-                  ORDER BY cm.minute DESC LIMIT 1440) m)
+                  ORDER BY cm.minute DESC LIMIT 1440) m),
+           -- Its messages to new users wait while the portfolio's messaging limit is spent.
+           CASE WHEN c.status = 'running' AND c.total > c.finished + c.cancelled AND p.budget_wait_until > now()
+                THEN 'messaging_limit' END,
+           CASE WHEN c.status = 'running' AND c.total > c.finished + c.cancelled AND p.budget_wait_until > now()
+                THEN p.budget_wait_until END,
+           p.messaging_limit,
+           ceil(greatest(c.total - c.finished - c.cancelled, 0)::numeric / p.messaging_limit)::integer,
+           c.retrying
     INTO v_stats
     FROM core.campaigns c
+    LEFT JOIN core.wa_numbers n ON n.number_id = c.number_id
+    LEFT JOIN core.portfolios p ON p.portfolio_id = n.portfolio_id
     WHERE c.campaign_id = p_campaign_id AND c.tenant_id = p_tenant_id;
     IF v_stats.campaign_id IS NULL THEN
         RAISE EXCEPTION 'campaign % not found', p_campaign_id
@@ -94,7 +104,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.campaign_stats(bigint, bigint) IS
-    'Analytics of one campaign from maintained counters, in one query: the funnel (total, queued, sent, delivered, read, replied, failed, cancelled), rates, per-template counters, failures by Meta error code and by category, and a per-minute timeline (latest 1,440 minutes). Raises PW201 when the tenant has no such campaign.';
+    'Analytics of one campaign from maintained counters, in one query: the funnel (total, queued, sent, delivered, read, replied, failed, cancelled), rates, per-template counters, failures by Meta error code and by category, a per-minute timeline (latest 1,440 minutes), and what it waits for: waiting_for ''messaging_limit'' with resumes_at while its portfolio''s budget of new users is spent, the portfolio''s messaging_limit and the days_at_limit its queued messages still need; retrying counts the messages Meta withheld under the per-user marketing cap (131049) that wait for their next try a day later. Raises PW201 when the tenant has no such campaign.';
 
 -------------------------------------------------------------------------------
 -- Reconciliation

@@ -349,6 +349,10 @@ BEGIN
     END IF;
     v_result.campaign_id := v_campaign_id;
     v_result.status := v_status;
+    -- How many days the list needs at the portfolio's messaging limit (NULL: unlimited).
+    v_result.days_at_limit := (SELECT ceil(v_result.total::numeric / p.messaging_limit)::integer
+                               FROM core.wa_numbers n JOIN core.portfolios p ON p.portfolio_id = n.portfolio_id
+                               WHERE n.number_id = p_number_id);
     RETURN v_result;
 END
 $$;

@@ -35,7 +35,9 @@ $$;
 
 -- Move messages forward, set-based. Arrays are parallel: one element per event
 -- (several events for one message collapse to the highest state, each timestamp kept).
--- A lower or equal state changes nothing but fills a missing timestamp or wamid.
+-- A lower or equal state changes nothing but fills a missing timestamp or wamid, with
+-- one exception: a delivered or read status for a failed message is the truth (Meta
+-- delivered it after all), and the message is revived: counted delivered, not failed.
 -- Campaign and per-template counters move by the transitions, aggregated per campaign,
 -- and so do the campaign's per-minute timeline and failures by error code (analytics.sql).
 -- Returns the number of messages whose state moved.
@@ -58,7 +60,9 @@ BEGIN
         WHERE u.outbound_id IS NOT NULL AND core.state_rank(u.state) IS NOT NULL
     ), events AS (
         SELECT i.outbound_id,
-               (array_agg(i.state ORDER BY core.state_rank(i.state) DESC))[1] AS state,
+               -- Delivered or read outranks failed: if Meta said both, it delivered.
+               (array_agg(i.state ORDER BY i.state IN ('delivered', 'read') DESC, core.state_rank(i.state) DESC))[1]
+                   AS state,
                max(i.wamid) AS wamid,
                min(i.at) FILTER (WHERE i.state = 'accepted') AS accepted_at,
                min(i.at) FILTER (WHERE i.state = 'sent') AS sent_at,
@@ -76,7 +80,9 @@ BEGIN
         FOR UPDATE OF o
     ), moved AS (
         UPDATE core.outbound_messages o SET
-            state = CASE WHEN core.state_rank(e.state) > core.state_rank(o.state) THEN e.state ELSE o.state END,
+            state = CASE WHEN core.state_rank(e.state) > core.state_rank(o.state) THEN e.state
+                         WHEN o.state = 'failed' AND e.state IN ('delivered', 'read') THEN e.state
+                         ELSE o.state END,
             wamid = coalesce(o.wamid, e.wamid),
             accepted_at = coalesce(o.accepted_at, e.accepted_at),
             sent_at = coalesce(o.sent_at, e.sent_at),
@@ -90,6 +96,7 @@ BEGIN
         FROM events e JOIN locked l USING (outbound_id)
         WHERE o.outbound_id = e.outbound_id
           AND (core.state_rank(e.state) > core.state_rank(o.state)
+               OR (o.state = 'failed' AND e.state IN ('delivered', 'read'))
                OR (e.wamid IS NOT NULL AND o.wamid IS NULL)
                OR (e.accepted_at IS NOT NULL AND o.accepted_at IS NULL)
                OR (e.sent_at IS NOT NULL AND o.sent_at IS NULL)
@@ -101,9 +108,11 @@ BEGIN
         SELECT m.campaign_id, m.variant,
                count(*) FILTER (WHERE m.r1 > m.r0) AS moved,
                count(*) FILTER (WHERE m.r0 < 2 AND m.r1 BETWEEN 2 AND 5) AS sent,
-               count(*) FILTER (WHERE m.r0 < 4 AND m.r1 BETWEEN 4 AND 5) AS delivered,
-               count(*) FILTER (WHERE m.r0 < 5 AND m.r1 = 5) AS read,
-               count(*) FILTER (WHERE m.r0 < 6 AND m.r1 = 6) AS failed,
+               -- r0 = 6 and r1 in 4, 5: a failed message revived by a later delivered or read.
+               count(*) FILTER (WHERE (m.r0 < 4 OR m.r0 = 6) AND m.r1 BETWEEN 4 AND 5) AS delivered,
+               count(*) FILTER (WHERE (m.r0 < 5 OR m.r0 = 6) AND m.r1 = 5) AS read,
+               count(*) FILTER (WHERE m.r0 < 6 AND m.r1 = 6)
+               - count(*) FILTER (WHERE m.r0 = 6 AND m.r1 BETWEEN 4 AND 5) AS failed,
                count(*) FILTER (WHERE m.r0 < 2 AND m.r1 >= 2) AS finished
         FROM moved m GROUP BY m.campaign_id, m.variant
     ), per_template AS (
@@ -112,7 +121,7 @@ BEGIN
             read = t.read + d.read, failed = t.failed + d.failed
         FROM deltas d
         WHERE t.campaign_id = d.campaign_id AND t.variant = d.variant
-          AND (d.sent + d.delivered + d.read + d.failed) > 0
+          AND (d.sent, d.delivered, d.read, d.failed) <> (0, 0, 0, 0)
     ), per_campaign AS (
         UPDATE core.campaigns c SET
             sent = c.sent + d.sent, delivered = c.delivered + d.delivered, read = c.read + d.read,
@@ -121,7 +130,7 @@ BEGIN
                      sum(read)::int AS read, sum(failed)::int AS failed, sum(finished)::int AS finished
               FROM deltas WHERE campaign_id IS NOT NULL GROUP BY campaign_id) d
         WHERE c.campaign_id = d.campaign_id
-          AND (d.sent + d.delivered + d.read + d.failed + d.finished) > 0
+          AND (d.sent, d.delivered, d.read, d.failed, d.finished) <> (0, 0, 0, 0, 0)
     ), minutes AS (
         -- The timeline (api.campaign_stats): each transition in the minute of its event.
         SELECT m.campaign_id, x.minute, sum(x.sent)::int AS sent, sum(x.delivered)::int AS delivered,
@@ -130,13 +139,15 @@ BEGIN
         CROSS JOIN LATERAL (VALUES
             (date_trunc('minute', coalesce(m.accepted_at, m.sent_at, m.delivered_at, m.read_at, now())),
              (m.r0 < 2 AND m.r1 BETWEEN 2 AND 5)::int, 0, 0, 0),
-            (date_trunc('minute', coalesce(m.delivered_at, m.read_at, now())), 0, (m.r0 < 4 AND m.r1 BETWEEN 4 AND 5)::int, 0, 0),
-            (date_trunc('minute', coalesce(m.read_at, now())), 0, 0, (m.r0 < 5 AND m.r1 = 5)::int, 0),
-            (date_trunc('minute', coalesce(m.failed_at, now())), 0, 0, 0, (m.r0 < 6 AND m.r1 = 6)::int)
+            (date_trunc('minute', coalesce(m.delivered_at, m.read_at, now())), 0,
+             ((m.r0 < 4 OR m.r0 = 6) AND m.r1 BETWEEN 4 AND 5)::int, 0, 0),
+            (date_trunc('minute', coalesce(m.read_at, now())), 0, 0, ((m.r0 < 5 OR m.r0 = 6) AND m.r1 = 5)::int, 0),
+            (date_trunc('minute', coalesce(m.failed_at, now())), 0, 0, 0,
+             (m.r0 < 6 AND m.r1 = 6)::int - (m.r0 = 6 AND m.r1 BETWEEN 4 AND 5)::int)
         ) AS x(minute, sent, delivered, read, failed)
-        WHERE m.campaign_id IS NOT NULL AND m.r1 > m.r0
+        WHERE m.campaign_id IS NOT NULL AND (m.r1 > m.r0 OR m.r0 = 6)
         GROUP BY m.campaign_id, x.minute
-        HAVING sum(x.sent + x.delivered + x.read + x.failed) > 0
+        HAVING (sum(x.sent), sum(x.delivered), sum(x.read), sum(x.failed)) <> (0, 0, 0, 0)
     ), per_minute AS (
         INSERT INTO core.campaign_minutes AS cm (campaign_id, minute, sent, delivered, read, failed)
         SELECT campaign_id, minute, sent, delivered, read, failed FROM minutes
@@ -145,11 +156,13 @@ BEGIN
             sent = cm.sent + excluded.sent, delivered = cm.delivered + excluded.delivered,
             read = cm.read + excluded.read, failed = cm.failed + excluded.failed
     ), per_error AS (
-        -- Final failures by Meta error code (-2: none given, as core.meta_error reads it).
+        -- Final failures by Meta error code (-2: none given, as core.meta_error reads it);
+        -- a revived message no longer counts under the code it failed with.
         INSERT INTO core.campaign_errors AS ce (campaign_id, error_code, category, count)
-        SELECT m.campaign_id, coalesce(m.error_code, -2), coalesce(max(m.error_category), 'unknown'), count(*)::int
+        SELECT m.campaign_id, coalesce(m.error_code, -2), coalesce(max(m.error_category), 'unknown'),
+               sum(CASE WHEN m.r0 = 6 THEN -1 ELSE 1 END)::int
         FROM moved m
-        WHERE m.campaign_id IS NOT NULL AND m.r0 < 6 AND m.r1 = 6
+        WHERE m.campaign_id IS NOT NULL AND ((m.r0 < 6 AND m.r1 = 6) OR (m.r0 = 6 AND m.r1 BETWEEN 4 AND 5))
         GROUP BY m.campaign_id, coalesce(m.error_code, -2)
         ORDER BY 1, 2
         ON CONFLICT (campaign_id, error_code) DO UPDATE SET count = ce.count + excluded.count

@@ -60,12 +60,14 @@ END
 $$;
 
 -- Of messages just read, the ones to send, marked in flight. Campaign messages of
--- contacts who opted out after their campaign was created are cancelled (bots.sql). A
+-- contacts who opted out after their campaign was created are cancelled (bots.sql);
+-- campaign messages to new users beyond the portfolio's messaging limit wait
+-- (limits.sql). A
 -- message redelivered after an expired claim (its worker died) but settled meanwhile by
 -- a status webhook or a late report, or cancelled, is dropped from its queue instead of
--- messaging the contact twice.
-CREATE OR REPLACE FUNCTION core.take_in_flight(p_batch core.claimed[], p_tenant_id bigint, p_number_id bigint,
-                                               p_now timestamptz)
+-- messaging the contact twice; one whose last send lost its answer waits until the webhook
+-- stream has caught up past it (receiver.sql).
+CREATE OR REPLACE FUNCTION core.take_in_flight(p_batch core.claimed[], p_number core.wa_numbers, p_now timestamptz)
 RETURNS core.claimed[]
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
@@ -75,7 +77,7 @@ BEGIN
     IF cardinality(p_batch) = 0 THEN
         RETURN p_batch;
     END IF;
-    PERFORM core.cancel_opted_out(p_batch, p_tenant_id, p_number_id);
+    PERFORM core.cancel_opted_out(p_batch, p_number.tenant_id, p_number.number_id);
     WITH settled AS (
         SELECT b.queue_name, b.msg_id FROM unnest(p_batch) b
         LEFT JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
@@ -87,8 +89,27 @@ BEGIN
                     ELSE ARRAY(SELECT b FROM unnest(p_batch) b
                                JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
                                WHERE o.state IN ('queued', 'in_flight')) END;
-    UPDATE core.outbound_messages o SET state = 'in_flight', attempts = o.attempts + 1, claimed_at = p_now
-    FROM unnest(v_batch) b WHERE o.outbound_id = b.outbound_id AND o.state IN ('queued', 'in_flight');
+    v_batch := core.hold_unsure(v_batch, p_number.number_id, p_now);
+    IF p_number.portfolio_id IS NOT NULL THEN
+        v_batch := core.spend_budget(v_batch, p_number.portfolio_id, p_now);
+    END IF;
+    -- A message withheld under the per-user marketing cap and now tried again no longer
+    -- counts as retrying (core.defer_capped).
+    WITH taken AS (
+        SELECT o.outbound_id, o.campaign_id,
+               o.state = 'queued' AND o.deferrals > 0 AND e.backoff = 'next_day' AS was_capped
+        FROM unnest(v_batch) b
+        JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+        LEFT JOIN core.meta_error_codes e ON e.code = o.error_code
+    ), flown AS (
+        UPDATE core.outbound_messages o SET state = 'in_flight', attempts = o.attempts + 1, claimed_at = p_now,
+                                            unsure_since = NULL
+        FROM taken t WHERE o.outbound_id = t.outbound_id AND o.state IN ('queued', 'in_flight')
+        RETURNING t.campaign_id, t.was_capped
+    )
+    UPDATE core.campaigns c SET retrying = greatest(c.retrying - k.n, 0)
+    FROM (SELECT campaign_id, count(*)::integer AS n FROM flown WHERE was_capped GROUP BY campaign_id) k
+    WHERE c.campaign_id = k.campaign_id;
     RETURN v_batch;
 END
 $$;
@@ -138,8 +159,7 @@ BEGIN
                                            CASE WHEN v_number.send_tat <= v_now THEN 1 ELSE 0 END));
         CONTINUE WHEN v_budget <= 0;
 
-        v_batch := core.take_in_flight(core.read_number(v_number.number_id, v_budget, v_vt, v_now),
-                                       v_number.tenant_id, v_number.number_id, v_now);
+        v_batch := core.take_in_flight(core.read_number(v_number.number_id, v_budget, v_vt, v_now), v_number, v_now);
         CONTINUE WHEN cardinality(v_batch) = 0;
 
         UPDATE core.wa_numbers SET send_tat = v_start + make_interval(secs => cardinality(v_batch) / v_rate)
@@ -266,7 +286,8 @@ LANGUAGE sql VOLATILE SET search_path = '' AS $$
                                                                           ELSE c.backoff_s END
                                       WHEN 'retried' THEN c.retry_backoff_s[least(c.attempts, cardinality(c.retry_backoff_s))]
                                                           * (0.8 + 0.4 * random())
-                                  END)::core.send_outcome), '{}')
+                                  END,
+                                  c.unsure IS TRUE)::core.send_outcome), '{}')
     FROM (
         SELECT r.*, o.attempts, o.deferrals, o.campaign_id, o.number_id, cp.status AS campaign_status,
                e.category, e.alert, e.backoff, e.backoff_s, s.throttle_hold_ms, s.retry_backoff_s,
@@ -288,7 +309,7 @@ LANGUAGE sql VOLATILE SET search_path = '' AS $$
                END AS outcome
         FROM jsonb_to_recordset(p_results) AS r(outbound_id bigint, queue_name text, msg_id bigint, wamid text,
                                                 error_code integer, http_status integer, error_message text,
-                                                sent boolean, retry_after_s integer)
+                                                sent boolean, retry_after_s integer, unsure boolean)
         CROSS JOIN core.settings s
         LEFT JOIN core.outbound_messages o ON o.outbound_id = r.outbound_id
         LEFT JOIN core.campaigns cp ON cp.campaign_id = o.campaign_id
@@ -346,15 +367,22 @@ BEGIN
             -- answer without Meta's error object is -2, as when it finally fails.
             error_code = CASE WHEN r.outcome = 'returned' THEN o.error_code ELSE coalesce(r.error_code, -2) END,
             error_category = CASE WHEN r.outcome = 'returned' THEN o.error_category ELSE r.category END,
-            error_detail = CASE WHEN r.outcome = 'returned' THEN o.error_detail ELSE left(r.error_message, 500) END
+            error_detail = CASE WHEN r.outcome = 'returned' THEN o.error_detail ELSE left(r.error_message, 500) END,
+            -- The request went out and its answer was lost: Meta may have it. Resent only
+            -- once the webhook stream has caught up past it (core.hold_unsure).
+            unsure_since = CASE WHEN r.outcome = 'returned' THEN o.unsure_since
+                                WHEN r.unsure THEN coalesce(o.unsure_since, o.claimed_at) END
         FROM unnest(p_rows) r
         WHERE r.requeue_s IS NOT NULL AND o.outbound_id = r.outbound_id
           AND o.state = 'in_flight'    -- a concurrent report or status may have settled it
-        RETURNING o.campaign_id, o.state
+        RETURNING o.campaign_id, o.state, r.outcome = 'deferred' AND r.backoff = 'next_day' AS capped
     )
-    UPDATE core.campaigns c SET cancelled = c.cancelled + b.n
-    FROM (SELECT campaign_id, count(*)::int AS n FROM back WHERE state = 'cancelled' GROUP BY campaign_id) b
-    WHERE c.campaign_id = b.campaign_id;
+    -- Withheld under the per-user marketing cap: retrying until tried again (take_in_flight).
+    UPDATE core.campaigns c SET cancelled = c.cancelled + b.cancelled, retrying = c.retrying + b.capped
+    FROM (SELECT campaign_id, count(*) FILTER (WHERE state = 'cancelled')::int AS cancelled,
+                 count(*) FILTER (WHERE capped AND state = 'queued')::int AS capped
+          FROM back WHERE campaign_id IS NOT NULL GROUP BY campaign_id) b
+    WHERE c.campaign_id = b.campaign_id AND (b.cancelled, b.capped) <> (0, 0);
 
     PERFORM core.delay_messages(r.queue_name, array_agg(r.msg_id), array_agg(r.requeue_s), p_now)
     FROM unnest(p_rows) r
@@ -487,7 +515,7 @@ BEGIN
     UPDATE core.wa_numbers n SET
         rate_mps = CASE WHEN r.throttled > 0 THEN greatest(1, n.rate_mps / 2)
                         ELSE least(n.throughput_mps, n.rate_mps + n.throughput_mps * 0.4
-                             * least(1, greatest(0, extract(epoch FROM p_now - coalesce(n.rate_changed_at, '-infinity'))))) END,
+                             * least(1, greatest(0, extract(epoch FROM p_now - coalesce(n.rate_changed_at, p_now - interval '1 second'))))) END,
         rate_changed_at = CASE WHEN r.throttled > 0 THEN p_now + v_hold ELSE p_now END,
         throttled_at = CASE WHEN r.throttled > 0 THEN p_now ELSE n.throttled_at END,
         send_tat = CASE WHEN r.throttled > 0 THEN greatest(n.send_tat, p_now + v_hold) ELSE n.send_tat END
@@ -587,6 +615,9 @@ BEGIN
         PERFORM pgmq.drop_queue(v_queue);
         v_dropped := v_dropped + 1;
     END LOOP;
+    -- Messaging-limit buckets and users that left the window (core.spend_budget).
+    DELETE FROM core.portfolio_reach_minutes WHERE minute < core.window_start(now()) - interval '1 hour';
+    DELETE FROM core.portfolio_reach WHERE last_at < core.window_start(now()) - interval '1 hour';
     RETURN jsonb_build_object('started', v_started, 'completed', cardinality(v_completed),
                               'stuck_cancelled', v_settled, 'queues_dropped', v_dropped);
 END

@@ -146,6 +146,7 @@ BEGIN
         quality_rating = coalesce(excluded.quality_rating, n.quality_rating),
         paused_reason = NULL
     RETURNING number_id INTO v_id;
+    PERFORM core.place_in_portfolio(v_id);
     IF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = core.reply_queue(v_id)) THEN
         PERFORM pgmq.create(core.reply_queue(v_id));
     END IF;
@@ -215,6 +216,7 @@ BEGIN
         verified_name = NULL, verified_at = NULL, llm_enabled = false, llm_system_prompt = NULL,
         paused_reason = 'transferred: the new tenant must register the number with its own token'
     WHERE number_id = v_number.number_id;
+    PERFORM core.place_in_portfolio(v_number.number_id);
     DELETE FROM core.bot_rules WHERE number_id = v_number.number_id;
     DELETE FROM core.conversations WHERE number_id = v_number.number_id;
     UPDATE core.outbound_messages SET state = 'cancelled'

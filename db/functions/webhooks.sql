@@ -5,7 +5,8 @@
 --   worker/webhooks.py ────────> api.process_webhooks(max)     one transaction per batch
 --        core.apply_statuses         status_events, outbound state, campaign counters
 --        core.apply_inbound          contacts, 24-hour window, inbox, reply attribution
---        core.apply_account_updates  templates, number quality, account notifications
+--        core.apply_account_updates  templates, number quality and pace, portfolio tiers, bans,
+--                                    marketing preferences, account notifications
 --   then pgmq.archive (history), or the 'webhooks_dead' queue with the reason.
 
 -------------------------------------------------------------------------------
@@ -232,6 +233,7 @@ DECLARE
     v_wamids text[];
     v_codes integer[];
     v_details text[];
+    v_deferred bigint[];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'messages' AND ch.value ? 'statuses') THEN
         RETURN 0;
@@ -308,8 +310,18 @@ BEGIN
     ) v
     WHERE v.state IS NOT NULL;
 
+    -- Withheld under the per-user marketing cap: tried again later, not failed (limits.sql).
+    v_deferred := core.defer_capped(v_ids, v_states, v_codes);
+    IF cardinality(v_deferred) > 0 THEN
+        SELECT array_agg(u.id), array_agg(u.state), array_agg(u.at), array_agg(u.wamid), array_agg(u.code),
+               array_agg(u.detail)
+        INTO v_ids, v_states, v_at, v_wamids, v_codes, v_details
+        FROM unnest(v_ids, v_states, v_at, v_wamids, v_codes, v_details) u(id, state, at, wamid, code, detail)
+        WHERE u.id <> ALL (v_deferred);
+    END IF;
     IF v_ids IS NOT NULL THEN
         PERFORM core.advance_outbound(v_ids, v_states, v_at, v_wamids, v_codes, v_details);
+        PERFORM core.raise_watermarks(v_ids);
         PERFORM core.stop_marketing(array_agg(f.id), array_agg(f.code), max(f.at))
         FROM unnest(v_ids, v_states, v_codes, v_at) f(id, state, code, at)
         WHERE f.state = 'failed' AND f.code IS NOT NULL
@@ -472,38 +484,102 @@ $$;
 -- Account-level updates
 -------------------------------------------------------------------------------
 
--- Apply template status, phone quality and account updates. A template takes the
--- status of its newest event (older ones are ignored) and a PAUSED, REJECTED or
--- DISABLED one raises a notification; a quality update sets the number's rating; an
--- account update notifies the tenants of the WABA. Notifications carry a key from the
--- event, so a redelivered webhook raises nothing twice. Returns the rows changed.
-CREATE OR REPLACE FUNCTION core.apply_account_updates(p_changes core.webhook_change[]) RETURNS integer
+-- The numbers an account-level change may touch: those of the WABA it came through (only
+-- the one it names, when it names one), and for a change a tenant's own app signed, only
+-- the numbers registered with that app's secret (the platform's app speaks for all).
+CREATE OR REPLACE FUNCTION core.change_numbers(p_waba_id text, p_phone_number_id text, p_signer text)
+RETURNS SETOF core.wa_numbers
+LANGUAGE sql STABLE SET search_path = '' AS $$
+    SELECT n.* FROM core.wa_numbers n
+    WHERE n.waba_id = p_waba_id
+      AND (p_phone_number_id IS NULL OR n.phone_number_id = p_phone_number_id)
+      AND (p_signer IS NULL OR (n.app_secret <> '' AND core.app_signer(n.app_secret) = p_signer))
+$$;
+
+-- The template a template webhook names: one of the WABA the change came through
+-- (whatever id it names), by Meta's id or by name and language (Meta's examples write
+-- en-US, its API en_US), of a tenant with a number the change may touch.
+CREATE OR REPLACE FUNCTION core.change_templates(p_waba_id text, p_signer text, p_value jsonb)
+RETURNS SETOF core.templates
+LANGUAGE sql STABLE SET search_path = '' AS $$
+    SELECT t.* FROM core.templates t
+    WHERE t.waba_id = p_waba_id
+      AND (t.meta_template_id = p_value->>'message_template_id'
+           OR (t.name = p_value->>'message_template_name'
+               AND t.language IN (p_value->>'message_template_language',
+                                  replace(p_value->>'message_template_language', '-', '_'))))
+      AND EXISTS (SELECT 1 FROM core.change_numbers(p_waba_id, NULL, p_signer) n WHERE n.tenant_id = t.tenant_id)
+$$;
+
+-- A messaging-limit tier as Meta writes it in a webhook: a tier name
+-- (phone_number_quality_update) or a number of users, -1 for unlimited
+-- (business_capability_update). NULL for anything else (TIER_NOT_SET, a value Meta adds
+-- later), which then sets no tier.
+CREATE OR REPLACE FUNCTION core.meta_tier(p_value text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
+    SELECT CASE
+        WHEN upper(p_value) IN ('TIER_50', 'TIER_250', 'TIER_1K', 'TIER_2K', 'TIER_10K', 'TIER_100K', 'TIER_UNLIMITED')
+            THEN upper(p_value)
+        WHEN p_value ~ '^-?[0-9]{1,9}$' THEN CASE p_value::integer
+            WHEN -1 THEN 'TIER_UNLIMITED' WHEN 50 THEN 'TIER_50' WHEN 250 THEN 'TIER_250' WHEN 1000 THEN 'TIER_1K'
+            WHEN 2000 THEN 'TIER_2K' WHEN 10000 THEN 'TIER_10K' WHEN 100000 THEN 'TIER_100K' END
+    END
+$$;
+
+-- Set the tiers webhooks name, per portfolio the newest, through core.set_tier (which
+-- releases messages that waited for the budget), unless the portfolio already holds a
+-- newer event's tier. Returns the portfolios whose tier changed.
+CREATE OR REPLACE FUNCTION core.apply_tiers(p_portfolio_ids bigint[], p_tiers text[], p_event_at timestamptz[])
+RETURNS integer
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
-    v_templates integer;
-    v_numbers integer;
-    v_accounts integer;
-    v_notified bigint[];
-    v_more bigint[];
+    v_row record;
+    v_changed integer := 0;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch
-                   WHERE ch.field IN ('message_template_status_update', 'phone_number_quality_update',
-                                      'account_update')) THEN
+    FOR v_row IN
+        SELECT DISTINCT ON (u.portfolio_id) u.portfolio_id, u.tier, u.event_at, p.tier AS old_tier
+        FROM unnest(p_portfolio_ids, p_tiers, p_event_at) u(portfolio_id, tier, event_at)
+        JOIN core.portfolios p ON p.portfolio_id = u.portfolio_id
+        WHERE u.tier IS NOT NULL
+          AND (u.event_at IS NULL OR p.tier_event_at IS NULL OR u.event_at >= p.tier_event_at)
+        ORDER BY u.portfolio_id, u.event_at DESC NULLS LAST
+    LOOP
+        PERFORM core.set_tier(v_row.portfolio_id, v_row.tier);
+        UPDATE core.portfolios SET tier_event_at = greatest(tier_event_at, v_row.event_at)
+        WHERE portfolio_id = v_row.portfolio_id AND v_row.event_at IS NOT NULL;
+        v_changed := v_changed + (v_row.old_tier IS DISTINCT FROM v_row.tier)::integer;
+    END LOOP;
+    RETURN v_changed;
+END
+$$;
+
+-- Wake whoever shows these tenants' notifications, as core.notify does.
+CREATE OR REPLACE FUNCTION core.wake_notified(p_tenant_ids bigint[]) RETURNS void
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+    PERFORM pg_notify('pgwa_notification', d.t::text)
+    FROM (SELECT DISTINCT t FROM unnest(p_tenant_ids) t WHERE t IS NOT NULL) d;
+END
+$$;
+
+-- message_template_status_update: a template takes the status of its newest event (an
+-- older one changes nothing); PAUSED, REJECTED and DISABLED raise a notification.
+CREATE OR REPLACE FUNCTION core.apply_template_statuses(p_changes core.webhook_change[]) RETURNS integer
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_changed integer;
+    v_notified bigint[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'message_template_status_update') THEN
         RETURN 0;
     END IF;
-
     WITH events AS (
         SELECT DISTINCT ON (t.template_id)
                t.template_id, ch.entry_at, ch.value AS v,
                CASE upper(ch.value->>'event') WHEN 'REINSTATED' THEN 'APPROVED'
                     ELSE upper(ch.value->>'event') END AS status
         FROM unnest(p_changes) ch
-        -- Only a template of the WABA the entry came through, whatever id it names.
-        JOIN core.templates t
-          ON t.waba_id = ch.waba_id
-         AND (t.meta_template_id = ch.value->>'message_template_id'
-              OR (t.name = ch.value->>'message_template_name'
-                  AND t.language = ch.value->>'message_template_language'))
+        CROSS JOIN LATERAL core.change_templates(ch.waba_id, ch.signer, ch.value) t
         WHERE ch.field = 'message_template_status_update' AND ch.value->>'event' IS NOT NULL
         ORDER BY t.template_id, ch.entry_at DESC NULLS LAST, ch.ord DESC
     ), changed AS (
@@ -531,69 +607,401 @@ BEGIN
         RETURNING tenant_id
     )
     SELECT (SELECT count(*) FROM changed), (SELECT array_agg(tenant_id) FROM notified)
-    INTO v_templates, v_notified;
+    INTO v_changed, v_notified;
+    PERFORM core.wake_notified(v_notified);
+    RETURN v_changed;
+END
+$$;
 
+-- template_category_update. An impending change (correct_category: Meta recategorises
+-- the template within 24 hours; new_category is still the current one) warns the tenant;
+-- a completed one (previous_category -> new_category) sets the template's category,
+-- which the next claim reads (a MARKETING template skips contacts who stopped marketing
+-- messages), and warns the tenant and every unfinished campaign that sends the template.
+CREATE OR REPLACE FUNCTION core.apply_category_updates(p_changes core.webhook_change[]) RETURNS integer
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_changed integer;
+    v_notified bigint[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'template_category_update') THEN
+        RETURN 0;
+    END IF;
     WITH events AS (
-        SELECT DISTINCT ON (n.number_id)
-               n.number_id, n.tenant_id, ch.entry_at, ch.value AS v, upper(ch.value->>'event') AS event,
-               upper(coalesce(ch.value->>'quality_rating', ch.value->>'current_quality_rating',
-                              CASE upper(ch.value->>'event') WHEN 'FLAGGED' THEN 'RED'
-                                                             WHEN 'UNFLAGGED' THEN 'GREEN' END)) AS rating
+        SELECT t.tenant_id, t.template_id, t.name, t.language, ch.entry_at, ch.ord, ch.value AS v,
+               upper(ch.value->>'new_category') AS category,
+               upper(coalesce(ch.value->>'previous_category', t.category)) AS previous,
+               ch.value ? 'correct_category' AS impending
         FROM unnest(p_changes) ch
-        JOIN core.wa_numbers n
-          ON n.waba_id = ch.waba_id
-         AND regexp_replace(n.display_phone_number, '[^0-9]', '', 'g')
-             = regexp_replace(ch.value->>'display_phone_number', '[^0-9]', '', 'g')
-        WHERE ch.field = 'phone_number_quality_update'
-        ORDER BY n.number_id, ch.entry_at DESC NULLS LAST, ch.ord DESC
+        CROSS JOIN LATERAL core.change_templates(ch.waba_id, ch.signer, ch.value) t
+        WHERE ch.field = 'template_category_update' AND ch.value->>'new_category' IS NOT NULL
     ), changed AS (
-        UPDATE core.wa_numbers n SET quality_rating = e.rating
+        UPDATE core.templates t SET category = e.category, updated_at = now()
+        FROM (SELECT DISTINCT ON (x.template_id) x.template_id, x.category FROM events x WHERE NOT x.impending
+              ORDER BY x.template_id, x.entry_at DESC NULLS LAST, x.ord DESC) e
+        WHERE t.template_id = e.template_id AND t.category IS DISTINCT FROM e.category
+        RETURNING t.template_id
+    ), notes AS (
+        SELECT 1 AS pos, e.tenant_id, 'template_category' AS kind,
+               CASE WHEN e.impending
+                    THEN format('Template %s (%s) will be recategorised from %s to %s %s', e.name, e.language,
+                                e.category, upper(e.v->>'correct_category'),
+                                coalesce('on ' || to_char(core.unix_ts(e.v->>'category_update_timestamp'),
+                                                          'YYYY-MM-DD HH24:MI TZ'), 'within 24 hours'))
+                    ELSE format('Template %s (%s) is now %s (was %s)', e.name, e.language, e.category,
+                                coalesce(e.previous, 'unknown')) END AS message,
+               jsonb_build_object('template_id', e.template_id, 'event', e.v) AS details,
+               md5(format('template_category|%s|%s|%s', e.template_id, e.entry_at, e.v)) AS dedupe_key
         FROM events e
-        WHERE n.number_id = e.number_id AND e.rating IS NOT NULL
-          AND n.quality_rating IS DISTINCT FROM e.rating
-        RETURNING n.number_id
+        UNION ALL
+        SELECT 2, c.tenant_id, 'campaign_template_category',
+               format('Campaign "%s" sends template %s (%s), which Meta moved from %s to %s', c.name, e.name,
+                      e.language, coalesce(e.previous, 'unknown'), e.category),
+               jsonb_build_object('campaign_id', c.campaign_id, 'template_id', e.template_id, 'category', e.category),
+               md5(format('campaign_template_category|%s|%s|%s|%s', c.campaign_id, e.template_id, e.entry_at, e.v))
+        FROM events e
+        JOIN core.campaign_templates ct ON ct.template_id = e.template_id
+        JOIN core.campaigns c ON c.campaign_id = ct.campaign_id AND c.tenant_id = e.tenant_id
+        WHERE NOT e.impending AND c.status IN ('scheduled', 'running', 'paused')
     ), notified AS (
         INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
-        SELECT e.tenant_id, 'phone_quality',
-               CASE WHEN e.event = 'FLAGGED' THEN 'critical' ELSE 'warning' END,
-               format('Number %s: %s (messaging limit %s)', e.v->>'display_phone_number', e.event,
-                      coalesce(e.v->>'max_daily_conversations_per_business', e.v->>'current_limit', 'unchanged')),
-               jsonb_build_object('number_id', e.number_id, 'event', e.v),
-               md5(format('phone_quality|%s|%s|%s', e.number_id, e.entry_at, e.v))
-        FROM events e
-        WHERE e.event IN ('FLAGGED', 'DOWNGRADE') OR e.rating = 'RED'
+        SELECT d.tenant_id, d.kind, 'warning', d.message, d.details, d.dedupe_key
+        FROM (SELECT DISTINCT ON (n.dedupe_key) n.* FROM notes n ORDER BY n.dedupe_key) d
+        ORDER BY d.pos, d.kind
         ON CONFLICT DO NOTHING
         RETURNING tenant_id
     )
     SELECT (SELECT count(*) FROM changed), (SELECT array_agg(tenant_id) FROM notified)
-    INTO v_numbers, v_more;
-    v_notified := v_notified || v_more;
+    INTO v_changed, v_notified;
+    PERFORM core.wake_notified(v_notified);
+    RETURN v_changed;
+END
+$$;
+
+-- The newest phone_number_quality_update of each number in a batch (matched by its
+-- display number within the WABA), and what it says: the event, the quality rating
+-- (GREEN, YELLOW, RED, UNKNOWN; the retired FLAGGED and UNFLAGGED stand for RED and
+-- GREEN), and the portfolio's tier in max_daily_conversations_per_business, or in
+-- current_limit (until Meta drops it in February 2026) unless the event is one of the
+-- retired quality events, whose limit was the number's own.
+CREATE OR REPLACE FUNCTION core.quality_events(p_changes core.webhook_change[])
+RETURNS TABLE (number_id bigint, tenant_id bigint, portfolio_id bigint, display text, entry_at timestamptz,
+               v jsonb, event text, rating text, tier text)
+LANGUAGE sql STABLE SET search_path = '' AS $$
+    SELECT DISTINCT ON (n.number_id)
+           n.number_id, n.tenant_id, n.portfolio_id, ch.value->>'display_phone_number', ch.entry_at, ch.value,
+           e.event,
+           CASE WHEN e.rating IN ('GREEN', 'YELLOW', 'RED', 'UNKNOWN') THEN e.rating END,
+           coalesce(core.meta_tier(ch.value->>'max_daily_conversations_per_business'),
+                    CASE WHEN e.event NOT IN ('FLAGGED', 'UNFLAGGED') THEN core.meta_tier(ch.value->>'current_limit') END)
+    FROM unnest(p_changes) ch
+    CROSS JOIN LATERAL core.change_numbers(ch.waba_id, ch.phone_number_id, ch.signer) n
+    CROSS JOIN LATERAL (
+        SELECT coalesce(upper(ch.value->>'event'), '') AS event,
+               upper(coalesce(ch.value->>'quality_rating', ch.value->>'current_quality_rating',
+                              CASE upper(ch.value->>'event') WHEN 'FLAGGED' THEN 'RED'
+                                                             WHEN 'UNFLAGGED' THEN 'GREEN' END)) AS rating) e
+    WHERE ch.field = 'phone_number_quality_update'
+      AND (ch.phone_number_id IS NOT NULL
+           OR regexp_replace(n.display_phone_number, '[^0-9]', '', 'g')
+              = regexp_replace(ch.value->>'display_phone_number', '[^0-9]', '', 'g'))
+    ORDER BY n.number_id, ch.entry_at DESC NULLS LAST, ch.ord DESC
+$$;
+
+-- phone_number_quality_update (reference §3.1, §3.3). THROUGHPUT_UPGRADE: the number may
+-- send 1,000 messages a second, so throughput_mps rises at once (rate_mps, the AIMD pace,
+-- then grows to it with the next clean reports, core.report_pace, measured from the
+-- upgrade when it has never changed). A tier sets the
+-- number's portfolio's (core.apply_tiers). A rating sets the number's. Alerts, once per
+-- event: RED or FLAGGED critical; DOWNGRADE or a lower tier a warning; UPGRADE,
+-- THROUGHPUT_UPGRADE or a higher tier info. An event older than the number's newest
+-- changes nothing and raises nothing (a throughput upgrade still applies: it is never
+-- taken back).
+CREATE OR REPLACE FUNCTION core.apply_quality_updates(p_changes core.webhook_change[]) RETURNS integer
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_numbers integer;
+    v_notified bigint[];
+    v_portfolios bigint[];
+    v_tiers text[];
+    v_at timestamptz[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'phone_number_quality_update') THEN
+        RETURN 0;
+    END IF;
+    WITH events AS (
+        SELECT q.*, q.entry_at IS NULL OR n.quality_event_at IS NULL OR q.entry_at >= n.quality_event_at AS fresh,
+               q.tier IS NOT NULL AND p.tier IS NOT NULL
+               AND (q.entry_at IS NULL OR p.tier_event_at IS NULL OR q.entry_at >= p.tier_event_at) AS compared,
+               coalesce(core.tier_limit(q.tier), 2147483647) AS new_limit,
+               coalesce(core.tier_limit(p.tier), 2147483647) AS old_limit
+        FROM core.quality_events(p_changes) q
+        JOIN core.wa_numbers n ON n.number_id = q.number_id
+        LEFT JOIN core.portfolios p ON p.portfolio_id = q.portfolio_id
+    ), graded AS (
+        SELECT e.*, CASE
+                   WHEN e.event = 'FLAGGED' OR e.rating = 'RED' THEN 'critical'
+                   WHEN e.event = 'DOWNGRADE' OR (e.compared AND e.new_limit < e.old_limit) THEN 'warning'
+                   WHEN e.event IN ('UPGRADE', 'THROUGHPUT_UPGRADE') OR (e.compared AND e.new_limit > e.old_limit)
+                       THEN 'info'
+               END AS severity
+        FROM events e WHERE e.fresh
+    ), notified AS (
+        INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
+        SELECT g.tenant_id, 'phone_quality', g.severity,
+               format('Number %s: %s', g.display, concat_ws('; ', nullif(g.event, ''),
+                      'quality ' || g.rating, 'messaging limit ' || g.tier,
+                      CASE WHEN g.event = 'THROUGHPUT_UPGRADE' THEN 'now 1,000 messages per second' END)),
+               jsonb_build_object('number_id', g.number_id, 'event', g.v),
+               md5(format('phone_quality|%s|%s|%s', g.number_id, g.entry_at, g.v))
+        FROM graded g WHERE g.severity IS NOT NULL
+        ON CONFLICT DO NOTHING
+        RETURNING tenant_id
+    )
+    SELECT (SELECT array_agg(tenant_id) FROM notified), t.portfolios, t.tiers, t.at
+    INTO v_notified, v_portfolios, v_tiers, v_at
+    FROM (SELECT array_agg(g.portfolio_id) AS portfolios, array_agg(g.tier) AS tiers, array_agg(g.entry_at) AS at
+          FROM graded g WHERE g.tier IS NOT NULL) t;
+
+    UPDATE core.wa_numbers n SET
+        quality_rating = CASE WHEN e.fresh THEN coalesce(e.rating, n.quality_rating) ELSE n.quality_rating END,
+        quality_event_at = CASE WHEN e.fresh THEN coalesce(e.entry_at, n.quality_event_at) ELSE n.quality_event_at END,
+        throughput_mps = CASE WHEN e.event = 'THROUGHPUT_UPGRADE' THEN 1000 ELSE n.throughput_mps END,
+        -- The pace grows from the upgrade on; core.report_pace cannot measure from NULL.
+        rate_changed_at = CASE WHEN e.event = 'THROUGHPUT_UPGRADE' THEN coalesce(n.rate_changed_at, now())
+                               ELSE n.rate_changed_at END
+    FROM (SELECT q.*, q.entry_at IS NULL OR o.quality_event_at IS NULL OR q.entry_at >= o.quality_event_at AS fresh,
+                 o.quality_rating AS old_rating, o.quality_event_at AS old_event_at, o.throughput_mps AS old_mps
+          FROM core.quality_events(p_changes) q JOIN core.wa_numbers o ON o.number_id = q.number_id) e
+    WHERE n.number_id = e.number_id
+      AND ((e.fresh AND (e.old_rating IS DISTINCT FROM coalesce(e.rating, e.old_rating)
+                         OR e.old_event_at IS DISTINCT FROM coalesce(e.entry_at, e.old_event_at)))
+           OR (e.event = 'THROUGHPUT_UPGRADE' AND e.old_mps < 1000));
+    GET DIAGNOSTICS v_numbers = ROW_COUNT;
+
+    PERFORM core.wake_notified(v_notified);
+    RETURN v_numbers + core.apply_tiers(v_portfolios, v_tiers, v_at);
+END
+$$;
+
+-- business_capability_update (reference §3.3): max_daily_conversations_per_business
+-- (users, -1 for unlimited; max_daily_conversation_per_phone until February 2026) sets
+-- the tier of the portfolios of the WABA the entry came through (core.apply_tiers). The
+-- change, with the other capabilities it carries (max_phone_numbers_per_business,
+-- max_phone_numbers_per_waba), is told to the tenant once: a lower limit as a warning,
+-- anything else as info; a limit older than the portfolio's newest changes and tells nothing.
+CREATE OR REPLACE FUNCTION core.apply_capability_updates(p_changes core.webhook_change[]) RETURNS integer
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_notified bigint[];
+    v_portfolios bigint[];
+    v_tiers text[];
+    v_at timestamptz[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'business_capability_update') THEN
+        RETURN 0;
+    END IF;
+    WITH events AS (
+        SELECT DISTINCT n.tenant_id, n.portfolio_id, ch.waba_id, ch.entry_at, ch.value AS v,
+               coalesce(core.meta_tier(ch.value->>'max_daily_conversations_per_business'),
+                        core.meta_tier(ch.value->>'max_daily_conversation_per_phone')) AS tier
+        FROM unnest(p_changes) ch
+        CROSS JOIN LATERAL core.change_numbers(ch.waba_id, NULL, ch.signer) n
+        WHERE ch.field = 'business_capability_update' AND n.portfolio_id IS NOT NULL
+    ), graded AS (
+        SELECT e.*, CASE WHEN e.tier IS NOT NULL AND p.tier IS NOT NULL
+                              AND coalesce(core.tier_limit(e.tier), 2147483647) < coalesce(core.tier_limit(p.tier), 2147483647)
+                         THEN 'warning' ELSE 'info' END AS severity
+        FROM events e JOIN core.portfolios p ON p.portfolio_id = e.portfolio_id
+        -- A limit older than the portfolio's newest is old news: not applied, not told.
+        WHERE e.tier IS NULL OR e.entry_at IS NULL OR p.tier_event_at IS NULL OR e.entry_at >= p.tier_event_at
+    ), notified AS (
+        INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
+        SELECT g.tenant_id, 'business_capability', g.severity,
+               format('Capabilities of WhatsApp Business Account %s: %s', g.waba_id, coalesce(nullif(concat_ws('; ',
+                      'messaging limit ' || CASE WHEN g.tier = 'TIER_UNLIMITED' THEN 'unlimited'
+                                                 ELSE core.tier_limit(g.tier) || ' users per 24 hours' END,
+                      'phone numbers per business portfolio ' || (g.v->>'max_phone_numbers_per_business'),
+                      'phone numbers per WABA ' || (g.v->>'max_phone_numbers_per_waba')), ''), 'updated')),
+               jsonb_build_object('waba_id', g.waba_id, 'portfolio_id', g.portfolio_id, 'event', g.v),
+               md5(format('business_capability|%s|%s|%s|%s', g.portfolio_id, g.waba_id, g.entry_at, g.v))
+        FROM graded g
+        ON CONFLICT DO NOTHING
+        RETURNING tenant_id
+    )
+    SELECT (SELECT array_agg(tenant_id) FROM notified), t.portfolios, t.tiers, t.at
+    INTO v_notified, v_portfolios, v_tiers, v_at
+    FROM (SELECT array_agg(g.portfolio_id) AS portfolios, array_agg(g.tier) AS tiers, array_agg(g.entry_at) AS at
+          FROM graded g WHERE g.tier IS NOT NULL) t;
+
+    PERFORM core.wake_notified(v_notified);
+    RETURN core.apply_tiers(v_portfolios, v_tiers, v_at);
+END
+$$;
+
+-- account_update: every event is told to the tenant of the WABA it came through, once.
+-- Critical: ACCOUNT_VIOLATION, ACCOUNT_RESTRICTION, DISABLED_UPDATE (a ban, or one
+-- scheduled), ACCOUNT_DELETED, ACCOUNT_OFFBOARDED, PARTNER_REMOVED,
+-- PARTNER_APP_UNINSTALLED; a warning: a partner-led business verification not approved;
+-- info: the rest (VERIFIED_ACCOUNT, PARTNER_ADDED, PARTNER_APP_INSTALLED,
+-- BUSINESS_PRIMARY_LOCATION_COUNTRY_UPDATE, AUTH_INTL_PRICE_ELIGIBILITY_UPDATE,
+-- VOLUME_BASED_PRICING_TIER_UPDATE, MM_LITE_TERMS_SIGNED, ACCOUNT_RECONNECTED, a
+-- reinstatement, events Meta adds later). A DISABLED_UPDATE whose ban state is DISABLE
+-- pauses the WABA's numbers (paused_reason 'waba_disabled: ...': api.claim_sends skips
+-- them); REINSTATE lifts that pause and no other. A ban event older than a number's
+-- newest changes nothing there. Returns the numbers paused or resumed.
+CREATE OR REPLACE FUNCTION core.apply_account_events(p_changes core.webhook_change[]) RETURNS integer
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_moved bigint[];
+    v_notified bigint[];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'account_update') THEN
+        RETURN 0;
+    END IF;
+    WITH bans AS (
+        SELECT DISTINCT ON (n.number_id) n.number_id, ch.waba_id, ch.entry_at,
+               upper(ch.value->'ban_info'->>'waba_ban_state') AS state, ch.value->'ban_info'->>'waba_ban_date' AS ban_date
+        FROM unnest(p_changes) ch
+        CROSS JOIN LATERAL core.change_numbers(ch.waba_id, NULL, ch.signer) n
+        WHERE ch.field = 'account_update' AND upper(ch.value->>'event') = 'DISABLED_UPDATE'
+          AND upper(ch.value->'ban_info'->>'waba_ban_state') IN ('DISABLE', 'REINSTATE')
+        ORDER BY n.number_id, ch.entry_at DESC NULLS LAST, ch.ord DESC
+    ), moved AS (
+        UPDATE core.wa_numbers n SET
+            paused_reason = CASE
+                WHEN b.state = 'DISABLE' AND o.paused_reason IS NULL
+                    THEN format('waba_disabled: Meta disabled WhatsApp Business Account %s%s', b.waba_id,
+                                coalesce(' on ' || b.ban_date, ''))
+                WHEN b.state = 'REINSTATE' AND o.paused_reason LIKE 'waba\_disabled:%' THEN NULL
+                ELSE o.paused_reason END,
+            ban_event_at = coalesce(b.entry_at, o.ban_event_at)
+        FROM bans b JOIN core.wa_numbers o ON o.number_id = b.number_id
+        WHERE n.number_id = b.number_id
+          AND (b.entry_at IS NULL OR o.ban_event_at IS NULL OR b.entry_at >= o.ban_event_at)
+        RETURNING n.number_id, n.paused_reason IS DISTINCT FROM o.paused_reason AS moved
+    )
+    SELECT array_agg(m.number_id) FILTER (WHERE m.moved) INTO v_moved FROM moved m;
+    -- Reinstated numbers send again at once.
+    PERFORM pg_notify('pgwa_send', n.number_id::text) FROM core.wa_numbers n
+    WHERE n.number_id = ANY (v_moved) AND n.paused_reason IS NULL;
 
     WITH events AS (
-        SELECT DISTINCT n.tenant_id, ch.waba_id, ch.entry_at, ch.value AS v, upper(ch.value->>'event') AS event
+        SELECT DISTINCT n.tenant_id, ch.waba_id, ch.entry_at, ch.value AS v, upper(ch.value->>'event') AS event,
+               upper(ch.value->'ban_info'->>'waba_ban_state') AS ban_state
         FROM unnest(p_changes) ch
-        JOIN core.wa_numbers n ON n.waba_id = ch.waba_id
+        CROSS JOIN LATERAL core.change_numbers(ch.waba_id, NULL, ch.signer) n
         WHERE ch.field = 'account_update'
     ), notified AS (
         INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
         SELECT e.tenant_id, 'account_update',
-               CASE WHEN e.event IN ('DISABLED_UPDATE', 'ACCOUNT_VIOLATION', 'ACCOUNT_RESTRICTION',
-                                     'ACCOUNT_DELETED', 'ACCOUNT_OFFBOARDED', 'PARTNER_REMOVED',
-                                     'PARTNER_APP_UNINSTALLED')
-                    THEN 'critical' ELSE 'info' END,
-               format('WhatsApp Business Account %s: %s', e.waba_id, coalesce(e.event, 'update')),
+               CASE WHEN e.event = 'DISABLED_UPDATE' AND e.ban_state = 'REINSTATE' THEN 'info'
+                    WHEN e.event IN ('ACCOUNT_VIOLATION', 'ACCOUNT_RESTRICTION', 'DISABLED_UPDATE', 'ACCOUNT_DELETED',
+                                     'ACCOUNT_OFFBOARDED', 'PARTNER_REMOVED', 'PARTNER_APP_UNINSTALLED')
+                        THEN 'critical'
+                    WHEN e.event = 'PARTNER_CLIENT_CERTIFICATION_STATUS_UPDATE'
+                         AND upper(e.v->'partner_client_certification_info'->>'status') IS DISTINCT FROM 'APPROVED'
+                        THEN 'warning'
+                    ELSE 'info' END,
+               format('WhatsApp Business Account %s: %s', e.waba_id, concat_ws('; ', coalesce(e.event, 'update'),
+                      e.v->'violation_info'->>'violation_type',
+                      (SELECT string_agg(concat_ws(' until ', r->>'restriction_type',
+                                                   coalesce(to_char(core.unix_ts(r->>'expiration'), 'YYYY-MM-DD HH24:MI TZ'),
+                                                            r->>'expiration')), ', ')
+                       FROM jsonb_array_elements(CASE jsonb_typeof(e.v->'restriction_info')
+                                                 WHEN 'array' THEN e.v->'restriction_info' ELSE '[]' END) r),
+                      nullif(concat_ws(' ', e.ban_state, e.v->'ban_info'->>'waba_ban_date'), ''),
+                      e.v->>'country',
+                      CASE WHEN e.event = 'DISABLED_UPDATE' AND e.ban_state = 'DISABLE' THEN 'sending paused on its numbers'
+                           WHEN e.event = 'DISABLED_UPDATE' AND e.ban_state = 'REINSTATE' THEN 'sending resumed' END)),
                jsonb_build_object('waba_id', e.waba_id, 'event', e.v),
                md5(format('account_update|%s|%s|%s', e.waba_id, e.entry_at, e.v))
         FROM events e
         ON CONFLICT DO NOTHING
         RETURNING tenant_id
     )
-    SELECT count(*), array_agg(tenant_id) INTO v_accounts, v_more FROM notified;
-    v_notified := v_notified || v_more;
+    SELECT array_agg(tenant_id) INTO v_notified FROM notified;
+    PERFORM core.wake_notified(v_notified);
+    RETURN coalesce(cardinality(v_moved), 0);
+END
+$$;
 
-    -- Wake whoever shows notifications, as core.notify does.
-    PERFORM pg_notify('pgwa_notification', t::text) FROM (SELECT DISTINCT unnest(v_notified) AS t) d;
-    RETURN v_templates + v_numbers + v_accounts;
+-- The newest marketing preference of each user in a batch of user_preferences changes,
+-- for the tenant of the number the change came through (never another tenant's): stop
+-- or resume, at the preference's own timestamp.
+CREATE OR REPLACE FUNCTION core.marketing_preferences(p_changes core.webhook_change[])
+RETURNS TABLE (tenant_id bigint, wa_id text, stop boolean, at timestamptz)
+LANGUAGE sql STABLE SET search_path = '' AS $$
+    SELECT DISTINCT ON (n.tenant_id, p.value->>'wa_id')
+           n.tenant_id, p.value->>'wa_id', lower(p.value->>'value') = 'stop',
+           coalesce(core.unix_ts(p.value->>'timestamp'), ch.entry_at, now())
+    FROM unnest(p_changes) ch
+    CROSS JOIN LATERAL core.change_numbers(ch.waba_id, ch.phone_number_id, ch.signer) n
+    CROSS JOIN LATERAL jsonb_array_elements(CASE jsonb_typeof(ch.value->'user_preferences')
+                                            WHEN 'array' THEN ch.value->'user_preferences' ELSE '[]' END) p
+    WHERE ch.field = 'user_preferences' AND ch.phone_number_id IS NOT NULL
+      AND p.value->>'category' = 'marketing_messages' AND lower(p.value->>'value') IN ('stop', 'resume')
+      AND p.value->>'wa_id' ~ '^[1-9][0-9]{6,14}$'
+    ORDER BY n.tenant_id, p.value->>'wa_id', 4 DESC, ch.ord DESC
+$$;
+
+-- user_preferences: a user stopped or resumed marketing messages in WhatsApp's settings.
+-- A stop sets the contact's marketing_stopped_at (creating the contact, so that a later
+-- campaign skips it too): marketing templates skip it (core.cancel_opted_out), utility
+-- ones do not. A resume clears it, unless it was set after the resume (an error 131050
+-- since); a stop older than the contact's last resume changes nothing. Nothing is
+-- notified: these are users' choices, not incidents. Returns the contacts changed.
+CREATE OR REPLACE FUNCTION core.apply_user_preferences(p_changes core.webhook_change[]) RETURNS integer
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_resumed integer;
+    v_stopped integer;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'user_preferences') THEN
+        RETURN 0;
+    END IF;
+    UPDATE core.contacts c SET marketing_stopped_at = NULL, marketing_resumed_at = p.at, updated_at = now()
+    FROM core.marketing_preferences(p_changes) p
+    WHERE NOT p.stop AND c.tenant_id = p.tenant_id AND c.wa_id = p.wa_id
+      AND p.at > coalesce(c.marketing_resumed_at, '-infinity')
+      AND p.at >= coalesce(c.marketing_stopped_at, '-infinity');
+    GET DIAGNOSTICS v_resumed = ROW_COUNT;
+
+    INSERT INTO core.contacts AS c (tenant_id, wa_id, marketing_stopped_at)
+    SELECT p.tenant_id, p.wa_id, p.at FROM core.marketing_preferences(p_changes) p WHERE p.stop
+    ON CONFLICT (tenant_id, wa_id) DO UPDATE SET marketing_stopped_at = excluded.marketing_stopped_at,
+                                                 updated_at = now()
+    WHERE c.marketing_stopped_at IS NULL
+      AND excluded.marketing_stopped_at > coalesce(c.marketing_resumed_at, '-infinity');
+    GET DIAGNOSTICS v_stopped = ROW_COUNT;
+    RETURN v_resumed + v_stopped;
+END
+$$;
+
+-- Apply the account-level fields of a batch, one function per field:
+--   message_template_status_update  core.apply_template_statuses   a template's status
+--   template_category_update        core.apply_category_updates    a template's category
+--   phone_number_quality_update     core.apply_quality_updates     rating, 1,000 msg/s, tier
+--   business_capability_update      core.apply_capability_updates  the portfolio's tier
+--   account_update                  core.apply_account_events      alerts; a ban pauses numbers
+--   user_preferences                core.apply_user_preferences    marketing stop / resume
+-- Each touches only rows of the WABA (and number) a change came through, and for a change
+-- signed by a tenant's own app only that app's numbers (core.change_numbers). An event
+-- older than what a row already holds changes nothing there (Meta retries for 7 days, in
+-- no order); notifications carry a key from the event, so a redelivered webhook raises
+-- nothing twice. Returns the rows changed.
+CREATE OR REPLACE FUNCTION core.apply_account_updates(p_changes core.webhook_change[]) RETURNS integer
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch
+                   WHERE ch.field IN ('message_template_status_update', 'template_category_update',
+                                      'phone_number_quality_update', 'business_capability_update',
+                                      'account_update', 'user_preferences')) THEN
+        RETURN 0;
+    END IF;
+    RETURN core.apply_template_statuses(p_changes) + core.apply_category_updates(p_changes)
+         + core.apply_quality_updates(p_changes) + core.apply_capability_updates(p_changes)
+         + core.apply_account_events(p_changes) + core.apply_user_preferences(p_changes);
 END
 $$;
 

@@ -16,5 +16,6 @@ CREATE TYPE core.send_outcome AS (
     backoff         text,           -- core.meta_error_codes.backoff of error_code
     outcome         text,           -- accepted, receipt, returned, paused, throttled, held, deferred,
                                     -- retried, failed, ignored (core.classify_reports)
-    requeue_s       double precision  -- back in the queue after so many seconds; NULL: not requeued
+    requeue_s       double precision, -- back in the queue after so many seconds; NULL: not requeued
+    unsure          boolean           -- the request went out and its answer was lost (the worker says)
 );

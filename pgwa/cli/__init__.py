@@ -9,6 +9,7 @@ named queries of pgwa/queries.sql.
     pgwa tenant create NAME
     pgwa number register --tenant T --phone-number-id ID --waba-id ID  (token in WHATSAPP_ACCESS_TOKEN)
     pgwa number transfer PHONE_NUMBER_ID --to T [--waba-id ID]       (operator only)
+    pgwa portfolio list --tenant T  |  portfolio set-tier NUMBER TIER --tenant T [--business-id ID]
     pgwa key create --tenant T [--name N] [--scope read|send|admin] [--expires WHEN] [--rate-limit N]
     pgwa key list --tenant T  |  key revoke ID --tenant T
     pgwa campaign create --csv FILE --tenant T --number N --template name:lang[:param,...] ... [--start]
@@ -43,6 +44,7 @@ from pgwa.cli.commands import (
     cmd_db,
     cmd_key,
     cmd_number,
+    cmd_portfolio,
     cmd_reconcile,
     cmd_serve,
     cmd_stats,
@@ -98,6 +100,21 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--to", required=True, help="the tenant (id or name) that now holds the number")
     t.add_argument("--waba-id", help="the WABA that holds the number now (default: unchanged)")
     t.set_defaults(run=cmd_number)
+
+    portfolio = sub.add_parser("portfolio", help="business portfolios and their messaging limits"
+                               ).add_subparsers(dest="action", required=True)
+    pl = portfolio.add_parser("list", help="tier, limit, users messaged in 24 h, waiting until, numbers")
+    pl.add_argument("--tenant")
+    pl.set_defaults(run=cmd_portfolio)
+    ps = portfolio.add_parser("set-tier", help="set the messaging-limit tier of a number's portfolio")
+    ps.add_argument("number", help="number_id or Meta's phone_number_id")
+    ps.add_argument("tier", help="as Meta names it: TIER_50, TIER_250, TIER_1K, TIER_2K, TIER_10K, TIER_100K "
+                                 "or TIER_UNLIMITED")
+    ps.add_argument("--tenant")
+    ps.add_argument("--business-id", metavar="ID",
+                    help="Meta's business portfolio id: move the number's WABA into it (WABAs with one id "
+                         "share one limit)")
+    ps.set_defaults(run=cmd_portfolio)
 
     key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
     for action in ("create", "list", "revoke"):

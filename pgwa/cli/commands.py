@@ -31,8 +31,11 @@ from rich.progress import (
 from pgwa import numbers
 from pgwa.cli.views import (
     campaigns_table,
+    created_warning,
     drift_table,
     keys_table,
+    limit_notes,
+    portfolios_table,
     progress_view,
     stats_tables,
     when,
@@ -217,13 +220,23 @@ def cmd_campaign_create(args: argparse.Namespace, console: Console) -> int:
                 "templates": orjson.dumps(templates).decode(), "on_invalid": args.on_invalid,
                 "scheduled_at": args.schedule, "start": args.start,
                 "default_country_code": args.default_country_code})
+        days = created["days_at_limit"]
+        warning = created_warning(days, _portfolio_of(conn, tenant, number)) if days and days > 1 else None
     console.print(f"campaign [bold]{created['campaign_id']}[/] {created['status']}: {created['total']:,} messages "
                   f"queued; {created['skipped_invalid']:,} invalid, {created['skipped_opted_out']:,} opted out, "
                   f"{created['duplicates_removed']:,} duplicates removed")
     for bad in created["invalid_rows"][:10]:
         console.print(f"  row {bad['row']} {bad['value']!r}: {bad['reason']}", highlight=False)
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     print(created["campaign_id"])
     return 0
+
+
+def _portfolio_of(conn: psycopg.Connection, tenant: int, number: int) -> dict | None:
+    """The portfolio whose messaging limit the number shares."""
+    rows = _dicts(conn, queries["portfolios"], {"tenant_id": tenant})
+    return next((p for p in rows if number in p["number_ids"]), None)
 
 
 LIFECYCLE = {"start": queries["start_campaign"], "pause": queries["pause_campaign"],
@@ -269,8 +282,29 @@ def cmd_campaigns(args: argparse.Namespace, console: Console) -> int:
 def cmd_stats(args: argparse.Namespace, console: Console) -> int:
     with connect() as conn:
         stats = _stats(conn, tenant_id(conn, args.tenant), args.id)
-    for table in stats_tables(stats):
+    funnel, *rest = stats_tables(stats)
+    console.print(funnel)
+    for note in limit_notes(stats):
+        console.print(note, highlight=False)
+    for table in rest:
         console.print(table)
+    return 0
+
+
+def cmd_portfolio(args: argparse.Namespace, console: Console) -> int:
+    """list: the tenant's portfolios and their messaging limits; set-tier: a number's
+    portfolio's tier (as Meta reports it), optionally in the business portfolio --business-id."""
+    with connect() as conn:
+        tenant = tenant_id(conn, args.tenant)
+        if args.action == "set-tier":
+            number = number_id(conn, tenant, args.number)
+            [p] = _dicts(conn, queries["set_messaging_limit"], {
+                "tenant_id": tenant, "number_id": number, "tier": args.tier, "business_id": args.business_id})
+            limit = f"{p['messaging_limit']:,} new users per 24 hours" if p["messaging_limit"] else "unlimited"
+            console.print(f"portfolio {p['portfolio_id']} (business {p['business_id']}): {p['tier']}, {limit}; "
+                          f"numbers {', '.join(map(str, p['number_ids']))}", highlight=False)
+        else:
+            console.print(portfolios_table(_dicts(conn, queries["portfolios"], {"tenant_id": tenant}), tenant))
     return 0
 
 

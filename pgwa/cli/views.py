@@ -55,6 +55,33 @@ def stats_tables(s: dict) -> list[Table]:
     return [funnel, templates, errors]
 
 
+def limit_notes(s: dict) -> list[str]:
+    """What the campaign waits for at its portfolio's messaging limit, and the messages Meta's
+    per-user marketing cap withheld; nothing for a campaign with neither."""
+    notes = []
+    if s["waiting_for"] == "messaging_limit":
+        notes.append(f"waiting for messaging limit until {when(s['resumes_at'])}")
+    if s["days_at_limit"] and s["status"] not in ("completed", "cancelled"):
+        notes.append(f"needs {_days(s['days_at_limit'])} at the messaging limit "
+                     f"({s['messaging_limit']:,} new users per 24 hours)")
+    if s["retrying"]:
+        notes.append(f"retrying {s['retrying']:,}: withheld by Meta's per-user marketing cap, tried again "
+                     "a day later")
+    return notes
+
+
+def _days(n: int) -> str:
+    return f"{n} day" if n == 1 else f"{n} days"
+
+
+def created_warning(days_at_limit: int | None, portfolio: dict | None) -> str | None:
+    """A list that takes more than a day at its portfolio's messaging limit says so at creation."""
+    if not days_at_limit or days_at_limit <= 1 or portfolio is None:
+        return None
+    return (f"needs {_days(days_at_limit)} at tier {portfolio['tier']} ({portfolio['messaging_limit']:,} new "
+            "users per 24 hours); the rest waits in the queue")
+
+
 def progress_view(s: dict) -> Group:
     done = s["total"] - s["queued"]
     width = 40
@@ -67,6 +94,8 @@ def progress_view(s: dict) -> Group:
     table.add_row(f"{bar} {_pct(s['progress'])}", f"{done:,} / {s['total']:,}{rate}")
     table.add_row("  ".join(f"{k} {s[k]:,}" for k in ("sent", "delivered", "read", "replied", "failed",
                                                     "cancelled")), "")
+    for note in limit_notes(s):
+        table.add_row(f"[yellow]{note}[/]", "")
     return Group(table)
 
 
@@ -78,6 +107,19 @@ def keys_table(rows: list[dict], tenant: int) -> Table:
         table.add_row(str(k["api_key_id"]), k["name"], k["key_prefix"], k["scope"], when(k["created_at"]),
                       when(k["expires_at"]), when(k["last_used_at"]),
                       str(k["rate_limit_per_minute"] or "default"), when(k["revoked_at"]))
+    return table
+
+
+def portfolios_table(rows: list[dict], tenant: int) -> Table:
+    table = Table(title=f"Business portfolios of tenant {tenant}")
+    for column in ("id", "business id", "tier", "limit", "used 24 h", "waiting until", "numbers"):
+        table.add_column(column, justify="right" if column in ("id", "limit", "used 24 h") else "left")
+    for p in rows:
+        limit = p["messaging_limit"]
+        table.add_row(str(p["portfolio_id"]), p["business_id"], p["tier"] or "unknown",
+                      f"{limit:,}" if limit is not None else "unlimited",
+                      f"{p['used_24h']:,}" if p["used_24h"] is not None else "",
+                      when(p["budget_wait_until"]), ", ".join(map(str, p["number_ids"])))
     return table
 
 
