@@ -1,6 +1,7 @@
 """``python -m sim [--host H] [--port P] [--config FILE] [--webhook-url URL]
-[--app-secret S] [--templates FILE]`` (env: SIM_HOST, SIM_PORT, SIM_WEBHOOK_URL,
-SIM_APP_SECRET). Command-line flags win over the environment, which wins over the file.
+[--app-secret S] [--templates FILE] [--profile realistic|quiet]`` (env: SIM_HOST,
+SIM_PORT, SIM_WEBHOOK_URL, SIM_APP_SECRET, SIM_PROFILE). Command-line flags win over the
+environment, which wins over the file; the profile applies before the file's settings.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhook-url", help="where webhooks are POSTed")
     parser.add_argument("--app-secret", help="HMAC key for X-Hub-Signature-256")
     parser.add_argument("--templates", help="JSON file of templates (default sim/templates.json)")
+    parser.add_argument("--profile", choices=("realistic", "quiet"),
+                        help="Meta's behaviour (realistic, the default) or a quiet world "
+                             "without random faults (sim/config.py)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("SIM_LOG_LEVEL", "WARNING"), stream=sys.stderr)
     try:
         config = load_config(args.config, host=args.host, port=args.port,
                              webhook_url=args.webhook_url, app_secret=args.app_secret,
-                             templates_file=args.templates)
+                             templates_file=args.templates, profile=args.profile)
     except (OSError, ValueError, TypeError) as exc:
         print(f"sim: bad configuration: {exc}", file=sys.stderr)
         return 2

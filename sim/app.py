@@ -13,7 +13,10 @@ unknown token; 100 subcode 33, HTTP 400, for an object the token cannot read).
 Control routes (no auth; JSON in, JSON out)::
 
     GET  /_sim/health                 {"ok": true}
-    GET  /_sim/stats                  counters, peaks, duplicates, webhook delivery
+    GET  /_sim/stats                  counters, peaks, duplicates, webhook delivery, sends
+                                      failed later by code, and per business portfolio its
+                                      tier, unique_users_24h, max_unique_users_24h and
+                                      refused_new_users (0: the client kept to the tier)
     GET  /_sim/ledger?since=&limit=&phone_number_id=
     GET  /_sim/faults | POST /_sim/faults      settings; POST deep-merges a partial object
     GET  /_sim/numbers | POST /_sim/numbers    idempotent upsert of one number (or a list)
@@ -22,9 +25,22 @@ Control routes (no auth; JSON in, JSON out)::
                                       (and the clock back on real time)
     GET  /_sim/clock | POST /_sim/clock        {"frozen"?: bool, "advance_s"?: seconds}:
                                       freeze or move the simulator's time (sim/clock.py)
-    POST /_sim/inbound                {"phone_number_id", "from", "text" | "message", ...}
+    POST /_sim/inbound                {"phone_number_id", "from", "text" | "message",
+                                       "delay_s"?, ...}: delivered now or delay_s later
     POST /_sim/template_status        {"name", "status", "language"?, "waba_id"?, "reason"?}
+                                      (PAUSED drops the messages held for it: failed 132015)
     POST /_sim/quality                {"phone_number_id", "event", "current_limit"?, ...}
+    POST /_sim/tier                   {"business_id" | "phone_number_id" | "waba_id", "tier",
+                                       "webhook"?: true}: a portfolio's messaging limit, and
+                                      the business_capability_update webhook Meta sends
+    POST /_sim/throughput             {"phone_number_id", "throughput_mps"?: 1000,
+                                       "maintenance_s"?: 60}: a throughput upgrade (131057
+                                      meanwhile, then a THROUGHPUT_UPGRADE webhook)
+
+``POST /_sim/faults`` also takes one-shot faults: ``rate_limit_burst``, ``token_expiry``
+and ``account_limit`` (``{"code": 80007 | 4, "seconds", "regain_minutes"?, "waba_id"? |
+"phone_number_id"?}``: every send and read of that WABA, or of the app, answers the code
+with an ``X-Business-Use-Case-Usage`` header until it ends). See sim/config.py.
 """
 
 from __future__ import annotations
@@ -53,7 +69,8 @@ def _json(obj, status: int = 200) -> web.Response:
 
 
 def _graph_error(err: SimError) -> web.Response:
-    return web.Response(body=err.body(), status=err.http_status, content_type=JSON)
+    return web.Response(body=err.body(), status=err.http_status, content_type=JSON,
+                        headers=err.headers)
 
 
 class SimApp:
@@ -75,6 +92,8 @@ class SimApp:
             ("POST", "inbound"): self.post_inbound,
             ("POST", "template_status"): self.post_template_status,
             ("POST", "quality"): self.post_quality,
+            ("POST", "tier"): self.post_tier,
+            ("POST", "throughput"): self.post_throughput,
         }
 
     def make_app(self) -> web.Application:
@@ -133,8 +152,8 @@ class SimApp:
             if request.transport is not None:
                 request.transport.close()
             return web.Response(status=204)
-        status, body = result
-        return web.Response(body=body, status=status, content_type=JSON)
+        status, body, headers = result
+        return web.Response(body=body, status=status, content_type=JSON, headers=headers or None)
 
     def _waba_access(self, request: web.Request, waba_id: str) -> None:
         self.sim.read_waba_numbers(waba_id, request.headers.get("Authorization"))
@@ -147,17 +166,22 @@ class SimApp:
         except SimError as err:
             return _graph_error(err)
 
-    @staticmethod
-    def _node(number, fields: str | None) -> dict:
-        """The phone number node: Meta's default fields, or those asked for (and ``id``)."""
+    def _node(self, number, fields: str | None) -> dict:
+        """The phone number node: Meta's default fields, or those asked for (and ``id``).
+        ``whatsapp_business_manager_messaging_limit`` (the portfolio's tier) only when
+        asked for, as Meta answers it."""
+        # Meta shows STANDARD; the upgraded level's name was not seen [unsure]: HIGH.
+        level = "HIGH" if number.limit_mps >= 1000 else "STANDARD"
         node = {"verified_name": number.verified_name, "code_verification_status": "VERIFIED",
                 "display_phone_number": number.display_phone_number,
                 "quality_rating": number.quality_rating, "platform_type": "CLOUD_API",
-                "throughput": {"level": "HIGH" if number.throughput_mps >= 1000 else "STANDARD"},
-                "id": number.phone_number_id}
+                "throughput": {"level": level}, "id": number.phone_number_id}
         if fields:
             wanted = {f.strip() for f in fields.split(",")} | {"id"}
             node = {k: v for k, v in node.items() if k in wanted}
+            if "whatsapp_business_manager_messaging_limit" in wanted:
+                node["whatsapp_business_manager_messaging_limit"] = \
+                    self.sim.tier_of(number.business)
         return node
 
     def phone_number(self, request: web.Request, pnid: str) -> web.Response:
@@ -269,8 +293,12 @@ class SimApp:
             message = {"type": "text", "text": {"body": str(body.get("text", "Hi"))}}
         if not isinstance(message, dict):
             raise TypeError("message must be an object")
+        delay_s = float(body.get("delay_s", 0))
+        if not 0 <= delay_s < 7 * 24 * 3600:
+            raise ValueError("delay_s must be a number of seconds, not negative")
+        due = self.sim.clock.monotonic() + delay_s if delay_s else None
         wamid = self.sim.inbound(number, sender, message, name=body.get("name"),
-                                 context_id=body.get("context_id"))
+                                 context_id=body.get("context_id"), due=due)
         return _json({"id": wamid, "wamid": wamid})
 
     async def post_template_status(self, request) -> web.Response:
@@ -279,6 +307,12 @@ class SimApp:
 
     async def post_quality(self, request) -> web.Response:
         return _json(self.sim.quality_update(await self._body(request)))
+
+    async def post_tier(self, request) -> web.Response:
+        return _json(self.sim.set_tier(await self._body(request)))
+
+    async def post_throughput(self, request) -> web.Response:
+        return _json(self.sim.throughput_upgrade(await self._body(request)))
 
 
 async def serve(config: SimConfig, ready: asyncio.Event | None = None) -> None:
@@ -298,10 +332,11 @@ async def serve(config: SimConfig, ready: asyncio.Event | None = None) -> None:
     probe = asyncio.create_task(sim.probe.run(stop))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    numbers = ", ".join(f"{n.phone_number_id} (waba {n.waba_id}, {n.throughput_mps:g} mps)"
+    numbers = ", ".join(f"{n.phone_number_id} (waba {n.waba_id}, {n.limit_mps:g} mps)"
                         for n in sim.numbers.values())
     print(f"sim listening on http://{config.host}:{config.port} numbers: {numbers}; "
-          f"webhooks -> {config.webhook_url or '(none)'}", file=sys.stderr, flush=True)
+          f"webhooks -> {config.webhook_url or '(none)'}; profile {sim.settings['profile']}",
+          file=sys.stderr, flush=True)
     # The simulator counts each number's rate on this loop, so a collector pause skews
     # its clock: the start-up heap leaves the collector's sight, and young collections
     # come less often (measured: pauses up to 30 ms, 2.5% of the loop, without this).

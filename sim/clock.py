@@ -1,8 +1,10 @@
 """The simulator's time: the real clocks, which a test may freeze and move forward.
 
-Everything the simulator decides by time reads this clock: the throughput and pair
-windows, forced 130429 bursts, token expiry, the 24-hour window, conversations, the
-ledger's times and the webhook schedule (statuses, inbound messages, retries). A test
+Everything the simulator decides by time reads this clock: the throughput window and
+pair buckets, forced 130429 bursts, account call-limit bursts, throughput upgrades,
+token expiry, the 24-hour window, each portfolio's moving 24 hours of reached users,
+conversations, the ledger's times and the webhook schedule (statuses, inbound messages,
+held messages released, retries over hours). A test
 then pins a window or a back-off by moving the clock (``POST /_sim/clock``) instead
 of sleeping through it and hoping the machine kept up::
 

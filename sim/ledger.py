@@ -3,9 +3,11 @@
 Everything is maintained incrementally on the request path (O(1) per send), so
 the stats answer costs the same at 100 sends as at 10 million:
 
-* per number, a sliding 1-second window of accepted sends (it also enforces the
-  throughput limit) and one of all attempts; their peaks are the highest count
-  any window ever held;
+* per number, a sliding 1-second window of accepted sends and delivered inbound
+  messages (Meta's throughput counts both; the window enforces it) and one of all
+  send attempts; their peaks are the highest count any window ever held;
+* sends accepted but failed later by status (131026, 131049, ...), by code, and
+  template sends held for quality, released or not yet;
 * duplicates: an accepted send whose (phone_number_id, recipient, campaign tag)
   was already accepted, the tag being ``biz_opaque_callback_data`` up to the
   first ':' (the whole value if none); sends without it are not counted.
@@ -27,6 +29,7 @@ class NumberStats:
         "accepted",
         "accepted_window",
         "attempt_window",
+        "inbound",
         "peak_1s_attempts",
         "peak_1s_rate",
         "requests",
@@ -37,6 +40,7 @@ class NumberStats:
         self.attempt_window: deque[float] = deque()
         self.requests = 0
         self.accepted = 0
+        self.inbound = 0
         self.peak_1s_rate = 0
         self.peak_1s_attempts = 0
 
@@ -50,15 +54,24 @@ class NumberStats:
         self.peak_1s_attempts = max(self.peak_1s_attempts, len(win))
 
     def in_window(self, now: float) -> int:
-        """Accepted sends in the trailing second (the throughput check reads this)."""
+        """Accepted sends and inbound messages in the trailing second (the throughput
+        check reads this)."""
         win = self.accepted_window
         edge = now - WINDOW_S
         while win and win[0] <= edge:
             win.popleft()
         return len(win)
 
+    def receive(self, now: float) -> None:
+        """An inbound message reached the number: it takes its share of the throughput."""
+        self.inbound += 1
+        self._count(now)
+
     def accept(self, now: float) -> None:
         self.accepted += 1
+        self._count(now)
+
+    def _count(self, now: float) -> None:
         win = self.accepted_window
         win.append(now)
         edge = now - WINDOW_S
@@ -80,6 +93,9 @@ class Ledger:
         self.seen_tags: set[tuple[str, str, str]] = set()
         self.duplicates = 0
         self.duplicates_by_tag: Counter[str] = Counter()
+        self.failed_later: Counter[str] = Counter()   # accepted, then a failed status
+        self.held = 0                                  # answered held_for_quality_assessment
+        self.released = 0                              # of those, later sent
 
     def number(self, phone_number_id: str) -> NumberStats:
         stats = self.numbers.get(phone_number_id)
@@ -125,10 +141,14 @@ class Ledger:
             "read_receipts": self.read_receipts,
             "duplicates": self.duplicates,
             "duplicates_by_tag": dict(self.duplicates_by_tag),
+            "failed_later_by_code": dict(self.failed_later),
+            "held": self.held,
+            "released": self.released,
             "numbers": {
                 pnid: {
                     "requests": s.requests,
                     "accepted": s.accepted,
+                    "inbound": s.inbound,
                     "peak_1s_rate": s.peak_1s_rate,
                     "peak_1s_attempts": s.peak_1s_attempts,
                     "throughput_mps": throughput.get(pnid),

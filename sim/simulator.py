@@ -1,17 +1,22 @@
 """The simulator's state and behaviour, independent of HTTP.
 
 ``Simulator.send`` is the whole ``POST /messages`` decision after routing and
-the token check: injected faults (bursts, transient errors), token expiry,
-validation (templates, the 24-hour window), throughput, pair limit, recipient
-failures, then the accept (ledger, status webhooks, maybe an inbound reply).
-Checks run in that order; Meta does not document its own order, so a request
-that breaks two rules may get a different code here than from Meta.
+the token check: forced faults (130429 bursts, an account call-limit burst, a
+throughput upgrade's maintenance, transient errors), token expiry, validation
+(templates, the 24-hour window), injected error rules, throughput (sends and
+inbound messages), the pair rate, recipient failures, the marketing rules and
+the portfolio's messaging limit, then the accept (ledger, status webhooks or a
+hold for quality, maybe an inbound reply). Checks run in that order; Meta does
+not document its own order, so a request that breaks two rules may get a
+different code here than from Meta. Every check costs O(1): dicts and deques,
+no scan of the ledger.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import random
 import time
 import zlib
@@ -21,15 +26,59 @@ import orjson
 
 from . import messages
 from .clock import SimClock
-from .config import Number, SimConfig, check_settings, deep_merge, lognormal_params, number_from
-from .errors import SimError, expired_token, invalid_token, unknown_object
+from .config import (
+    Number,
+    SimConfig,
+    apply_patch,
+    check_settings,
+    lognormal_params,
+    number_from,
+)
+from .errors import (
+    CALL_LIMIT_CODES,
+    SimError,
+    expired_token,
+    invalid_token,
+    unknown_object,
+    usage_header,
+)
 from .ledger import Ledger
+from .limits import TIERS, PairBuckets, Reach, capability_value, is_us_number, tier_limit
 from .probe import LoopProbe
 from .templates import Template, TemplateStore
 from .webhooks import Emitter
 
 WINDOW_24H = 24 * 3600.0
 DROP = object()   # answer: close the connection without a response
+NO_HEADERS: dict[str, str] = {}
+
+
+@dataclass(slots=True)
+class CallLimit:
+    """An account call-limit burst: every send and read of its scope gets ``code``."""
+    code: int                        # 80007 (a WABA) or 4 (the app)
+    until: float                     # sim monotonic time
+    regain_minutes: int | None       # what the usage header says; None: the time left
+
+
+@dataclass(slots=True)
+class Rule:
+    """An ``inject`` rule, its scope resolved to sets once per settings change."""
+    code: int
+    rate: float
+    sync: bool
+    pnid: str | None
+    to: frozenset[str] | None
+    category: str | None
+    spec: dict
+
+    def error(self, waba_id: str) -> SimError:
+        s = self.spec
+        headers = None
+        if self.code in CALL_LIMIT_CODES:
+            headers = usage_header(waba_id, int(s.get("regain_minutes", 60)))
+        return SimError(self.code, s.get("details"), title=s.get("title"),
+                        http_status=s.get("http_status"), headers=headers)
 
 
 @dataclass(slots=True)
@@ -61,10 +110,16 @@ class Simulator:
     def _reset_state(self) -> None:
         self.windows: dict[tuple[str, str], float] = {}        # (pnid, wa_id) -> last inbound
         self.conversations: dict[tuple[str, str, str], tuple[str, float]] = {}
-        self.pair_last: dict[tuple[str, str], float] = {}
+        self.pairs = PairBuckets()
         self.auto_replies: dict[tuple[str, str], int] = {}
         self.bursts: dict[str | None, float] = {}              # pnid (None = all) -> until
         self.expiries: dict[str, TokenExpiry] = {}
+        self.reach: dict[str, Reach] = {}                      # business_id -> its 24 h reach
+        self.call_limits: dict[str | None, CallLimit] = {}     # waba_id (None = the app)
+        self.maintenance: dict[str, float] = {}                # pnid -> until (131057)
+        # Held for quality: wamid -> (pnid, send, template, template key), and per template.
+        self.held: dict[str, tuple] = {}
+        self.held_by_template: dict[tuple[str, str, str], set[str]] = {}
 
     # --- configuration ---------------------------------------------------------
 
@@ -77,6 +132,24 @@ class Simulator:
         lat = s["latency_ms"]
         self.latency = lognormal_params(lat["median"], lat["p99"]) if lat["median"] > 0 else None
         self.read_faults = [(float(p), key) for key, p in s["read_error_rates"].items() if float(p) > 0]
+        self.rules = [
+            Rule(int(r["code"]), float(r.get("rate", 1.0)), r.get("mode", "sync") == "sync",
+                 str(r["phone_number_id"]) if r.get("phone_number_id") else None,
+                 frozenset(messages.PHONE_STRIP_RE.sub("", str(t))
+                           for t in (r["to"] if isinstance(r["to"], list) else [r["to"]]))
+                 if r.get("to") is not None else None,
+                 str(r["category"]).upper() if r.get("category") else None, r)
+            for r in s["inject"]]
+        pair = s["pair_rate_limit"]
+        self.pair = (float(pair["interval_s"]), float(pair["burst"])) if pair["enabled"] else None
+        self.marketing_cap_share = float(s["marketing_cap_share"])
+        self.us_marketing_blocked = bool(s["us_marketing_blocked"])
+        limit = s["messaging_limit"]
+        self.tiers, self.default_tier = limit["tiers"], limit["default_tier"]
+        self.tier_limits = {b: tier_limit(t) for b, t in self.tiers.items()}
+        self.default_limit = tier_limit(self.default_tier)
+        self.limit_sync = limit["mode"] == "sync"
+        self.limit_code = int(limit["code"])
 
     def update_settings(self, patch: dict) -> dict:
         """Apply a partial settings update plus the one-shot faults; returns the settings."""
@@ -85,18 +158,59 @@ class Simulator:
         patch = dict(patch)
         burst = patch.pop("rate_limit_burst", None)
         expiry = patch.pop("token_expiry", None)
+        account = patch.pop("account_limit", None)
         unknown = set(patch) - set(self.settings)
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
-        merged = deep_merge(self.settings, patch)
+        merged = apply_patch(self.settings, patch)
         check_settings(merged)
+        if account is not None:
+            account = self._call_limit(account)
         self.settings = merged
         self._apply_settings()
         if burst is not None:
             self._burst(burst)
         if expiry is not None:
             self._token_expiry(expiry)
+        if account is not None:
+            self.call_limits[account[0]] = account[1]
         return self.settings
+
+    def _call_limit(self, spec: dict) -> tuple[str | None, CallLimit]:
+        """An account call-limit burst: {"code": 80007 | 4, "seconds", "regain_minutes"?,
+        "waba_id"? | "phone_number_id"?}. 80007 holds one WABA (every WABA when none is
+        named), 4 the whole app."""
+        if not isinstance(spec, dict):
+            raise TypeError("account_limit must be an object")
+        code = int(spec.get("code", 80007))
+        if code not in CALL_LIMIT_CODES:
+            raise ValueError("account_limit.code must be 80007 (WABA) or 4 (app)")
+        waba_id = spec.get("waba_id")
+        if spec.get("phone_number_id") is not None:
+            number = self.numbers.get(str(spec["phone_number_id"]))
+            if number is None:
+                raise ValueError(f"unknown phone_number_id {spec['phone_number_id']}")
+            waba_id = number.waba_id
+        scope = str(waba_id) if waba_id and code == 80007 else None
+        regain = spec.get("regain_minutes")
+        until = self.clock.monotonic() + float(spec.get("seconds", 3600))
+        return scope, CallLimit(code, until, None if regain is None else int(regain))
+
+    def _check_call_limit(self, waba_id: str, now: float) -> None:
+        for key in (waba_id, None):
+            limit = self.call_limits.get(key)
+            if limit is None:
+                continue
+            if now >= limit.until:
+                del self.call_limits[key]
+                continue
+            minutes = limit.regain_minutes
+            if minutes is None:
+                minutes = math.ceil((limit.until - now) / 60.0)
+            raise SimError(limit.code, headers=usage_header(waba_id, minutes))
+
+    def tier_of(self, business_id: str) -> str:
+        return self.tiers.get(business_id, self.default_tier)
 
     def _burst(self, burst: dict) -> None:
         pnid = burst.get("phone_number_id")
@@ -189,6 +303,8 @@ class Simulator:
         number = self.numbers.get(pnid)
         if number is None or number.waba_id not in self.token_wabas(token):
             raise unknown_object(pnid, "get")
+        if self.call_limits:
+            self._check_call_limit(number.waba_id, self.clock.monotonic())
         return number
 
     def read_waba_numbers(self, waba_id: str, auth: str | None) -> list[Number]:
@@ -196,6 +312,8 @@ class Simulator:
         token = self.read_token(auth)
         if waba_id not in self.token_wabas(token):
             raise unknown_object(waba_id, "get")
+        if self.call_limits:
+            self._check_call_limit(waba_id, self.clock.monotonic())
         return [n for n in self.numbers.values() if n.waba_id == waba_id]
 
     def latency_s(self) -> float:
@@ -211,7 +329,7 @@ class Simulator:
         return None
 
     def send(self, number: Number, raw_body: bytes, drop: str | None = None):
-        """Decide one send; returns (http_status, body bytes) or DROP."""
+        """Decide one send; returns (http_status, body bytes, headers) or DROP."""
         now = self.clock.monotonic()
         pnid = number.phone_number_id
         stats = self.ledger.number(pnid)
@@ -227,31 +345,44 @@ class Simulator:
             if drop == "before":
                 self.ledger.reject("dropped")
                 return DROP
-            self._faults(pnid, now)
+            self._faults(number, now)
             self._check_token(pnid)
             parsed = messages.parse_send(body)
             if isinstance(parsed, str):
                 self.ledger.read_receipts += 1
-                return 200, b'{"success":true}'
+                return 200, b'{"success":true}', NO_HEADERS
             tpl = self._check_content(number, parsed)
-            # Only accepted sends fill the window, so a client that backs off on 130429
-            # gets through; peak_1s_attempts shows whether it kept under the limit.
-            if stats.in_window(now) >= number.throughput_mps:
+            fail = None
+            if self.rules:
+                rule = self._injected(number, parsed, tpl)
+                if rule is not None:
+                    if rule.sync:
+                        raise rule.error(number.waba_id)
+                    fail = rule.error(number.waba_id)
+            # Only accepted sends (and inbound messages) fill the window, so a client that
+            # backs off on 130429 gets through; peak_1s_attempts shows whether it kept
+            # under the limit.
+            if stats.in_window(now) >= number.limit_mps:
                 raise SimError(130429)
-            self._check_pair(pnid, parsed.wa_id, now)
-            failing = parsed.wa_id in self.failing
-            if failing and self.settings["failing_mode"] == "sync":
-                raise SimError(131026)
+            if self.pair is not None and not self.pairs.take((pnid, parsed.wa_id), now, *self.pair):
+                raise SimError(131056)
+            if parsed.wa_id in self.failing:
+                if self.settings["failing_mode"] == "sync":
+                    raise SimError(131026)
+                fail = fail or SimError(131026)
+            if tpl is not None and fail is None:
+                fail = self._template_rules(number, parsed, tpl, now)
         except SimError as err:
             self.ledger.reject(err.code)
-            return err.http_status, err.body()
-        answer = self._accept(number, parsed, tpl, failing, now, stats)
+            return err.http_status, err.body(), err.headers or NO_HEADERS
+        answer = self._accept(number, parsed, tpl, fail, now, stats)
         if drop == "after":
             self.ledger.reject("dropped_after_accept")
             return DROP
-        return 200, answer
+        return 200, answer, NO_HEADERS
 
-    def _faults(self, pnid: str, now: float) -> None:
+    def _faults(self, number: Number, now: float) -> None:
+        pnid = number.phone_number_id
         if self.bursts:
             for key in (pnid, None):
                 until = self.bursts.get(key)
@@ -259,6 +390,12 @@ class Simulator:
                     if now < until:
                         raise SimError(130429)
                     del self.bursts[key]
+        if self.call_limits:
+            self._check_call_limit(number.waba_id, now)
+        if self.maintenance:
+            until = self.maintenance.get(pnid)
+            if until is not None and now < until:
+                raise SimError(131057)
         if self.fault_table:
             r = random.random()
             if r < self.fault_total:
@@ -270,7 +407,49 @@ class Simulator:
                     raise SimError(1)
                 if key == "http_503":
                     raise SimError(2)
-                raise SimError(int(key))
+                code = int(key)
+                headers = usage_header(number.waba_id, 60) if code in CALL_LIMIT_CODES else None
+                raise SimError(code, headers=headers)
+
+    def _injected(self, number: Number, send: messages.Send, tpl: Template | None) -> Rule | None:
+        """The first ``inject`` rule in scope that fires for this send, if any."""
+        for rule in self.rules:
+            if rule.pnid is not None and rule.pnid != number.phone_number_id:
+                continue
+            if rule.to is not None and send.wa_id not in rule.to:
+                continue
+            if rule.category is not None and (tpl is None or tpl.category != rule.category):
+                continue
+            if rule.rate >= 1.0 or random.random() < rule.rate:
+                return rule
+        return None
+
+    def _template_rules(self, number: Number, send: messages.Send, tpl: Template,
+                        now: float) -> SimError | None:
+        """The marketing rules, then the portfolio's messaging limit: None, or the error
+        of a failed status to come (a sync refusal is raised). Inside the user's
+        customer-service window a template is not business-initiated: it counts toward
+        no limit and meets no per-user marketing cap (Meta's pages say so of the cap
+        [unsure]); the US pause holds anyway."""
+        opened = self.windows.get((number.phone_number_id, send.wa_id))
+        in_window = opened is not None and self.clock.time() - opened <= WINDOW_24H
+        if tpl.category == "MARKETING":
+            if self.us_marketing_blocked and is_us_number(send.wa_id):
+                return SimError(131049)
+            share = self.marketing_cap_share
+            if share and not in_window and random.random() < share:
+                return SimError(131049)
+        if in_window:
+            return None
+        business = number.business
+        reach = self.reach.get(business)
+        if reach is None:
+            reach = self.reach[business] = Reach()
+        if reach.admit(send.wa_id, now, self.tier_limits.get(business, self.default_limit)):
+            return None
+        if self.limit_sync:
+            raise SimError(self.limit_code)
+        return SimError(self.limit_code)
 
     def _check_token(self, pnid: str) -> None:
         exp = self.expiries.get(pnid)
@@ -291,22 +470,13 @@ class Simulator:
                 raise SimError(131047)
         return None
 
-    def _check_pair(self, pnid: str, wa_id: str, now: float) -> None:
-        pair = self.settings["pair_rate_limit"]
-        if not pair["enabled"]:
-            return
-        key = (pnid, wa_id)
-        last = self.pair_last.get(key)
-        if last is not None and now - last < float(pair["interval_s"]):
-            raise SimError(131056)
-        self.pair_last[key] = now
-
-    def _accept(self, number: Number, send: messages.Send, tpl: Template | None, failing: bool,
-                now: float, stats) -> bytes:
+    def _accept(self, number: Number, send: messages.Send, tpl: Template | None,
+                fail: SimError | None, now: float, stats) -> bytes:
         pnid = number.phone_number_id
         wamid = messages.new_wamid(send.wa_id)
-        held = (self.settings["held_for_quality_rate"]
-                and random.random() < self.settings["held_for_quality_rate"])
+        rate = self.settings["held_for_quality_rate"]
+        # Template pacing holds only template sends that would otherwise go out.
+        held = bool(rate and tpl is not None and fail is None and random.random() < rate)
         status = "held_for_quality_assessment" if held else "accepted"
         stats.accept(now)
         exp = self.expiries.get(pnid)
@@ -318,12 +488,50 @@ class Simulator:
                             tpl.data["name"] if tpl else None,
                             tpl.data["language"] if tpl else None,
                             send.biz, wamid, status))
-        self._schedule_statuses(number, send, tpl, wamid, failing, now)
+        if held:
+            self._hold(number, send, tpl, wamid, now)
+        else:
+            self._schedule_statuses(number, send, tpl, wamid, fail, now)
         return orjson.dumps({
             "messaging_product": "whatsapp",
             "contacts": [{"input": send.to, "wa_id": send.wa_id}],
             "messages": [{"id": wamid, "message_status": status}],
         })
+
+    # --- held for quality assessment (template pacing) ---------------------------
+
+    def _hold(self, number: Number, send: messages.Send, tpl: Template, wamid: str,
+              now: float) -> None:
+        key = (number.waba_id, tpl.data["name"], tpl.data["language"])
+        self.held[wamid] = (number.phone_number_id, send, tpl, key)
+        self.held_by_template.setdefault(key, set()).add(wamid)
+        self.ledger.held += 1
+        due = now + random.uniform(*self.settings["held_release_s"])
+        self.emitter.at(due, ("call", lambda: self._release(wamid)))
+
+    def _release(self, wamid: str) -> None:
+        """Meta's early feedback was good: the held message goes out (sent, delivered...)."""
+        entry = self.held.pop(wamid, None)
+        if entry is None:
+            return          # dropped meanwhile (its template was paused)
+        pnid, send, tpl, key = entry
+        self.held_by_template.get(key, set()).discard(wamid)
+        number = self.numbers.get(pnid)
+        if number is not None:
+            self.ledger.released += 1
+            self._schedule_statuses(number, send, tpl, wamid, None, self.clock.monotonic())
+
+    def _drop_held(self, waba_id: str, tpl: Template, code: int) -> int:
+        """The template was paused (or disabled): every message held for it fails."""
+        wamids = self.held_by_template.pop((waba_id, tpl.data["name"], tpl.data["language"]), ())
+        now = self.clock.monotonic()
+        for wamid in wamids:
+            pnid, send, _tpl, _key = self.held.pop(wamid)
+            self.ledger.failed_later[str(code)] += 1
+            status = {**self._status_base(send, wamid), "status": "failed",
+                      "errors": [SimError(code).webhook_error()]}
+            self.emitter.at(now, ("status", pnid, status))
+        return len(wamids)
 
     # --- webhooks for an accepted send ------------------------------------------
 
@@ -336,19 +544,25 @@ class Simulator:
             conv = self.conversations[key] = (cid, wall + WINDOW_24H)
         return conv
 
+    @staticmethod
+    def _status_base(send: messages.Send, wamid: str) -> dict:
+        base: dict = {"id": wamid, "recipient_id": send.wa_id}
+        if send.biz is not None:
+            base["biz_opaque_callback_data"] = send.biz
+        return base
+
     def _schedule_statuses(self, number: Number, send: messages.Send, tpl: Template | None,
-                           wamid: str, failing: bool, now: float) -> None:
+                           wamid: str, fail: SimError | None, now: float) -> None:
         s = self.settings
         st = s["statuses"]
         emit = self.emitter.at
         pnid = number.phone_number_id
-        base: dict = {"id": wamid, "recipient_id": send.wa_id}
-        if send.biz is not None:
-            base["biz_opaque_callback_data"] = send.biz
+        base = self._status_base(send, wamid)
         t_sent = now + random.uniform(*st["sent_delay_ms"]) / 1000.0
-        if failing:
-            err = SimError(131026).webhook_error()
-            emit(t_sent, ("status", pnid, {**base, "status": "failed", "errors": [err]}))
+        if fail is not None:
+            self.ledger.failed_later[str(fail.code)] += 1
+            emit(t_sent, ("status", pnid, {**base, "status": "failed",
+                                           "errors": [fail.webhook_error()]}))
             return
         category = tpl.category.lower() if tpl else "service"
         conv_id, conv_exp = self._conversation(pnid, send.wa_id, category)
@@ -361,23 +575,37 @@ class Simulator:
             pricing = {"billable": True, "pricing_model": "PMP", "category": category,
                        "type": "regular"}
         sent = {**base, "status": "sent"}
-        delivered = None
         if s["conversation_in_status"]:
             sent["conversation"] = {"id": conv_id, "expiration_timestamp": str(int(conv_exp)),
                                     "origin": {"type": category}}
         sent["pricing"] = pricing
         times = [t_sent]
         events = [sent]
+        t_delivered = None
         if random.random() < st["delivered_rate"]:
+            t_delivered = t_sent + random.uniform(*st["delivered_delay_ms"]) / 1000.0
             delivered = {**base, "status": "delivered"}
             if s["conversation_in_status"]:
                 delivered["conversation"] = {"id": conv_id, "origin": {"type": category}}
             delivered["pricing"] = pricing
-            times.append(t_sent + random.uniform(*st["delivered_delay_ms"]) / 1000.0)
-            events.append(delivered)
             if random.random() < st["read_rate"]:
-                times.append(times[-1] + random.uniform(*st["read_delay_ms"]) / 1000.0)
-                events.append({**base, "status": "read"})
+                read = {**base, "status": "read"}
+                t_read = t_delivered + random.uniform(*st["read_delay_ms"]) / 1000.0
+                skip = st["read_without_delivered_rate"]
+                if skip and random.random() < skip:
+                    # Delivered and read together: Meta sends only `read`, which then
+                    # carries what `delivered` would have (reference §4.3, §4.5).
+                    for key in ("conversation", "pricing"):
+                        if key in delivered:
+                            read[key] = delivered[key]
+                    times.append(t_read)
+                    events.append(read)
+                else:
+                    times += [t_delivered, t_read]
+                    events += [delivered, read]
+            else:
+                times.append(t_delivered)
+                events.append(delivered)
         wh = s["webhook"]
         if wh["reorder_rate"]:
             for i in range(len(times) - 1):
@@ -387,8 +615,8 @@ class Simulator:
             emit(t, ("status", pnid, event))
             if wh["duplicate_rate"] and random.random() < wh["duplicate_rate"]:
                 emit(t + random.uniform(0.05, 0.5), ("status", pnid, dict(event)))
-        if delivered is not None and s["inbound"]["reply_rate"]:
-            self._maybe_reply(number, send, tpl, wamid, times[1])
+        if t_delivered is not None and s["inbound"]["reply_rate"]:
+            self._maybe_reply(number, send, tpl, wamid, t_delivered)
 
     def _maybe_reply(self, number: Number, send: messages.Send, tpl: Template | None,
                      wamid: str, t_delivered: float) -> None:
@@ -473,10 +701,84 @@ class Simulator:
                 value["disable_info"] = {"disable_date": int(self.clock.time())}
             if spec.get("other_info"):
                 value["other_info"] = spec["other_info"]
+            elif tpl.status == "PAUSED":
+                value["other_info"] = {"title": "FIRST_PAUSE", "description": (
+                    "Your message template has been paused for 3 hours due to low quality.")}
             self.emitter.post_account_update(waba_id, "message_template_status_update", value,
                                              "template")
-            out.append(value)
+            # Messages held for quality while the template was paced are dropped.
+            if tpl.status in ("PAUSED", "DISABLED"):
+                value_dropped = self._drop_held(waba_id, tpl,
+                                                132015 if tpl.status == "PAUSED" else 132016)
+                out.append({**value, "held_dropped": value_dropped})
+            else:
+                out.append(value)
         return out
+
+    # --- messaging limits and throughput levels -------------------------------------
+
+    def _business_of(self, spec: dict) -> str:
+        if spec.get("business_id"):
+            return str(spec["business_id"])
+        if spec.get("phone_number_id") is not None:
+            number = self.numbers.get(str(spec["phone_number_id"]))
+            if number is None:
+                raise ValueError(f"unknown phone_number_id {spec['phone_number_id']}")
+            return number.business
+        for number in self.numbers.values():
+            if spec.get("waba_id") and number.waba_id == str(spec["waba_id"]):
+                return number.business
+        raise ValueError("name the business: business_id, phone_number_id or waba_id")
+
+    def set_tier(self, spec: dict) -> dict:
+        """Move a business portfolio to another messaging limit, and tell each of its
+        WABAs as Meta does: a ``business_capability_update`` webhook whose
+        ``max_daily_conversations_per_business`` is the limit (-1: unlimited)."""
+        business = self._business_of(spec)
+        tier = spec.get("tier")
+        if tier not in TIERS:
+            raise ValueError(f"tier must be one of {list(TIERS)}")
+        self.settings["messaging_limit"]["tiers"][business] = tier
+        self.tier_limits[business] = tier_limit(tier)
+        value = {"max_daily_conversations_per_business": capability_value(tier)}
+        wabas = sorted({n.waba_id for n in self.numbers.values() if n.business == business})
+        if spec.get("webhook", True):
+            for waba_id in wabas:
+                self.emitter.post_account_update(waba_id, "business_capability_update", value,
+                                                 "capability")
+        return {"business_id": business, "tier": tier, "wabas": wabas, "value": value}
+
+    def throughput_upgrade(self, spec: dict) -> dict:
+        """Meta's throughput upgrade of a number (reference §3.1): for ``maintenance_s``
+        (up to a minute) its sends fail with 131057; then it sends at ``throughput_mps``
+        and a ``phone_number_quality_update`` THROUGHPUT_UPGRADE webhook says so."""
+        pnid = str(spec.get("phone_number_id", ""))
+        if pnid not in self.numbers:
+            raise ValueError("throughput upgrade needs a known phone_number_id")
+        mps = float(spec.get("throughput_mps", 1000))
+        maintenance_s = float(spec.get("maintenance_s", 60))
+        if mps <= 0 or maintenance_s < 0:
+            raise ValueError("throughput_mps must be positive and maintenance_s not negative")
+        until = self.clock.monotonic() + maintenance_s
+        self.maintenance[pnid] = until
+
+        def done() -> None:
+            self.maintenance.pop(pnid, None)
+            number = self.numbers.get(pnid)
+            if number is None:
+                return
+            number.throughput_mps = mps
+            value = {"display_phone_number": number.display_phone_number,
+                     "event": "THROUGHPUT_UPGRADE",
+                     "max_daily_conversations_per_business": self.tier_of(number.business)}
+            self.emitter.post_account_update(number.waba_id, "phone_number_quality_update",
+                                             value, "quality")
+
+        if maintenance_s == 0:
+            done()
+        else:
+            self.emitter.at(until, ("call", done))
+        return {"phone_number_id": pnid, "throughput_mps": mps, "maintenance_s": maintenance_s}
 
     def quality_update(self, spec: dict) -> dict:
         number = self.numbers.get(str(spec.get("phone_number_id", "")))
@@ -495,7 +797,21 @@ class Simulator:
         return value
 
     def stats(self) -> dict:
-        out = self.ledger.stats({p: n.throughput_mps for p, n in self.numbers.items()})
+        out = self.ledger.stats({p: n.limit_mps for p, n in self.numbers.items()})
+        now = self.clock.monotonic()
+        businesses: dict[str, dict] = {}
+        for number in self.numbers.values():
+            business = number.business
+            if business in businesses:
+                continue
+            tier = self.tier_of(business)
+            reach = self.reach.get(business) or Reach()
+            businesses[business] = {
+                "tier": tier, "messaging_limit": tier_limit(tier),
+                "unique_users_24h": reach.users(now), "max_unique_users_24h": reach.max_users,
+                "refused_new_users": reach.refused}
+        out["businesses"] = businesses
+        out["held_for_quality"] = len(self.held)
         out["webhooks"] = {**self.emitter.counters.as_dict(), "pending": self.emitter.pending()}
         out["uptime_s"] = round(time.time() - self.started, 3)
         out["loop"] = self.probe.as_dict()

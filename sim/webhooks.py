@@ -12,18 +12,24 @@ phone_number_quality_update)::
                                                     "phone_number_id": "..."},
                                        "statuses": [...]}}]}]}
 
-The request path only appends to a timing wheel (``at``). A ticker drains due
-slots every ``webhook.flush_ms``, groups events per number into POSTs of up to
-``webhook.batch_max`` statuses, signs each body with HMAC-SHA256 of the app
-secret (``X-Hub-Signature-256``), and hands them to a few sender tasks on one
-keep-alive aiohttp session. Any answer other than 200, or a connection error,
-is retried with bounded exponential backoff, as Meta does (for up to 7 days).
+The request path only appends to a timing wheel (``at``), its slots ordered by a
+heap. A ticker drains due slots every ``webhook.flush_ms``, groups events per
+number into POSTs of up to ``webhook.batch_max`` statuses or inbound messages
+(Meta aggregates up to 1,000 updates per POST), signs each body with
+HMAC-SHA256 of the app secret (``X-Hub-Signature-256``), and hands them to a
+few sender tasks on one keep-alive aiohttp session. An inbound message takes
+its share of the number's throughput when it is delivered. Any answer other
+than 200, or a connection error, is retried as Meta does: at once, then with
+decreasing frequency (``retry_base_ms`` doubling up to ``retry_max_ms``) for
+up to ``max_age_s`` (7 days), on the simulator's clock, so a test moves it on
+through the hours instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import hmac
 import logging
 import random
@@ -43,10 +49,11 @@ class Post:
     url: str
     secret: str
     body: bytes
-    kind: str            # "statuses" | "messages" | "template" | "quality"
+    kind: str            # "statuses" | "messages" | "template" | "quality" | "capability"
     count: int           # statuses or messages carried
     attempt: int = 0
     generation: int = 0
+    first_failed: float | None = None    # sim monotonic time of the first failed attempt
 
 
 class Counters:
@@ -88,7 +95,8 @@ class Emitter:
 
     def __init__(self, sim) -> None:
         self.sim = sim
-        self.wheel: dict[int, list] = defaultdict(list)
+        self.wheel: dict[int, list] = {}
+        self.ticks: list[int] = []          # heap of the wheel's slots
         self.counters = Counters()
         self.queue: asyncio.Queue[Post] = asyncio.Queue()
         self.generation = 0
@@ -103,18 +111,28 @@ class Emitter:
 
         Items: ("status", phone_number_id, status_dict) — timestamp filled at flush;
                ("message", phone_number_id, (contact, message));
-               ("post", Post) — a retry.
+               ("post", Post) — a retry;
+               ("call", fn) — the simulator's own timer (a held message released, a
+               throughput upgrade done).
         """
-        self.wheel[int(due / TICK_S)].append(item)
+        tick = int(due / TICK_S)
+        slot = self.wheel.get(tick)
+        if slot is None:
+            self.wheel[tick] = [item]
+            heapq.heappush(self.ticks, tick)
+        else:
+            slot.append(item)
 
     def pending(self) -> int:
         """Events and posts not yet answered with a 200 or given up on: scheduled, queued or
-        on the wire. Zero means nothing more will be posted until something new happens."""
+        on the wire (and the simulator's own timers). Zero means nothing more will be posted
+        until something new happens."""
         return sum(len(v) for v in self.wheel.values()) + self.queue.qsize() + self.delivering
 
     def clear(self) -> None:
         self.generation += 1
         self.wheel.clear()
+        self.ticks.clear()
         while not self.queue.empty():
             self.queue.get_nowait()
         self.counters = Counters()
@@ -152,11 +170,12 @@ class Emitter:
 
     def flush(self) -> None:
         clock = self.sim.clock
-        now_tick = int(clock.monotonic() / TICK_S)
-        wheel = self.wheel
+        mono = clock.monotonic()
+        now_tick = int(mono / TICK_S)
+        wheel, ticks = self.wheel, self.ticks
         due: list = []
-        for tick in sorted(t for t in wheel if t <= now_tick):
-            due.extend(wheel.pop(tick))
+        while ticks and ticks[0] <= now_tick:
+            due.extend(wheel.pop(heapq.heappop(ticks)))
         if not due:
             return
         statuses: dict[str, list] = defaultdict(list)
@@ -169,6 +188,11 @@ class Emitter:
                 messages[item[1]].append(item[2])
             elif kind == "post" and item[1].generation == self.generation:
                 self.queue.put_nowait(item[1])
+            elif kind == "call":
+                try:
+                    item[1]()
+                except Exception:
+                    log.exception("simulator timer failed")
         wall = clock.time()
         ts = str(int(wall))
         batch_max = int(self.sim.settings["webhook"]["batch_max"])
@@ -178,13 +202,18 @@ class Emitter:
             for i in range(0, len(items), batch_max):
                 self._post_value(pnid, "statuses", items[i:i + batch_max])
         windows = self.sim.windows
+        ledger = self.sim.ledger
         for pnid, items in messages.items():
+            stats = ledger.number(pnid)
             for contact, message in items:
                 message.setdefault("timestamp", ts)
                 windows[(pnid, message["from"])] = wall   # a customer message opens 24 h
-            # One inbound message per POST, as Meta delivers them.
-            for contact, message in items:
-                self._post_value(pnid, "messages", [message], contacts=[contact])
+                stats.receive(mono)                       # and takes throughput
+            # Batched like statuses: the messages due together, each sender's contact once.
+            for i in range(0, len(items), batch_max):
+                chunk = items[i:i + batch_max]
+                contacts = list({c["wa_id"]: c for c, _ in chunk}.values())
+                self._post_value(pnid, "messages", [m for _, m in chunk], contacts=contacts)
 
     def _post_value(self, pnid: str, key: str, items: list, contacts: list | None = None) -> None:
         number = self.sim.numbers.get(pnid)
@@ -266,12 +295,17 @@ class Emitter:
                 c.account_updates_delivered += post.count
             return
         c.posts_failed += 1
-        if post.attempt + 1 >= int(conf["max_attempts"]):
+        now = self.sim.clock.monotonic()
+        if post.first_failed is None:
+            post.first_failed = now
+        max_attempts = int(conf["max_attempts"])
+        if (max_attempts and post.attempt + 1 >= max_attempts) \
+                or now - post.first_failed >= float(conf["max_age_s"]):
             c.gave_up += 1
             return
         c.retries += 1
-        delay_ms = min(float(conf["retry_base_ms"]) * (2 ** post.attempt),
+        delay_ms = min(float(conf["retry_base_ms"]) * (2.0 ** min(post.attempt, 60)),
                        float(conf["retry_max_ms"]))
         delay_ms *= random.uniform(0.8, 1.2)
         post.attempt += 1
-        self.at(self.sim.clock.monotonic() + delay_ms / 1000.0, ("post", post))
+        self.at(now + delay_ms / 1000.0, ("post", post))

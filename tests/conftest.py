@@ -34,8 +34,8 @@ INTEGRATION = frozenset({
     "test_api_auth", "test_api_routes", "test_api_schema", "test_bots", "test_campaign_recovery",
     "test_cli", "test_config", "test_inbox", "test_llm", "test_migrate", "test_security_bots",
     "test_security_keys", "test_security_numbers", "test_security_uploads", "test_security_webhooks",
-    "test_sim_control", "test_sim_send", "test_sim_webhooks", "test_webhooks_http",
-    "test_webhooks_worker", "test_worker_graph", "test_worker_sender",
+    "test_sim_control", "test_sim_limits", "test_sim_realism", "test_sim_send", "test_sim_webhooks",
+    "test_webhooks_http", "test_webhooks_worker", "test_worker_graph", "test_worker_sender",
 })
 SLOW = frozenset({"test_api_schema", "test_campaign_recovery"})
 

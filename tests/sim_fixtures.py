@@ -4,7 +4,14 @@
   that records every POST (raw body, headers) and can be told to fail.
 * ``sim`` — a simulator subprocess (one per test session, reset before each
   test) on a free port, posting webhooks to ``sim_hooks``; the fixture value is
-  a small client with helpers for sends and control calls.
+  a small client with helpers for sends and control calls. It behaves as Meta
+  does by default (sim/config.py): duplicated and reordered statuses, `read`
+  without `delivered`, the 131049 marketing share, the pair rate, tiers, webhook
+  retries over hours; only its delays are shortened (FAST_SETTINGS).
+* ``quiet_world`` — a test that needs a quiet world asks for it
+  (``@pytest.mark.usefixtures("quiet_world")``, or ``pytestmark`` for a module):
+  the simulator's quiet profile, Meta's random behaviours off, its deterministic
+  rules kept.
 
 No PostgreSQL is needed.
 """
@@ -40,11 +47,12 @@ NUMBERS = [
     {"phone_number_id": "333000333", "waba_id": "900000003", "display_phone_number": "15550003333",
      "token": "tok-three", "app_secret": OTHER_SECRET},
 ]
+# Shorter delays only: the behaviours stay Meta's (retries back off over hours on the
+# simulator's clock, which the tests that need them move forward).
 FAST_SETTINGS = {
     "statuses": {"sent_delay_ms": [1, 10], "delivered_delay_ms": [5, 20],
                  "read_delay_ms": [5, 20], "read_rate": 0.0},
-    "webhook": {"flush_ms": 20, "retry_base_ms": 50, "retry_max_ms": 400, "max_attempts": 5,
-                "timeout_s": 2},
+    "webhook": {"flush_ms": 20, "timeout_s": 2},
     "inbound": {"delay_ms": [5, 20]},
 }
 
@@ -145,6 +153,11 @@ class SimClient:
     def faults(self, **patch) -> dict:
         return self.control("faults", patch)
 
+    def profile(self, name: str) -> dict:
+        """``quiet``: Meta's random behaviours off (sim/config.py QUIET_SETTINGS);
+        ``realistic``: back on. The reset before each test gives the realistic world."""
+        return self.control("faults", {"profile": name})
+
     def stats(self) -> dict:
         return self.http.get("/_sim/stats").json()
 
@@ -239,3 +252,13 @@ def sim(sim_process, sim_receiver):
     sim_receiver.clear()
     yield client
     client.http.close()
+
+
+@pytest.fixture
+def quiet_world(sim):
+    """The simulator without Meta's random behaviours, for a test whose assertions need
+    exact counts: no duplicated or reordered statuses, every read also delivered, no
+    131049 share, no injected errors. Deterministic rules stay (the US marketing pause,
+    throughput, pair rate, tiers, the 24-hour window)."""
+    sim.profile("quiet")
+    return sim

@@ -78,7 +78,8 @@ def test_numbers_upsert_is_idempotent(sim):
     numbers = sim.http.get("/_sim/numbers").json()["numbers"]
     assert [n for n in numbers if n["phone_number_id"] == "444000444"] == [
         {**new, "app_secret": None, "webhook_url": None, "throughput_mps": 1000.0,
-         "verified_name": "Sim Business 4444", "quality_rating": "GREEN"}]
+         "verified_name": "Sim Business 4444", "quality_rating": "GREEN", "business_id": None,
+         "coexistence": False}]
     # A new WABA gets the seed templates.
     assert sim.send(template_body(), pnid="444000444", token="tok-four").status_code == 200
     # A partial upsert keeps the other fields.

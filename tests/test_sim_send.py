@@ -220,18 +220,37 @@ def test_throughput_is_configurable_per_number(sim):
     assert sim.send(template_body()).status_code == 200   # other numbers are unaffected
 
 
-def test_pair_rate_limit_is_131056_when_enabled(sim):
-    assert sim.send(template_body()).status_code == 200
-    assert sim.send(template_body()).status_code == 200   # off by default
-    sim.faults(pair_rate_limit={"enabled": True, "interval_s": 0.3})
+def test_pair_rate_allows_a_burst_of_45_then_one_message_per_6_seconds(sim):
+    # On by default (Meta's rule): a token bucket of 45 per (number, user), one token back
+    # every 6 s. The clock stands still while the burst is fired.
     sim.clock(frozen=True)
-    assert sim.send(template_body(to="15557770100")).status_code == 200
-    whatsapp_error(sim.send(template_body(to="15557770100")), 400, 131056)
-    assert sim.send(template_body(to="15557770101")).status_code == 200
-    sim.clock(advance_s=0.25)
-    whatsapp_error(sim.send(template_body(to="15557770100")), 400, 131056)
-    sim.clock(advance_s=0.1)
-    assert sim.send(template_body(to="15557770100")).status_code == 200
+    user = "447700900100"
+    codes = [sim.send(template_body(to=user)).status_code for _ in range(46)]
+    assert codes == [200] * 45 + [400]
+    whatsapp_error(sim.send(template_body(to=user)), 400, 131056)
+    # Other users and the same user on another number are not affected.
+    assert sim.send(template_body(to="447700900101")).status_code == 200
+    assert sim.send(template_body(to=user), pnid=TWO).status_code == 200
+    # The burst borrowed from the future: one message per 6 s until the bucket refills.
+    sim.clock(advance_s=5.9)
+    whatsapp_error(sim.send(template_body(to=user)), 400, 131056)
+    sim.clock(advance_s=0.2)
+    assert sim.send(template_body(to=user)).status_code == 200
+    whatsapp_error(sim.send(template_body(to=user)), 400, 131056)
+    sim.clock(advance_s=12.1)
+    assert [sim.send(template_body(to=user)).status_code for _ in range(3)] == [200, 200, 400]
+    assert sim.stats()["rejected_by_code"]["131056"] == 5
+
+
+def test_pair_rate_is_configurable_and_can_be_turned_off(sim):
+    sim.clock(frozen=True)
+    sim.faults(pair_rate_limit={"interval_s": 0.3, "burst": 1})
+    assert sim.send(template_body(to="447700900102")).status_code == 200
+    whatsapp_error(sim.send(template_body(to="447700900102")), 400, 131056)
+    sim.clock(advance_s=0.31)
+    assert sim.send(template_body(to="447700900102")).status_code == 200
+    sim.faults(pair_rate_limit={"enabled": False})
+    assert all(sim.send(template_body(to="447700900102")).status_code == 200 for _ in range(50))
 
 
 def test_forced_rate_limit_burst(sim):

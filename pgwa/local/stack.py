@@ -7,6 +7,7 @@ graph.facebook.com (the API's Graph calls, number checks and template sync, incl
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -50,11 +51,14 @@ class Stack:
     """Processes started together and stopped together (a context manager)."""
 
     def __init__(self, database_url: str, *, workers: int = 1, api: bool = True,
-                 worker_env: dict[str, str] | None = None) -> None:
+                 worker_env: dict[str, str] | None = None, sim_settings: dict | None = None) -> None:
+        """``sim_settings``: the simulator's settings over its defaults (sim/config.py),
+        which are Meta's behaviour; ``{"profile": "quiet"}`` asks for a quiet world."""
         self.database_url = database_url
         self.workers = workers
         self.with_api = api
         self.worker_env = worker_env or {}
+        self.sim_settings = sim_settings
         self.sim_url = f"http://127.0.0.1:{free_port()}"
         self.api_url = f"http://127.0.0.1:{free_port()}"
         self.logs = Path(tempfile.mkdtemp(prefix="pgwa-stack-"))
@@ -83,7 +87,12 @@ class Stack:
                                                "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
                                                "GRAPH_BASE_URL": self.sim_url})
             self._wait_http("api", f"{self.api_url}/healthz")
-        self._spawn("sim", ["-m", "sim", "--port", self.sim_url.rsplit(":", 1)[1],
+        config = []
+        if self.sim_settings:
+            path = self.logs / "sim.json"
+            path.write_text(json.dumps({"settings": self.sim_settings}))
+            config = ["--config", str(path)]
+        self._spawn("sim", ["-m", "sim", "--port", self.sim_url.rsplit(":", 1)[1], *config,
                             "--webhook-url", f"{self.api_url}/webhooks/whatsapp", "--app-secret", APP_SECRET], {})
         self._wait_http("sim", f"{self.sim_url}/_sim/health")
         return self
