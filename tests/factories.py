@@ -9,7 +9,10 @@ it, as a fake clock, and assert on the state it leaves (send_tat, vt), never on 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +134,27 @@ def expire_claims(db: psycopg.Connection, campaign_id: int) -> None:
 def receiver_up(db: psycopg.Connection, now: Any = None) -> None:
     """The webhook receiver beats (api.receiver_heartbeat), as the API process does."""
     db.execute("SELECT api.receiver_heartbeat(%s)", (now,))
+
+
+@contextlib.contextmanager
+def receiver_beating(db_url: str, every_s: float = 0.5) -> Iterator[None]:
+    """For tests that run a worker without the API process: a thread beats for the
+    receiver, so that sends whose answer was lost may go again once their grace passes."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            while not stop.is_set():
+                conn.execute("SELECT api.receiver_heartbeat()")
+                stop.wait(every_s)
+
+    thread = threading.Thread(target=beat, name="receiver-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def claim(db: psycopg.Connection, max_rows: int = 500, worker: str = "test", now: Any = None) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import psycopg
 
 from pgwa.config import ROOT, Settings
 from pgwa.contacts import csv_text, stage_csv
+from tests.factories import receiver_beating
 from worker.sender import Sender
 
 try:  # tests/ is a rootless directory under pytest's default import mode
@@ -239,14 +240,17 @@ def test_two_workers_share_a_campaign_without_duplicates(db, db_url, sim):
 def test_permanent_errors_fail_and_transient_ones_are_retried(db, db_url, sim):
     tenant, number_id = setup_number(db, ONE, 80)
     sim.faults(failing_recipients=["15550000003"], failing_mode="sync")
-    db.execute("UPDATE core.settings SET retry_backoff_s = '{1}'")
+    # A dropped connection may have reached Meta: it goes again once its status would
+    # have come (status_grace_s) with the receiver up (the beating thread stands for it).
+    db.execute("UPDATE core.settings SET retry_backoff_s = '{1}', status_grace_s = 2, receiver_beat_s = 1")
     to = phones(40)
     campaign = create_campaign(db, tenant, number_id, to)
     sim.faults(drop_connection_rate=0.2, drop_after_accept_share=0.0)
     sender = Sender(settings(db_url, sim.url))
     done = ("SELECT count(*) FILTER (WHERE state IN ('accepted', 'failed')) = count(*) "
             "FROM core.outbound_messages WHERE campaign_id = %s")
-    asyncio.run(run_until([sender], db_url, done, (campaign,), 30))
+    with receiver_beating(db_url):
+        asyncio.run(run_until([sender], db_url, done, (campaign,), 60))
     assert states(db, campaign) == {"accepted": 39, "failed": 1}
     assert db.execute("SELECT error_code FROM core.outbound_messages o JOIN core.contacts c "
                       "USING (contact_id) WHERE c.wa_id = '15550000003'").fetchone()[0] == 131026
