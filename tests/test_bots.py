@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from pgwa.config import Settings
 from pgwa.contacts import csv_text, stage_csv
+from pgwa.queries import queries
 from tests import factories
 from worker.sender import Sender
 
@@ -433,9 +434,10 @@ def create_campaign(inbox: Inbox, phones: list[str]) -> int:
     stage_csv(inbox.db, csv_text({"phone": p, "name": f"N{i}", "order_no": f"A-{i}"} for i, p in enumerate(phones)))
     templates = [{"name": "order_update", "language": "en_US",
                   "params": [{"column": "name"}, {"column": "order_no"}]}]
-    return inbox.db.execute("SELECT campaign_id FROM api.create_campaign(%s, %s, %s, %s, 'reject', NULL, true)",
-                            (inbox.tenant_id, inbox.number_id, f"c-{uuid.uuid4().hex[:6]}",
-                             Jsonb(templates))).fetchone()[0]
+    return inbox.db.execute(queries["create_campaign"], {
+        "tenant_id": inbox.tenant_id, "number_id": inbox.number_id, "name": f"c-{uuid.uuid4().hex[:6]}",
+        "templates": Jsonb(templates), "on_invalid": "reject", "scheduled_at": None, "start": True,
+        "default_country_code": None}).fetchone()[0]
 
 
 def test_claim_sends_cancels_queued_campaign_messages_of_a_contact_who_opted_out(inbox: Inbox) -> None:

@@ -28,6 +28,7 @@ from api.graph_templates import sync_templates
 from pgwa.config import ROOT
 from pgwa.contacts import csv_text, stage_csv
 from pgwa.local.stack import GRAPH_VERSION, Stack
+from pgwa.queries import queries
 from tests.sim_fixtures import wait_for as poll
 
 PNID, WABA = "310000000000001", "410000000000001"
@@ -64,8 +65,10 @@ def start_campaign(db: psycopg.Connection, stack: Stack, n: int, mps: int) -> tu
     to = phones(n)
     with db.transaction():
         stage_csv(db, csv_text({"phone": p, "name": f"N{i}", "order_no": str(i)} for i, p in enumerate(to)))
-        campaign = db.execute("SELECT campaign_id FROM api.create_campaign(%s, %s, 'recovery', %s::jsonb, p_start => true)",
-                              (tenant, number, orjson.dumps(TEMPLATES).decode())).fetchone()[0]
+        campaign = db.execute(queries["create_campaign"], {
+            "tenant_id": tenant, "number_id": number, "name": "recovery",
+            "templates": orjson.dumps(TEMPLATES).decode(), "on_invalid": "reject", "scheduled_at": None,
+            "start": True, "default_country_code": None}).fetchone()[0]
     return campaign, to
 
 

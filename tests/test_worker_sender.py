@@ -18,6 +18,7 @@ import psycopg
 
 from pgwa.config import ROOT, Settings
 from pgwa.contacts import csv_text, stage_csv
+from pgwa.queries import queries
 from tests.factories import receiver_beating
 from worker.sender import Sender
 
@@ -54,11 +55,11 @@ def create_campaign(db: psycopg.Connection, tenant: int, number_id: int, to: lis
                            for i, p in enumerate(to)))
     templates = [{"name": "order_update", "language": "en_US",
                   "params": [{"column": "name"}, {"column": "order_no"}]}]
-    row = db.execute("SELECT campaign_id, total FROM api.create_campaign(%s, %s, %s, %s::jsonb, "
-                     "'reject', NULL, %s)",
-                     (tenant, number_id, f"c{time.monotonic_ns()}", orjson.dumps(templates).decode(),
-                      start)).fetchone()
-    assert row[1] == len(to)
+    row = db.execute(queries["create_campaign"], {
+        "tenant_id": tenant, "number_id": number_id, "name": f"c{time.monotonic_ns()}",
+        "templates": orjson.dumps(templates).decode(), "on_invalid": "reject", "scheduled_at": None,
+        "start": start, "default_country_code": None}).fetchone()
+    assert row[2] == len(to)
     return row[0]
 
 
