@@ -52,12 +52,13 @@ TEMPLATES = [
     {"name": "order_update", "language": "en_US", "params": [{"column": "name"}, {"column": "order_no"}]},
     {"name": "promo_offer", "language": "en_US", "params": [{"value": "20% off"}]},
 ]
-# The send path's statements: everything but the webhook path and this script's own
-# queries (marked, or the named start_campaign), as pg_stat_statements counts them at top level.
+# The send path's statements: everything but the webhook path (and the receiver's heartbeat)
+# and this script's own queries (marked, or the named start_campaign), as
+# pg_stat_statements counts them at top level.
 SEND_PATH_STATEMENTS = """
 SELECT query, calls FROM pg_stat_statements
 WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND query !~* '(process_webhooks|process_claimed_webhooks|claim_webhooks|fail_webhooks|ingest_webhook|start_campaign|/\\* bench \\*/|pg_stat_statements)'
+  AND query !~* '(process_webhooks|process_claimed_webhooks|claim_webhooks|fail_webhooks|ingest_webhook|receiver_heartbeat|start_campaign|/\\* bench \\*/|pg_stat_statements)'
 ORDER BY calls DESC
 """
 

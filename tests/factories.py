@@ -61,6 +61,14 @@ def account(db: psycopg.Connection, throughput_mps: int = 1000, with_templates: 
     return acc
 
 
+def another_number(db: psycopg.Connection, acc: Account, waba_id: str, phone_number_id: str) -> int:
+    """Another number of the account's tenant, in WABA `waba_id`, with the account's token."""
+    return db.execute(queries["register_number"], {
+        "tenant_id": acc.tenant_id, "phone_number_id": phone_number_id, "waba_id": waba_id,
+        "access_token": acc.access_token, "app_secret": None, "throughput_mps": 1000,
+        "display_phone_number": None, "verified": None}).fetchone()[0]
+
+
 def template(db: psycopg.Connection, acc: Account, name: str, components: list[dict],
              status: str = "APPROVED", language: str = "en_US") -> int:
     return db.execute(queries["upsert_template"], {

@@ -13,7 +13,6 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from pgwa.queries import queries
 from tests import factories as f
 
 
@@ -36,13 +35,6 @@ def portfolios(db: psycopg.Connection, acc: f.Account, now=None) -> list[dict]:
 def stats(db: psycopg.Connection, acc: f.Account, cid: int) -> dict:
     with db.cursor(row_factory=dict_row) as cur:
         return cur.execute("SELECT * FROM api.campaign_stats(%s, %s)", (acc.tenant_id, cid)).fetchone()
-
-
-def another_number(db: psycopg.Connection, acc: f.Account, waba_id: str, phone_number_id: str) -> int:
-    return db.execute(queries["register_number"], {
-        "tenant_id": acc.tenant_id, "phone_number_id": phone_number_id, "waba_id": waba_id,
-        "access_token": acc.access_token, "app_secret": None, "throughput_mps": 1000,
-        "display_phone_number": None, "verified": None}).fetchone()[0]
 
 
 def recipients(requests: list[dict]) -> set[str]:
@@ -92,8 +84,8 @@ def test_users_messaged_in_the_last_24_hours_are_not_new_and_replies_are_never_l
 
 def test_numbers_of_one_portfolio_share_the_limit_and_other_portfolios_keep_theirs(db: psycopg.Connection) -> None:
     acc = f.account(db)
-    sibling = another_number(db, acc, acc.waba_id, "19990011")          # same WABA: same portfolio
-    elsewhere = another_number(db, acc, "29990011", "19990012")         # its own WABA, for now
+    sibling = f.another_number(db, acc, acc.waba_id, "19990011")          # same WABA: same portfolio
+    elsewhere = f.another_number(db, acc, "29990011", "19990012")         # its own WABA, for now
     stranger = f.account(db)
     set_limit(db, acc, "TIER_50")
     assert set_limit(db, acc, None, number_id=elsewhere)["messaging_limit"] is None

@@ -21,7 +21,6 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgwa.queries import queries
 from tests import factories as f
 
 
@@ -32,13 +31,6 @@ def later(t, seconds: float):
 def numbers(db: psycopg.Connection, *ids: int) -> list[dict]:
     with db.cursor(row_factory=dict_row) as cur:
         return [cur.execute("SELECT * FROM core.wa_numbers WHERE number_id = %s", (i,)).fetchone() for i in ids]
-
-
-def another_number(db: psycopg.Connection, acc: f.Account, waba_id: str, phone_number_id: str) -> int:
-    return db.execute(queries["register_number"], {
-        "tenant_id": acc.tenant_id, "phone_number_id": phone_number_id, "waba_id": waba_id,
-        "access_token": acc.access_token, "app_secret": None, "throughput_mps": 1000,
-        "display_phone_number": None, "verified": None}).fetchone()[0]
 
 
 def visible_at(db: psycopg.Connection, cid: int, req: dict):
@@ -55,8 +47,8 @@ def with_regain(result: dict, seconds: int | None) -> dict:
 def test_an_account_call_limit_holds_its_numbers_for_the_regain_time_without_slowing_them(
         db: psycopg.Connection, code: int, held: set[str]) -> None:
     acc = f.account(db, throughput_mps=200)
-    same_waba = another_number(db, acc, acc.waba_id, "19990001")
-    other_waba = another_number(db, acc, "29990001", "19990002")
+    same_waba = f.another_number(db, acc, acc.waba_id, "19990001")
+    other_waba = f.another_number(db, acc, "29990001", "19990002")
     stranger = f.account(db, throughput_mps=200)
     cid = f.running_campaign(db, acc, 20)
     t = f.clock(db)
