@@ -31,7 +31,7 @@ import psycopg
 
 from pgwa.queries import queries
 
-NODE_FIELDS = "id,display_phone_number,verified_name,quality_rating,throughput"
+NODE_FIELDS = "id,display_phone_number,verified_name,quality_rating,throughput,whatsapp_business_manager_messaging_limit"
 MAX_PAGES = 50
 # Graph codes that mean "not now" rather than "not yours": unknown/temporary errors and
 # the call-rate limits (app, user, WABA).
@@ -139,7 +139,9 @@ def verify_number(graph_base_url: str, version: str, phone_number_id: str, waba_
                         "display_phone_number": str(node["display_phone_number"]),
                         "verified_name": node.get("verified_name"),
                         "quality_rating": node.get("quality_rating"),
-                        "throughput": node.get("throughput")}
+                        "throughput": node.get("throughput"),
+                        # The portfolio's messaging-limit tier (TIER_250 .. TIER_UNLIMITED).
+                        "messaging_limit": node.get("whatsapp_business_manager_messaging_limit")}
             paging = page.get("paging")
             url, params = (paging.get("next") if isinstance(paging, dict) else None), None
         raise not_in_waba

@@ -65,12 +65,17 @@ def error(response: httpx.Response) -> tuple[int, str]:
 def test_an_honest_registration_stores_what_meta_reported(db, world: World) -> None:
     declare(world.sim, NEW_PNID, world.b.acc.waba_id, world.b.acc.access_token, NEW_DISPLAY,
             verified_name=NEW_NAME, quality_rating="YELLOW")
+    world.sim.control("tier", {"waba_id": world.b.acc.waba_id, "tier": "TIER_2K"})
     response = world.register(world.b, phone_number_id=NEW_PNID, waba_id=world.b.acc.waba_id,
                               access_token=world.b.acc.access_token, display_phone_number="+1 999 I-SAY-SO")
     assert response.status_code == 201, response.text
     row = db.execute("""SELECT tenant_id, display_phone_number, verified_name, quality_rating, verified_at IS NOT NULL
                         FROM core.wa_numbers WHERE number_id = %s""", (response.json()["number_id"],)).fetchone()
     assert row == (world.b.acc.tenant_id, NEW_DISPLAY, NEW_NAME, "YELLOW", True)
+    # Meta's messaging-limit tier of the portfolio came with the number.
+    assert db.execute("""SELECT p.tier, p.messaging_limit FROM core.wa_numbers n
+                        JOIN core.portfolios p USING (portfolio_id) WHERE n.number_id = %s""",
+                      (response.json()["number_id"],)).fetchone() == ("TIER_2K", 2000)
 
 
 def test_another_tenants_number_with_ones_own_token_is_refused_and_changes_nothing(db, world: World) -> None:

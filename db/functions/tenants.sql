@@ -95,6 +95,7 @@ DECLARE
     v_new_secret text;
     v_action text;
     v_display text := p_display_phone_number;
+    v_portfolio bigint;
 BEGIN
     PERFORM core.check_number_fields(p_tenant_id, p_phone_number_id, p_waba_id, p_access_token, p_throughput_mps);
     IF p_verified IS NULL AND NOT core.caller_is_operator() THEN
@@ -146,7 +147,12 @@ BEGIN
         quality_rating = coalesce(excluded.quality_rating, n.quality_rating),
         paused_reason = NULL
     RETURNING number_id INTO v_id;
-    PERFORM core.place_in_portfolio(v_id);
+    v_portfolio := core.place_in_portfolio(v_id);
+    -- The portfolio's messaging-limit tier, as Meta reported it with the number.
+    IF core.tier_limit(p_verified->>'messaging_limit') IS NOT NULL
+       OR p_verified->>'messaging_limit' = 'TIER_UNLIMITED' THEN
+        PERFORM core.set_tier(v_portfolio, p_verified->>'messaging_limit');
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = core.reply_queue(v_id)) THEN
         PERFORM pgmq.create(core.reply_queue(v_id));
     END IF;
