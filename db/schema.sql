@@ -2214,7 +2214,7 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.report_sends(p_results jsonb, p_now timestamp with time zone) IS 'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message}, or {outbound_id, queue_name, msg_id, "sent": false} for a message handed back unsent): wamids and accepted state, retries with backoff, permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored); retried counts every message back in the queue. p_now is the time of the report (NULL: the clock). Raises PW100 when p_results is not an array.';
+COMMENT ON FUNCTION api.report_sends(p_results jsonb, p_now timestamp with time zone) IS 'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message, retry_after_s (seconds until Meta gives access back, from X-Business-Use-Case-Usage), unsure (the request went out and its answer was lost)}, or {outbound_id, queue_name, msg_id, "sent": false} for a message handed back unsent): wamids and accepted state, retries with backoff, holds and deferrals as core.meta_error_codes.backoff says (none spends an attempt), permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored); retried counts every message back in the queue. p_now is the time of the report (NULL: the clock). Raises PW100 when p_results is not an array.';
 
 CREATE FUNCTION api.resume_campaign(p_tenant_id bigint, p_campaign_id bigint) RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER

@@ -205,10 +205,13 @@ COMMENT ON FUNCTION api.claim_sends(text, integer, timestamptz) IS
 
 -- Store the results of sent requests. p_results is a JSON array of
 -- {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status,
--- error_message}; a result with a wamid is a success. Errors are handled by Meta's
--- error.code (core.meta_error_codes): transient ones come back after a backoff,
--- throughput errors halve the number's rate, auth/payment/template errors pause the
--- campaign and return its message to the queue, permanent ones fail the message.
+-- error_message, retry_after_s, unsure}; a result with a wamid is a success. Errors are
+-- handled by Meta's error.code (core.meta_error_codes, its backoff column): transient
+-- ones come back after a backoff, throughput errors halve the number's rate, account
+-- call limits hold the WABA's or app's numbers for retry_after_s (Meta's usage header),
+-- pair-rate and marketing-cap errors defer only that recipient, auth/payment/template
+-- errors pause the campaign and return its message to the queue, permanent ones fail
+-- the message. unsure: the request went out and its answer was lost (core.hold_unsure).
 -- {outbound_id, queue_name, msg_id, "sent": false} hands back a message the worker
 -- never POSTed (it held it for a number Meta just throttled): it comes back to the
 -- queue once the throttle hold is over, its attempt not counted.
@@ -251,7 +254,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.report_sends(jsonb, timestamptz) IS
-    'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message}, or {outbound_id, queue_name, msg_id, "sent": false} for a message handed back unsent): wamids and accepted state, retries with backoff, permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored); retried counts every message back in the queue. p_now is the time of the report (NULL: the clock). Raises PW100 when p_results is not an array.';
+    'Stores the results of claimed sends (JSON array of {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status, error_message, retry_after_s (seconds until Meta gives access back, from X-Business-Use-Case-Usage), unsure (the request went out and its answer was lost)}, or {outbound_id, queue_name, msg_id, "sent": false} for a message handed back unsent): wamids and accepted state, retries with backoff, holds and deferrals as core.meta_error_codes.backoff says (none spends an attempt), permanent failures, campaign pauses with a notification on auth/payment/template errors, AIMD rate control and completion. Returns (accepted, retried, failed, paused, ignored); retried counts every message back in the queue. p_now is the time of the report (NULL: the clock). Raises PW100 when p_results is not an array.';
 
 -- What each reported send becomes, decided once, in this order:
 --   ignored    the message is unknown, reported twice in this batch (its success is
