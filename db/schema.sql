@@ -1307,7 +1307,7 @@ BEGIN
 
     TRUNCATE pg_temp.staged_contacts;
     IF v_status = 'running' THEN
-        PERFORM pg_notify('pgwa_send', p_number_id::text);
+        PERFORM core.wake_sender(p_number_id);
     END IF;
     v_result.campaign_id := v_campaign_id;
     v_result.status := v_status;
@@ -2234,7 +2234,7 @@ BEGIN
     END IF;
     UPDATE core.campaigns SET status = 'running', pause_reason = NULL, started_at = coalesce(started_at, now())
     WHERE campaign_id = p_campaign_id;
-    PERFORM pg_notify('pgwa_send', v_campaign.number_id::text);
+    PERFORM core.wake_sender(v_campaign.number_id);
     PERFORM core.complete_campaigns(ARRAY[p_campaign_id]);
     RETURN (SELECT status FROM core.campaigns WHERE campaign_id = p_campaign_id);
 END
@@ -2476,7 +2476,7 @@ BEGIN
         RETURN 'scheduled';
     END IF;
     UPDATE core.campaigns SET status = 'running', started_at = now() WHERE campaign_id = p_campaign_id;
-    PERFORM pg_notify('pgwa_send', v_campaign.number_id::text);
+    PERFORM core.wake_sender(v_campaign.number_id);
     RETURN 'running';
 END
 $$;
@@ -2841,7 +2841,7 @@ BEGIN
     )
     SELECT array_agg(m.number_id) FILTER (WHERE m.moved) INTO v_moved FROM moved m;
     -- Reinstated numbers send again at once.
-    PERFORM pg_notify('pgwa_send', n.number_id::text) FROM core.wa_numbers n
+    PERFORM core.wake_sender(n.number_id) FROM core.wa_numbers n
     WHERE n.number_id = ANY (v_moved) AND n.paused_reason IS NULL;
 
     WITH events AS (
@@ -4204,7 +4204,7 @@ BEGIN
     IF v_queue IS NOT NULL THEN
         PERFORM pgmq.send_batch(core.reply_queue((m->>'n')::bigint), array_agg(jsonb_build_object('o', m->'o', 'b', m->'b') ORDER BY (m->>'o')::bigint))
         FROM unnest(v_queue) m GROUP BY m->>'n';
-        PERFORM pg_notify('pgwa_send', n) FROM (SELECT DISTINCT m->>'n' AS n FROM unnest(v_queue) m) d;
+        PERFORM core.wake_sender(n) FROM (SELECT DISTINCT (m->>'n')::bigint AS n FROM unnest(v_queue) m) d;
     END IF;
     RETURN QUERY SELECT * FROM unnest(v_done);
 END
@@ -5360,7 +5360,7 @@ BEGIN
                            pgmq.format_table_name(v_queue, 'q'))
             USING v_old.budget_wait_until;
         END LOOP;
-        PERFORM pg_notify('pgwa_send', n.number_id::text) FROM core.wa_numbers n WHERE n.portfolio_id = p_portfolio_id;
+        PERFORM core.wake_sender(n.number_id) FROM core.wa_numbers n WHERE n.portfolio_id = p_portfolio_id;
     END IF;
 END
 $_$;
@@ -5471,7 +5471,7 @@ BEGIN
         WHERE status = 'scheduled' AND scheduled_at <= coalesce(p_now, now())
         RETURNING number_id
     )
-    SELECT count(*) INTO v_started FROM (SELECT pg_notify('pgwa_send', number_id::text) FROM started) n;
+    SELECT count(*) INTO v_started FROM (SELECT core.wake_sender(number_id) FROM started) n;
     RETURN v_started;
 END
 $$;
@@ -5643,6 +5643,13 @@ BEGIN
     PERFORM pg_notify('pgwa_notification', d.t::text)
     FROM (SELECT DISTINCT t FROM unnest(p_tenant_ids) t WHERE t IS NOT NULL) d;
 END
+$$;
+
+CREATE FUNCTION core.wake_sender(p_number_id bigint) RETURNS void
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    SELECT pg_catalog.pg_notify('pgwa_send', p_number_id::text)
 $$;
 
 CREATE FUNCTION core.window_closes_at(p_last_inbound_at timestamp with time zone) RETURNS timestamp with time zone

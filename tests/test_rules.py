@@ -15,8 +15,8 @@ from tests.test_bots import Inbox, sqlstate, text
 
 # Where each rule lives; no other function or view may spell it out.
 HOMES = {"core.campaign_queue(bigint)", "core.reply_queue(bigint)", "core.service_window()",
-         "core.text_body_max()"}
-SPELLED_OUT = r"'\^?[cr]_'|'q_[cr]_'|interval\s*'24 hours'|\m4096\M"
+         "core.text_body_max()", "core.wake_sender(bigint)"}
+SPELLED_OUT = r"'\^?[cr]_'|'q_[cr]_'|interval\s*'24 hours'|\m4096\M|'pgwa_send'"
 
 
 @pytest.fixture

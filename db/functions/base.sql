@@ -49,6 +49,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
     SELECT 4096
 $$;
 
+-- Wake the workers that send for a number (they LISTEN on pgwa_send, worker/sender.py):
+-- it has something to send now. Delivered at commit, once per number and transaction.
+CREATE OR REPLACE FUNCTION core.wake_sender(p_number_id bigint) RETURNS void
+LANGUAGE sql SET search_path = '' AS $$
+    SELECT pg_catalog.pg_notify('pgwa_send', p_number_id::text)
+$$;
+
 -------------------------------------------------------------------------------
 -- The customer-service window
 -------------------------------------------------------------------------------

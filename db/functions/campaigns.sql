@@ -345,7 +345,7 @@ BEGIN
 
     TRUNCATE pg_temp.staged_contacts;
     IF v_status = 'running' THEN
-        PERFORM pg_notify('pgwa_send', p_number_id::text);
+        PERFORM core.wake_sender(p_number_id);
     END IF;
     v_result.campaign_id := v_campaign_id;
     v_result.status := v_status;
@@ -376,7 +376,7 @@ BEGIN
         RETURN 'scheduled';
     END IF;
     UPDATE core.campaigns SET status = 'running', started_at = now() WHERE campaign_id = p_campaign_id;
-    PERFORM pg_notify('pgwa_send', v_campaign.number_id::text);
+    PERFORM core.wake_sender(v_campaign.number_id);
     RETURN 'running';
 END
 $$;
@@ -417,7 +417,7 @@ BEGIN
     END IF;
     UPDATE core.campaigns SET status = 'running', pause_reason = NULL, started_at = coalesce(started_at, now())
     WHERE campaign_id = p_campaign_id;
-    PERFORM pg_notify('pgwa_send', v_campaign.number_id::text);
+    PERFORM core.wake_sender(v_campaign.number_id);
     PERFORM core.complete_campaigns(ARRAY[p_campaign_id]);
     RETURN (SELECT status FROM core.campaigns WHERE campaign_id = p_campaign_id);
 END
@@ -486,7 +486,7 @@ BEGIN
         WHERE status = 'scheduled' AND scheduled_at <= coalesce(p_now, now())
         RETURNING number_id
     )
-    SELECT count(*) INTO v_started FROM (SELECT pg_notify('pgwa_send', number_id::text) FROM started) n;
+    SELECT count(*) INTO v_started FROM (SELECT core.wake_sender(number_id) FROM started) n;
     RETURN v_started;
 END
 $$;

@@ -93,7 +93,7 @@ BEGIN
     IF v_queue IS NOT NULL THEN
         PERFORM pgmq.send_batch(core.reply_queue((m->>'n')::bigint), array_agg(jsonb_build_object('o', m->'o', 'b', m->'b') ORDER BY (m->>'o')::bigint))
         FROM unnest(v_queue) m GROUP BY m->>'n';
-        PERFORM pg_notify('pgwa_send', n) FROM (SELECT DISTINCT m->>'n' AS n FROM unnest(v_queue) m) d;
+        PERFORM core.wake_sender(n) FROM (SELECT DISTINCT (m->>'n')::bigint AS n FROM unnest(v_queue) m) d;
     END IF;
     RETURN QUERY SELECT * FROM unnest(v_done);
 END

@@ -162,7 +162,7 @@ BEGIN
                            pgmq.format_table_name(v_queue, 'q'))
             USING v_old.budget_wait_until;
         END LOOP;
-        PERFORM pg_notify('pgwa_send', n.number_id::text) FROM core.wa_numbers n WHERE n.portfolio_id = p_portfolio_id;
+        PERFORM core.wake_sender(n.number_id) FROM core.wa_numbers n WHERE n.portfolio_id = p_portfolio_id;
     END IF;
 END
 $$;

@@ -883,7 +883,7 @@ BEGIN
     )
     SELECT array_agg(m.number_id) FILTER (WHERE m.moved) INTO v_moved FROM moved m;
     -- Reinstated numbers send again at once.
-    PERFORM pg_notify('pgwa_send', n.number_id::text) FROM core.wa_numbers n
+    PERFORM core.wake_sender(n.number_id) FROM core.wa_numbers n
     WHERE n.number_id = ANY (v_moved) AND n.paused_reason IS NULL;
 
     WITH events AS (
