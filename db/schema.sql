@@ -2110,8 +2110,7 @@ BEGIN
     RETURNING number_id INTO v_id;
     v_portfolio := core.place_in_portfolio(v_id);
     -- The portfolio's messaging-limit tier, as Meta reported it with the number.
-    IF core.tier_limit(p_verified->>'messaging_limit') IS NOT NULL
-       OR p_verified->>'messaging_limit' = 'TIER_UNLIMITED' THEN
+    IF core.meta_tier(p_verified->>'messaging_limit') = p_verified->>'messaging_limit' THEN
         PERFORM core.set_tier(v_portfolio, p_verified->>'messaging_limit');
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = core.reply_queue(v_id)) THEN
@@ -2411,7 +2410,7 @@ BEGIN
         RAISE EXCEPTION 'number % not found', p_number_id
             USING ERRCODE = 'PW202', HINT = 'List the tenant''s numbers with api.numbers().';
     END IF;
-    IF p_tier IS NOT NULL AND p_tier NOT IN ('TIER_50', 'TIER_250', 'TIER_1K', 'TIER_2K', 'TIER_10K', 'TIER_100K', 'TIER_UNLIMITED') THEN
+    IF p_tier IS NOT NULL AND core.meta_tier(p_tier) IS DISTINCT FROM p_tier THEN   -- a tier name, exactly
         RAISE EXCEPTION 'tier "%" is not one of Meta''s messaging limit tiers', p_tier
             USING ERRCODE = 'PW100', COLUMN = 'tier',
                   HINT = 'TIER_250, TIER_2K, TIER_10K, TIER_100K or TIER_UNLIMITED (as whatsapp_business_manager_messaging_limit says).';
@@ -4227,30 +4226,30 @@ CREATE FUNCTION core.hold_unsure(p_batch core.claimed[], p_number_id bigint, p_n
     SET search_path TO ''
     AS $$
 DECLARE
-    v_held integer;
+    v_held core.claimed[];
+    v_waits double precision[];
 BEGIN
-    WITH held AS (
-        SELECT b.queue_name, b.msg_id,
-               -- Another grace, but no later than the bound.
-               least(s.status_grace_s,
-                     greatest(1, extract(epoch FROM coalesce(o.unsure_since, o.claimed_at)
-                                                    + make_interval(secs => s.unsure_resend_after_s) - p_now)))
-                   ::double precision AS wait_s
-        FROM unnest(p_batch) b
-        JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
-        CROSS JOIN core.settings s
-        WHERE (o.state = 'in_flight' OR o.unsure_since IS NOT NULL)
-          AND NOT core.resend_safe(p_number_id, coalesce(o.unsure_since, o.claimed_at), p_now)
-    )
-    SELECT count(core.delay_messages(h.queue_name, h.msg_ids, h.waits, p_now)) INTO v_held
-    FROM (SELECT queue_name, array_agg(msg_id) AS msg_ids, array_agg(wait_s) AS waits FROM held GROUP BY queue_name) h;
-    IF v_held = 0 THEN
+    SELECT array_agg(b),
+           -- Another grace, but no later than the bound.
+           array_agg(least(s.status_grace_s,
+                           greatest(1, extract(epoch FROM coalesce(o.unsure_since, o.claimed_at)
+                                                          + make_interval(secs => s.unsure_resend_after_s) - p_now)))
+                     ::double precision)
+    INTO v_held, v_waits
+    FROM unnest(p_batch) b
+    JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+    CROSS JOIN core.settings s
+    WHERE (o.state = 'in_flight' OR o.unsure_since IS NOT NULL)
+      AND NOT core.resend_safe(p_number_id, coalesce(o.unsure_since, o.claimed_at), p_now);
+    IF v_held IS NULL THEN
         RETURN p_batch;
     END IF;
+    PERFORM core.delay_messages(h.queue_name, array_agg(h.msg_id), array_agg(h.wait_s), p_now)
+    FROM unnest(v_held, v_waits) h(queue_name, msg_id, read_ct, outbound_id, message, wait_s)
+    GROUP BY h.queue_name;
     RETURN ARRAY(SELECT b FROM unnest(p_batch) b
-                 JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
-                 WHERE NOT ((o.state = 'in_flight' OR o.unsure_since IS NOT NULL)
-                            AND NOT core.resend_safe(p_number_id, coalesce(o.unsure_since, o.claimed_at), p_now)));
+                 WHERE NOT EXISTS (SELECT 1 FROM unnest(v_held) h
+                                   WHERE h.queue_name = b.queue_name AND h.msg_id = b.msg_id));
 END
 $$;
 

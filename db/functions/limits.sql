@@ -11,6 +11,22 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
                        WHEN 'TIER_2K' THEN 2000 WHEN 'TIER_10K' THEN 10000 WHEN 'TIER_100K' THEN 100000 END
 $$;
 
+-- A messaging-limit tier as Meta writes it (the number's
+-- whatsapp_business_manager_messaging_limit, webhooks): a tier name
+-- (phone_number_quality_update) or a number of users, -1 for unlimited
+-- (business_capability_update). NULL for anything else (TIER_NOT_SET, a value Meta adds
+-- later), which then sets no tier.
+CREATE OR REPLACE FUNCTION core.meta_tier(p_value text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
+    SELECT CASE
+        WHEN upper(p_value) IN ('TIER_50', 'TIER_250', 'TIER_1K', 'TIER_2K', 'TIER_10K', 'TIER_100K', 'TIER_UNLIMITED')
+            THEN upper(p_value)
+        WHEN p_value ~ '^-?[0-9]{1,9}$' THEN CASE p_value::integer
+            WHEN -1 THEN 'TIER_UNLIMITED' WHEN 50 THEN 'TIER_50' WHEN 250 THEN 'TIER_250' WHEN 1000 THEN 'TIER_1K'
+            WHEN 2000 THEN 'TIER_2K' WHEN 10000 THEN 'TIER_10K' WHEN 100000 THEN 'TIER_100K' END
+    END
+$$;
+
 -- The portfolio a number belongs to: the one its tenant's other numbers of the same WABA
 -- are in; else the one it is in, if its tenant's; else one standing for the WABA until
 -- Meta's business id is known. Called after a number is registered or moved; also makes
@@ -202,7 +218,7 @@ BEGIN
         RAISE EXCEPTION 'number % not found', p_number_id
             USING ERRCODE = 'PW202', HINT = 'List the tenant''s numbers with api.numbers().';
     END IF;
-    IF p_tier IS NOT NULL AND p_tier NOT IN ('TIER_50', 'TIER_250', 'TIER_1K', 'TIER_2K', 'TIER_10K', 'TIER_100K', 'TIER_UNLIMITED') THEN
+    IF p_tier IS NOT NULL AND core.meta_tier(p_tier) IS DISTINCT FROM p_tier THEN   -- a tier name, exactly
         RAISE EXCEPTION 'tier "%" is not one of Meta''s messaging limit tiers', p_tier
             USING ERRCODE = 'PW100', COLUMN = 'tier',
                   HINT = 'TIER_250, TIER_2K, TIER_10K, TIER_100K or TIER_UNLIMITED (as whatsapp_business_manager_messaging_limit says).';

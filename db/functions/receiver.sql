@@ -82,30 +82,30 @@ CREATE OR REPLACE FUNCTION core.hold_unsure(p_batch core.claimed[], p_number_id 
 RETURNS core.claimed[]
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
-    v_held integer;
+    v_held core.claimed[];
+    v_waits double precision[];
 BEGIN
-    WITH held AS (
-        SELECT b.queue_name, b.msg_id,
-               -- Another grace, but no later than the bound.
-               least(s.status_grace_s,
-                     greatest(1, extract(epoch FROM coalesce(o.unsure_since, o.claimed_at)
-                                                    + make_interval(secs => s.unsure_resend_after_s) - p_now)))
-                   ::double precision AS wait_s
-        FROM unnest(p_batch) b
-        JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
-        CROSS JOIN core.settings s
-        WHERE (o.state = 'in_flight' OR o.unsure_since IS NOT NULL)
-          AND NOT core.resend_safe(p_number_id, coalesce(o.unsure_since, o.claimed_at), p_now)
-    )
-    SELECT count(core.delay_messages(h.queue_name, h.msg_ids, h.waits, p_now)) INTO v_held
-    FROM (SELECT queue_name, array_agg(msg_id) AS msg_ids, array_agg(wait_s) AS waits FROM held GROUP BY queue_name) h;
-    IF v_held = 0 THEN
+    SELECT array_agg(b),
+           -- Another grace, but no later than the bound.
+           array_agg(least(s.status_grace_s,
+                           greatest(1, extract(epoch FROM coalesce(o.unsure_since, o.claimed_at)
+                                                          + make_interval(secs => s.unsure_resend_after_s) - p_now)))
+                     ::double precision)
+    INTO v_held, v_waits
+    FROM unnest(p_batch) b
+    JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
+    CROSS JOIN core.settings s
+    WHERE (o.state = 'in_flight' OR o.unsure_since IS NOT NULL)
+      AND NOT core.resend_safe(p_number_id, coalesce(o.unsure_since, o.claimed_at), p_now);
+    IF v_held IS NULL THEN
         RETURN p_batch;
     END IF;
+    PERFORM core.delay_messages(h.queue_name, array_agg(h.msg_id), array_agg(h.wait_s), p_now)
+    FROM unnest(v_held, v_waits) h(queue_name, msg_id, read_ct, outbound_id, message, wait_s)
+    GROUP BY h.queue_name;
     RETURN ARRAY(SELECT b FROM unnest(p_batch) b
-                 JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
-                 WHERE NOT ((o.state = 'in_flight' OR o.unsure_since IS NOT NULL)
-                            AND NOT core.resend_safe(p_number_id, coalesce(o.unsure_since, o.claimed_at), p_now)));
+                 WHERE NOT EXISTS (SELECT 1 FROM unnest(v_held) h
+                                   WHERE h.queue_name = b.queue_name AND h.msg_id = b.msg_id));
 END
 $$;
 

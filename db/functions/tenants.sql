@@ -149,8 +149,7 @@ BEGIN
     RETURNING number_id INTO v_id;
     v_portfolio := core.place_in_portfolio(v_id);
     -- The portfolio's messaging-limit tier, as Meta reported it with the number.
-    IF core.tier_limit(p_verified->>'messaging_limit') IS NOT NULL
-       OR p_verified->>'messaging_limit' = 'TIER_UNLIMITED' THEN
+    IF core.meta_tier(p_verified->>'messaging_limit') = p_verified->>'messaging_limit' THEN
         PERFORM core.set_tier(v_portfolio, p_verified->>'messaging_limit');
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = core.reply_queue(v_id)) THEN

@@ -511,21 +511,6 @@ LANGUAGE sql STABLE SET search_path = '' AS $$
       AND EXISTS (SELECT 1 FROM core.change_numbers(p_waba_id, NULL, p_signer) n WHERE n.tenant_id = t.tenant_id)
 $$;
 
--- A messaging-limit tier as Meta writes it in a webhook: a tier name
--- (phone_number_quality_update) or a number of users, -1 for unlimited
--- (business_capability_update). NULL for anything else (TIER_NOT_SET, a value Meta adds
--- later), which then sets no tier.
-CREATE OR REPLACE FUNCTION core.meta_tier(p_value text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
-    SELECT CASE
-        WHEN upper(p_value) IN ('TIER_50', 'TIER_250', 'TIER_1K', 'TIER_2K', 'TIER_10K', 'TIER_100K', 'TIER_UNLIMITED')
-            THEN upper(p_value)
-        WHEN p_value ~ '^-?[0-9]{1,9}$' THEN CASE p_value::integer
-            WHEN -1 THEN 'TIER_UNLIMITED' WHEN 50 THEN 'TIER_50' WHEN 250 THEN 'TIER_250' WHEN 1000 THEN 'TIER_1K'
-            WHEN 2000 THEN 'TIER_2K' WHEN 10000 THEN 'TIER_10K' WHEN 100000 THEN 'TIER_100K' END
-    END
-$$;
-
 -- Set the tiers webhooks name, per portfolio the newest, through core.set_tier (which
 -- releases messages that waited for the budget), unless the portfolio already holds a
 -- newer event's tier. Returns the portfolios whose tier changed.
