@@ -14,6 +14,7 @@ import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -232,6 +233,11 @@ def campaign_queue(db: psycopg.Connection, campaign_id: int) -> str:
 def reply_queue(db: psycopg.Connection, number_id: int) -> str:
     """The name of a number's reply queue, as core.reply_queue builds it."""
     return db.execute("SELECT core.reply_queue(%s)", (number_id,)).fetchone()[0]
+
+
+def later(t: Any, seconds: float) -> Any:
+    """`seconds` after `t`: the tests of timing pass the time (p_now) instead of waiting."""
+    return t + timedelta(seconds=seconds)
 
 
 def clock(db: psycopg.Connection) -> Any:

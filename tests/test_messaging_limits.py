@@ -14,10 +14,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests import factories as f
-
-
-def later(t, seconds: float):
-    return t + timedelta(seconds=seconds)
+from tests.factories import later
 
 
 def set_limit(db: psycopg.Connection, acc: f.Account, tier: str | None, business_id: str | None = None,

@@ -14,18 +14,13 @@ None of these spends one of the message's attempts.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from tests import factories as f
-
-
-def later(t, seconds: float):
-    return t + timedelta(seconds=seconds)
+from tests.factories import later
 
 
 def numbers(db: psycopg.Connection, *ids: int) -> list[dict]:

@@ -8,7 +8,6 @@ import itertools
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 
 import orjson
 import psycopg
@@ -16,11 +15,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests import factories as f
-
-
-def later(t, seconds: float):
-    """`seconds` after `t`: the tests of timing pass the time (p_now) instead of waiting."""
-    return t + timedelta(seconds=seconds)
+from tests.factories import later
 
 
 def seconds(a, b) -> float:

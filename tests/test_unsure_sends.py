@@ -7,15 +7,10 @@ stream has demonstrably caught up past it, or after that bound.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import psycopg
 
 from tests import factories as f
-
-
-def later(t, seconds: float):
-    return t + timedelta(seconds=seconds)
+from tests.factories import later
 
 
 def lost(req: dict) -> dict:
