@@ -4,8 +4,20 @@ Graph API routes (``{version}`` is any ``v<major>.<minor>``)::
 
     POST /{version}/{phone_number_id}/messages       send, or mark as read
     GET  /{version}/{waba_id}/message_templates      cursor-paged templates
+    POST /{version}/{waba_id}/message_templates      create a template: {"id", "status":
+                                                     "PENDING", "category"}, reviewed later
+    DELETE /{version}/{waba_id}/message_templates?name=&hsm_id=   delete (all languages,
+                                                     or the one with that id)
     GET  /{version}/{waba_id}/phone_numbers          the WABA's numbers (cursor-paged)
     GET  /{version}/{phone_number_id}                the phone number node (?fields=)
+    POST /{version}/{phone_number_id}/media          upload (multipart file, type,
+                                                     messaging_product): {"id"}
+    GET  /{version}/{media_id}[?phone_number_id=]    url, mime_type, sha256, file_size, id
+    DELETE /{version}/{media_id}                     {"success": true}
+    GET  /whatsapp_business/attachments/?mid=&ext=&hash=   the bytes (Bearer token; 404
+                                                     once the 5-minute URL expired)
+
+Template checks at send and creation: sim/templates.py; media: sim/media.py.
 
 A read needs a token declared with a number of the WABA (190, HTTP 401, otherwise an
 unknown token; 100 subcode 33, HTTP 400, for an object the token cannot read).
@@ -25,10 +37,31 @@ Control routes (no auth; JSON in, JSON out)::
                                       (and the clock back on real time)
     GET  /_sim/clock | POST /_sim/clock        {"frozen"?: bool, "advance_s"?: seconds}:
                                       freeze or move the simulator's time (sim/clock.py)
-    POST /_sim/inbound                {"phone_number_id", "from", "text" | "message",
-                                       "delay_s"?, ...}: delivered now or delay_s later
+    POST /_sim/inbound                {"phone_number_id", "from", "text" | "message" |
+                                       "media" | "button", "context_id"?, "name"?,
+                                       "delay_s"?}: delivered now or delay_s later;
+                                      answers {"id", "wamid"} (and the media facts)
+         "media": {"type": "image" | "audio" | "video" | "document" | "sticker",
+                   "mime_type"?, "content_b64"? | "size"? (random bytes, default 2048),
+                   "caption"? (image, video, document), "filename"? (document),
+                   "voice"? (audio, default true: audio/ogg; codecs=opus),
+                   "animated"? (sticker)}: the bytes become media of the number's WABA
+                   (7 days), served by GET /{media_id} and its download URL; the answer
+                   adds "media_id", "mime_type", "sha256" (hex) and "file_size"
+         "button": {"index"? | "text"? | "payload"?}: a tap on a template's quick-reply
+                   button (type "button"); with the "context_id" of a template message
+                   the simulator sent to "from", index (or text) picks the button and the
+                   payload is the one that send gave (else the button text)
+    GET  /_sim/media                  the media held: id, waba_id, phone_number_id,
+                                      mime_type, file_size, sha256, expires (unix)
     POST /_sim/template_status        {"name", "status", "language"?, "waba_id"?, "reason"?}
-                                      (PAUSED drops the messages held for it: failed 132015)
+                                      (PAUSED drops the messages held for it: failed 132015;
+                                      REJECTED sets rejected_reason to reason)
+    POST /_sim/template_quality       {"name", "score": GREEN|YELLOW|RED|UNKNOWN, "language"?,
+                                       "waba_id"?}: message_template_quality_update
+    POST /_sim/template_category      {"name", "category", "language"?, "waba_id"?,
+                                       "impending"?: false}: template_category_update (the
+                                      24-hour notice, or the change itself)
     POST /_sim/quality                {"phone_number_id", "event", "current_limit"?, ...}
     POST /_sim/tier                   {"business_id" | "phone_number_id" | "waba_id", "tier",
                                        "webhook"?: true}: a portfolio's messaging limit, and
@@ -53,10 +86,11 @@ import signal
 import sys
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from .config import SimConfig
 from .errors import SimError, unknown_path
+from .media import MAX_UPLOAD
 from .simulator import DROP, Simulator
 
 log = logging.getLogger("sim")
@@ -90,7 +124,10 @@ class SimApp:
             ("GET", "clock"): self.get_clock,
             ("POST", "clock"): self.post_clock,
             ("POST", "inbound"): self.post_inbound,
+            ("GET", "media"): self.get_media,
             ("POST", "template_status"): self.post_template_status,
+            ("POST", "template_quality"): self.post_template_quality,
+            ("POST", "template_category"): self.post_template_category,
             ("POST", "quality"): self.post_quality,
             ("POST", "tier"): self.post_tier,
             ("POST", "throughput"): self.post_throughput,
@@ -121,14 +158,28 @@ class SimApp:
                 return await handler(request)
             except (ValueError, TypeError, KeyError) as exc:
                 return _json({"error": str(exc)}, 400)
-        if request.method == "GET" and len(parts) == 4 and parts[3] == "message_templates" \
-                and VERSION_RE.match(parts[1]):
-            return self.message_templates(request, parts[2])
-        if request.method == "GET" and len(parts) == 4 and parts[3] == "phone_numbers" \
-                and VERSION_RE.match(parts[1]):
+        versioned = len(parts) >= 3 and VERSION_RE.match(parts[1]) is not None
+        method = request.method
+        if versioned and len(parts) == 4 and parts[3] == "message_templates":
+            if method == "GET":
+                return self.message_templates(request, parts[2])
+            if method == "POST":
+                return await self.create_template(request, parts[2])
+            if method == "DELETE":
+                return self.delete_template(request, parts[2])
+        if versioned and len(parts) == 4 and parts[3] == "media" and method == "POST":
+            return await self.upload_media(request, parts[2])
+        if method == "GET" and versioned and len(parts) == 4 and parts[3] == "phone_numbers":
             return self.waba_phone_numbers(request, parts[2])
-        if request.method == "GET" and len(parts) == 3 and VERSION_RE.match(parts[1]):
-            return self.phone_number(request, parts[2])
+        if versioned and len(parts) == 3:
+            if method == "GET" and parts[2] in self.sim.media.items:
+                return self.media_info(request, parts[2])
+            if method == "GET":
+                return self.phone_number(request, parts[2])
+            if method == "DELETE":
+                return self.delete_media(request, parts[2])
+        if method == "GET" and request.path == "/whatsapp_business/attachments/":
+            return self.download_media(request)
         return _graph_error(unknown_path(request.path))
 
     # --- Graph API ------------------------------------------------------------------
@@ -165,6 +216,88 @@ class SimApp:
             return _json(self.sim.templates.page(waba_id, dict(request.query), base))
         except SimError as err:
             return _graph_error(err)
+
+    async def create_template(self, request: web.Request, waba_id: str) -> web.Response:
+        try:
+            raw = await request.read()
+            try:
+                body = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                raise SimError(100, "The request body must be JSON.") from None
+            return _json(self.sim.create_template(waba_id, request.headers.get("Authorization"),
+                                                  body))
+        except SimError as err:
+            return _graph_error(err)
+
+    def delete_template(self, request: web.Request, waba_id: str) -> web.Response:
+        try:
+            return _json(self.sim.delete_template(
+                waba_id, request.headers.get("Authorization"), request.query.get("name"),
+                request.query.get("hsm_id")))
+        except SimError as err:
+            return _graph_error(err)
+
+    # --- media -----------------------------------------------------------------------
+
+    async def upload_media(self, request: web.Request, pnid: str) -> web.Response:
+        sim = self.sim
+        try:
+            number = sim.authorize(pnid, request.headers.get("Authorization"))
+            if not request.content_type.startswith("multipart/"):
+                raise SimError(100, "Upload the file as multipart/form-data (file, type, "
+                               "messaging_product).")
+            fields: dict[str, str] = {}
+            data = file_mime = filename = None
+            async for part in await request.multipart():
+                if not isinstance(part, BodyPartReader):
+                    continue
+                if part.name == "file":
+                    buf = bytearray()
+                    while chunk := await part.read_chunk(1 << 20):
+                        buf += chunk
+                        if len(buf) > MAX_UPLOAD:
+                            raise SimError(131053, "The file is larger than 100 MB, the "
+                                           "largest any media may be.")
+                    data, filename = bytes(buf), part.filename
+                    file_mime = part.headers.get("Content-Type")
+                elif part.name:
+                    fields[part.name] = await part.text()
+            return _json(sim.upload_media(number, fields, data, file_mime, filename))
+        except SimError as err:
+            return _graph_error(err)
+
+    def media_info(self, request: web.Request, media_id: str) -> web.Response:
+        try:
+            media = self.sim.read_media(media_id, request.headers.get("Authorization"),
+                                        request.query.get("phone_number_id"))
+        except SimError as err:
+            return _graph_error(err)
+        url = self.sim.media.issue_url(media, f"{request.scheme}://{request.host}")
+        return _json(media.info(url))
+
+    def delete_media(self, request: web.Request, media_id: str) -> web.Response:
+        try:
+            self.sim.read_media(media_id, request.headers.get("Authorization"),
+                                request.query.get("phone_number_id"))
+        except SimError as err:
+            return _graph_error(err)
+        self.sim.media.delete(media_id)
+        return _json({"success": True})
+
+    def download_media(self, request: web.Request) -> web.Response:
+        """The bytes behind a URL ``GET /{media_id}`` issued, for a token of the owning
+        WABA; 404 once the URL (5 minutes) or the media expired, or for another WABA."""
+        try:
+            token = self.sim.read_token(request.headers.get("Authorization"))
+        except SimError as err:
+            return _graph_error(err)
+        media = self.sim.media.by_url(request.query.get("mid"), request.query.get("hash"))
+        if media is None or media.waba_id not in self.sim.token_wabas(token):
+            return web.Response(status=404, text="Not Found")
+        headers = {"Content-Type": media.mime_type}
+        if media.filename:
+            headers["Content-Disposition"] = f'attachment; filename="{media.filename}"'
+        return web.Response(body=media.data, headers=headers)
 
     def _node(self, number, fields: str | None) -> dict:
         """The phone number node: Meta's default fields, or those asked for (and ``id``).
@@ -289,7 +422,12 @@ class SimApp:
         if not sender.isdigit():
             raise ValueError("inbound needs from (the user's wa_id)")
         message = body.get("message")
-        if message is None:
+        facts: dict = {}
+        if body.get("media") is not None:
+            message, facts = self.sim.inbound_media(number, body["media"])
+        elif body.get("button") is not None:
+            message = self.sim.button_tap(number, sender, body["button"], body.get("context_id"))
+        elif message is None:
             message = {"type": "text", "text": {"body": str(body.get("text", "Hi"))}}
         if not isinstance(message, dict):
             raise TypeError("message must be an object")
@@ -299,11 +437,23 @@ class SimApp:
         due = self.sim.clock.monotonic() + delay_s if delay_s else None
         wamid = self.sim.inbound(number, sender, message, name=body.get("name"),
                                  context_id=body.get("context_id"), due=due)
-        return _json({"id": wamid, "wamid": wamid})
+        return _json({"id": wamid, "wamid": wamid, **facts})
+
+    async def get_media(self, _request) -> web.Response:
+        return _json({"media": [
+            {"id": m.id, "waba_id": m.waba_id, "phone_number_id": m.phone_number_id,
+             "mime_type": m.mime_type, "file_size": len(m.data), "sha256": m.sha256,
+             "expires": int(m.expires)} for m in self.sim.media.items.values()]})
 
     async def post_template_status(self, request) -> web.Response:
         changed = self.sim.template_status(await self._body(request))
         return _json({"updated": len(changed), "events": changed})
+
+    async def post_template_quality(self, request) -> web.Response:
+        return _json({"events": self.sim.template_quality(await self._body(request))})
+
+    async def post_template_category(self, request) -> web.Response:
+        return _json({"events": self.sim.template_category(await self._body(request))})
 
     async def post_quality(self, request) -> web.Response:
         return _json(self.sim.quality_update(await self._body(request)))

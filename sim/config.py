@@ -154,6 +154,17 @@ DEFAULT_SETTINGS: dict = {
         "timeout_s": 10.0,
         "concurrency": 8,
     },
+    # --- media a send names by link (sim/media.py): the simulator never downloads a
+    # link; one whose host is listed here (a name, or a ".suffix") or whose URL holds a
+    # marker fails later with a failed status 131053, as Meta's fetcher reports it.
+    "media": {"unreachable_hosts": [".invalid", "unreachable.example"],
+              "bad_link_markers": ["/broken"]},
+    # --- template review (POST /{waba_id}/message_templates): a new template is PENDING,
+    # then after delay_s on the simulator's clock APPROVED, or REJECTED with reject_reason
+    # when its name starts with reject_prefix (or its body has two variables side by side:
+    # INVALID_FORMAT, as Meta rejects it); a message_template_status_update webhook says so.
+    "template_review": {"delay_s": 5.0, "reject_prefix": "reject_",
+                        "reject_reason": "INVALID_FORMAT"},
     # --- inbound replies from recipients of template (or interactive) messages ---
     "inbound": {
         "reply_rate": 0.0,            # share of recipients who answer
@@ -346,6 +357,15 @@ def check_settings(settings: dict) -> None:
         raise ValueError('messaging_limit.mode must be "webhook" or "sync"')
     if not isinstance(limit["code"], int):
         raise TypeError("messaging_limit.code must be a Meta error code (an integer)")
+    media = settings["media"]
+    for key in ("unreachable_hosts", "bad_link_markers"):
+        if not isinstance(media[key], list) or not all(isinstance(v, str) for v in media[key]):
+            raise TypeError(f"media.{key} must be a list of strings")
+    review = settings["template_review"]
+    if not isinstance(review["delay_s"], (int, float)) or review["delay_s"] < 0:
+        raise ValueError("template_review.delay_s must be a number of seconds, not negative")
+    if not isinstance(review["reject_prefix"], str) or not isinstance(review["reject_reason"], str):
+        raise TypeError("template_review.reject_prefix and reject_reason must be strings")
     if not isinstance(settings["inject"], list):
         raise TypeError("inject must be a list of rules")
     for i, rule in enumerate(settings["inject"]):

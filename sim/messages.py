@@ -24,6 +24,7 @@ from .errors import SimError
 SEND_TYPES = ("text", "template", "interactive", "image", "document", "reaction",
               "audio", "video", "sticker", "location", "contacts")
 FREE_FORM_TYPES = frozenset(SEND_TYPES) - {"template"}
+MEDIA_TYPES = frozenset({"image", "document", "audio", "video", "sticker"})
 INTERACTIVE_TYPES = {"button", "list", "cta_url", "flow", "product", "product_list",
                      "location_request_message", "address_message"}
 PHONE_STRIP_RE = re.compile(r"[\s\-().+]")
@@ -52,6 +53,7 @@ class Send:
     template: dict | None      # the send's template object
     interactive: dict | None
     context_id: str | None
+    media: dict | None = None  # the image / video / audio / document / sticker object
 
 
 def wa_id_of(to: str) -> str:
@@ -119,7 +121,8 @@ def parse_send(body: object) -> Send | str:
         if not isinstance(obj.get("emoji"), str):
             raise SimError(131008, "The parameter reaction.emoji is required.")
     return Send(mtype, to, wa_id, biz, obj if mtype == "template" else None,
-                obj if mtype == "interactive" else None, context_id)
+                obj if mtype == "interactive" else None, context_id,
+                obj if mtype in MEDIA_TYPES else None)
 
 
 def _check_interactive(obj: dict) -> None:
@@ -147,17 +150,22 @@ def _check_interactive(obj: dict) -> None:
             raise SimError(131009, "A list message needs action.button and action.sections.")
 
 
-def reply_buttons(send: Send, quick_replies: list[str]) -> list[tuple[str, str]]:
-    """(payload, text) of quick-reply buttons a recipient could tap on this send."""
-    if send.template is not None:
-        payloads: dict[int, str] = {}
-        for comp in send.template.get("components") or []:
-            if isinstance(comp, dict) and comp.get("type") == "button" \
-                    and comp.get("sub_type") == "quick_reply":
-                params = comp.get("parameters") or [{}]
-                payload = params[0].get("payload") if isinstance(params[0], dict) else None
-                if payload:
+def reply_buttons(send: Send, buttons) -> list[tuple[int, str, str]]:
+    """(index, payload, text) of the quick-reply buttons a recipient could tap on this
+    send; ``buttons`` are the template's (sim/templates.py Button)."""
+    if send.template is None:
+        return []
+    payloads: dict[int, str] = {}
+    for comp in send.template.get("components") or []:
+        if isinstance(comp, dict) and comp.get("type") == "button" \
+                and comp.get("sub_type") == "quick_reply":
+            params = comp.get("parameters") or [{}]
+            payload = params[0].get("payload") if isinstance(params[0], dict) else None
+            if payload:
+                try:
                     payloads[int(comp.get("index", 0))] = str(payload)
-        # Without a payload parameter Meta echoes the button text as payload.
-        return [(payloads.get(i, text), text) for i, text in enumerate(quick_replies)]
-    return []
+                except (TypeError, ValueError):
+                    continue
+    # Without a payload parameter Meta echoes the button text as payload.
+    return [(b.index, payloads.get(b.index, b.text), b.text) for b in buttons
+            if b.type == "QUICK_REPLY"]

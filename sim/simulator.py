@@ -14,10 +14,12 @@ no scan of the ledger.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import math
 import random
+import re
 import time
 import zlib
 from dataclasses import dataclass
@@ -44,11 +46,22 @@ from .errors import (
 )
 from .ledger import Ledger
 from .limits import TIERS, PairBuckets, Reach, capability_value, is_us_number, tier_limit
+from .media import (
+    INBOUND_DEFAULTS,
+    INBOUND_TTL_S,
+    MAX_INBOUND,
+    MEDIA_KINDS,
+    UPLOAD_TTL_S,
+    MediaStore,
+    sample_bytes,
+)
 from .probe import LoopProbe
 from .templates import Template, TemplateStore
 from .webhooks import Emitter
 
 WINDOW_24H = 24 * 3600.0
+ADJACENT_VARIABLES_RE = re.compile(r"\}\}\s*\{\{")   # Meta rejects {{1}} {{2}}
+SENT_BUTTONS_MAX = 100_000   # template sends whose quick-reply buttons a tap can name
 DROP = object()   # answer: close the connection without a response
 NO_HEADERS: dict[str, str] = {}
 
@@ -120,6 +133,11 @@ class Simulator:
         # Held for quality: wamid -> (pnid, send, template, template key), and per template.
         self.held: dict[str, tuple] = {}
         self.held_by_template: dict[tuple[str, str, str], set[str]] = {}
+        self.media = MediaStore(self.clock)                    # uploads and inbound media
+        # wamid -> (pnid, wa_id, [(index, payload, text)]) of recent template sends with
+        # quick-reply buttons, so a simulated tap (POST /_sim/inbound "button") echoes
+        # the payload the send gave, as Meta does.
+        self.sent_buttons: dict[str, tuple[str, str, list]] = {}
 
     # --- configuration ---------------------------------------------------------
 
@@ -351,8 +369,7 @@ class Simulator:
             if isinstance(parsed, str):
                 self.ledger.read_receipts += 1
                 return 200, b'{"success":true}', NO_HEADERS
-            tpl = self._check_content(number, parsed)
-            fail = None
+            tpl, fail = self._check_content(number, parsed)
             if self.rules:
                 rule = self._injected(number, parsed, tpl)
                 if rule is not None:
@@ -461,14 +478,24 @@ class Simulator:
             when = time.strftime("%A, %d-%b-%y %H:%M:%S PDT", time.gmtime(exp.expired_since))
             raise expired_token(when)
 
-    def _check_content(self, number: Number, send: messages.Send) -> Template | None:
+    def _check_content(self, number: Number,
+                       send: messages.Send) -> tuple[Template | None, SimError | None]:
+        """The send's template (None for a free-form message), and the 131053 of a media
+        link the fetcher will fail on (a failed status later); refusals are raised."""
         if send.template is not None:
-            return self.templates.check_send(number.waba_id, send.template)
+            tpl, refs = self.templates.check_send(number.waba_id, send.template)
+            fail = None
+            for kind, obj in refs:
+                fail = self.media.check_ref(number.waba_id, kind, obj, self.settings) or fail
+            return tpl, fail
         if send.type in messages.FREE_FORM_TYPES:
             opened = self.windows.get((number.phone_number_id, send.wa_id))
             if opened is None or self.clock.time() - opened > WINDOW_24H:
                 raise SimError(131047)
-        return None
+        if send.media is not None:
+            return None, self.media.check_ref(number.waba_id, send.type, send.media,
+                                              self.settings)
+        return None, None
 
     def _accept(self, number: Number, send: messages.Send, tpl: Template | None,
                 fail: SimError | None, now: float, stats) -> bytes:
@@ -488,6 +515,8 @@ class Simulator:
                             tpl.data["name"] if tpl else None,
                             tpl.data["language"] if tpl else None,
                             send.biz, wamid, status))
+        if tpl is not None and tpl.quick_replies:
+            self._remember_buttons(wamid, pnid, send, tpl)
         if held:
             self._hold(number, send, tpl, wamid, now)
         else:
@@ -628,7 +657,7 @@ class Simulator:
         if self.auto_replies.get(key, 0) >= int(inbound["max_per_recipient"]):
             return
         kinds = {k: float(w) for k, w in inbound["kinds"].items() if float(w) > 0}
-        buttons = messages.reply_buttons(send, tpl.quick_replies) if tpl else []
+        buttons = messages.reply_buttons(send, tpl.buttons) if tpl else []
         iv_buttons = []
         if send.interactive and send.interactive.get("type") == "button":
             iv_buttons = [b["reply"] for b in send.interactive["action"]["buttons"]]
@@ -642,7 +671,7 @@ class Simulator:
             return
         kind = random.choices(list(kinds), weights=list(kinds.values()))[0]
         if kind == "button":
-            payload, text = random.choice(buttons)
+            _index, payload, text = random.choice(buttons)
             message = {"type": "button", "button": {"payload": payload, "text": text}}
         elif kind == "interactive":
             reply = random.choice(iv_buttons)
@@ -680,6 +709,112 @@ class Simulator:
                         ("message", number.phone_number_id, (contact, msg)))
         return wamid
 
+    def _remember_buttons(self, wamid: str, pnid: str, send: messages.Send,
+                          tpl: Template) -> None:
+        sent = self.sent_buttons
+        if len(sent) >= SENT_BUTTONS_MAX:
+            del sent[next(iter(sent))]          # the oldest send
+        sent[wamid] = (pnid, send.wa_id, messages.reply_buttons(send, tpl.buttons))
+
+    def inbound_media(self, number: Number, spec: dict) -> tuple[dict, dict]:
+        """An inbound image / audio / video / document / sticker: its bytes are stored
+        as media of the number's WABA (Meta keeps inbound media 7 days) and the message
+        names it like Meta's webhook. Returns (message, facts about the media)."""
+        if not isinstance(spec, dict):
+            raise TypeError("media must be an object")
+        kind = spec.get("type")
+        if kind not in MEDIA_KINDS:
+            raise ValueError(f"media.type must be one of {list(MEDIA_KINDS)}")
+        voice = bool(spec.get("voice", kind == "audio"))
+        mime = spec.get("mime_type") or ("audio/mpeg" if kind == "audio" and not voice
+                                         else INBOUND_DEFAULTS[kind])
+        if spec.get("content_b64") is not None:
+            data = base64.b64decode(spec["content_b64"], validate=True)
+        else:
+            data = sample_bytes(mime, int(spec.get("size", 2048)))
+        if not 0 < len(data) <= MAX_INBOUND:
+            raise ValueError(f"media content must be 1 byte to {MAX_INBOUND} bytes")
+        filename = spec.get("filename") or ("document.pdf" if kind == "document" else None)
+        media = self.media.add(number.waba_id, number.phone_number_id, mime, data,
+                               ttl_s=INBOUND_TTL_S, filename=filename)
+        obj: dict = {}
+        if spec.get("caption") is not None and kind in ("image", "video", "document"):
+            obj["caption"] = str(spec["caption"])
+        if kind == "document":
+            obj["filename"] = filename
+        obj.update(mime_type=mime, sha256=media.sha256_b64, id=media.id)
+        if kind == "audio":
+            obj["voice"] = voice
+        if kind == "sticker":
+            obj["animated"] = bool(spec.get("animated", False))
+        facts = {"media_id": media.id, "mime_type": mime, "sha256": media.sha256,
+                 "file_size": len(data)}
+        return {"type": kind, kind: obj}, facts
+
+    def button_tap(self, number: Number, wa_id: str, spec: dict,
+                   context_id: str | None) -> dict:
+        """A tap on a template's quick-reply button (``type: button``). With the
+        ``context_id`` of a template message the simulator sent, ``index``, ``text`` or
+        ``payload`` names the button and the payload is the one that send gave (else the
+        button text);
+        otherwise ``text`` (and ``payload``, default the text) are taken as given."""
+        if not isinstance(spec, dict):
+            raise TypeError("button must be an object")
+        sent = self.sent_buttons.get(context_id) if context_id else None
+        if sent is not None:
+            pnid, to, buttons = sent
+            if pnid != number.phone_number_id or to != wa_id:
+                raise ValueError(f"message {context_id} was sent to {to} from {pnid}")
+            if spec.get("index") is not None:
+                found = [b for b in buttons if b[0] == int(spec["index"])]
+            elif spec.get("text") is not None:
+                found = [b for b in buttons if b[2] == spec["text"]]
+            elif spec.get("payload") is not None:
+                found = [b for b in buttons if b[1] == spec["payload"]]
+            else:
+                found = buttons[:1]
+            if not found:
+                raise ValueError(f"message {context_id} has no quick-reply button {spec}; "
+                                 f"it has {buttons}")
+            _index, payload, text = found[0]
+        else:
+            text = spec.get("text")
+            if not isinstance(text, str) or not text:
+                raise ValueError("button needs text (and payload), or the context_id of a "
+                                 "template message the simulator sent with quick replies")
+            payload = str(spec.get("payload") or text)
+        return {"type": "button", "button": {"payload": payload, "text": text}}
+
+    def _template_event(self, waba_id: str, tpl: Template, reason: str | None,
+                        spec: dict | None = None, event: str | None = None) -> dict:
+        """Send Meta's ``message_template_status_update`` for ``tpl``; returns its value."""
+        spec = spec or {}
+        event = event or tpl.status
+        value = {
+            "event": event,
+            "message_template_id": int(tpl.data["id"]),
+            "message_template_name": tpl.data["name"],
+            "message_template_language": tpl.data["language"],
+            "reason": reason,
+            "message_template_category": tpl.category,
+        }
+        if event == "DISABLED":
+            value["disable_info"] = {"disable_date": int(self.clock.time())}
+        if spec.get("other_info"):
+            value["other_info"] = spec["other_info"]
+        elif event == "PAUSED":
+            value["other_info"] = {"title": "FIRST_PAUSE", "description": (
+                "Your message template has been paused for 3 hours due to low quality.")}
+        if event == "REJECTED" and reason == "INVALID_FORMAT":
+            value["rejection_info"] = {
+                "reason": "The template has a formatting problem, such as variables next to "
+                          "each other or at the start or end of the text.",
+                "recommendation": "Put text between variables and fix the formatting, then "
+                                  "submit it again."}
+        self.emitter.post_account_update(waba_id, "message_template_status_update", value,
+                                         "template")
+        return value
+
     def template_status(self, spec: dict) -> list[dict]:
         name = spec.get("name")
         status = spec.get("status") or spec.get("event")
@@ -689,23 +824,9 @@ class Simulator:
                                             status)
         out = []
         for waba_id, tpl in changed:
-            value = {
-                "event": tpl.status,
-                "message_template_id": int(tpl.data["id"]),
-                "message_template_name": tpl.data["name"],
-                "message_template_language": tpl.data["language"],
-                "reason": spec.get("reason") or "NONE",
-                "message_template_category": tpl.category,
-            }
-            if tpl.status == "DISABLED":
-                value["disable_info"] = {"disable_date": int(self.clock.time())}
-            if spec.get("other_info"):
-                value["other_info"] = spec["other_info"]
-            elif tpl.status == "PAUSED":
-                value["other_info"] = {"title": "FIRST_PAUSE", "description": (
-                    "Your message template has been paused for 3 hours due to low quality.")}
-            self.emitter.post_account_update(waba_id, "message_template_status_update", value,
-                                             "template")
+            if tpl.status == "REJECTED":
+                tpl.data["rejected_reason"] = spec.get("reason") or "NONE"
+            value = self._template_event(waba_id, tpl, spec.get("reason") or "NONE", spec)
             # Messages held for quality while the template was paced are dropped.
             if tpl.status in ("PAUSED", "DISABLED"):
                 value_dropped = self._drop_held(waba_id, tpl,
@@ -714,6 +835,122 @@ class Simulator:
             else:
                 out.append(value)
         return out
+
+    def template_quality(self, spec: dict) -> list[dict]:
+        """A template's quality score moves: ``message_template_quality_update`` (the
+        listing's ``quality_score`` follows)."""
+        score = str(spec.get("score", "")).upper()
+        if not spec.get("name") or score not in ("GREEN", "YELLOW", "RED", "UNKNOWN"):
+            raise ValueError("template_quality needs name and score (GREEN, YELLOW, RED, UNKNOWN)")
+        out = []
+        for waba_id, tpl in self._matching(spec):
+            previous = (tpl.data.get("quality_score") or {}).get("score", "UNKNOWN")
+            tpl.data["quality_score"] = {"score": score, "date": int(self.clock.time())}
+            value = {"previous_quality_score": previous, "new_quality_score": score,
+                     "message_template_id": int(tpl.data["id"]),
+                     "message_template_name": tpl.data["name"],
+                     "message_template_language": tpl.data["language"]}
+            self.emitter.post_account_update(waba_id, "message_template_quality_update", value,
+                                             "template")
+            out.append(value)
+        return out
+
+    def template_category(self, spec: dict) -> list[dict]:
+        """Meta recategorises a template: ``template_category_update``. ``impending``: the
+        24-hour notice (``new_category`` is still the current one, ``correct_category`` the
+        coming one; nothing changes yet); else the change itself (``previous_category``)."""
+        category = str(spec.get("category", "")).upper()
+        if not spec.get("name") or category not in ("MARKETING", "UTILITY", "AUTHENTICATION"):
+            raise ValueError("template_category needs name and category")
+        out = []
+        for waba_id, tpl in self._matching(spec):
+            value = {"message_template_id": int(tpl.data["id"]),
+                     "message_template_name": tpl.data["name"],
+                     "message_template_language": tpl.data["language"]}
+            if spec.get("impending"):
+                value.update(new_category=tpl.category, correct_category=category,
+                             category_update_timestamp=int(self.clock.time()) + 86400)
+            else:
+                value.update(previous_category=tpl.category, new_category=category)
+                tpl.data["previous_category"] = tpl.category
+                tpl.data["category"] = category
+            self.emitter.post_account_update(waba_id, "template_category_update", value,
+                                             "template")
+            out.append(value)
+        return out
+
+    def _matching(self, spec: dict) -> list[tuple[str, Template]]:
+        found = [(waba, tpl) for waba, templates in self.templates.by_waba.items()
+                 if not spec.get("waba_id") or waba == str(spec["waba_id"])
+                 for (name, lang), tpl in templates.items()
+                 if name == spec["name"] and (not spec.get("language") or lang == spec["language"])]
+        if not found:
+            raise ValueError(f"no template {spec['name']!r} matches")
+        return found
+
+    # --- template management (POST / DELETE /{waba_id}/message_templates) -----------
+
+    def create_template(self, waba_id: str, auth: str | None, raw: object) -> dict:
+        """A new template, PENDING until the review on the simulator's clock."""
+        self.read_waba_numbers(waba_id, auth)
+        tpl = self.templates.create(waba_id, raw, self.clock.time())
+        delay = float(self.settings["template_review"]["delay_s"])
+        self.emitter.at(self.clock.monotonic() + delay,
+                        ("call", lambda: self._review(waba_id, tpl)))
+        return {"id": tpl.data["id"], "status": "PENDING", "category": tpl.category}
+
+    def _review(self, waba_id: str, tpl: Template) -> None:
+        current = self.templates.by_waba.get(waba_id, {}).get(
+            (tpl.data["name"], tpl.data["language"]))
+        if current is not tpl or tpl.status != "PENDING":
+            return          # deleted, or its status set by hand meanwhile
+        review = self.settings["template_review"]
+        reason = None
+        if review["reject_prefix"] and tpl.data["name"].startswith(review["reject_prefix"]):
+            reason = review["reject_reason"]
+        elif ADJACENT_VARIABLES_RE.search(tpl.body_text):
+            reason = "INVALID_FORMAT"
+        if reason:
+            tpl.data["status"] = "REJECTED"
+            tpl.data["rejected_reason"] = reason
+        else:
+            tpl.data["status"] = "APPROVED"
+        self._template_event(waba_id, tpl, reason or "NONE")
+
+    def delete_template(self, waba_id: str, auth: str | None, name: str | None,
+                        hsm_id: str | None) -> dict:
+        self.read_waba_numbers(waba_id, auth)
+        if not name:
+            raise SimError(100, "The parameter name is required.")
+        for tpl in self.templates.delete(waba_id, name, hsm_id, self.clock.time()):
+            self._template_event(waba_id, tpl, None, event="PENDING_DELETION")
+        return {"success": True}
+
+    # --- media (sim/media.py) -------------------------------------------------------
+
+    def upload_media(self, number: Number, fields: dict, data: bytes | None,
+                     file_mime: str | None, filename: str | None) -> dict:
+        if fields.get("messaging_product") is None:
+            raise SimError(100, "The parameter messaging_product is required.")
+        if fields["messaging_product"] != "whatsapp":
+            raise SimError(100, "Param messaging_product must be one of {WHATSAPP} - got "
+                           f'"{fields["messaging_product"]}".')
+        if data is None:
+            raise SimError(100, "The parameter file is required.")
+        mime = fields.get("type") or file_mime
+        self.media.check_upload(mime, len(data))
+        media = self.media.add(number.waba_id, number.phone_number_id, mime, data,
+                               ttl_s=UPLOAD_TTL_S, filename=filename)
+        return {"id": media.id}
+
+    def read_media(self, media_id: str, auth: str | None, pnid: str | None = None):
+        """The media a token may read (its WABA owns it), else Graph's 100/33."""
+        token = self.read_token(auth)
+        media = self.media.get(media_id)
+        if media is None or media.waba_id not in self.token_wabas(token) \
+                or (pnid and pnid != media.phone_number_id):
+            raise unknown_object(media_id, "get")
+        return media
 
     # --- messaging limits and throughput levels -------------------------------------
 

@@ -148,7 +148,7 @@ def test_named_parameters_must_match_the_template(sim):
     body["template"]["components"] = [{"type": "body", "parameters": params}]
     assert sim.send(body).status_code == 200
     params[1]["parameter_name"] = "year"
-    whatsapp_error(sim.send(body), 400, 132000)
+    whatsapp_error(sim.send(body), 400, 132012)     # an unknown name: a kind mismatch
 
 
 def test_free_form_message_outside_the_window_is_131047(sim):
