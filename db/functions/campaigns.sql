@@ -168,6 +168,237 @@ BEGIN
 END
 $$;
 
+-- A mapping source of one template parameter, checked: an object with exactly one of
+-- p_allowed's keys (besides "filename" where p_allowed has it), whose value is a
+-- non-empty string ("location" an object). p_where names the template and the parameter.
+CREATE OR REPLACE FUNCTION core.check_source(p_where text, p_src jsonb, p_allowed text[], p_hint text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = '' AS $$
+DECLARE
+    v_keys text[];
+    v_key text;
+BEGIN
+    IF p_src IS NULL OR jsonb_typeof(p_src) <> 'object' THEN
+        RAISE EXCEPTION '%: is not mapped', p_where USING ERRCODE = 'PW102', HINT = p_hint;
+    END IF;
+    v_keys := ARRAY(SELECT k FROM jsonb_object_keys(p_src) k WHERE k <> 'filename' OR NOT 'filename' = ANY (p_allowed) ORDER BY k);
+    IF cardinality(v_keys) <> 1 OR NOT v_keys[1] = ANY (p_allowed) THEN
+        RAISE EXCEPTION '%: % is neither %', p_where, p_src,
+            (SELECT string_agg(format('{"%s": ...}', a), ' nor ') FROM unnest(p_allowed) a WHERE a <> 'filename')
+            USING ERRCODE = 'PW102', HINT = p_hint;
+    END IF;
+    v_key := v_keys[1];
+    IF v_key = 'location' THEN
+        IF jsonb_typeof(p_src->'location') <> 'object' OR jsonb_typeof(p_src#>'{location,latitude}') IS DISTINCT FROM 'number'
+           OR jsonb_typeof(p_src#>'{location,longitude}') IS DISTINCT FROM 'number'
+           OR (p_src#>>'{location,latitude}')::numeric NOT BETWEEN -90 AND 90
+           OR (p_src#>>'{location,longitude}')::numeric NOT BETWEEN -180 AND 180
+           OR EXISTS (SELECT 1 FROM jsonb_each(p_src->'location') e
+                      WHERE e.key NOT IN ('latitude', 'longitude', 'name', 'address')
+                         OR (e.key IN ('name', 'address') AND jsonb_typeof(e.value) <> 'string')) THEN
+            RAISE EXCEPTION '%: location needs numeric latitude (-90..90) and longitude (-180..180), and optional name and address strings', p_where
+                USING ERRCODE = 'PW102', HINT = p_hint;
+        END IF;
+    ELSIF jsonb_typeof(p_src->v_key) IS DISTINCT FROM 'string' OR btrim(p_src->>v_key) = '' THEN
+        RAISE EXCEPTION '%: "%" must be a non-empty string', p_where, v_key USING ERRCODE = 'PW102', HINT = p_hint;
+    ELSIF v_key = 'value' AND 'media_id' = ANY (p_allowed) AND p_src->>'value' !~* '^https?://[^\s/]+' THEN
+        RAISE EXCEPTION '%: "%" is not an http(s) link', p_where, p_src->>'value' USING ERRCODE = 'PW102', HINT = p_hint;
+    END IF;
+    IF p_src ? 'filename' AND (jsonb_typeof(p_src->'filename') <> 'string' OR btrim(p_src->>'filename') = '') THEN
+        RAISE EXCEPTION '%: "filename" must be a non-empty string', p_where USING ERRCODE = 'PW102', HINT = p_hint;
+    END IF;
+END
+$$;
+
+-- One parameter of Meta's send request from its mapping source: p_base with the
+-- constant at p_path, or, for a CSV column, a slot marker {"$slot": n, "$path": p_path}
+-- that core.render_components fills with the n-th (0-based) per-row value of the queue
+-- message (n: the column's place in p_columns).
+CREATE OR REPLACE FUNCTION core.slot_param(p_base jsonb, p_path text[], p_src jsonb, p_columns text[]) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = '' AS $$
+    SELECT CASE WHEN p_src ? 'column'
+                THEN p_base || jsonb_build_object('$slot', array_position(p_columns, p_src->>'column') - 1,
+                                                  '$path', p_path::text)
+                ELSE jsonb_set(p_base, p_path, p_src->'value') END
+$$;
+
+-- Check a campaign's mapping of one template (an element of api.create_campaign's
+-- p_templates) against every parameter the template takes (core.template_slots), and
+-- build its render skeleton: Meta's components array with the constants in place and
+-- the CSV columns as slots, and the columns in slot order (the queue message's "p").
+-- Raises PW102 naming the template, the component, the parameter and the fix.
+CREATE OR REPLACE FUNCTION core.map_template(p_template core.templates, p_spec jsonb,
+                                             OUT render jsonb, OUT columns text[])
+LANGUAGE plpgsql STABLE SET search_path = '' AS $$
+DECLARE
+    v_named boolean := p_template.parameter_format = 'NAMED';
+    v_t text := format('template "%s" (%s)', p_template.name, p_template.language);
+    v_slot api.template_parameter;
+    v_slots api.template_parameter[];
+    v_body jsonb;
+    v_buttons jsonb;
+    v_src jsonb;
+    v_where text;
+    v_hint text;
+    v_key text;
+    v_body_params jsonb := '[]';
+    v_code jsonb;   -- the body's {{1}}, an OTP button's default
+    v_param jsonb;
+    v_n integer;
+BEGIN
+    render := '[]';
+    columns := '{}';
+    v_slots := ARRAY(SELECT s FROM core.template_slots(p_template.components, p_template.parameter_format) s);
+    SELECT string_agg(format('"%s"', k), ', ') INTO v_key FROM jsonb_object_keys(p_spec) k
+    WHERE k NOT IN ('name', 'language', 'header', 'body', 'buttons', 'params');
+    IF v_key IS NOT NULL THEN
+        RAISE EXCEPTION '%: unknown mapping key %', v_t, v_key USING ERRCODE = 'PW102',
+            HINT = 'A template mapping has name, language, header, body and buttons (params: the old spelling of a positional body).';
+    END IF;
+    IF p_spec ? 'params' AND p_spec ? 'body' THEN
+        RAISE EXCEPTION '%: both "body" and "params" are given', v_t USING ERRCODE = 'PW102',
+            HINT = '"params" is the old spelling of a positional "body": give one of them.';
+    END IF;
+
+    -- Every CSV column of the mapping, by name: the queue message's per-row values.
+    columns := ARRAY(
+        SELECT DISTINCT x.s->>'column' FROM (
+            SELECT p_spec->'header' AS s
+            UNION ALL SELECT e FROM jsonb_array_elements(CASE WHEN jsonb_typeof(coalesce(p_spec->'body', p_spec->'params')) = 'array'
+                                                              THEN coalesce(p_spec->'body', p_spec->'params') END) e
+            UNION ALL SELECT e FROM jsonb_path_query(CASE WHEN jsonb_typeof(p_spec->'body') = 'object' THEN p_spec->'body' END, '$.*') e
+            UNION ALL SELECT e FROM jsonb_path_query(CASE WHEN jsonb_typeof(p_spec->'buttons') = 'object' THEN p_spec->'buttons' END, '$.*') e) x
+        WHERE jsonb_typeof(x.s->'column') = 'string' AND btrim(x.s->>'column') <> ''
+        ORDER BY 1);
+
+    -- Header.
+    SELECT * INTO v_slot FROM unnest(v_slots) s WHERE s.component = 'header';
+    IF v_slot.component IS NULL THEN
+        IF p_spec ? 'header' THEN
+            RAISE EXCEPTION '%: the header takes no parameter, but one is mapped', v_t USING ERRCODE = 'PW102',
+                HINT = 'Remove "header" from the mapping (the template''s header, if any, is fixed text).';
+        END IF;
+    ELSE
+        v_where := format('%s: header %s%s', v_t, upper(v_slot.kind),
+                          CASE WHEN v_slot.parameter_name IS NOT NULL THEN format(' {{%s}}', v_slot.parameter_name)
+                               WHEN v_slot.kind = 'text' THEN ' {{1}}' ELSE '' END);
+        v_src := p_spec->'header';
+        CASE v_slot.kind
+        WHEN 'text' THEN
+            v_hint := 'Map the header text: "header": {"column": "csv column"} or {"value": "text"}.';
+            PERFORM core.check_source(v_where, v_src, '{column,value}', v_hint);
+            v_param := core.slot_param(jsonb_build_object('type', 'text', 'text', '')
+                                       || CASE WHEN v_named THEN jsonb_build_object('parameter_name', v_slot.parameter_name) ELSE '{}' END,
+                                       '{text}', v_src, columns);
+        WHEN 'image', 'video', 'document' THEN
+            v_hint := format('Map the %s: "header": {"column": "csv column of links"}, {"value": "https://..."} or {"media_id": "uploaded media id"}%s.',
+                             v_slot.kind, CASE WHEN v_slot.kind = 'document' THEN ', optionally with "filename"' ELSE '' END);
+            PERFORM core.check_source(v_where, v_src,
+                                      CASE WHEN v_slot.kind = 'document' THEN '{column,value,media_id,filename}'
+                                           ELSE '{column,value,media_id}' END::text[], v_hint);
+            v_param := jsonb_build_object('type', v_slot.kind, v_slot.kind,
+                           CASE WHEN v_src ? 'media_id' THEN jsonb_build_object('id', v_src->'media_id') ELSE '{}' END
+                           || CASE WHEN v_src ? 'filename' THEN jsonb_build_object('filename', v_src->'filename') ELSE '{}' END);
+            IF NOT v_src ? 'media_id' THEN
+                v_param := core.slot_param(v_param, ARRAY[v_slot.kind, 'link'], v_src, columns);
+            END IF;
+        WHEN 'location' THEN
+            v_hint := 'Map the location: "header": {"location": {"latitude": 37.48, "longitude": -122.15, "name": "...", "address": "..."}}.';
+            PERFORM core.check_source(v_where, v_src, '{location}', v_hint);
+            v_param := jsonb_build_object('type', 'location', 'location', v_src->'location');
+        ELSE
+            RAISE EXCEPTION '%: pgwa cannot send a % header', v_t, upper(v_slot.kind) USING ERRCODE = 'PW102',
+                HINT = 'Use a template with a TEXT, IMAGE, VIDEO, DOCUMENT or LOCATION header.';
+        END CASE;
+        render := render || jsonb_build_array(jsonb_build_object('type', 'header', 'parameters', jsonb_build_array(v_param)));
+    END IF;
+
+    -- Body: positional (an array, {{1}} first) or named (an object keyed by name).
+    v_body := coalesce(p_spec->'body', p_spec->'params');
+    v_n := (SELECT count(*) FROM unnest(v_slots) s WHERE s.component = 'body');
+    IF v_named AND v_n > 0 THEN
+        v_hint := format('Map each named parameter: "body": {%s}.',
+                         (SELECT string_agg(format('"%s": {"column": "..."} or {"value": "..."}', s.parameter_name), ', ' ORDER BY s.index)
+                          FROM unnest(v_slots) s WHERE s.component = 'body'));
+        IF jsonb_typeof(v_body) IS DISTINCT FROM 'object' THEN
+            RAISE EXCEPTION '%: the template has NAMED parameters, so body must be an object keyed by parameter name', v_t
+                USING ERRCODE = 'PW102', HINT = v_hint;
+        END IF;
+        SELECT string_agg(format('{{%s}}', k), ', ') INTO v_key FROM jsonb_object_keys(v_body) k
+        WHERE NOT EXISTS (SELECT 1 FROM unnest(v_slots) s WHERE s.component = 'body' AND s.parameter_name = k);
+        IF v_key IS NOT NULL THEN
+            RAISE EXCEPTION '%: body has no parameter %', v_t, v_key USING ERRCODE = 'PW102', HINT = v_hint;
+        END IF;
+    ELSIF v_n > 0 THEN
+        v_hint := format('Map each of {{1}}..{{%s}} in order: "body": [{"column": "csv column"} or {"value": "constant"}, ...].', v_n);
+        IF jsonb_typeof(v_body) IS DISTINCT FROM 'array' THEN
+            RAISE EXCEPTION '%: body has % positional parameters, so body must be an array of % sources', v_t, v_n, v_n
+                USING ERRCODE = 'PW102', HINT = v_hint;
+        ELSIF jsonb_array_length(v_body) <> v_n THEN
+            RAISE EXCEPTION '%: has % body parameters but % were mapped: {{%}} %', v_t, v_n, jsonb_array_length(v_body),
+                least(v_n, jsonb_array_length(v_body)) + 1,
+                CASE WHEN jsonb_array_length(v_body) > v_n THEN 'does not exist' ELSE 'is not mapped' END
+                USING ERRCODE = 'PW102', HINT = v_hint;
+        END IF;
+    ELSIF v_body IS NOT NULL AND jsonb_typeof(v_body) <> 'null' AND v_body NOT IN ('[]'::jsonb, '{}'::jsonb) THEN
+        RAISE EXCEPTION '%: the body takes no parameter, but % are mapped', v_t,
+            CASE WHEN jsonb_typeof(v_body) IN ('array', 'object') THEN (SELECT count(*) FROM jsonb_each(
+                 CASE WHEN jsonb_typeof(v_body) = 'object' THEN v_body ELSE '{}' END)) + CASE WHEN jsonb_typeof(v_body) = 'array' THEN jsonb_array_length(v_body) ELSE 0 END END
+            USING ERRCODE = 'PW102', HINT = 'Remove "body" from the mapping.';
+    END IF;
+    FOR v_slot IN SELECT * FROM unnest(v_slots) s WHERE s.component = 'body' ORDER BY s.index LOOP
+        v_where := format('%s: body parameter {{%s}}', v_t, coalesce(v_slot.parameter_name, v_slot.index::text));
+        v_src := CASE WHEN v_named THEN v_body->v_slot.parameter_name ELSE v_body->(v_slot.index - 1) END;
+        PERFORM core.check_source(v_where, v_src, '{column,value}', v_hint);
+        v_code := coalesce(v_code, v_src);
+        v_body_params := v_body_params || core.slot_param(jsonb_build_object('type', 'text', 'text', '')
+                             || CASE WHEN v_named THEN jsonb_build_object('parameter_name', v_slot.parameter_name) ELSE '{}' END,
+                             '{text}', v_src, columns);
+    END LOOP;
+    IF jsonb_array_length(v_body_params) > 0 THEN
+        render := render || jsonb_build_array(jsonb_build_object('type', 'body', 'parameters', v_body_params));
+    END IF;
+
+    -- Buttons: {"<index>": source}, for URL suffixes, copy codes, quick-reply payloads
+    -- and OTP codes (by default the body's {{1}}, the code).
+    v_buttons := p_spec->'buttons';
+    IF v_buttons IS NOT NULL AND jsonb_typeof(v_buttons) <> 'object' THEN
+        RAISE EXCEPTION '%: buttons must be an object keyed by button index', v_t USING ERRCODE = 'PW102',
+            HINT = '"buttons": {"0": {"column": "csv column"}, "1": {"value": "constant"}}';
+    END IF;
+    SELECT string_agg(format('%s', k), ', ') INTO v_key FROM jsonb_object_keys(coalesce(v_buttons, '{}')) k
+    WHERE NOT EXISTS (SELECT 1 FROM unnest(v_slots) s WHERE s.component = 'button' AND s.index::text = k);
+    IF v_key IS NOT NULL THEN
+        RAISE EXCEPTION '%: button % takes no parameter%', v_t, v_key,
+            coalesce(' (buttons that do: ' || (SELECT string_agg(format('%s %s', s.index, s.kind), ', ' ORDER BY s.index)
+                                               FROM unnest(v_slots) s WHERE s.component = 'button') || ')', '')
+            USING ERRCODE = 'PW102', HINT = 'Map only URL buttons with a {{1}} suffix, copy-code, quick-reply and OTP buttons, by their 0-based index.';
+    END IF;
+    FOR v_slot IN SELECT * FROM unnest(v_slots) s WHERE s.component = 'button' ORDER BY s.index LOOP
+        v_src := v_buttons->(v_slot.index::text);
+        IF v_src IS NULL AND v_slot.kind = 'otp' THEN
+            v_src := v_code;
+        END IF;
+        CONTINUE WHEN v_src IS NULL AND NOT v_slot.required;
+        v_where := format('%s: button %s (%s)', v_t, v_slot.index,
+                          CASE v_slot.kind WHEN 'url_suffix' THEN 'URL suffix {{1}}' WHEN 'coupon_code' THEN 'copy code'
+                                           WHEN 'payload' THEN 'quick-reply payload' ELSE 'OTP code' END);
+        v_hint := format('Map it: "buttons": {"%s": {"column": "csv column"} or {"value": "constant"}}.', v_slot.index);
+        PERFORM core.check_source(v_where, v_src, '{column,value}', v_hint);
+        IF v_slot.kind = 'coupon_code' AND length(v_src->>'value') > 15 THEN
+            RAISE EXCEPTION '%: "%" is longer than Meta''s 15 characters for a coupon code', v_where, v_src->>'value'
+                USING ERRCODE = 'PW102', HINT = 'Shorten the code.';
+        END IF;
+        render := render || jsonb_build_array(jsonb_build_object(
+            'type', 'button', 'index', v_slot.index::text,
+            'sub_type', CASE v_slot.kind WHEN 'coupon_code' THEN 'copy_code' WHEN 'payload' THEN 'quick_reply' ELSE 'url' END,
+            'parameters', jsonb_build_array(CASE v_slot.kind
+                WHEN 'coupon_code' THEN core.slot_param('{"type": "coupon_code", "coupon_code": ""}', '{coupon_code}', v_src, columns)
+                WHEN 'payload' THEN core.slot_param('{"type": "payload", "payload": ""}', '{payload}', v_src, columns)
+                ELSE core.slot_param('{"type": "text", "text": ""}', '{text}', v_src, columns) END)));
+    END LOOP;
+END
+$$;
+
 -- The tenant's campaign, locked; another tenant's id is not found.
 CREATE OR REPLACE FUNCTION core.campaign_for(p_tenant_id bigint, p_campaign_id bigint) RETURNS core.campaigns
 LANGUAGE plpgsql SET search_path = '' AS $$
@@ -185,8 +416,10 @@ END
 $$;
 
 -- Create a campaign from the staged contacts in one transaction. p_templates is a JSON
--- array: [{"name": "order_update", "language": "en_US", "params": [{"column": "order_no"},
--- {"value": "ACME"}]}]; contacts are split across the templates and interleaved.
+-- array of template mappings (core.map_template): [{"name": "spring_sale", "language":
+-- "en_US", "header": {"column": "photo"}, "body": {"first_name": {"column": "name"}},
+-- "buttons": {"0": {"value": "spring"}}}]; contacts are split across the templates and
+-- interleaved.
 CREATE OR REPLACE FUNCTION api.create_campaign(
     p_tenant_id          bigint,
     p_number_id          bigint,
@@ -209,6 +442,7 @@ DECLARE
     v_invalid integer;
     v_staged integer;
     v_params_sql text;
+    v_map record;
 BEGIN
     IF coalesce(btrim(p_name), '') = '' THEN
         RAISE EXCEPTION 'campaign name is empty' USING ERRCODE = 'PW100', HINT = 'Name the campaign.';
@@ -217,21 +451,20 @@ BEGIN
     PERFORM core.staged_count();
     IF jsonb_typeof(p_templates) IS DISTINCT FROM 'array' OR jsonb_array_length(p_templates) NOT BETWEEN 1 AND 10 THEN
         RAISE EXCEPTION 'templates must be a JSON array of 1 to 10 templates' USING ERRCODE = 'PW102',
-            HINT = '[{"name": "...", "language": "en_US", "params": [{"column": "..."}, {"value": "..."}]}]';
+            HINT = '[{"name": "...", "language": "en_US", "header": {...}, "body": [{"column": "..."}, {"value": "..."}], "buttons": {"0": {...}}}]';
     END IF;
     v_k := jsonb_array_length(p_templates);
 
     -- Templates: each must exist for the number's WABA, be approved, and have a source
-    -- for every body parameter.
+    -- for every parameter of every component (core.map_template).
     DROP TABLE IF EXISTS pg_temp.campaign_variants;
     CREATE TEMP TABLE campaign_variants ON COMMIT DROP AS
     SELECT (e.ord - 1)::smallint AS variant, e.spec, t.template_id, t.name, t.language, t.status,
-           t.body_param_count, coalesce(e.spec->'params', '[]') AS params
+           NULL::jsonb AS render, NULL::text[] AS columns
     FROM jsonb_array_elements(p_templates) WITH ORDINALITY e(spec, ord)
     LEFT JOIN core.templates t
       ON t.waba_id = v_number.waba_id AND t.tenant_id = p_tenant_id
      AND t.name = e.spec->>'name' AND t.language = e.spec->>'language';
-    ANALYZE pg_temp.campaign_variants;
     FOR v_bad IN SELECT * FROM pg_temp.campaign_variants ORDER BY variant LOOP
         IF v_bad.template_id IS NULL THEN
             RAISE EXCEPTION 'template % ("%" %) does not exist for WABA %', v_bad.variant + 1,
@@ -240,19 +473,14 @@ BEGIN
         ELSIF v_bad.status <> 'APPROVED' THEN
             RAISE EXCEPTION 'template "%" (%) is %, not APPROVED', v_bad.name, v_bad.language, v_bad.status
                 USING ERRCODE = 'PW102', HINT = 'Only approved templates can be sent.';
-        ELSIF jsonb_typeof(v_bad.params) <> 'array' OR jsonb_array_length(v_bad.params) <> v_bad.body_param_count THEN
-            RAISE EXCEPTION 'template "%" has % body parameters but % were mapped', v_bad.name,
-                v_bad.body_param_count, CASE WHEN jsonb_typeof(v_bad.params) = 'array' THEN jsonb_array_length(v_bad.params) END
-                USING ERRCODE = 'PW102', HINT = 'Map each {{n}} to {"column": "csv column"} or {"value": "constant"}.';
-        ELSIF EXISTS (SELECT 1 FROM jsonb_array_elements(v_bad.params) p
-                      WHERE jsonb_typeof(p) <> 'object' OR NOT (p ? 'column' OR p ? 'value')
-                         OR jsonb_typeof(coalesce(p->'column', p->'value')) <> 'string') THEN
-            RAISE EXCEPTION 'template "%" has a parameter that is neither {"column": ...} nor {"value": ...}', v_bad.name
-                USING ERRCODE = 'PW102', HINT = 'Each parameter names a CSV column or gives a constant string.';
         END IF;
+        SELECT m.render, m.columns INTO v_map
+        FROM core.templates t, core.map_template(t, v_bad.spec) m WHERE t.template_id = v_bad.template_id;
+        UPDATE pg_temp.campaign_variants SET render = v_map.render, columns = v_map.columns WHERE variant = v_bad.variant;
     END LOOP;
-    SELECT coalesce(array_agg(DISTINCT p->>'column'), '{}') INTO v_columns
-    FROM pg_temp.campaign_variants v, jsonb_array_elements(v.params) p WHERE p ? 'column';
+    ANALYZE pg_temp.campaign_variants;
+    SELECT coalesce(array_agg(DISTINCT c), '{}') INTO v_columns
+    FROM pg_temp.campaign_variants v, unnest(v.columns) c;
     FOR v_bad IN SELECT c FROM unnest(v_columns) c
                  WHERE c NOT IN ('phone', 'name')
                    AND NOT EXISTS (SELECT 1 FROM pg_temp.staged_contacts s WHERE s.attributes ? c) LOOP
@@ -304,22 +532,25 @@ BEGIN
             v_result.skipped_opted_out, v_result.skipped_invalid, v_result.duplicates_removed)
     RETURNING campaign_id INTO v_campaign_id;
 
-    INSERT INTO core.campaign_templates (campaign_id, variant, template_id, params, total)
-    SELECT v_campaign_id, v.variant, v.template_id, v.params,
+    -- params: the per-row values' columns, in the order of the queue message's "p" (as
+    -- core.defer_capped rebuilds it); render: the components with the constants in place.
+    INSERT INTO core.campaign_templates (campaign_id, variant, template_id, params, render, mapping, total)
+    SELECT v_campaign_id, v.variant, v.template_id,
+           (SELECT coalesce(jsonb_agg(jsonb_build_object('column', c) ORDER BY n), '[]')
+            FROM unnest(v.columns) WITH ORDINALITY x(c, n)), v.render, v.spec - 'name' - 'language',
            (SELECT count(*) FROM pg_temp.campaign_sends s WHERE s.variant = v.variant)
     FROM pg_temp.campaign_variants v;
 
     PERFORM pgmq.create(core.campaign_queue(v_campaign_id));
-    -- The body parameters of each row as one expression (a CASE over the variants), so
-    -- queueing 100,000 messages is expression evaluation, not a subquery per row.
-    -- Column names and constants enter the SQL only through format's %L.
+    -- The per-row values of each row (its mapped columns) as one expression (a CASE over
+    -- the variants), so queueing 100,000 messages is expression evaluation, not a
+    -- subquery per row. Column names enter the SQL only through format's %L.
     SELECT 'CASE s.variant ' || string_agg(format('WHEN %s THEN %s', v.variant, coalesce(
                (SELECT 'jsonb_build_array(' || string_agg(
-                    CASE WHEN p ? 'value' THEN format('%L::text', p->>'value')
-                         WHEN p->>'column' = 'phone' THEN 's.wa_id'
-                         WHEN p->>'column' = 'name' THEN 's.name'
-                         ELSE format('s.attributes->>%L', p->>'column') END, ', ' ORDER BY n) || ')'
-                FROM jsonb_array_elements(v.params) WITH ORDINALITY pp(p, n)), '''[]''::jsonb')), ' ')
+                    CASE WHEN c = 'phone' THEN 's.wa_id'
+                         WHEN c = 'name' THEN 's.name'
+                         ELSE format('s.attributes->>%L', c) END, ', ' ORDER BY n) || ')'
+                FROM unnest(v.columns) WITH ORDINALITY x(c, n)), '''[]''::jsonb')), ' ')
            || ' END'
     INTO v_params_sql FROM pg_temp.campaign_variants v;
     -- Ids are drawn in list order before anything is written, so that the templates
@@ -357,7 +588,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.create_campaign(bigint, bigint, text, jsonb, text, timestamptz, boolean, text) IS
-    'Creates a campaign in one transaction from the contacts staged by api.stage_contacts: validates the templates and their parameter mapping, normalises phones to E.164 digits, drops duplicates, skips opted-out contacts, upserts contacts and queues one rendered message per contact, interleaved across templates. Status is draft, scheduled (p_scheduled_at) or running (p_start). Returns the counts and the invalid rows. Raises PW100/PW102 on bad arguments or templates, PW101 on invalid rows when p_on_invalid is reject, PW202 for an unknown number; nothing is left behind on error.';
+    'Creates a campaign in one transaction from the contacts staged by api.stage_contacts: validates the templates and their parameter mapping (each element of p_templates: {"name", "language", "header": {"column"} | {"value": text or link} | {"media_id"} (+ "filename" for a DOCUMENT) | {"location": {latitude, longitude, name, address}}, "body": [sources] for POSITIONAL templates or {"parameter_name": source} for NAMED ones ("params": the old spelling of a positional body), "buttons": {"<index>": source} for URL suffixes, copy codes, quick-reply payloads and OTP codes (by default the body''s code)}, a source being {"column": "csv column"} or {"value": "constant"}; api.template_parameters lists what a template needs; a row whose mapped column is empty is an invalid row), normalises phones to E.164 digits, drops duplicates, skips opted-out contacts, upserts contacts and queues one rendered message per contact, interleaved across templates. Status is draft, scheduled (p_scheduled_at) or running (p_start). Returns the counts and the invalid rows. Raises PW100/PW102 on bad arguments or templates (PW102 names the template, the component, the parameter and the fix for a missing, extra or wrongly kinded parameter), PW101 on invalid rows when p_on_invalid is reject, PW202 for an unknown number; nothing is left behind on error.';
 
 -- Lifecycle. Each checks the tenant (another tenant's id is not found), moves the
 -- status, and wakes the workers where there is new work.

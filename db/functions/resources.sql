@@ -61,25 +61,39 @@ BEGIN
     WITH incoming AS (
         SELECT DISTINCT ON (t->>'name', t->>'language')
                t->>'name' AS name, t->>'language' AS language, coalesce(t->'components', '[]') AS components,
-               upper(coalesce(t->>'status', 'APPROVED')) AS status, t->>'category' AS category, t->>'id' AS meta_id
+               upper(coalesce(t->>'status', 'APPROVED')) AS status, t->>'category' AS category, t->>'id' AS meta_id,
+               CASE WHEN upper(t->>'parameter_format') IN ('POSITIONAL', 'NAMED') THEN upper(t->>'parameter_format')
+                    ELSE core.parameter_format(coalesce(t->'components', '[]')) END AS parameter_format,
+               t->>'sub_category' AS sub_category,
+               CASE jsonb_typeof(t->'quality_score') WHEN 'object' THEN t#>>'{quality_score,score}'
+                                                      WHEN 'string' THEN t->>'quality_score' END AS quality_score,
+               t->>'rejected_reason' AS rejected_reason, t->>'previous_category' AS previous_category
         FROM jsonb_array_elements(p_templates) WITH ORDINALITY e(t, ord)
         WHERE t->>'name' <> '' AND t->>'language' <> ''
         ORDER BY t->>'name', t->>'language', ord DESC
     ), stored AS (
         INSERT INTO core.templates AS t (tenant_id, waba_id, name, language, components, status, category,
-                                         meta_template_id, body_param_count)
+                                         meta_template_id, body_param_count, parameter_format, sub_category,
+                                         quality_score, rejected_reason, previous_category)
         SELECT p_tenant_id, p_waba_id, i.name, i.language, i.components, i.status, i.category, i.meta_id,
-               core.body_param_count(i.components)
+               core.body_param_count(i.components), i.parameter_format, i.sub_category, i.quality_score,
+               i.rejected_reason, i.previous_category
         FROM incoming i
         ON CONFLICT ON CONSTRAINT templates_waba_name_language_unique DO UPDATE SET
             components = excluded.components, status = excluded.status,
             category = coalesce(excluded.category, t.category),
             meta_template_id = coalesce(excluded.meta_template_id, t.meta_template_id),
-            body_param_count = excluded.body_param_count, updated_at = now()
+            body_param_count = excluded.body_param_count, parameter_format = excluded.parameter_format,
+            sub_category = excluded.sub_category, quality_score = coalesce(excluded.quality_score, t.quality_score),
+            rejected_reason = excluded.rejected_reason, previous_category = excluded.previous_category,
+            updated_at = now()
         WHERE t.tenant_id = p_tenant_id
-          AND (t.components, t.status, t.category, t.meta_template_id)
+          AND (t.components, t.status, t.category, t.meta_template_id, t.parameter_format, t.sub_category,
+               t.quality_score, t.rejected_reason, t.previous_category)
               IS DISTINCT FROM (excluded.components, excluded.status, coalesce(excluded.category, t.category),
-                                coalesce(excluded.meta_template_id, t.meta_template_id))
+                                coalesce(excluded.meta_template_id, t.meta_template_id), excluded.parameter_format,
+                                excluded.sub_category, coalesce(excluded.quality_score, t.quality_score),
+                                excluded.rejected_reason, excluded.previous_category)
         RETURNING 1
     )
     SELECT count(*) INTO v_result.stored FROM stored;
@@ -88,13 +102,14 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.sync_templates(bigint, text, jsonb) IS
-    'Stores a WABA''s templates as the Graph API lists them (a JSON array of Meta''s template objects) in one statement: inserts new ones, updates changed ones, counts their body parameters. Returns how many were received, stored and unchanged. Raises PW105 on a malformed list, PW202 when the tenant has no number on that WABA.';
+    'Stores a WABA''s templates as the Graph API lists them (a JSON array of Meta''s template objects) in one statement: inserts new ones, updates changed ones, keeping every component as Meta returns it with parameter_format (POSITIONAL or NAMED; inferred from the placeholders when absent), category, sub_category, status, quality_score.score, rejected_reason and previous_category, and counts their body parameters. Returns how many were received, stored and unchanged. Raises PW105 on a malformed list, PW202 when the tenant has no number on that WABA.';
 
 CREATE OR REPLACE FUNCTION api.templates(p_tenant_id bigint, p_waba_id text DEFAULT NULL, p_status text DEFAULT NULL)
 RETURNS SETOF api.template
 LANGUAGE sql SECURITY DEFINER STABLE SET search_path = '' AS $$
     SELECT t.template_id, t.waba_id, t.name, t.language, t.category, t.status, t.body_param_count, t.components,
-           t.meta_template_id, t.updated_at
+           t.meta_template_id, t.updated_at, t.parameter_format, t.sub_category, t.quality_score, t.rejected_reason,
+           t.previous_category
     FROM core.templates t
     WHERE t.tenant_id = p_tenant_id
       AND (p_waba_id IS NULL OR t.waba_id = p_waba_id)
@@ -102,7 +117,26 @@ LANGUAGE sql SECURITY DEFINER STABLE SET search_path = '' AS $$
     ORDER BY t.name, t.language, t.template_id
 $$;
 COMMENT ON FUNCTION api.templates(bigint, text, text) IS
-    'Lists the tenant''s message templates (optionally of one WABA or status) with their components and body parameter count.';
+    'Lists the tenant''s message templates (optionally of one WABA or status) with their components, body parameter count, parameter_format, sub_category, quality_score, rejected_reason and previous_category; api.template_parameters describes what one needs when sent.';
+
+CREATE OR REPLACE FUNCTION api.template_parameters(p_tenant_id bigint, p_template_id bigint)
+RETURNS SETOF api.template_parameter
+LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
+DECLARE
+    v_template core.templates;
+BEGIN
+    SELECT * INTO v_template FROM core.templates WHERE template_id = p_template_id AND tenant_id = p_tenant_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'template % not found', p_template_id
+            USING ERRCODE = 'PW203', HINT = 'List the tenant''s templates with api.templates().';
+    END IF;
+    RETURN QUERY
+    SELECT s.* FROM core.template_slots(v_template.components, v_template.parameter_format) s
+    ORDER BY CASE s.component WHEN 'header' THEN 0 WHEN 'body' THEN 1 ELSE 2 END, s.index;
+END
+$$;
+COMMENT ON FUNCTION api.template_parameters(bigint, bigint) IS
+    'Describes the parameters a template needs when sent, one row a slot in the order of Meta''s components array: component (header, body, button), index (header/body: the placeholder''s 1-based position; button: its 0-based index), parameter_name (NAMED templates), kind (text, image, video, document, location, url_suffix, coupon_code, payload, otp), required (a campaign mapping must give it; an OTP button defaults to the body''s code, a quick-reply payload is optional), Meta''s example value, and mapping (where it goes in an api.create_campaign template mapping: header, body[0], body.first_name, buttons.0). Raises PW203 when the tenant has no such template.';
 
 -------------------------------------------------------------------------------
 -- Contacts
@@ -306,6 +340,7 @@ REVOKE ALL ON FUNCTION api.numbers(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.graph_credentials(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.sync_templates(bigint, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.templates(bigint, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.template_parameters(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.import_contacts(bigint, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.contacts(bigint, text, boolean, bigint, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.set_contact_opt_out(bigint, boolean, bigint, text) FROM PUBLIC;
@@ -317,6 +352,7 @@ GRANT EXECUTE ON FUNCTION api.numbers(bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.graph_credentials(bigint, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.sync_templates(bigint, text, jsonb) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.templates(bigint, text, text) TO pgwa_api;
+GRANT EXECUTE ON FUNCTION api.template_parameters(bigint, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.import_contacts(bigint, text, text) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.contacts(bigint, text, boolean, bigint, integer) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.set_contact_opt_out(bigint, boolean, bigint, text) TO pgwa_api;

@@ -251,6 +251,69 @@ LANGUAGE sql IMMUTABLE SET search_path = '' AS $$
     WHERE upper(c->>'type') = 'BODY'
 $$;
 
+-- POSITIONAL ({{1}}) or NAMED ({{first_name}}) from a template's placeholders, for a
+-- template listed without Meta's parameter_format.
+CREATE OR REPLACE FUNCTION core.parameter_format(p_components jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = '' AS $$
+    SELECT CASE WHEN EXISTS (
+        SELECT 1 FROM jsonb_array_elements(coalesce(p_components, '[]')) c,
+                      regexp_matches(coalesce(c->>'text', ''), '\{\{\s*([A-Za-z0-9_]+)\s*\}\}', 'g') m
+        WHERE upper(c->>'type') IN ('HEADER', 'BODY') AND m[1] !~ '^[0-9]+$') THEN 'NAMED' ELSE 'POSITIONAL' END
+$$;
+
+-- The parameters a template takes when sent, in the order of Meta's components array:
+-- a TEXT header's placeholder or a media / location header, the body's placeholders
+-- (positional by number, named in order of first appearance), then one a button that
+-- takes one (a URL with a {{1}} suffix, a copy code, a quick-reply payload, an OTP code).
+-- PHONE_NUMBER, static URL and FLOW buttons take none.
+CREATE OR REPLACE FUNCTION core.template_slots(p_components jsonb, p_parameter_format text)
+RETURNS SETOF api.template_parameter
+LANGUAGE sql IMMUTABLE SET search_path = '' AS $$
+    SELECT h.* FROM (
+        SELECT 'header'::text, 1,
+               CASE WHEN p_parameter_format = 'NAMED' AND f.fmt = 'TEXT'
+                    THEN substring(c->>'text' FROM '\{\{\s*([A-Za-z0-9_]+)\s*\}\}') END,
+               CASE f.fmt WHEN 'TEXT' THEN 'text' ELSE lower(f.fmt) END, true,
+               CASE f.fmt WHEN 'TEXT' THEN coalesce(c#>>'{example,header_text,0}', c#>>'{example,header_text_named_params,0,example}')
+                          ELSE c#>>'{example,header_handle,0}' END,
+               'header'::text
+        FROM jsonb_array_elements(coalesce(p_components, '[]')) WITH ORDINALITY x(c, n)
+        CROSS JOIN LATERAL (SELECT upper(coalesce(c->>'format', 'TEXT')) AS fmt) f
+        WHERE upper(c->>'type') = 'HEADER' AND (f.fmt <> 'TEXT' OR c->>'text' ~ '\{\{\s*[A-Za-z0-9_]+\s*\}\}')
+        ORDER BY n LIMIT 1) h
+    UNION ALL
+    SELECT 'body', b.pos::integer, CASE WHEN p_parameter_format = 'NAMED' THEN b.p END, 'text', true,
+           CASE WHEN p_parameter_format = 'NAMED'
+                THEN (SELECT e->>'example' FROM jsonb_array_elements(CASE WHEN jsonb_typeof(bc.c#>'{example,body_text_named_params}') = 'array'
+                                                                          THEN bc.c#>'{example,body_text_named_params}' ELSE '[]' END) e
+                      WHERE e->>'param_name' = b.p LIMIT 1)
+                ELSE bc.c#>>ARRAY['example', 'body_text', '0', (b.pos - 1)::text] END,
+           CASE WHEN p_parameter_format = 'NAMED' THEN 'body.' || b.p ELSE format('body[%s]', b.pos - 1) END
+    FROM (SELECT c FROM jsonb_array_elements(coalesce(p_components, '[]')) c
+          WHERE upper(c->>'type') = 'BODY' LIMIT 1) bc
+    CROSS JOIN LATERAL (
+        SELECT d.p, row_number() OVER (ORDER BY CASE WHEN p_parameter_format <> 'NAMED' AND d.p ~ '^[0-9]{1,9}$'
+                                                     THEN d.p::integer END, d.first) AS pos
+        FROM (SELECT r.m[1] AS p, min(r.k) AS first
+              FROM regexp_matches(coalesce(bc.c->>'text', ''), '\{\{\s*([A-Za-z0-9_]+)\s*\}\}', 'g') WITH ORDINALITY r(m, k)
+              GROUP BY r.m[1]) d) b
+    UNION ALL
+    SELECT 'button', (k.i - 1)::integer, NULL, k.kind, k.kind IN ('url_suffix', 'coupon_code'),
+           CASE WHEN jsonb_typeof(k.btn->'example') = 'array' THEN k.btn#>>'{example,0}' ELSE k.btn->>'example' END,
+           'buttons.' || (k.i - 1)
+    FROM (SELECT btn, i, CASE upper(btn->>'type')
+                             WHEN 'URL' THEN CASE WHEN btn->>'url' ~ '\{\{' THEN 'url_suffix' END
+                             WHEN 'COPY_CODE' THEN 'coupon_code'
+                             WHEN 'QUICK_REPLY' THEN 'payload'
+                             WHEN 'OTP' THEN 'otp'
+                         END AS kind
+          FROM (SELECT c FROM jsonb_array_elements(coalesce(p_components, '[]')) c
+                WHERE upper(c->>'type') = 'BUTTONS' LIMIT 1) bc,
+               jsonb_array_elements(CASE WHEN jsonb_typeof(bc.c->'buttons') = 'array' THEN bc.c->'buttons' ELSE '[]' END)
+                   WITH ORDINALITY bb(btn, i)) k
+    WHERE k.kind IS NOT NULL
+$$;
+
 CREATE OR REPLACE FUNCTION api.upsert_template(
     p_tenant_id        bigint,
     p_waba_id          text,
@@ -278,20 +341,20 @@ BEGIN
             USING ERRCODE = 'PW202', HINT = 'Register a number of this WhatsApp Business Account first.';
     END IF;
     INSERT INTO core.templates AS t (tenant_id, waba_id, name, language, components, status, category,
-                                     meta_template_id, body_param_count)
+                                     meta_template_id, body_param_count, parameter_format)
     VALUES (p_tenant_id, p_waba_id, p_name, p_language, coalesce(p_components, '[]'), upper(p_status),
-            p_category, p_meta_template_id, core.body_param_count(p_components))
+            p_category, p_meta_template_id, core.body_param_count(p_components), core.parameter_format(p_components))
     ON CONFLICT ON CONSTRAINT templates_waba_name_language_unique DO UPDATE SET
         components = excluded.components, status = excluded.status,
         category = coalesce(excluded.category, t.category),
         meta_template_id = coalesce(excluded.meta_template_id, t.meta_template_id),
-        body_param_count = excluded.body_param_count, updated_at = now()
+        body_param_count = excluded.body_param_count, parameter_format = excluded.parameter_format, updated_at = now()
     RETURNING template_id INTO v_id;
     RETURN v_id;
 END
 $$;
 COMMENT ON FUNCTION api.upsert_template(bigint, text, text, text, jsonb, text, text, text) IS
-    'Creates or updates a message template of a WABA (as listed by Meta) and returns its template_id; counts its body parameters. Raises PW100 on a malformed field, PW202 when the tenant has no number on that WABA.';
+    'Creates or updates a message template of a WABA (as listed by Meta) and returns its template_id; counts its body parameters and takes its parameter_format from its placeholders (NAMED when one is not a number). Raises PW100 on a malformed field, PW202 when the tenant has no number on that WABA.';
 
 REVOKE ALL ON FUNCTION api.create_tenant(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.prepare_number_registration(bigint, text, text, text, integer) FROM PUBLIC;
