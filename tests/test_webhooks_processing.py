@@ -345,7 +345,9 @@ def test_template_status_update_sets_the_status_and_notifies_when_paused(world: 
                                           entry_time=t0))
     assert world.one("SELECT status FROM core.templates WHERE template_id = %s", world.template_ids[0]) == \
         ("APPROVED",)
-    assert world.one("SELECT count(*) FROM core.notifications") == (2,)
+    # The template's own notices: PAUSED and REJECTED (the campaigns using it hear of the
+    # pause and of the approval that lets them resume, each in a notice of its own).
+    assert world.one("SELECT count(*) FROM core.notifications WHERE kind = 'template_status'") == (2,)
     world.deliver(template_status_payload("DISABLED", template_id=594425479261596, name="spring_sale",
                                           entry_time=t0 + 120))
     assert world.one("SELECT severity FROM core.notifications ORDER BY notification_id DESC LIMIT 1") == \
