@@ -27,6 +27,7 @@ CREATE OR REPLACE VIEW core.queue_depths AS
 SELECT q.queue_name,
        CASE WHEN o.campaign_id IS NOT NULL THEN 'campaign'
             WHEN o.number_id IS NOT NULL THEN 'reply'
+            WHEN core.queue_endpoint_id(q.queue_name) IS NOT NULL THEN 'events'
             ELSE q.queue_name END AS kind,
        c.campaign_id, c.status AS campaign_status, coalesce(c.number_id, n.number_id) AS number_id,
        m.queue_length, m.queue_visible_length, m.oldest_msg_age_sec, m.total_messages
@@ -81,7 +82,10 @@ BEGIN
                max(coalesce(m.oldest_msg_age_sec, 0)) AS oldest_s
         FROM (SELECT q.queue_name,
                      CASE WHEN o.campaign_id IS NOT NULL THEN 'campaign'
-                          WHEN o.number_id IS NOT NULL THEN 'reply' ELSE q.queue_name END AS kind
+                          WHEN o.number_id IS NOT NULL THEN 'reply'
+                          -- One queue per event endpoint (db/functions/events.sql): one kind.
+                          WHEN core.queue_endpoint_id(q.queue_name) IS NOT NULL THEN 'events'
+                          ELSE q.queue_name END AS kind
               FROM pgmq.meta q
               CROSS JOIN LATERAL (SELECT core.queue_campaign_id(q.queue_name) AS campaign_id,
                                          core.queue_number_id(q.queue_name) AS number_id) o
