@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -57,7 +57,7 @@ class Database:
             conn, self._conn = self._conn, None
             await conn.close()
 
-    async def fetch(self, query: str, params: Sequence[Any] = (), *,
+    async def fetch(self, query: str, params: Sequence[Any] | Mapping[str, Any] = (), *,
                     deadline: float | None = None, stop: asyncio.Event | None = None,
                     ) -> tuple[list[tuple], list[str]]:
         """Run one statement; returns (rows, column names).

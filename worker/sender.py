@@ -24,7 +24,9 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NamedTuple
 
 import orjson
@@ -68,14 +70,15 @@ TICK_S = 0.003
 POLICY_SQL = "SELECT throttle_hold_ms, throttle_codes FROM api.send_policy()"
 
 # Each row's delay is measured on the database's clock from the claim's start (now()),
-# then counted on the loop clock from when the rows arrive: a send can only be late,
-# by the claim's round trip, and the rows keep the exact spacing the database gave them.
+# or from the claim's time when the sender has its own clock (the p_now it passes), then
+# counted on the loop clock from when the rows arrive: a send can only be late, by the
+# claim's round trip, and the rows keep the exact spacing the database gave them.
 CLAIM_SQL = """
 SELECT outbound_id, queue_name, msg_id, access_token, path, body::text,
-       extract(epoch FROM send_at - now())::float8
-FROM api.claim_sends(%s, %s)
+       extract(epoch FROM send_at - coalesce(%(now)s::timestamptz, now()))::float8
+FROM api.claim_sends(%(worker)s, %(max)s, %(now)s::timestamptz)
 """
-REPORT_SQL = "SELECT * FROM api.report_sends(%s::jsonb)"
+REPORT_SQL = "SELECT * FROM api.report_sends(%(results)s::jsonb, %(now)s::timestamptz)"
 
 
 class SendPolicy(NamedTuple):
@@ -97,6 +100,7 @@ class SenderStats:
     reported: int = 0
     unreported: int = 0         # given up on: they come back by visibility timeout
     late: int = 0               # POSTed more than LATE_S after their send_at
+    peak_1s: int = 0            # the most requests one number started in any WINDOW_S
     max_late_ms: float = 0.0
     report_totals: dict[str, int] = field(default_factory=dict)
     error_codes: dict[str | int, int] = field(default_factory=dict)
@@ -109,8 +113,13 @@ class Sender:
                  pace_s: float = PACE_S, idle_after_s: float = IDLE_AFTER_S,
                  heartbeat_s: float = HEARTBEAT_S, report_s: float = REPORT_S,
                  after_retry_s: float = AFTER_RETRY_S,
-                 max_inflight: int | None = None, status_line: bool | None = None) -> None:
+                 max_inflight: int | None = None, status_line: bool | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        """``clock``: the time this sender claims and reports at (the functions' p_now);
+        None, the database's clock. A scenario on a compressed clock (the simulator's
+        moved forward, bench/scenario_limits.py) passes the same time as the simulator."""
         self.settings = settings
+        self.clock = clock
         self.graph = graph
         self._own_graph = graph is None
         self.pace_s = pace_s
@@ -157,9 +166,10 @@ class Sender:
                 await self.graph.aclose()
             s = self.stats
             log.info("sender %s stopped: %d sent (%d accepted, %d errors), %d reported, "
-                     "%d left to the visibility timeout; %d sent late (max %.0f ms)",
+                     "%d left to the visibility timeout; %d sent late (max %.0f ms); "
+                     "busiest second %d requests for one number",
                      self.settings.worker_name, s.sent, s.accepted, s.errors, s.reported,
-                     s.unreported, s.late, s.max_late_ms)
+                     s.unreported, s.late, s.max_late_ms, s.peak_1s)
         return self.stats
 
     async def _claim_then_send(self, stop: asyncio.Event, wake: asyncio.Event, done: asyncio.Event,
@@ -192,7 +202,8 @@ class Sender:
                         rows, _ = await self._claims.fetch(POLICY_SQL, (), stop=stop)
                         self.policy = SendPolicy(rows[0][0] / 1000, frozenset(rows[0][1]))
                     rows, _ = await self._claims.fetch(
-                        CLAIM_SQL, (self.settings.worker_name, room), stop=stop)
+                        CLAIM_SQL, {"worker": self.settings.worker_name, "max": room, "now": self._now()},
+                        stop=stop)
                     failures = 0
                 except Unavailable:
                     break                   # stopping while the database is away
@@ -290,7 +301,12 @@ class Sender:
         # a stall of the loop (or of the process) goes out after it, and counting it from
         # its creation would let the sends after the stall crowd into Meta's second.
         lane.starting -= 1
-        lane.window.append(time.monotonic())
+        started = time.monotonic()
+        window = lane.window
+        window.append(started)
+        while window[0] <= started - WINDOW_S:
+            window.popleft()
+        self.stats.peak_1s = max(self.stats.peak_1s, len(window))
         outbound_id, queue_name, msg_id, token, path, body, _ = row
         try:
             r = await self.graph.send(path, token, body)
@@ -339,7 +355,7 @@ class Sender:
             deadline = loop.time() + STOP_REPORT_S if sent.is_set() else None
             try:
                 rows, names = await self._reports.fetch(
-                    REPORT_SQL, (payload,), deadline=deadline,
+                    REPORT_SQL, {"results": payload, "now": self._now()}, deadline=deadline,
                     stop=None if deadline is not None else sent)
                 break
             except Unavailable:
@@ -363,6 +379,9 @@ class Sender:
             if dict(zip(names, rows[0])).get("retried"):
                 self._retry_seen = asyncio.get_running_loop().time()
         self._settle(len(batch))
+
+    def _now(self) -> datetime | None:
+        return None if self.clock is None else self.clock()
 
     def _give_up(self, batch: list[dict], why: str) -> None:
         log.error("%d sent results not reported (%s); their messages come back after the "

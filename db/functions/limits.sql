@@ -87,6 +87,7 @@ DECLARE
     v_keep core.claimed[];
     v_late core.claimed[];
     v_sent text[];
+    v_queue text;
 BEGIN
     -- Unlimited portfolios (most) cost one index probe and no lock.
     SELECT p.messaging_limit INTO v_limit FROM core.portfolios p WHERE p.portfolio_id = p_portfolio_id;
@@ -141,6 +142,17 @@ BEGIN
                                     array_fill(extract(epoch FROM v_wait - p_now)::double precision, ARRAY[count(*)::int]),
                                     p_now)
         FROM unnest(v_late) l GROUP BY l.queue_name;
+        -- The budget was spent before this claim: the rest of these campaigns' queues
+        -- would only be read and put back, a claim's worth at a time, until they all wait
+        -- (tens of thousands of messages after each roll of the window). They wait at once.
+        IF v_room = 0 THEN
+            FOR v_queue IN
+                SELECT DISTINCT l.queue_name FROM unnest(v_late) l WHERE core.queue_campaign_id(l.queue_name) IS NOT NULL
+            LOOP
+                EXECUTE format('UPDATE pgmq.%I SET vt = $1 WHERE vt <= $2', pgmq.format_table_name(v_queue, 'q'))
+                USING v_wait, p_now;
+            END LOOP;
+        END IF;
         UPDATE core.portfolios SET budget_wait_until = v_wait WHERE portfolio_id = p_portfolio_id;
     ELSE
         UPDATE core.portfolios SET budget_wait_until = NULL
@@ -255,9 +267,15 @@ GRANT EXECUTE ON FUNCTION api.set_messaging_limit(bigint, bigint, text, text) TO
 -- times; the last failure stands. The attempt is undone: the message is queued again
 -- without its wamid, and the counters it moved (sent, finished, the timeline's sent) move
 -- back; a campaign already completed runs again until the retries are over. The queue
--- message is rebuilt from the campaign's parameter mapping and the contact. Returns the
--- messages deferred; their statuses in this batch are not applied.
-CREATE OR REPLACE FUNCTION core.defer_capped(p_ids bigint[], p_states text[], p_codes integer[])
+-- message is rebuilt from the campaign's parameter mapping and the contact. The day is
+-- counted from the failed status's own time (p_at, Meta's timestamp) when that is later
+-- than the clock, so that a scenario on a compressed clock (the simulator's, moved
+-- forward) retries a day after the failure on that clock. Returns the messages
+-- deferred; their statuses in this batch are not applied.
+-- (It took no p_at before: a new argument is a new signature.)
+DROP FUNCTION IF EXISTS core.defer_capped(bigint[], text[], integer[]);
+CREATE OR REPLACE FUNCTION core.defer_capped(p_ids bigint[], p_states text[], p_codes integer[],
+                                             p_at timestamptz[])
 RETURNS bigint[]
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
@@ -271,13 +289,14 @@ BEGIN
     WITH picked AS (
         SELECT DISTINCT ON (o.outbound_id) o.outbound_id, o.campaign_id, o.variant, e.code, e.category,
                e.title, e.backoff_s, coalesce(o.accepted_at, o.sent_at) AS at,
+               greatest(f.failed_at, clock_timestamp()) + make_interval(secs => e.backoff_s) AS retry_at,
                jsonb_build_object('o', o.outbound_id, 't', ct.wa_id, 'v', o.variant, 'p', (
                    SELECT coalesce(jsonb_agg(CASE WHEN p ? 'value' THEN p->>'value'
                                                   WHEN p->>'column' = 'phone' THEN ct.wa_id
                                                   WHEN p->>'column' = 'name' THEN ct.name
                                                   ELSE ct.attributes->>(p->>'column') END ORDER BY n), '[]')
                    FROM jsonb_array_elements(t.params) WITH ORDINALITY pp(p, n))) AS message
-        FROM unnest(p_ids, p_states, p_codes) f(id, state, code)
+        FROM unnest(p_ids, p_states, p_codes, p_at) f(id, state, code, failed_at)
         JOIN core.meta_error_codes e ON e.code = f.code AND e.backoff = 'next_day'
         JOIN core.outbound_messages o ON o.outbound_id = f.id AND o.campaign_id IS NOT NULL
                                      AND o.state IN ('accepted', 'sent')
@@ -310,12 +329,49 @@ BEGIN
               FROM reset WHERE at IS NOT NULL GROUP BY 1, 2) d
         WHERE m.campaign_id = d.campaign_id AND m.minute = d.minute
     ), queued AS (
-        SELECT pgmq.send_batch(core.campaign_queue(q.campaign_id), q.messages, q.delay_s)
-        FROM (SELECT campaign_id, array_agg(message ORDER BY outbound_id) AS messages, max(backoff_s) AS delay_s
+        SELECT pgmq.send_batch(core.campaign_queue(q.campaign_id), q.messages, q.retry_at)
+        FROM (SELECT campaign_id, array_agg(message ORDER BY outbound_id) AS messages, max(retry_at) AS retry_at
               FROM reset GROUP BY campaign_id) q
     )
     SELECT array_agg(r.outbound_id) INTO v_deferred
     FROM reset r, (SELECT count(*) FROM queued) x;
     RETURN coalesce(v_deferred, '{}');
+END
+$$;
+
+-- A 131049 failed status processed while its send's report was being stored: each
+-- transaction saw the other's work uncommitted, so core.apply_statuses left the status
+-- for the report (the message was still in flight) and the report found none. The
+-- minute's sweep (core.sweep_sends) matches such statuses of the last day to their
+-- message and defers it as core.defer_capped says (or fails it, after the last retry).
+-- Returns the statuses matched.
+CREATE OR REPLACE FUNCTION core.match_late_capped() RETURNS integer
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_ids bigint[];
+    v_states text[];
+    v_at timestamptz[];
+    v_codes integer[];
+    v_deferred bigint[];
+BEGIN
+    WITH late AS (
+        UPDATE core.status_events se SET outbound_id = o.outbound_id
+        FROM core.outbound_messages o, core.meta_error_codes e
+        WHERE se.outbound_id IS NULL AND se.status = 'failed' AND se.received_at > now() - interval '1 day'
+          AND e.code = se.error_code AND e.backoff = 'next_day'
+          AND o.wamid = se.wamid AND o.number_id = se.number_id AND o.state IN ('accepted', 'sent')
+        RETURNING se.outbound_id, se.status, se.occurred_at, se.error_code
+    )
+    SELECT array_agg(outbound_id), array_agg(status), array_agg(occurred_at), array_agg(error_code)
+    INTO v_ids, v_states, v_at, v_codes FROM late;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    v_deferred := core.defer_capped(v_ids, v_states, v_codes, v_at);
+    PERFORM core.advance_outbound(array_agg(l.id), array_agg(l.state), array_agg(l.at), NULL, array_agg(l.code))
+    FROM unnest(v_ids, v_states, v_at, v_codes) l(id, state, at, code)
+    WHERE l.id <> ALL (v_deferred)
+    HAVING count(*) > 0;
+    RETURN cardinality(v_ids);
 END
 $$;
