@@ -52,17 +52,18 @@ FROM core.outbound_messages WHERE campaign_id = %s
 """
 
 
-def phones(n: int) -> list[str]:
-    return [f"1777{i:07d}" for i in range(n)]
+def phones(n: int, base: int = 0) -> list[str]:
+    return [f"1777{base + i:07d}" for i in range(n)]
 
 
-def start_campaign(db: psycopg.Connection, stack: Stack, n: int, mps: int) -> tuple[int, list[str]]:
+def start_campaign(db: psycopg.Connection, stack: Stack, n: int, mps: int, *, pnid: str = PNID,
+                   waba: str = WABA, base: int = 0) -> tuple[int, list[str]]:
     """A number at ``mps`` (pgwa and the simulator agree), its templates, and a running
     two-template campaign of ``n`` contacts: (campaign_id, recipients)."""
-    tenant = db.execute("SELECT api.create_tenant('recovery')").fetchone()[0]
-    number = stack.register_number(db, tenant, PNID, WABA, mps)
-    sync_templates(db, tenant, WABA, "local-token", stack.sim_url, GRAPH_VERSION)
-    to = phones(n)
+    tenant = db.execute("SELECT api.create_tenant(%s)", (f"recovery {pnid}",)).fetchone()[0]
+    number = stack.register_number(db, tenant, pnid, waba, mps)
+    sync_templates(db, tenant, waba, "local-token", stack.sim_url, GRAPH_VERSION)
+    to = phones(n, base)
     with db.transaction():
         stage_csv(db, csv_text({"phone": p, "name": f"N{i}", "order_no": str(i)} for i, p in enumerate(to)))
         campaign = db.execute(queries["create_campaign"], {
@@ -102,12 +103,12 @@ def settled(db_url: str, stack: Stack, campaign: int) -> dict:
     return {"campaign": row, "recount": recount}
 
 
-def assert_each_messaged_once(stack: Stack, to: list[str]) -> None:
+def assert_each_messaged_once(stack: Stack, to: list[str], pnid: str = PNID) -> None:
     stats = stack.sim("GET", "/_sim/stats")
     assert stats["duplicates"] == 0, stats
     sent, since = [], 0
     while True:
-        page = stack.sim("GET", f"/_sim/ledger?since={since}&limit=5000&phone_number_id={PNID}")
+        page = stack.sim("GET", f"/_sim/ledger?since={since}&limit=5000&phone_number_id={pnid}")
         sent += [r["to"] for r in page["entries"]]
         if page["next"] >= page["total"]:
             break
@@ -210,3 +211,23 @@ def test_transient_errors_and_throttle_bursts_end_with_everything_sent(db, db_ur
     throttled = db.execute("SELECT sum(throttled) FROM core.send_minutes WHERE number_id = %s",
                            (number,)).fetchone()[0]
     assert throttled == rejected["130429"]
+
+
+def test_four_workers_on_two_numbers_message_everyone_once(db, db_url):
+    # Workers share nothing but PostgreSQL: four processes (on one machine or several)
+    # claim from the same queues with SKIP LOCKED, each number paced in SQL.
+    with Stack(db_url, workers=4, sim_settings=DELIVERABLE) as stack:
+        first, to_first = start_campaign(db, stack, 1500, 250)
+        second, to_second = start_campaign(db, stack, 1500, 250, pnid="310000000000002",
+                                           waba="410000000000002", base=1500)
+        stack.start_workers()
+        results = [settled(db_url, stack, c) for c in (first, second)]
+        assert_each_messaged_once(stack, to_first)
+        assert_each_messaged_once(stack, to_second, pnid="310000000000002")
+        assert all(stack.procs[f"worker{i}"].poll() is None for i in range(4))
+        # Each worker claimed on its own connection (named after it) and is still up.
+        workers = db.execute("""SELECT count(DISTINCT application_name) FROM pg_stat_activity
+                                WHERE application_name ~ '^worker[0-3]-claim$'""").fetchone()[0]
+    for result in results:
+        assert_counters_match(result, 1500)
+    assert workers == 4, workers
