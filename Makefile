@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 
 .PHONY: db db-url db-stop db-restart psql migrate schema test test-fast lint demo sim worker api \
-        bench bench-sim bench-campaign bench-webhooks bench-api bench-bots clean
+        bench bench-sim bench-campaign bench-webhooks bench-api bench-bots bench-audiences scenario-limits clean
 
 db:            ## the local cluster (or DATABASE_URL), migrated; idempotent
 	@scripts/db.sh up
@@ -62,6 +62,12 @@ bench-api: db
 
 bench-bots: db
 	$(PY) bench/bench_bots.py
+
+bench-audiences: db   ## segments, a campaign from a 1M-contact segment, its streamed report
+	$(PY) bench/bench_audiences.py
+
+scenario-limits: db   ## Meta's limits end to end on a compressed clock: tier, 131049 retries, 80007
+	$(PY) bench/scenario_limits.py
 
 clean: db-stop
 	rm -rf .venv .pgdata

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from api.dashboard.views import Dashboard
 from api.routes import JsonApi
 from api.webhooks import PATH, GroupCommitter, WhatsAppWebhook
 from pgwa.config import Settings
@@ -75,12 +76,14 @@ def create_app(settings: Settings | None = None, routes: Sequence[BaseRoute] = (
     settings = settings or Settings.from_env()
     committer = GroupCommitter(settings.session_url())   # with the statement_timeout
     json_api = JsonApi(settings)  # /v1, /metrics, /openapi.json (api/routes.py)
+    dashboard = Dashboard(json_api, listen_url=settings.session_url())  # /dashboard, /static (api/dashboard/)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
         await committer.start()
         try:
             await json_api.start()
+            await dashboard.start()
             await webhook.refresh_secrets()
             # Everything alive now lives as long as the process: out of the collector's
             # sight, a full collection no longer walks it (measured: 30-80 ms pauses of
@@ -95,6 +98,7 @@ def create_app(settings: Settings | None = None, routes: Sequence[BaseRoute] = (
                 with contextlib.suppress(asyncio.CancelledError):
                     await heart
         finally:
+            await dashboard.stop()
             await json_api.stop()
             await committer.stop()
 
@@ -108,7 +112,8 @@ def create_app(settings: Settings | None = None, routes: Sequence[BaseRoute] = (
         routes=[Route(PATH, webhook, methods=["GET", "HEAD", "POST"]),
                 Route("/healthz", healthz),
                 *routes,
-                *json_api.routes()],
+                *json_api.routes(),
+                *dashboard.routes()],
         lifespan=lifespan,
         exception_handlers=json_api.exception_handlers,
     )
@@ -116,4 +121,5 @@ def create_app(settings: Settings | None = None, routes: Sequence[BaseRoute] = (
     app.state.settings = settings
     app.state.committer = committer
     app.state.json_api = json_api
+    app.state.dashboard = dashboard
     return app

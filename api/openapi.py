@@ -69,6 +69,12 @@ SCHEMAS: dict[str, dict] = {
                      status={"type": "string"}, body_param_count={"type": "integer"},
                      components={"type": "array"}, meta_template_id={"type": ["string", "null"]},
                      updated_at=_TS),
+    "TemplateDetail": {"type": "object", "description": "A template (the fields of Template and more: "
+                       "parameter_format, quality_score, rejected_reason, previous_category, ...); GET adds "
+                       "parameters and campaigns.", "properties": {
+                           "template_id": _INT, "status": {"type": "string"}, "components": {"type": "array"},
+                           "parameters": {"type": "array", "items": {"type": "object"}},
+                           "campaigns": {"type": "array", "items": {"type": "object"}}}},
     "Contact": _obj(contact_id=_INT, wa_id={"type": ["string", "null"]}, user_id={"type": ["string", "null"]},
                     name={"type": ["string", "null"]}, profile_name={"type": ["string", "null"]},
                     attributes={"type": "object"}, opted_out={"type": "boolean"}, opted_out_at=_TS,
@@ -124,6 +130,15 @@ SCHEMAS: dict[str, dict] = {
                          error_code={"type": ["integer", "null"]}, error_detail={"type": ["string", "null"]},
                          campaign_id={"type": ["integer", "null"]}),
     "ReplyQueued": _obj(outbound_id=_INT, message_id=_INT, window_closes_at=_TS),
+    "MessageSent": _obj(outbound_id=_INT, number_id=_INT, contact_id=_INT, recipient={"type": "string"},
+                        state={"type": "string"}, replayed={"type": "boolean", "description":
+                                                            "true: an earlier request with this Idempotency-Key sent it."},
+                        window_closes_at=_TS, queued_at=_TS),
+    "Message": _obj(outbound_id=_INT, number_id=_INT, contact_id=_INT, recipient={"type": "string"},
+                    kind={"type": "string"}, campaign_id={"type": ["integer", "null"]}, state={"type": "string"},
+                    wamid={"type": ["string", "null"]}, attempts={"type": "integer"},
+                    error={"type": ["object", "null"]}, idempotency_key={"type": ["string", "null"]},
+                    history={"type": "array", "items": _obj(state={"type": "string"}, at=_TS)}),
     "BotRule": _obj(rule_id=_INT, number_id=_INT, kind={"type": "string"}, pattern={"type": "string"},
                     priority={"type": "integer"}, reply={"type": "object"}, enabled={"type": "boolean"},
                     created_at=_TS, updated_at=_TS),
@@ -140,6 +155,15 @@ SCHEMAS: dict[str, dict] = {
                    expires_at=_TS, last_used_at={**_TS, "description": "Moved at most once a minute."},
                    rate_limit_per_minute={"type": ["integer", "null"],
                                           "description": "null: the platform's default."}),
+    "Media": _obj(media_id=_INT, number_id=_INT, direction={"type": "string", "enum": ["in", "out"]},
+                  media_type={"type": "string", "enum": ["image", "audio", "video", "document", "sticker"]},
+                  mime_type={"type": ["string", "null"]}, size_bytes={"type": ["integer", "null"]},
+                  sha256={"type": ["string", "null"]}, filename={"type": ["string", "null"]},
+                  caption={"type": ["string", "null"]},
+                  state={"type": "string", "enum": ["uploaded", "pending", "stored", "failed"]},
+                  meta_media_id={"type": "string"}, message_id={"type": ["integer", "null"]},
+                  attempts={"type": "integer"}, last_error={"type": ["string", "null"]}, created_at=_TS,
+                  expires_at=_TS, stored_at=_TS, reused={"type": "boolean"}),
     "ApiKeyCreated": _obj(api_key_id=_INT, tenant_id=_INT, name={"type": "string"},
                           key={"type": "string", "description": "Shown this once."},
                           key_prefix={"type": "string"}, created_at=_TS,
@@ -251,20 +275,49 @@ PATHS: dict[str, dict[str, dict]] = {
                                           "description": "Meta's business portfolio id: WABAs given one id "
                                                          "share one limit."})))},
     "/v1/templates": {"get": _op("templates", "List templates", _list("Template"), params=[
-        _param("waba_id", "query", {"type": "string"}), _param("status", "query", {"type": "string"})])},
+        _param("waba_id", "query", {"type": "string"}), _param("status", "query", {"type": "string"})]),
+        "post": _op(
+            "prepare_template", "Create a template through Meta's API (201, PENDING until Meta's review; 200 "
+            "when the same definition exists)", _ref("TemplateDetail"), status=201,
+            body=_json_body(_obj(
+                ["name", "language", "category", "components"],
+                waba_id={"type": "string", "description": "The WABA; or give number_id."},
+                number_id={**_INT, "description": "A number of the WABA; or give waba_id."},
+                name={"type": "string", "pattern": "^[a-z0-9_]+$", "maxLength": 512},
+                language={"type": "string", "description": "Meta's code, e.g. en_US."},
+                category={"type": "string", "enum": ["MARKETING", "UTILITY", "AUTHENTICATION"]},
+                parameter_format={"type": "string", "enum": ["POSITIONAL", "NAMED"]},
+                allow_category_change={"type": "boolean"},
+                components={"type": "array", "items": {"type": "object"}, "description":
+                            "Meta's definition: HEADER, BODY, FOOTER, BUTTONS, with an example for every variable."})))},
+    "/v1/templates/{template_id}": {
+        "get": _op("template_detail", "One template with its components, parameters and campaigns",
+                   _ref("TemplateDetail"), params=[_param("template_id", "path", _INT)]),
+        "delete": _op("prepare_template_deletion", "Delete this language of the template at Meta (409 while "
+                      "campaigns send it, unless force)", _ref("TemplateDetail"),
+                      params=[_param("template_id", "path", _INT),
+                              _param("force", "query", {"type": "boolean", "default": False},
+                                     "Delete anyway and pause the campaigns that send it.")])},
     "/v1/templates/sync": {"post": _op(
         "sync_templates", "Fetch the number's WABA templates from the Graph API (all pages) and store them",
         _obj(received={"type": "integer"}, stored={"type": "integer"}, unchanged={"type": "integer"}),
         body=_json_body(_obj(["number_id"], number_id=_INT,
                              page_size={"type": "integer", "minimum": 1, "maximum": 1000})))},
-    "/v1/contacts": {"get": _op("contacts", "List contacts", _page("Contact"), params=[
+    "/v1/contacts": {"get": _op("search_contacts", "Search contacts by phone, name, tag and segment filter",
+                                _page("Contact"), params=[
         _param("phone", "query", {"type": "string"}), _param("opted_out", "query", {"type": "boolean"}),
+        _param("name", "query", {"type": "string"}, "A part of the name, any case."),
+        _param("tag", "query", {"type": "string"}),
+        _param("filter", "query", {"type": "string"}, "A segment filter as JSON (fields, tags, engagement)."),
         _BEFORE, _LIMIT])},
     "/v1/contacts/import": {"post": _op(
         "import_contacts", "Import a contact CSV (streamed to the database with COPY), no campaign",
         _ref("ContactsImported"), params=[
             _param("default_country_code", "query", {"type": "string"}),
-            _param("on_invalid", "query", {"type": "string", "enum": ["reject", "skip"]})],
+            _param("on_invalid", "query", {"type": "string", "enum": ["reject", "skip"]}),
+            _param("mapping", "query", {"type": "string"},
+                   'JSON: {"fields": {"column": "field"}, "tag_columns": ["column"], "tags": ["tag"]} '
+                   "(api.import_contacts_mapped; the answer adds skipped_values and tagged).")],
         body=_csv_body("CSV with a header naming a phone column; other columns become attributes."))},
     "/v1/contacts/opt-out": {"post": _op(
         "set_contact_opt_out", "Opt a contact out (by contact_id or phone)", _ref("Contact"),
@@ -302,6 +355,15 @@ PATHS: dict[str, dict[str, dict]] = {
     "/v1/campaigns/{campaign_id}/reconcile": {"post": _op(
         "reconcile_campaign", "Recount a campaign's counters from its messages (and fix them)",
         _list("CounterDrift"), params=[_CAMPAIGN_ID, _param("fix", "query", {"type": "boolean"})])},
+    "/v1/campaigns/{campaign_id}/send-window": {"put": _op(
+        "set_campaign_send_window", "Send only in these hours of each recipient's local day",
+        _obj(campaign_id=_INT, send_window_start={"type": ["string", "null"]},
+             send_window_end={"type": ["string", "null"]}),
+        params=[_CAMPAIGN_ID], body=_json_body(_obj(
+            start={"type": ["string", "null"], "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$", "description":
+                   "Local time HH:MM; null with end null: any time."},
+            end={"type": ["string", "null"], "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$", "description":
+                 "Before start: the window runs past midnight."})))},
     "/v1/numbers/{number_id}/conversations": {"get": _op(
         "conversations", "The number's conversations, latest first", _keyset(
             "Conversation", before_at=_TS, before_contact_id=_INT), params=[
@@ -319,9 +381,25 @@ PATHS: dict[str, dict[str, dict]] = {
     "/v1/numbers/{number_id}/conversations/{contact_id}/reply": {"post": _op(
         "reply", "Reply to the contact (sent before campaign traffic)", _ref("ReplyQueued"), status=201,
         params=_CONVERSATION, body=_json_body(_obj(
-            ["type"], type={"type": "string", "enum": ["text", "buttons", "template"]},
+            ["type"], type={"type": "string", "enum": ["text", "buttons", "template", "image", "video", "audio",
+                                                       "document", "sticker", "list", "cta_url"]},
             text={"type": "string"}, buttons={"type": "array"}, name={"type": "string"},
-            language={"type": "string"}, params={"type": "array"})))},
+            language={"type": "string"}, params={"type": "array"},
+            media={**_INT, "description": "image/video/audio/document/sticker: a media_id from POST /v1/media"},
+            link={"type": "string", "format": "uri"}, caption={"type": "string", "maxLength": 1024},
+            filename={"type": "string"}, button={"type": "string", "maxLength": 20}, sections={"type": "array"},
+            display_text={"type": "string", "maxLength": 20}, url={"type": "string", "format": "uri"})))},
+    "/v1/messages": {"post": _op(
+        "send_message", "Send one message to a phone or user id (201; 200 when an Idempotency-Key replays)",
+        _ref("MessageSent"), status=201,
+        params=[_param("Idempotency-Key", "header", {"type": "string", "maxLength": 255},
+                       "The same key and body never send twice; the retry answers the first message.")],
+        body=_json_body(_obj(["number_id", "to", "message"], number_id=_INT,
+                             to={"type": "string", "description": "+E.164 phone or business-scoped user id."},
+                             message={"type": "object", "description": "A reply shape: template, text, buttons, ..."})))},
+    "/v1/messages/{outbound_id}": {"get": _op(
+        "message", "One outbound message with its status history", _ref("Message"),
+        params=[_param("outbound_id", "path", _INT)])},
     "/v1/numbers/{number_id}/conversations/{contact_id}/read": {"post": _op(
         "mark_read", "Mark the conversation read (and send Meta read receipts)", _obj(marked={"type": "integer"}),
         params=_CONVERSATION)},
@@ -368,11 +446,169 @@ PATHS: dict[str, dict[str, dict]] = {
     },
     "/v1/keys/{api_key_id}": {"delete": _op("revoke_api_key", "Revoke an API key", _ref("ApiKey"),
                                             params=[_param("api_key_id", "path", _INT)])},
+    "/v1/media": {
+        "get": _op("media", "List the tenant's media: uploads (with their Meta id and expiry) and files contacts "
+                   "sent (with their download state)", _page("Media"), params=[
+                       _param("number_id", "query", _INT), _param("direction", "query", {"enum": ["in", "out"]}),
+                       _BEFORE, _LIMIT]),
+        "post": _op("save_media", "Upload a file to Meta for a number (checked against Meta's MIME types and "
+                    "sizes); the same bytes uploaded earlier and still valid are reused (200, reused true)",
+                    _ref("Media"), status=201, body={"required": True, "content": {"multipart/form-data": {
+                        "schema": _obj(["file", "number_id"], file={"type": "string", "format": "binary",
+                                                                    "description": "Its Content-Type is the MIME type."},
+                                       number_id=_INT, type={"type": "string", "description": "MIME type (overrides "
+                                                                                               "the part's)"},
+                                       filename={"type": "string", "maxLength": 240})}}}),
+    },
+    "/v1/media/{media_id}/content": {"get": _op(
+        "media_content", "The stored bytes of a media file (an inbound file once downloaded, or an upload), with "
+        "its Content-Type", {"type": "string", "format": "binary"}, params=[_param("media_id", "path", _INT)],
+        media="application/octet-stream")},
     "/metrics": {"get": {**_op("metrics", "Prometheus metrics (no tenant's identifiers); needs the "
                                "PGWA_METRICS_TOKEN bearer token when set, and is refused (403) without one "
                                "unless the API listens on loopback", {"type": "string"}, media="text/plain"),
                          "security": []}},
 }
+
+
+# Outbound events (api/events.py): a tenant's endpoints and its events' deliveries.
+_EVENT_TYPES = ["message.status", "message.inbound", "campaign.completed", "campaign.paused",
+                "contact.opted_out", "contact.opted_in", "template.status"]
+_ENDPOINT_ID = _param("endpoint_id", "path", _INT)
+SCHEMAS.update({
+    "EventEndpoint": _obj(endpoint_id=_INT, url={"type": "string"},
+                          event_types={"type": "array", "items": {"type": "string"}},
+                          description={"type": ["string", "null"]}, created_at=_TS,
+                          failures={"type": "integer", "description": "Consecutive failed deliveries."},
+                          retry_at={**_TS, "description": "A failing endpoint is tried again then."},
+                          pending={"type": "integer"}),
+    "EventEndpointCreated": _obj(endpoint_id=_INT, url={"type": "string"},
+                                 event_types={"type": "array", "items": {"type": "string"}},
+                                 description={"type": ["string", "null"]}, created_at=_TS,
+                                 secret={"type": "string", "description": "Signs the deliveries; shown this once."}),
+    "OutboundEvent": _obj(event_id=_INT, event_type={"type": "string"}, created_at=_TS, endpoint_id=_INT,
+                          status={"type": "string", "enum": ["pending", "delivered", "dead"]},
+                          attempts={"type": "integer"}, next_attempt_at=_TS, last_attempt_at=_TS,
+                          last_http_status={"type": ["integer", "null"]}, last_error={"type": ["string", "null"]},
+                          delivered_at=_TS, dead_at=_TS, replays={"type": "integer"}, data={"type": "object"}),
+})
+PATHS.update({
+    "/v1/endpoints": {
+        "get": _op("event_endpoints", "The tenant's event endpoints (never their secrets)", _list("EventEndpoint")),
+        "post": _op("create_event_endpoint", "Register an endpoint for outbound events; the signing secret is "
+                    "shown once", _ref("EventEndpointCreated"), status=201, body=_json_body(_obj(
+                        ["url", "event_types"], url={"type": "string", "format": "uri", "maxLength": 2000},
+                        event_types={"type": "array", "minItems": 1, "maxItems": 20,
+                                     "items": {"type": "string", "enum": _EVENT_TYPES}},
+                        secret={"type": "string", "minLength": 16, "maxLength": 200, "writeOnly": True,
+                                "description": "Absent: a whsec_ secret is made."},
+                        description={"type": "string", "maxLength": 500}))),
+    },
+    "/v1/endpoints/{endpoint_id}": {"delete": _op(
+        "delete_event_endpoint", "Delete an endpoint, its queue and its deliveries", _obj(endpoint_id=_INT),
+        params=[_ENDPOINT_ID])},
+    "/v1/endpoints/{endpoint_id}/test": {"post": _op(
+        "test_event_endpoint", "Queue an endpoint.test event to the endpoint", _obj(event_id=_INT), status=202,
+        params=[_ENDPOINT_ID])},
+    "/v1/events": {"get": _op("outbound_events", "The tenant's outbound events and their deliveries, newest "
+                              "first", _page("OutboundEvent"), params=[
+        _param("endpoint", "query", _INT, "Only this endpoint's deliveries."),
+        _param("status", "query", {"type": "string", "enum": ["pending", "delivered", "dead"]}),
+        _BEFORE, _LIMIT])},
+    "/v1/events/{event_id}/replay": {"post": _op(
+        "replay_event", "Deliver an event again (the same id and body), to every endpoint it went to or one",
+        _obj(event_id=_INT, replayed={"type": "integer"}), status=202,
+        params=[_param("event_id", "path", _INT)],
+        body=_json_body(_obj(endpoint_id=_INT), required=False))},
+})
+
+# Contacts, fields, segments, retargeting and the recipient report (api/contacts.py).
+_FILTER = {"type": "object", "description": "A segment filter: {\"all\"|\"any\": [...]}, {\"not\": ...}, "
+           "{\"tag\": t}, {\"field\": f, \"op\": eq|ne|lt|gt|lte|gte|contains|exists, \"value\": v}, "
+           "{\"opted_out\": b}, {\"last_inbound_at\": {\"within\": \"7 days\"}}, "
+           "{\"campaign\": id, \"event\": messaged|sent|delivered|read|replied|failed}."}
+_AUDIENCE = {"segment_id": _INT, "filter": _FILTER,
+             "tags": {"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": 100,
+                      "description": "Contacts with any of these tags."}}
+_TAGS = {"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": 100}
+_TEMPLATES = {"type": "array", "description": 'e.g. [{"name": "order_update", "language": "en_US", '
+                                             '"params": [{"column": "name"}]}]'}
+_CSV_STREAM = {"type": "string", "description": "CSV, streamed: a header line, then a line per row."}
+SCHEMAS["Contact"]["properties"].update(tags={"type": "array", "items": {"type": "string"}}, updated_at=_TS)
+SCHEMAS.update({
+    "ContactField": _obj(name={"type": "string"}, type={"type": "string", "enum": ["text", "number", "date", "boolean"]},
+                         created_at=_TS),
+    "ContactErased": _obj(contact_id=_INT, outbound_messages={"type": "integer"}, withdrawn={"type": "integer"},
+                          inbox_messages={"type": "integer"}, conversations={"type": "integer"},
+                          status_events={"type": "integer"}),
+    "Segment": _obj(segment_id=_INT, name={"type": "string"}, filter={"type": "object"}, created_at=_TS,
+                    updated_at=_TS),
+})
+PATHS.update({
+    "/v1/contacts/export": {"get": _op(
+        "open_contacts_export", "Export contacts (all, a segment's or a filter's) as CSV, streamed", _CSV_STREAM,
+        media="text/csv", params=[_param("segment_id", "query", _INT),
+                                  _param("filter", "query", {"type": "string"}, "A segment filter as JSON.")])},
+    "/v1/contacts/tags": {"post": _op(
+        "tag_contacts", "Add and remove tags on contacts", _obj(changed={"type": "integer"}),
+        body=_json_body(_obj(["contact_ids"], contact_ids={"type": "array", "items": _INT, "minItems": 1,
+                                                           "maxItems": 100000},
+                             add_tags=_TAGS, remove_tags=_TAGS)))},
+    "/v1/contacts/{contact_id}": {
+        "get": _op("contact", "One contact with its fields and tags", _ref("Contact"),
+                   params=[_param("contact_id", "path", _INT)]),
+        "patch": _op("update_contact", "Edit a contact: name, field values (null removes one), tags", _ref("Contact"),
+                     params=[_param("contact_id", "path", _INT)],
+                     body=_json_body(_obj(name={"type": "string", "maxLength": 200}, fields={"type": "object"},
+                                          add_tags=_TAGS, remove_tags=_TAGS))),
+        "delete": _op("delete_contact", "Erase a contact and its messages, events and conversations",
+                      _ref("ContactErased"), params=[_param("contact_id", "path", _INT)]),
+    },
+    "/v1/contact-fields": {
+        "get": _op("contact_fields", "The tenant's custom contact fields", _list("ContactField")),
+        "post": _op("define_contact_field", "Define a typed custom field", _ref("ContactField"), status=201,
+                    body=_json_body(_obj(["name", "type"], name={"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$"},
+                                         type={"type": "string", "enum": ["text", "number", "date", "boolean"]}))),
+    },
+    "/v1/contact-fields/{name}": {"delete": _op(
+        "delete_contact_field", "Delete a field's definition (values stay as attributes)", _obj(name={"type": "string"}),
+        params=[_param("name", "path", {"type": "string"})])},
+    "/v1/segments": {
+        "get": _op("segments", "The tenant's saved segments", _list("Segment")),
+        "post": _op("save_segment", "Save a segment, or replace one (segment_id)", _ref("Segment"), status=201,
+                    body=_json_body(_obj(["name", "filter"], name={"type": "string", "maxLength": 200},
+                                         filter=_FILTER, segment_id=_INT))),
+    },
+    "/v1/segments/count": {"get": _op(
+        "segment_count", "Count the contacts an inline filter or tags match now", _obj(count={"type": "integer"}),
+        params=[_param("filter", "query", {"type": "string"}, "A segment filter as JSON."),
+                _param("tags", "query", {"type": "string"}, "Comma-separated: contacts with any of them.")])},
+    "/v1/segments/{segment_id}": {"delete": _op(
+        "delete_segment", "Delete a saved segment", _obj(segment_id=_INT), params=[_param("segment_id", "path", _INT)])},
+    "/v1/segments/{segment_id}/count": {"get": _op(
+        "segment_count", "Count the contacts a saved segment matches now", _obj(count={"type": "integer"}),
+        params=[_param("segment_id", "path", _INT)])},
+    "/v1/campaigns/from-segment": {"post": _op(
+        "create_campaign_from_segment", "Create a campaign for a segment, a filter or tags (a snapshot, atomically)",
+        _ref("CampaignCreated"), status=201, body=_json_body(_obj(
+            ["number_id", "name", "templates"], number_id=_INT, name={"type": "string", "maxLength": 200},
+            templates=_TEMPLATES, **_AUDIENCE, scheduled_at={"type": "string", "format": "date-time"},
+            start={"type": "boolean"}, on_invalid={"type": "string", "enum": ["reject", "skip"]})))},
+    "/v1/campaigns/{campaign_id}/retarget": {"post": _op(
+        "retarget_campaign", "Send again, as a new campaign, to the recipients who failed / were not delivered / "
+        "did not read / did not reply", _ref("CampaignCreated"), status=201, params=[_CAMPAIGN_ID],
+        body=_json_body(_obj(["who"], who={"type": "string", "enum": ["failed", "not_delivered", "not_read",
+                                                                      "not_replied"]},
+                             name={"type": "string", "maxLength": 200}, templates=_TEMPLATES,
+                             scheduled_at={"type": "string", "format": "date-time"}, start={"type": "boolean"},
+                             number_id=_INT, on_invalid={"type": "string", "enum": ["reject", "skip"]})))},
+    "/v1/campaigns/{campaign_id}/recipients": {"get": {**_op(
+        "open_campaign_recipients", "Every recipient's final state, times and error, streamed (CSV or a JSON array)",
+        _CSV_STREAM, media="text/csv", params=[_CAMPAIGN_ID, _param("format", "query", {"type": "string",
+                                                                                        "enum": ["csv", "json"]})])}},
+})
+_RECIPIENTS = PATHS["/v1/campaigns/{campaign_id}/recipients"]["get"]["responses"]["200"]["content"]
+_RECIPIENTS["application/json"] = {"schema": {"type": "array", "items": {"type": "object"}}}
 
 
 def document(descriptions: dict[str, str], scopes: dict[tuple[str, str], str] | None = None,

@@ -27,6 +27,7 @@ whose endpoints call ``JsonApi.fetch_text(request, SQL, params)``, given to
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -83,10 +84,14 @@ UPLOAD_TIMEOUT = "SELECT set_config('statement_timeout', %(ms)s::text, true)"
 CONTACTS = """SELECT json_build_object(
     'data', coalesce(json_agg(c ORDER BY c.contact_id DESC), '[]'),
     'next_before_id', CASE WHEN count(*) = %(limit)s::integer THEN min(c.contact_id) END)::text
-FROM api.contacts(api.authenticate(%(key)s, %(scope)s), %(phone)s::text, %(opted_out)s::boolean,
-                  %(before_id)s::bigint, %(limit)s::integer) c"""
+FROM api.search_contacts(api.authenticate(%(key)s, %(scope)s), %(phone)s::text, %(name)s::text, %(tag)s::text,
+                         %(filter)s::jsonb, %(opted_out)s::boolean, %(before_id)s::bigint, %(limit)s::integer) c"""
 IMPORT_CONTACTS = """SELECT row_to_json(r)::text
 FROM api.import_contacts(%(tenant_id)s::bigint, %(default_country_code)s::text, %(on_invalid)s::text) r"""
+# With a mapping of columns to fields and tags (api/contacts.py's area).
+IMPORT_CONTACTS_MAPPED = """SELECT row_to_json(r)::text
+FROM api.import_contacts_mapped(%(tenant_id)s::bigint, %(mapping)s::jsonb, %(default_country_code)s::text,
+                                %(on_invalid)s::text) r"""
 OPT_OUT = """SELECT row_to_json(r)::text
 FROM api.set_contact_opt_out(api.authenticate(%(key)s, %(scope)s), %(opted_out)s::boolean, %(contact_id)s::bigint,
                              %(phone)s::text) r"""
@@ -96,8 +101,15 @@ CAMPAIGNS = """SELECT json_build_object(
 FROM api.campaigns(api.authenticate(%(key)s, %(scope)s), %(status)s::text, %(before_id)s::bigint, %(limit)s::integer) c"""
 CAMPAIGN_STATS = """SELECT row_to_json(s)::text
 FROM api.campaign_stats(api.authenticate(%(key)s, %(scope)s), %(campaign_id)s::bigint) s"""
+# A time without an offset is the tenant's wall clock (api.tenant_local_time).
 START_CAMPAIGN = """SELECT json_build_object('campaign_id', %(campaign_id)s::bigint, 'status',
-    api.start_campaign(api.authenticate(%(key)s, %(scope)s), %(campaign_id)s::bigint, %(at)s::timestamptz))::text"""
+    api.start_campaign(a.t, %(campaign_id)s::bigint,
+                       coalesce(%(at)s::timestamptz, api.tenant_local_time(a.t, %(at_local)s::timestamp))))::text
+FROM (SELECT api.authenticate(%(key)s, %(scope)s) AS t) a"""
+SEND_WINDOW = """SELECT row_to_json(w)::text
+FROM api.set_campaign_send_window(api.authenticate(%(key)s, %(scope)s), %(campaign_id)s::bigint,
+                                  %(start)s::time, %(end)s::time) w"""
+LOCAL_TIME = "SELECT api.tenant_local_time(%s, %s)"
 PAUSE_CAMPAIGN = """SELECT json_build_object('campaign_id', %(campaign_id)s::bigint, 'status',
     api.pause_campaign(api.authenticate(%(key)s, %(scope)s), %(campaign_id)s::bigint, %(reason)s::text))::text"""
 RESUME_CAMPAIGN = """SELECT json_build_object('campaign_id', %(campaign_id)s::bigint, 'status',
@@ -140,6 +152,10 @@ MARK_READ = """SELECT json_build_object('marked',
 ASSIGN = """SELECT row_to_json(c)::text
 FROM api.assign_conversation(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(contact_id)s::bigint,
                              %(agent)s::text) c"""
+SEND_MESSAGE = """SELECT row_to_json(m)::text
+FROM api.send_message(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(to)s::text, %(message)s::jsonb,
+                      %(idempotency_key)s::text) m"""
+MESSAGE = """SELECT api.message(api.authenticate(%(key)s, %(scope)s), %(outbound_id)s::bigint)::text"""
 RELEASE = """SELECT row_to_json(c)::text
 FROM api.release_conversation(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(contact_id)s::bigint) c"""
 BOT_RULES = """SELECT coalesce(json_agg(r), '[]')::text
@@ -200,6 +216,24 @@ def _to_time(name: str, value: Any) -> datetime:
     return moment
 
 
+def _to_schedule(name: str, value: Any) -> datetime:
+    """A time to schedule at: with an offset, that instant; without one, the tenant's wall
+    clock (the caller turns it into an instant with api.tenant_local_time)."""
+    if not isinstance(value, str):
+        raise _bad(f"{name} must be an ISO 8601 time")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise _bad(f"{name} must be an ISO 8601 time, not {value[:40]!r}",
+                   "e.g. 2026-05-01T09:00 (your time zone) or 2026-05-01T09:00:00+00:00") from None
+
+
+def _to_clock(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", value):
+        raise _bad(f"{name} must be a local time HH:MM, not {str(value)[:20]!r}", "e.g. 09:00 and 20:00")
+    return value
+
+
 def _to_text(name: str, value: Any, *, limit: int = 10_000) -> str:
     if not isinstance(value, str):
         raise _bad(f"{name} must be a string")
@@ -215,6 +249,25 @@ def _query(request: Request, name: str, convert=None, default: Any = None, **bou
     if convert is _to_int:
         return _to_int(name, raw, **bounds)
     return convert(name, raw) if convert else _to_text(name, raw)
+
+
+def _json_object(name: str, value: Any) -> str | None:
+    """A JSON object given as text (a query parameter, a multipart field) or already parsed,
+    re-encoded for a ::jsonb parameter."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise _bad(f"{name} is not JSON") from None
+    if not isinstance(value, dict):
+        raise _bad(f"{name} must be a JSON object")
+    return orjson.dumps(value).decode()
+
+
+def _json_query(request: Request, name: str) -> str | None:
+    return _json_object(name, request.query_params.get(name))
 
 
 def _path_id(request: Request, name: str) -> int:
@@ -290,16 +343,26 @@ CONVERSATION_PATH = "/v1/numbers/{number_id}/conversations/{contact_id}"
 READ, SEND, ADMIN = "read", "send", "admin"
 ROUTE_SCOPES: dict[str, str] = {
     "numbers": READ, "register_number": ADMIN, "portfolios": READ, "set_messaging_limit": ADMIN,
-    "templates": READ, "sync_templates": SEND,
+    "templates": READ, "sync_templates": SEND, "create_template": SEND, "template": READ, "delete_template": SEND,
     "contacts": READ, "import_contacts": SEND, "opt_out": SEND, "opt_in": SEND,
     "campaigns": READ, "create_campaign": SEND, "campaign_stats": READ, "start_campaign": SEND,
     "pause_campaign": SEND, "resume_campaign": SEND, "cancel_campaign": SEND, "reconcile_campaign": SEND,
+    "set_send_window": SEND,
     "conversations": READ, "conversation": READ, "reply": SEND, "mark_read": SEND, "assign": SEND,
-    "release": SEND,
+    "release": SEND, "send_message": SEND, "message": READ,
     "bot_rules": READ, "save_bot_rule": ADMIN, "delete_bot_rule": ADMIN, "configure_llm": ADMIN,
     "configure_opt_out": ADMIN,
     "notifications": READ, "read_notifications": SEND, "read_notification": SEND,
     "api_keys": ADMIN, "create_api_key": ADMIN, "revoke_api_key": ADMIN,
+    # Outbound events (api/events.py): endpoints hold secrets, so only admin makes or deletes one.
+    "event_endpoints": READ, "create_event_endpoint": ADMIN, "delete_event_endpoint": ADMIN,
+    "test_event_endpoint": SEND, "outbound_events": READ, "replay_event": SEND,
+    "list_media": READ, "upload_media": SEND, "media_content": READ,     # api/media.py
+    # Contacts, fields, segments, retargeting, the recipient report (api/contacts.py).
+    "contact": READ, "update_contact": SEND, "delete_contact": SEND, "tag_contacts": SEND, "export_contacts": READ,
+    "contact_fields": READ, "define_contact_field": SEND, "delete_contact_field": SEND,
+    "segments": READ, "save_segment": SEND, "delete_segment": SEND, "count_segment": READ, "count_filter": READ,
+    "campaign_from_segment": SEND, "retarget_campaign": SEND, "campaign_recipients": READ,
 }
 
 
@@ -327,7 +390,10 @@ class JsonApi:
                  metrics_token: str | None = None, extra_routes: Sequence[BaseRoute] = ()) -> None:
         self.settings = settings
         self.metrics_token = metrics_token if metrics_token is not None else settings.metrics_token
-        self.extra_routes = list(extra_routes)
+        from api.media import routes as media_routes  # here: api/media.py imports this module
+        self.extra_routes = [*media_routes(), *extra_routes]
+        from api.templates import TemplateRoutes  # here: api.templates builds on this module
+        self.template_routes = TemplateRoutes(self)
         self.codes = ErrorCodes()
         self.llm_bounds: dict[str, dict] = {}   # api.llm_bounds() by setting, read by start()
         self.document = openapi.document({}, self.route_scopes())
@@ -387,6 +453,7 @@ class JsonApi:
             Route("/v1/numbers/{number_id}/messaging-limit", self.set_messaging_limit, methods=["PUT"]),
             Route("/v1/templates", self.templates, methods=["GET"]),
             Route("/v1/templates/sync", self.sync_templates, methods=["POST"]),
+            *self.template_routes.routes(),
             Route("/v1/contacts", self.contacts, methods=["GET"]),
             Route("/v1/contacts/import", self.import_contacts, methods=["POST"]),
             Route("/v1/contacts/opt-out", self.opt_out, methods=["POST"]),
@@ -400,12 +467,15 @@ class JsonApi:
             Route("/v1/campaigns/{campaign_id}/resume", self.resume_campaign, methods=["POST"]),
             Route("/v1/campaigns/{campaign_id}/cancel", self.cancel_campaign, methods=["POST"]),
             Route("/v1/campaigns/{campaign_id}/reconcile", self.reconcile_campaign, methods=["POST"]),
+            Route("/v1/campaigns/{campaign_id}/send-window", self.set_send_window, methods=["PUT"]),
             Route("/v1/numbers/{number_id}/conversations", self.conversations, methods=["GET"]),
             Route(f"{CONVERSATION_PATH}/messages", self.conversation, methods=["GET"]),
             Route(f"{CONVERSATION_PATH}/reply", self.reply, methods=["POST"]),
             Route(f"{CONVERSATION_PATH}/read", self.mark_read, methods=["POST"]),
             Route(f"{CONVERSATION_PATH}/assign", self.assign, methods=["POST"]),
             Route(f"{CONVERSATION_PATH}/release", self.release, methods=["POST"]),
+            Route("/v1/messages", self.send_message, methods=["POST"]),
+            Route("/v1/messages/{outbound_id}", self.message, methods=["GET"]),
             Route("/v1/numbers/{number_id}/bot-rules", self.bot_rules, methods=["GET"]),
             Route("/v1/numbers/{number_id}/bot-rules", self.save_bot_rule, methods=["POST"]),
             Route("/v1/bot-rules/{rule_id}", self.delete_bot_rule, methods=["DELETE"]),
@@ -417,10 +487,20 @@ class JsonApi:
             Route("/v1/keys", self.api_keys, methods=["GET"]),
             Route("/v1/keys", self.create_api_key, methods=["POST"]),
             Route("/v1/keys/{api_key_id}", self.revoke_api_key, methods=["DELETE"]),
+            *self._event_routes(),
+            *self._audience_routes(),
             *self.extra_routes,
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"], include_in_schema=False),
         ]
+
+    def _event_routes(self) -> list[BaseRoute]:
+        from api.events import EventRoutes  # it imports this module's input helpers
+        return EventRoutes(self).routes()
+
+    def _audience_routes(self) -> list[BaseRoute]:
+        from api.contacts import AudienceRoutes  # it imports this module's input helpers
+        return AudienceRoutes(self).routes()
 
     # -- numbers and templates ------------------------------------------------------------------
 
@@ -487,6 +567,7 @@ class JsonApi:
     async def contacts(self, request: Request) -> Response:
         return await self._json(request, CONTACTS, {
             "phone": _query(request, "phone"), "opted_out": _query(request, "opted_out", _to_bool),
+            "name": _query(request, "name"), "tag": _query(request, "tag"), "filter": _json_query(request, "filter"),
             "before_id": _query(request, "before_id", _to_int), "limit": _limit(request)})
 
     async def _authenticate(self, request: Request) -> int:
@@ -508,10 +589,12 @@ class JsonApi:
             options = {**dict(request.query_params), **upload.fields}
             params = {"tenant_id": tenant_id,
                       "default_country_code": _field(options, "default_country_code", limit=8),
-                      "on_invalid": _field(options, "on_invalid", default="skip", limit=16)}
+                      "on_invalid": _field(options, "on_invalid", default="skip", limit=16),
+                      "mapping": _json_object("mapping", options.get("mapping"))}
             async with self.pool.connection() as conn, conn.transaction():
                 await self._staged(conn, upload)
-                row = await (await conn.execute(IMPORT_CONTACTS, params)).fetchone()
+                row = await (await conn.execute(IMPORT_CONTACTS if params["mapping"] is None else IMPORT_CONTACTS_MAPPED,
+                                                params)).fetchone()
         finally:
             upload.close()
         return Response(row[0], media_type=JSON)
@@ -562,7 +645,7 @@ class JsonApi:
             "name": _field(options, "name", required=True, limit=200),
             "templates": orjson.dumps(templates).decode() if templates is not None else None,
             "on_invalid": _field(options, "on_invalid", default="reject", limit=16),
-            "scheduled_at": _field(options, "scheduled_at", _to_time),
+            "scheduled_at": _field(options, "scheduled_at", _to_schedule),
             "start": _field(options, "start", _to_bool, default=False),
             "default_country_code": _field(options, "default_country_code", limit=8),
         }
@@ -576,6 +659,9 @@ class JsonApi:
             await upload.receive()            # no connection held while the client sends
             params = self._campaign_options(request, upload.fields)
             async with self.pool.connection() as conn, conn.transaction():
+                at = params["scheduled_at"]
+                if at is not None and at.tzinfo is None:
+                    params["scheduled_at"] = (await (await conn.execute(LOCAL_TIME, (tenant_id, at))).fetchone())[0]
                 await self._staged(conn, upload)
                 created = await _row(conn, queries["create_campaign"], {**params, "tenant_id": tenant_id})
         finally:
@@ -587,8 +673,17 @@ class JsonApi:
 
     async def start_campaign(self, request: Request) -> Response:
         body = await _json_body(request, required=False)
+        at = _field(body, "at", _to_schedule)
+        local = at is not None and at.tzinfo is None
         return await self._json(request, START_CAMPAIGN, {
-            "campaign_id": _path_id(request, "campaign_id"), "at": _field(body, "at", _to_time)})
+            "campaign_id": _path_id(request, "campaign_id"),
+            "at": None if local else at, "at_local": at if local else None})
+
+    async def set_send_window(self, request: Request) -> Response:
+        body = await _json_body(request)
+        return await self._json(request, SEND_WINDOW, {
+            "campaign_id": _path_id(request, "campaign_id"),
+            "start": _field(body, "start", _to_clock), "end": _field(body, "end", _to_clock)})
 
     async def pause_campaign(self, request: Request) -> Response:
         body = await _json_body(request, required=False)
@@ -628,6 +723,26 @@ class JsonApi:
         body = await _json_body(request)
         return await self._json(request, REPLY, {**self._conversation_ids(request),
                                                  "reply": orjson.dumps(body).decode()}, status=201)
+
+    # -- the send API ---------------------------------------------------------------------------
+
+    async def send_message(self, request: Request) -> Response:
+        """A message from the tenant's own system; ``Idempotency-Key`` makes a retry safe."""
+        body = await _json_body(request)
+        message = body.get("message")
+        if not isinstance(message, dict):
+            raise _bad("message must be an object", '{"type": "template", "name": "...", "language": "en_US", ...}')
+        key = request.headers.get("idempotency-key")
+        result = await self.fetch_text(request, SEND_MESSAGE, {
+            "number_id": _field(body, "number_id", lambda n, v: _to_int(n, v, low=1), required=True),
+            "to": _field(body, "to", required=True, limit=64),
+            "message": orjson.dumps(message).decode(), "idempotency_key": key})
+        replayed = orjson.loads(result)["replayed"]
+        return Response(result, status_code=200 if replayed else 201, media_type=JSON,
+                        headers={"Idempotent-Replayed": "true"} if replayed else None)
+
+    async def message(self, request: Request) -> Response:
+        return await self._json(request, MESSAGE, {"outbound_id": _path_id(request, "outbound_id")})
 
     async def mark_read(self, request: Request) -> Response:
         return await self._json(request, MARK_READ, self._conversation_ids(request))

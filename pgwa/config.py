@@ -92,6 +92,11 @@ class Settings:
     webhook_timeout_ms: int = 700
     webhook_single_timeout_ms: int = 300    # one payload retried alone after a failed batch
     webhook_loops: int = 2                  # concurrent webhook-processing loops per worker
+    # Media (pgwa/media.py): where stored files live (a directory, or a store plugged in as
+    # "package.module:factory"), and how many inbound files a worker downloads at once.
+    media_dir: str = str(ROOT / ".media")
+    media_store: str = ""
+    media_concurrency: int = 4
 
     def session_url(self, *, idle_tx: bool = False, statement_timeout_ms: int | None = None) -> str:
         """database_url with this process's session limits as libpq options: the
@@ -138,6 +143,9 @@ class Settings:
             idle_tx_timeout_ms=_number("PGWA_IDLE_TX_TIMEOUT_MS", cls.idle_tx_timeout_ms, minimum=0),
             webhook_timeout_ms=_number("PGWA_WEBHOOK_TIMEOUT_MS", cls.webhook_timeout_ms, minimum=0),
             webhook_loops=_number("PGWA_WEBHOOK_LOOPS", cls.webhook_loops),
+            media_dir=os.environ.get("PGWA_MEDIA_DIR") or cls.media_dir,
+            media_store=os.environ.get("PGWA_MEDIA_STORE", ""),
+            media_concurrency=_number("PGWA_MEDIA_CONCURRENCY", cls.media_concurrency),
             webhook_single_timeout_ms=_number("PGWA_WEBHOOK_SINGLE_TIMEOUT_MS", cls.webhook_single_timeout_ms,
                                               minimum=0),
         )

@@ -76,6 +76,43 @@ SELECT api.upsert_template(%(tenant_id)s::bigint, %(waba_id)s::text, %(name)s::t
 -- in one statement.
 SELECT * FROM api.sync_templates(%(tenant_id)s::bigint, %(waba_id)s::text, %(templates)s::jsonb);
 
+-- prepare_template --
+-- template_id, waba_id, status, submit, request, access_token, graph_api_version: a checked
+-- definition claimed for submission to Meta (submit false: it exists already). Never show
+-- the token.
+SELECT * FROM api.prepare_template(%(tenant_id)s::bigint, %(definition)s::jsonb, %(waba_id)s::text,
+                                   %(number_id)s::bigint);
+
+-- template_submitted --
+-- template: the template with Meta's id and status, from Meta's answer to the submission.
+SELECT api.template_submitted(%(tenant_id)s::bigint, %(template_id)s::bigint, %(answer)s::jsonb) AS template;
+
+-- template_refused --
+-- Whether a claim was let go: Meta refused the submission (or could not be asked).
+SELECT api.template_refused(%(tenant_id)s::bigint, %(template_id)s::bigint);
+
+-- template_detail --
+-- template: one template with its components, the parameters it takes and its campaigns.
+SELECT api.template_detail(%(tenant_id)s::bigint, %(template_id)s::bigint) AS template;
+
+-- prepare_template_deletion --
+-- template_id, waba_id, name, meta_template_id, submit, campaign_ids, access_token,
+-- graph_api_version: what deleting this language at Meta needs. Never show the token.
+SELECT * FROM api.prepare_template_deletion(%(tenant_id)s::bigint, %(template_id)s::bigint, %(force)s::boolean);
+
+-- template_deleted --
+-- template: the template, DELETED, once Meta confirmed it.
+SELECT api.template_deleted(%(tenant_id)s::bigint, %(template_id)s::bigint) AS template;
+
+-- templates --
+-- The tenant's templates, optionally of one WABA or status.
+SELECT * FROM api.templates(%(tenant_id)s::bigint, %(waba_id)s::text, %(status)s::text);
+
+-- graph_credentials --
+-- number_id, phone_number_id, waba_id, access_token, graph_api_version: for the server's
+-- own Graph API calls with one of the tenant's numbers (template sync). Never show the token.
+SELECT * FROM api.graph_credentials(%(tenant_id)s::bigint, %(number_id)s::bigint);
+
 -- contacts and campaigns -----------------------------------------------------------------
 
 -- stage_contacts --
@@ -140,3 +177,29 @@ SELECT * FROM api.api_keys(%(tenant_id)s::bigint);
 -- revoke_api_key --
 -- The key, revoked.
 SELECT * FROM api.revoke_api_key(%(tenant_id)s::bigint, %(api_key_id)s::bigint);
+
+-- outbound events ------------------------------------------------------------------------
+
+-- create_event_endpoint --
+-- The new endpoint with its event types and its signing secret (shown this once; a
+-- whsec_ secret is made when secret is NULL).
+SELECT * FROM api.create_event_endpoint(%(tenant_id)s::bigint, %(url)s::text, %(event_types)s::text[],
+                                        %(secret)s::text, %(description)s::text);
+
+-- event_endpoints --
+-- The tenant's endpoints: URL, event types, failures, retry_at, pending (never a secret).
+SELECT * FROM api.event_endpoints(%(tenant_id)s::bigint);
+
+-- delete_event_endpoint --
+-- The id of the endpoint deleted, with its queue and deliveries.
+SELECT api.delete_event_endpoint(%(tenant_id)s::bigint, %(endpoint_id)s::bigint);
+
+-- outbound_events --
+-- The tenant's events and their deliveries, newest first (keyset: before_id), optionally of
+-- one endpoint or status (pending, delivered, dead).
+SELECT * FROM api.outbound_events(%(tenant_id)s::bigint, %(endpoint_id)s::bigint, %(status)s::text,
+                                  %(before_id)s::bigint, %(limit)s::integer);
+
+-- replay_event --
+-- How many deliveries of the event were queued again (to every endpoint it went to, or one).
+SELECT api.replay_event(%(tenant_id)s::bigint, %(event_id)s::bigint, %(endpoint_id)s::bigint);

@@ -31,7 +31,8 @@ sudo_if_needed() {
 
 ensure_packages() {
     local missing=()
-    for p in postgresql-15 postgresql-15-cron; do
+    # chromium and chromium-driver: the dashboard's browser tests (tests/test_dashboard_browser.py).
+    for p in postgresql-15 postgresql-15-cron chromium chromium-driver; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return

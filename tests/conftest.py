@@ -32,10 +32,12 @@ pytest_plugins = ["tests.sim_fixtures"] if (ROOT / "tests" / "sim_fixtures.py").
 # `make test-fast` the unit tests alone.
 INTEGRATION = frozenset({
     "test_api_auth", "test_api_routes", "test_api_schema", "test_bots", "test_campaign_recovery",
-    "test_cli", "test_config", "test_inbox", "test_llm", "test_migrate", "test_security_bots",
-    "test_security_keys", "test_security_numbers", "test_security_uploads", "test_security_webhooks",
-    "test_sim_control", "test_sim_limits", "test_sim_realism", "test_sim_send", "test_sim_webhooks",
+    "test_cli", "test_config", "test_dashboard_browser", "test_dashboard_http", "test_contacts_http", "test_inbox", "test_limits_e2e", "test_llm", "test_migrate", "test_security_bots",
+    "test_security_keys", "test_security_numbers", "test_send_api", "test_security_uploads", "test_security_webhooks",
+    "test_media_http", "test_sim_control", "test_sim_limits", "test_sim_media", "test_sim_realism", "test_sim_send", "test_sim_templates", "test_sim_webhooks",
+    "test_template_campaigns", "test_template_management_http",
     "test_webhooks_http", "test_webhooks_worker", "test_worker_graph", "test_worker_sender",
+    "test_events_http",
 })
 SLOW = frozenset({"test_api_schema", "test_campaign_recovery"})
 

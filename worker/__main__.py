@@ -1,4 +1,5 @@
-"""``python -m worker``: the send loop, the webhook-processing loops and the LLM loop until
+"""``python -m worker``: the send loop, the webhook-processing loops, the LLM loop and the
+media loop (worker/media.py: inbound media into the media store) until
 SIGTERM/SIGINT, run together by worker.loop.run_tasks (one crashing stops the others).
 
 Configuration comes from the environment once (pgwa.config.Settings): DATABASE_URL,
@@ -19,13 +20,16 @@ import sys
 
 from pgwa.config import Settings, settings_or_exit
 
-from . import llm, sender, webhooks
+from . import events as outbound_events
+from . import llm, media, sender, webhooks
 from .loop import Crashed, run_tasks
 
 log = logging.getLogger("worker")
 
 # The loops this process runs, each ``async run(settings, stop)``.
-LOOPS = {"sender": sender.run, "webhooks": webhooks.run, "llm": llm.run}
+LOOPS = {"sender": sender.run, "webhooks": webhooks.run, "llm": llm.run, "media": media.run}
+# Outbound events to the tenants' endpoints (worker/events.py).
+LOOPS["events"] = outbound_events.run
 
 
 async def main(settings: Settings) -> int:

@@ -77,6 +77,9 @@ $$;
 --   {"type": "buttons", "text": "...", "buttons": [{"id": "yes", "title": "Yes"}, "No"],
 --    "header": "...", "footer": "..."}                  (1 to 3 buttons; a string is id and title)
 --   {"type": "template", "name": "order_update", "language": "en_US", "params": ["{{name}}", "A-1"]}
+-- and media (image, video, audio, document, sticker), list and cta_url: core.check_rich_reply (media.sql).
+--   (a NAMED template's "params" is an object: {"first_name": "{{name}}"}; a template
+--   whose header or buttons take a parameter is for campaigns only)
 CREATE OR REPLACE FUNCTION core.check_reply(p_reply jsonb, p_tenant_id bigint, p_waba_id text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = '' AS $$
 DECLARE
@@ -84,10 +87,16 @@ DECLARE
     v_titles text[];
 BEGIN
     IF jsonb_typeof(p_reply) IS DISTINCT FROM 'object' OR p_reply->>'type' IS NULL
-       OR p_reply->>'type' NOT IN ('text', 'buttons', 'template') THEN
-        RAISE EXCEPTION 'a reply must be an object with type text, buttons or template'
+       OR p_reply->>'type' NOT IN ('text', 'buttons', 'template',
+                                   'image', 'video', 'audio', 'document', 'sticker', 'list', 'cta_url') THEN
+        RAISE EXCEPTION 'a reply must be an object with type text, buttons, template, image, video, audio, document, sticker, list or cta_url'
             USING ERRCODE = 'PW100',
                   HINT = '{"type": "text", "text": "Hi {{name}}"}, {"type": "buttons", "text": "...", "buttons": ["Yes", "No"]} or {"type": "template", "name": "...", "language": "en_US", "params": [...]}';
+    END IF;
+    -- Media, list and CTA-URL replies: db/functions/media.sql.
+    IF p_reply->>'type' NOT IN ('text', 'buttons', 'template') THEN
+        PERFORM core.check_rich_reply(p_reply);
+        RETURN;
     END IF;
     IF p_reply->>'type' IN ('text', 'buttons') AND (jsonb_typeof(p_reply->'text') IS DISTINCT FROM 'string'
             OR btrim(p_reply->>'text') = '' OR length(p_reply->>'text') > core.text_body_max()) THEN
@@ -123,6 +132,28 @@ BEGIN
         ELSIF v_template.status <> 'APPROVED' THEN
             RAISE EXCEPTION 'template "%" (%) is %, not APPROVED', v_template.name, v_template.language, v_template.status
                 USING ERRCODE = 'PW102', HINT = 'Only approved templates can be sent.';
+        ELSIF EXISTS (SELECT 1 FROM core.template_slots(v_template.components, v_template.parameter_format) s
+                      WHERE s.component <> 'body' AND s.required) THEN
+            -- A reply sends body parameters only (core.render_reply); a template whose
+            -- header or buttons take one goes out in a campaign (api.create_campaign).
+            RAISE EXCEPTION 'template "%" (%) needs % parameters, and a reply sends body parameters only', v_template.name,
+                v_template.language, (SELECT string_agg(DISTINCT s.component || ' ' || s.kind, ', ')
+                                      FROM core.template_slots(v_template.components, v_template.parameter_format) s
+                                      WHERE s.component <> 'body' AND s.required)
+                USING ERRCODE = 'PW102', HINT = 'Send it in a campaign, whose mapping gives the header and buttons, or reply with a template whose header and buttons are fixed.';
+        ELSIF v_template.parameter_format = 'NAMED' AND v_template.body_param_count > 0 THEN
+            -- Named parameters: "params" is an object of exactly the template's names.
+            IF jsonb_typeof(p_reply->'params') IS DISTINCT FROM 'object'
+               OR EXISTS (SELECT 1 FROM jsonb_each(p_reply->'params') p WHERE jsonb_typeof(p.value) <> 'string')
+               OR ARRAY(SELECT k FROM jsonb_object_keys(p_reply->'params') k ORDER BY k)
+                  <> ARRAY(SELECT s.parameter_name FROM core.template_slots(v_template.components, v_template.parameter_format) s
+                           WHERE s.component = 'body' ORDER BY s.parameter_name) THEN
+                RAISE EXCEPTION 'template "%" has NAMED body parameters %; give "params" as an object of those names to strings',
+                    v_template.name, (SELECT string_agg(format('{{%s}}', s.parameter_name), ', ' ORDER BY s.index)
+                                      FROM core.template_slots(v_template.components, v_template.parameter_format) s
+                                      WHERE s.component = 'body')
+                    USING ERRCODE = 'PW102', HINT = 'E.g. "params": {"first_name": "{{name}}"}; values may use {{name}} and other contact variables.';
+            END IF;
         ELSIF coalesce(jsonb_typeof(p_reply->'params'), 'array') <> 'array'
               OR coalesce(jsonb_array_length(p_reply->'params'), 0) <> v_template.body_param_count
               OR EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(p_reply->'params', '[]')) p
@@ -160,13 +191,23 @@ LANGUAGE sql IMMUTABLE SET search_path = '' AS $$
                    jsonb_build_object('text', core.render_vars(p_reply->>'footer', p_vars))) ELSE '{}' END)
         WHEN 'template' THEN jsonb_build_object('type', 'template', 'template',
             jsonb_build_object('name', p_reply->>'name', 'language', jsonb_build_object('code', p_reply->>'language'))
-            || CASE WHEN coalesce(jsonb_array_length(p_reply->'params'), 0) = 0 THEN '{}'::jsonb
+            || CASE WHEN jsonb_typeof(p_reply->'params') = 'object' THEN
+                        -- A NAMED template's parameters (core.check_reply), matched by name.
+                        CASE WHEN p_reply->'params' = '{}' THEN '{}'::jsonb
+                             ELSE jsonb_build_object('components', jsonb_build_array(jsonb_build_object(
+                                 'type', 'body', 'parameters', (
+                                     SELECT jsonb_agg(jsonb_build_object('type', 'text', 'parameter_name', x.key, 'text',
+                                                coalesce(nullif(core.render_vars(x.value, p_vars), ''), '-')) ORDER BY x.key)
+                                     FROM jsonb_each_text(p_reply->'params') x)))) END
+                    WHEN coalesce(jsonb_array_length(p_reply->'params'), 0) = 0 THEN '{}'::jsonb
                     ELSE jsonb_build_object('components', jsonb_build_array(jsonb_build_object(
                         'type', 'body', 'parameters', (
                             SELECT jsonb_agg(jsonb_build_object('type', 'text', 'text',
                                        coalesce(nullif(core.render_vars(p, p_vars), ''), '-')) ORDER BY i)
                             FROM jsonb_array_elements_text(p_reply->'params') WITH ORDINALITY x(p, i)))))
                END)
+        -- Media (its pgwa id resolved by core.resolve_reply_media), list, cta_url: media.sql.
+        ELSE core.render_rich_reply(p_reply, p_vars)
     END
 $$;
 
@@ -292,6 +333,8 @@ BEGIN
     IF v_steps IS NULL THEN
         RETURN;
     END IF;
+    -- Images, audio, video, documents and stickers wait for the media workers (media.sql).
+    PERFORM core.queue_media_downloads(p_message_ids);
 
     -- Conversations: the 24-hour window, the last message, the unread count; in key
     -- order, so that concurrent batches cannot deadlock.
@@ -334,7 +377,8 @@ BEGIN
         FROM unnest(v_steps) s JOIN core.tenants t ON t.tenant_id = s.tenant_id
         WHERE s.action IN ('opt_out', 'opt_in')
         UNION ALL
-        SELECT m.number_id, m.contact_id, m.created_at, m.message_id, core.render_reply(r.reply, core.contact_vars(c))
+        SELECT m.number_id, m.contact_id, m.created_at, m.message_id,
+               core.render_reply(core.resolve_reply_media(r.reply, m.tenant_id, m.number_id, false), core.contact_vars(c))
         FROM matched m
         JOIN core.bot_rules r ON r.rule_id = CASE WHEN m.rule_id IS NOT NULL THEN m.rule_id
                                                   WHEN NOT m.llm THEN m.default_rule_id END
@@ -564,6 +608,7 @@ BEGIN
         END IF;
     END IF;
     PERFORM core.check_reply(p_reply, p_tenant_id, v_number.waba_id);
+    PERFORM core.resolve_reply_media(p_reply, p_tenant_id, p_number_id);   -- an uploaded file of this number
 
     IF p_rule_id IS NULL THEN
         INSERT INTO core.bot_rules (number_id, kind, pattern, priority, reply, enabled, match_text, like_pattern)
@@ -590,7 +635,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.save_bot_rule(bigint, bigint, text, text, jsonb, integer, boolean, bigint) IS
-    'Creates a bot rule for a number (or replaces rule p_rule_id): kind exact, starts_with, contains, regex, welcome (first message in 24 hours) or default (fallback), a pattern matched without case, accents and surrounding spaces, a priority (lower answers first) and a reply ({"type": "text" | "buttons" | "template", ...} with {{name}} variables). Rules see the first core.settings.bot_match_prefix_chars characters of a message. Returns the rule. Raises PW103 for a regular expression that does not compile or is outside the safe subset (at most 200 characters; no back-references, look-around or embedded options; repetition bounds up to 100; no repeated group holding a quantifier or an alternation), PW100 for a bad kind, pattern, priority or reply, PW102 for a template that is unknown, not approved or given the wrong parameters, PW202/PW206 when the number or rule is not the tenant''s.';
+    'Creates a bot rule for a number (or replaces rule p_rule_id): kind exact, starts_with, contains, regex, welcome (first message in 24 hours) or default (fallback), a pattern matched without case, accents and surrounding spaces, a priority (lower answers first) and a reply ({"type": "text" | "buttons" | "template" | "list" | "cta_url" | "image" | "video" | "audio" | "document" | "sticker", ...} with {{name}} variables; media by pgwa media id or link). Rules see the first core.settings.bot_match_prefix_chars characters of a message. Returns the rule. Raises PW103 for a regular expression that does not compile or is outside the safe subset (at most 200 characters; no back-references, look-around or embedded options; repetition bounds up to 100; no repeated group holding a quantifier or an alternation), PW100 for a bad kind, pattern, priority or reply, PW102 for a template that is unknown, not approved or given the wrong parameters, PW245/PW345 for an uploaded file that is not the number''s or expires within a day, PW202/PW206 when the number or rule is not the tenant''s.';
 
 CREATE OR REPLACE FUNCTION api.delete_bot_rule(p_tenant_id bigint, p_rule_id bigint) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$

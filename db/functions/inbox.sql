@@ -197,7 +197,8 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT i.message_id, i.direction, i.type, i.body, i.payload, coalesce(i.wamid, o.wamid), i.context_wamid,
-           i.created_at, i.outbound_id, o.kind, o.state, o.error_code, o.error_detail, i.campaign_id
+           i.created_at, i.outbound_id, o.kind, o.state, o.error_code, o.error_detail, i.campaign_id,
+           core.message_media(i.message_id, i.number_id, i.direction, i.type, i.payload)
     FROM core.inbox_messages i
     LEFT JOIN core.outbound_messages o ON o.outbound_id = i.outbound_id AND i.direction = 'out'
     WHERE i.number_id = p_number_id AND i.contact_id = p_contact_id
@@ -243,6 +244,8 @@ DECLARE
 BEGIN
     v_contact := core.contact_for(p_tenant_id, p_contact_id);
     PERFORM core.check_reply(p_reply, p_tenant_id, v_number.waba_id);
+    -- An uploaded file is sent by its Meta id (media.sql); PW245/PW345 when unusable.
+    p_reply := core.resolve_reply_media(p_reply, p_tenant_id, p_number_id);
     -- Outside the window only a template reaches the contact, and only one who has not
     -- opted out; inside it the contact wrote first, and may be answered.
     IF p_reply->>'type' = 'template' AND v_contact.opted_out THEN
@@ -261,7 +264,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.reply(bigint, bigint, bigint, jsonb) IS
-    'An agent''s reply to a contact on a number, queued before campaign traffic: {"type": "text" | "buttons", ...} inside the 24-hour window, {"type": "template", ...} at any time; {{name}} and other contact variables are filled in. Returns the outbound id, the inbox row and when the window closes. Raises PW104 for a free-form reply outside the window (send a template), PW106 for a template to an opted-out contact, PW100/PW102 for a bad reply or template, PW202/PW204 when the number or contact is not the tenant''s.';
+    'An agent''s reply to a contact on a number, queued before campaign traffic: {"type": "text" | "buttons" | "list" | "cta_url", ...} or media ({"type": "image" | "video" | "audio" | "document" | "sticker", "media": <pgwa media id> | "link": "https://...", "caption": ...}) inside the 24-hour window, {"type": "template", ...} at any time; {{name}} and other contact variables are filled in. Returns the outbound id, the inbox row and when the window closes. Raises PW104 for a free-form reply outside the window (send a template), PW106 for a template to an opted-out contact, PW100/PW102 for a bad reply or template (PW100 names the field), PW245/PW345 for an uploaded file that is not the number''s or whose Meta id expires within a day, PW202/PW204 when the number or contact is not the tenant''s.';
 
 CREATE OR REPLACE FUNCTION api.mark_read(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint)
 RETURNS integer

@@ -3,8 +3,9 @@
 
 -- Read up to p_max messages from one queue with the claim's visibility timeout. A
 -- queue message is {"o": outbound_id, "b": request body} for a rendered message
--- (replies), or {"o", "t": recipient, "v": template variant, "p": [body parameters]}
--- for a campaign message, rendered when claimed.
+-- (replies), or {"o", "t": recipient, "v": template variant, "p": [per-row values]}
+-- for a campaign message, rendered when claimed (core.render_components; "p" are the
+-- body parameters of a campaign made before render skeletons).
 -- pgmq.read's statement, on the time p_now (NULL: the clock) instead of the clock: a
 -- message is visible when its vt has passed at p_now, and invisible p_vt seconds after it.
 CREATE OR REPLACE FUNCTION core.read_queue(p_queue text, p_vt integer, p_max integer,
@@ -90,6 +91,7 @@ BEGIN
                                JOIN core.outbound_messages o ON o.outbound_id = b.outbound_id
                                WHERE o.state IN ('queued', 'in_flight')) END;
     v_batch := core.hold_unsure(v_batch, p_number.number_id, p_now);
+    v_batch := core.hold_outside_window(v_batch, p_number.number_id, p_now);
     IF p_number.portfolio_id IS NOT NULL THEN
         v_batch := core.spend_budget(v_batch, p_number.portfolio_id, p_now);
     END IF;
@@ -112,6 +114,21 @@ BEGIN
     WHERE c.campaign_id = k.campaign_id;
     RETURN v_batch;
 END
+$$;
+
+-- Meta's components array of one campaign message: the variant's render skeleton
+-- (core.map_template) with each slot {"$slot": n, "$path": "{text}"} filled with the
+-- n-th (0-based) of the row's values p_values (the queue message's "p").
+CREATE OR REPLACE FUNCTION core.render_components(p_skeleton jsonb, p_values jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
+    SELECT coalesce(jsonb_agg(CASE WHEN c.value ? 'parameters' THEN jsonb_set(c.value, '{parameters}', (
+               SELECT jsonb_agg(CASE WHEN p.value ? '$slot'
+                                     THEN jsonb_set(p.value - '$slot' - '$path', (p.value->>'$path')::text[],
+                                                    coalesce(p_values->((p.value->>'$slot')::integer), '""'))
+                                     ELSE p.value END ORDER BY p.ordinality)
+               FROM jsonb_array_elements(c.value->'parameters') WITH ORDINALITY p))
+                              ELSE c.value END ORDER BY c.ordinality), '[]')
+    FROM jsonb_array_elements(p_skeleton) WITH ORDINALITY c
 $$;
 
 -- Take tokens from each number's rate (a GCRA: the number's theoretical arrival time
@@ -179,9 +196,14 @@ BEGIN
                'to', b.message->>'t',
                'type', 'template',
                'template', jsonb_build_object('name', t.name, 'language', jsonb_build_object('code', t.language))
-                   -- A template without body parameters has no components (and never a
-                   -- jsonb_array_length error that would fail every claim).
-                   || CASE WHEN coalesce(jsonb_typeof(b.message->'p'), 'null') <> 'array' THEN '{}'::jsonb
+                   -- The variant's render skeleton filled with the row's values; a
+                   -- template without parameters has no components.
+                   || CASE WHEN jsonb_typeof(ct.render) = 'array' THEN
+                               CASE WHEN jsonb_array_length(ct.render) = 0 THEN '{}'::jsonb
+                                    ELSE jsonb_build_object('components', core.render_components(ct.render, b.message->'p')) END
+                   -- A campaign made before render skeletons: "p" are its body parameters
+                   -- (and never a jsonb_array_length error that would fail every claim).
+                           WHEN coalesce(jsonb_typeof(b.message->'p'), 'null') <> 'array' THEN '{}'::jsonb
                            WHEN jsonb_array_length(b.message->'p') = 0 THEN '{}'::jsonb
                            ELSE jsonb_build_object('components', jsonb_build_array(jsonb_build_object(
                                 'type', 'body', 'parameters', (
@@ -327,7 +349,11 @@ $$;
 CREATE OR REPLACE FUNCTION core.report_accepted(p_rows core.send_outcome[], p_now timestamptz) RETURNS void
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
-    v_early integer;
+    v_ids bigint[];
+    v_states text[];
+    v_at timestamptz[];
+    v_codes integer[];
+    v_deferred bigint[];
 BEGIN
     PERFORM core.advance_outbound(array_agg(r.outbound_id), array_fill('accepted'::text, ARRAY[count(*)::int]),
                                   array_fill(p_now, ARRAY[count(*)::int]), array_agg(r.wamid))
@@ -342,9 +368,15 @@ BEGIN
           AND se.number_id = r.number_id       -- only events that came through its number
         RETURNING se.outbound_id, se.status, se.occurred_at, se.error_code
     )
-    SELECT core.advance_outbound(array_agg(outbound_id), array_agg(status), array_agg(occurred_at),
-                                 NULL, array_agg(error_code))
-    INTO v_early FROM early;
+    SELECT array_agg(outbound_id), array_agg(status), array_agg(occurred_at), array_agg(error_code)
+    INTO v_ids, v_states, v_at, v_codes FROM early;
+    -- A 131049 that came before this report (core.apply_statuses left it for it): the
+    -- message is tried again a day later, not failed (limits.sql).
+    v_deferred := core.defer_capped(v_ids, v_states, v_codes, v_at);
+    PERFORM core.advance_outbound(array_agg(e.id), array_agg(e.state), array_agg(e.at), NULL, array_agg(e.code))
+    FROM unnest(v_ids, v_states, v_at, v_codes) e(id, state, at, code)
+    WHERE e.id <> ALL (v_deferred)
+    HAVING count(*) > 0;
 
     PERFORM pgmq.delete(r.queue_name, array_agg(r.msg_id))
     FROM unnest(p_rows) r
@@ -446,26 +478,81 @@ LANGUAGE sql SET search_path = '' AS $$
     WHERE c.contact_id = o.contact_id AND c.marketing_stopped_at IS NULL;
 $$;
 
--- Campaigns that must not burn their list: paused (their messages are back in the
--- queue, see report_requeued), and an operator told.
-CREATE OR REPLACE FUNCTION core.report_paused(p_rows core.send_outcome[]) RETURNS void
+-- Pause the running campaigns of these messages for the Meta errors they met (the
+-- first message of each campaign gives the reason), and tell the operator. A template
+-- error (132000 parameter count, 132012 parameter format, 132001 unknown, 132015 paused,
+-- ...) or a media one (131053) names the template and the component Meta's message
+-- names (header, body or button: its error_data.details, which the worker appends to
+-- the message), so that the mapping or the template can be fixed before a resume.
+-- Returns the campaigns paused.
+CREATE OR REPLACE FUNCTION core.pause_for_errors(p_outbound_ids bigint[], p_codes integer[], p_messages text[])
+RETURNS integer
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
     v_paused integer;
 BEGIN
-    WITH paused AS (
+    WITH first AS (
+        SELECT DISTINCT ON (o.campaign_id) o.campaign_id, o.variant, f.code, f.message,
+               (core.meta_error(f.code)).category AS category
+        FROM unnest(p_outbound_ids, p_codes, p_messages) f(outbound_id, code, message)
+        JOIN core.outbound_messages o ON o.outbound_id = f.outbound_id AND o.campaign_id IS NOT NULL
+        ORDER BY o.campaign_id, f.outbound_id
+    ), r AS (
+        SELECT f.*, t.name AS template, t.language,
+               (f.category = 'template' OR f.code = 131053) AS names_template,
+               lower(substring(f.message FROM '(?i)\m(header|body|button)s?\M')) AS component
+        FROM first f
+        LEFT JOIN core.campaign_templates ct ON ct.campaign_id = f.campaign_id AND ct.variant = f.variant
+        LEFT JOIN core.templates t ON t.template_id = ct.template_id
+    ), paused AS (
         UPDATE core.campaigns c SET status = 'paused',
-            pause_reason = format('Meta error %s: %s', r.error_code, (core.meta_error(r.error_code)).title)
-        FROM (SELECT DISTINCT ON (x.campaign_id) x.campaign_id, x.error_code
-              FROM unnest(p_rows) x WHERE x.outcome = 'paused' ORDER BY x.campaign_id) r
+            pause_reason = format('Meta error %s: %s', r.code, (core.meta_error(r.code)).title)
+                || CASE WHEN r.names_template AND r.template IS NOT NULL
+                        THEN format(' (template "%s" %s%s)', r.template, r.language,
+                                    CASE WHEN r.component IS NOT NULL THEN ', component ' || r.component ELSE '' END)
+                        ELSE '' END
+        FROM r
         WHERE c.campaign_id = r.campaign_id AND c.status = 'running'
-        RETURNING c.campaign_id, c.tenant_id, c.name, c.pause_reason
+        RETURNING c.campaign_id, c.tenant_id, c.name, c.pause_reason, r.code, r.message, r.template, r.language,
+                  r.component, r.names_template
     )
     SELECT count(core.notify(p.tenant_id, 'campaign_paused', 'critical',
-                             format('Campaign "%s" paused: %s', p.name, p.pause_reason),
-                             jsonb_build_object('campaign_id', p.campaign_id)))
+                             format('Campaign "%s" paused: %s', p.name, p.pause_reason)
+                                 || CASE WHEN p.names_template AND p.message IS NOT NULL
+                                         THEN format('. Meta said: %s', left(p.message, 300)) ELSE '' END,
+                             jsonb_build_object('campaign_id', p.campaign_id, 'error_code', p.code)
+                                 || CASE WHEN p.names_template AND p.template IS NOT NULL
+                                         THEN jsonb_build_object('template', p.template, 'language', p.language,
+                                                                 'component', p.component, 'error_message', left(p.message, 500))
+                                         ELSE '{}' END))
     INTO v_paused FROM paused p;
+    RETURN v_paused;
 END
+$$;
+
+-- Campaigns that must not burn their list: paused (their messages are back in the
+-- queue, see report_requeued), and an operator told (core.pause_for_errors).
+CREATE OR REPLACE FUNCTION core.report_paused(p_rows core.send_outcome[]) RETURNS void
+LANGUAGE sql SET search_path = '' AS $$
+    SELECT core.pause_for_errors(array_agg(x.outbound_id), array_agg(x.error_code), array_agg(x.error_message))
+    FROM unnest(p_rows) x WHERE x.outcome = 'paused'
+    HAVING count(*) > 0;
+$$;
+
+-- Failed status webhooks of campaign messages whose error is a template's or its media's
+-- (core.meta_error_codes.pauses_campaign, category template, or 131053: Meta could not
+-- fetch the header's media): the campaign pauses as it does on a synchronous error; its
+-- unsent messages stay queued for a resume after the fix.
+CREATE OR REPLACE FUNCTION core.pause_for_failed(p_ids bigint[], p_states text[], p_codes integer[], p_details text[])
+RETURNS integer
+LANGUAGE sql SET search_path = '' AS $$
+    SELECT coalesce((
+        SELECT core.pause_for_errors(array_agg(f.id), array_agg(f.code), array_agg(f.detail))
+        FROM unnest(p_ids, p_states, p_codes, p_details) f(id, state, code, detail)
+        JOIN core.meta_error_codes e ON e.code = f.code AND e.pauses_campaign
+                                    AND (e.category = 'template' OR e.code = 131053)
+        WHERE f.state = 'failed'
+        HAVING count(*) > 0), 0)
 $$;
 
 -- Errors an operator must see that do not pause anything: one notice per number, code
@@ -593,6 +680,7 @@ DECLARE
     v_queue text;
     v_dropped integer := 0;
     v_settled integer;
+    v_capped integer := core.match_late_capped();
 BEGIN
     -- A message a worker held when its campaign was cancelled, whose worker then died,
     -- would stay in flight for ever (a cancelled campaign is never read again).
@@ -622,7 +710,8 @@ BEGIN
     DELETE FROM core.portfolio_reach_minutes WHERE minute < core.window_start(now()) - interval '1 hour';
     DELETE FROM core.portfolio_reach WHERE last_at < core.window_start(now()) - interval '1 hour';
     RETURN jsonb_build_object('started', v_started, 'completed', cardinality(v_completed),
-                              'stuck_cancelled', v_settled, 'queues_dropped', v_dropped);
+                              'stuck_cancelled', v_settled, 'queues_dropped', v_dropped,
+                              'late_capped', v_capped);
 END
 $$;
 

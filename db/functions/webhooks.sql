@@ -260,14 +260,20 @@ BEGIN
         WHERE ch.field = 'messages' AND ch.value ? 'statuses' AND s->>'id' IS NOT NULL
           AND s->>'status' IN ('sent', 'delivered', 'read', 'failed', 'deleted', 'warning', 'played')
     ), unknown AS (
-        SELECT b.wamid, b.phone_number_id, core.opaque_outbound_id(b.opaque) AS opaque_id
-        FROM by_wamid b WHERE b.outbound_id IS NULL AND b.opaque IS NOT NULL
+        SELECT b.wamid, b.phone_number_id, core.opaque_outbound_id(b.opaque) AS opaque_id,
+               bool_or(b.status = 'failed' AND e.backoff IS NOT DISTINCT FROM 'next_day')
+                   OVER (PARTITION BY b.wamid) AS capped
+        FROM by_wamid b LEFT JOIN core.meta_error_codes e ON e.code = b.error_code
+        WHERE b.outbound_id IS NULL AND b.opaque IS NOT NULL
     ), by_opaque AS (
         SELECT DISTINCT ON (u.wamid) u.wamid, o.outbound_id
         FROM unknown u
         JOIN core.wa_numbers n ON n.phone_number_id = u.phone_number_id
         JOIN core.outbound_messages o ON o.outbound_id = u.opaque_id AND o.number_id = n.number_id
                                      AND (o.wamid IS NULL OR o.wamid = u.wamid)
+                                     -- Withheld under the marketing cap before its send was
+                                     -- reported: left for the report, which defers it.
+                                     AND NOT (u.capped AND o.state = 'in_flight')
         ORDER BY u.wamid, o.outbound_id
     ), matched AS MATERIALIZED (
         SELECT b.wamid, b.status, b.at, b.recipient_id, b.error_code, b.error_detail, b.pricing_category,
@@ -311,7 +317,7 @@ BEGIN
     WHERE v.state IS NOT NULL;
 
     -- Withheld under the per-user marketing cap: tried again later, not failed (limits.sql).
-    v_deferred := core.defer_capped(v_ids, v_states, v_codes);
+    v_deferred := core.defer_capped(v_ids, v_states, v_codes, v_at);
     IF cardinality(v_deferred) > 0 THEN
         SELECT array_agg(u.id), array_agg(u.state), array_agg(u.at), array_agg(u.wamid), array_agg(u.code),
                array_agg(u.detail)
@@ -326,6 +332,8 @@ BEGIN
         FROM unnest(v_ids, v_states, v_codes, v_at) f(id, state, code, at)
         WHERE f.state = 'failed' AND f.code IS NOT NULL
         HAVING count(*) > 0;
+        -- A template or media error (131053) pauses the campaign (sending.sql).
+        PERFORM core.pause_for_failed(v_ids, v_states, v_codes, v_details);
     END IF;
     RETURN v_stored;
 END
@@ -548,21 +556,38 @@ END
 $$;
 
 -- message_template_status_update: a template takes the status of its newest event (an
--- older one changes nothing); PAUSED, REJECTED and DISABLED raise a notification.
+-- older one changes nothing). REINSTATED and UNARCHIVED make it APPROVED again; FLAGGED
+-- (at risk of a pause) changes no status and warns. A REJECTED template keeps Meta's
+-- reason. PAUSED, REJECTED, DISABLED, ARCHIVED, PENDING_DELETION and DELETED raise a
+-- notification and pause the scheduled and running campaigns that send the template
+-- (core.pause_template_campaigns); APPROVED again tells the campaigns paused meanwhile
+-- that they can be resumed (never resumed here); an approval after review is news.
 CREATE OR REPLACE FUNCTION core.apply_template_statuses(p_changes core.webhook_change[]) RETURNS integer
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
     v_changed integer;
     v_notified bigint[];
+    v_stop bigint[];
+    v_stop_events text[];
+    v_stop_reasons text[];
+    v_back bigint[];
+    v_back_texts text[];
+    v_back_keys text[];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch WHERE ch.field = 'message_template_status_update') THEN
         RETURN 0;
     END IF;
     WITH events AS (
         SELECT DISTINCT ON (t.template_id)
-               t.template_id, ch.entry_at, ch.value AS v,
-               CASE upper(ch.value->>'event') WHEN 'REINSTATED' THEN 'APPROVED'
-                    ELSE upper(ch.value->>'event') END AS status
+               t.tenant_id, t.template_id, t.name, t.language, t.status AS old_status, ch.entry_at, ch.value AS v,
+               upper(ch.value->>'event') AS event,
+               CASE upper(ch.value->>'event') WHEN 'REINSTATED' THEN 'APPROVED' WHEN 'UNARCHIVED' THEN 'APPROVED'
+                    WHEN 'FLAGGED' THEN t.status ELSE upper(ch.value->>'event') END AS status,
+               coalesce(nullif(concat_ws(': ', coalesce(nullif(upper(ch.value->>'reason'), 'NONE'),
+                                                        ch.value#>>'{other_info,title}'),
+                                         coalesce(ch.value#>>'{rejection_info,reason}',
+                                                  ch.value#>>'{other_info,description}')), ''),
+                        'no reason given') AS reason
         FROM unnest(p_changes) ch
         CROSS JOIN LATERAL core.change_templates(ch.waba_id, ch.signer, ch.value) t
         WHERE ch.field = 'message_template_status_update' AND ch.value->>'event' IS NOT NULL
@@ -572,36 +597,67 @@ BEGIN
             status = e.status,
             status_event_at = coalesce(e.entry_at, t.status_event_at),
             meta_template_id = coalesce(t.meta_template_id, e.v->>'message_template_id'),
+            rejected_reason = CASE WHEN e.status = 'REJECTED' THEN e.reason
+                                   WHEN e.status = 'APPROVED' THEN NULL ELSE t.rejected_reason END,
             updated_at = now()
         FROM events e
         WHERE t.template_id = e.template_id
           AND t.status IS DISTINCT FROM e.status
+          AND t.status <> 'DELETED'            -- Meta brings no deleted template back
           AND (e.entry_at IS NULL OR t.status_event_at IS NULL OR e.entry_at >= t.status_event_at)
-        RETURNING t.tenant_id, t.template_id, t.name, t.language, t.status, e.entry_at, e.v
+        RETURNING t.tenant_id, t.template_id, t.name, t.language, t.status, e.old_status, e.entry_at, e.v, e.reason
     ), notified AS (
         INSERT INTO core.notifications (tenant_id, kind, severity, message, details, dedupe_key)
-        SELECT c.tenant_id, 'template_status',
-               CASE c.status WHEN 'DISABLED' THEN 'critical' ELSE 'warning' END,
-               format('Template %s (%s) is %s: %s', c.name, c.language, c.status,
-                      coalesce(nullif(c.v->>'reason', 'NONE'), 'no reason given')),
-               jsonb_build_object('template_id', c.template_id, 'event', c.v),
-               md5(format('template_status|%s|%s|%s', c.template_id, c.status, c.entry_at))
-        FROM changed c
-        WHERE c.status IN ('PAUSED', 'REJECTED', 'DISABLED')
+        SELECT n.tenant_id, 'template_status', n.severity, n.message,
+               jsonb_build_object('template_id', n.template_id, 'event', n.v), n.dedupe_key
+        FROM (SELECT c.tenant_id, c.template_id, c.v,
+                     CASE WHEN c.status = 'DISABLED' THEN 'critical' WHEN c.status = 'APPROVED' THEN 'info'
+                          ELSE 'warning' END AS severity,
+                     CASE WHEN c.status = 'APPROVED' THEN format('Template %s (%s) is APPROVED: it can be sent', c.name, c.language)
+                          ELSE format('Template %s (%s) is %s: %s', c.name, c.language, c.status, c.reason) END AS message,
+                     md5(format('template_status|%s|%s|%s', c.template_id, c.status, c.entry_at)) AS dedupe_key
+              FROM changed c
+              WHERE c.status IN ('PAUSED', 'REJECTED', 'DISABLED', 'ARCHIVED', 'PENDING_DELETION', 'DELETED')
+                 OR (c.status = 'APPROVED' AND c.old_status IN ('PENDING', 'SUBMITTING', 'IN_APPEAL'))
+              UNION ALL
+              SELECT e.tenant_id, e.template_id, e.v, 'warning',
+                     format('Template %s (%s) is FLAGGED: %s; Meta pauses it if its quality does not improve',
+                            e.name, e.language, e.reason),
+                     md5(format('template_status|%s|FLAGGED|%s', e.template_id, e.entry_at))
+              FROM events e WHERE e.event = 'FLAGGED') n
         ON CONFLICT DO NOTHING
         RETURNING tenant_id
     )
-    SELECT (SELECT count(*) FROM changed), (SELECT array_agg(tenant_id) FROM notified)
-    INTO v_changed, v_notified;
+    SELECT (SELECT count(*) FROM changed), (SELECT array_agg(tenant_id) FROM notified),
+           s.stop, s.stop_events, s.stop_reasons, s.back, s.back_texts, s.back_keys
+    INTO v_changed, v_notified, v_stop, v_stop_events, v_stop_reasons, v_back, v_back_texts, v_back_keys
+    FROM (SELECT array_agg(c.template_id) FILTER (WHERE c.status IN ('PAUSED', 'REJECTED', 'DISABLED', 'ARCHIVED',
+                                                                     'PENDING_DELETION', 'DELETED')) AS stop,
+                 array_agg(c.status) FILTER (WHERE c.status IN ('PAUSED', 'REJECTED', 'DISABLED', 'ARCHIVED',
+                                                                'PENDING_DELETION', 'DELETED')) AS stop_events,
+                 array_agg(c.reason) FILTER (WHERE c.status IN ('PAUSED', 'REJECTED', 'DISABLED', 'ARCHIVED',
+                                                                'PENDING_DELETION', 'DELETED')) AS stop_reasons,
+                 array_agg(c.template_id) FILTER (WHERE c.status = 'APPROVED') AS back,
+                 array_agg(format('is APPROVED again (%s): the campaign can be resumed; pgwa does not resume it by itself',
+                                  c.v->>'event')) FILTER (WHERE c.status = 'APPROVED') AS back_texts,
+                 array_agg(format('%s|APPROVED|%s', c.template_id, c.entry_at)) FILTER (WHERE c.status = 'APPROVED') AS back_keys
+          FROM changed c) s;
     PERFORM core.wake_notified(v_notified);
+    IF v_stop IS NOT NULL THEN
+        PERFORM core.pause_template_campaigns(v_stop, v_stop_events, v_stop_reasons);
+    END IF;
+    IF v_back IS NOT NULL THEN
+        PERFORM core.warn_template_campaigns(v_back, 'campaign_resumable', '{paused}', v_back_texts,
+                                             array_fill('info'::text, ARRAY[cardinality(v_back)]), v_back_keys);
+    END IF;
     RETURN v_changed;
 END
 $$;
 
 -- template_category_update. An impending change (correct_category: Meta recategorises
 -- the template within 24 hours; new_category is still the current one) warns the tenant;
--- a completed one (previous_category -> new_category) sets the template's category,
--- which the next claim reads (a MARKETING template skips contacts who stopped marketing
+-- a completed one (previous_category -> new_category) sets the template's category
+-- (keeping the one before in previous_category), which the next claim reads (a MARKETING template skips contacts who stopped marketing
 -- messages), and warns the tenant and every unfinished campaign that sends the template.
 CREATE OR REPLACE FUNCTION core.apply_category_updates(p_changes core.webhook_change[]) RETURNS integer
 LANGUAGE plpgsql SET search_path = '' AS $$
@@ -621,8 +677,8 @@ BEGIN
         CROSS JOIN LATERAL core.change_templates(ch.waba_id, ch.signer, ch.value) t
         WHERE ch.field = 'template_category_update' AND ch.value->>'new_category' IS NOT NULL
     ), changed AS (
-        UPDATE core.templates t SET category = e.category, updated_at = now()
-        FROM (SELECT DISTINCT ON (x.template_id) x.template_id, x.category FROM events x WHERE NOT x.impending
+        UPDATE core.templates t SET category = e.category, previous_category = e.previous, updated_at = now()
+        FROM (SELECT DISTINCT ON (x.template_id) x.template_id, x.category, x.previous FROM events x WHERE NOT x.impending
               ORDER BY x.template_id, x.entry_at DESC NULLS LAST, x.ord DESC) e
         WHERE t.template_id = e.template_id AND t.category IS DISTINCT FROM e.category
         RETURNING t.template_id
@@ -966,6 +1022,7 @@ $$;
 -- Apply the account-level fields of a batch, one function per field:
 --   message_template_status_update  core.apply_template_statuses   a template's status
 --   template_category_update        core.apply_category_updates    a template's category
+--   message_template_quality_update core.apply_template_quality    a template's quality (templates.sql)
 --   phone_number_quality_update     core.apply_quality_updates     rating, 1,000 msg/s, tier
 --   business_capability_update      core.apply_capability_updates  the portfolio's tier
 --   account_update                  core.apply_account_events      alerts; a ban pauses numbers
@@ -980,11 +1037,12 @@ LANGUAGE plpgsql SET search_path = '' AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM unnest(p_changes) ch
                    WHERE ch.field IN ('message_template_status_update', 'template_category_update',
-                                      'phone_number_quality_update', 'business_capability_update',
+                                      'message_template_quality_update', 'phone_number_quality_update', 'business_capability_update',
                                       'account_update', 'user_preferences')) THEN
         RETURN 0;
     END IF;
     RETURN core.apply_template_statuses(p_changes) + core.apply_category_updates(p_changes)
+         + core.apply_template_quality(p_changes)
          + core.apply_quality_updates(p_changes) + core.apply_capability_updates(p_changes)
          + core.apply_account_events(p_changes) + core.apply_user_preferences(p_changes);
 END

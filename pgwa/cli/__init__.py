@@ -18,6 +18,14 @@ named queries of pgwa/queries.sql.
     pgwa campaigns --tenant T [--status S] [--limit N]
     pgwa stats ID --tenant T
     pgwa reconcile ID --tenant T [--fix]
+    pgwa endpoint add URL --tenant T --events TYPE,... | endpoint list | endpoint remove ID
+    pgwa event list --tenant T [--endpoint ID] [--status S]  |  event replay ID --tenant T
+    pgwa template list|sync|show ID|delete ID [--force]|create FILE (--waba-id W | --number N) --tenant T
+    pgwa contact list|show|edit|delete|export|field ...  |  segment list|save|count|campaign|delete ...
+    pgwa campaign retarget ID failed|not_delivered|not_read|not_replied --tenant T  (pgwa/cli/audiences.py)
+    pgwa campaign report ID --tenant T [--format csv|json] [--out FILE]
+    pgwa media upload FILE --tenant T --number N [--mime M]  |  media list --tenant T [--number N]
+    pgwa user add --tenant T --email E [--role R]  |  user invite|list ...  (pgwa/cli/users.py)
 
 A tenant is given by id or by name (or PGWA_TENANT); a number by its number_id or Meta's
 phone_number_id. A template parameter is a CSV column name, or ``=text`` for a constant:
@@ -35,6 +43,7 @@ from collections.abc import Callable
 import psycopg
 from rich.console import Console
 
+from pgwa.cli.audiences import add_parsers as add_audience_parsers
 from pgwa.cli.commands import (
     CliError,
     cmd_campaign_action,
@@ -43,15 +52,19 @@ from pgwa.cli.commands import (
     cmd_campaigns,
     cmd_db,
     cmd_key,
+    cmd_media,
     cmd_number,
     cmd_portfolio,
     cmd_reconcile,
     cmd_serve,
     cmd_stats,
+    cmd_template,
     cmd_tenant,
     expiry,
     parse_template,
 )
+from pgwa.cli.events import add_parsers as add_event_parsers
+from pgwa.cli.users import add_parsers as add_user_parsers
 
 __all__ = ["CliError", "main", "parse_template", "parser"]
 
@@ -139,7 +152,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--tenant")
     c.add_argument("--number", required=True, help="number_id or Meta's phone_number_id")
     c.add_argument("--template", action="append", required=True, metavar="NAME:LANG[:PARAM,...]",
-                   help="repeat for an A/B split; PARAM is a CSV column or =constant")
+                   help="repeat for an A/B split; PARAM is a CSV column or =constant; or a JSON "
+                        "mapping with header/body/buttons, e.g. '{\"name\": \"spring_sale\", \"language\": "
+                        "\"en_US\", \"header\": {\"column\": \"photo\"}, ...}' (what a template needs: api.template_parameters)")
     c.add_argument("--name")
     c.add_argument("--start", action="store_true", help="start sending at once")
     c.add_argument("--schedule", metavar="TIMESTAMP", help="start at this time (ISO 8601)")
@@ -153,6 +168,7 @@ def parser() -> argparse.ArgumentParser:
                           help="live progress until the campaign finishes (Ctrl-C to stop)")
     w.add_argument("--interval", type=float, default=1.0)
     w.add_argument("--once", action="store_true", help="show once and exit")
+    add_audience_parsers(sub, campaign, _campaign_command)   # contact, segment, campaign retarget|report
 
     cs = sub.add_parser("campaigns", help="list campaigns with live counters")
     cs.add_argument("--tenant")
@@ -161,10 +177,48 @@ def parser() -> argparse.ArgumentParser:
     cs.add_argument("--limit", type=int, default=50)
     cs.set_defaults(run=cmd_campaigns)
 
+    media = sub.add_parser("media", help="media files").add_subparsers(dest="action", required=True)
+    mu = media.add_parser("upload", help="upload a file to Meta for a number (reused while the same bytes are valid)")
+    mu.add_argument("file")
+    mu.add_argument("--tenant")
+    mu.add_argument("--number", required=True, help="number_id or Meta's phone_number_id")
+    mu.add_argument("--mime", help="the MIME type (default: from the file name)")
+    mu.set_defaults(run=cmd_media)
+    ml = media.add_parser("list", help="the tenant's media: uploads and files contacts sent")
+    ml.add_argument("--tenant")
+    ml.add_argument("--number", help="number_id or Meta's phone_number_id")
+    ml.add_argument("--direction", choices=["in", "out"])
+    ml.add_argument("--limit", type=int, default=50)
+    ml.set_defaults(run=cmd_media)
+
+    template = sub.add_parser("template", help="message templates at Meta").add_subparsers(dest="action",
+                                                                                          required=True)
+    tl = template.add_parser("list", help="the tenant's templates")
+    tl.add_argument("--waba-id")
+    tl.add_argument("--status", help="e.g. APPROVED, PENDING, REJECTED, PAUSED")
+    ts = template.add_parser("show", help="one template: components, the parameters a send needs, campaigns")
+    ts.add_argument("id", type=int)
+    tc = template.add_parser("create", help="submit a definition (Meta's JSON: name, language, category, "
+                                            "components with examples) for Meta's review")
+    tc.add_argument("file", help="a JSON file, or - for stdin")
+    where = tc.add_mutually_exclusive_group(required=True)
+    where.add_argument("--waba-id")
+    where.add_argument("--number", help="number_id or Meta's phone_number_id of a number of the WABA")
+    td = template.add_parser("delete", help="delete this language of the template at Meta")
+    td.add_argument("id", type=int)
+    td.add_argument("--force", action="store_true", help="even while campaigns send it (they are paused)")
+    ty = template.add_parser("sync", help="store every template of the number's WABA as Meta lists it")
+    ty.add_argument("--number", required=True, help="number_id or Meta's phone_number_id")
+    for command in (tl, ts, tc, td, ty):
+        command.add_argument("--tenant")
+        command.set_defaults(run=cmd_template)
+
     _campaign_command(sub, "stats", cmd_stats, help="a campaign's funnel, templates and errors")
     rc = _campaign_command(sub, "reconcile", cmd_reconcile, help="recount a campaign's counters from its messages")
     rc.add_argument("--fix", action="store_true", help="set drifting counters to the recount")
     rc.add_argument("--all", action="store_true", help="show every counter, not only drifting ones")
+    add_event_parsers(sub)    # pgwa endpoint ..., pgwa event ... (pgwa/cli/events.py)
+    add_user_parsers(sub)     # pgwa user add|invite|list (pgwa/cli/users.py)
     return p
 
 

@@ -38,6 +38,8 @@ from pgwa.cli.views import (
     portfolios_table,
     progress_view,
     stats_tables,
+    template_tables,
+    templates_table,
     when,
 )
 from pgwa.config import ROOT, Settings, database_url
@@ -89,7 +91,16 @@ def number_id(conn: psycopg.Connection, tenant: int, number: str) -> int:
 
 
 def parse_template(spec: str) -> dict[str, Any]:
-    """``name:language[:param,param,...]``: a param is a CSV column, or ``=constant``."""
+    """``name:language[:param,param,...]``: a param is a CSV column, or ``=constant``; or a
+    whole template mapping as a JSON object (header, body, buttons: api.create_campaign)."""
+    if spec.lstrip().startswith("{"):
+        try:
+            mapping = orjson.loads(spec)
+        except orjson.JSONDecodeError as exc:
+            raise CliError(f"--template {spec!r}: not a JSON object ({exc})") from None
+        if not isinstance(mapping, dict):
+            raise CliError(f"--template {spec!r}: not a JSON object")
+        return mapping
     parts = spec.split(":", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise CliError(f"--template {spec!r}: expected name:language[:param,...], e.g. order_update:en_US:name")
@@ -317,3 +328,92 @@ def cmd_reconcile(args: argparse.Namespace, console: Console) -> int:
     title = f"Campaign {args.id}: {len(drifting)} counter(s) drifting" + (", fixed" if args.fix else "")
     console.print(drift_table(rows if args.all else drifting, title))
     return 1 if drifting and not args.fix else 0
+
+
+# -- media ------------------------------------------------------------------------------------
+
+def cmd_media(args: argparse.Namespace, console: Console) -> int:
+    """``media upload FILE --number N``: upload to Meta (reused when the same bytes are valid);
+    ``media list``: the tenant's media, newest first."""
+    from rich.table import Table
+
+    from pgwa.media import LIST_MEDIA, MediaError, upload_file
+
+    with connect() as conn:
+        tenant = tenant_id(conn, args.tenant)
+        number = number_id(conn, tenant, args.number) if args.number else None
+        if args.action == "upload":
+            if number is None:
+                raise CliError("give --number (number_id or Meta's phone_number_id)")
+            path = Path(args.file)
+            if not path.is_file():
+                raise CliError(f"no file {args.file!r}")
+            try:
+                media = upload_file(conn, Settings.from_env(), tenant, number, path, args.mime)
+            except MediaError as exc:
+                raise CliError(str(exc)) from None
+            console.print(f"media {media['media_id']}: {media['media_type']} {media['mime_type']}, "
+                          f"{media['size_bytes']} bytes, Meta id {media['meta_media_id']}, expires "
+                          f"{when(media['expires_at'])}" + (" (reused: the same bytes were uploaded)"
+                                                             if media["reused"] else ""), highlight=False)
+            return 0
+        rows = _dicts(conn, LIST_MEDIA, {"tenant_id": tenant, "number_id": number, "direction": args.direction,
+                                         "limit": args.limit})
+    table = Table("media", "number", "dir", "type", "mime", "bytes", "state", "file", "expires")
+    for m in rows:
+        table.add_row(str(m["media_id"]), str(m["number_id"]), m["direction"], m["media_type"], m["mime_type"] or "",
+                      str(m["size_bytes"] or ""), m["state"] + (f" ({m['last_error']})" if m["last_error"] else ""),
+                      m["filename"] or "", when(m["expires_at"]))
+    console.print(table)
+    return 0
+
+
+# -- templates --------------------------------------------------------------------------------
+
+def cmd_template(args: argparse.Namespace, console: Console) -> int:
+    """list / show ID: the tenant's templates; create: a definition (a JSON file, ``-`` for
+    stdin) through Meta's API, PENDING until Meta's review; delete ID: this language at Meta
+    (refused while campaigns send it unless --force); sync: every template of the number's
+    WABA as Meta lists it. The WABA's token is read from the database, never printed."""
+    from api.errors import ApiError
+    from api.graph_templates import remove_template, submit_template, sync_templates
+
+    graph = os.environ.get("GRAPH_BASE_URL", Settings.graph_base_url)
+    with connect() as conn:
+        tenant = tenant_id(conn, args.tenant)
+        try:
+            if args.action == "list":
+                rows = _dicts(conn, queries["templates"], {"tenant_id": tenant, "waba_id": args.waba_id,
+                                                           "status": args.status})
+                console.print(templates_table(rows, f"Templates of tenant {tenant}"))
+            elif args.action == "show":
+                detail = _value(conn, queries["template_detail"], {"tenant_id": tenant, "template_id": args.id})
+                for table in template_tables(detail):
+                    console.print(table)
+            elif args.action == "create":
+                text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+                try:
+                    definition = orjson.loads(text)
+                except orjson.JSONDecodeError as exc:
+                    raise CliError(f"{args.file}: not JSON ({exc})") from None
+                if not isinstance(definition, dict):
+                    raise CliError(f"{args.file}: not a JSON object (name, language, category, components)")
+                number = number_id(conn, tenant, args.number) if args.number else None
+                template, submitted = submit_template(conn, tenant, definition, graph, waba_id=args.waba_id,
+                                                      number_id=number)
+                console.print(f"template {template['template_id']} {template['name']} ({template['language']}): "
+                              f"{template['status']}" + ("" if submitted else " (already there; Meta not asked)"),
+                              highlight=False)
+            elif args.action == "delete":
+                template = remove_template(conn, tenant, args.id, graph, force=args.force)
+                console.print(f"template {args.id} {template['name']} ({template['language']}): {template['status']}",
+                              highlight=False)
+            else:
+                creds = _dicts(conn, queries["graph_credentials"], {"tenant_id": tenant,
+                                                                     "number_id": number_id(conn, tenant, args.number)})[0]
+                received = sync_templates(conn, tenant, creds["waba_id"], creds["access_token"], graph,
+                                          creds["graph_api_version"])
+                console.print(f"{received} template(s) of WABA {creds['waba_id']} synced", highlight=False)
+        except ApiError as exc:
+            raise CliError(f"{exc.sqlstate}: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else "")) from None
+    return 0

@@ -130,3 +130,40 @@ def drift_table(rows: list[dict], title: str) -> Table:
     for r in rows:
         table.add_row(r["scope"], r["key"], r["counter"], f"{r['maintained']:,}", f"{r['actual']:,}", f"{r['drift']:+,}")
     return table
+
+
+def templates_table(rows: list[dict], title: str = "Templates") -> Table:
+    table = Table(title=title)
+    for column in ("id", "name", "language", "category", "status", "quality", "format", "waba", "updated"):
+        table.add_column(column, justify="right" if column == "id" else "left")
+    for t in rows:
+        table.add_row(str(t["template_id"]), t["name"], t["language"], t["category"] or "", t["status"],
+                      t.get("quality_score") or "", t.get("parameter_format") or "", t["waba_id"], when(t["updated_at"]))
+    return table
+
+
+def template_tables(t: dict) -> list[Table]:
+    """A template (api.template_detail): its facts, the parameters a send needs, its campaigns."""
+    facts = Table(title=f"Template {t['template_id']}: {t['name']} ({t['language']})", show_header=False)
+    facts.add_column("field")
+    facts.add_column("value")
+    for field in ("status", "category", "previous_category", "parameter_format", "quality_score",
+                  "rejected_reason", "meta_template_id", "waba_id"):
+        if t.get(field) is not None:
+            facts.add_row(field, str(t[field]))
+    for c in t["components"]:
+        text = c.get("text") or c.get("format") or ", ".join(
+            f"{b.get('type')} {b.get('text') or ''}".strip() for b in c.get("buttons", []))
+        facts.add_row(str(c.get("type", "")).lower(), text)
+    params = Table(title="Parameters a send needs")
+    for column in ("component", "index", "name", "kind", "required", "example", "mapping"):
+        params.add_column(column)
+    for p in t["parameters"]:
+        params.add_row(p["component"], str(p["index"]), p["parameter_name"] or "", p["kind"],
+                       "yes" if p["required"] else "no", p["example"] or "", p["mapping"] or "")
+    campaigns = Table(title="Unfinished campaigns sending it")
+    for column in ("campaign", "name", "status"):
+        campaigns.add_column(column)
+    for c in t["campaigns"]:
+        campaigns.add_row(str(c["campaign_id"]), c["name"], c["status"])
+    return [facts, params, campaigns]
