@@ -352,7 +352,6 @@ DECLARE
     v_states text[];
     v_at timestamptz[];
     v_codes integer[];
-    v_deferred bigint[];
 BEGIN
     WITH late AS (
         UPDATE core.status_events se SET outbound_id = o.outbound_id
@@ -367,11 +366,24 @@ BEGIN
     IF v_ids IS NULL THEN
         RETURN 0;
     END IF;
-    v_deferred := core.defer_capped(v_ids, v_states, v_codes, v_at);
-    PERFORM core.advance_outbound(array_agg(l.id), array_agg(l.state), array_agg(l.at), NULL, array_agg(l.code))
-    FROM unnest(v_ids, v_states, v_at, v_codes) l(id, state, at, code)
-    WHERE l.id <> ALL (v_deferred)
-    HAVING count(*) > 0;
+    PERFORM core.apply_matched_statuses(v_ids, v_states, v_at, v_codes);
     RETURN cardinality(v_ids);
+END
+$$;
+
+-- Statuses just matched to their messages (parallel arrays), applied: a 131049 defers
+-- its message to a day later (core.defer_capped), the rest move it forward. Shared by
+-- the report that finds statuses which came before it (core.report_accepted) and the
+-- sweep that finds those whose transactions crossed it (core.match_late_capped).
+CREATE OR REPLACE FUNCTION core.apply_matched_statuses(p_ids bigint[], p_states text[], p_at timestamptz[],
+                                                       p_codes integer[]) RETURNS void
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_deferred bigint[] := core.defer_capped(p_ids, p_states, p_codes, p_at);
+BEGIN
+    PERFORM core.advance_outbound(array_agg(m.id), array_agg(m.state), array_agg(m.at), NULL, array_agg(m.code))
+    FROM unnest(p_ids, p_states, p_at, p_codes) m(id, state, at, code)
+    WHERE m.id <> ALL (v_deferred)
+    HAVING count(*) > 0;
 END
 $$;

@@ -353,7 +353,6 @@ DECLARE
     v_states text[];
     v_at timestamptz[];
     v_codes integer[];
-    v_deferred bigint[];
 BEGIN
     PERFORM core.advance_outbound(array_agg(r.outbound_id), array_fill('accepted'::text, ARRAY[count(*)::int]),
                                   array_fill(p_now, ARRAY[count(*)::int]), array_agg(r.wamid))
@@ -372,11 +371,7 @@ BEGIN
     INTO v_ids, v_states, v_at, v_codes FROM early;
     -- A 131049 that came before this report (core.apply_statuses left it for it): the
     -- message is tried again a day later, not failed (limits.sql).
-    v_deferred := core.defer_capped(v_ids, v_states, v_codes, v_at);
-    PERFORM core.advance_outbound(array_agg(e.id), array_agg(e.state), array_agg(e.at), NULL, array_agg(e.code))
-    FROM unnest(v_ids, v_states, v_at, v_codes) e(id, state, at, code)
-    WHERE e.id <> ALL (v_deferred)
-    HAVING count(*) > 0;
+    PERFORM core.apply_matched_statuses(v_ids, v_states, v_at, v_codes);
 
     PERFORM pgmq.delete(r.queue_name, array_agg(r.msg_id))
     FROM unnest(p_rows) r
