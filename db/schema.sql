@@ -1843,7 +1843,6 @@ BEGIN
     v_created := api.create_campaign(p_tenant_id => p_tenant_id, p_number_id => p_number_id, p_name => p_name,
                                      p_templates => p_templates, p_on_invalid => p_on_invalid,
                                      p_scheduled_at => p_scheduled_at, p_start => p_start);
-    PERFORM core.keep_template_specs(v_created.campaign_id, p_templates);
     RETURN v_created;
 END
 $$;
@@ -3941,14 +3940,14 @@ BEGIN
         RAISE EXCEPTION 'no recipient of campaign % is %', p_campaign_id, replace(p_who, '_', ' ')
             USING ERRCODE = 'PW101', HINT = 'Nothing to send again; check api.campaign_stats().';
     END IF;
-    -- The same templates and parameter mapping, unless others are given: the spec each
-    -- variant was made with, or for a campaign of body parameters only, its mapping.
+    -- The same templates and parameter mapping, unless others are given: the mapping each
+    -- variant was made with (campaign_templates.mapping), or for a campaign made before
+    -- mappings were kept, its body parameters.
     IF v_templates IS NULL THEN
-        SELECT jsonb_agg(coalesce(ct.spec,
-                   ct.mapping || jsonb_build_object('name', t.name, 'language', t.language),
-                   CASE WHEN ct.render IS NULL THEN
-                   jsonb_build_object('name', t.name, 'language', t.language, 'params', ct.params) END) ORDER BY ct.variant),
-               bool_or(ct.spec IS NULL AND ct.mapping IS NULL AND ct.render IS NOT NULL)
+        SELECT jsonb_agg(jsonb_build_object('name', t.name, 'language', t.language)
+                         || coalesce(ct.mapping, CASE WHEN ct.render IS NULL THEN
+                                                     jsonb_build_object('params', ct.params) END) ORDER BY ct.variant),
+               bool_or(ct.mapping IS NULL AND ct.render IS NOT NULL)
         INTO v_templates, v_unknown
         FROM core.campaign_templates ct JOIN core.templates t ON t.template_id = ct.template_id
         WHERE ct.campaign_id = p_campaign_id;
@@ -3961,7 +3960,6 @@ BEGIN
         p_tenant_id => p_tenant_id, p_number_id => coalesce(p_number_id, v_campaign.number_id),
         p_name => coalesce(p_name, left(v_campaign.name, 150) || ' (' || replace(p_who, '_', ' ') || ')'),
         p_templates => v_templates, p_on_invalid => p_on_invalid, p_scheduled_at => p_scheduled_at, p_start => p_start);
-    PERFORM core.keep_template_specs(v_created.campaign_id, v_templates);
     RETURN v_created;
 END
 $_$;
@@ -5751,6 +5749,20 @@ BEGIN
     RETURN coalesce(cardinality(v_new), 0);
 END
 $_$;
+
+CREATE FUNCTION core.apply_matched_statuses(p_ids bigint[], p_states text[], p_at timestamp with time zone[], p_codes integer[]) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_deferred bigint[] := core.defer_capped(p_ids, p_states, p_codes, p_at);
+BEGIN
+    PERFORM core.advance_outbound(array_agg(m.id), array_agg(m.state), array_agg(m.at), NULL, array_agg(m.code))
+    FROM unnest(p_ids, p_states, p_at, p_codes) m(id, state, at, code)
+    WHERE m.id <> ALL (v_deferred)
+    HAVING count(*) > 0;
+END
+$$;
 
 CREATE FUNCTION core.apply_quality_updates(p_changes core.webhook_change[]) RETURNS integer
     LANGUAGE plpgsql
@@ -7876,15 +7888,6 @@ CREATE FUNCTION core.iso_time(p_expr text) RETURNS text
     SELECT format('to_char(%s AT TIME ZONE ''UTC'', ''YYYY-MM-DD"T"HH24:MI:SS.US"Z"'')', p_expr)
 $$;
 
-CREATE FUNCTION core.keep_template_specs(p_campaign_id bigint, p_templates jsonb) RETURNS void
-    LANGUAGE sql
-    SET search_path TO ''
-    AS $$
-    UPDATE core.campaign_templates ct SET spec = e.spec
-    FROM jsonb_array_elements(p_templates) WITH ORDINALITY e(spec, ord)
-    WHERE ct.campaign_id = p_campaign_id AND ct.variant = e.ord - 1 AND ct.spec IS NULL
-$$;
-
 CREATE FUNCTION core.like_literal(p_text text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     SET search_path TO ''
@@ -8141,7 +8144,6 @@ DECLARE
     v_states text[];
     v_at timestamptz[];
     v_codes integer[];
-    v_deferred bigint[];
 BEGIN
     WITH late AS (
         UPDATE core.status_events se SET outbound_id = o.outbound_id
@@ -8156,11 +8158,7 @@ BEGIN
     IF v_ids IS NULL THEN
         RETURN 0;
     END IF;
-    v_deferred := core.defer_capped(v_ids, v_states, v_codes, v_at);
-    PERFORM core.advance_outbound(array_agg(l.id), array_agg(l.state), array_agg(l.at), NULL, array_agg(l.code))
-    FROM unnest(v_ids, v_states, v_at, v_codes) l(id, state, at, code)
-    WHERE l.id <> ALL (v_deferred)
-    HAVING count(*) > 0;
+    PERFORM core.apply_matched_statuses(v_ids, v_states, v_at, v_codes);
     RETURN cardinality(v_ids);
 END
 $$;
@@ -9343,7 +9341,6 @@ DECLARE
     v_states text[];
     v_at timestamptz[];
     v_codes integer[];
-    v_deferred bigint[];
 BEGIN
     PERFORM core.advance_outbound(array_agg(r.outbound_id), array_fill('accepted'::text, ARRAY[count(*)::int]),
                                   array_fill(p_now, ARRAY[count(*)::int]), array_agg(r.wamid))
@@ -9362,11 +9359,7 @@ BEGIN
     INTO v_ids, v_states, v_at, v_codes FROM early;
     -- A 131049 that came before this report (core.apply_statuses left it for it): the
     -- message is tried again a day later, not failed (limits.sql).
-    v_deferred := core.defer_capped(v_ids, v_states, v_codes, v_at);
-    PERFORM core.advance_outbound(array_agg(e.id), array_agg(e.state), array_agg(e.at), NULL, array_agg(e.code))
-    FROM unnest(v_ids, v_states, v_at, v_codes) e(id, state, at, code)
-    WHERE e.id <> ALL (v_deferred)
-    HAVING count(*) > 0;
+    PERFORM core.apply_matched_statuses(v_ids, v_states, v_at, v_codes);
 
     PERFORM pgmq.delete(r.queue_name, array_agg(r.msg_id))
     FROM unnest(p_rows) r
@@ -10370,8 +10363,7 @@ CREATE TABLE core.campaign_templates (
     replied integer DEFAULT 0 NOT NULL,
     failed integer DEFAULT 0 NOT NULL,
     render jsonb,
-    mapping jsonb,
-    spec jsonb
+    mapping jsonb
 );
 
 COMMENT ON COLUMN core.campaign_templates.params IS 'The sources of the queue message''s per-row values "p", in order: [{"column": ...}] (core.defer_capped rebuilds "p" from them); before render skeletons, the body parameters ({"column"} or {"value"}).';
@@ -10379,8 +10371,6 @@ COMMENT ON COLUMN core.campaign_templates.params IS 'The sources of the queue me
 COMMENT ON COLUMN core.campaign_templates.render IS 'Skeleton of Meta''s components array: constants folded in, per-row values marked {"$slot": n, "$path": ...} (core.render_components); null for body-only campaigns made before it.';
 
 COMMENT ON COLUMN core.campaign_templates.mapping IS 'The template mapping as api.create_campaign was given it (header, body, buttons); null for campaigns made before it, whose params are their body mapping.';
-
-COMMENT ON COLUMN core.campaign_templates.spec IS 'The template spec as given to api.create_campaign (name, language, mapping); api.retarget_campaign sends it again.';
 
 ALTER TABLE core.campaigns ALTER COLUMN campaign_id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME core.campaigns_campaign_id_seq

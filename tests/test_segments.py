@@ -273,8 +273,9 @@ def test_retargeting_picks_exactly_the_recipients_asked_for(db) -> None:
         assert created[1] == "draft"
     # The same templates and mapping: the new campaign renders the same parameters.
     last = db.execute("SELECT max(campaign_id) FROM core.campaigns").fetchone()[0]
-    assert db.execute("SELECT ct.spec FROM core.campaign_templates ct WHERE ct.campaign_id = %s",
-                      (last,)).fetchone()[0] == f.order_update()
+    assert db.execute("""SELECT jsonb_build_object('name', t.name, 'language', t.language) || ct.mapping
+                         FROM core.campaign_templates ct JOIN core.templates t USING (template_id)
+                         WHERE ct.campaign_id = %s""", (last,)).fetchone()[0] == f.order_update()
     name = db.execute("SELECT name FROM core.campaigns WHERE campaign_id = %s", (last,)).fetchone()[0]
     assert name.endswith("(not replied)")
 

@@ -414,21 +414,11 @@ BEGIN
     v_created := api.create_campaign(p_tenant_id => p_tenant_id, p_number_id => p_number_id, p_name => p_name,
                                      p_templates => p_templates, p_on_invalid => p_on_invalid,
                                      p_scheduled_at => p_scheduled_at, p_start => p_start);
-    PERFORM core.keep_template_specs(v_created.campaign_id, p_templates);
     RETURN v_created;
 END
 $$;
 COMMENT ON FUNCTION api.create_campaign_from_segment(bigint, bigint, text, jsonb, bigint, jsonb, text[], timestamptz, boolean, text, timestamptz) IS
     'Creates a campaign, in one transaction, for the contacts a segment matches at that moment (a saved segment, an inline filter, or contacts with any of p_tags: exactly one): stages them (phone, name, attributes, so template parameters map to fields and columns) and calls api.create_campaign, which skips opted-out contacts and, with p_on_invalid skip (the default), contacts lacking a mapped value. Contacts added later are not in it. Returns what api.create_campaign returns. Raises what api.create_campaign and api.segment_count raise, and PW101 when no contact with a phone matches; nothing is left behind on error.';
-
--- Record the template specs a campaign was made with (core.campaign_templates.spec), for
--- a later retarget, where api.create_campaign has not.
-CREATE OR REPLACE FUNCTION core.keep_template_specs(p_campaign_id bigint, p_templates jsonb) RETURNS void
-LANGUAGE sql SET search_path = '' AS $$
-    UPDATE core.campaign_templates ct SET spec = e.spec
-    FROM jsonb_array_elements(p_templates) WITH ORDINALITY e(spec, ord)
-    WHERE ct.campaign_id = p_campaign_id AND ct.variant = e.ord - 1 AND ct.spec IS NULL
-$$;
 
 -- Which of a campaign's messages a retarget picks, as a condition on core.outbound_messages
 -- o. Messages still waiting or in flight are never picked: they may yet arrive.
@@ -482,14 +472,14 @@ BEGIN
         RAISE EXCEPTION 'no recipient of campaign % is %', p_campaign_id, replace(p_who, '_', ' ')
             USING ERRCODE = 'PW101', HINT = 'Nothing to send again; check api.campaign_stats().';
     END IF;
-    -- The same templates and parameter mapping, unless others are given: the spec each
-    -- variant was made with, or for a campaign of body parameters only, its mapping.
+    -- The same templates and parameter mapping, unless others are given: the mapping each
+    -- variant was made with (campaign_templates.mapping), or for a campaign made before
+    -- mappings were kept, its body parameters.
     IF v_templates IS NULL THEN
-        SELECT jsonb_agg(coalesce(ct.spec,
-                   ct.mapping || jsonb_build_object('name', t.name, 'language', t.language),
-                   CASE WHEN ct.render IS NULL THEN
-                   jsonb_build_object('name', t.name, 'language', t.language, 'params', ct.params) END) ORDER BY ct.variant),
-               bool_or(ct.spec IS NULL AND ct.mapping IS NULL AND ct.render IS NOT NULL)
+        SELECT jsonb_agg(jsonb_build_object('name', t.name, 'language', t.language)
+                         || coalesce(ct.mapping, CASE WHEN ct.render IS NULL THEN
+                                                     jsonb_build_object('params', ct.params) END) ORDER BY ct.variant),
+               bool_or(ct.mapping IS NULL AND ct.render IS NOT NULL)
         INTO v_templates, v_unknown
         FROM core.campaign_templates ct JOIN core.templates t ON t.template_id = ct.template_id
         WHERE ct.campaign_id = p_campaign_id;
@@ -502,7 +492,6 @@ BEGIN
         p_tenant_id => p_tenant_id, p_number_id => coalesce(p_number_id, v_campaign.number_id),
         p_name => coalesce(p_name, left(v_campaign.name, 150) || ' (' || replace(p_who, '_', ' ') || ')'),
         p_templates => v_templates, p_on_invalid => p_on_invalid, p_scheduled_at => p_scheduled_at, p_start => p_start);
-    PERFORM core.keep_template_specs(v_created.campaign_id, v_templates);
     RETURN v_created;
 END
 $$;

@@ -116,9 +116,3 @@ CREATE TYPE api.contacts_mapped_import AS (
     tagged              integer
 );
 
--- The template spec a campaign variant was made with ({"name", "language", and its
--- parameter mapping} as given to api.create_campaign), so that a retarget sends the same
--- template with the same mapping (api.retarget_campaign). Null for campaigns made before.
-ALTER TABLE core.campaign_templates ADD COLUMN spec jsonb;
-COMMENT ON COLUMN core.campaign_templates.spec IS
-    'The template spec as given to api.create_campaign (name, language, mapping); api.retarget_campaign sends it again.';
