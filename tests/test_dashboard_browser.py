@@ -5,88 +5,14 @@ under test-artifacts/. Waits are on the page's state (WebDriverWait), never on a
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
 import psycopg
-import pytest
-from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
 
-from api.dashboard.passwords import hash_password
 from pgwa.config import ROOT
 from tests import factories
-from tests.api_support import live_server
+from tests.dashboard_fixtures import add_user, click, log_in, shot, text_of, wait
 from tests.test_bots import Inbox
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-ARTIFACTS = ROOT / "test-artifacts"
-PASSWORD = "a good long password"
-WAIT_S = 15
-
-
-
-@pytest.fixture
-def browser() -> Iterator:
-    if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
-        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} is missing: install Debian's chromium and chromium-driver "
-                    "(scripts/db.sh does, for make test)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    with tempfile.TemporaryDirectory(prefix="pgwa-chromium-") as profile:
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     f"--user-data-dir={profile}", "--window-size=1280,900"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-        try:
-            yield driver
-        finally:
-            driver.quit()
-
-
-@pytest.fixture
-def server(db_url: str) -> Iterator[str]:
-    with live_server(db_url) as url:
-        yield url
-
-
-def add_user(db: psycopg.Connection, tenant_id: int, email: str, role: str) -> None:
-    db.execute("SELECT api.create_user(%s, %s, %s, %s)", (tenant_id, email, role, hash_password(PASSWORD)))
-
-
-def wait(driver, condition, timeout: float = WAIT_S):
-    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
-
-
-def shot(driver, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    assert driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
-
-
-def log_in(driver, server: str, email: str) -> None:
-    driver.get(f"{server}/dashboard/login")
-    wait(driver, ec.presence_of_element_located((By.ID, "email"))).send_keys(email)
-    driver.find_element(By.ID, "password").send_keys(PASSWORD)
-    driver.find_element(By.ID, "login").click()
-    wait(driver, ec.presence_of_element_located((By.ID, "who")))
-
-
-def text_of(driver, css: str) -> str:
-    return driver.find_element(By.CSS_SELECTOR, css).text
-
-
-def click(driver, css: str) -> None:
-    """Clicks an element that a live refresh may swap at any moment (found again if it was)."""
-    def clicked(d) -> bool:
-        d.find_element(By.CSS_SELECTOR, css).click()
-        return True
-    WebDriverWait(driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,)).until(clicked)
 
 
 def test_a_marketer_logs_in_watches_counters_move_and_pauses(db: psycopg.Connection, server: str, browser) -> None:

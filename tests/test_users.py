@@ -70,7 +70,9 @@ def test_login_returns_the_hash_to_verify_and_a_session_holds_its_roles_actions(
     s = db.execute("SELECT tenant_id, user_id, email, role, actions FROM api.dashboard_session(%s, %s)",
                    (h, T0)).fetchone()
     assert s == (acc.tenant_id, uid, "ana@example.com", "marketer",
-                 ["campaigns.manage", "campaigns.read", "inbox.read"])
+                 ["bots.manage", "bots.read", "campaigns.manage", "campaigns.read", "contacts.manage",
+                  "contacts.read", "inbox.read", "notifications.manage", "notifications.read",
+                  "numbers.read", "templates.read"])
 
 
 def test_the_listing_never_shows_a_password_hash(db, acc) -> None:

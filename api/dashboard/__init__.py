@@ -8,4 +8,5 @@ functions, with the tenant and the role check resolved in SQL from the session.
     sessions.py    the signed session cookie, token hashes and CSRF tokens
     events.py      /dashboard/events: Server-Sent Events fed by one LISTEN connection
     views.py       the pages and their form posts
+    inbox.py       the inbox: conversations, threads, replies, notes, canned replies
 """

@@ -51,32 +51,6 @@ LOGIN = "SELECT session_id FROM api.dashboard_login(%(user_id)s, %(s)s)"
 LOGOUT = "SELECT api.dashboard_logout(%(s)s)"
 INVITATION = "SELECT email, role, expires_at FROM api.invitation(%(t)s)"
 ACCEPT = "SELECT user_id FROM api.accept_invitation(%(t)s, %(password_hash)s)"
-CAMPAIGNS = """SELECT coalesce(json_agg(c ORDER BY c.campaign_id DESC), '[]')::text
-FROM api.campaigns(api.dashboard_authorize(%(s)s, 'campaigns.read'), NULL, NULL, 100) c"""
-CAMPAIGN = """SELECT row_to_json(c)::text
-FROM api.campaign_stats(api.dashboard_authorize(%(s)s, 'campaigns.read'), %(campaign_id)s::bigint) c"""
-CAMPAIGN_ACTIONS = {
-    "pause": "SELECT api.pause_campaign(api.dashboard_authorize(%(s)s, 'campaigns.manage'), %(campaign_id)s::bigint,"
-             " 'paused from the dashboard')",
-    "resume": "SELECT api.resume_campaign(api.dashboard_authorize(%(s)s, 'campaigns.manage'), %(campaign_id)s::bigint)",
-    "cancel": "SELECT api.cancel_campaign(api.dashboard_authorize(%(s)s, 'campaigns.manage'), %(campaign_id)s::bigint)",
-}
-NUMBERS = """SELECT coalesce(json_agg(n ORDER BY n.number_id), '[]')::text
-FROM api.numbers(api.dashboard_authorize(%(s)s, 'inbox.read')) n"""
-CONVERSATIONS = """SELECT coalesce(json_agg(c ORDER BY c.last_message_at DESC, c.contact_id DESC), '[]')::text
-FROM api.dashboard_conversations(%(s)s, %(number_id)s::bigint, %(filter)s::text, 100) c"""
-THREAD = """SELECT coalesce(json_agg(m ORDER BY m.created_at, m.message_id), '[]')::text
-FROM api.conversation(api.dashboard_authorize_conversation(%(s)s, 'inbox.read', %(number_id)s::bigint,
-                                                           %(contact_id)s::bigint),
-                      %(number_id)s::bigint, %(contact_id)s::bigint, NULL, NULL, 100) m"""
-MARK_READ = """SELECT api.mark_read(api.dashboard_authorize_conversation(%(s)s, 'inbox.reply', %(number_id)s::bigint,
-                                                                         %(contact_id)s::bigint),
-                                    %(number_id)s::bigint, %(contact_id)s::bigint)"""
-REPLY = """SELECT outbound_id FROM api.reply(api.dashboard_authorize_conversation(%(s)s, 'inbox.reply',
-                                                                                  %(number_id)s::bigint,
-                                                                                  %(contact_id)s::bigint),
-                                            %(number_id)s::bigint, %(contact_id)s::bigint, %(reply)s::jsonb)"""
-TAKE = "SELECT assigned_to FROM api.dashboard_take_conversation(%(s)s, %(number_id)s::bigint, %(contact_id)s::bigint)"
 USERS = """SELECT coalesce(json_agg(u ORDER BY u.email), '[]')::text
 FROM api.dashboard_users(api.dashboard_authorize(%(s)s, 'users.manage')) u"""
 INVITE = """SELECT email, role, expires_at
@@ -148,6 +122,9 @@ class Dashboard:
         await self.events.stop()
 
     def routes(self) -> list[BaseRoute]:
+        from api.dashboard.campaigns import CampaignScreens  # it imports this module's helpers
+        from api.dashboard.inbox import InboxPages  # it imports this module's helpers
+        from api.dashboard.screens import Screens  # it imports this module's helpers
         page = self._page
         return [
             Route("/dashboard", page(self.home), methods=["GET"]),
@@ -156,17 +133,13 @@ class Dashboard:
             Route("/dashboard/logout", page(self.logout), methods=["POST"]),
             Route("/dashboard/invitations/{token}", page(self.invitation_form), methods=["GET"]),
             Route("/dashboard/invitations/{token}", page(self.accept_invitation), methods=["POST"]),
-            Route("/dashboard/campaigns", page(self.campaigns), methods=["GET"]),
-            Route("/dashboard/campaigns/{campaign_id}", page(self.campaign), methods=["GET"]),
-            Route("/dashboard/campaigns/{campaign_id}/{action}", page(self.campaign_action), methods=["POST"]),
-            Route("/dashboard/inbox", page(self.inbox), methods=["GET"]),
-            Route("/dashboard/inbox/{number_id}/{contact_id}", page(self.thread), methods=["GET"]),
-            Route("/dashboard/inbox/{number_id}/{contact_id}/reply", page(self.reply), methods=["POST"]),
-            Route("/dashboard/inbox/{number_id}/{contact_id}/take", page(self.take), methods=["POST"]),
+            *CampaignScreens(self).routes(),   # /dashboard/campaigns… (api/dashboard/campaigns.py)
+            *InboxPages(self).routes(),     # /dashboard/inbox… (api/dashboard/inbox.py)
             Route("/dashboard/users", page(self.users), methods=["GET"]),
             Route("/dashboard/users/invite", page(self.invite), methods=["POST"]),
             Route("/dashboard/users/{user_id}/{action}", page(self.user_action), methods=["POST"]),
             Route("/dashboard/events", self.event_stream, methods=["GET"]),
+            *Screens(self).routes(),   # contacts, templates, bots, numbers, notifications, keys
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ]
 
@@ -331,71 +304,6 @@ class Dashboard:
         response = _redirect("/dashboard")
         self._set_session_cookie(request, response, token)
         return response
-
-    # -- campaigns ----------------------------------------------------------------------------
-
-    async def campaigns(self, request: Request) -> Response:
-        session = await self._session(request)
-        campaigns = await self._json(CAMPAIGNS, {"s": self._hash(request)})
-        template = "_campaign_rows.html" if request.query_params.get("fragment") else "campaigns.html"
-        return self._render(request, template, {"campaigns": campaigns}, session=session)
-
-    async def campaign(self, request: Request) -> Response:
-        session = await self._session(request)
-        campaign_id = _int(request.path_params["campaign_id"], "campaign")
-        stats = await self._json(CAMPAIGN, {"s": self._hash(request), "campaign_id": campaign_id})
-        template = "_campaign_stats.html" if request.query_params.get("fragment") else "campaign.html"
-        return self._render(request, template, {"c": stats}, session=session)
-
-    async def campaign_action(self, request: Request) -> Response:
-        action = request.path_params["action"]
-        if action not in CAMPAIGN_ACTIONS:
-            raise PageError(404, "no such action")
-        await self._form(request)
-        campaign_id = _int(request.path_params["campaign_id"], "campaign")
-        await self._one(CAMPAIGN_ACTIONS[action], {"s": self._hash(request), "campaign_id": campaign_id})
-        return _redirect(f"/dashboard/campaigns/{campaign_id}")
-
-    # -- inbox --------------------------------------------------------------------------------
-
-    async def inbox(self, request: Request) -> Response:
-        session = await self._session(request)
-        s = self._hash(request)
-        numbers = await self._json(NUMBERS, {"s": s})
-        raw = request.query_params.get("number_id")
-        number_id = _int(raw, "number") if raw else (numbers[0]["number_id"] if numbers else None)
-        filter_ = request.query_params.get("filter") or "all"
-        conversations = [] if number_id is None else await self._json(
-            CONVERSATIONS, {"s": s, "number_id": number_id, "filter": filter_})
-        template = "_conversations.html" if request.query_params.get("fragment") else "inbox.html"
-        return self._render(request, template, {"numbers": numbers, "number_id": number_id, "filter": filter_,
-                                                "conversations": conversations}, session=session)
-
-    def _conversation_ids(self, request: Request) -> dict[str, Any]:
-        return {"s": self._hash(request), "number_id": _int(request.path_params["number_id"], "number"),
-                "contact_id": _int(request.path_params["contact_id"], "contact")}
-
-    async def thread(self, request: Request) -> Response:
-        session = await self._session(request)
-        ids = self._conversation_ids(request)
-        messages = await self._json(THREAD, ids)
-        if "inbox.reply" in session["actions"] and not request.query_params.get("fragment"):
-            await self._one(MARK_READ, ids)
-        template = "_messages.html" if request.query_params.get("fragment") else "thread.html"
-        return self._render(request, template, {"messages": messages, **ids, "s": None}, session=session)
-
-    async def reply(self, request: Request) -> Response:
-        form = await self._form(request)
-        ids = self._conversation_ids(request)
-        text = _field(form, "text")
-        await self._one(REPLY, {**ids, "reply": orjson.dumps({"type": "text", "text": text}).decode()})
-        return _redirect(f"/dashboard/inbox/{ids['number_id']}/{ids['contact_id']}")
-
-    async def take(self, request: Request) -> Response:
-        await self._form(request)
-        ids = self._conversation_ids(request)
-        await self._one(TAKE, ids)
-        return _redirect(f"/dashboard/inbox/{ids['number_id']}/{ids['contact_id']}")
 
     # -- users --------------------------------------------------------------------------------
 

@@ -462,6 +462,10 @@ LANGUAGE plpgsql SET search_path = '' AS $$
 BEGIN
     PERFORM pg_notify('pgwa_dashboard', 'inbox ' || left(string_agg(DISTINCT w.tenant_id || ':' || i.number_id || '.' || i.contact_id, ','), 7000))
     FROM changed i JOIN core.wa_numbers w ON w.number_id = i.number_id
+    -- A message sent through the send API is left out: a NOTIFY would serialise those
+    -- transactions' commits (PostgreSQL's notify lock); an open page sees it on its next refresh.
+    WHERE NOT (i.direction = 'out' AND i.outbound_id IS NOT NULL AND EXISTS (
+        SELECT 1 FROM core.outbound_messages o WHERE o.outbound_id = i.outbound_id AND o.kind = 'api'))
     HAVING count(*) > 0;
     RETURN NULL;
 END

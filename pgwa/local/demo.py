@@ -6,13 +6,16 @@ creates a demo tenant, a number at Meta's top throughput tier (1,000 msg/s) and 
 its templates from the simulator; uploads 20,000 generated contacts with COPY; runs
 each campaign with a live progress bar; prints each funnel and what the simulator's
 ledger saw (duplicates, peak rate); ends with one JSON line
-``{"campaigns": [{"name", "components", "sent", "failed", "duplicates", ...}, ...]}``,
+``{"campaigns": [{"name", "components", "sent", "failed", "duplicates", ...}, ...], "dashboard": {...}}``
+(before it, the dashboard's URL and the login of an admin made for the demo's tenant),
 stops everything and exits 0 when both completed with nothing failed or sent twice.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import secrets
 import sys
 import time
 
@@ -23,8 +26,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.dashboard.passwords import hash_password
 from api.graph_templates import sync_templates
-from pgwa.config import database_url
+from pgwa.cli.users import CREATE_USER
+from pgwa.config import Settings, database_url
 from pgwa.contacts import csv_text, stage_csv
 from pgwa.local.stack import GRAPH_VERSION, Stack
 from pgwa.queries import queries
@@ -130,6 +135,11 @@ def run(console: Console) -> int:
     with psycopg.connect(url, autocommit=True) as conn, Stack(url, sim_settings=SIM_SETTINGS) as stack:
         console.print(f"[bold]pgwa demo[/]: simulator {stack.sim_url}, webhooks {stack.api_url}, logs {stack.logs}")
         tenant = conn.execute(queries["create_tenant"], {"name": f"demo-{stamp}"}).fetchone()[0]
+        # A dashboard admin of the demo's tenant, as `pgwa user add` makes one (argon2 here,
+        # only the hash reaches SQL); its generated password is printed once, at the end.
+        email, password = f"admin+{stamp}@demo.example", secrets.token_urlsafe(12)
+        conn.execute(CREATE_USER, {"tenant_id": tenant, "email": email, "role": "admin",
+                                   "password_hash": hash_password(password)})
         phone_number_id, waba_id = f"1{stamp:014d}", f"2{stamp:014d}"
         number = stack.register_number(conn, tenant, phone_number_id, waba_id, THROUGHPUT)
         synced = sync_templates(conn, tenant, waba_id, "local-token", stack.sim_url, GRAPH_VERSION)
@@ -143,9 +153,13 @@ def run(console: Console) -> int:
         ]
         peak = stack.sim("GET", "/_sim/stats")["numbers"].get(phone_number_id, {}).get("peak_1s_attempts")
     console.print(f"peak 1-second rate at the simulator: {peak} (limit {THROUGHPUT} msg/s)")
+    dashboard = f"http://127.0.0.1:{os.environ.get('PGWA_API_PORT') or Settings.api_port}/dashboard"
+    console.print(f"[bold]Dashboard[/]: run `make api` (and `make worker` to send), open {dashboard}/login and log in "
+                  f"as {email} with the password {password} (shown once; tenant {tenant})", highlight=False)
     print(orjson.dumps({"campaigns": [
         {k: s[k] for k in ("name", "components", "status", "total", "sent", "delivered", "failed", "duplicates")}
-        for s in summaries], "peak_1s_rate": peak}).decode())
+        for s in summaries], "peak_1s_rate": peak,
+        "dashboard": {"url": dashboard, "email": email, "tenant_id": tenant}}).decode())
     ok = all(s["status"] == "completed" and s["failed"] == 0 and s["duplicates"] == 0 for s in summaries)
     return 0 if ok else 1
 
