@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 import orjson
 import psycopg
 import pytest
 
+from pgwa.queries import queries
 from tests import factories as f
 
 
@@ -138,6 +141,105 @@ def test_counts_add_up_when_invalid_duplicate_and_opted_out_rows_mix(db: psycopg
     created = f.create_campaign(db, acc, rows, on_invalid="skip")
     assert (created["total"], created["skipped_invalid"], created["duplicates_removed"],
             created["skipped_opted_out"]) == (4, 1, 2, 1)
+
+
+# The definition core.normalize_phone had before it was made fast: the reference the
+# rewrite must agree with, on every kind of input.
+OLD_NORMALIZE = """
+    SELECT CASE WHEN raw ~ '[^0-9+()./ \t-]' THEN NULL ELSE substring(
+        CASE WHEN translate(raw, '+()./ -' || chr(9), '') LIKE '00%%' THEN substr(translate(raw, '+()./ -' || chr(9), ''), 3)
+             WHEN ltrim(raw) LIKE '+%%' OR cc IS NULL OR translate(raw, '+()./ -' || chr(9), '') NOT LIKE '0%%'
+                 THEN translate(raw, '+()./ -' || chr(9), '')
+             ELSE cc || ltrim(translate(raw, '+()./ -' || chr(9), ''), '0') END, '^([1-9][0-9]{6,14})$') END"""
+
+
+def test_phone_normalisation_agrees_with_its_reference_definition(db: psycopg.Connection) -> None:
+    raws = ["+1 (415) 555-0100", "0044 20 7946 0958", "020 7946 0959", "+49.30.1234567", "\t+55 11 91234-5678 ",
+            "", " ", "+", "00", "0", "000123", "1234567", "123456", "123456789012345", "1234567890123456",
+            "00123456789012345", "001234567890123456", "0012345", "00123456", "+0 123 4567", "0123456", "01234567",
+            "(0) 20 7946", "abc", "+1 415 555 0100 ext 2", "1٢34567890", "+1\n4155550100", None]
+    ccs = [None, "44", "1", "999"]
+    rows = db.execute(f"""
+        SELECT raw, cc, core.normalize_phone(raw, cc) AS new,
+               core.phone_from_digits(raw, core.phone_digits(raw), cc) AS set_based, ({OLD_NORMALIZE}) AS old
+        FROM unnest(%s::text[]) raw, unnest(%s::text[]) cc""", (raws, ccs)).fetchall()
+    assert len(rows) == len(raws) * len(ccs)
+    assert [r for r in rows if not (r[2] == r[3] == r[4])] == []
+    assert sum(r[2] is not None for r in rows) > 20
+
+
+def test_known_contacts_the_list_does_not_change_are_not_locked_or_rewritten(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    f.create_campaign(db, acc, 3)
+    before = dict(db.execute("SELECT wa_id, (xmin::text, xmax::text, ctid::text) FROM core.contacts").fetchall())
+    f.create_campaign(db, acc, 3)
+    assert dict(db.execute("SELECT wa_id, (xmin::text, xmax::text, ctid::text) FROM core.contacts").fetchall()) == before
+    # A new name or attribute is merged into that contact alone; a row without a name keeps the old one.
+    rows = f.contacts(3)
+    rows[1] = {**rows[1], "name": "Renamed", "order_no": "Z-1"}
+    rows[2] = {**rows[2], "name": ""}
+    f.create_campaign(db, acc, rows, [f.promo()], on_invalid="skip")
+    after = dict(db.execute("SELECT wa_id, (xmin::text, xmax::text, ctid::text) FROM core.contacts").fetchall())
+    phones = f.phones(3)
+    assert after[phones[0]] == before[phones[0]] and after[phones[2]] == before[phones[2]]
+    assert after[phones[1]] != before[phones[1]]
+    assert db.execute("SELECT wa_id, name, attributes FROM core.contacts ORDER BY wa_id").fetchall() == [
+        (phones[0], "Name 0", {"order_no": "A-0"}), (phones[1], "Renamed", {"order_no": "Z-1"}),
+        (phones[2], "Name 2", {"order_no": "A-2"})]
+
+
+def test_a_contact_another_session_adds_meanwhile_is_used_not_duplicated(db: psycopg.Connection, db_url: str) -> None:
+    acc = f.account(db)
+    rows = f.contacts(4)
+    with psycopg.connect(db_url) as other, psycopg.connect(db_url, autocommit=True) as watcher:
+        # Another session inserts the list's third phone and has not committed: the campaign
+        # does not see it, tries to insert it and waits; then the other session commits.
+        other_id = other.execute("INSERT INTO core.contacts (tenant_id, wa_id, name) VALUES (%s, %s, 'Theirs')"
+                                 " RETURNING contact_id", (acc.tenant_id, rows[2]["phone"])).fetchone()[0]
+        f.stage(db, rows)
+        pid = db.info.backend_pid
+        result: dict = {}
+
+        def create() -> None:
+            result["created"] = db.execute(queries["create_campaign"], {
+                "tenant_id": acc.tenant_id, "number_id": acc.number_id, "name": "meanwhile",
+                "templates": orjson.dumps([f.order_update()]).decode(), "on_invalid": "reject",
+                "scheduled_at": None, "start": False, "default_country_code": None}).fetchone()
+
+        worker = threading.Thread(target=create)
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not watcher.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                                  (pid,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the campaign never waited for the other session's row"
+            time.sleep(0.01)
+        other.commit()
+        worker.join(30)
+    assert result["created"][2] == 4
+    contacts = dict(db.execute("SELECT wa_id, contact_id FROM core.contacts").fetchall())
+    assert len(contacts) == 4 and contacts[rows[2]["phone"]] == other_id
+    # The list's name is merged into the contact the other session made, and the
+    # messages keep list order and point at the contacts as they are.
+    assert db.execute("SELECT name FROM core.contacts WHERE contact_id = %s", (other_id,)).fetchone()[0] == "Name 2"
+    outbound = db.execute("SELECT contact_id FROM core.outbound_messages ORDER BY outbound_id").fetchall()
+    assert [r[0] for r in outbound] == [contacts[r["phone"]] for r in rows]
+    assert [m["t"] for m in queued_messages(db, result["created"][0])] == [r["phone"] for r in rows]
+
+
+def test_a_failure_after_contacts_are_written_leaves_nothing_behind(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    # A late write of a creation (the outbound messages) fails: the contacts, the
+    # campaign, its templates and its queue, all written before it, must go too.
+    db.execute("""CREATE FUNCTION pg_temp.fail() RETURNS trigger LANGUAGE plpgsql AS $$
+                  BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = 'XX999'; END $$""")
+    db.execute("""CREATE TRIGGER fail_queue AFTER INSERT ON core.outbound_messages
+                  FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.fail()""")
+    try:
+        exc = create_error(db, acc, f.contacts(20), start=True)
+    finally:
+        db.execute("DROP TRIGGER fail_queue ON core.outbound_messages")
+    assert exc.diag.sqlstate == "XX999"
+    assert_nothing_left_behind(db)
 
 
 # -- create_campaign: templates and parameters -----------------------------------------

@@ -1,8 +1,10 @@
 -- Segments: saved filters over a tenant's contacts, their live count, and campaigns made
 -- from a segment (or tags, or an inline filter) or from another campaign's recipients
--- (retargeting). A campaign made here stages the contacts it selects into the staging
--- table api.stage_contacts makes, then calls api.create_campaign in the same transaction:
--- it gets every check create_campaign makes, and nothing is left behind on error.
+-- (retargeting). A campaign made here hands the compiled selection to core.new_campaign,
+-- the body of api.create_campaign, which reads the contacts straight into the campaign
+-- (their phones are already E.164 and they are the list, so nothing is staged,
+-- normalised again or upserted): it gets every check create_campaign makes, and nothing
+-- is left behind on error.
 --
 -- The filter grammar (a JSON object; every node has exactly one of these keys):
 --   {"all": [node, ...]}            every node holds (1 to 100 nodes)
@@ -280,23 +282,6 @@ BEGIN
 END
 $$;
 
--- Stage the contacts a compiled filter selects (those with a phone) into this session's
--- staging table, as api.stage_contacts + COPY would; returns how many.
-CREATE OR REPLACE FUNCTION core.stage_segment(p_tenant_id bigint, p_compiled core.compiled_segment) RETURNS integer
-LANGUAGE plpgsql SET search_path = '' SET client_min_messages = warning AS $$
-DECLARE
-    v_staged integer;
-BEGIN
-    PERFORM api.stage_contacts();
-    EXECUTE 'INSERT INTO pg_temp.staged_contacts (row_no, phone, name, attributes)
-             SELECT row_number() OVER (ORDER BY c.contact_id), c.wa_id, c.name, c.attributes
-             FROM core.contacts c WHERE c.tenant_id = $5 AND c.wa_id IS NOT NULL AND ' || p_compiled.sql
-        USING p_compiled.texts, p_compiled.numbers, p_compiled.times, p_compiled.ids, p_tenant_id;
-    GET DIAGNOSTICS v_staged = ROW_COUNT;
-    RETURN v_staged;
-END
-$$;
-
 -------------------------------------------------------------------------------
 -- Saved segments
 -------------------------------------------------------------------------------
@@ -405,20 +390,24 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' SET client_min_messages =
 DECLARE
     v core.compiled_segment := core.compile_segment(p_tenant_id, core.segment_filter(p_tenant_id, p_segment_id, p_filter, p_tags), p_now);
     v_created api.campaign_created;
+    v_found boolean;
 BEGIN
     PERFORM core.number_for(p_tenant_id, p_number_id);
-    IF core.stage_segment(p_tenant_id, v) = 0 THEN
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM core.contacts c WHERE c.tenant_id = $5 AND c.wa_id IS NOT NULL AND ' || v.sql || ')'
+        INTO v_found USING v.texts, v.numbers, v.times, v.ids, p_tenant_id;
+    IF NOT v_found THEN
         RAISE EXCEPTION 'the segment matches no contact with a phone number' USING ERRCODE = 'PW101',
             HINT = 'Check the segment''s live count with api.segment_count().';
     END IF;
-    v_created := api.create_campaign(p_tenant_id => p_tenant_id, p_number_id => p_number_id, p_name => p_name,
-                                     p_templates => p_templates, p_on_invalid => p_on_invalid,
-                                     p_scheduled_at => p_scheduled_at, p_start => p_start);
+    -- The segment's contacts are read straight into the campaign (no staging, no
+    -- second normalisation, no upsert of contacts that are already themselves).
+    v_created := core.new_campaign(p_tenant_id, p_number_id, p_name, p_templates, p_on_invalid,
+                                   p_scheduled_at, p_start, NULL, v);
     RETURN v_created;
 END
 $$;
 COMMENT ON FUNCTION api.create_campaign_from_segment(bigint, bigint, text, jsonb, bigint, jsonb, text[], timestamptz, boolean, text, timestamptz) IS
-    'Creates a campaign, in one transaction, for the contacts a segment matches at that moment (a saved segment, an inline filter, or contacts with any of p_tags: exactly one): stages them (phone, name, attributes, so template parameters map to fields and columns) and calls api.create_campaign, which skips opted-out contacts and, with p_on_invalid skip (the default), contacts lacking a mapped value. Contacts added later are not in it. Returns what api.create_campaign returns. Raises what api.create_campaign and api.segment_count raise, and PW101 when no contact with a phone matches; nothing is left behind on error.';
+    'Creates a campaign, in one transaction, for the contacts a segment matches at that moment (a saved segment, an inline filter, or contacts with any of p_tags: exactly one): reads them (phone, name, attributes, so template parameters map to fields and columns) as api.create_campaign reads a list, skipping opted-out contacts and, with p_on_invalid skip (the default), contacts lacking a mapped value. Contacts added later are not in it. Returns what api.create_campaign returns. Raises what api.create_campaign and api.segment_count raise, and PW101 when no contact with a phone matches; nothing is left behind on error.';
 
 -- Which of a campaign's messages a retarget picks, as a condition on core.outbound_messages
 -- o. Messages still waiting or in flight are never picked: they may yet arrive.
@@ -447,7 +436,8 @@ DECLARE
     v_campaign core.campaigns;
     v_templates jsonb := p_templates;
     v_unknown boolean;
-    v_staged integer;
+    v_pick core.compiled_segment;
+    v_found boolean;
     v_created api.campaign_created;
 BEGIN
     SELECT * INTO v_campaign FROM core.campaigns WHERE campaign_id = p_campaign_id AND tenant_id = p_tenant_id;
@@ -459,16 +449,13 @@ BEGIN
         RAISE EXCEPTION 'who must be failed, not_delivered, not_read or not_replied, not "%"', left(coalesce(p_who, ''), 40)
             USING ERRCODE = 'PW100', HINT = 'Messages still queued or in flight are never picked.';
     END IF;
-    PERFORM api.stage_contacts();
-    EXECUTE 'INSERT INTO pg_temp.staged_contacts (row_no, phone, name, attributes)
-             SELECT row_number() OVER (ORDER BY c.contact_id), c.wa_id, c.name, c.attributes
-             FROM core.contacts c
-             WHERE c.tenant_id = $1 AND c.wa_id IS NOT NULL
-               AND c.contact_id IN (SELECT o.contact_id FROM core.outbound_messages o
-                                    WHERE o.campaign_id = $2 AND ' || core.retarget_condition(p_who) || ')'
-        USING p_tenant_id, p_campaign_id;
-    GET DIAGNOSTICS v_staged = ROW_COUNT;
-    IF v_staged = 0 THEN
+    -- The recipients picked, as a segment over the tenant's contacts (core.new_campaign
+    -- reads them straight into the campaign).
+    v_pick := ROW('(c.contact_id IN (SELECT o.contact_id FROM core.outbound_messages o WHERE o.campaign_id = $4[1] AND '
+                  || core.retarget_condition(p_who) || '))', '{}', '{}', '{}', ARRAY[p_campaign_id])::core.compiled_segment;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM core.contacts c WHERE c.tenant_id = $5 AND c.wa_id IS NOT NULL AND ' || v_pick.sql || ')'
+        INTO v_found USING v_pick.texts, v_pick.numbers, v_pick.times, v_pick.ids, p_tenant_id;
+    IF NOT v_found THEN
         RAISE EXCEPTION 'no recipient of campaign % is %', p_campaign_id, replace(p_who, '_', ' ')
             USING ERRCODE = 'PW101', HINT = 'Nothing to send again; check api.campaign_stats().';
     END IF;
@@ -488,10 +475,10 @@ BEGIN
                 USING ERRCODE = 'PW100', HINT = 'Pass p_templates: the templates and mapping to send.';
         END IF;
     END IF;
-    v_created := api.create_campaign(
-        p_tenant_id => p_tenant_id, p_number_id => coalesce(p_number_id, v_campaign.number_id),
-        p_name => coalesce(p_name, left(v_campaign.name, 150) || ' (' || replace(p_who, '_', ' ') || ')'),
-        p_templates => v_templates, p_on_invalid => p_on_invalid, p_scheduled_at => p_scheduled_at, p_start => p_start);
+    v_created := core.new_campaign(
+        p_tenant_id, coalesce(p_number_id, v_campaign.number_id),
+        coalesce(p_name, left(v_campaign.name, 150) || ' (' || replace(p_who, '_', ' ') || ')'),
+        v_templates, p_on_invalid, p_scheduled_at, p_start, NULL, v_pick);
     RETURN v_created;
 END
 $$;
