@@ -394,9 +394,15 @@ PATHS: dict[str, dict[str, dict]] = {
         _ref("MessageSent"), status=201,
         params=[_param("Idempotency-Key", "header", {"type": "string", "maxLength": 255},
                        "The same key and body never send twice; the retry answers the first message.")],
-        body=_json_body(_obj(["number_id", "to", "message"], number_id=_INT,
+        body=_json_body(_obj(["number_id", "to"], number_id=_INT,
                              to={"type": "string", "description": "+E.164 phone or business-scoped user id."},
-                             message={"type": "object", "description": "A reply shape: template, text, buttons, ..."})))},
+                             template={"type": "object", "description": (
+                                 "An approved template with all its parameters (give this or message): name, "
+                                 "language, header (text, {link}, {media}, {media_id} or {location}), body (a list, "
+                                 "or an object for named parameters), buttons ({index: value}).")},
+                             message={"type": "object", "description": (
+                                 "A reply shape: template, or inside the 24-hour window text, buttons, media, "
+                                 "list, cta_url.")})))},
     "/v1/messages/{outbound_id}": {"get": _op(
         "message", "One outbound message with its status history", _ref("Message"),
         params=[_param("outbound_id", "path", _INT)])},

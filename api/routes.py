@@ -27,7 +27,9 @@ whose endpoints call ``JsonApi.fetch_text(request, SQL, params)``, given to
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -50,6 +52,7 @@ from pgwa.config import Settings
 from pgwa.numbers import GraphCheckError, verify_number
 from pgwa.queries import queries
 
+log = logging.getLogger("pgwa.api")
 JSON = "application/json"
 MAX_JSON_BODY = 1 << 20
 MAX_BIGINT = (1 << 63) - 1
@@ -152,9 +155,21 @@ MARK_READ = """SELECT json_build_object('marked',
 ASSIGN = """SELECT row_to_json(c)::text
 FROM api.assign_conversation(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(contact_id)s::bigint,
                              %(agent)s::text) c"""
-SEND_MESSAGE = """SELECT row_to_json(m)::text
-FROM api.send_message(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(to)s::text, %(message)s::jsonb,
-                      %(idempotency_key)s::text) m"""
+# The send API authenticates in a transaction of its own: api.authenticate's counting
+# UPDATE locks the key's row until commit, and inside the send's transaction every
+# request of that key would wait for the one before it to commit (measured: 49 sends/s).
+# That count is advisory state, so its commit does not wait for the WAL flush (as for
+# read routes); the send itself commits synchronously.
+SEND_AUTHENTICATE = "SELECT set_config('synchronous_commit', 'off', true), api.authenticate(%(key)s, %(scope)s)"
+# p_wake false, then WAKE_SENDER once committed: a NOTIFY inside the send would hold
+# PostgreSQL's cluster-wide notify lock through the commit's WAL flush (db/functions/messages.sql).
+SEND_MESSAGE = """SELECT row_to_json(m)::text, m.replayed
+FROM api.send_message(%(tenant_id)s::bigint, %(number_id)s::bigint, %(to)s::text, %(message)s::jsonb,
+                      %(idempotency_key)s::text, p_wake => false) m"""
+WAKE_SENDER = "SELECT pg_notify('pgwa_send', %(number_id)s::text)"
+# A worker that claimed work keeps claiming every pace interval for a second after
+# (worker/sender.py, IDLE_AFTER_S): one wake per number this often is enough.
+WAKE_EVERY_S = 0.05
 MESSAGE = """SELECT api.message(api.authenticate(%(key)s, %(scope)s), %(outbound_id)s::bigint)::text"""
 RELEASE = """SELECT row_to_json(c)::text
 FROM api.release_conversation(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(contact_id)s::bigint) c"""
@@ -389,6 +404,7 @@ class JsonApi:
     def __init__(self, settings: Settings, *, pool_size: int = 10,
                  metrics_token: str | None = None, extra_routes: Sequence[BaseRoute] = ()) -> None:
         self.settings = settings
+        self._woken: dict[int, float] = {}    # number_id -> when POST /v1/messages last woke its sender
         self.metrics_token = metrics_token if metrics_token is not None else settings.metrics_token
         from api.media import routes as media_routes  # here: api/media.py imports this module
         self.extra_routes = [*media_routes(), *extra_routes]
@@ -729,15 +745,30 @@ class JsonApi:
     async def send_message(self, request: Request) -> Response:
         """A message from the tenant's own system; ``Idempotency-Key`` makes a retry safe."""
         body = await _json_body(request)
-        message = body.get("message")
+        message, template = body.get("message"), body.get("template")
+        if message is not None and template is not None:
+            message = None                                  # one or the other: refused below
+        elif isinstance(template, dict):
+            message = {**template, "type": "template"}      # {"template": {"name", "language", ...}}
         if not isinstance(message, dict):
-            raise _bad("message must be an object", '{"type": "template", "name": "...", "language": "en_US", ...}')
-        key = request.headers.get("idempotency-key")
-        result = await self.fetch_text(request, SEND_MESSAGE, {
-            "number_id": _field(body, "number_id", lambda n, v: _to_int(n, v, low=1), required=True),
-            "to": _field(body, "to", required=True, limit=64),
-            "message": orjson.dumps(message).decode(), "idempotency_key": key})
-        replayed = orjson.loads(result)["replayed"]
+            raise _bad("give message (an object) or template (an object), not both",
+                       '{"template": {"name": "...", "language": "en_US", "body": [...]}} or '
+                       '{"message": {"type": "text", "text": "..."}}')
+        params = {"number_id": _field(body, "number_id", lambda n, v: _to_int(n, v, low=1), required=True),
+                  "to": _field(body, "to", required=True, limit=64),
+                  "message": orjson.dumps(message).decode(),
+                  "idempotency_key": request.headers.get("idempotency-key"),
+                  "key": key_hash(request), "scope": scope_of(request)}
+        async with self.pool.connection() as conn:
+            params["tenant_id"] = (await (await conn.execute(SEND_AUTHENTICATE, params)).fetchone())[1]
+            result, replayed = await (await conn.execute(SEND_MESSAGE, params)).fetchone()
+            now = time.monotonic()
+            if not replayed and now - self._woken.get(params["number_id"], 0.0) >= WAKE_EVERY_S:
+                self._woken[params["number_id"]] = now
+                try:
+                    await conn.execute(WAKE_SENDER, params)
+                except psycopg.Error:     # the message is queued: the sender's heartbeat finds it
+                    log.warning("waking the sender of number %s failed", params["number_id"])
         return Response(result, status_code=200 if replayed else 201, media_type=JSON,
                         headers={"Idempotent-Replayed": "true"} if replayed else None)
 

@@ -1,20 +1,26 @@
-"""Send API benchmark: POST /v1/messages accepted into the queue, every request sent twice.
+"""Send API benchmark: POST /v1/messages accepted into the queue, and idempotency under load.
 
 Sets up its own database on the project's cluster (a tenant, a number, an approved
-template, an API key), starts a real `python -m api` server, and drives it with wrk
-(one thread; 32 connections by default) for --seconds:
+template, an API key), starts a real API server (`python -m api`'s uvicorn settings, with
+one extra bare route for the baseline) and drives it with wrk (one thread; 32
+connections by default) for --seconds per run:
 
 * send_api_rps            new messages accepted (201) per second: each a template to a new
                           phone, with its own Idempotency-Key, queued on the reply queue
-* send_api_requests_per_s every request per second, replays included: each connection
-                          sends every request twice in a row (same key, same body)
-* idempotent_duplicates   outbound messages beyond one per key (0 when the key holds)
-* baseline_rps            the same wrk against GET /v1/numbers (an authenticated one-row
-                          route), measured in the same run: the API's ceiling on this
-                          machine; ratio = send_api_requests_per_s / baseline_rps
+* send_api_requests_per_s every request per second in a second run where each message is
+                          sent twice (same key, same body, on two connections at once)
+* idempotent_duplicates   outbound messages beyond one per key and recipient in that run
+                          (0 when the key holds)
+* baseline_rps            the same wrk against GET /bench/select: a bare Starlette endpoint
+                          running SELECT 1 through the API's own pool, in the same server and
+                          run: the ceiling of "one request, one statement" on this machine;
+                          ratio = send_api_rps / baseline_rps
+* wrk_cpu_share           the load generator's CPU time over the run's wall time and cores
+                          (it competes with the server for the same cores)
 * p99_ms                  wrk's 99th percentile latency of the send run
 
 No worker runs: the figure is the rate at which requests become queued messages.
+`measure(seconds, connections, runs)` is what bench/bench_audiences.py calls.
 Progress on stderr; one JSON object on the last line of stdout.
 """
 
@@ -22,27 +28,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import resource
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
-from bench_webhooks import ApiServer, ensure_wrk
+from bench_webhooks import ensure_wrk
 from common import create_tenant, logger, register_number, upsert_template
 
 from pgwa import scratch
+from pgwa.config import ROOT
+from pgwa.local.stack import free_port
 from pgwa.queries import queries
 
 BENCH_DB = "pgwa_bench_send_api"
 WABA_ID = "700000000000031"
 PHONE_NUMBER_ID = "700000000000032"
 
-# Each connection numbers its requests; request 2k and 2k+1 are the same message (same
-# Idempotency-Key, same body), so every message is sent twice. Status codes are counted
-# per thread and summed in done().
+# The thread numbers its requests; with copies = 2, requests 2k+1 and 2k+2 are the same
+# message (same Idempotency-Key, same body) and go out on two connections at once, so
+# every message is sent twice, concurrently; with copies = 1 every request is new.
+# Status codes are counted per thread and summed in done().
 SEND_LUA = """
 local counter, n, created, replayed, other = 0, 0, 0, 0, 0
 local threads = {}
@@ -54,11 +68,12 @@ setup = function(thread)
 end
 init = function(args)
   number_id = args[1]
-  prefix = string.format("1%02d", tonumber(id) or 0)
+  copies = tonumber(args[2])
+  prefix = string.format("1%s%02d", args[3], tonumber(id) or 0)
 end
 request = function()
   n = n + 1
-  if n % 2 == 1 then counter = counter + 1 end
+  if n % copies == 1 or copies == 1 then counter = counter + 1 end
   local phone = string.format("%s%08d", prefix, counter)
   local body = '{"number_id": ' .. number_id .. ', "to": "+' .. phone .. '", "message": {"type": "template", ' ..
     '"name": "order_update", "language": "en_US", "params": ["Ana", "A-' .. counter .. '", "ACME"]}}'
@@ -84,11 +99,62 @@ SEND_LUA = SEND_LUA.replace("local counter, n, created, replayed, other = 0, 0, 
 BASELINE_LUA = """
 init = function(args) end
 request = function()
-  return wrk.format("GET", "/v1/numbers", {["Authorization"] = "Bearer " .. key})
+  return wrk.format("GET", "/bench/select")
 end
 """
 
+# The API app as `python -m api` serves it, plus the baseline route: SELECT 1 through the
+# JSON API's own connection pool.
+SERVER = """
+import sys
+import uvicorn
+from starlette.responses import Response
+from starlette.routing import Route
+from api.app import create_app
+
+async def select_one(request):
+    async with request.app.state.json_api.pool.connection() as conn:
+        row = await (await conn.execute("SELECT 1")).fetchone()
+    return Response(b'{"ok": %d}' % row[0], media_type="application/json")
+
+def app():
+    return create_app(routes=[Route("/bench/select", select_one)])
+
+uvicorn.run(app, factory=True, host="127.0.0.1", port=int(sys.argv[1]), http="httptools", loop="uvloop",
+            access_log=False, server_header=False, log_level="warning", timeout_keep_alive=75)
+"""
+
 log = logger("bench-send-api")
+
+
+class Server:
+    """The API server with the baseline route, on a free port, until stop()."""
+
+    def __init__(self, url: str) -> None:
+        self.port = free_port()
+        env = {**os.environ, "DATABASE_URL": url, "PGWA_API_HOST": "127.0.0.1", "PGWA_API_PORT": str(self.port)}
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(self.port)], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=sys.stderr)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if s.recv(64).startswith(b"HTTP/1.1 200"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit("bench-send-api: the API server did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def world(url: str) -> tuple[int, str]:
@@ -105,9 +171,14 @@ def world(url: str) -> tuple[int, str]:
 
 def wrk_run(wrk: str, port: int, script: Path, path: str, connections: int, seconds: int,
             args: list[str]) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
                           f"http://127.0.0.1:{port}{path}", "--", *args],
                          capture_output=True, text=True, check=True).stdout
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
     counts = re.search(r"COUNTS (\d+) (\d+) (\d+)", out)
     duration = re.search(r"requests in ([\d.]+)(ms|s|m)", out)
@@ -115,6 +186,7 @@ def wrk_run(wrk: str, port: int, script: Path, path: str, connections: int, seco
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p99_ms": round(float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)], 2),
             "seconds": seconds_run,
+            "wrk_cpu_share": round(cpu / wall / (os.cpu_count() or 1), 3),
             "counts": tuple(int(x) for x in counts.groups()) if counts else None}
 
 
@@ -122,27 +194,63 @@ def one_run(wrk: str, connections: int, seconds: int, tmp: Path) -> dict:
     url = scratch.fresh_database(BENCH_DB)
     number, key = world(url)
     (tmp / "send.lua").write_text(f'key = "{key}"\n' + SEND_LUA)
-    (tmp / "base.lua").write_text(f'key = "{key}"\n' + BASELINE_LUA)
-    api = ApiServer(url)
+    (tmp / "base.lua").write_text(BASELINE_LUA)
+    api = Server(url)
     try:
-        base = wrk_run(wrk, api.port, tmp / "base.lua", "/v1/numbers", connections, seconds, [])
-        log(f"baseline GET /v1/numbers: {base['rps']:,.0f} req/s")
-        send = wrk_run(wrk, api.port, tmp / "send.lua", "/v1/messages", connections, seconds, [str(number)])
+        base = wrk_run(wrk, api.port, tmp / "base.lua", "/bench/select", connections, seconds, [])
+        log(f"baseline GET /bench/select (SELECT 1 through the pool): {base['rps']:,.0f} req/s")
+        new = wrk_run(wrk, api.port, tmp / "send.lua", "/v1/messages", connections, seconds, [str(number), "1", "1"])
+        log(f"send, every request new: {new['counts'][0] / new['seconds']:,.0f} accepted/s")
+        # The second run's phones and keys start with another digit: all new again.
+        twice = wrk_run(wrk, api.port, tmp / "send.lua", "/v1/messages", connections, seconds,
+                        [str(number), "2", "2"])
     finally:
         api.stop()
-    created, replayed, other = send["counts"]
+    created, replayed, other = twice["counts"]
     with psycopg.connect(url, autocommit=True) as conn:
+        # The second run's messages: their keys start with "k-12".
         outbound, keys, recipients = conn.execute("""
-            SELECT count(*), (SELECT count(*) FROM core.api_sends), count(DISTINCT contact_id)
-            FROM core.outbound_messages WHERE kind = 'api'""").fetchone()
-        queued = conn.execute("SELECT queue_length FROM pgmq.metrics(core.reply_queue(%s))",
-                              (number,)).fetchone()[0]
-    log(f"send: {created:,} created, {replayed:,} replayed, {other} other in {send['seconds']:.1f} s")
-    return {"send_api_rps": round(created / send["seconds"], 1), "send_api_requests_per_s": send["rps"],
-            "baseline_rps": base["rps"], "ratio": round(send["rps"] / base["rps"], 3),
-            "p99_ms": send["p99_ms"], "baseline_p99_ms": base["p99_ms"],
-            "created": created, "replayed": replayed, "errors": other, "outbound": outbound,
-            "queued": queued, "idempotent_duplicates": outbound - keys + (outbound - recipients)}
+            SELECT count(*), count(DISTINCT s.idempotency_key), count(DISTINCT o.contact_id)
+            FROM core.outbound_messages o
+            JOIN core.contacts c ON c.contact_id = o.contact_id AND c.wa_id LIKE '12%'
+            LEFT JOIN core.api_sends s ON s.outbound_id = o.outbound_id
+            WHERE o.kind = 'api'""").fetchone()
+    log(f"send, every message twice: {created:,} created, {replayed:,} replayed, {other} other "
+        f"in {twice['seconds']:.1f} s")
+    accepted = new["counts"][0] / new["seconds"]
+    return {"send_api_rps": round(accepted, 1), "send_api_requests_per_s": twice["rps"],
+            "baseline_rps": base["rps"], "ratio": round(accepted / base["rps"], 3),
+            "p99_ms": new["p99_ms"], "baseline_p99_ms": base["p99_ms"], "twice_p99_ms": twice["p99_ms"],
+            "wrk_cpu_share": new["wrk_cpu_share"], "baseline_wrk_cpu_share": base["wrk_cpu_share"],
+            "errors": new["counts"][2] + other, "created": created, "replayed": replayed, "outbound": outbound,
+            "idempotent_duplicates": (outbound - keys) + (outbound - recipients)}
+
+
+def measure(seconds: int = 10, connections: int = 32, runs: int = 3) -> dict:
+    """The benchmark's figures: medians over ``runs`` runs (each a fresh database)."""
+    wrk = ensure_wrk()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(runs):
+            log(f"run {i + 1}/{runs}")
+            results.append(one_run(wrk, connections, seconds, Path(tmp)))
+    scratch.drop_database(BENCH_DB)
+
+    def spread(key: str) -> dict:
+        values = [r[key] for r in results]
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    result = {key: statistics.median(r[key] for r in results)
+              for key in ("send_api_rps", "send_api_requests_per_s", "baseline_rps", "ratio", "p99_ms",
+                          "wrk_cpu_share")}
+    result.update({
+        "idempotent_duplicates": sum(r["idempotent_duplicates"] for r in results),
+        "errors": sum(r["errors"] for r in results),
+        "spread": {k: spread(k) for k in ("send_api_rps", "baseline_rps", "ratio")},
+        "runs": results, "connections": connections, "seconds": seconds,
+        "targets": {"send_api_rps": 1000, "idempotent_duplicates": 0},
+    })
+    return result
 
 
 def main() -> int:
@@ -151,28 +259,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    wrk = ensure_wrk()
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.runs):
-            log(f"run {i + 1}/{args.runs}")
-            runs.append(one_run(wrk, args.connections, args.seconds, Path(tmp)))
-    scratch.drop_database(BENCH_DB)
-
-    def spread(key: str) -> dict:
-        values = [r[key] for r in runs]
-        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-    result = {key: statistics.median(r[key] for r in runs)
-              for key in ("send_api_rps", "send_api_requests_per_s", "baseline_rps", "ratio", "p99_ms")}
-    result.update({
-        "idempotent_duplicates": sum(r["idempotent_duplicates"] for r in runs),
-        "errors": sum(r["errors"] for r in runs),
-        "spread": {k: spread(k) for k in ("send_api_rps", "baseline_rps", "ratio")},
-        "runs": runs, "connections": args.connections, "seconds": args.seconds,
-        "targets": {"send_api_rps": 1000, "idempotent_duplicates": 0},
-    })
-    print(json.dumps(result))
+    print(json.dumps(measure(args.seconds, args.connections, args.runs)))
     return 0
 
 

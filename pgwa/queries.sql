@@ -203,3 +203,13 @@ SELECT * FROM api.outbound_events(%(tenant_id)s::bigint, %(endpoint_id)s::bigint
 -- replay_event --
 -- How many deliveries of the event were queued again (to every endpoint it went to, or one).
 SELECT api.replay_event(%(tenant_id)s::bigint, %(event_id)s::bigint, %(endpoint_id)s::bigint);
+
+-- send_message --
+-- One message from the tenant's own system (POST /v1/messages, `pgwa send`): the queued
+-- message, or the first one when the idempotency key replays (replayed true).
+SELECT * FROM api.send_message(%(tenant_id)s::bigint, %(number_id)s::bigint, %(to)s::text, %(message)s::jsonb,
+                               %(idempotency_key)s::text);
+
+-- message --
+-- One outbound message of the tenant's with its status history (GET /v1/messages/{id}).
+SELECT api.message(%(tenant_id)s::bigint, %(outbound_id)s::bigint);

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -57,6 +58,10 @@ def test_a_template_goes_to_a_new_phone_ahead_of_campaign_traffic(db: psycopg.Co
     assert body["to"] == "14155550199" and body["type"] == "template"
     assert body["template"]["name"] == "order_update"
     assert [p["text"] for p in body["template"]["components"][0]["parameters"]] == ["Ana", "A-1", "ACME"]
+    # Agents see it in the shared inbox, and no dashboard NOTIFY was sent for it.
+    row = db.execute("SELECT direction, type FROM core.inbox_messages WHERE outbound_id = %s",
+                     (sent["outbound_id"],)).fetchone()
+    assert row == ("out", "template")
 
 
 def test_the_same_idempotency_key_never_sends_twice(db: psycopg.Connection, tenant: Tenant,
@@ -94,7 +99,8 @@ def test_free_form_text_needs_the_window_open(db: psycopg.Connection, tenant: Te
     acc = tenant.acc
     text = {"type": "text", "text": "Your parcel left the warehouse, {{name}}."}
     closed = send(client, acc, "+14155550105", text)
-    assert closed.status_code == 422 and closed.json()["error"]["code"] == "PW104", closed.text
+    assert closed.status_code == 409 and closed.json()["error"]["code"] == "PW304", closed.text
+    assert "never wrote" in closed.json()["error"]["message"]
 
     write_in(db, acc, "14155550105")
     opened = send(client, acc, "+14155550105", text)
@@ -119,6 +125,15 @@ def test_bad_input_is_refused_naming_it_and_changes_nothing(db: psycopg.Connecti
     assert names in r.json()["error"]["message"]
     assert db.execute("SELECT count(*) FROM core.api_sends").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM core.contacts WHERE wa_id = '14155550106'").fetchone()[0] == 0
+
+
+def test_message_and_template_together_are_refused(db: psycopg.Connection, tenant: Tenant,
+                                                   client: TestClient) -> None:
+    r = client.post("/v1/messages", json={"number_id": tenant.acc.number_id, "to": "+14155550107",
+                                          "message": {"type": "text", "text": "hi"},
+                                          "template": {"name": "order_update", "language": "en_US"}})
+    assert r.status_code == 400 and "not both" in r.json()["error"]["message"], r.text
+    assert db.execute("SELECT count(*) FROM core.outbound_messages WHERE kind = 'api'").fetchone()[0] == 0
 
 
 def test_a_business_scoped_user_id_is_addressed_by_it(db: psycopg.Connection, tenant: Tenant,
@@ -164,3 +179,73 @@ def test_a_campaign_gets_a_send_window_and_a_schedule_in_the_tenants_time(db: ps
     at = db.execute("SELECT scheduled_at AT TIME ZONE 'UTC' FROM core.campaigns WHERE campaign_id = %s",
                     (campaign_id,)).fetchone()[0]
     assert at.isoformat() == "2099-01-02T00:00:00"        # 09:00 in Tokyo
+
+
+def test_two_requests_with_one_key_at_once_send_once_and_answer_alike(db: psycopg.Connection, db_url: str,
+                                                                        tenant: Tenant) -> None:
+    acc = tenant.acc
+    call = "SELECT outbound_id, replayed FROM api.send_message(%s, %s, %s, %s, %s)"
+    args = (acc.tenant_id, acc.number_id, "+14155550120", Jsonb(TEMPLATE), "race-1")
+    with psycopg.connect(db_url) as first, psycopg.connect(db_url, autocommit=True) as second:
+        won = first.execute(call, args).fetchone()          # in flight: not committed yet
+        pid = second.info.backend_pid
+        with ThreadPoolExecutor(1) as pool:
+            retry = pool.submit(lambda: second.execute(call, args).fetchone())
+            # The retry waits on the key, not racing the first to the queue.
+            deadline = time.monotonic() + 20
+            while db.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s",
+                             (pid,)).fetchone()[0] != "advisory":
+                assert time.monotonic() < deadline and not retry.done(), "the retry did not wait on the key"
+                time.sleep(0.01)
+            first.commit()
+            again = retry.result(timeout=30)
+    assert won == (again[0], False) and again[1] is True
+    assert len(factories.queue(db, factories.reply_queue(db, acc.number_id))) == 1
+
+
+def test_a_text_in_the_window_is_judged_at_p_now(db: psycopg.Connection, tenant: Tenant) -> None:
+    acc = tenant.acc
+    write_in(db, acc, "14155550121")
+    text = Jsonb({"type": "text", "text": "hello"})
+    with pytest.raises(psycopg.Error) as late:
+        db.execute("SELECT api.send_message(%s, %s, '+14155550121', %s, NULL, now() + interval '25 hours')",
+                   (acc.tenant_id, acc.number_id, text))
+    assert late.value.diag.sqlstate == "PW304" and "closed at" in late.value.diag.message_primary
+    assert db.execute("SELECT count(*) FROM core.outbound_messages WHERE kind = 'api'").fetchone()[0] == 0
+
+
+def test_a_second_request_of_the_same_shape_gets_its_own_values(db: psycopg.Connection, tenant: Tenant,
+                                                                 client: TestClient) -> None:
+    acc = tenant.acc
+    first = send(client, acc, "+14155550130", TEMPLATE)
+    second = send(client, acc, "+14155550131", {**TEMPLATE, "params": ["Bob", "{{phone}}", "ACME"]})
+    assert first.status_code == 201 and second.status_code == 201, second.text
+    # The second was laid out from the first's cached skeleton, with its own values.
+    assert db.execute("SELECT count(*) FROM core.api_template_layouts").fetchone()[0] == 1
+    empty = send(client, acc, "+14155550132", {**TEMPLATE, "params": ["Cy", " ", "ACME"]})
+    assert empty.status_code == 422 and empty.json()["error"]["code"] == "PW102", empty.text
+    assert "{{2}}" in empty.json()["error"]["message"]
+    factories.catch_up(db)
+    bodies = {r["body"]["to"]: r["body"] for r in factories.claim(db)}
+    assert [p["text"] for p in bodies["14155550131"]["template"]["components"][0]["parameters"]] == \
+        ["Bob", "14155550131", "ACME"]
+    assert [p["text"] for p in bodies["14155550130"]["template"]["components"][0]["parameters"]] == \
+        ["Ana", "A-1", "ACME"]
+    assert "14155550132" not in bodies
+
+
+def test_a_send_notifies_neither_the_dashboard_nor_the_sender_inside_its_transaction(
+        db: psycopg.Connection, db_url: str, tenant: Tenant) -> None:
+    acc = tenant.acc
+    with psycopg.connect(db_url, autocommit=True) as listener, psycopg.connect(db_url, autocommit=True) as sender:
+        listener.execute("LISTEN pgwa_dashboard")
+        listener.execute("LISTEN pgwa_send")
+        api_contact = sender.execute("SELECT contact_id FROM api.send_message(%s, %s, '+14155550140', %s, NULL, NULL, "
+                                     "false)", (acc.tenant_id, acc.number_id, Jsonb(TEMPLATE))).fetchone()[0]
+        # An inbound message in the same number's inbox is still announced (notifications
+        # arrive in commit order, so the send's would come first): the check can fail.
+        write_in(sender, acc, "14155550141")
+        seen = [(n.channel, n.payload) for n in listener.notifies(timeout=5, stop_after=1)]
+    inbound = db.execute("SELECT contact_id FROM core.contacts WHERE wa_id = '14155550141'").fetchone()[0]
+    assert seen == [("pgwa_dashboard", f"inbox {acc.tenant_id}:{acc.number_id}.{inbound}")]
+    assert inbound != api_contact

@@ -26,6 +26,8 @@ named queries of pgwa/queries.sql.
     pgwa campaign report ID --tenant T [--format csv|json] [--out FILE]
     pgwa media upload FILE --tenant T --number N [--mime M]  |  media list --tenant T [--number N]
     pgwa user add --tenant T --email E [--role R]  |  user invite|list ...  (pgwa/cli/users.py)
+    pgwa send --tenant T --number N --to PHONE (--template NAME [--param V ...] | --text T) [--idempotency-key K]
+    pgwa message show ID --tenant T                                              (pgwa/cli/messages.py)
 
 A tenant is given by id or by name (or PGWA_TENANT); a number by its number_id or Meta's
 phone_number_id. A template parameter is a CSV column name, or ``=text`` for a constant:
@@ -64,6 +66,7 @@ from pgwa.cli.commands import (
     parse_template,
 )
 from pgwa.cli.events import add_parsers as add_event_parsers
+from pgwa.cli.messages import add_parsers as add_message_parsers
 from pgwa.cli.users import add_parsers as add_user_parsers
 
 __all__ = ["CliError", "main", "parse_template", "parser"]
@@ -219,6 +222,7 @@ def parser() -> argparse.ArgumentParser:
     rc.add_argument("--all", action="store_true", help="show every counter, not only drifting ones")
     add_event_parsers(sub)    # pgwa endpoint ..., pgwa event ... (pgwa/cli/events.py)
     add_user_parsers(sub)     # pgwa user add|invite|list (pgwa/cli/users.py)
+    add_message_parsers(sub)  # pgwa send, pgwa message show (pgwa/cli/messages.py)
     return p
 
 
