@@ -32,7 +32,8 @@ sudo_if_needed() {
 ensure_packages() {
     local missing=()
     # chromium and chromium-driver: the dashboard's browser tests (tests/test_dashboard_browser.py).
-    for p in postgresql-15 postgresql-15-cron chromium chromium-driver; do
+    # postgresql-15-partman: time partitions of the tables that grow with traffic (0114).
+    for p in postgresql-15 postgresql-15-cron postgresql-15-partman chromium chromium-driver; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return
