@@ -7,6 +7,12 @@ messages, starts the API server (``python -m api``) and measures:
 * ingest_rps_c64, p99_ms_c64   wrk, 64 connections, 20 s: signed single-status webhooks
                                (no worker running; each run starts from an empty queue)
 * ingest_rps_c8,  p99_ms_c8    the same with 8 connections
+* bare_rps_c64, bare_p99_ms_c64, bare_rps_c8, bare_p99_ms_c8, ingest_ratio_c64, ingest_ratio_c8
+                               the same-run baseline: the same wrk, bodies and uvicorn settings
+                               (httptools, uvloop) against a bare ASGI app that reads the body
+                               and answers 200; the ratio is pgwa's req/s over the bare one's
+* wrk_cpu_share_c64, wrk_cpu_share_c8   the load generator's CPU seconds over the run's
+                               wall seconds times the cores (how much of the machine wrk took)
 * status_events_per_s          api.process_webhooks draining a preloaded backlog of
                                multi-status payloads (10-100 statuses each: sent, delivered,
                                read, some failed, ~5% reordered, ~3% duplicated)
@@ -204,18 +210,64 @@ class ApiServer:
             self.proc.kill()
 
 
+BARE_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+"""
+
+
+class BareServer:
+    """The baseline: a bare ASGI app under the API's own uvicorn settings."""
+
+    def __init__(self, tmp: Path) -> None:
+        (tmp / "bare_asgi.py").write_text(BARE_APP)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(tmp), "bare_asgi:app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--http", "httptools", "--loop", "uvloop", "--no-access-log",
+             "--log-level", "warning", "--timeout-keep-alive", "75"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sys.stderr)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise SystemExit("bench-webhooks: the bare ASGI server did not start") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 def run_wrk(wrk: str, port: int, connections: int, seconds: int, tmp: Path) -> dict:
     threads = 2 if connections >= 16 else 1
+    cpu0 = os.times()
     out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
                           "-s", str(tmp / "post.lua"), f"http://127.0.0.1:{port}/webhooks/whatsapp",
                           "--", str(tmp / "bodies.txt")], capture_output=True, text=True, check=True).stdout
+    cpu1 = os.times()
+    wrk_cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     errors = int(non2xx.group(1)) if non2xx else 0
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p99_ms": round(float(p99.group(1)) * scale, 2), "acked": requests - errors, "errors": errors}
+            "p99_ms": round(float(p99.group(1)) * scale, 2), "acked": requests - errors, "errors": errors,
+            "wrk_cpu_share": round(wrk_cpu / (seconds * (os.cpu_count() or 1)), 3)}
 
 
 def queue_counts(conn: psycopg.Connection) -> int:
@@ -492,12 +544,23 @@ def main() -> int:
                         f"{r['errors']} non-200")
                     result[f"ingest_rps_c{c}"] = round(r["rps"])
                     result[f"p99_ms_c{c}"] = r["p99_ms"]
+                    result[f"wrk_cpu_share_c{c}"] = r["wrk_cpu_share"]
                     stored = queue_counts(conn)
                     if stored > r["acked"]:
                         log(f"ingest c{c}: {stored - r['acked']} stored beyond the 200s wrk counted "
                             "(in flight when it stopped)")
                     lost += max(0, r["acked"] - stored)
                 reset_queues(conn)
+                bare = BareServer(tmp)
+                try:
+                    for c in (64, 8):
+                        r = run_wrk(wrk, bare.port, c, args.wrk_seconds, tmp)
+                        log(f"bare ASGI c{c}: {r['rps']:.0f} req/s, p99 {r['p99_ms']} ms")
+                        result[f"bare_rps_c{c}"] = round(r["rps"])
+                        result[f"bare_p99_ms_c{c}"] = r["p99_ms"]
+                        result[f"ingest_ratio_c{c}"] = round(result[f"ingest_rps_c{c}"] / max(r["rps"], 1), 3)
+                finally:
+                    bare.stop()
             if "process" not in skip:
                 result.update(measure_processing(url, conn, campaign, number, rng,
                                                  args.process_workers, args.process_batch))

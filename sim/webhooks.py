@@ -17,7 +17,12 @@ heap. A ticker drains due slots every ``webhook.flush_ms``, groups events per
 number into POSTs of up to ``webhook.batch_max`` statuses or inbound messages
 (Meta aggregates up to 1,000 updates per POST), signs each body with
 HMAC-SHA256 of the app secret (``X-Hub-Signature-256``), and hands them to a
-few sender tasks on one keep-alive aiohttp session. An inbound message takes
+few sender tasks (``webhook.concurrency``) on one keep-alive aiohttp session. While
+every sender is busy and POSTs wait for one, the statuses and messages that come due
+are held back and join the next flush instead: as Meta aggregates more updates per POST
+when an endpoint answers slowly, batches grow with the backlog (still up to
+``batch_max``) instead of the POSTs queueing up one small batch each, so a receiver that
+takes a while to answer gets fuller POSTs, not a growing delay. An inbound message takes
 its share of the number's throughput when it is delivered. Any answer other
 than 200, or a connection error, is retried as Meta does: at once, then with
 decreasing frequency (``retry_base_ms`` doubling up to ``retry_max_ms``) for
@@ -97,6 +102,7 @@ class Emitter:
         self.sim = sim
         self.wheel: dict[int, list] = {}
         self.ticks: list[int] = []          # heap of the wheel's slots
+        self.held: list = []                # due statuses and messages held back by a backlog
         self.counters = Counters()
         self.queue: asyncio.Queue[Post] = asyncio.Queue()
         self.generation = 0
@@ -127,12 +133,14 @@ class Emitter:
         """Events and posts not yet answered with a 200 or given up on: scheduled, queued or
         on the wire (and the simulator's own timers). Zero means nothing more will be posted
         until something new happens."""
-        return sum(len(v) for v in self.wheel.values()) + self.queue.qsize() + self.delivering
+        return (sum(len(v) for v in self.wheel.values()) + len(self.held) + self.queue.qsize()
+                + self.delivering)
 
     def clear(self) -> None:
         self.generation += 1
         self.wheel.clear()
         self.ticks.clear()
+        self.held.clear()
         while not self.queue.empty():
             self.queue.get_nowait()
         self.counters = Counters()
@@ -176,16 +184,18 @@ class Emitter:
         due: list = []
         while ticks and ticks[0] <= now_tick:
             due.extend(wheel.pop(heapq.heappop(ticks)))
-        if not due:
+        if not due and not self.held:
             return
+        # POSTs already wait for a sender: hold the due updates back for a fuller POST at
+        # a later flush (timers and retries go on as due).
+        backlog = not self.queue.empty()
+        held, self.held = self.held, []
         statuses: dict[str, list] = defaultdict(list)
         messages: dict[str, list] = defaultdict(list)
         for item in due:
             kind = item[0]
-            if kind == "status":
-                statuses[item[1]].append(item[2])
-            elif kind == "message":
-                messages[item[1]].append(item[2])
+            if kind == "status" or kind == "message":
+                held.append(item)
             elif kind == "post" and item[1].generation == self.generation:
                 self.queue.put_nowait(item[1])
             elif kind == "call":
@@ -193,6 +203,11 @@ class Emitter:
                     item[1]()
                 except Exception:
                     log.exception("simulator timer failed")
+        if backlog:
+            self.held = held
+            return
+        for item in held:
+            (statuses if item[0] == "status" else messages)[item[1]].append(item[2])
         wall = clock.time()
         ts = str(int(wall))
         batch_max = int(self.sim.settings["webhook"]["batch_max"])

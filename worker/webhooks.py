@@ -21,6 +21,15 @@ silently: the short re-check after every busy drain picks it up, and the heartbe
 covers anything else (a lost LISTEN connection, a crash that emptied pgmq's throttle
 table). Any number of these loops may run at once; pgmq.read's SKIP LOCKED keeps their
 batches apart. Deadlocks and lost connections are retried by worker.db.Database.
+
+A batch is sized to its time, not only its count: payloads carry 1 to 1,000 updates
+(Meta, and the simulator, put more in each POST when the receiver falls behind), and a
+machine short of CPU runs everything slower. A batch that took more than BATCH_SHARE of
+the statement timeout halves the next claim, one that timed out quarters it, and quick
+full batches double it back up to ``batch``: otherwise a burst of big payloads makes
+healthy batches time out, and their one-by-one retries under the short timeout time out
+too and back off for seconds, which is how inbound latency went from milliseconds to
+tens of seconds under load (bench/bench_bots.py).
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ PROCESS_SQL = ("SELECT payloads, status_events, messages, dead, dropped "
 FAIL_SQL = "SELECT api.fail_webhooks(%s, %s, %s)"
 EXTEND_SQL = "SELECT api.extend_webhook_claims(%s)"
 EXTEND_EVERY_S = 10.0    # well inside webhook_claim_s (30 s by default)
+BATCH_SHARE = 0.25       # a batch should take at most this share of the statement timeout
 
 
 class WebhookProcessor:
@@ -61,28 +71,35 @@ class WebhookProcessor:
                  heartbeat_s: float = HEARTBEAT_S, index: int = 0) -> None:
         self.settings = settings
         self.batch = batch
+        self.limit = batch       # the next claim's size (see BATCH_SHARE)
         self.recheck_s = recheck_s
         self.heartbeat_s = heartbeat_s
         self.name = f"{settings.worker_name}-webhooks-{index}"
         self.db = Database(settings.session_url(statement_timeout_ms=settings.webhook_timeout_ms), name=self.name)
+        self.claimed = batch     # the last claim's size
         self.totals = {"batches": 0, "payloads": 0, "status_events": 0, "messages": 0, "dead": 0,
                        "dropped": 0, "failed": 0}
 
     async def process_once(self, stop: asyncio.Event | None = None) -> tuple[int, int, int, int]:
         """One batch: (payloads, status_events, messages, dead)."""
-        fresh, retried = (await self.db.fetch(CLAIM_SQL, (self.batch,), stop=stop))[0][0]
+        self.claimed = limit = self.limit
+        fresh, retried = (await self.db.fetch(CLAIM_SQL, (limit,), stop=stop))[0][0]
         if not fresh and not retried:
             return 0, 0, 0, 0
         counts = [len(fresh) + len(retried), 0, 0, 0, 0]
         singles = list(retried)
         if fresh:
+            started = time.monotonic()
             try:
                 self._add(counts, await self._process(fresh, stop))
+                self._resize(time.monotonic() - started, len(fresh) + len(retried) >= limit)
             except psycopg.Error as exc:
                 # The batch's transaction failed as a whole (a statement timeout, a crash
                 # of its backend): the database could not isolate the culprit; do it here.
                 log.warning("a batch of %d webhook payloads failed (%s); retrying one by one",
                             len(fresh), exc.sqlstate or type(exc).__name__)
+                if exc.sqlstate == "57014":
+                    self.limit = max(1, len(fresh) // 4)
                 singles = list(fresh) + singles
         if singles:
             await self._one_by_one(singles, counts, stop)
@@ -96,6 +113,16 @@ class WebhookProcessor:
             log.warning("%d webhook change(s) dropped: signed by an app that does not hold "
                         "the number they name", counts[4])
         return tuple(counts[:4])
+
+    def _resize(self, elapsed_s: float, full: bool) -> None:
+        """The next claim's size from this batch's time (BATCH_SHARE)."""
+        budget = self.settings.webhook_timeout_ms / 1000 * BATCH_SHARE
+        if budget <= 0:
+            return
+        if elapsed_s > budget:
+            self.limit = max(1, self.limit // 2)
+        elif full and elapsed_s < budget / 4 and self.limit < self.batch:
+            self.limit = min(self.batch, self.limit * 2)
 
     async def _one_by_one(self, ids: list[int], counts: list[int], stop: asyncio.Event | None) -> None:
         """Each payload alone, under the short single-payload timeout: those that fail
@@ -140,7 +167,7 @@ class WebhookProcessor:
         while not stop.is_set():
             payloads = (await self.process_once(stop))[0]
             done += payloads
-            if payloads < self.batch:
+            if payloads < self.claimed:
                 break
         return done
 

@@ -12,10 +12,12 @@
 --
 -- Matching compares the inbound text normalised (core.normalize_text: whitespace runs
 -- collapsed and trimmed, accents removed, upper case) with patterns normalised the same
--- way when the rule was saved. Per message it costs one index probe for exact rules, one
--- index-only scan in priority order for starts_with/contains (LIKE on the stored
--- like_pattern, stopping at the first hit) and, only for regex rules that would beat
--- the best keyword hit, a scan evaluating the regexes case-insensitively.
+-- way when the rule was saved. Per message it costs one index probe for exact rules; for
+-- starts_with/contains, a join of the text's four-character substrings with the rules'
+-- keys (core.bot_rules.match_key, one join for the whole batch) and LIKE on the stored
+-- like_pattern of only the rules it finds (the few patterns too short for a key are
+-- tried in priority order); and, only for regex rules that would beat the best keyword
+-- hit, a scan evaluating the regexes case-insensitively.
 
 -------------------------------------------------------------------------------
 -- Normalisation and reply rendering
@@ -234,8 +236,27 @@ BEGIN
     -- PL/pgSQL keeps this statement's plan for the session; as a SQL function it would be
     -- planned on every call (~0.4 ms, more than running it).
     RETURN QUERY
+    WITH m AS MATERIALIZED (
+        SELECT u.number_id, u.norm, u.welcome, u.ord
+        FROM unnest(p_number_ids, v_texts, p_welcome) WITH ORDINALITY AS u(number_id, norm, welcome, ord)
+    ), grams AS MATERIALIZED (
+        SELECT m.ord, m.number_id, substr(m.norm, s.i, 4) AS gram
+        FROM m, generate_series(1, length(m.norm) - 3) AS s(i)
+    ), keyed AS MATERIALIZED (
+        -- starts_with and contains rules with a key (0115_inbound_speed.sql): a rule can
+        -- only match a text that holds its key, so the texts' four-character substrings
+        -- find the candidates for the whole batch in one join, and only those run LIKE.
+        SELECT DISTINCT ON (g.ord) g.ord, r.priority, r.rule_id
+        FROM grams g
+        JOIN m ON m.ord = g.ord
+        JOIN core.bot_rules r ON r.number_id = g.number_id AND r.match_key = g.gram
+                             AND r.enabled AND r.kind IN ('starts_with', 'contains') AND r.match_key IS NOT NULL
+        WHERE m.norm LIKE r.like_pattern
+        ORDER BY g.ord, r.priority, r.rule_id
+    )
     SELECT m.ord, coalesce(x.rule_id, k.rule_id), d.rule_id
-    FROM unnest(p_number_ids, v_texts, p_welcome) WITH ORDINALITY AS m(number_id, norm, welcome, ord)
+    FROM m
+    LEFT JOIN keyed kw ON kw.ord = m.ord
     -- The best keyword or welcome rule: each branch stops at its first hit.
     LEFT JOIN LATERAL (
         SELECT b.priority, b.rule_id FROM (
@@ -243,9 +264,11 @@ BEGIN
              WHERE r.number_id = m.number_id AND r.enabled AND r.kind = 'exact' AND r.match_text = m.norm
              ORDER BY r.priority, r.rule_id LIMIT 1)
             UNION ALL
+            SELECT kw.priority, kw.rule_id WHERE kw.rule_id IS NOT NULL
+            UNION ALL
             (SELECT r.priority, r.rule_id FROM core.bot_rules r
              WHERE r.number_id = m.number_id AND r.enabled AND r.kind IN ('starts_with', 'contains')
-               AND m.norm LIKE r.like_pattern
+               AND r.match_key IS NULL AND m.norm LIKE r.like_pattern
              ORDER BY r.priority, r.rule_id LIMIT 1)
             UNION ALL
             (SELECT r.priority, r.rule_id FROM core.bot_rules r

@@ -441,7 +441,12 @@ BEGIN
         GROUP BY u.contact_id
         ORDER BY u.contact_id
     ) l
-    WHERE c.contact_id = l.contact_id;
+    WHERE c.contact_id = l.contact_id
+      -- A contact inserted just above holds all of it already: not written twice.
+      AND (c.last_inbound_at IS DISTINCT FROM greatest(c.last_inbound_at, l.at)
+           OR (l.name IS NOT NULL AND c.profile_name IS DISTINCT FROM l.name)
+           OR (c.wa_id IS NULL AND l.wa_id IS NOT NULL)
+           OR (c.user_id IS NULL AND l.user_id IS NOT NULL));
 
     WITH inserted AS (
         INSERT INTO core.inbox_messages (number_id, contact_id, direction, wamid, type, body, payload,
