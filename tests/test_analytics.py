@@ -205,8 +205,8 @@ def test_metrics_expose_queues_lag_rates_tokens_errors_and_progress(db: psycopg.
     assert metric(text, "pgwa_sends_per_second", outcome="failed") == 0.5
     assert metric(text, "pgwa_numbers") == 1
     assert metric(text, "pgwa_number_throughput_mps") == 1000
-    # A caught-up number may be given its whole pace horizon: 0.25 s at 97% of 1,000/s.
-    assert metric(text, "pgwa_number_tokens") == 242
+    # A caught-up number may be given its whole pace horizon: 1 s at 99% of 1,000/s.
+    assert metric(text, "pgwa_number_tokens") == 990
     assert metric(text, "pgwa_message_failures", category="recipient", code="131026") == 2
     assert metric(text, "pgwa_campaign_messages", status="running", stage="sent") == 6
     assert metric(text, "pgwa_campaign_progress_ratio", status="running") == 0.9

@@ -51,22 +51,29 @@ def add_reply(db: psycopg.Connection, acc: f.Account, to: str, text: str) -> int
 
 # -- claim_sends: pacing -----------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def _quarter_second_horizon(db: psycopg.Connection) -> None:
+    """These tests count sends in a 250 ms pace horizon (the default is a second, so that
+    a worker claims twice a second; the arithmetic is the same)."""
+    f.settings(db, pace_horizon_ms=250)
+
+
 def test_claim_paces_a_number_at_its_rate_within_the_horizon(db: psycopg.Connection) -> None:
-    acc = f.account(db, throughput_mps=100)      # paced at 100 x 0.97 = 97 msg/s
+    acc = f.account(db, throughput_mps=100)      # paced at 100 x 0.99 = 99 msg/s
     f.running_campaign(db, acc, 100)
     t = f.clock(db)
     first = f.claim(db, now=t)
-    # 250 ms of a 97 msg/s pace: 24 sends from now, each 1/97 s after the one before.
+    # 250 ms of a 99 msg/s pace: 24 sends from now, each 1/99 s after the one before.
     assert len(first) == 24 and first[0]["send_at"] == t
     gaps = [seconds(a["send_at"], b["send_at"]) for a, b in itertools.pairwise(first)]
-    assert all(abs(g - 1 / 97) < 2e-6 for g in gaps), gaps
-    assert abs(seconds(t, number(db, acc)["send_tat"]) - 24 / 97) < 2e-6
+    assert all(abs(g - 1 / 99) < 2e-6 for g in gaps), gaps
+    assert abs(seconds(t, number(db, acc)["send_tat"]) - 24 / 99) < 2e-6
     # The pace is spent: a second claim at the same time gets nothing; 100 ms later it
-    # gets what those 100 ms earned (0.35 s x 97 - 24 = 9.95), on the same spacing.
+    # gets what those 100 ms earned (0.35 s x 99 - 24 = 10.65), on the same spacing.
     assert f.claim(db, now=t) == []
     second = f.claim(db, now=later(t, 0.1))
-    assert len(second) == 9
-    assert abs(seconds(first[-1]["send_at"], second[0]["send_at"]) - 1 / 97) < 2e-6
+    assert len(second) == 10
+    assert abs(seconds(first[-1]["send_at"], second[0]["send_at"]) - 1 / 99) < 2e-6
 
 
 def test_a_number_throttled_below_one_send_per_horizon_still_sends(db: psycopg.Connection) -> None:
@@ -89,7 +96,7 @@ def test_numbers_are_paced_independently_in_one_claim(db: psycopg.Connection) ->
     f.running_campaign(db, two, f.contacts(50, base=100))
     t = f.clock(db)
     claimed = f.claim(db, now=t)
-    for acc, rate, expected in ((one, 97, 24), (two, 40 * 0.97, 9)):
+    for acc, rate, expected in ((one, 99, 24), (two, 40 * 0.99, 9)):
         mine = [r for r in claimed if r["phone_number_id"] == acc.phone_number_id]
         assert len(mine) == expected
         assert mine[0]["send_at"] == t
@@ -404,11 +411,11 @@ def test_clean_reports_grow_the_rate_back_but_never_above_the_throughput(db: psy
 
 
 def test_the_throttle_hold_and_codes_have_one_home_that_the_worker_reads(db: psycopg.Connection) -> None:
-    f.settings(db, throttle_hold_ms=400)
+    f.settings(db, throttle_hold_ms=400, pace_horizon_ms=600)
     db.execute("UPDATE core.meta_error_codes SET backoff = 'throttle' WHERE code = 131056")   # pair rate limit
-    # What the worker holds a lane for, and how long: read from core.settings and
-    # core.meta_error_codes, not copied in Python.
-    assert db.execute("SELECT * FROM api.send_policy()").fetchone() == (400, [130429, 131056])
+    # What the worker holds a lane for, and how long, and how often it claims: read from
+    # core.settings and core.meta_error_codes, not copied in Python.
+    assert db.execute("SELECT * FROM api.send_policy()").fetchone() == (400, [130429, 131056], 600)
     acc = f.account(db, throughput_mps=100)
     f.running_campaign(db, acc, 10)
     t = f.clock(db)

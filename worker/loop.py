@@ -82,25 +82,32 @@ async def wait(stop: asyncio.Event, wake: asyncio.Event | None, timeout: float |
 class Results:
     """Results waiting for their reporting call: added one at a time, taken in batches."""
 
-    __slots__ = ("items", "ready")
+    __slots__ = ("items", "ready", "urgent")
 
     def __init__(self) -> None:
         self.items: list[dict] = []
         self.ready = asyncio.Event()
+        self.urgent = asyncio.Event()
 
-    def add(self, result: dict) -> None:
+    def add(self, result: dict, urgent: bool = False) -> None:
+        """``urgent``: report without waiting out the interval (an error the database
+        must act on before more of the same go out)."""
         self.items.append(result)
         self.ready.set()
+        if urgent:
+            self.urgent.set()
 
     async def batches(self, every: float, finished: asyncio.Event) -> AsyncIterator[list[dict]]:
         """What was added, at most one batch per ``every`` seconds (results coalesce meanwhile);
-        once ``finished`` is set, what is left at once, then the end."""
+        once ``finished`` is set, what is left at once, then the end. An urgent result
+        cuts the wait short."""
         loop = asyncio.get_running_loop()
         last = -1e9
         while True:
             await wait(finished, self.ready, None)
-            await wait(finished, None, last + every - loop.time())
+            await wait(finished, self.urgent, last + every - loop.time())
             self.ready.clear()
+            self.urgent.clear()
             batch, self.items = self.items, []
             if batch:
                 last = loop.time()

@@ -4,13 +4,15 @@ One ``Sender`` runs these tasks::
 
     listener: LISTEN pgwa_send ──wake──┐
     claim loop ──api.claim_sends──> rows ──> one lane per number: at each row's send_at
-      (every PACE_S while busy; on NOTIFY      (never before), within the number's
-       or every HEARTBEAT_S when idle)          one-second window ──> POST task each
+      (every PACE_S while busy; on NOTIFY      (never before), through the number's
+       or every HEARTBEAT_S when idle)          pacer (no late bursts) ──> POST task each
     reporter <──results── POST tasks;  ──api.report_sends──> at most every REPORT_S
 
-Claims are pipelined: the database paces each number up to ~250 ms ahead, so the loop
-claims again every ~125 ms while earlier rows still wait in their lanes or are in
-flight. Two round trips per batch (one claim, one coalesced report), whatever its size.
+Claims are pipelined: the database paces each number up to its pace horizon ahead (1 s,
+api.send_policy), so the loop claims again every half horizon while earlier rows still
+wait in their lanes or are in flight, and at once after a claim that came back full.
+Two round trips per batch (one claim, one coalesced report), whatever its size: about
+four statements a second for a number at 1,000 msg/s.
 
 On stop (SIGTERM/SIGINT) the loop claims nothing more, sends what it holds (at most one
 pace horizon ahead, or a throttle hold), reports it and returns. Anything it cannot
@@ -36,28 +38,32 @@ from pgwa.config import Settings
 from .db import Database, Unavailable, listen
 from .graph import GraphClient
 from .loop import Results, run_tasks, wait
+from .pacing import Pacer
 
 log = logging.getLogger("worker.sender")
 
 CHANNEL = "pgwa_send"
-PACE_S = 0.125           # claim interval while there is work (the database paces 250 ms ahead)
+PACE_S = None            # claim interval while there is work (None: half the database's pace horizon)
 IDLE_AFTER_S = 1.0       # empty claims for this long: go idle
 HEARTBEAT_S = 5.0        # idle: claim this often even without a NOTIFY (retries, throttled numbers)
 # After a report with retried or throttled results, stay busy this long: the database
 # holds a throttled number for the throttle hold (core.settings, 0.25 s) and its
 # messages 1-2 s, and nothing NOTIFYs when they return.
 AFTER_RETRY_S = 3.0
-REPORT_S = 0.125         # at most one report per this interval (results are coalesced)
+REPORT_S = 0.5           # at most one report per this interval (results are coalesced)
 STOP_REPORT_S = 15.0     # on stop, keep trying to report for this long
 THROUGHPUT_LOG_S = 60.0
 LATE_S = 0.025           # a send this late after its send_at counts as late (the loop lags)
-# Jitter control, per number. Sends held up by a stalled loop must not all go out the
-# moment it resumes: that squeezes the schedule and crosses Meta's per-second limit
-# (the database paces at 97% of it: a 30 ms stall at 1,000 msg/s is enough). So no
-# number gets more sends in any one-second window than its pace (read from the spacing
-# of its send_at values) divided by WINDOW_SHARE.
-WINDOW_S = 1.0
-WINDOW_SHARE = 0.995
+# Jitter control, per number (worker/pacing.py). Sends held up by a stalled loop must not
+# all go out the moment it resumes: that squeezes the schedule and crosses Meta's
+# per-second limit (the database paces at rate_headroom of it). Each number's sends pass
+# a GCRA at its pace (read from the spacing of its send_at values) divided by PACE_SHARE,
+# with PACER_BURST_S of tolerance: after a stall the missed slots are skipped, so at most
+# PACER_BURST_S worth of sends start together, and no window of one second holds more
+# than pace / PACE_SHARE + PACER_BURST_S x pace + 1 sends (994 at 990 msg/s).
+WINDOW_S = 1.0              # the worker's own busiest-second count (stats.peak_1s)
+PACE_SHARE = 0.9995
+PACER_BURST_S = 0.003
 # A lane wakes at most this often; the sends that came due meanwhile go out together,
 # a few milliseconds late, which saves an event-loop cycle (and syscalls) per message.
 TICK_S = 0.003
@@ -67,7 +73,7 @@ TICK_S = 0.003
 # old rate: sent after the hold on top of the new schedule, they would cross the limit
 # again. Which codes throttle and for how long is the database's (api.send_policy), read
 # once before the first claim.
-POLICY_SQL = "SELECT throttle_hold_ms, throttle_codes FROM api.send_policy()"
+POLICY_SQL = "SELECT throttle_hold_ms, throttle_codes, pace_horizon_ms FROM api.send_policy()"
 
 # Each row's delay is measured on the database's clock from the claim's start (now()),
 # or from the claim's time when the sender has its own clock (the p_now it passes), then
@@ -86,6 +92,7 @@ class SendPolicy(NamedTuple):
 
     throttle_hold_s: float
     throttle_codes: frozenset[int]
+    pace_horizon_s: float
 
 
 @dataclass
@@ -110,7 +117,7 @@ class Sender:
     """One worker's claim → send → report loop. ``await run(stop)`` until ``stop`` is set."""
 
     def __init__(self, settings: Settings, graph: GraphClient | None = None, *,
-                 pace_s: float = PACE_S, idle_after_s: float = IDLE_AFTER_S,
+                 pace_s: float | None = PACE_S, idle_after_s: float = IDLE_AFTER_S,
                  heartbeat_s: float = HEARTBEAT_S, report_s: float = REPORT_S,
                  after_retry_s: float = AFTER_RETRY_S,
                  max_inflight: int | None = None, status_line: bool | None = None,
@@ -127,7 +134,9 @@ class Sender:
         self.heartbeat_s = heartbeat_s
         self.report_s = report_s
         self.after_retry_s = after_retry_s
-        self.max_inflight = max_inflight or max(2 * settings.claim_batch,
+        # Claimed and not yet reported: a horizon of sends, those in flight, and those
+        # waiting for the next report.
+        self.max_inflight = max_inflight or max(6 * settings.claim_batch,
                                                 2 * settings.send_concurrency)
         self.status_line = sys.stderr.isatty() if status_line is None else status_line
         self.stats = SenderStats()
@@ -200,7 +209,10 @@ class Sender:
                 try:
                     if self.policy is None:
                         rows, _ = await self._claims.fetch(POLICY_SQL, (), stop=stop)
-                        self.policy = SendPolicy(rows[0][0] / 1000, frozenset(rows[0][1]))
+                        self.policy = SendPolicy(rows[0][0] / 1000, frozenset(rows[0][1]),
+                                                 rows[0][2] / 1000)
+                        if self.pace_s is None:
+                            self.pace_s = self.policy.pace_horizon_s / 2
                     rows, _ = await self._claims.fetch(
                         CLAIM_SQL, {"worker": self.settings.worker_name, "max": room, "now": self._now()},
                         stop=stop)
@@ -216,6 +228,8 @@ class Sender:
                 if rows:
                     last_work = loop.time()
                     self._dispatch(rows, last_work)
+                if len(rows) >= room:
+                    continue                # a full claim: more is due now (a fast number)
             else:
                 last_work = started         # backpressure: work is waiting on us
             now = loop.time()
@@ -240,19 +254,21 @@ class Sender:
             first, _, n = touched.get(lane, (due, due, 0))
             touched[lane] = (first, due, n + 1)
         for lane, (first, last, n) in touched.items():
-            # One claim paces a number's rows evenly at its current rate.
+            # One claim paces a number's rows evenly at its current rate: a new rate (an
+            # upgrade, a halving after 130429) holds from the next send on.
             if n > 1 and last > first:
-                lane.window_max = max(1, int((n - 1) / (last - first) * WINDOW_S / WINDOW_SHARE))
+                lane.pacer.set_interval((last - first) / (n - 1) * PACE_SHARE)
             lane.wake.set()
 
     async def _lane(self, lane: _Lane) -> None:
         """Start one number's sends in order, none before its send_at.
 
         One timer per wake-up, not per message: every send whose time has come goes out
-        at once, unless the number's one-second window is full (see WINDOW_SHARE).
+        at once, as far as the number's pacer lets it (see PACE_SHARE): late ones are
+        not caught up in a burst.
         """
         loop = asyncio.get_running_loop()
-        rows, window = lane.rows, lane.window
+        rows, pacer = lane.rows, lane.pacer
         stats = self.stats
         while True:
             if not rows:
@@ -271,16 +287,13 @@ class Sender:
             if due > now:
                 await asyncio.sleep(max(due - now, TICK_S))
                 continue
-            # The window on the precise clock: the loop's is cached per iteration (to the
-            # millisecond under uvloop), which let 1% more sends into a real second.
-            edge = time.monotonic() - WINDOW_S
-            while window and window[0] <= edge:
-                window.popleft()
-            if lane.window_max is not None and len(window) + lane.starting >= lane.window_max:
-                await asyncio.sleep(max(window[0] - edge, TICK_S) if window else TICK_S)
+            # On the precise clock: the loop's is cached per iteration (to the millisecond
+            # under uvloop), which let 1% more sends into a real second.
+            ahead = pacer.wait(time.monotonic())
+            if ahead > 0.0:
+                await asyncio.sleep(ahead)
                 continue
             _, row = rows.popleft()
-            lane.starting += 1
             if now - due > LATE_S:
                 stats.late += 1
                 stats.max_late_ms = max(stats.max_late_ms, (now - due) * 1000)
@@ -297,10 +310,7 @@ class Sender:
                                "msg_id": msg_id, "sent": False})
 
     async def _send(self, row: tuple, lane: _Lane) -> None:
-        # In the window from when the request really leaves: a task created just before
-        # a stall of the loop (or of the process) goes out after it, and counting it from
-        # its creation would let the sends after the stall crowd into Meta's second.
-        lane.starting -= 1
+        # The worker's own busiest second (stats only), from when the request really leaves.
         started = time.monotonic()
         window = lane.window
         window.append(started)
@@ -329,6 +339,10 @@ class Sender:
                     now = asyncio.get_running_loop().time()
                     if lane.hold_until <= now:          # once per throttle event
                         lane.hold_until = now + self.policy.throttle_hold_s
+                        # The database halves the number's pace (report_sends); the rows
+                        # held here were spaced at the old one, so the pacer halves now.
+                        if lane.pacer.interval is not None:
+                            lane.pacer.set_interval(lane.pacer.interval * 2)
                         lane.wake.set()
                 key = r.error_code if r.error_code is not None else (r.http_status or "network")
                 stats.error_codes[key] = stats.error_codes.get(key, 0) + 1
@@ -337,7 +351,12 @@ class Sender:
                       "error_code": r.error_code, "http_status": r.http_status,
                       "error_message": r.error_message, "retry_after_s": r.retry_after_s,
                       "unsure": r.unsure}
-        self._results.add(result)
+        # Meta's refusal of this request (4xx: auth, payment, template...), not a transient
+        # error nor a throttle: the database may pause the campaign or the number on it,
+        # which it should do before the next report interval's sends go out.
+        self._results.add(result, urgent=r is not None and r.error_code is not None
+                          and r.error_code not in self.policy.throttle_codes
+                          and (r.http_status or 0) < 500)
 
     async def _report_loop(self, sent: asyncio.Event) -> None:
         """Report coalesced results, at most one call per ``report_s``; after ``sent``,
@@ -376,8 +395,15 @@ class Sender:
             for name, value in zip(names, rows[0]):
                 if isinstance(value, int):
                     stats.report_totals[name] = stats.report_totals.get(name, 0) + value
-            if dict(zip(names, rows[0])).get("retried"):
+            totals = dict(zip(names, rows[0]))
+            if totals.get("retried"):
                 self._retry_seen = asyncio.get_running_loop().time()
+            if totals.get("paused"):
+                # A campaign or number was paused: what the lanes hold (up to a pace
+                # horizon ahead) goes back unsent; the database keeps the paused ones
+                # queued and gives the rest to the next claim.
+                for lane in self._lanes.values():
+                    self._hand_back(lane.rows, float("inf"))
         self._settle(len(batch))
 
     def _now(self) -> datetime | None:
@@ -421,15 +447,14 @@ class Sender:
 class _Lane:
     """One number's claimed messages waiting for their send_at, in order."""
 
-    __slots__ = ("hold_until", "rows", "starting", "task", "wake", "window", "window_max")
+    __slots__ = ("hold_until", "pacer", "rows", "task", "wake", "window")
 
     def __init__(self) -> None:
         self.rows: deque[tuple[float, tuple]] = deque()     # (due, row)
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
-        self.window: deque[float] = deque()     # start times of the last second's sends
-        self.starting = 0                       # sends created, not yet started
-        self.window_max: int | None = None      # sends allowed per window (None: no limit)
+        self.window: deque[float] = deque()     # start times of the last second's sends (stats)
+        self.pacer = Pacer(burst=PACER_BURST_S)  # no pace until a claim spaces two rows
         self.hold_until = 0.0                   # loop time: throttled by Meta until then
 
 

@@ -589,8 +589,10 @@ $$;
 -- and halving for each would collapse the rate. A throttled number sends nothing for
 -- the throttle hold (its workers hand back what they hold for it, and it resumes from
 -- an empty schedule, at the halved pace). Grow back additively by two fifths of the
--- limit per second of clean sending (a batch with sends accepted and no error; a batch
--- of ignored duplicates is no evidence), counted from the end of the hold. The pace
+-- limit per second of clean sending (a batch with sends accepted and no throttle, and
+-- other errors at most a tenth of its accepted sends: a worker reports about twice a
+-- second, and a few transient errors in a batch of hundreds say nothing of the pace; a
+-- batch of ignored duplicates is no evidence), counted from the end of the hold. The pace
 -- never exceeds the number's limit.
 CREATE OR REPLACE FUNCTION core.report_pace(p_rows core.send_outcome[], p_now timestamptz) RETURNS void
 LANGUAGE plpgsql SET search_path = '' AS $$
@@ -610,7 +612,7 @@ BEGIN
           FROM unnest(p_rows) x WHERE x.number_id IS NOT NULL GROUP BY x.number_id) r
     WHERE n.number_id = r.number_id
       AND CASE WHEN r.throttled > 0 THEN coalesce(n.throttled_at, '-infinity') < p_now - interval '1 second'
-               ELSE r.errors = 0 AND r.accepted > 0 AND n.rate_mps < n.throughput_mps
+               ELSE r.errors * 10 <= r.accepted AND r.accepted > 0 AND n.rate_mps < n.throughput_mps
                     AND p_now > coalesce(n.rate_changed_at, '-infinity') END;
 END
 $$;
@@ -634,11 +636,12 @@ $$;
 -- nothing (core.settings). The worker holds a throttled number's lane as long.
 CREATE OR REPLACE FUNCTION api.send_policy() RETURNS api.send_policy
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
-    SELECT s.throttle_hold_ms, ARRAY(SELECT e.code FROM core.meta_error_codes e WHERE e.backoff = 'throttle' ORDER BY e.code)
+    SELECT s.throttle_hold_ms, ARRAY(SELECT e.code FROM core.meta_error_codes e WHERE e.backoff = 'throttle' ORDER BY e.code),
+           s.pace_horizon_ms
     FROM core.settings s
 $$;
 COMMENT ON FUNCTION api.send_policy() IS
-    'Returns what a worker must know of Meta''s pacing rules: the error codes that throttle a number (throttle_codes) and how long a throttled number sends nothing (throttle_hold_ms).';
+    'Returns what a worker must know of Meta''s pacing rules: the error codes that throttle a number (throttle_codes), how long a throttled number sends nothing (throttle_hold_ms), and how far ahead a claim schedules sends (pace_horizon_ms: a worker claims every half of it).';
 
 -- Make queue messages visible again after per-message delays (seconds) from p_now
 -- (NULL: the clock).
