@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 
 .PHONY: db db-url db-stop db-restart psql migrate schema test test-fast lint demo sim worker api \
-        bench bench-sim bench-campaign bench-webhooks bench-api bench-bots bench-audiences scenario-limits clean
+        bench bench-sim bench-campaign bench-webhooks bench-api bench-bots bench-audiences bench-volume scenario-limits clean
 
 db:            ## the local cluster (or DATABASE_URL), migrated; idempotent
 	@scripts/db.sh up
@@ -65,6 +65,9 @@ bench-bots: db
 
 bench-audiences: db   ## segments, a campaign from a 1M-contact segment, its streamed report
 	$(PY) bench/bench_audiences.py
+
+bench-volume: db   ## hot paths with 100M rows of history vs none (BENCH_VOLUME_ROWS to scale)
+	$(PY) bench/bench_volume.py
 
 scenario-limits: db   ## Meta's limits end to end on a compressed clock: tier, 131049 retries, 80007
 	$(PY) bench/scenario_limits.py

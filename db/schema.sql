@@ -111,6 +111,13 @@ CREATE TYPE api.campaign_summary AS (
 	progress double precision
 );
 
+CREATE TYPE api.canned_reply AS (
+	canned_reply_id bigint,
+	title text,
+	body text,
+	created_at timestamp with time zone
+);
+
 CREATE TYPE api.claimed_event AS (
 	msg_id bigint,
 	endpoint_id bigint,
@@ -188,6 +195,15 @@ CREATE TYPE api.contacts_mapped_import AS (
 	tagged integer
 );
 
+CREATE TYPE api.conversation_note AS (
+	note_id bigint,
+	number_id bigint,
+	contact_id bigint,
+	author text,
+	body text,
+	created_at timestamp with time zone
+);
+
 CREATE TYPE api.conversation_summary AS (
 	contact_id bigint,
 	wa_id text,
@@ -217,6 +233,13 @@ CREATE TYPE api.counter_drift AS (
 	actual bigint,
 	drift bigint,
 	fixed boolean
+);
+
+CREATE TYPE api.dashboard_actor AS (
+	tenant_id bigint,
+	user_id bigint,
+	email text,
+	role text
 );
 
 CREATE TYPE api.dashboard_invitation AS (
@@ -482,6 +505,15 @@ CREATE TYPE api.reply_queued AS (
 	window_closes_at timestamp with time zone
 );
 
+CREATE TYPE api.reply_template AS (
+	template_id bigint,
+	name text,
+	language text,
+	parameter_format text,
+	params text[],
+	body text
+);
+
 CREATE TYPE api.report_result AS (
 	accepted integer,
 	retried integer,
@@ -500,7 +532,8 @@ CREATE TYPE api.segment AS (
 
 CREATE TYPE api.send_policy AS (
 	throttle_hold_ms integer,
-	throttle_codes integer[]
+	throttle_codes integer[],
+	pace_horizon_ms integer
 );
 
 CREATE TYPE api.send_request AS (
@@ -696,6 +729,28 @@ $$;
 
 COMMENT ON FUNCTION api.accept_invitation(p_token_hash bytea, p_password_hash text, p_now timestamp with time zone) IS 'Accepts an invitation once: creates its user with the argon2 password hash given and marks the invitation used. Returns the user. Raises PW260 for an unknown, used, revoked or expired invitation, PW100 for a hash that is not argon2, PW302 when the e-mail became a user meanwhile.';
 
+CREATE FUNCTION api.add_conversation_note(p_tenant_id bigint, p_user_id bigint, p_number_id bigint, p_contact_id bigint, p_body text, p_now timestamp with time zone DEFAULT now()) RETURNS api.conversation_note
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_user core.dashboard_users := core.inbox_user(p_tenant_id, p_user_id);
+    v_note api.conversation_note;
+BEGIN
+    IF length(btrim(coalesce(p_body, ''))) NOT BETWEEN 1 AND core.text_body_max() THEN
+        RAISE EXCEPTION 'note must be 1 to % characters, not %', core.text_body_max(), length(btrim(coalesce(p_body, '')))
+            USING ERRCODE = 'PW165', HINT = 'Write the note (it stays inside the dashboard; the contact never sees it).';
+    END IF;
+    PERFORM core.conversation_for(p_tenant_id, p_number_id, p_contact_id);
+    INSERT INTO core.conversation_notes (number_id, contact_id, user_id, author, body, created_at)
+    VALUES (p_number_id, p_contact_id, v_user.user_id, v_user.email, btrim(p_body), p_now)
+    RETURNING note_id, number_id, contact_id, author, body, created_at INTO v_note;
+    RETURN v_note;
+END
+$$;
+
+COMMENT ON FUNCTION api.add_conversation_note(p_tenant_id bigint, p_user_id bigint, p_number_id bigint, p_contact_id bigint, p_body text, p_now timestamp with time zone) IS 'Adds an internal note by a dashboard user to a conversation: shown in the thread, never sent to WhatsApp. Returns the note. Raises PW165 for an empty note or one over 4,096 characters, PW260 for a user not the tenant''s, PW202/PW209 for a number or conversation not the tenant''s.';
+
 CREATE FUNCTION api.api_keys(p_tenant_id bigint) RETURNS SETOF api.api_key
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
@@ -726,6 +781,26 @@ END
 $$;
 
 COMMENT ON FUNCTION api.assign_conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_agent text) IS 'Hands a conversation to an agent (or to another one): bots and the LLM stay quiet on it until api.release_conversation, and the call for a human is cleared. Returns the conversation. Raises PW100 for an empty agent, PW202/PW209 when the number or conversation is not the tenant''s.';
+
+CREATE FUNCTION api.assign_conversation_to_user(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_user_id bigint) RETURNS api.conversation_summary
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_email text;
+BEGIN
+    SELECT u.email INTO v_email FROM core.dashboard_users u
+    WHERE u.user_id = p_user_id AND u.tenant_id = p_tenant_id AND u.disabled_at IS NULL
+      AND EXISTS (SELECT 1 FROM core.dashboard_role_actions a WHERE a.role = u.role AND a.action = 'inbox.reply');
+    IF v_email IS NULL THEN
+        RAISE EXCEPTION 'user % is not an enabled user of this tenant who may answer conversations', p_user_id
+            USING ERRCODE = 'PW276', HINT = 'Pick an agent or an admin from api.inbox_assignees().';
+    END IF;
+    RETURN api.assign_conversation(p_tenant_id, p_number_id, p_contact_id, v_email);
+END
+$$;
+
+COMMENT ON FUNCTION api.assign_conversation_to_user(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_user_id bigint) IS 'Assigns a conversation to one of the tenant''s dashboard users who may answer (an agent or an admin), as api.assign_conversation with their e-mail. Returns the conversation. Raises PW276 for a user not the tenant''s, disabled, or without inbox.reply, PW202/PW209 for a number or conversation not the tenant''s.';
 
 CREATE FUNCTION api.authenticate(p_key_hash bytea, p_scope text DEFAULT 'admin'::text, p_now timestamp with time zone DEFAULT now()) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
@@ -809,6 +884,36 @@ END
 $$;
 
 COMMENT ON FUNCTION api.bot_rules(p_tenant_id bigint, p_number_id bigint) IS 'Lists a number''s bot rules in the order they are tried (default rules last). Raises PW202 when the number is not the tenant''s.';
+
+CREATE FUNCTION api.campaign_failures(p_tenant_id bigint, p_campaign_id bigint) RETURNS TABLE(error_code integer, title text, category text, count integer, advice text)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM core.campaigns c WHERE c.campaign_id = p_campaign_id AND c.tenant_id = p_tenant_id) THEN
+        RAISE EXCEPTION 'campaign % not found', p_campaign_id
+            USING ERRCODE = 'PW201', HINT = 'List the tenant''s campaigns with api.campaigns().';
+    END IF;
+    RETURN QUERY
+    SELECT e.error_code, coalesce(m.title, 'Unknown error code'), e.category, e.count,
+           coalesce(m.advice, CASE e.category
+               WHEN 'rate_limit' THEN 'A rate limit: pgwa slows down and retries; nothing to do unless it repeats.'
+               WHEN 'auth' THEN 'The number''s credentials or permissions fail: fix them in Meta Business Manager, register the number again, then resume.'
+               WHEN 'template' THEN 'The template or its parameters were refused: sync the templates, check the mapping, then resume.'
+               WHEN 'payment' THEN 'A payment problem: fix the WhatsApp Business Account''s payment method, then resume.'
+               WHEN 'recipient' THEN 'The recipient cannot get this message: remove these numbers from the list.'
+               WHEN 'policy' THEN 'A WhatsApp policy blocked the message: check Account Quality in WhatsApp Manager.'
+               WHEN 'transient' THEN 'A temporary failure at Meta: the messages were retried; resume later if the campaign paused.'
+               WHEN 'request' THEN 'Meta refused the request: check the mapped values (links, lengths, formats).'
+               ELSE 'Look the code up in Meta''s error reference.' END)
+    FROM core.campaign_errors e
+    LEFT JOIN core.meta_error_codes m ON m.code = e.error_code
+    WHERE e.campaign_id = p_campaign_id AND e.count <> 0
+    ORDER BY e.count DESC, e.error_code;
+END
+$$;
+
+COMMENT ON FUNCTION api.campaign_failures(p_tenant_id bigint, p_campaign_id bigint) IS 'A campaign''s failed messages grouped by Meta error code, most first: the code, Meta''s title, the category, how many messages, and an advice (what it means and what to do: core.meta_error_codes.advice, else the category''s). Raises PW201 when the tenant has no such campaign.';
 
 CREATE FUNCTION api.campaign_stats(p_tenant_id bigint, p_campaign_id bigint) RETURNS api.campaign_stats
     LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -926,6 +1031,19 @@ END
 $$;
 
 COMMENT ON FUNCTION api.cancel_campaign(p_tenant_id bigint, p_campaign_id bigint) IS 'Cancels a campaign: its queued messages are withdrawn and marked cancelled (messages a worker already holds finish). Returns the new status. Raises PW201 when not found, PW301 when already completed or cancelled.';
+
+CREATE FUNCTION api.canned_replies(p_tenant_id bigint) RETURNS SETOF api.canned_reply
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+BEGIN
+    RETURN QUERY
+    SELECT r.canned_reply_id, r.title, r.body, r.created_at FROM core.canned_replies r
+    WHERE r.tenant_id = p_tenant_id ORDER BY r.title;
+END
+$$;
+
+COMMENT ON FUNCTION api.canned_replies(p_tenant_id bigint) IS 'The tenant''s canned replies by title: saved answers an agent picks to fill the reply box.';
 
 CREATE FUNCTION api.check_template_definition(p_definition jsonb) RETURNS jsonb
     LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
@@ -1299,6 +1417,21 @@ $$;
 
 COMMENT ON FUNCTION api.claim_webhooks(p_max integer) IS 'Claims up to p_max queued webhook payloads for api.process_claimed_webhooks, in its own transaction, so that a batch that crashes or times out still counts as an attempt: the payloads come back after webhook_claim_s, and one read more than webhook_max_attempts times is dead-lettered (webhooks_dead) instead of returned. Returns the queue ids read for the first time (fresh: process them as one batch) and those read again after a failed attempt (retried: process them one by one). Raises PW100 for p_max outside 1..10000.';
 
+CREATE FUNCTION api.clear_needs_human(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_conversation core.conversations := core.conversation_for(p_tenant_id, p_number_id, p_contact_id);
+BEGIN
+    UPDATE core.conversations SET needs_human = false, needs_human_reason = NULL, needs_human_at = NULL
+    WHERE number_id = p_number_id AND contact_id = p_contact_id AND needs_human;
+    RETURN v_conversation.needs_human;
+END
+$$;
+
+COMMENT ON FUNCTION api.clear_needs_human(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) IS 'Clears a conversation''s call for a human (set when a bot rule or the LLM handed it over) without assigning it. Returns whether the flag was set. Raises PW202/PW209 for a number or conversation not the tenant''s.';
+
 CREATE FUNCTION api.complete_llm_jobs(p_results jsonb) RETURNS api.llm_outcome
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
@@ -1577,6 +1710,25 @@ $$;
 
 COMMENT ON FUNCTION api.conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_before_at timestamp with time zone, p_before_id bigint, p_limit integer) IS 'One page of a conversation''s messages, newest first, both directions; an outbound one carries its kind (bot, agent, llm, reply) and delivery state. Keyset pagination: pass the last row''s created_at and message_id as p_before_at and p_before_id. Raises PW100 for a limit outside 1..500, PW202/PW204 when the number or contact is not the tenant''s.';
 
+CREATE FUNCTION api.conversation_notes(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) RETURNS SETOF api.conversation_note
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+BEGIN
+    PERFORM core.number_for(p_tenant_id, p_number_id);
+    PERFORM core.contact_for(p_tenant_id, p_contact_id);
+    RETURN QUERY
+    SELECT x.* FROM (
+        SELECT n.note_id, n.number_id, n.contact_id, n.author, n.body, n.created_at FROM core.conversation_notes n
+        WHERE n.number_id = p_number_id AND n.contact_id = p_contact_id
+        ORDER BY n.created_at DESC, n.note_id DESC
+        LIMIT 500) x
+    ORDER BY x.created_at, x.note_id;
+END
+$$;
+
+COMMENT ON FUNCTION api.conversation_notes(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) IS 'A conversation''s internal notes, oldest first (the latest 500 at most): author e-mail, text, time. Raises PW202/PW204 for a number or contact not the tenant''s.';
+
 CREATE FUNCTION api.conversations(p_tenant_id bigint, p_number_id bigint, p_filter text DEFAULT 'all'::text, p_agent text DEFAULT NULL::text, p_before_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_before_contact_id bigint DEFAULT NULL::bigint, p_limit integer DEFAULT 50) RETURNS SETOF api.conversation_summary
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
@@ -1661,167 +1813,12 @@ $$;
 COMMENT ON FUNCTION api.create_api_key(p_tenant_id bigint, p_name text, p_scope text, p_expires_at timestamp with time zone, p_rate_limit_per_minute integer, p_now timestamp with time zone) IS 'Creates an API key for a tenant with a scope (read, send or admin; default admin), an optional expiry and an optional rate limit (requests a minute; default the platform''s), and returns it with its id and prefix; the key is shown this once, only its sha256 is kept. Raises PW100 for an empty name, an unknown scope, a past expiry or a limit out of range, PW410 when a client (not an operator) asks for more than core.settings.api_rate_limit_per_minute, PW205 for an unknown tenant.';
 
 CREATE FUNCTION api.create_campaign(p_tenant_id bigint, p_number_id bigint, p_name text, p_templates jsonb, p_on_invalid text DEFAULT 'reject'::text, p_scheduled_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_start boolean DEFAULT false, p_default_country_code text DEFAULT NULL::text) RETURNS api.campaign_created
-    LANGUAGE plpgsql SECURITY DEFINER
+    LANGUAGE sql SECURITY DEFINER
     SET search_path TO ''
-    SET client_min_messages TO 'warning'
-    SET work_mem TO '256MB'
-    AS $_$
-DECLARE
-    v_number core.wa_numbers;
-    v_k integer;
-    v_bad record;
-    v_columns text[];
-    v_campaign_id bigint;
-    v_status text;
-    v_result api.campaign_created;
-    v_invalid integer;
-    v_staged integer;
-    v_params_sql text;
-    v_map record;
-BEGIN
-    IF coalesce(btrim(p_name), '') = '' THEN
-        RAISE EXCEPTION 'campaign name is empty' USING ERRCODE = 'PW100', HINT = 'Name the campaign.';
-    END IF;
-    v_number := core.number_for(p_tenant_id, p_number_id);
-    PERFORM core.staged_count();
-    IF jsonb_typeof(p_templates) IS DISTINCT FROM 'array' OR jsonb_array_length(p_templates) NOT BETWEEN 1 AND 10 THEN
-        RAISE EXCEPTION 'templates must be a JSON array of 1 to 10 templates' USING ERRCODE = 'PW102',
-            HINT = '[{"name": "...", "language": "en_US", "header": {...}, "body": [{"column": "..."}, {"value": "..."}], "buttons": {"0": {...}}}]';
-    END IF;
-    v_k := jsonb_array_length(p_templates);
-
-    -- Templates: each must exist for the number's WABA, be approved, and have a source
-    -- for every parameter of every component (core.map_template).
-    DROP TABLE IF EXISTS pg_temp.campaign_variants;
-    CREATE TEMP TABLE campaign_variants ON COMMIT DROP AS
-    SELECT (e.ord - 1)::smallint AS variant, e.spec, t.template_id, t.name, t.language, t.status,
-           NULL::jsonb AS render, NULL::text[] AS columns
-    FROM jsonb_array_elements(p_templates) WITH ORDINALITY e(spec, ord)
-    LEFT JOIN core.templates t
-      ON t.waba_id = v_number.waba_id AND t.tenant_id = p_tenant_id
-     AND t.name = e.spec->>'name' AND t.language = e.spec->>'language';
-    FOR v_bad IN SELECT * FROM pg_temp.campaign_variants ORDER BY variant LOOP
-        IF v_bad.template_id IS NULL THEN
-            RAISE EXCEPTION 'template % ("%" %) does not exist for WABA %', v_bad.variant + 1,
-                v_bad.spec->>'name', coalesce(v_bad.spec->>'language', 'with no language'), v_number.waba_id
-                USING ERRCODE = 'PW102', HINT = 'Sync templates from Meta or check the name and language.';
-        ELSIF v_bad.status <> 'APPROVED' THEN
-            RAISE EXCEPTION 'template "%" (%) is %, not APPROVED', v_bad.name, v_bad.language, v_bad.status
-                USING ERRCODE = 'PW102', HINT = 'Only approved templates can be sent.';
-        END IF;
-        SELECT m.render, m.columns INTO v_map
-        FROM core.templates t, core.map_template(t, v_bad.spec) m WHERE t.template_id = v_bad.template_id;
-        UPDATE pg_temp.campaign_variants SET render = v_map.render, columns = v_map.columns WHERE variant = v_bad.variant;
-    END LOOP;
-    ANALYZE pg_temp.campaign_variants;
-    SELECT coalesce(array_agg(DISTINCT c), '{}') INTO v_columns
-    FROM pg_temp.campaign_variants v, unnest(v.columns) c;
-    FOR v_bad IN SELECT c FROM unnest(v_columns) c
-                 WHERE c NOT IN ('phone', 'name')
-                   AND NOT EXISTS (SELECT 1 FROM pg_temp.staged_contacts s WHERE s.attributes ? c) LOOP
-        RAISE EXCEPTION 'column "%" is mapped to a template parameter but is not in the contact list', v_bad.c
-            USING ERRCODE = 'PW102', HINT = 'Check the CSV header.';
-    END LOOP;
-
-    -- Rows: normalise, find the invalid ones, dedupe, skip opted-out contacts.
-    SELECT c.invalid, c.invalid_rows, c.duplicates, c.staged
-    INTO v_invalid, v_result.invalid_rows, v_result.duplicates_removed, v_staged
-    FROM core.check_staged_contacts(p_default_country_code, p_on_invalid, v_columns) c;
-
-    DROP TABLE IF EXISTS pg_temp.campaign_sends;
-    CREATE TEMP TABLE campaign_sends ON COMMIT DROP AS
-    SELECT r.*, ((row_number() OVER (ORDER BY r.row_no) - 1) % v_k)::smallint AS variant
-    FROM (SELECT DISTINCT ON (wa_id) * FROM pg_temp.contact_rows
-          WHERE problem IS NULL ORDER BY wa_id, row_no) r
-    WHERE NOT EXISTS (SELECT 1 FROM core.contacts c
-                      WHERE c.tenant_id = p_tenant_id AND c.wa_id = r.wa_id AND c.opted_out);
-    -- Temp tables have no statistics until analysed; without them the joins below
-    -- plan for one row and loop.
-    ANALYZE pg_temp.campaign_sends;
-
-    v_result.skipped_invalid := v_invalid;
-    v_result.total := (SELECT count(*) FROM pg_temp.campaign_sends);
-    v_result.skipped_opted_out := v_staged - v_invalid - v_result.duplicates_removed - v_result.total;
-    IF v_result.total = 0 THEN
-        RAISE EXCEPTION 'no contact is left to message (% invalid, % opted out, % duplicates)', v_invalid,
-            v_result.skipped_opted_out, v_result.duplicates_removed
-            USING ERRCODE = 'PW101', HINT = 'Check the contact list.';
-    END IF;
-
-    -- Existing contacts are only rewritten when the list brings something new.
-    INSERT INTO core.contacts AS c (tenant_id, wa_id, name, attributes)
-    SELECT p_tenant_id, s.wa_id, s.name, s.attributes FROM pg_temp.campaign_sends s
-    ON CONFLICT (tenant_id, wa_id) DO UPDATE SET
-        name = coalesce(excluded.name, c.name),
-        attributes = c.attributes || excluded.attributes,
-        updated_at = now()
-    WHERE c.name IS DISTINCT FROM coalesce(excluded.name, c.name) OR NOT c.attributes @> excluded.attributes;
-
-    v_status := CASE WHEN p_scheduled_at IS NOT NULL AND p_scheduled_at > now() THEN 'scheduled'
-                     WHEN p_start OR p_scheduled_at IS NOT NULL THEN 'running'
-                     ELSE 'draft' END;
-    INSERT INTO core.campaigns (tenant_id, number_id, name, status, scheduled_at, started_at, total,
-                                skipped_opted_out, skipped_invalid, duplicates_removed)
-    VALUES (p_tenant_id, p_number_id, btrim(p_name), v_status, p_scheduled_at,
-            CASE WHEN v_status = 'running' THEN now() END, v_result.total,
-            v_result.skipped_opted_out, v_result.skipped_invalid, v_result.duplicates_removed)
-    RETURNING campaign_id INTO v_campaign_id;
-
-    -- params: the per-row values' columns, in the order of the queue message's "p" (as
-    -- core.defer_capped rebuilds it); render: the components with the constants in place.
-    INSERT INTO core.campaign_templates (campaign_id, variant, template_id, params, render, mapping, total)
-    SELECT v_campaign_id, v.variant, v.template_id,
-           (SELECT coalesce(jsonb_agg(jsonb_build_object('column', c) ORDER BY n), '[]')
-            FROM unnest(v.columns) WITH ORDINALITY x(c, n)), v.render, v.spec - 'name' - 'language',
-           (SELECT count(*) FROM pg_temp.campaign_sends s WHERE s.variant = v.variant)
-    FROM pg_temp.campaign_variants v;
-
-    PERFORM pgmq.create(core.campaign_queue(v_campaign_id));
-    -- The per-row values of each row (its mapped columns) as one expression (a CASE over
-    -- the variants), so queueing 100,000 messages is expression evaluation, not a
-    -- subquery per row. Column names enter the SQL only through format's %L.
-    SELECT 'CASE s.variant ' || string_agg(format('WHEN %s THEN %s', v.variant, coalesce(
-               (SELECT 'jsonb_build_array(' || string_agg(
-                    CASE WHEN c = 'phone' THEN 's.wa_id'
-                         WHEN c = 'name' THEN 's.name'
-                         ELSE format('s.attributes->>%L', c) END, ', ' ORDER BY n) || ')'
-                FROM unnest(v.columns) WITH ORDINALITY x(c, n)), '''[]''::jsonb')), ' ')
-           || ' END'
-    INTO v_params_sql FROM pg_temp.campaign_variants v;
-    -- Ids are drawn in list order before anything is written, so that the templates
-    -- interleave in the queue and both inserts below read one table straight through.
-    ALTER TABLE pg_temp.campaign_sends ADD COLUMN contact_id bigint, ADD COLUMN outbound_id bigint;
-    UPDATE pg_temp.campaign_sends s SET contact_id = c.contact_id,
-        outbound_id = nextval('core.outbound_messages_outbound_id_seq')
-    FROM (SELECT s2.row_no, c2.contact_id FROM pg_temp.campaign_sends s2
-          JOIN core.contacts c2 ON c2.tenant_id = p_tenant_id AND c2.wa_id = s2.wa_id ORDER BY s2.row_no) c
-    WHERE c.row_no = s.row_no;
-    INSERT INTO core.outbound_messages (outbound_id, number_id, campaign_id, variant, contact_id, kind)
-    OVERRIDING SYSTEM VALUE
-    SELECT s.outbound_id, p_number_id, v_campaign_id, s.variant, s.contact_id, 'campaign'
-    FROM pg_temp.campaign_sends s;
-    -- One queue message per contact: the outbound id, the recipient, the template variant
-    -- and the body parameters. api.claim_sends renders the Graph API request from them.
-    EXECUTE format($q$
-        INSERT INTO pgmq.%I (vt, message)
-        SELECT now(), jsonb_build_object('o', s.outbound_id, 't', s.wa_id, 'v', s.variant, 'p', %s)
-        FROM pg_temp.campaign_sends s
-        ORDER BY s.outbound_id
-    $q$, pgmq.format_table_name(core.campaign_queue(v_campaign_id), 'q'), v_params_sql);
-
-    TRUNCATE pg_temp.staged_contacts;
-    IF v_status = 'running' THEN
-        PERFORM core.wake_sender(p_number_id);
-    END IF;
-    v_result.campaign_id := v_campaign_id;
-    v_result.status := v_status;
-    -- How many days the list needs at the portfolio's messaging limit (NULL: unlimited).
-    v_result.days_at_limit := (SELECT ceil(v_result.total::numeric / p.messaging_limit)::integer
-                               FROM core.wa_numbers n JOIN core.portfolios p ON p.portfolio_id = n.portfolio_id
-                               WHERE n.number_id = p_number_id);
-    RETURN v_result;
-END
-$_$;
+    AS $$
+    SELECT core.new_campaign(p_tenant_id, p_number_id, p_name, p_templates, p_on_invalid, p_scheduled_at,
+                             p_start, p_default_country_code, NULL)
+$$;
 
 COMMENT ON FUNCTION api.create_campaign(p_tenant_id bigint, p_number_id bigint, p_name text, p_templates jsonb, p_on_invalid text, p_scheduled_at timestamp with time zone, p_start boolean, p_default_country_code text) IS 'Creates a campaign in one transaction from the contacts staged by api.stage_contacts: validates the templates and their parameter mapping (each element of p_templates: {"name", "language", "header": {"column"} | {"value": text or link} | {"media_id"} (+ "filename" for a DOCUMENT) | {"location": {latitude, longitude, name, address}}, "body": [sources] for POSITIONAL templates or {"parameter_name": source} for NAMED ones ("params": the old spelling of a positional body), "buttons": {"<index>": source} for URL suffixes, copy codes, quick-reply payloads and OTP codes (by default the body''s code)}, a source being {"column": "csv column"} or {"value": "constant"}; api.template_parameters lists what a template needs; a row whose mapped column is empty is an invalid row), normalises phones to E.164 digits, drops duplicates, skips opted-out contacts, upserts contacts and queues one rendered message per contact, interleaved across templates. Status is draft, scheduled (p_scheduled_at) or running (p_start). Returns the counts and the invalid rows. Raises PW100/PW102 on bad arguments or templates (PW102 names the template, the component, the parameter and the fix for a missing, extra or wrongly kinded parameter), PW101 on invalid rows when p_on_invalid is reject, PW202 for an unknown number; nothing is left behind on error.';
 
@@ -1830,24 +1827,56 @@ CREATE FUNCTION api.create_campaign_from_segment(p_tenant_id bigint, p_number_id
     SET search_path TO ''
     SET client_min_messages TO 'warning'
     SET work_mem TO '256MB'
-    AS $$
+    AS $_$
 DECLARE
     v core.compiled_segment := core.compile_segment(p_tenant_id, core.segment_filter(p_tenant_id, p_segment_id, p_filter, p_tags), p_now);
     v_created api.campaign_created;
+    v_found boolean;
 BEGIN
     PERFORM core.number_for(p_tenant_id, p_number_id);
-    IF core.stage_segment(p_tenant_id, v) = 0 THEN
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM core.contacts c WHERE c.tenant_id = $5 AND c.wa_id IS NOT NULL AND ' || v.sql || ')'
+        INTO v_found USING v.texts, v.numbers, v.times, v.ids, p_tenant_id;
+    IF NOT v_found THEN
         RAISE EXCEPTION 'the segment matches no contact with a phone number' USING ERRCODE = 'PW101',
             HINT = 'Check the segment''s live count with api.segment_count().';
     END IF;
-    v_created := api.create_campaign(p_tenant_id => p_tenant_id, p_number_id => p_number_id, p_name => p_name,
-                                     p_templates => p_templates, p_on_invalid => p_on_invalid,
-                                     p_scheduled_at => p_scheduled_at, p_start => p_start);
+    -- The segment's contacts are read straight into the campaign (no staging, no
+    -- second normalisation, no upsert of contacts that are already themselves).
+    v_created := core.new_campaign(p_tenant_id, p_number_id, p_name, p_templates, p_on_invalid,
+                                   p_scheduled_at, p_start, NULL, v);
     RETURN v_created;
+END
+$_$;
+
+COMMENT ON FUNCTION api.create_campaign_from_segment(p_tenant_id bigint, p_number_id bigint, p_name text, p_templates jsonb, p_segment_id bigint, p_filter jsonb, p_tags text[], p_scheduled_at timestamp with time zone, p_start boolean, p_on_invalid text, p_now timestamp with time zone) IS 'Creates a campaign, in one transaction, for the contacts a segment matches at that moment (a saved segment, an inline filter, or contacts with any of p_tags: exactly one): reads them (phone, name, attributes, so template parameters map to fields and columns) as api.create_campaign reads a list, skipping opted-out contacts and, with p_on_invalid skip (the default), contacts lacking a mapped value. Contacts added later are not in it. Returns what api.create_campaign returns. Raises what api.create_campaign and api.segment_count raise, and PW101 when no contact with a phone matches; nothing is left behind on error.';
+
+CREATE FUNCTION api.create_canned_reply(p_tenant_id bigint, p_user_id bigint, p_title text, p_body text) RETURNS api.canned_reply
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_row api.canned_reply;
+BEGIN
+    IF length(btrim(coalesce(p_title, ''))) NOT BETWEEN 1 AND 100 OR length(btrim(coalesce(p_body, ''))) NOT BETWEEN 1 AND core.text_body_max() THEN
+        RAISE EXCEPTION 'a canned reply needs a title of 1 to 100 characters and a body of 1 to % characters', core.text_body_max()
+            USING ERRCODE = 'PW166', HINT = 'Give both; the body may use contact variables like {{name}}.';
+    END IF;
+    IF p_user_id IS NOT NULL THEN
+        PERFORM core.inbox_user(p_tenant_id, p_user_id);
+    END IF;
+    INSERT INTO core.canned_replies (tenant_id, title, body, created_by)
+    VALUES (p_tenant_id, btrim(p_title), btrim(p_body), p_user_id)
+    ON CONFLICT ON CONSTRAINT canned_replies_tenant_title DO NOTHING
+    RETURNING canned_reply_id, title, body, created_at INTO v_row;
+    IF v_row.canned_reply_id IS NULL THEN
+        RAISE EXCEPTION 'a canned reply titled "%" already exists', btrim(p_title)
+            USING ERRCODE = 'PW375', HINT = 'Choose another title, or delete the old reply first.';
+    END IF;
+    RETURN v_row;
 END
 $$;
 
-COMMENT ON FUNCTION api.create_campaign_from_segment(p_tenant_id bigint, p_number_id bigint, p_name text, p_templates jsonb, p_segment_id bigint, p_filter jsonb, p_tags text[], p_scheduled_at timestamp with time zone, p_start boolean, p_on_invalid text, p_now timestamp with time zone) IS 'Creates a campaign, in one transaction, for the contacts a segment matches at that moment (a saved segment, an inline filter, or contacts with any of p_tags: exactly one): stages them (phone, name, attributes, so template parameters map to fields and columns) and calls api.create_campaign, which skips opted-out contacts and, with p_on_invalid skip (the default), contacts lacking a mapped value. Contacts added later are not in it. Returns what api.create_campaign returns. Raises what api.create_campaign and api.segment_count raise, and PW101 when no contact with a phone matches; nothing is left behind on error.';
+COMMENT ON FUNCTION api.create_canned_reply(p_tenant_id bigint, p_user_id bigint, p_title text, p_body text) IS 'Saves a canned reply for the tenant (p_user_id: its author, or null). Returns it. Raises PW166 for a missing or too long title or body, PW375 when the title is taken, PW260 for a user not the tenant''s.';
 
 CREATE FUNCTION api.create_event_endpoint(p_tenant_id bigint, p_url text, p_event_types text[], p_secret text DEFAULT NULL::text, p_description text DEFAULT NULL::text) RETURNS api.event_endpoint_created
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1950,6 +1979,26 @@ END
 $$;
 
 COMMENT ON FUNCTION api.create_user(p_tenant_id bigint, p_email text, p_role text, p_password_hash text, p_now timestamp with time zone) IS 'Creates a dashboard user of a tenant with a role (admin, marketer, agent, viewer) and an argon2 password hash made by the caller; the e-mail is lower-cased. Returns the user, never the hash. Raises PW100 for a bad e-mail, role or hash, PW205 for an unknown tenant, PW302 when the e-mail is taken in the tenant.';
+
+CREATE FUNCTION api.dashboard_actor(p_token_hash bytea, p_action text, p_number_id bigint DEFAULT NULL::bigint, p_contact_id bigint DEFAULT NULL::bigint, p_now timestamp with time zone DEFAULT now()) RETURNS api.dashboard_actor
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_tenant_id bigint;
+    v_user core.dashboard_users;
+BEGIN
+    IF p_number_id IS NOT NULL AND p_contact_id IS NOT NULL THEN
+        v_tenant_id := api.dashboard_authorize_conversation(p_token_hash, p_action, p_number_id, p_contact_id, p_now);
+    ELSE
+        v_tenant_id := api.dashboard_authorize(p_token_hash, p_action, p_now);
+    END IF;
+    v_user := core.dashboard_session_user(p_token_hash, p_now);
+    RETURN ROW(v_tenant_id, v_user.user_id, v_user.email, v_user.role)::api.dashboard_actor;
+END
+$$;
+
+COMMENT ON FUNCTION api.dashboard_actor(p_token_hash bytea, p_action text, p_number_id bigint, p_contact_id bigint, p_now timestamp with time zone) IS 'The tenant, user, e-mail and role of the live session whose token has sha256 p_token_hash, once its role holds p_action (and, given a conversation, once an agent is not refused it for being another agent''s). Raises PW401 for no live session, PW403 when the role lacks the action or the conversation is another agent''s.';
 
 CREATE FUNCTION api.dashboard_authorize(p_token_hash bytea, p_action text, p_now timestamp with time zone DEFAULT now()) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
@@ -2215,6 +2264,22 @@ END
 $$;
 
 COMMENT ON FUNCTION api.delete_bot_rule(p_tenant_id bigint, p_rule_id bigint) IS 'Deletes a bot rule of the tenant; returns its id. Raises PW206 when it is not found.';
+
+CREATE FUNCTION api.delete_canned_reply(p_tenant_id bigint, p_canned_reply_id bigint) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+BEGIN
+    DELETE FROM core.canned_replies WHERE canned_reply_id = p_canned_reply_id AND tenant_id = p_tenant_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'canned reply % not found', p_canned_reply_id USING ERRCODE = 'PW275',
+            HINT = 'List the tenant''s canned replies with api.canned_replies().';
+    END IF;
+    RETURN p_canned_reply_id;
+END
+$$;
+
+COMMENT ON FUNCTION api.delete_canned_reply(p_tenant_id bigint, p_canned_reply_id bigint) IS 'Deletes one of the tenant''s canned replies. Returns its id. Raises PW275 when the tenant has no such reply.';
 
 CREATE FUNCTION api.delete_contact(p_tenant_id bigint, p_contact_id bigint) RETURNS api.contact_erased
     LANGUAGE plpgsql SECURITY DEFINER
@@ -2601,6 +2666,91 @@ $$;
 
 COMMENT ON FUNCTION api.import_contacts_mapped(p_tenant_id bigint, p_mapping jsonb, p_default_country_code text, p_on_invalid text) IS 'Imports the contacts staged by api.stage_contacts as api.import_contacts does, mapping CSV columns to custom fields (p_mapping.fields: each value checked against its field''s type) and to tags (p_mapping.tag_columns split on , ; or |, and p_mapping.tags on every row). Returns api.import_contacts''s counts and invalid rows, the values skipped per row (row, column, value, reason: the row is imported without them) and how many contacts were tagged. Raises PW100 for a malformed mapping, PW233 for an undefined field, PW133 (p_on_invalid reject) for a value that does not fit, and what api.import_contacts raises.';
 
+CREATE FUNCTION api.inbox_assignees(p_tenant_id bigint) RETURNS SETOF api.dashboard_user
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+BEGIN
+    RETURN QUERY
+    SELECT (core.dashboard_user_row(u)).* FROM core.dashboard_users u
+    WHERE u.tenant_id = p_tenant_id AND u.disabled_at IS NULL
+      AND EXISTS (SELECT 1 FROM core.dashboard_role_actions a WHERE a.role = u.role AND a.action = 'inbox.reply')
+    ORDER BY u.email;
+END
+$$;
+
+COMMENT ON FUNCTION api.inbox_assignees(p_tenant_id bigint) IS 'The tenant''s enabled dashboard users a conversation can be assigned to (roles holding inbox.reply: agents and admins), by e-mail.';
+
+CREATE FUNCTION api.inbox_conversation(p_tenant_id bigint, p_user_id bigint, p_number_id bigint, p_contact_id bigint, p_now timestamp with time zone DEFAULT now()) RETURNS api.conversation_summary
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_user core.dashboard_users := core.inbox_user(p_tenant_id, p_user_id);
+    v_row api.conversation_summary;
+BEGIN
+    PERFORM core.number_for(p_tenant_id, p_number_id);
+    SELECT * INTO v_row FROM core.inbox_rows(p_tenant_id, v_user, p_number_id, p_contact_id, 'all', NULL, 1, p_now);
+    IF v_row.contact_id IS NULL THEN
+        RAISE EXCEPTION 'no conversation between number % and contact % for this user', p_number_id, p_contact_id
+            USING ERRCODE = 'PW209', HINT = 'List the number''s conversations with api.inbox_conversations().';
+    END IF;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION api.inbox_conversation(p_tenant_id bigint, p_user_id bigint, p_number_id bigint, p_contact_id bigint, p_now timestamp with time zone) IS 'One conversation as api.inbox_conversations shows it to the user (the thread''s header: window, assignment, hand-over, unread). Raises PW209 when there is no such conversation of the tenant, or it is another agent''s and the user an agent; PW202 for a number not the tenant''s, PW260 for a user not the tenant''s.';
+
+CREATE FUNCTION api.inbox_conversations(p_tenant_id bigint, p_user_id bigint, p_number_id bigint, p_filter text DEFAULT 'all'::text, p_search text DEFAULT NULL::text, p_limit integer DEFAULT 50, p_now timestamp with time zone DEFAULT now()) RETURNS SETOF api.conversation_summary
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_user core.dashboard_users := core.inbox_user(p_tenant_id, p_user_id);
+    v_search text := nullif(btrim(coalesce(p_search, '')), '');
+BEGIN
+    PERFORM core.number_for(p_tenant_id, p_number_id);
+    IF p_filter IS NULL OR p_filter NOT IN ('all', 'mine', 'unassigned', 'needs_human', 'unread') THEN
+        RAISE EXCEPTION 'filter must be all, mine, unassigned, needs_human or unread, not "%"', left(p_filter, 40)
+            USING ERRCODE = 'PW167', HINT = 'mine: assigned to you; an agent''s "all" is theirs and the unassigned queue.';
+    END IF;
+    IF length(v_search) > 100 THEN
+        RAISE EXCEPTION 'search is % characters; at most 100', length(v_search)
+            USING ERRCODE = 'PW167', HINT = 'Search a phone number, a name or words of a message.';
+    END IF;
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 500 THEN
+        RAISE EXCEPTION 'limit % is out of range', p_limit USING ERRCODE = 'PW100', HINT = 'Ask for 1 to 500 conversations.';
+    END IF;
+    RETURN QUERY SELECT * FROM core.inbox_rows(p_tenant_id, v_user, p_number_id, NULL, p_filter,
+        '%' || replace(replace(replace(v_search, '\', '\\'), '%', '\%'), '_', '\_') || '%', p_limit, p_now);
+END
+$$;
+
+COMMENT ON FUNCTION api.inbox_conversations(p_tenant_id bigint, p_user_id bigint, p_number_id bigint, p_filter text, p_search text, p_limit integer, p_now timestamp with time zone) IS 'A number''s conversations as one dashboard user sees them, latest first (as api.conversations, but unread counts the inbound messages after that user''s own read mark, up to 100): p_filter all, mine (assigned to the user), unassigned, needs_human (a bot or the LLM handed over) or unread; p_search a substring of the contact''s phone, name or profile name or of a message''s text. An agent sees only the conversations assigned to them and the unassigned queue. Raises PW167 for a bad filter or a search over 100 characters, PW100 for a limit outside 1..500, PW260 for a user not the tenant''s, PW202 for a number not the tenant''s.';
+
+CREATE FUNCTION api.inbox_media_content(p_tenant_id bigint, p_user_id bigint, p_media_id bigint) RETURNS api.media_content
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_user core.dashboard_users := core.inbox_user(p_tenant_id, p_user_id);
+BEGIN
+    -- An agent's rule holds for files too: not one of a colleague's conversation.
+    IF v_user.role = 'agent' AND EXISTS (
+        SELECT 1 FROM core.media m
+        JOIN core.inbox_messages i ON i.message_id = m.message_id
+        JOIN core.conversations v ON v.number_id = i.number_id AND v.contact_id = i.contact_id
+        WHERE m.media_id = p_media_id AND m.tenant_id = p_tenant_id
+          AND v.assigned_to IS NOT NULL AND v.assigned_to <> v_user.email) THEN
+        RAISE EXCEPTION 'media % not found', p_media_id
+            USING ERRCODE = 'PW245', HINT = 'Agents see the files of their own conversations and of the unassigned queue.';
+    END IF;
+    RETURN api.media_content(p_tenant_id, p_media_id);
+END
+$$;
+
+COMMENT ON FUNCTION api.inbox_media_content(p_tenant_id bigint, p_user_id bigint, p_media_id bigint) IS 'As api.media_content, for a dashboard user: an agent is also refused (PW245, not found) the file of a message in a conversation assigned to another agent. Raises PW245 when the media is not the tenant''s, PW301 when no file is stored, PW260 for a user not the tenant''s.';
+
 CREATE FUNCTION api.ingest_webhook(p_payload jsonb, p_signer text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO ''
@@ -2731,6 +2881,32 @@ CREATE FUNCTION api.llm_bounds() RETURNS SETOF api.llm_bound
 $$;
 
 COMMENT ON FUNCTION api.llm_bounds() IS 'The bounds of the LLM settings api.configure_llm takes, one row per setting: its name (the argument without p_), type (integer, or string: bounded in characters), minimum, maximum and meaning. Raises nothing.';
+
+CREATE FUNCTION api.mark_conversation_read(p_tenant_id bigint, p_user_id bigint, p_number_id bigint, p_contact_id bigint, p_now timestamp with time zone DEFAULT now()) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_user core.dashboard_users := core.inbox_user(p_tenant_id, p_user_id);
+    v_before integer;
+BEGIN
+    PERFORM core.conversation_for(p_tenant_id, p_number_id, p_contact_id);
+    SELECT s.unread INTO v_before FROM core.inbox_rows(p_tenant_id, v_user, p_number_id, p_contact_id, 'all', NULL, 1, p_now) s;
+    -- Up to the newest message; a mark never moves back (two tabs, out of order).
+    INSERT INTO core.conversation_reads AS r (user_id, number_id, contact_id, read_up_to_at, read_up_to_id, read_at)
+    SELECT v_user.user_id, i.number_id, i.contact_id, i.created_at, i.message_id, p_now
+    FROM core.inbox_messages i
+    WHERE i.number_id = p_number_id AND i.contact_id = p_contact_id
+    ORDER BY i.created_at DESC, i.message_id DESC
+    LIMIT 1
+    ON CONFLICT (user_id, number_id, contact_id) DO UPDATE SET
+        read_up_to_at = excluded.read_up_to_at, read_up_to_id = excluded.read_up_to_id, read_at = excluded.read_at
+    WHERE (r.read_up_to_at, r.read_up_to_id) < (excluded.read_up_to_at, excluded.read_up_to_id);
+    RETURN coalesce(v_before, 0);
+END
+$$;
+
+COMMENT ON FUNCTION api.mark_conversation_read(p_tenant_id bigint, p_user_id bigint, p_number_id bigint, p_contact_id bigint, p_now timestamp with time zone) IS 'Moves one dashboard user''s read mark on a conversation to its newest message (never back): their unread count drops to zero, other users'' stay. Meta''s read receipt is api.mark_read''s. Returns how many inbound messages were unread for the user. Raises PW260 for a user not the tenant''s, PW202/PW209 for a number or conversation not the tenant''s.';
 
 CREATE FUNCTION api.mark_read(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
@@ -3371,6 +3547,78 @@ $$;
 
 COMMENT ON FUNCTION api.prepare_template_deletion(p_tenant_id bigint, p_template_id bigint, p_force boolean) IS 'Step one of deleting a template (one language: Meta''s hsm_id): returns what the server needs to ask Meta (name, meta_template_id, the WABA''s access token: never for a client); submit false when it is already deleted. Raises PW203 when the tenant has no such template, PW301 while it is being submitted, when it is DISABLED or has no Meta id, PW330 naming the scheduled, running and paused campaigns that send it unless p_force.';
 
+CREATE FUNCTION api.preview_campaign_message(p_tenant_id bigint, p_campaign_id bigint) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_campaign core.campaigns;
+    v_message jsonb;
+    v_variant core.campaign_templates;
+    v_template core.templates;
+    v_components jsonb;
+    v_header jsonb;
+    v_body jsonb;
+    v_media jsonb;
+BEGIN
+    SELECT * INTO v_campaign FROM core.campaigns WHERE campaign_id = p_campaign_id AND tenant_id = p_tenant_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'campaign % not found', p_campaign_id
+            USING ERRCODE = 'PW201', HINT = 'List the tenant''s campaigns with api.campaigns().';
+    END IF;
+    -- The first row still queued, else the first one sent (pgmq's archive). Housekeeping
+    -- drops a finished campaign's queue: then there is nothing left to show.
+    IF to_regclass(format('pgmq.%I', pgmq.format_table_name(core.campaign_queue(p_campaign_id), 'q'))) IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT message FROM pgmq.%I ORDER BY msg_id LIMIT 1',
+                   pgmq.format_table_name(core.campaign_queue(p_campaign_id), 'q')) INTO v_message;
+    IF v_message IS NULL AND to_regclass(format('pgmq.%I', pgmq.format_table_name(core.campaign_queue(p_campaign_id), 'a'))) IS NOT NULL THEN
+        EXECUTE format('SELECT message FROM pgmq.%I ORDER BY msg_id LIMIT 1',
+                       pgmq.format_table_name(core.campaign_queue(p_campaign_id), 'a')) INTO v_message;
+    END IF;
+    IF v_message IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO v_variant FROM core.campaign_templates
+    WHERE campaign_id = p_campaign_id AND variant = (v_message->>'v')::smallint;
+    SELECT * INTO v_template FROM core.templates WHERE template_id = v_variant.template_id;
+    v_components := core.render_components(v_variant.render, coalesce(v_message->'p', '[]'));
+    SELECT c INTO v_header FROM jsonb_array_elements(v_components) c WHERE c->>'type' = 'header';
+    SELECT c INTO v_body FROM jsonb_array_elements(v_components) c WHERE c->>'type' = 'body';
+    v_media := v_header#>'{parameters,0}';
+    RETURN jsonb_build_object(
+        'to', v_message->>'t',
+        'template', v_template.name,
+        'language', v_template.language,
+        'header_kind', CASE WHEN v_media IS NOT NULL THEN v_media->>'type'
+                            WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(v_template.components) c
+                                         WHERE upper(c->>'type') = 'HEADER') THEN 'text' END,
+        'header_text', (SELECT core.fill_placeholders(c->>'text', v_header->'parameters')
+                        FROM jsonb_array_elements(v_template.components) c
+                        WHERE upper(c->>'type') = 'HEADER' AND upper(coalesce(c->>'format', 'TEXT')) = 'TEXT' LIMIT 1),
+        'header_link', v_media->(v_media->>'type')->>'link',
+        'header_media_id', v_media->(v_media->>'type')->>'id',
+        'body', (SELECT core.fill_placeholders(c->>'text', v_body->'parameters')
+                 FROM jsonb_array_elements(v_template.components) c WHERE upper(c->>'type') = 'BODY' LIMIT 1),
+        'footer', (SELECT c->>'text' FROM jsonb_array_elements(v_template.components) c
+                   WHERE upper(c->>'type') = 'FOOTER' LIMIT 1),
+        'buttons', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                        'text', b.btn->>'text',
+                        'value', (SELECT coalesce(p->>'text', p->>'payload', p->>'coupon_code')
+                                  FROM jsonb_array_elements(v_components) rc, jsonb_array_elements(rc->'parameters') p
+                                  WHERE rc->>'type' = 'button' AND rc->>'index' = (b.i - 1)::text LIMIT 1))
+                        ORDER BY b.i), '[]')
+                    FROM jsonb_array_elements(v_template.components) c,
+                         jsonb_array_elements(CASE WHEN jsonb_typeof(c->'buttons') = 'array' THEN c->'buttons' ELSE '[]' END)
+                             WITH ORDINALITY b(btn, i)
+                    WHERE upper(c->>'type') = 'BUTTONS'),
+        'components', v_components);
+END
+$$;
+
+COMMENT ON FUNCTION api.preview_campaign_message(p_tenant_id bigint, p_campaign_id bigint) IS 'One message of a campaign as its recipient sees it: the first row still queued (else the first sent), rendered as api.claim_sends renders it. Returns {to, template, language, header_kind, header_text, header_link, header_media_id, body, footer, buttons [{text, value}], components (Meta''s components array)}, with the placeholders of the header and body filled; NULL when no message is left (or housekeeping dropped the finished campaign''s queue). Raises PW201 when the tenant has no such campaign.';
+
 CREATE FUNCTION api.process_claimed_webhooks(p_ids bigint[]) RETURNS api.webhook_batch
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
@@ -3754,6 +4002,29 @@ $$;
 
 COMMENT ON FUNCTION api.reply(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint, p_reply jsonb) IS 'An agent''s reply to a contact on a number, queued before campaign traffic: {"type": "text" | "buttons" | "list" | "cta_url", ...} or media ({"type": "image" | "video" | "audio" | "document" | "sticker", "media": <pgwa media id> | "link": "https://...", "caption": ...}) inside the 24-hour window, {"type": "template", ...} at any time; {{name}} and other contact variables are filled in. Returns the outbound id, the inbox row and when the window closes. Raises PW104 for a free-form reply outside the window (send a template), PW106 for a template to an opted-out contact, PW100/PW102 for a bad reply or template (PW100 names the field), PW245/PW345 for an uploaded file that is not the number''s or whose Meta id expires within a day, PW202/PW204 when the number or contact is not the tenant''s.';
 
+CREATE FUNCTION api.reply_templates(p_tenant_id bigint, p_number_id bigint) RETURNS SETOF api.reply_template
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_number core.wa_numbers := core.number_for(p_tenant_id, p_number_id);
+BEGIN
+    RETURN QUERY
+    SELECT t.template_id, t.name, t.language, t.parameter_format,
+           ARRAY(SELECT coalesce(s.parameter_name, s.index::text)
+                 FROM core.template_slots(t.components, t.parameter_format) s
+                 WHERE s.component = 'body' ORDER BY s.index),
+           (SELECT c->>'text' FROM jsonb_array_elements(t.components) c WHERE upper(c->>'type') = 'BODY' LIMIT 1)
+    FROM core.templates t
+    WHERE t.tenant_id = p_tenant_id AND t.waba_id = v_number.waba_id AND t.status = 'APPROVED'
+      AND NOT EXISTS (SELECT 1 FROM core.template_slots(t.components, t.parameter_format) s
+                      WHERE s.component <> 'body' AND s.required)
+    ORDER BY t.name, t.language;
+END
+$$;
+
+COMMENT ON FUNCTION api.reply_templates(p_tenant_id bigint, p_number_id bigint) IS 'The approved templates of the number''s WABA that a reply can send (body parameters only, api.reply''s rule), each with its parameter format, its body parameters in order (names, or positions 1, 2, …) and its body text. Raises PW202 for a number not the tenant''s.';
+
 CREATE FUNCTION api.report_events(p_results jsonb, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS api.events_reported
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
@@ -3915,7 +4186,8 @@ DECLARE
     v_campaign core.campaigns;
     v_templates jsonb := p_templates;
     v_unknown boolean;
-    v_staged integer;
+    v_pick core.compiled_segment;
+    v_found boolean;
     v_created api.campaign_created;
 BEGIN
     SELECT * INTO v_campaign FROM core.campaigns WHERE campaign_id = p_campaign_id AND tenant_id = p_tenant_id;
@@ -3927,16 +4199,13 @@ BEGIN
         RAISE EXCEPTION 'who must be failed, not_delivered, not_read or not_replied, not "%"', left(coalesce(p_who, ''), 40)
             USING ERRCODE = 'PW100', HINT = 'Messages still queued or in flight are never picked.';
     END IF;
-    PERFORM api.stage_contacts();
-    EXECUTE 'INSERT INTO pg_temp.staged_contacts (row_no, phone, name, attributes)
-             SELECT row_number() OVER (ORDER BY c.contact_id), c.wa_id, c.name, c.attributes
-             FROM core.contacts c
-             WHERE c.tenant_id = $1 AND c.wa_id IS NOT NULL
-               AND c.contact_id IN (SELECT o.contact_id FROM core.outbound_messages o
-                                    WHERE o.campaign_id = $2 AND ' || core.retarget_condition(p_who) || ')'
-        USING p_tenant_id, p_campaign_id;
-    GET DIAGNOSTICS v_staged = ROW_COUNT;
-    IF v_staged = 0 THEN
+    -- The recipients picked, as a segment over the tenant's contacts (core.new_campaign
+    -- reads them straight into the campaign).
+    v_pick := ROW('(c.contact_id IN (SELECT o.contact_id FROM core.outbound_messages o WHERE o.campaign_id = $4[1] AND '
+                  || core.retarget_condition(p_who) || '))', '{}', '{}', '{}', ARRAY[p_campaign_id])::core.compiled_segment;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM core.contacts c WHERE c.tenant_id = $5 AND c.wa_id IS NOT NULL AND ' || v_pick.sql || ')'
+        INTO v_found USING v_pick.texts, v_pick.numbers, v_pick.times, v_pick.ids, p_tenant_id;
+    IF NOT v_found THEN
         RAISE EXCEPTION 'no recipient of campaign % is %', p_campaign_id, replace(p_who, '_', ' ')
             USING ERRCODE = 'PW101', HINT = 'Nothing to send again; check api.campaign_stats().';
     END IF;
@@ -3956,10 +4225,10 @@ BEGIN
                 USING ERRCODE = 'PW100', HINT = 'Pass p_templates: the templates and mapping to send.';
         END IF;
     END IF;
-    v_created := api.create_campaign(
-        p_tenant_id => p_tenant_id, p_number_id => coalesce(p_number_id, v_campaign.number_id),
-        p_name => coalesce(p_name, left(v_campaign.name, 150) || ' (' || replace(p_who, '_', ' ') || ')'),
-        p_templates => v_templates, p_on_invalid => p_on_invalid, p_scheduled_at => p_scheduled_at, p_start => p_start);
+    v_created := core.new_campaign(
+        p_tenant_id, coalesce(p_number_id, v_campaign.number_id),
+        coalesce(p_name, left(v_campaign.name, 150) || ' (' || replace(p_who, '_', ' ') || ')'),
+        v_templates, p_on_invalid, p_scheduled_at, p_start, NULL, v_pick);
     RETURN v_created;
 END
 $_$;
@@ -4221,17 +4490,22 @@ $$;
 
 COMMENT ON FUNCTION api.segments(p_tenant_id bigint) IS 'Lists the tenant''s saved segments with their filters, oldest first.';
 
-CREATE FUNCTION api.send_message(p_tenant_id bigint, p_number_id bigint, p_to text, p_message jsonb, p_idempotency_key text DEFAULT NULL::text) RETURNS api.message_sent
+CREATE FUNCTION api.send_message(p_tenant_id bigint, p_number_id bigint, p_to text, p_message jsonb, p_idempotency_key text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_wake boolean DEFAULT true) RETURNS api.message_sent
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $_$
 DECLARE
+    v_now timestamptz := coalesce(p_now, now());
     v_number core.wa_numbers := core.number_for(p_tenant_id, p_number_id);
     v_recipient text := core.api_recipient(p_to);
+    v_template boolean := p_message->>'type' = 'template';
     v_hash text;
     v_used core.api_sends;
     v_contact core.contacts;
-    v_queued core.reply_queued;
+    v_last_inbound timestamptz;
+    v_message jsonb;
+    v_outbound_id bigint;
+    v_body jsonb;
 BEGIN
     IF p_idempotency_key IS NOT NULL THEN
         IF p_idempotency_key !~ '^[!-~]{1,255}$' THEN
@@ -4242,7 +4516,7 @@ BEGIN
         -- message does not make two requests differ.
         v_hash := md5(jsonb_build_array(p_number_id, v_recipient, p_message)::text);
         -- One request per key at a time: a concurrent retry waits here for the first to
-        -- commit, then answers its message.
+        -- commit, then answers its message (or, if the first failed, sends it itself).
         PERFORM pg_advisory_xact_lock(hashtextextended(p_tenant_id || ':' || p_idempotency_key, 0));
         SELECT * INTO v_used FROM core.api_sends s
         WHERE s.tenant_id = p_tenant_id AND s.idempotency_key = p_idempotency_key;
@@ -4255,39 +4529,79 @@ BEGIN
         END IF;
     END IF;
 
-    PERFORM core.check_reply(p_message, p_tenant_id, v_number.waba_id);
-    v_contact := core.api_contact(p_tenant_id, v_recipient);
-    IF p_message->>'type' = 'template' AND v_contact.opted_out THEN
-        RAISE EXCEPTION 'contact % (%) has opted out of messages', v_contact.contact_id, v_recipient
-            USING ERRCODE = 'PW106', HINT = 'The contact opts in again by writing to the number (or api.set_contact_opt_out).';
+    IF NOT v_template THEN
+        PERFORM core.check_reply(p_message, p_tenant_id, v_number.waba_id);
     END IF;
-    SELECT * INTO v_queued FROM core.enqueue_replies(ARRAY[ROW(p_number_id, v_contact.contact_id, 'api',
-                                    core.render_reply(p_message, core.contact_vars(v_contact)))::core.reply_request]);
-    IF v_queued.outbound_id IS NULL THEN
-        RAISE EXCEPTION 'the 24-hour customer service window with % is closed%', v_recipient,
-            coalesce(' since ' || v_queued.window_closes_at::text, ' (the contact never wrote to this number)')
-            USING ERRCODE = 'PW104', HINT = 'Outside the window only an approved template reaches the contact: {"type": "template", ...}.';
+    v_contact := core.api_contact(p_tenant_id, v_recipient);
+    SELECT v.last_inbound_at INTO v_last_inbound FROM core.conversations v
+    WHERE v.number_id = p_number_id AND v.contact_id = v_contact.contact_id;
+    IF v_template THEN
+        IF v_contact.opted_out THEN
+            RAISE EXCEPTION 'contact % (%) has opted out of messages', v_contact.contact_id, v_recipient
+                USING ERRCODE = 'PW106', HINT = 'The contact opts in again by writing to the number (or api.set_contact_opt_out).';
+        END IF;
+        v_message := core.api_template_message(p_message, core.contact_vars(v_contact), p_tenant_id, v_number, v_now);
+    ELSE
+        IF NOT core.window_open(v_last_inbound, v_now) THEN
+            RAISE EXCEPTION 'the 24-hour customer service window with % %', v_recipient,
+                coalesce('closed at ' || to_char(core.window_closes_at(v_last_inbound) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                         'is not open: the contact never wrote to this number')
+                USING ERRCODE = 'PW304',
+                      DETAIL = json_build_object('window_closes_at', core.window_closes_at(v_last_inbound))::text,
+                      HINT = 'Outside the window only an approved template reaches the contact: {"type": "template", ...}.';
+        END IF;
+        v_message := core.render_reply(core.resolve_reply_media(p_message, p_tenant_id, p_number_id),
+                                       core.contact_vars(v_contact));
+    END IF;
+
+    -- Queued as core.enqueue_replies queues a reply ({"o", "b"} on the reply queue) and
+    -- written to the shared inbox, so that agents see what the tenant's system sent. No
+    -- NOTIFY inside this transaction: the dashboard's inbox trigger leaves API sends out,
+    -- and the sender's wake-up is the caller's after commit (p_wake), since a NOTIFY holds
+    -- PostgreSQL's cluster-wide notify lock through the commit's WAL flush, one sending
+    -- transaction at a time.
+    v_outbound_id := nextval('core.outbound_messages_outbound_id_seq');
+    INSERT INTO core.outbound_messages (outbound_id, number_id, contact_id, kind)
+    OVERRIDING SYSTEM VALUE VALUES (v_outbound_id, p_number_id, v_contact.contact_id, 'api');
+    v_body := jsonb_build_object('messaging_product', 'whatsapp', 'recipient_type', 'individual')
+        -- A user known only by a business-scoped user id is addressed by it.
+        || CASE WHEN v_contact.wa_id IS NOT NULL THEN jsonb_build_object('to', v_contact.wa_id)
+                ELSE jsonb_build_object('recipient', v_contact.user_id) END
+        || v_message
+        || jsonb_build_object('biz_opaque_callback_data', core.opaque_data(NULL, v_outbound_id));
+    INSERT INTO core.inbox_messages (number_id, contact_id, direction, type, body, payload, outbound_id)
+    VALUES (p_number_id, v_contact.contact_id, 'out', coalesce(v_message->>'type', 'text'),
+            core.message_text(v_message), v_body, v_outbound_id);
+    INSERT INTO core.conversations AS v (number_id, contact_id, last_message_at)
+    VALUES (p_number_id, v_contact.contact_id, now())
+    ON CONFLICT (number_id, contact_id) DO UPDATE SET
+        last_message_at = greatest(v.last_message_at, excluded.last_message_at);
+    PERFORM pgmq.send(core.reply_queue(p_number_id), jsonb_build_object('o', v_outbound_id, 'b', v_body));
+    -- p_wake false: the caller wakes the sender once this has committed (POST /v1/messages does).
+    IF p_wake THEN
+        PERFORM core.wake_sender(p_number_id);
     END IF;
     IF p_idempotency_key IS NOT NULL THEN
         INSERT INTO core.api_sends (tenant_id, idempotency_key, request_hash, outbound_id)
-        VALUES (p_tenant_id, p_idempotency_key, v_hash, v_queued.outbound_id);
+        VALUES (p_tenant_id, p_idempotency_key, v_hash, v_outbound_id);
     END IF;
-    RETURN ROW(v_queued.outbound_id, p_number_id, v_contact.contact_id, v_recipient, 'queued', false,
-               v_queued.window_closes_at, now())::api.message_sent;
+    RETURN ROW(v_outbound_id, p_number_id, v_contact.contact_id, v_recipient, 'queued', false,
+               core.window_closes_at(v_last_inbound), now())::api.message_sent;
 END
 $_$;
 
-COMMENT ON FUNCTION api.send_message(p_tenant_id bigint, p_number_id bigint, p_to text, p_message jsonb, p_idempotency_key text) IS 'Sends one message from a tenant''s own system to p_to (a phone with its country code, or a business-scoped user id), on the number''s reply queue ahead of campaign traffic and paced with it: a template ({"type": "template", ...}) at any time, a free-form message (text, buttons and the other reply shapes of api.reply) only inside the contact''s 24-hour window. The contact is created on first use. With p_idempotency_key, a retry with the same key and message answers the first message (replayed true) and sends nothing. Returns the outbound id, its state and when the window closes. Raises PW100 for a bad recipient, key or message, PW102 for an unknown or unapproved template or wrong parameters, PW104 when the window is closed, PW106 when the contact opted out, PW303 when the key was used for another message, PW202 when the number is not the tenant''s.';
+COMMENT ON FUNCTION api.send_message(p_tenant_id bigint, p_number_id bigint, p_to text, p_message jsonb, p_idempotency_key text, p_now timestamp with time zone, p_wake boolean) IS 'Sends one message from a tenant''s own system to p_to (a phone with its country code, or a business-scoped user id), on the number''s reply queue ahead of campaign traffic and paced with it. A template at any time: {"type": "template", "name", "language", "header": "text" | {"link"} | {"media": uploaded id} | {"media_id": Meta id} | {"location": {...}}, "body": [values] (POSITIONAL) or {"name": value} (NAMED), "buttons": {"<index>": value}}, laid out by core.map_template as a campaign''s; values may use {{name}} and other contact variables. A free-form message (text, buttons, media, list, cta_url: the reply shapes of api.reply) only inside the contact''s 24-hour window at p_now (NULL: the clock). The contact is created on first use. With p_idempotency_key, a retry with the same key and message answers the first message (replayed true) and sends nothing; a concurrent one waits for the first. The message is written to the shared inbox (without a dashboard NOTIFY). p_wake false leaves waking the sender (NOTIFY pgwa_send) to the caller after commit. Returns the outbound id, its state and when the window closes. Raises PW100 for a bad recipient, key or message, PW102 for an unknown or unapproved template or a parameter that does not fit, PW304 when the window is closed (naming when it closed), PW106 when the contact opted out, PW303 when the key was used for another message, PW202 when the number is not the tenant''s, PW245/PW345 for an unknown or expired uploaded media.';
 
 CREATE FUNCTION api.send_policy() RETURNS api.send_policy
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
     AS $$
-    SELECT s.throttle_hold_ms, ARRAY(SELECT e.code FROM core.meta_error_codes e WHERE e.backoff = 'throttle' ORDER BY e.code)
+    SELECT s.throttle_hold_ms, ARRAY(SELECT e.code FROM core.meta_error_codes e WHERE e.backoff = 'throttle' ORDER BY e.code),
+           s.pace_horizon_ms
     FROM core.settings s
 $$;
 
-COMMENT ON FUNCTION api.send_policy() IS 'Returns what a worker must know of Meta''s pacing rules: the error codes that throttle a number (throttle_codes) and how long a throttled number sends nothing (throttle_hold_ms).';
+COMMENT ON FUNCTION api.send_policy() IS 'Returns what a worker must know of Meta''s pacing rules: the error codes that throttle a number (throttle_codes), how long a throttled number sends nothing (throttle_hold_ms), and how far ahead a claim schedules sends (pace_horizon_ms: a worker claims every half of it).';
 
 CREATE FUNCTION api.set_campaign_send_window(p_tenant_id bigint, p_campaign_id bigint, p_start time without time zone, p_end time without time zone) RETURNS api.send_window
     LANGUAGE plpgsql SECURITY DEFINER
@@ -5027,6 +5341,24 @@ $$;
 
 COMMENT ON FUNCTION api.tenant_local_time(p_tenant_id bigint, p_local timestamp without time zone) IS 'A wall-clock time as the tenant writes it (no offset), in its time zone: "schedule at 09:00 tomorrow" means 09:00 where the tenant is. NULL for NULL.';
 
+CREATE FUNCTION api.tenant_time_zone(p_tenant_id bigint) RETURNS text
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_zone text;
+BEGIN
+    SELECT t.time_zone INTO v_zone FROM core.tenants t WHERE t.tenant_id = p_tenant_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant % not found', p_tenant_id USING ERRCODE = 'PW205',
+            HINT = 'Create the tenant first (pgwa tenant create).';
+    END IF;
+    RETURN v_zone;
+END
+$$;
+
+COMMENT ON FUNCTION api.tenant_time_zone(p_tenant_id bigint) IS 'The IANA time zone the tenant writes schedules in (api.set_tenant_time_zone; api.tenant_local_time reads a wall-clock time in it). Raises PW205 for an unknown tenant.';
+
 CREATE FUNCTION api.test_event_endpoint(p_tenant_id bigint, p_endpoint_id bigint) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
@@ -5337,7 +5669,7 @@ CREATE TABLE core.contacts (
     tags text[] DEFAULT '{}'::text[] NOT NULL,
     time_zone text,
     CONSTRAINT contacts_identified CHECK (((wa_id IS NOT NULL) OR (user_id IS NOT NULL))),
-    CONSTRAINT contacts_wa_id_e164 CHECK ((wa_id ~ '^[1-9][0-9]{6,14}$'::text))
+    CONSTRAINT contacts_wa_id_e164 CHECK (((wa_id ~ '^[1-9][0-9]*$'::text) AND ((length(wa_id) >= 7) AND (length(wa_id) <= 15))))
 );
 
 COMMENT ON COLUMN core.contacts.marketing_stopped_at IS 'When Meta said the user stopped marketing messages from this business (error 131050 or a user_preferences webhook); marketing templates skip the contact, utility ones do not.';
@@ -5393,6 +5725,214 @@ BEGIN
     END IF;
     RETURN v_phone;
 END
+$_$;
+
+CREATE TABLE core.wa_numbers (
+    number_id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    phone_number_id text NOT NULL,
+    waba_id text NOT NULL,
+    display_phone_number text,
+    access_token text NOT NULL,
+    app_secret text,
+    throughput_mps integer DEFAULT 80 NOT NULL,
+    rate_mps double precision DEFAULT 80 NOT NULL,
+    send_tat timestamp with time zone DEFAULT now() NOT NULL,
+    throttled_at timestamp with time zone,
+    quality_rating text,
+    llm_enabled boolean DEFAULT false NOT NULL,
+    paused_reason text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    rate_changed_at timestamp with time zone,
+    llm_system_prompt text,
+    llm_daily_limit integer DEFAULT 20 NOT NULL,
+    llm_context_messages integer DEFAULT 12 NOT NULL,
+    verified_name text,
+    verified_at timestamp with time zone,
+    llm_number_daily_limit integer DEFAULT 1000 NOT NULL,
+    portfolio_id bigint,
+    quality_event_at timestamp with time zone,
+    ban_event_at timestamp with time zone,
+    CONSTRAINT wa_numbers_phone_number_id_digits CHECK ((phone_number_id ~ '^[0-9]{1,32}$'::text)),
+    CONSTRAINT wa_numbers_rate_positive CHECK ((rate_mps > (0)::double precision)),
+    CONSTRAINT wa_numbers_throughput_valid CHECK (((throughput_mps >= 1) AND (throughput_mps <= 1000))),
+    CONSTRAINT wa_numbers_waba_id_digits CHECK ((waba_id ~ '^[0-9]{1,32}$'::text))
+);
+
+COMMENT ON COLUMN core.wa_numbers.quality_event_at IS 'When the newest phone_number_quality_update applied to the number happened; an older one changes nothing.';
+
+COMMENT ON COLUMN core.wa_numbers.ban_event_at IS 'When the newest account_update DISABLED_UPDATE (ban or reinstatement) of the number''s WABA happened; an older one changes nothing.';
+
+CREATE FUNCTION core.api_template_message(p_message jsonb, p_vars jsonb, p_tenant_id bigint, p_number core.wa_numbers, p_now timestamp with time zone) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_template core.templates;
+    v_params jsonb := CASE WHEN jsonb_typeof(p_message->'parameters') = 'object' THEN p_message->'parameters' ELSE '{}' END;
+    v_header jsonb := coalesce(p_message->'header', v_params->'header');
+    v_body jsonb := coalesce(p_message->'body', p_message->'params', v_params->'body',
+                             CASE WHEN jsonb_typeof(p_message->'parameters') = 'array' THEN p_message->'parameters' END);
+    v_buttons jsonb := coalesce(p_message->'buttons', v_params->'buttons');
+    v_key text;
+    v_spec jsonb;
+    v_shape jsonb;
+    v_values jsonb;
+    v_md5 text;
+    v_render jsonb;
+BEGIN
+    SELECT string_agg(format('"%s"', k), ', ') INTO v_key FROM jsonb_object_keys(p_message) k
+    WHERE k NOT IN ('type', 'name', 'language', 'header', 'body', 'buttons', 'params', 'parameters');
+    IF v_key IS NOT NULL THEN
+        RAISE EXCEPTION 'a template message has no key %', v_key USING ERRCODE = 'PW100',
+            HINT = '{"name": "...", "language": "en_US", "header": ..., "body": [...] or {...}, "buttons": {"0": ...}}';
+    END IF;
+    SELECT * INTO v_template FROM core.templates t
+    WHERE t.tenant_id = p_tenant_id AND t.waba_id = p_number.waba_id
+      AND t.name = p_message->>'name' AND t.language = p_message->>'language';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'template "%" (%) does not exist for WABA %', p_message->>'name',
+            coalesce(p_message->>'language', 'no language'), p_number.waba_id
+            USING ERRCODE = 'PW102', HINT = 'Sync templates from Meta or check the name and language.';
+    ELSIF v_template.status <> 'APPROVED' THEN
+        RAISE EXCEPTION 'template "%" (%) is %, not APPROVED', v_template.name, v_template.language, v_template.status
+            USING ERRCODE = 'PW102', HINT = 'Only approved templates can be sent.';
+    END IF;
+    v_spec := jsonb_strip_nulls(jsonb_build_object(
+        'header', core.api_template_source(v_header, p_vars, p_tenant_id, p_number.number_id, p_now),
+        'body', CASE jsonb_typeof(v_body)
+            WHEN 'array' THEN (SELECT coalesce(jsonb_agg(coalesce(core.api_template_source(b.value, p_vars, p_tenant_id,
+                                                           p_number.number_id, p_now), 'null') ORDER BY b.i), '[]')
+                               FROM jsonb_array_elements(v_body) WITH ORDINALITY b(value, i))
+            WHEN 'object' THEN (SELECT coalesce(jsonb_object_agg(b.key, core.api_template_source(b.value, p_vars, p_tenant_id,
+                                                                  p_number.number_id, p_now)), '{}')
+                                FROM jsonb_each(v_body) b)
+            ELSE v_body END,
+        'buttons', CASE jsonb_typeof(v_buttons)
+            WHEN 'object' THEN (SELECT coalesce(jsonb_object_agg(b.key, core.api_template_source(b.value, p_vars, p_tenant_id,
+                                                                  p_number.number_id, p_now)), '{}')
+                                FROM jsonb_each(v_buttons) b)
+            -- A list: the button at each position (null where a button takes nothing).
+            WHEN 'array' THEN (SELECT coalesce(jsonb_object_agg((b.i - 1)::text, core.api_template_source(b.value, p_vars, p_tenant_id,
+                                                                 p_number.number_id, p_now)), '{}')
+                               FROM jsonb_array_elements(v_buttons) WITH ORDINALITY b(value, i)
+                               WHERE jsonb_typeof(b.value) <> 'null')
+            ELSE v_buttons END));
+
+    SELECT s.shape, s.vals INTO v_shape, v_values FROM core.api_template_shape(v_spec) s;
+    v_md5 := md5(v_template.components::text || coalesce(v_template.parameter_format, '') || v_shape::text);
+    SELECT l.render INTO v_render FROM core.api_template_layouts l
+    WHERE l.template_id = v_template.template_id AND l.shape_md5 = v_md5;
+    IF v_render IS NOT NULL AND NOT core.api_values_fit(v_render, v_values) THEN
+        -- Laid out with its values: map_template names what does not fit.
+        v_render := (core.map_template(v_template, v_spec)).render;
+    ELSIF v_render IS NULL THEN
+        -- A new shape: checked with its values first (what does not fit raises here,
+        -- named), then laid out with slots and kept.
+        PERFORM core.map_template(v_template, v_spec);
+        v_render := (core.map_template(v_template, v_shape)).render;
+        INSERT INTO core.api_template_layouts (template_id, shape_md5, render)
+        VALUES (v_template.template_id, v_md5, v_render) ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN jsonb_build_object('type', 'template', 'template',
+        jsonb_build_object('name', v_template.name, 'language', jsonb_build_object('code', v_template.language))
+        || CASE WHEN jsonb_array_length(v_render) = 0 THEN '{}'::jsonb
+                ELSE jsonb_build_object('components', core.render_components(v_render, v_values)) END);
+END
+$$;
+
+CREATE FUNCTION core.api_template_shape(p_spec jsonb, OUT shape jsonb, OUT vals jsonb) RETURNS record
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_part text;
+    v_key text;
+    v_src jsonb;
+    v_n integer := 0;
+BEGIN
+    shape := p_spec;
+    vals := '[]';
+    FOREACH v_part IN ARRAY ARRAY['header', 'body', 'buttons'] LOOP
+        CONTINUE WHEN NOT p_spec ? v_part;
+        IF v_part = 'header' THEN
+            IF jsonb_typeof(p_spec->'header') = 'object' AND jsonb_typeof(p_spec#>'{header,value}') = 'string' THEN
+                shape := jsonb_set(shape, '{header}', ((p_spec->'header') - 'value')
+                                                      || jsonb_build_object('column', format('v%s', lpad(v_n::text, 3, '0'))));
+                vals := vals || jsonb_build_array(p_spec#>'{header,value}');
+                v_n := v_n + 1;
+            END IF;
+            CONTINUE;
+        END IF;
+        FOR v_key, v_src IN
+            SELECT CASE WHEN jsonb_typeof(p_spec->v_part) = 'array' THEN (e.i - 1)::text ELSE e.k END, e.v
+            FROM (SELECT NULL::text AS k, a.v, a.i FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_spec->v_part) = 'array'
+                                                                               THEN p_spec->v_part END) WITH ORDINALITY a(v, i)
+                  UNION ALL
+                  SELECT o.key, o.value, row_number() OVER (ORDER BY o.key) FROM jsonb_each(CASE WHEN jsonb_typeof(p_spec->v_part) = 'object'
+                                                                                              THEN p_spec->v_part END) o) e
+            ORDER BY e.i
+        LOOP
+            CONTINUE WHEN jsonb_typeof(v_src) <> 'object' OR jsonb_typeof(v_src->'value') <> 'string';
+            shape := jsonb_set(shape, ARRAY[v_part, v_key], (v_src - 'value')
+                                                            || jsonb_build_object('column', format('v%s', lpad(v_n::text, 3, '0'))));
+            vals := vals || jsonb_build_array(v_src->'value');
+            v_n := v_n + 1;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION core.api_template_source(p_src jsonb, p_vars jsonb, p_tenant_id bigint, p_number_id bigint, p_now timestamp with time zone) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_text text;
+BEGIN
+    IF p_src IS NULL OR jsonb_typeof(p_src) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(p_src) IN ('string', 'number', 'boolean') OR (jsonb_typeof(p_src) = 'object' AND jsonb_typeof(p_src->'value') = 'string') THEN
+        v_text := CASE WHEN jsonb_typeof(p_src) = 'object' THEN p_src->>'value' ELSE p_src #>> '{}' END;
+        IF strpos(v_text, '{{') > 0 THEN
+            v_text := coalesce(nullif(core.render_vars(v_text, p_vars), ''), '-');
+        END IF;
+        RETURN CASE WHEN jsonb_typeof(p_src) = 'object' THEN p_src ELSE '{}' END || jsonb_build_object('value', v_text);
+    END IF;
+    IF jsonb_typeof(p_src) <> 'object' THEN
+        RETURN p_src;                       -- core.map_template names it and says what it takes
+    END IF;
+    IF p_src ? 'column' THEN
+        RAISE EXCEPTION 'the send API takes parameter values, not CSV columns: %', left(p_src::text, 100)
+            USING ERRCODE = 'PW102', HINT = 'Give the value itself: "Ana", {"link": "https://..."}, {"media": 12} or {"location": {...}}.';
+    END IF;
+    IF p_src ? 'link' THEN
+        RETURN (p_src - 'link') || jsonb_build_object('value', p_src->'link');
+    END IF;
+    IF p_src ? 'media' THEN
+        IF jsonb_typeof(p_src->'media') <> 'number' THEN
+            RAISE EXCEPTION '"media" must be the number POST /v1/media returned, not %', left(p_src->>'media', 60)
+                USING ERRCODE = 'PW102', HINT = 'Give {"media": 12} for an uploaded file, {"media_id": "..."} for a Meta media id or {"link": "https://..."}.';
+        END IF;
+        RETURN (p_src - 'media') || jsonb_build_object('media_id',
+            core.media_for_send(p_tenant_id, (p_src->>'media')::bigint, p_number_id, p_now)->'id');
+    END IF;
+    RETURN p_src;
+END
+$$;
+
+CREATE FUNCTION core.api_values_fit(p_render jsonb, p_values jsonb) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO ''
+    AS $_$
+    SELECT NOT EXISTS (
+        SELECT 1 FROM jsonb_array_elements(p_render) c, jsonb_array_elements(c->'parameters') p,
+             LATERAL (SELECT p_values->>((p->>'$slot')::integer) AS v) x
+        WHERE p ? '$slot'
+          AND (x.v IS NULL OR btrim(x.v) = ''
+               OR (p->>'$path' LIKE '%,link}' AND x.v !~* '^https?://[^\s/]+')
+               OR (p->>'$path' = '{coupon_code}' AND length(x.v) > 15)))
 $_$;
 
 CREATE FUNCTION core.app_signer(p_app_secret text) RETURNS text
@@ -5703,7 +6243,12 @@ BEGIN
         GROUP BY u.contact_id
         ORDER BY u.contact_id
     ) l
-    WHERE c.contact_id = l.contact_id;
+    WHERE c.contact_id = l.contact_id
+      -- A contact inserted just above holds all of it already: not written twice.
+      AND (c.last_inbound_at IS DISTINCT FROM greatest(c.last_inbound_at, l.at)
+           OR (l.name IS NOT NULL AND c.profile_name IS DISTINCT FROM l.name)
+           OR (c.wa_id IS NULL AND l.wa_id IS NOT NULL)
+           OR (c.user_id IS NULL AND l.user_id IS NOT NULL));
 
     WITH inserted AS (
         INSERT INTO core.inbox_messages (number_id, contact_id, direction, wamid, type, body, payload,
@@ -6229,11 +6774,18 @@ CREATE TABLE core.bot_rules (
     match_text text,
     like_pattern text,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    match_key text GENERATED ALWAYS AS (
+CASE
+    WHEN ((kind = ANY (ARRAY['starts_with'::text, 'contains'::text])) AND (length(match_text) >= 4)) THEN "right"(match_text, 4)
+    ELSE NULL::text
+END) STORED,
     CONSTRAINT bot_rules_kind_valid CHECK ((kind = ANY (ARRAY['exact'::text, 'starts_with'::text, 'contains'::text, 'regex'::text, 'welcome'::text, 'default'::text]))),
     CONSTRAINT bot_rules_match_text_present CHECK (((kind = ANY (ARRAY['welcome'::text, 'default'::text])) OR (match_text IS NOT NULL))),
     CONSTRAINT bot_rules_pattern_present CHECK (((kind = ANY (ARRAY['welcome'::text, 'default'::text])) OR (pattern IS NOT NULL))),
     CONSTRAINT bot_rules_priority_valid CHECK (((priority >= 0) AND (priority <= 1000000)))
 );
+
+COMMENT ON COLUMN core.bot_rules.match_key IS 'starts_with and contains rules of 4 characters or more: the last 4 characters of match_text, which any text the rule matches contains (core.match_bot_rules looks the rule up by it).';
 
 CREATE FUNCTION core.bot_rule_row(p_rule core.bot_rules) RETURNS api.bot_rule
     LANGUAGE sql IMMUTABLE
@@ -6500,42 +7052,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
-CREATE TABLE core.wa_numbers (
-    number_id bigint NOT NULL,
-    tenant_id bigint NOT NULL,
-    phone_number_id text NOT NULL,
-    waba_id text NOT NULL,
-    display_phone_number text,
-    access_token text NOT NULL,
-    app_secret text,
-    throughput_mps integer DEFAULT 80 NOT NULL,
-    rate_mps double precision DEFAULT 80 NOT NULL,
-    send_tat timestamp with time zone DEFAULT now() NOT NULL,
-    throttled_at timestamp with time zone,
-    quality_rating text,
-    llm_enabled boolean DEFAULT false NOT NULL,
-    paused_reason text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    rate_changed_at timestamp with time zone,
-    llm_system_prompt text,
-    llm_daily_limit integer DEFAULT 20 NOT NULL,
-    llm_context_messages integer DEFAULT 12 NOT NULL,
-    verified_name text,
-    verified_at timestamp with time zone,
-    llm_number_daily_limit integer DEFAULT 1000 NOT NULL,
-    portfolio_id bigint,
-    quality_event_at timestamp with time zone,
-    ban_event_at timestamp with time zone,
-    CONSTRAINT wa_numbers_phone_number_id_digits CHECK ((phone_number_id ~ '^[0-9]{1,32}$'::text)),
-    CONSTRAINT wa_numbers_rate_positive CHECK ((rate_mps > (0)::double precision)),
-    CONSTRAINT wa_numbers_throughput_valid CHECK (((throughput_mps >= 1) AND (throughput_mps <= 1000))),
-    CONSTRAINT wa_numbers_waba_id_digits CHECK ((waba_id ~ '^[0-9]{1,32}$'::text))
-);
-
-COMMENT ON COLUMN core.wa_numbers.quality_event_at IS 'When the newest phone_number_quality_update applied to the number happened; an older one changes nothing.';
-
-COMMENT ON COLUMN core.wa_numbers.ban_event_at IS 'When the newest account_update DISABLED_UPDATE (ban or reinstatement) of the number''s WABA happened; an older one changes nothing.';
 
 CREATE FUNCTION core.change_numbers(p_waba_id text, p_phone_number_id text, p_signer text) RETURNS SETOF core.wa_numbers
     LANGUAGE sql STABLE
@@ -6878,13 +7394,11 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION core.check_staged_contacts(p_default_cc text, p_on_invalid text, p_columns text[] DEFAULT '{}'::text[], OUT invalid integer, OUT invalid_rows jsonb, OUT duplicates integer, OUT staged integer) RETURNS record
+CREATE FUNCTION core.check_staged_contacts(p_default_cc text, p_on_invalid text, p_columns text[] DEFAULT '{}'::text[], p_count_duplicates boolean DEFAULT true, OUT invalid integer, OUT invalid_rows jsonb, OUT duplicates integer, OUT staged integer) RETURNS record
     LANGUAGE plpgsql
     SET search_path TO ''
     SET client_min_messages TO 'warning'
     AS $_$
-DECLARE
-    v_column text;
 BEGIN
     IF p_on_invalid IS NULL OR p_on_invalid NOT IN ('reject', 'skip') THEN
         RAISE EXCEPTION 'on_invalid must be reject or skip, not "%"', p_on_invalid USING ERRCODE = 'PW100',
@@ -6896,21 +7410,28 @@ BEGIN
     END IF;
     staged := core.staged_count();
 
+    -- One pass over the staged rows: the digits once per row (the OFFSET 0 subquery), the
+    -- E.164 number from them, and the first problem: the phone's, then an empty mapped
+    -- column's, in p_columns' order. Column names enter the SQL only through %L.
     DROP TABLE IF EXISTS pg_temp.contact_rows;
-    CREATE TEMP TABLE contact_rows ON COMMIT DROP AS
-    SELECT n.*, CASE WHEN n.wa_id IS NULL THEN core.phone_problem(n.raw_phone, p_default_cc) END AS problem
-    FROM (SELECT s.row_no, s.phone AS raw_phone, core.normalize_phone(s.phone, p_default_cc) AS wa_id,
-                 nullif(btrim(s.name), '') AS name, s.attributes
-          FROM pg_temp.staged_contacts s) n;
+    EXECUTE format($q$
+        CREATE TEMP TABLE contact_rows ON COMMIT DROP AS
+        SELECT n.row_no, n.raw_phone, n.wa_id, n.name, n.attributes,
+               CASE WHEN n.wa_id IS NULL THEN core.phone_problem(n.raw_phone, $1) %s END AS problem
+        FROM (SELECT d.row_no, d.raw_phone, core.phone_from_digits(d.raw_phone, d.digits, $1) AS wa_id, d.name, d.attributes
+              FROM (SELECT s.row_no, s.phone AS raw_phone, core.phone_digits(s.phone) AS digits,
+                           nullif(btrim(s.name), '') AS name, s.attributes
+                    FROM pg_temp.staged_contacts s OFFSET 0) d
+              OFFSET 0) n
+    $q$, coalesce((SELECT string_agg(format('WHEN coalesce(btrim(%s), %L) = %L THEN %L',
+                                            CASE c WHEN 'phone' THEN 'n.raw_phone' WHEN 'name' THEN 'n.name'
+                                                   ELSE format('n.attributes->>%L', c) END,
+                                            '', '', format('column "%s" is empty', c)), ' ' ORDER BY i)
+                   FROM unnest(coalesce(p_columns, '{}')) WITH ORDINALITY u(c, i)), ''))
+    USING p_default_cc;
     -- Temp tables have no statistics until analysed; without them the joins that read
     -- this one plan for a single row and loop.
     ANALYZE pg_temp.contact_rows;
-    FOREACH v_column IN ARRAY coalesce(p_columns, '{}') LOOP
-        UPDATE pg_temp.contact_rows SET problem = format('column "%s" is empty', v_column)
-        WHERE problem IS NULL
-          AND coalesce(btrim(CASE v_column WHEN 'phone' THEN raw_phone WHEN 'name' THEN name
-                                           ELSE attributes->>v_column END), '') = '';
-    END LOOP;
 
     SELECT count(*) INTO invalid FROM pg_temp.contact_rows WHERE problem IS NOT NULL;
     IF invalid > 0 AND p_on_invalid = 'reject' THEN
@@ -6922,10 +7443,12 @@ BEGIN
                             FROM (SELECT * FROM pg_temp.contact_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 100) f)::text,
                   HINT = 'Fix the rows, or pass on_invalid => ''skip'' to go on with the valid ones.';
     END IF;
-    invalid_rows := coalesce((
+    invalid_rows := CASE WHEN invalid = 0 THEN '[]' ELSE coalesce((
         SELECT jsonb_agg(jsonb_build_object('row', row_no, 'value', raw_phone, 'reason', problem) ORDER BY row_no)
-        FROM (SELECT * FROM pg_temp.contact_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 1000) f), '[]');
-    duplicates := (SELECT count(*) - count(DISTINCT wa_id) FROM pg_temp.contact_rows WHERE problem IS NULL);
+        FROM (SELECT * FROM pg_temp.contact_rows WHERE problem IS NOT NULL ORDER BY row_no LIMIT 1000) f), '[]') END;
+    IF p_count_duplicates THEN   -- api.create_campaign counts them as it dedupes
+        duplicates := (SELECT count(*) - count(DISTINCT wa_id) FROM pg_temp.contact_rows WHERE problem IS NULL);
+    END IF;
 END
 $_$;
 
@@ -7612,6 +8135,46 @@ BEGIN
 END
 $_$;
 
+CREATE FUNCTION core.drop_old_partitions(p_parent text, p_keep interval) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $_$
+DECLARE
+    v_control text;
+    v_removed bigint := 0;
+    v_rows bigint;
+    v_child record;
+BEGIN
+    SELECT c.control INTO v_control FROM partman.part_config c WHERE c.parent_table = p_parent;
+    IF v_control IS NULL THEN
+        RAISE EXCEPTION 'core.drop_old_partitions: % is not partitioned by pg_partman', p_parent
+            USING ERRCODE = 'undefined_table';
+    END IF;
+    FOR v_child IN
+        SELECT format('%I.%I', p.partition_schemaname, p.partition_tablename) AS name
+        FROM partman.show_partitions(p_parent) p
+        CROSS JOIN LATERAL partman.show_partition_info(p.partition_schemaname || '.' || p.partition_tablename,
+                                                       p_parent_table => p_parent) i
+        WHERE i.child_end_time <= now() - p_keep
+    LOOP
+        -- The planner's count (autovacuum analyzes a partition as it fills): counting a
+        -- day of statuses at full rate would read it all. Never analyzed: counted.
+        SELECT c.reltuples::bigint INTO v_rows FROM pg_catalog.pg_class c WHERE c.oid = v_child.name::regclass;
+        IF v_rows < 0 THEN
+            EXECUTE format('SELECT count(*) FROM %s', v_child.name) INTO v_rows;
+        END IF;
+        EXECUTE format('DROP TABLE %s', v_child.name);
+        v_removed := v_removed + v_rows;
+    END LOOP;
+    IF to_regclass(p_parent || '_default') IS NOT NULL THEN
+        EXECUTE format('DELETE FROM %s WHERE %I < now() - $1', p_parent || '_default', v_control) USING p_keep;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        v_removed := v_removed + v_rows;
+    END IF;
+    RETURN v_removed;
+END
+$_$;
+
 CREATE FUNCTION core.enqueue_replies(p_replies core.reply_request[]) RETURNS SETOF core.reply_queued
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -7781,6 +8344,25 @@ BEGIN
 END
 $_$;
 
+CREATE FUNCTION core.fill_placeholders(p_text text, p_params jsonb) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_out text := coalesce(p_text, '');
+    v_param jsonb;
+    v_n integer := 0;
+BEGIN
+    FOR v_param IN SELECT e FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_params) = 'array' THEN p_params ELSE '[]' END) e LOOP
+        v_n := v_n + 1;
+        v_out := regexp_replace(v_out,
+                                format('\{\{\s*%s\s*\}\}', coalesce(v_param->>'parameter_name', v_n::text)),
+                                replace(coalesce(v_param->>'text', ''), '\', '\\'), 'g');
+    END LOOP;
+    RETURN v_out;
+END
+$$;
+
 CREATE FUNCTION core.flatten_webhooks(p_payloads jsonb[], p_signers text[] DEFAULT NULL::text[]) RETURNS SETOF core.webhook_change
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
@@ -7879,6 +8461,72 @@ CREATE FUNCTION core.inbound_body(p_message jsonb) RETURNS text
         ELSE coalesce(p_message->(p_message->>'type')->>'caption',
                       p_message->(p_message->>'type')->>'filename')
     END
+$$;
+
+CREATE FUNCTION core.inbox_rows(p_tenant_id bigint, p_user core.dashboard_users, p_number_id bigint, p_contact_id bigint, p_filter text, p_pattern text, p_limit integer, p_now timestamp with time zone) RETURNS SETOF api.conversation_summary
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+BEGIN
+    RETURN QUERY
+    SELECT c.contact_id, c.wa_id, c.user_id, c.name, c.profile_name, c.opted_out,
+           l.message_id, l.direction, l.type, l.body, v.last_message_at, n.unread::integer,
+           core.window_open(v.last_inbound_at, p_now), core.window_closes_at(v.last_inbound_at),
+           v.assigned_to, v.assigned_at, v.needs_human, v.needs_human_reason
+    FROM core.conversations v
+    JOIN core.contacts c ON c.contact_id = v.contact_id AND c.tenant_id = p_tenant_id
+    LEFT JOIN core.conversation_reads r
+        ON r.user_id = p_user.user_id AND r.number_id = v.number_id AND r.contact_id = v.contact_id
+    LEFT JOIN LATERAL (
+        SELECT i.message_id, i.direction, i.type, i.body FROM core.inbox_messages i
+        WHERE i.number_id = v.number_id AND i.contact_id = v.contact_id
+        ORDER BY i.created_at DESC, i.message_id DESC
+        LIMIT 1
+    ) l ON true
+    -- Unread for this user: inbound messages after their mark, counted up to 100.
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS unread FROM (
+            SELECT 1 FROM core.inbox_messages i
+            WHERE i.number_id = v.number_id AND i.contact_id = v.contact_id AND i.direction = 'in'
+              AND (i.created_at, i.message_id) > (coalesce(r.read_up_to_at, '-infinity'), coalesce(r.read_up_to_id, 0))
+            LIMIT 100) x
+    ) n
+    WHERE v.number_id = p_number_id
+      AND (p_contact_id IS NULL OR v.contact_id = p_contact_id)
+      AND (p_user.role <> 'agent' OR v.assigned_to IS NULL OR v.assigned_to = p_user.email)
+      AND CASE p_filter
+              WHEN 'mine' THEN v.assigned_to = p_user.email
+              WHEN 'unassigned' THEN v.assigned_to IS NULL
+              WHEN 'needs_human' THEN v.needs_human
+              WHEN 'unread' THEN n.unread > 0
+              ELSE true END
+      AND (p_pattern IS NULL
+           OR v.contact_id IN (SELECT k.contact_id FROM core.contacts k
+                               WHERE k.tenant_id = p_tenant_id
+                                 AND (coalesce(k.wa_id, '') || ' ' || coalesce(k.name, '') || ' '
+                                      || coalesce(k.profile_name, '')) ILIKE p_pattern)
+           OR v.contact_id IN (SELECT i.contact_id FROM core.inbox_messages i
+                               WHERE i.number_id = p_number_id AND i.body ILIKE p_pattern))
+    ORDER BY v.last_message_at DESC, v.contact_id DESC
+    LIMIT p_limit;
+END
+$$;
+
+CREATE FUNCTION core.inbox_user(p_tenant_id bigint, p_user_id bigint) RETURNS core.dashboard_users
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_user core.dashboard_users;
+BEGIN
+    SELECT * INTO v_user FROM core.dashboard_users u
+    WHERE u.user_id = p_user_id AND u.tenant_id = p_tenant_id AND u.disabled_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'user % not found', p_user_id USING ERRCODE = 'PW260',
+            HINT = 'List the tenant''s users with api.dashboard_users().';
+    END IF;
+    RETURN v_user;
+END
 $$;
 
 CREATE FUNCTION core.iso_time(p_expr text) RETURNS text
@@ -8098,8 +8746,27 @@ BEGIN
     -- PL/pgSQL keeps this statement's plan for the session; as a SQL function it would be
     -- planned on every call (~0.4 ms, more than running it).
     RETURN QUERY
+    WITH m AS MATERIALIZED (
+        SELECT u.number_id, u.norm, u.welcome, u.ord
+        FROM unnest(p_number_ids, v_texts, p_welcome) WITH ORDINALITY AS u(number_id, norm, welcome, ord)
+    ), grams AS MATERIALIZED (
+        SELECT m.ord, m.number_id, substr(m.norm, s.i, 4) AS gram
+        FROM m, generate_series(1, length(m.norm) - 3) AS s(i)
+    ), keyed AS MATERIALIZED (
+        -- starts_with and contains rules with a key (0115_inbound_speed.sql): a rule can
+        -- only match a text that holds its key, so the texts' four-character substrings
+        -- find the candidates for the whole batch in one join, and only those run LIKE.
+        SELECT DISTINCT ON (g.ord) g.ord, r.priority, r.rule_id
+        FROM grams g
+        JOIN m ON m.ord = g.ord
+        JOIN core.bot_rules r ON r.number_id = g.number_id AND r.match_key = g.gram
+                             AND r.enabled AND r.kind IN ('starts_with', 'contains') AND r.match_key IS NOT NULL
+        WHERE m.norm LIKE r.like_pattern
+        ORDER BY g.ord, r.priority, r.rule_id
+    )
     SELECT m.ord, coalesce(x.rule_id, k.rule_id), d.rule_id
-    FROM unnest(p_number_ids, v_texts, p_welcome) WITH ORDINALITY AS m(number_id, norm, welcome, ord)
+    FROM m
+    LEFT JOIN keyed kw ON kw.ord = m.ord
     -- The best keyword or welcome rule: each branch stops at its first hit.
     LEFT JOIN LATERAL (
         SELECT b.priority, b.rule_id FROM (
@@ -8107,9 +8774,11 @@ BEGIN
              WHERE r.number_id = m.number_id AND r.enabled AND r.kind = 'exact' AND r.match_text = m.norm
              ORDER BY r.priority, r.rule_id LIMIT 1)
             UNION ALL
+            SELECT kw.priority, kw.rule_id WHERE kw.rule_id IS NOT NULL
+            UNION ALL
             (SELECT r.priority, r.rule_id FROM core.bot_rules r
              WHERE r.number_id = m.number_id AND r.enabled AND r.kind IN ('starts_with', 'contains')
-               AND m.norm LIKE r.like_pattern
+               AND r.match_key IS NULL AND m.norm LIKE r.like_pattern
              ORDER BY r.priority, r.rule_id LIMIT 1)
             UNION ALL
             (SELECT r.priority, r.rule_id FROM core.bot_rules r
@@ -8308,6 +8977,7 @@ CREATE TABLE core.meta_error_codes (
     backoff text DEFAULT 'retry'::text NOT NULL,
     backoff_s integer,
     stops_marketing boolean DEFAULT false NOT NULL,
+    advice text,
     CONSTRAINT meta_error_codes_backoff_s_given CHECK (((backoff = ANY (ARRAY['retry'::text, 'throttle'::text])) OR (backoff_s IS NOT NULL))),
     CONSTRAINT meta_error_codes_backoff_s_positive CHECK ((backoff_s > 0)),
     CONSTRAINT meta_error_codes_backoff_valid CHECK ((backoff = ANY (ARRAY['retry'::text, 'throttle'::text, 'number_hold'::text, 'waba_hold'::text, 'app_hold'::text, 'recipient'::text, 'next_day'::text]))),
@@ -8315,6 +8985,8 @@ CREATE TABLE core.meta_error_codes (
 );
 
 COMMENT ON TABLE core.meta_error_codes IS 'Meta Cloud API error codes: category, retry, alert, pause and backoff policy (what a retryable error waits for); code -1 is the default for unknown codes.';
+
+COMMENT ON COLUMN core.meta_error_codes.advice IS 'What the error means for a campaign and what to do about it, shown beside the failures of a campaign in the dashboard; NULL: the category''s advice (api.campaign_failures).';
 
 CREATE FUNCTION core.meta_error(p_code integer) RETURNS core.meta_error_codes
     LANGUAGE sql STABLE
@@ -8340,19 +9012,286 @@ CREATE FUNCTION core.meta_tier(p_value text) RETURNS text
     END
 $_$;
 
+CREATE FUNCTION core.new_campaign(p_tenant_id bigint, p_number_id bigint, p_name text, p_templates jsonb, p_on_invalid text, p_scheduled_at timestamp with time zone, p_start boolean, p_default_country_code text, p_segment core.compiled_segment) RETURNS api.campaign_created
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    SET client_min_messages TO 'warning'
+    SET work_mem TO '256MB'
+    AS $_$
+DECLARE
+    v_number core.wa_numbers;
+    v_k integer;
+    v_bad record;
+    v_columns text[];
+    v_campaign_id bigint;
+    v_status text;
+    v_result api.campaign_created;
+    v_invalid integer;
+    v_staged integer;
+    v_params_sql text;
+    v_map record;
+    v_new integer;
+    v_inserted integer;
+    v_problem text;
+    v_contact_seq regclass := pg_get_serial_sequence('core.contacts', 'contact_id')::regclass;
+    v_outbound_seq regclass := pg_get_serial_sequence('core.outbound_messages', 'outbound_id')::regclass;
+    v_found boolean;
+    v_rest text := '';   -- the tail of the statements that read campaign_sends
+    v_distinct integer;
+    v_changed boolean;
+BEGIN
+    IF coalesce(btrim(p_name), '') = '' THEN
+        RAISE EXCEPTION 'campaign name is empty' USING ERRCODE = 'PW100', HINT = 'Name the campaign.';
+    END IF;
+    v_number := core.number_for(p_tenant_id, p_number_id);
+    IF p_segment IS NULL THEN
+        PERFORM core.staged_count();
+    END IF;
+    IF jsonb_typeof(p_templates) IS DISTINCT FROM 'array' OR jsonb_array_length(p_templates) NOT BETWEEN 1 AND 10 THEN
+        RAISE EXCEPTION 'templates must be a JSON array of 1 to 10 templates' USING ERRCODE = 'PW102',
+            HINT = '[{"name": "...", "language": "en_US", "header": {...}, "body": [{"column": "..."}, {"value": "..."}], "buttons": {"0": {...}}}]';
+    END IF;
+    v_k := jsonb_array_length(p_templates);
+
+    -- Templates: each must exist for the number's WABA, be approved, and have a source
+    -- for every parameter of every component (core.map_template).
+    DROP TABLE IF EXISTS pg_temp.campaign_variants;
+    CREATE TEMP TABLE campaign_variants ON COMMIT DROP AS
+    SELECT (e.ord - 1)::smallint AS variant, e.spec, t.template_id, t.name, t.language, t.status,
+           NULL::jsonb AS render, NULL::text[] AS columns
+    FROM jsonb_array_elements(p_templates) WITH ORDINALITY e(spec, ord)
+    LEFT JOIN core.templates t
+      ON t.waba_id = v_number.waba_id AND t.tenant_id = p_tenant_id
+     AND t.name = e.spec->>'name' AND t.language = e.spec->>'language';
+    FOR v_bad IN SELECT * FROM pg_temp.campaign_variants ORDER BY variant LOOP
+        IF v_bad.template_id IS NULL THEN
+            RAISE EXCEPTION 'template % ("%" %) does not exist for WABA %', v_bad.variant + 1,
+                v_bad.spec->>'name', coalesce(v_bad.spec->>'language', 'with no language'), v_number.waba_id
+                USING ERRCODE = 'PW102', HINT = 'Sync templates from Meta or check the name and language.';
+        ELSIF v_bad.status <> 'APPROVED' THEN
+            RAISE EXCEPTION 'template "%" (%) is %, not APPROVED', v_bad.name, v_bad.language, v_bad.status
+                USING ERRCODE = 'PW102', HINT = 'Only approved templates can be sent.';
+        END IF;
+        SELECT m.render, m.columns INTO v_map
+        FROM core.templates t, core.map_template(t, v_bad.spec) m WHERE t.template_id = v_bad.template_id;
+        UPDATE pg_temp.campaign_variants SET render = v_map.render, columns = v_map.columns WHERE variant = v_bad.variant;
+    END LOOP;
+    SELECT coalesce(array_agg(DISTINCT c), '{}') INTO v_columns
+    FROM pg_temp.campaign_variants v, unnest(v.columns) c;
+    FOR v_bad IN SELECT c FROM unnest(v_columns) c WHERE c NOT IN ('phone', 'name') LOOP
+        IF p_segment IS NULL THEN
+            CONTINUE WHEN EXISTS (SELECT 1 FROM pg_temp.staged_contacts s WHERE s.attributes ? v_bad.c);
+        ELSE
+            EXECUTE 'SELECT EXISTS (SELECT 1 FROM core.contacts c WHERE c.tenant_id = $5 AND c.wa_id IS NOT NULL AND c.attributes ? $6 AND '
+                    || p_segment.sql || ')' INTO v_found
+                USING p_segment.texts, p_segment.numbers, p_segment.times, p_segment.ids, p_tenant_id, v_bad.c;
+            CONTINUE WHEN v_found;
+        END IF;
+        RAISE EXCEPTION 'column "%" is mapped to a template parameter but is not in the contact list', v_bad.c
+            USING ERRCODE = 'PW102', HINT = 'Check the CSV header.';
+    END LOOP;
+
+    IF p_segment IS NULL THEN
+        -- Rows: normalise, find the invalid ones, dedupe (the first row of a phone wins),
+        -- skip opted-out contacts, and see which known contacts the list changes.
+        SELECT c.invalid, c.invalid_rows, c.duplicates, c.staged
+        INTO v_invalid, v_result.invalid_rows, v_result.duplicates_removed, v_staged
+        FROM core.check_staged_contacts(p_default_country_code, p_on_invalid, v_columns, false) c;
+        DROP TABLE IF EXISTS pg_temp.campaign_sends;
+        CREATE TEMP TABLE campaign_sends ON COMMIT DROP AS
+        SELECT r.row_no, r.wa_id, r.name, r.attributes,
+               CASE WHEN NOT r.opted_out
+                    THEN ((count(*) FILTER (WHERE NOT r.opted_out) OVER w - 1) % v_k)::smallint END AS variant,
+               coalesce(r.contact_id, nextval(v_contact_seq)) AS contact_id,
+               r.contact_id IS NULL AS is_new, r.changed AND NOT r.opted_out AS changed,
+               CASE WHEN NOT r.opted_out THEN nextval(v_outbound_seq) END AS outbound_id
+        FROM (SELECT u.row_no, u.wa_id, u.name, u.attributes, c.contact_id, coalesce(c.opted_out, false) AS opted_out,
+                     c.contact_id IS NOT NULL AND (c.name IS DISTINCT FROM coalesce(u.name, c.name)
+                                                  OR NOT c.attributes @> u.attributes) AS changed
+              FROM (SELECT DISTINCT ON (wa_id) row_no, wa_id, name, attributes FROM pg_temp.contact_rows
+                    WHERE problem IS NULL ORDER BY wa_id, row_no) u
+              LEFT JOIN core.contacts c ON c.tenant_id = p_tenant_id AND c.wa_id = u.wa_id) r
+        WINDOW w AS (ORDER BY r.row_no ROWS UNBOUNDED PRECEDING)
+        ORDER BY r.row_no;
+        -- One row per phone: the duplicates are the valid rows not here; opted-out
+        -- contacts stay without an outbound id, which the writes below skip.
+        SELECT count(*), count(outbound_id), count(*) FILTER (WHERE is_new), coalesce(bool_or(changed), false)
+        INTO v_distinct, v_result.total, v_new, v_changed FROM pg_temp.campaign_sends;
+        v_result.duplicates_removed := v_staged - v_invalid - v_distinct;
+    ELSE
+        -- Rows: the segment's contacts in contact_id order (row numbers as if staged),
+        -- their phones already E.164; invalid only for an empty mapped column. The
+        -- contacts are the list: nothing to insert or merge.
+        IF p_on_invalid IS NULL OR p_on_invalid NOT IN ('reject', 'skip') THEN
+            RAISE EXCEPTION 'on_invalid must be reject or skip, not "%"', p_on_invalid USING ERRCODE = 'PW100',
+                HINT = 'reject refuses the list when any row is invalid; skip goes on with the valid rows.';
+        END IF;
+        v_problem := coalesce((SELECT 'CASE ' || string_agg(format('WHEN coalesce(btrim(%s), %L) = %L THEN %L',
+                                   CASE c WHEN 'phone' THEN 'c.wa_id' WHEN 'name' THEN 'c.name'
+                                          ELSE format('c.attributes->>%L', c) END,
+                                   '', '', format('column "%s" is empty', c)), ' ' ORDER BY i) || ' END'
+                               FROM unnest(v_columns) WITH ORDINALITY u(c, i)), 'NULL::text');
+        DROP TABLE IF EXISTS pg_temp.campaign_sends;
+        EXECUTE format($q$
+            CREATE TEMP TABLE campaign_sends ON COMMIT DROP AS
+            SELECT row_number() OVER w AS row_no, r.wa_id, r.name, r.attributes, r.problem, r.opted_out,
+                   CASE WHEN r.problem IS NULL AND NOT r.opted_out
+                        THEN ((count(*) FILTER (WHERE r.problem IS NULL AND NOT r.opted_out) OVER w - 1) %% $6)::smallint
+                   END AS variant,
+                   r.contact_id, false AS is_new, false AS changed,
+                   CASE WHEN r.problem IS NULL AND NOT r.opted_out THEN nextval($7) END AS outbound_id
+            FROM (SELECT c.contact_id, c.wa_id, nullif(btrim(c.name), '') AS name, c.attributes, c.opted_out,
+                         %s AS problem
+                  FROM core.contacts c
+                  WHERE c.tenant_id = $5 AND c.wa_id IS NOT NULL AND %s) r
+            WINDOW w AS (ORDER BY r.contact_id ROWS UNBOUNDED PRECEDING)
+            ORDER BY r.contact_id
+        $q$, v_problem, p_segment.sql)
+        USING p_segment.texts, p_segment.numbers, p_segment.times, p_segment.ids, p_tenant_id, v_k, v_outbound_seq;
+        SELECT count(*), count(*) FILTER (WHERE problem IS NOT NULL), count(outbound_id)
+        INTO v_staged, v_invalid, v_result.total FROM pg_temp.campaign_sends;
+        IF v_staged = 0 THEN
+            RAISE EXCEPTION 'the segment matches no contact with a phone number' USING ERRCODE = 'PW101',
+                HINT = 'Check the segment''s live count with api.segment_count().';
+        END IF;
+        IF v_invalid > 0 AND p_on_invalid = 'reject' THEN
+            RAISE EXCEPTION '% of % contact rows are invalid; first: %', v_invalid, v_staged,
+                (SELECT string_agg(format('row %s "%s": %s', row_no, wa_id, problem), '; ' ORDER BY row_no)
+                 FROM (SELECT * FROM pg_temp.campaign_sends WHERE problem IS NOT NULL ORDER BY row_no LIMIT 5) f)
+                USING ERRCODE = 'PW101',
+                      DETAIL = (SELECT jsonb_agg(jsonb_build_object('row', row_no, 'value', wa_id, 'reason', problem) ORDER BY row_no)
+                                FROM (SELECT * FROM pg_temp.campaign_sends WHERE problem IS NOT NULL ORDER BY row_no LIMIT 100) f)::text,
+                      HINT = 'Fix the rows, or pass on_invalid => ''skip'' to go on with the valid ones.';
+        END IF;
+        v_result.invalid_rows := CASE WHEN v_invalid = 0 THEN '[]' ELSE coalesce((
+            SELECT jsonb_agg(jsonb_build_object('row', row_no, 'value', wa_id, 'reason', problem) ORDER BY row_no)
+            FROM (SELECT * FROM pg_temp.campaign_sends WHERE problem IS NOT NULL ORDER BY row_no LIMIT 1000) f), '[]') END;
+        v_result.duplicates_removed := 0;
+        -- The rows not sent stay in the table without an outbound id; the writes below skip them.
+    END IF;
+
+    v_result.skipped_invalid := v_invalid;
+    v_result.skipped_opted_out := v_staged - v_invalid - v_result.duplicates_removed - v_result.total;
+    IF v_result.total = 0 THEN
+        RAISE EXCEPTION 'no contact is left to message (% invalid, % opted out, % duplicates)', v_invalid,
+            v_result.skipped_opted_out, v_result.duplicates_removed
+            USING ERRCODE = 'PW101', HINT = 'Check the contact list.';
+    END IF;
+
+    IF p_segment IS NULL THEN
+        -- New contacts, with the ids drawn above. A phone another transaction added since
+        -- is left to it, and its id looked up (then the list order is restored below).
+        IF v_new > 0 THEN
+            INSERT INTO core.contacts (contact_id, tenant_id, wa_id, name, attributes) OVERRIDING SYSTEM VALUE
+            SELECT s.contact_id, p_tenant_id, s.wa_id, s.name, s.attributes FROM pg_temp.campaign_sends s WHERE s.is_new
+            ON CONFLICT (tenant_id, wa_id) DO NOTHING;
+            GET DIAGNOSTICS v_inserted = ROW_COUNT;
+            IF v_inserted < v_new THEN
+                UPDATE pg_temp.campaign_sends s SET contact_id = c.contact_id, is_new = false,
+                    changed = c.name IS DISTINCT FROM coalesce(s.name, c.name) OR NOT c.attributes @> s.attributes
+                FROM core.contacts c
+                WHERE s.is_new AND c.tenant_id = p_tenant_id AND c.wa_id = s.wa_id AND c.contact_id <> s.contact_id;
+                v_rest := ' ORDER BY s.outbound_id';   -- the update moved rows
+            END IF;
+        END IF;
+        -- Known contacts are only rewritten when the list brings something new.
+        IF v_changed OR v_rest <> '' THEN
+            UPDATE core.contacts c SET
+                name = coalesce(s.name, c.name),
+                attributes = c.attributes || s.attributes,
+                updated_at = now()
+            FROM (SELECT * FROM pg_temp.campaign_sends WHERE changed) s
+            WHERE c.contact_id = s.contact_id
+              AND (c.name IS DISTINCT FROM coalesce(s.name, c.name) OR NOT c.attributes @> s.attributes);
+        END IF;
+    END IF;
+
+    v_status := CASE WHEN p_scheduled_at IS NOT NULL AND p_scheduled_at > now() THEN 'scheduled'
+                     WHEN p_start OR p_scheduled_at IS NOT NULL THEN 'running'
+                     ELSE 'draft' END;
+    INSERT INTO core.campaigns (tenant_id, number_id, name, status, scheduled_at, started_at, total,
+                                skipped_opted_out, skipped_invalid, duplicates_removed)
+    VALUES (p_tenant_id, p_number_id, btrim(p_name), v_status, p_scheduled_at,
+            CASE WHEN v_status = 'running' THEN now() END, v_result.total,
+            v_result.skipped_opted_out, v_result.skipped_invalid, v_result.duplicates_removed)
+    RETURNING campaign_id INTO v_campaign_id;
+
+    -- params: the per-row values' columns, in the order of the queue message's "p" (as
+    -- core.defer_capped rebuilds it); render: the components with the constants in place.
+    -- total: the variants take the rows in turn, so variant v has ceil((total - v) / k).
+    INSERT INTO core.campaign_templates (campaign_id, variant, template_id, params, render, mapping, total)
+    SELECT v_campaign_id, v.variant, v.template_id,
+           (SELECT coalesce(jsonb_agg(jsonb_build_object('column', c) ORDER BY n), '[]')
+            FROM unnest(v.columns) WITH ORDINALITY x(c, n)), v.render, v.spec - 'name' - 'language',
+           greatest(v_result.total - v.variant + v_k - 1, 0) / v_k
+    FROM pg_temp.campaign_variants v;
+
+    PERFORM pgmq.create(core.campaign_queue(v_campaign_id));
+    -- The per-row values of each row (its mapped columns) as one expression (a CASE over
+    -- the variants), so queueing 100,000 messages is expression evaluation, not a
+    -- subquery per row. Column names enter the SQL only through format's %L.
+    SELECT 'CASE s.variant ' || string_agg(format('WHEN %s THEN %s', v.variant, coalesce(
+               (SELECT 'jsonb_build_array(' || string_agg(
+                    CASE WHEN c = 'phone' THEN 's.wa_id'
+                         WHEN c = 'name' THEN 's.name'
+                         ELSE format('s.attributes->>%L', c) END, ', ' ORDER BY n) || ')'
+                FROM unnest(v.columns) WITH ORDINALITY x(c, n)), '''[]''::jsonb')), ' ')
+           || ' END'
+    INTO v_params_sql FROM pg_temp.campaign_variants v;
+    -- campaign_sends is in list order, which is outbound id order (the ids were drawn as
+    -- it was written), so both inserts read it straight through with no sort and the
+    -- templates interleave in the queue.
+    EXECUTE format($q$
+        INSERT INTO core.outbound_messages (outbound_id, number_id, campaign_id, variant, contact_id, kind)
+        OVERRIDING SYSTEM VALUE
+        SELECT s.outbound_id, $1, $2, s.variant, s.contact_id, 'campaign'
+        FROM pg_temp.campaign_sends s WHERE s.outbound_id IS NOT NULL %s
+    $q$, v_rest) USING p_number_id, v_campaign_id;
+    -- One queue message per contact: the outbound id, the recipient, the template variant
+    -- and the body parameters. api.claim_sends renders the Graph API request from them.
+    EXECUTE format($q$
+        INSERT INTO pgmq.%I (vt, message)
+        SELECT now(), jsonb_build_object('o', s.outbound_id, 't', s.wa_id, 'v', s.variant, 'p', %s)
+        FROM pg_temp.campaign_sends s WHERE s.outbound_id IS NOT NULL %s
+    $q$, pgmq.format_table_name(core.campaign_queue(v_campaign_id), 'q'), v_params_sql, v_rest);
+
+    IF p_segment IS NULL THEN
+        TRUNCATE pg_temp.staged_contacts;
+    END IF;
+    IF v_status = 'running' THEN
+        PERFORM core.wake_sender(p_number_id);
+    END IF;
+    v_result.campaign_id := v_campaign_id;
+    v_result.status := v_status;
+    -- How many days the list needs at the portfolio's messaging limit (NULL: unlimited).
+    v_result.days_at_limit := (SELECT ceil(v_result.total::numeric / p.messaging_limit)::integer
+                               FROM core.wa_numbers n JOIN core.portfolios p ON p.portfolio_id = n.portfolio_id
+                               WHERE n.number_id = p_number_id);
+    RETURN v_result;
+END
+$_$;
+
 CREATE FUNCTION core.normalize_phone(p_raw text, p_default_cc text DEFAULT NULL::text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $_$
-    SELECT CASE WHEN p_raw OPERATOR(pg_catalog.~) '[^0-9+()./ \t-]' THEN NULL ELSE pg_catalog.substring(
-        CASE
-            WHEN pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '') OPERATOR(pg_catalog.~~) '00%'
-                THEN pg_catalog.substr(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), ''), 3)
-            WHEN pg_catalog.ltrim(p_raw) OPERATOR(pg_catalog.~~) '+%' OR p_default_cc IS NULL
-                 OR pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '') OPERATOR(pg_catalog.!~~) '0%'
-                THEN pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '')
-            ELSE p_default_cc OPERATOR(pg_catalog.||)
-                 pg_catalog.ltrim(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), ''), '0')
-        END, '^([1-9][0-9]{6,14})$') END
+    SELECT CASE WHEN p_raw OPERATOR(pg_catalog.~) '[^0-9+()./ \t-]' THEN NULL
+        WHEN pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '') OPERATOR(pg_catalog.~~) '00%' THEN
+            CASE WHEN pg_catalog.substr(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), ''), 3) OPERATOR(pg_catalog.~) '^[1-9][0-9]*$'
+                      AND pg_catalog.length(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '')) OPERATOR(pg_catalog.<=) 17
+                      AND pg_catalog.length(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '')) OPERATOR(pg_catalog.>=) 9
+                 THEN pg_catalog.substr(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), ''), 3) END
+        WHEN pg_catalog.ltrim(p_raw) OPERATOR(pg_catalog.~~) '+%' OR p_default_cc IS NULL
+             OR pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '') OPERATOR(pg_catalog.!~~) '0%' THEN
+            CASE WHEN pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '') OPERATOR(pg_catalog.~) '^[1-9][0-9]*$'
+                      AND pg_catalog.length(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '')) OPERATOR(pg_catalog.<=) 15
+                      AND pg_catalog.length(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '')) OPERATOR(pg_catalog.>=) 7
+                 THEN pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '') END
+        ELSE
+            CASE WHEN (p_default_cc OPERATOR(pg_catalog.||) pg_catalog.ltrim(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), ''), '0')) OPERATOR(pg_catalog.~) '^[1-9][0-9]*$'
+                      AND pg_catalog.length(p_default_cc OPERATOR(pg_catalog.||) pg_catalog.ltrim(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), ''), '0')) OPERATOR(pg_catalog.<=) 15
+                      AND pg_catalog.length(p_default_cc OPERATOR(pg_catalog.||) pg_catalog.ltrim(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), ''), '0')) OPERATOR(pg_catalog.>=) 7
+                 THEN p_default_cc OPERATOR(pg_catalog.||) pg_catalog.ltrim(pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), ''), '0') END
+    END
 $_$;
 
 CREATE FUNCTION core.normalize_text(p_text text) RETURNS text
@@ -8396,6 +9335,10 @@ CREATE FUNCTION core.notify_dashboard_inbox() RETURNS trigger
 BEGIN
     PERFORM pg_notify('pgwa_dashboard', 'inbox ' || left(string_agg(DISTINCT w.tenant_id || ':' || i.number_id || '.' || i.contact_id, ','), 7000))
     FROM changed i JOIN core.wa_numbers w ON w.number_id = i.number_id
+    -- A message sent through the send API is left out: a NOTIFY would serialise those
+    -- transactions' commits (PostgreSQL's notify lock); an open page sees it on its next refresh.
+    WHERE NOT (i.direction = 'out' AND i.outbound_id IS NOT NULL AND EXISTS (
+        SELECT 1 FROM core.outbound_messages o WHERE o.outbound_id = i.outbound_id AND o.kind = 'api'))
     HAVING count(*) > 0;
     RETURN NULL;
 END
@@ -8665,6 +9608,35 @@ BEGIN
     RETURN v_paused;
 END
 $$;
+
+CREATE FUNCTION core.phone_digits(p_raw text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT pg_catalog.translate(p_raw, '+()./ -' OPERATOR(pg_catalog.||) pg_catalog.chr(9), '')
+$$;
+
+CREATE FUNCTION core.phone_from_digits(p_raw text, p_digits text, p_default_cc text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $_$
+    SELECT CASE WHEN p_raw OPERATOR(pg_catalog.~) '[^0-9+()./ \t-]' THEN NULL
+        WHEN p_digits OPERATOR(pg_catalog.~~) '00%' THEN
+            CASE WHEN pg_catalog.substr(p_digits, 3) OPERATOR(pg_catalog.~) '^[1-9][0-9]*$'
+                      AND pg_catalog.length(p_digits) OPERATOR(pg_catalog.<=) 17
+                      AND pg_catalog.length(p_digits) OPERATOR(pg_catalog.>=) 9
+                 THEN pg_catalog.substr(p_digits, 3) END
+        WHEN pg_catalog.ltrim(p_raw) OPERATOR(pg_catalog.~~) '+%' OR p_default_cc IS NULL
+             OR p_digits OPERATOR(pg_catalog.!~~) '0%' THEN
+            CASE WHEN p_digits OPERATOR(pg_catalog.~) '^[1-9][0-9]*$'
+                      AND pg_catalog.length(p_digits) OPERATOR(pg_catalog.<=) 15
+                      AND pg_catalog.length(p_digits) OPERATOR(pg_catalog.>=) 7
+                 THEN p_digits END
+        ELSE
+            CASE WHEN (p_default_cc OPERATOR(pg_catalog.||) pg_catalog.ltrim(p_digits, '0')) OPERATOR(pg_catalog.~) '^[1-9][0-9]*$'
+                      AND pg_catalog.length(p_default_cc OPERATOR(pg_catalog.||) pg_catalog.ltrim(p_digits, '0')) OPERATOR(pg_catalog.<=) 15
+                      AND pg_catalog.length(p_default_cc OPERATOR(pg_catalog.||) pg_catalog.ltrim(p_digits, '0')) OPERATOR(pg_catalog.>=) 7
+                 THEN p_default_cc OPERATOR(pg_catalog.||) pg_catalog.ltrim(p_digits, '0') END
+    END
+$_$;
 
 CREATE FUNCTION core.phone_problem(p_raw text, p_default_cc text DEFAULT NULL::text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -9470,7 +10442,7 @@ BEGIN
           FROM unnest(p_rows) x WHERE x.number_id IS NOT NULL GROUP BY x.number_id) r
     WHERE n.number_id = r.number_id
       AND CASE WHEN r.throttled > 0 THEN coalesce(n.throttled_at, '-infinity') < p_now - interval '1 second'
-               ELSE r.errors = 0 AND r.accepted > 0 AND n.rate_mps < n.throughput_mps
+               ELSE r.errors * 10 <= r.accepted AND r.accepted > 0 AND n.rate_mps < n.throughput_mps
                     AND p_now > coalesce(n.rate_changed_at, '-infinity') END;
 END
 $$;
@@ -9600,6 +10572,27 @@ CREATE FUNCTION core.reusable_media(p_number_id bigint, p_sha256 text, p_now tim
     LIMIT 1
 $$;
 
+CREATE FUNCTION core.run_partition_maintenance() RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_table record;
+    v_ahead boolean;
+BEGIN
+    FOR v_table IN SELECT c.parent_table, c.control FROM partman.part_config c ORDER BY 1 LOOP
+        IF to_regclass(v_table.parent_table || '_default') IS NOT NULL THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I >= now())',
+                           v_table.parent_table || '_default', v_table.control) INTO v_ahead;
+            IF v_ahead THEN
+                PERFORM partman.partition_data_time(v_table.parent_table, p_batch_count => 1000, p_analyze => false);
+            END IF;
+        END IF;
+    END LOOP;
+    PERFORM partman.run_maintenance(p_analyze => false, p_jobmon => false);
+END
+$$;
+
 CREATE FUNCTION core.run_retention(p_keep interval DEFAULT '30 days'::interval) RETURNS bigint
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -9614,9 +10607,7 @@ BEGIN
         GET DIAGNOSTICS v_rows = ROW_COUNT;
         v_deleted := v_deleted + v_rows;
     END LOOP;
-    DELETE FROM core.status_events WHERE received_at < now() - p_keep;
-    GET DIAGNOSTICS v_rows = ROW_COUNT;
-    v_deleted := v_deleted + v_rows;
+    v_deleted := v_deleted + core.drop_old_partitions('core.status_events', p_keep);
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
         DELETE FROM cron.job_run_details WHERE end_time < now() - p_keep;
     END IF;
@@ -9790,24 +10781,6 @@ BEGIN
         WHERE portfolio_id = p_portfolio_id AND budget_wait_until IS NOT NULL;
     END IF;
     RETURN coalesce(v_keep, '{}');
-END
-$_$;
-
-CREATE FUNCTION core.stage_segment(p_tenant_id bigint, p_compiled core.compiled_segment) RETURNS integer
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    SET client_min_messages TO 'warning'
-    AS $_$
-DECLARE
-    v_staged integer;
-BEGIN
-    PERFORM api.stage_contacts();
-    EXECUTE 'INSERT INTO pg_temp.staged_contacts (row_no, phone, name, attributes)
-             SELECT row_number() OVER (ORDER BY c.contact_id), c.wa_id, c.name, c.attributes
-             FROM core.contacts c WHERE c.tenant_id = $5 AND c.wa_id IS NOT NULL AND ' || p_compiled.sql
-        USING p_compiled.texts, p_compiled.numbers, p_compiled.times, p_compiled.ids, p_tenant_id;
-    GET DIAGNOSTICS v_staged = ROW_COUNT;
-    RETURN v_staged;
 END
 $_$;
 
@@ -10269,6 +11242,15 @@ CREATE TABLE core.api_sends (
 
 COMMENT ON TABLE core.api_sends IS 'Idempotency keys of the send API (api.send_message): the request each stood for and the outbound message it queued.';
 
+CREATE UNLOGGED TABLE core.api_template_layouts (
+    template_id bigint NOT NULL,
+    shape_md5 text NOT NULL,
+    render jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+COMMENT ON TABLE core.api_template_layouts IS 'Cache of the send API (core.api_template_message): core.map_template''s render skeleton per template and shape of parameters (values as slots).';
+
 ALTER TABLE core.bot_rules ALTER COLUMN rule_id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME core.bot_rules_rule_id_seq
     START WITH 1
@@ -10381,6 +11363,28 @@ ALTER TABLE core.campaigns ALTER COLUMN campaign_id ADD GENERATED ALWAYS AS IDEN
     CACHE 1
 );
 
+CREATE TABLE core.canned_replies (
+    canned_reply_id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    title text NOT NULL,
+    body text NOT NULL,
+    created_by bigint,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT canned_replies_body_valid CHECK (((length(btrim(body)) >= 1) AND (length(btrim(body)) <= 4096))),
+    CONSTRAINT canned_replies_title_valid CHECK (((length(btrim(title)) >= 1) AND (length(btrim(title)) <= 100)))
+);
+
+COMMENT ON TABLE core.canned_replies IS 'A tenant''s saved answers: an agent picks one to fill the reply box (contact variables like {{name}} are filled when sent).';
+
+ALTER TABLE core.canned_replies ALTER COLUMN canned_reply_id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME core.canned_replies_canned_reply_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE core.contact_fields (
     tenant_id bigint NOT NULL,
     name text NOT NULL,
@@ -10400,6 +11404,39 @@ ALTER TABLE core.contacts ALTER COLUMN contact_id ADD GENERATED ALWAYS AS IDENTI
     NO MAXVALUE
     CACHE 1
 );
+
+CREATE TABLE core.conversation_notes (
+    note_id bigint NOT NULL,
+    number_id bigint NOT NULL,
+    contact_id bigint NOT NULL,
+    user_id bigint,
+    author text NOT NULL,
+    body text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT conversation_notes_body_valid CHECK (((length(btrim(body)) >= 1) AND (length(btrim(body)) <= 4096)))
+);
+
+COMMENT ON TABLE core.conversation_notes IS 'Internal notes agents leave on a conversation: shown in the dashboard''s thread, never sent to WhatsApp.';
+
+ALTER TABLE core.conversation_notes ALTER COLUMN note_id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME core.conversation_notes_note_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE core.conversation_reads (
+    user_id bigint NOT NULL,
+    number_id bigint NOT NULL,
+    contact_id bigint NOT NULL,
+    read_up_to_at timestamp with time zone NOT NULL,
+    read_up_to_id bigint NOT NULL,
+    read_at timestamp with time zone NOT NULL
+);
+
+COMMENT ON TABLE core.conversation_reads IS 'Each dashboard user''s read mark on a conversation: what the inbox counts as unread for them.';
 
 CREATE TABLE core.cron_jobs (
     job_name text NOT NULL,
@@ -10439,7 +11476,7 @@ CREATE TABLE core.dashboard_role_actions (
     CONSTRAINT dashboard_role_actions_role_valid CHECK ((role = ANY (ARRAY['admin'::text, 'marketer'::text, 'agent'::text, 'viewer'::text])))
 );
 
-COMMENT ON TABLE core.dashboard_role_actions IS 'The dashboard actions each role holds: campaigns.read, campaigns.manage, inbox.read, inbox.reply, inbox.assign, users.manage.';
+COMMENT ON TABLE core.dashboard_role_actions IS 'The dashboard actions each role holds: campaigns.read, campaigns.manage, inbox.read, inbox.reply, inbox.assign, users.manage, contacts.read, contacts.manage, templates.read, bots.read, bots.manage, numbers.read, notifications.read, notifications.manage, keys.manage.';
 
 CREATE TABLE core.dashboard_sessions (
     session_id bigint NOT NULL,
@@ -10781,8 +11818,8 @@ CREATE TABLE core.settings (
     claim_timeout_s integer DEFAULT 30 NOT NULL,
     max_attempts integer DEFAULT 6 NOT NULL,
     retry_backoff_s integer[] DEFAULT '{5,10,20,40,60,120}'::integer[] NOT NULL,
-    pace_horizon_ms integer DEFAULT 250 NOT NULL,
-    rate_headroom double precision DEFAULT 0.97 NOT NULL,
+    pace_horizon_ms integer DEFAULT 1000 NOT NULL,
+    rate_headroom double precision DEFAULT 0.99 NOT NULL,
     graph_api_version text DEFAULT 'v21.0'::text NOT NULL,
     signer_salt text DEFAULT replace(((gen_random_uuid())::text || (gen_random_uuid())::text), '-'::text, ''::text) NOT NULL,
     webhook_max_attempts integer DEFAULT 5 NOT NULL,
@@ -10832,6 +11869,10 @@ CREATE TABLE core.settings (
     CONSTRAINT settings_webhook_max_attempts_valid CHECK (((webhook_max_attempts >= 1) AND (webhook_max_attempts <= 100)))
 );
 
+COMMENT ON COLUMN core.settings.pace_horizon_ms IS 'How far ahead of now one claim schedules a number''s sends; workers claim every half of it (api.send_policy).';
+
+COMMENT ON COLUMN core.settings.rate_headroom IS 'The share of a number''s throughput_mps that claim_sends paces at (0.99: the worker''s pacer holds a starved loop''s late sends to the pace, so 1% covers the network''s jitter).';
+
 COMMENT ON COLUMN core.settings.bot_match_prefix_chars IS 'Bot rules see at most this many leading characters of the normalised inbound text.';
 
 COMMENT ON COLUMN core.settings.throttle_hold_ms IS 'After a throughput error (core.meta_error_codes.throttles) a number sends nothing for this long; the worker hands back what it holds for the number that was due before the hold ends.';
@@ -10863,6 +11904,23 @@ COMMENT ON COLUMN core.settings.event_allow_private_urls IS 'Allow endpoints on 
 COMMENT ON COLUMN core.settings.event_retention_days IS 'Delivered and dead events are deleted this many days after they were created.';
 
 CREATE TABLE core.status_events (
+    wamid text NOT NULL,
+    status text NOT NULL,
+    outbound_id bigint,
+    occurred_at timestamp with time zone NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    recipient_id text,
+    error_code integer,
+    pricing_category text,
+    conversation_id text,
+    number_id bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT status_events_status_valid CHECK ((status = ANY (ARRAY['sent'::text, 'delivered'::text, 'read'::text, 'failed'::text, 'deleted'::text, 'warning'::text, 'played'::text])))
+)
+PARTITION BY RANGE (occurred_at);
+
+COMMENT ON TABLE core.status_events IS 'Every status Meta reported, once per (wamid, status) and number; partitioned daily by occurred_at with pg_partman (0114), retained by dropping partitions (core.run_retention).';
+
+CREATE TABLE core.status_events_default (
     wamid text NOT NULL,
     status text NOT NULL,
     outbound_id bigint,
@@ -10926,6 +11984,8 @@ ALTER TABLE core.webhook_raw ALTER COLUMN raw_id ADD GENERATED ALWAYS AS IDENTIT
     CACHE 1
 );
 
+ALTER TABLE ONLY core.status_events ATTACH PARTITION core.status_events_default DEFAULT;
+
 ALTER TABLE ONLY core.api_keys
     ADD CONSTRAINT api_keys_key_hash_unique UNIQUE (key_hash);
 
@@ -10934,6 +11994,9 @@ ALTER TABLE ONLY core.api_keys
 
 ALTER TABLE ONLY core.api_sends
     ADD CONSTRAINT api_sends_pkey PRIMARY KEY (tenant_id, idempotency_key);
+
+ALTER TABLE ONLY core.api_template_layouts
+    ADD CONSTRAINT api_template_layouts_pkey PRIMARY KEY (template_id, shape_md5);
 
 ALTER TABLE ONLY core.bot_rules
     ADD CONSTRAINT bot_rules_pkey PRIMARY KEY (rule_id);
@@ -10950,11 +12013,23 @@ ALTER TABLE ONLY core.campaign_templates
 ALTER TABLE ONLY core.campaigns
     ADD CONSTRAINT campaigns_pkey PRIMARY KEY (campaign_id);
 
+ALTER TABLE ONLY core.canned_replies
+    ADD CONSTRAINT canned_replies_pkey PRIMARY KEY (canned_reply_id);
+
+ALTER TABLE ONLY core.canned_replies
+    ADD CONSTRAINT canned_replies_tenant_title UNIQUE (tenant_id, title);
+
 ALTER TABLE ONLY core.contact_fields
     ADD CONSTRAINT contact_fields_pkey PRIMARY KEY (tenant_id, name);
 
 ALTER TABLE ONLY core.contacts
     ADD CONSTRAINT contacts_pkey PRIMARY KEY (contact_id);
+
+ALTER TABLE ONLY core.conversation_notes
+    ADD CONSTRAINT conversation_notes_pkey PRIMARY KEY (note_id);
+
+ALTER TABLE ONLY core.conversation_reads
+    ADD CONSTRAINT conversation_reads_pkey PRIMARY KEY (user_id, number_id, contact_id);
 
 ALTER TABLE ONLY core.conversations
     ADD CONSTRAINT conversations_pkey PRIMARY KEY (number_id, contact_id);
@@ -11059,7 +12134,10 @@ ALTER TABLE ONLY core.settings
     ADD CONSTRAINT settings_pkey PRIMARY KEY (singleton);
 
 ALTER TABLE ONLY core.status_events
-    ADD CONSTRAINT status_events_pkey PRIMARY KEY (wamid, status, number_id);
+    ADD CONSTRAINT status_events_pkey PRIMARY KEY (wamid, status, number_id, occurred_at);
+
+ALTER TABLE ONLY core.status_events_default
+    ADD CONSTRAINT status_events_default_pkey PRIMARY KEY (wamid, status, number_id, occurred_at);
 
 ALTER TABLE ONLY core.status_watermarks
     ADD CONSTRAINT status_watermarks_pkey PRIMARY KEY (number_id);
@@ -11093,7 +12171,9 @@ CREATE INDEX bot_rules_exact ON core.bot_rules USING btree (number_id, match_tex
 
 CREATE INDEX bot_rules_fallbacks ON core.bot_rules USING btree (number_id, kind, priority, rule_id) WHERE (enabled AND (kind = ANY (ARRAY['welcome'::text, 'default'::text])));
 
-CREATE INDEX bot_rules_like ON core.bot_rules USING btree (number_id, priority, rule_id) INCLUDE (like_pattern) WHERE (enabled AND (kind = ANY (ARRAY['starts_with'::text, 'contains'::text])));
+CREATE INDEX bot_rules_like_key ON core.bot_rules USING btree (number_id, match_key) INCLUDE (priority, like_pattern) WHERE (enabled AND (kind = ANY (ARRAY['starts_with'::text, 'contains'::text])) AND (match_key IS NOT NULL));
+
+CREATE INDEX bot_rules_like_short ON core.bot_rules USING btree (number_id, priority, rule_id) INCLUDE (like_pattern) WHERE (enabled AND (kind = ANY (ARRAY['starts_with'::text, 'contains'::text])) AND (match_key IS NULL));
 
 CREATE INDEX bot_rules_number_priority ON core.bot_rules USING btree (number_id, priority, rule_id);
 
@@ -11109,15 +12189,25 @@ CREATE INDEX campaigns_tenant_campaign ON core.campaigns USING btree (tenant_id,
 
 CREATE INDEX campaigns_tenant_created ON core.campaigns USING btree (tenant_id, created_at DESC);
 
+CREATE INDEX canned_replies_created_by ON core.canned_replies USING btree (created_by);
+
 CREATE INDEX contacts_marketing_stopped ON core.contacts USING btree (tenant_id) WHERE (marketing_stopped_at IS NOT NULL);
 
 CREATE INDEX contacts_opted_out ON core.contacts USING btree (tenant_id, opted_out_at) WHERE opted_out;
+
+CREATE INDEX contacts_search_trgm ON core.contacts USING gin ((((((COALESCE(wa_id, ''::text) || ' '::text) || COALESCE(name, ''::text)) || ' '::text) || COALESCE(profile_name, ''::text))) public.gin_trgm_ops);
 
 CREATE INDEX contacts_tags ON core.contacts USING gin (tags);
 
 CREATE UNIQUE INDEX contacts_tenant_user_id ON core.contacts USING btree (tenant_id, user_id) WHERE (user_id IS NOT NULL);
 
 CREATE UNIQUE INDEX contacts_tenant_wa_id ON core.contacts USING btree (tenant_id, wa_id);
+
+CREATE INDEX conversation_notes_conversation ON core.conversation_notes USING btree (number_id, contact_id, created_at);
+
+CREATE INDEX conversation_notes_user ON core.conversation_notes USING btree (user_id);
+
+CREATE INDEX conversation_reads_conversation ON core.conversation_reads USING btree (number_id, contact_id);
 
 CREATE INDEX conversations_contact ON core.conversations USING btree (contact_id);
 
@@ -11138,6 +12228,8 @@ CREATE INDEX event_endpoints_tenant_id ON core.event_endpoints USING btree (tena
 CREATE INDEX event_subscriptions_endpoint_id ON core.event_subscriptions USING btree (endpoint_id);
 
 CREATE INDEX events_tenant_event ON core.events USING btree (tenant_id, event_id);
+
+CREATE INDEX inbox_messages_body_trgm ON core.inbox_messages USING gin (body public.gin_trgm_ops);
 
 CREATE INDEX inbox_messages_contact ON core.inbox_messages USING btree (contact_id);
 
@@ -11171,9 +12263,9 @@ CREATE UNIQUE INDEX segments_tenant_name ON core.segments USING btree (tenant_id
 
 CREATE INDEX segments_tenant_segment ON core.segments USING btree (tenant_id, segment_id);
 
-CREATE INDEX status_events_received ON core.status_events USING brin (received_at);
+CREATE INDEX status_events_unmatched ON ONLY core.status_events USING btree (wamid) WHERE (outbound_id IS NULL);
 
-CREATE INDEX status_events_unmatched ON core.status_events USING btree (wamid) WHERE (outbound_id IS NULL);
+CREATE INDEX status_events_default_wamid_idx ON core.status_events_default USING btree (wamid) WHERE (outbound_id IS NULL);
 
 CREATE INDEX templates_meta_template_id ON core.templates USING btree (meta_template_id) WHERE (meta_template_id IS NOT NULL);
 
@@ -11182,6 +12274,10 @@ CREATE INDEX templates_tenant_id ON core.templates USING btree (tenant_id);
 CREATE INDEX wa_numbers_portfolio ON core.wa_numbers USING btree (portfolio_id);
 
 CREATE INDEX wa_numbers_tenant_id ON core.wa_numbers USING btree (tenant_id);
+
+ALTER INDEX core.status_events_pkey ATTACH PARTITION core.status_events_default_pkey;
+
+ALTER INDEX core.status_events_unmatched ATTACH PARTITION core.status_events_default_wamid_idx;
 
 CREATE TRIGGER campaigns_events AFTER UPDATE ON core.campaigns REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION core.capture_campaign_status();
 
@@ -11208,6 +12304,9 @@ ALTER TABLE ONLY core.api_sends
 ALTER TABLE ONLY core.api_sends
     ADD CONSTRAINT api_sends_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES core.tenants(tenant_id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY core.api_template_layouts
+    ADD CONSTRAINT api_template_layouts_template_id_fkey FOREIGN KEY (template_id) REFERENCES core.templates(template_id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY core.bot_rules
     ADD CONSTRAINT bot_rules_number_id_fkey FOREIGN KEY (number_id) REFERENCES core.wa_numbers(number_id) ON DELETE CASCADE;
 
@@ -11229,11 +12328,29 @@ ALTER TABLE ONLY core.campaigns
 ALTER TABLE ONLY core.campaigns
     ADD CONSTRAINT campaigns_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES core.tenants(tenant_id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY core.canned_replies
+    ADD CONSTRAINT canned_replies_created_by_fkey FOREIGN KEY (created_by) REFERENCES core.dashboard_users(user_id) ON DELETE SET NULL;
+
+ALTER TABLE ONLY core.canned_replies
+    ADD CONSTRAINT canned_replies_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES core.tenants(tenant_id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY core.contact_fields
     ADD CONSTRAINT contact_fields_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES core.tenants(tenant_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY core.contacts
     ADD CONSTRAINT contacts_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES core.tenants(tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY core.conversation_notes
+    ADD CONSTRAINT conversation_notes_conversation_fk FOREIGN KEY (number_id, contact_id) REFERENCES core.conversations(number_id, contact_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY core.conversation_notes
+    ADD CONSTRAINT conversation_notes_user_id_fkey FOREIGN KEY (user_id) REFERENCES core.dashboard_users(user_id) ON DELETE SET NULL;
+
+ALTER TABLE ONLY core.conversation_reads
+    ADD CONSTRAINT conversation_reads_conversation_fk FOREIGN KEY (number_id, contact_id) REFERENCES core.conversations(number_id, contact_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY core.conversation_reads
+    ADD CONSTRAINT conversation_reads_user_id_fkey FOREIGN KEY (user_id) REFERENCES core.dashboard_users(user_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY core.conversations
     ADD CONSTRAINT conversations_contact_id_fkey FOREIGN KEY (contact_id) REFERENCES core.contacts(contact_id) ON DELETE CASCADE;

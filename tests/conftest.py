@@ -25,6 +25,8 @@ from pgwa.config import ROOT, database_url
 from pgwa.migrate import migrate
 
 pytest_plugins = ["tests.sim_fixtures"] if (ROOT / "tests" / "sim_fixtures.py").exists() else []
+# The dashboard browser tests' `browser` and `server` fixtures (selenium imported lazily).
+pytest_plugins.append("tests.dashboard_fixtures")
 
 # What a test needs, by module: `unit` tests talk to PostgreSQL only; `integration` tests
 # also start processes or servers (the API, the simulator, a worker, uvicorn); `slow`
@@ -32,12 +34,14 @@ pytest_plugins = ["tests.sim_fixtures"] if (ROOT / "tests" / "sim_fixtures.py").
 # `make test-fast` the unit tests alone.
 INTEGRATION = frozenset({
     "test_api_auth", "test_api_routes", "test_api_schema", "test_bots", "test_campaign_recovery",
-    "test_cli", "test_config", "test_dashboard_browser", "test_dashboard_http", "test_contacts_http", "test_inbox", "test_limits_e2e", "test_llm", "test_migrate", "test_security_bots",
+    "test_cli", "test_config", "test_dashboard_browser", "test_dashboard_campaigns", "test_dashboard_campaigns_browser", "test_dashboard_http", "test_contacts_http", "test_inbox", "test_limits_e2e", "test_llm", "test_migrate", "test_security_bots",
     "test_security_keys", "test_security_numbers", "test_send_api", "test_security_uploads", "test_security_webhooks",
     "test_media_http", "test_sim_control", "test_sim_limits", "test_sim_media", "test_sim_realism", "test_sim_send", "test_sim_templates", "test_sim_webhooks",
     "test_template_campaigns", "test_template_management_http",
     "test_webhooks_http", "test_webhooks_worker", "test_worker_graph", "test_worker_sender",
-    "test_events_http",
+    "test_events_http", "test_send_api_sim", "test_cli_send",
+    "test_dashboard_screens", "test_dashboard_screens_browser",
+    "test_dashboard_inbox", "test_dashboard_inbox_browser",
 })
 SLOW = frozenset({"test_api_schema", "test_campaign_recovery"})
 
