@@ -126,8 +126,11 @@ def assert_counters_match(result: dict, total: int) -> None:
 
 def test_worker_killed_mid_campaign_then_restarted_messages_everyone_once(db, db_url):
     # A claim dies with its worker; it comes back after the claim timeout (the minimum, 5 s),
-    # and goes again once its status would have come (10 s here; the receiver stays up).
-    db.execute("UPDATE core.settings SET claim_timeout_s = 5, status_grace_s = 10")
+    # and goes again once its status would have come (20 s here, 60 by default; the receiver
+    # stays up). The grace must exceed the simulator's webhook lag on a loaded 2-core box:
+    # at 10 s, a run at load average 16 resent 420 messages whose statuses were still on
+    # their way from the simulator.
+    db.execute("UPDATE core.settings SET claim_timeout_s = 5, status_grace_s = 20")
     with Stack(db_url, sim_settings=DELIVERABLE) as stack:
         campaign, to = start_campaign(db, stack, 2000, 250)
         stack.start_workers()
