@@ -2201,7 +2201,18 @@ DECLARE
                                                                p_now);
     v_user core.dashboard_users := core.dashboard_session_user(p_token_hash, p_now);
 BEGIN
-    RETURN api.assign_conversation(v_tenant_id, p_number_id, p_contact_id, v_user.email);
+    PERFORM core.conversation_for(v_tenant_id, p_number_id, p_contact_id);      -- PW202/PW209
+    -- One statement decides: of two agents taking the same conversation at once, the
+    -- second's UPDATE waits for the first's row lock, sees it taken and changes nothing.
+    UPDATE core.conversations SET assigned_to = v_user.email, assigned_at = p_now,
+        needs_human = false, needs_human_reason = NULL, needs_human_at = NULL
+    WHERE number_id = p_number_id AND contact_id = p_contact_id
+      AND (v_user.role <> 'agent' OR assigned_to IS NULL OR assigned_to = v_user.email);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'conversation with contact % was just taken by another agent', p_contact_id
+            USING ERRCODE = 'PW403', HINT = 'Reload the inbox: it is no longer in the unassigned queue.';
+    END IF;
+    RETURN (SELECT s FROM core.conversation_summaries(p_number_id, ARRAY[p_contact_id]) s);
 END
 $$;
 

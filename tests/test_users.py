@@ -3,6 +3,8 @@ lockout, role checks and tenant isolation, with time passed as p_now."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -204,3 +206,27 @@ def test_campaign_and_inbox_changes_notify_the_dashboard_once_per_statement(db, 
         listener.close()
     assert f"campaign {acc.tenant_id}:{cid}" in got
     assert all(p.startswith(("campaign ", "inbox ")) for p in got)
+
+
+def test_two_agents_taking_one_conversation_at_once_leave_it_with_the_first(db, acc) -> None:
+    contact = db.execute("INSERT INTO core.contacts (tenant_id, wa_id) VALUES (%s, '14155550190') RETURNING contact_id",
+                         (acc.tenant_id,)).fetchone()[0]
+    db.execute("INSERT INTO core.conversations (number_id, contact_id, last_message_at) VALUES (%s, %s, now())",
+               (acc.number_id, contact))
+    ann = login(db, user(db, acc.tenant_id, "ann@example.com", "agent"))
+    bob = login(db, user(db, acc.tenant_id, "bob@example.com", "agent"))
+    take = "SELECT assigned_to FROM api.dashboard_take_conversation(%s, %s, %s, %s)"
+    with psycopg.connect(db.info.dsn) as first, psycopg.connect(db.info.dsn, autocommit=True) as second:
+        assert first.execute(take, (ann, acc.number_id, contact, T0)).fetchone()[0] == "ann@example.com"
+        pid = second.info.backend_pid
+        with ThreadPoolExecutor(1) as pool:
+            late = pool.submit(lambda: sqlstate(second, take, (bob, acc.number_id, contact, T0)))
+            # Bob's take waits on Ann's row lock (both passed the check before the UPDATE).
+            deadline = time.monotonic() + 20
+            while db.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0] != "Lock":
+                assert time.monotonic() < deadline and not late.done(), "the second take did not wait"
+                time.sleep(0.01)
+            first.commit()
+            assert late.result(timeout=30) == "PW403"
+    assert db.execute("SELECT assigned_to FROM core.conversations WHERE contact_id = %s",
+                      (contact,)).fetchone()[0] == "ann@example.com"
