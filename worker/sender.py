@@ -4,8 +4,9 @@ One ``Sender`` runs these tasks::
 
     listener: LISTEN pgwa_send ──wake──┐
     claim loop ──api.claim_sends──> rows ──> one lane per number: at each row's send_at
-      (every PACE_S while busy; on NOTIFY      (never before), through the number's
-       or every HEARTBEAT_S when idle)          pacer (no late bursts) ──> POST task each
+      (every PACE_S while busy, sooner on a    (never before), through the number's
+       NOTIFY; idle: on NOTIFY or every         pacer (no late bursts) ──> POST task each
+       HEARTBEAT_S)
     reporter <──results── POST tasks;  ──api.report_sends──> at most every REPORT_S
 
 Claims are pipelined: the database paces each number up to its pace horizon ahead (1 s,
@@ -44,6 +45,7 @@ log = logging.getLogger("worker.sender")
 
 CHANNEL = "pgwa_send"
 PACE_S = None            # claim interval while there is work (None: half the database's pace horizon)
+BUSY_GAP_S = 0.02        # busy: a NOTIFY brings the next claim forward, to no sooner than this
 IDLE_AFTER_S = 1.0       # empty claims for this long: go idle
 HEARTBEAT_S = 5.0        # idle: claim this often even without a NOTIFY (retries, throttled numbers)
 # After a report with retried or throttled results, stay busy this long: the database
@@ -234,9 +236,11 @@ class Sender:
                 last_work = started         # backpressure: work is waiting on us
             now = loop.time()
             if now - last_work < self.idle_after_s or now - self._retry_seen < self.after_retry_s:
-                # Busy: claim again one pace interval after this claim began. A NOTIFY
-                # changes nothing here; the next claim is at most PACE_S away anyway.
-                await wait(stop, None, self.pace_s - (loop.time() - started))
+                # Busy: claim again one pace interval after this claim began, or sooner on a
+                # NOTIFY (a reply or an API send queued meanwhile must not wait for the
+                # half horizon), but never within BUSY_GAP_S of the last claim.
+                await wait(stop, None, BUSY_GAP_S - (loop.time() - started))
+                await wait(stop, wake, self.pace_s - (loop.time() - started))
             else:
                 await wait(stop, wake, self.heartbeat_s)
 
