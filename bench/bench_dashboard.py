@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -26,13 +25,13 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from common import Server
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from api.dashboard.passwords import hash_password
-from pgwa.config import ROOT
 from pgwa.local.stack import free_port
 
 EMAIL = "bench-admin@example.com"
@@ -121,30 +120,6 @@ def bare_app() -> Starlette:
     return app
 
 
-def _serve(cmd: list[str], env: dict[str, str], url: str) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{cmd} did not start")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 # -- measures ------------------------------------------------------------------------------------
 
 def p99(values: list[float]) -> float:
@@ -219,8 +194,8 @@ async def sse_fanout(port: int, path: str, cookie: str, clients: int, fire) -> d
 
 def measure(url: str, big: int, calls: int, clients: int, log) -> dict:
     port = free_port()
-    api = _serve([sys.executable, "-m", "api"], {"DATABASE_URL": url, "PGWA_API_PORT": str(port),
-                                                  "PGWA_LOG_LEVEL": "warning"}, f"http://{HOST}:{port}/healthz")
+    api = Server("bench-dashboard", [sys.executable, "-m", "api"], port, timeout=60,
+                 env={"DATABASE_URL": url, "PGWA_API_PORT": str(port), "PGWA_LOG_LEVEL": "warning"})
     try:
         http = log_in(f"http://{HOST}:{port}")
         inbox = timed_ms(http, "/dashboard/inbox", calls)
@@ -235,7 +210,7 @@ def measure(url: str, big: int, calls: int, clients: int, log) -> dict:
                 "UPDATE core.campaigns SET sent = sent WHERE campaign_id = %s", (big,))))
         http.close()
     finally:
-        _stop(api)
+        api.stop()
 
     bare_port = free_port()
     body_file = Path(f"/tmp/pgwa-bench-bare-{os.getpid()}.html")
@@ -243,13 +218,14 @@ def measure(url: str, big: int, calls: int, clients: int, log) -> dict:
     serve = ("import sys, uvicorn; sys.path.insert(0, 'bench'); uvicorn.run('bench_dashboard:bare_app', "
              f"factory=True, host='{HOST}', port={bare_port}, http='httptools', loop='uvloop', access_log=False, "
              "log_level='warning')")
-    bare = _serve([sys.executable, "-c", serve], {BARE_BODY_FILE: str(body_file)}, f"http://{HOST}:{bare_port}/page")
+    bare = Server("bench-dashboard (bare page)", [sys.executable, "-c", serve], bare_port, path="/page", timeout=60,
+                  env={BARE_BODY_FILE: str(body_file)})
     try:
         with httpx.Client(base_url=f"http://{HOST}:{bare_port}", timeout=60) as http:
             page = timed_ms(http, "/page", calls)
             bare_sse = asyncio.run(sse_fanout(bare_port, "/events", "", clients, lambda: http.post("/fire")))
     finally:
-        _stop(bare)
+        bare.stop()
         body_file.unlink(missing_ok=True)
 
     page_p99 = max(p99(inbox), p99(campaign))

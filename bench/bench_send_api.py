@@ -31,8 +31,6 @@ import json
 import os
 import re
 import resource
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,10 +40,9 @@ from pathlib import Path
 
 import psycopg
 from bench_webhooks import ensure_wrk
-from common import create_tenant, logger, register_number, upsert_template
+from common import Server, create_tenant, logger, register_number, upsert_template
 
 from pgwa import scratch
-from pgwa.config import ROOT
 from pgwa.local.stack import free_port
 from pgwa.queries import queries
 
@@ -127,34 +124,11 @@ uvicorn.run(app, factory=True, host="127.0.0.1", port=int(sys.argv[1]), http="ht
 log = logger("bench-send-api")
 
 
-class Server:
-    """The API server with the baseline route, on a free port, until stop()."""
-
-    def __init__(self, url: str) -> None:
-        self.port = free_port()
-        env = {**os.environ, "DATABASE_URL": url, "PGWA_API_HOST": "127.0.0.1", "PGWA_API_PORT": str(self.port)}
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(self.port)], cwd=ROOT, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=sys.stderr)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    if s.recv(64).startswith(b"HTTP/1.1 200"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit("bench-send-api: the API server did not start")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def api_server(url: str) -> Server:
+    """The API server with the baseline route, on a free port."""
+    port = free_port()
+    return Server("bench-send-api", [sys.executable, "-c", SERVER, str(port)], port, timeout=30,
+                  env={"DATABASE_URL": url, "PGWA_API_HOST": "127.0.0.1", "PGWA_API_PORT": str(port)})
 
 
 def world(url: str) -> tuple[int, str]:
@@ -195,7 +169,7 @@ def one_run(wrk: str, connections: int, seconds: int, tmp: Path) -> dict:
     number, key = world(url)
     (tmp / "send.lua").write_text(f'key = "{key}"\n' + SEND_LUA)
     (tmp / "base.lua").write_text(BASELINE_LUA)
-    api = Server(url)
+    api = api_server(url)
     try:
         base = wrk_run(wrk, api.port, tmp / "base.lua", "/bench/select", connections, seconds, [])
         log(f"baseline GET /bench/select (SELECT 1 through the pool): {base['rps']:,.0f} req/s")

@@ -40,7 +40,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,7 +53,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import create_tenant, logger, register_number, upsert_template
+from common import Server, create_tenant, logger, register_number, upsert_template
 
 from api.signature import sign
 from pgwa.config import Settings
@@ -182,32 +181,11 @@ def payload(statuses: list[dict]) -> bytes:
 # --- the API server and wrk -----------------------------------------------------------------
 
 
-class ApiServer:
-    def __init__(self, url: str) -> None:
-        self.port = free_port()
-        env = {**os.environ, "DATABASE_URL": url, "WHATSAPP_APP_SECRET": SECRET,
-               "PGWA_API_HOST": "127.0.0.1", "PGWA_API_PORT": str(self.port)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=sys.stderr)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    if s.recv(64).startswith(b"HTTP/1.1 200"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit("bench-webhooks: the API server did not start")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+def api_server(url: str) -> Server:
+    port = free_port()
+    return Server("bench-webhooks", [sys.executable, "-m", "api"], port, timeout=20,
+                  env={"DATABASE_URL": url, "WHATSAPP_APP_SECRET": SECRET,
+                       "PGWA_API_HOST": "127.0.0.1", "PGWA_API_PORT": str(port)})
 
 
 BARE_APP = """
@@ -223,33 +201,14 @@ async def app(scope, receive, send):
 """
 
 
-class BareServer:
+def bare_server(tmp: Path) -> Server:
     """The baseline: a bare ASGI app under the API's own uvicorn settings."""
-
-    def __init__(self, tmp: Path) -> None:
-        (tmp / "bare_asgi.py").write_text(BARE_APP)
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(tmp), "bare_asgi:app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--http", "httptools", "--loop", "uvloop", "--no-access-log",
-             "--log-level", "warning", "--timeout-keep-alive", "75"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sys.stderr)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise SystemExit("bench-webhooks: the bare ASGI server did not start") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+    (tmp / "bare_asgi.py").write_text(BARE_APP)
+    port = free_port()
+    return Server("bench-webhooks (bare ASGI)", [
+        sys.executable, "-m", "uvicorn", "--app-dir", str(tmp), "bare_asgi:app", "--host", "127.0.0.1",
+        "--port", str(port), "--http", "httptools", "--loop", "uvloop", "--no-access-log",
+        "--log-level", "warning", "--timeout-keep-alive", "75"], port, timeout=20)
 
 
 def run_wrk(wrk: str, port: int, connections: int, seconds: int, tmp: Path) -> dict:
@@ -431,7 +390,7 @@ def poison_payloads(i: int) -> tuple[bytes, bytes]:
     return hangs, raises
 
 
-def measure_lag(url: str, conn: psycopg.Connection, api: ApiServer, campaign: int, number: int,
+def measure_lag(url: str, conn: psycopg.Connection, api: Server, campaign: int, number: int,
                 tmp: Path, poison: bool = False) -> dict:
     tag = "poison" if poison else "lag"
     messages = add_sent_messages(conn, campaign, number, LAG_MESSAGES, tag)
@@ -522,7 +481,7 @@ def main() -> int:
     with psycopg.connect(url, autocommit=True) as conn, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         campaign, number = setup_world(conn)
-        api = ApiServer(url)
+        api = api_server(url)
         try:
             if "wrk" not in skip:
                 messages = add_sent_messages(conn, campaign, number, WRK_BODIES, "wrk")
@@ -551,7 +510,7 @@ def main() -> int:
                             "(in flight when it stopped)")
                     lost += max(0, r["acked"] - stored)
                 reset_queues(conn)
-                bare = BareServer(tmp)
+                bare = bare_server(tmp)
                 try:
                     for c in (64, 8):
                         r = run_wrk(wrk, bare.port, c, args.wrk_seconds, tmp)

@@ -1,6 +1,7 @@
-"""What the benchmarks share: their progress lines, and the state they build as the
-operator would, through the named queries of pgwa/queries.sql (a tenant; a number
-registered without asking the Graph API, which only an operator may do; a template).
+"""What the benchmarks share: their progress lines, the servers they start beside the
+code under test (``Server``), and the state they build as the operator would, through the
+named queries of pgwa/queries.sql (a tenant; a number registered without asking the
+Graph API, which only an operator may do; a template).
 
 The benchmarks run as scripts (``python bench/bench_api.py``), so this directory is first
 on their path and they import this module as ``common``.
@@ -8,13 +9,39 @@ on their path and they import this module as ``common``.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 
 import orjson
 import psycopg
 
+from pgwa.config import ROOT
+from pgwa.local.stack import wait_until_serving
 from pgwa.queries import queries
+
+
+class Server:
+    """A server a benchmark starts as a child process on ``port``: ready once
+    http://127.0.0.1:<port><path> answers 200, until stop()."""
+
+    def __init__(self, name: str, argv: list[str], port: int, *, env: dict[str, str] | None = None,
+                 path: str = "/healthz", timeout: float = 30) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})},
+                                     stdout=subprocess.DEVNULL, stderr=sys.stderr)
+        if not wait_until_serving(self.proc, f"http://127.0.0.1:{port}{path}", timeout):
+            self.stop()
+            raise SystemExit(f"{name}: the server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def logger(name: str) -> Callable[[str], None]:
