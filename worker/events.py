@@ -49,7 +49,7 @@ import orjson
 from pgwa.config import Settings
 
 from .db import Database, Unavailable, listen
-from .loop import Results, run_tasks, wait
+from .loop import NotReported, Results, report, run_tasks, wait
 
 log = logging.getLogger("worker.events")
 
@@ -330,26 +330,12 @@ class EventDeliverer:
             await self._report(batch, sent)
 
     async def _report(self, batch: list[dict], sent: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        payload = orjson.dumps(batch).decode()
-        attempts = 0
-        while True:
-            deadline = loop.time() + STOP_REPORT_S if sent.is_set() else None
-            try:
-                rows, _ = await self._reports.fetch(REPORT_SQL, (payload, self._now()), deadline=deadline,
-                                                    stop=None if deadline is not None else sent)
-                break
-            except Unavailable:
-                if deadline is not None:
-                    return self._give_up(batch, "database unavailable")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                attempts += 1
-                log.error("report_events failed (%d results): %s", len(batch), _describe(exc))
-                if attempts >= 3:
-                    return self._give_up(batch, "report_events kept failing")
-                await asyncio.sleep(0.5 * attempts)
+        try:
+            rows, _ = await report(
+                self._reports, REPORT_SQL, (orjson.dumps(batch).decode(), self._now()), what="report_events",
+                size=len(batch), sent=sent, stop_report_s=STOP_REPORT_S, describe=_describe, logger=log)
+        except NotReported as why:
+            return self._give_up(batch, str(why))
         self.stats.reports += 1
         self.stats.reported += len(batch)
         self.stats.dead += rows[0][2] if rows else 0

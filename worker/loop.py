@@ -14,6 +14,8 @@ they hand results to one reporting call.
                                   a free slot) or ``stop``, whichever comes first.
     Results                       results added one at a time and reported in batches: at most
                                   one call per interval, and the rest at once when finished.
+    report(db, sql, params, …)    one reporting call of a batch, retried until the database takes
+                                  it (for a bounded time once stopping), or NotReported.
 
 ``python -m worker`` runs the send loop, the webhook loops and the LLM loop with
 ``run_tasks``, and each of them runs its own tasks with it.
@@ -23,8 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:                       # worker/db.py imports wait from here
+    from .db import Database
 
 log = logging.getLogger("worker.loop")
 
@@ -114,3 +119,37 @@ class Results:
                 yield batch
             if finished.is_set() and not self.items:
                 return
+
+
+class NotReported(Exception):
+    """The database did not take a batch of results (the reason is the message): the work
+    they stand for comes back to a worker when its claim times out."""
+
+
+async def report(db: Database, sql: str, params: Any, *, what: str, size: int, sent: asyncio.Event,
+                 stop_report_s: float, describe: Callable[[BaseException], str],
+                 logger: logging.Logger) -> tuple[list[tuple], list[str]]:
+    """One reporting call (``what``, of ``size`` results) and its rows and column names.
+    While the loop still sends, an unavailable database is waited for (until ``sent``);
+    once everything is sent, for at most ``stop_report_s``. A database error is retried
+    twice, half a second more each time. Raises NotReported when it gives up."""
+    from .db import Unavailable  # here: worker/db.py imports this module
+
+    loop = asyncio.get_running_loop()
+    attempts = 0
+    while True:
+        deadline = loop.time() + stop_report_s if sent.is_set() else None
+        try:
+            return await db.fetch(sql, params, deadline=deadline, stop=None if deadline is not None else sent)
+        except Unavailable:
+            if deadline is not None:
+                raise NotReported("database unavailable") from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (a broken function must not kill the loop)
+            attempts += 1
+            logger.error("%s failed (%d results): %s", what, size, describe(exc))
+            if attempts >= 3:
+                raise NotReported(f"{what} kept failing") from None
+            await asyncio.sleep(0.5 * attempts)
+

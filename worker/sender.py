@@ -38,7 +38,7 @@ from pgwa.config import Settings
 
 from .db import Database, Unavailable, listen
 from .graph import GraphClient
-from .loop import Results, run_tasks, wait
+from .loop import NotReported, Results, report, run_tasks, wait
 from .pacing import Pacer
 
 log = logging.getLogger("worker.sender")
@@ -371,27 +371,13 @@ class Sender:
     async def _report(self, batch: list[dict], sent: asyncio.Event) -> None:
         """One api.report_sends call; retried until it succeeds, or for STOP_REPORT_S
         once everything is sent (stopping), or three times on a database error."""
-        loop = asyncio.get_running_loop()
-        payload = orjson.dumps(batch).decode()
-        attempts = 0
-        while True:
-            deadline = loop.time() + STOP_REPORT_S if sent.is_set() else None
-            try:
-                rows, names = await self._reports.fetch(
-                    REPORT_SQL, {"results": payload, "now": self._now()}, deadline=deadline,
-                    stop=None if deadline is not None else sent)
-                break
-            except Unavailable:
-                if deadline is not None:
-                    return self._give_up(batch, "database unavailable")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                attempts += 1
-                log.error("report_sends failed (%d results): %s", len(batch), _describe(exc))
-                if attempts >= 3:
-                    return self._give_up(batch, "report_sends kept failing")
-                await asyncio.sleep(0.5 * attempts)
+        try:
+            rows, names = await report(
+                self._reports, REPORT_SQL, {"results": orjson.dumps(batch).decode(), "now": self._now()},
+                what="report_sends", size=len(batch), sent=sent, stop_report_s=STOP_REPORT_S,
+                describe=_describe, logger=log)
+        except NotReported as why:
+            return self._give_up(batch, str(why))
         stats = self.stats
         stats.reports += 1
         stats.reported += len(batch)
