@@ -16,6 +16,8 @@ one transaction) and template sync
 (``api.graph_credentials``, the Graph API's pages, one ``api.sync_templates``). Their calls
 that take a tenant id are the named queries of pgwa/queries.sql, the texts the CLI, the
 local stack and the tests send too; those routes encode the row they return with orjson.
+POST /v1/messages is batched: its requests share statements and a commit with those that
+arrive beside them (api/send_batch.py), each answered alone.
 Another tenant's ids are simply not found (the functions raise PW2nn), and no route
 returns an access token or an app secret. Errors go through api/errors.py.
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -47,6 +48,7 @@ from api import openapi
 from api.auth import key_hash, token_matches
 from api.errors import ApiError, ErrorCodes, handler
 from api.graph_templates import fetch_templates
+from api.send_batch import SendBatcher, SendRequest
 from api.upload import CsvUpload, UploadLimits
 from pgwa.config import Settings
 from pgwa.numbers import GraphCheckError, verify_number
@@ -155,21 +157,11 @@ MARK_READ = """SELECT json_build_object('marked',
 ASSIGN = """SELECT row_to_json(c)::text
 FROM api.assign_conversation(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(contact_id)s::bigint,
                              %(agent)s::text) c"""
-# The send API authenticates in a transaction of its own: api.authenticate's counting
+# POST /v1/messages goes through the process's group commit (api/send_batch.py): its
+# requests are authenticated (api.authenticate_many) and sent (api.send_messages) a batch at
+# a time. Authentication runs in a transaction of its own: api.authenticate's counting
 # UPDATE locks the key's row until commit, and inside the send's transaction every
 # request of that key would wait for the one before it to commit (measured: 49 sends/s).
-# That count is advisory state, so its commit does not wait for the WAL flush (as for
-# read routes); the send itself commits synchronously.
-SEND_AUTHENTICATE = "SELECT set_config('synchronous_commit', 'off', true), api.authenticate(%(key)s, %(scope)s)"
-# p_wake false, then WAKE_SENDER once committed: a NOTIFY inside the send would hold
-# PostgreSQL's cluster-wide notify lock through the commit's WAL flush (db/functions/messages.sql).
-SEND_MESSAGE = """SELECT row_to_json(m)::text, m.replayed
-FROM api.send_message(%(tenant_id)s::bigint, %(number_id)s::bigint, %(to)s::text, %(message)s::jsonb,
-                      %(idempotency_key)s::text, p_wake => false) m"""
-WAKE_SENDER = "SELECT pg_notify('pgwa_send', %(number_id)s::text)"
-# A worker that claimed work keeps claiming every pace interval for a second after
-# (worker/sender.py, IDLE_AFTER_S): one wake per number this often is enough.
-WAKE_EVERY_S = 0.05
 MESSAGE = """SELECT api.message(api.authenticate(%(key)s, %(scope)s), %(outbound_id)s::bigint)::text"""
 RELEASE = """SELECT row_to_json(c)::text
 FROM api.release_conversation(api.authenticate(%(key)s, %(scope)s), %(number_id)s::bigint, %(contact_id)s::bigint) c"""
@@ -404,7 +396,6 @@ class JsonApi:
     def __init__(self, settings: Settings, *, pool_size: int = 10,
                  metrics_token: str | None = None, extra_routes: Sequence[BaseRoute] = ()) -> None:
         self.settings = settings
-        self._woken: dict[int, float] = {}    # number_id -> when POST /v1/messages last woke its sender
         self.metrics_token = metrics_token if metrics_token is not None else settings.metrics_token
         from api.media import routes as media_routes  # here: api/media.py imports this module
         self.extra_routes = [*media_routes(), *extra_routes]
@@ -418,6 +409,7 @@ class JsonApi:
         self.pool = AsyncConnectionPool(settings.session_url(idle_tx=True), min_size=1, max_size=pool_size, open=False,
                                         kwargs={"autocommit": True, "application_name": "pgwa-api"},
                                         timeout=10, name="pgwa-api")
+        self.send_batcher = SendBatcher(self.pool, ROUTE_SCOPES["send_message"])   # POST /v1/messages' group commit
 
     async def start(self) -> None:
         await self.pool.open(wait=True, timeout=30)
@@ -430,6 +422,7 @@ class JsonApi:
         self.document = openapi.document(dict(docs), self.route_scopes(), self.llm_bounds)
 
     async def stop(self) -> None:
+        await self.send_batcher.stop()
         await self.pool.close()
 
     @property
@@ -754,21 +747,13 @@ class JsonApi:
             raise _bad("give message (an object) or template (an object), not both",
                        '{"template": {"name": "...", "language": "en_US", "body": [...]}} or '
                        '{"message": {"type": "text", "text": "..."}}')
-        params = {"number_id": _field(body, "number_id", lambda n, v: _to_int(n, v, low=1), required=True),
-                  "to": _field(body, "to", required=True, limit=64),
-                  "message": orjson.dumps(message).decode(),
-                  "idempotency_key": request.headers.get("idempotency-key"),
-                  "key": key_hash(request), "scope": scope_of(request)}
-        async with self.pool.connection() as conn:
-            params["tenant_id"] = (await (await conn.execute(SEND_AUTHENTICATE, params)).fetchone())[1]
-            result, replayed = await (await conn.execute(SEND_MESSAGE, params)).fetchone()
-            now = time.monotonic()
-            if not replayed and now - self._woken.get(params["number_id"], 0.0) >= WAKE_EVERY_S:
-                self._woken[params["number_id"]] = now
-                try:
-                    await conn.execute(WAKE_SENDER, params)
-                except psycopg.Error:     # the message is queued: the sender's heartbeat finds it
-                    log.warning("waking the sender of number %s failed", params["number_id"])
+        number_id = _field(body, "number_id", lambda n, v: _to_int(n, v, low=1), required=True)
+        to = _field(body, "to", required=True, limit=64)
+        idempotency_key = request.headers.get("idempotency-key")
+        # Authenticated, sent and committed with the requests that arrive beside it.
+        result, replayed = await self.send_batcher.send(SendRequest(
+            key=key_hash(request), number_id=number_id, to=to, message=message,
+            idempotency_key=idempotency_key))
         return Response(result, status_code=200 if replayed else 201, media_type=JSON,
                         headers={"Idempotent-Replayed": "true"} if replayed else None)
 

@@ -18,6 +18,13 @@ connections by default) for --seconds per run:
 * wrk_cpu_share           the load generator's CPU time over the run's wall time and cores
                           (it competes with the server for the same cores)
 * p99_ms                  wrk's 99th percentile latency of the send run
+* api_cpu_ms_per_send     the API server's CPU time (user + system) per accepted send in the
+                          send run, db_cpu_ms_per_send the CPU time of the API's PostgreSQL
+                          backends, and db_ms_per_send PostgreSQL's execution time (wall) of the
+                          send API's statements (pg_stat_statements) per accepted send: what a
+                          send costs, which other work on the machine changes less than a rate
+* loadavg_1m              the machine's one-minute load average as the send run began (other
+                          work on the same cores lowers both figures; the ratio moves less)
 
 No worker runs: the figure is the rate at which requests become queued messages.
 `measure(seconds, connections, runs)` is what bench/bench_audiences.py calls.
@@ -164,6 +171,40 @@ def wrk_run(wrk: str, port: int, script: Path, path: str, connections: int, seco
             "counts": tuple(int(x) for x in counts.groups()) if counts else None}
 
 
+# PostgreSQL's time in the send API's statements so far, in this database (ms).
+DB_TIME = """SELECT coalesce(sum(total_exec_time), 0)::float8 FROM pg_stat_statements
+WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND (query LIKE '%%api.send_messages(%%' OR query LIKE '%%api.authenticate_many(%%' OR query LIKE '%%pg_notify(%%')"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backends_cpu(url: str) -> dict[int, float]:
+    """CPU seconds of each backend the API server holds (application_name pgwa-api) on this database."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        pids = [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgwa-api'")]
+    cpu = {}
+    for pid in pids:
+        try:
+            cpu[pid] = cpu_seconds(pid)
+        except OSError:         # another machine's server, or gone
+            pass
+    return cpu
+
+
+def db_ms(url: str) -> float:
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute(DB_TIME).fetchone()[0]
+    except psycopg.Error:       # no pg_stat_statements here
+        return float("nan")
+
+
 def one_run(wrk: str, connections: int, seconds: int, tmp: Path) -> dict:
     url = scratch.fresh_database(BENCH_DB)
     number, key = world(url)
@@ -173,7 +214,11 @@ def one_run(wrk: str, connections: int, seconds: int, tmp: Path) -> dict:
     try:
         base = wrk_run(wrk, api.port, tmp / "base.lua", "/bench/select", connections, seconds, [])
         log(f"baseline GET /bench/select (SELECT 1 through the pool): {base['rps']:,.0f} req/s")
+        load = os.getloadavg()[0]
+        cpu_before, db_before, backends_before = cpu_seconds(api.proc.pid), db_ms(url), backends_cpu(url)
         new = wrk_run(wrk, api.port, tmp / "send.lua", "/v1/messages", connections, seconds, [str(number), "1", "1"])
+        cpu_send, db_send = cpu_seconds(api.proc.pid) - cpu_before, db_ms(url) - db_before
+        db_cpu = sum(t - backends_before.get(pid, 0.0) for pid, t in backends_cpu(url).items())
         log(f"send, every request new: {new['counts'][0] / new['seconds']:,.0f} accepted/s")
         # The second run's phones and keys start with another digit: all new again.
         twice = wrk_run(wrk, api.port, tmp / "send.lua", "/v1/messages", connections, seconds,
@@ -195,6 +240,10 @@ def one_run(wrk: str, connections: int, seconds: int, tmp: Path) -> dict:
     return {"send_api_rps": round(accepted, 1), "send_api_requests_per_s": twice["rps"],
             "baseline_rps": base["rps"], "ratio": round(accepted / base["rps"], 3),
             "p99_ms": new["p99_ms"], "baseline_p99_ms": base["p99_ms"], "twice_p99_ms": twice["p99_ms"],
+            "loadavg_1m": round(load, 2),
+            "api_cpu_ms_per_send": round(cpu_send * 1000 / max(new["counts"][0], 1), 3),
+            "db_cpu_ms_per_send": round(db_cpu * 1000 / max(new["counts"][0], 1), 3),
+            "db_ms_per_send": round(db_send / max(new["counts"][0], 1), 3),
             "wrk_cpu_share": new["wrk_cpu_share"], "baseline_wrk_cpu_share": base["wrk_cpu_share"],
             "errors": new["counts"][2] + other, "created": created, "replayed": replayed, "outbound": outbound,
             "idempotent_duplicates": (outbound - keys) + (outbound - recipients)}
@@ -216,7 +265,8 @@ def measure(seconds: int = 10, connections: int = 32, runs: int = 3) -> dict:
 
     result = {key: statistics.median(r[key] for r in results)
               for key in ("send_api_rps", "send_api_requests_per_s", "baseline_rps", "ratio", "p99_ms",
-                          "wrk_cpu_share")}
+                          "wrk_cpu_share", "loadavg_1m", "api_cpu_ms_per_send", "db_cpu_ms_per_send",
+                          "db_ms_per_send")}
     result.update({
         "idempotent_duplicates": sum(r["idempotent_duplicates"] for r in results),
         "errors": sum(r["errors"] for r in results),

@@ -39,7 +39,7 @@ INTEGRATION = frozenset({
     "test_media_http", "test_sim_control", "test_sim_limits", "test_sim_media", "test_sim_realism", "test_sim_send", "test_sim_templates", "test_sim_webhooks",
     "test_template_campaigns", "test_template_management_http",
     "test_webhooks_http", "test_webhooks_worker", "test_worker_graph", "test_worker_sender",
-    "test_events_http", "test_send_api_sim", "test_cli_send",
+    "test_events_http", "test_send_api_sim", "test_cli_send", "test_send_api_batch",
     "test_dashboard_screens", "test_dashboard_screens_browser",
     "test_dashboard_inbox", "test_dashboard_inbox_browser",
 })
