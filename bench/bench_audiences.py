@@ -11,6 +11,7 @@ contacts with one INSERT ... SELECT over generate_series (every contact tagged
 * segment_count_vip_ms   api.segment_count of {"all": [{"tag": "vip"}, {"field": "points",
                          "op": "gte", "value": 500}]} (about 50,000 contacts)
 * segment_campaign_1m_s  api.create_campaign_from_segment of the 1M segment, one transaction
+* segment_campaign_cpu_1m_s  the CPU its backend spent on it (/proc)
 * segment_campaign_baseline_1m_s, segment_campaign_ratio
                          the same run's floor: one plain INSERT ... SELECT of the same
                          contacts' ids and phones into a temporary table, committed
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -55,6 +57,17 @@ SELECT %(tenant)s, '14' || lpad(i::text, 9, '0'), 'Contact ' || i,
        CASE WHEN i %% 10 = 0 THEN ARRAY['customers', 'vip'] ELSE ARRAY['customers'] END
 FROM generate_series(1, %(n)s) i"""
 VIP = {"all": [{"tag": "vip"}, {"field": "points", "op": "gte", "value": 500}]}
+
+
+def backend_cpu_s(conn: psycopg.Connection) -> float:
+    """User + system CPU seconds of this connection's backend so far (/proc, when the server
+    runs on this machine, else 0): what a loaded machine inflates less than the wall clock."""
+    try:
+        with open(f"/proc/{conn.info.backend_pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(conn: psycopg.Connection, query: str, params: dict) -> tuple[float, object]:
@@ -137,7 +150,7 @@ def main() -> int:
             conn.execute(CONTACTS, {"tenant": tenant, "n": args.contacts})
             conn.execute("VACUUM ANALYZE core.contacts")
 
-            baseline, counts, vips, creates, exports, floors = [], [], [], [], [], []
+            baseline, counts, vips, creates, exports, floors, cpus = [], [], [], [], [], [], []
             for run in range(args.runs):
                 baseline.append(timed(conn, "SELECT count(*) FROM core.contacts WHERE tenant_id = %(t)s",
                                       {"t": tenant})[0])
@@ -151,6 +164,7 @@ def main() -> int:
                 log(f"run {run + 1}: count {counts[-1] * 1000:.0f} ms (baseline {baseline[-1] * 1000:.0f} ms), "
                     f"vip {n_vip:,} in {seconds * 1000:.0f} ms")
                 floors.append(segment_baseline(conn, tenant))
+                cpu = backend_cpu_s(conn)
                 seconds, created = timed(conn, """SELECT row_to_json(c)::text FROM api.create_campaign_from_segment(
                     %(t)s, %(n)s, %(name)s, %(spec)s::jsonb, p_tags => '{customers}') c""",
                                          {"t": tenant, "n": number, "name": f"segment run {run + 1}",
@@ -158,7 +172,9 @@ def main() -> int:
                 created = orjson.loads(created)
                 assert created["total"] == args.contacts, created
                 creates.append(seconds)
+                cpus.append(backend_cpu_s(conn) - cpu)
                 log(f"run {run + 1}: campaign of {created['total']:,} in {seconds:.1f} s "
+                    f"(its backend's CPU {cpus[-1]:.1f} s) "
                     f"(baseline INSERT ... SELECT {floors[-1]:.1f} s)")
                 if args.segment_only:
                     continue
@@ -177,6 +193,7 @@ def main() -> int:
         "segment_count_1m_ms": round(statistics.median(counts) * 1000, 1),
         "segment_count_vip_ms": round(statistics.median(vips) * 1000, 1),
         "segment_campaign_1m_s": round(statistics.median(creates), 2),
+        "segment_campaign_cpu_1m_s": round(statistics.median(cpus), 2),
         "segment_campaign_baseline_1m_s": round(statistics.median(floors), 2),
         "segment_campaign_ratio": round(statistics.median(creates) / statistics.median(floors), 1),
     }

@@ -198,8 +198,9 @@ BEGIN
                    FROM unnest(coalesce(p_columns, '{}')) WITH ORDINALITY u(c, i)), ''))
     USING p_default_cc;
     -- Temp tables have no statistics until analysed; without them the joins that read
-    -- this one plan for a single row and loop.
-    ANALYZE pg_temp.contact_rows;
+    -- this one plan for a single row and loop. The columns they join, group and filter
+    -- on: sampling the names and attributes too (jsonb compared to sort) cost as much.
+    ANALYZE pg_temp.contact_rows (row_no, wa_id, problem);
 
     SELECT count(*) INTO invalid FROM pg_temp.contact_rows WHERE problem IS NOT NULL;
     IF invalid > 0 AND p_on_invalid = 'reject' THEN
@@ -467,6 +468,19 @@ BEGIN
 END
 $$;
 
+-- How many contacts the tenant has, as the planner estimates it from the statistics
+-- (no count: reading a large tenant's contacts to decide how to read them costs what
+-- the choice saves). core.new_campaign decides with it how to look up a list's phones.
+CREATE OR REPLACE FUNCTION core.tenant_contacts_estimate(p_tenant_id bigint) RETURNS double precision
+LANGUAGE plpgsql VOLATILE SET search_path = '' AS $$
+DECLARE
+    v_plan jsonb;
+BEGIN
+    EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM core.contacts WHERE tenant_id = %L', p_tenant_id) INTO v_plan;
+    RETURN (v_plan->0->'Plan'->>'Plan Rows')::double precision;
+END
+$$;
+
 -- Create a campaign in one transaction, from the contacts staged by api.stage_contacts
 -- (p_segment NULL) or from the tenant's contacts that p_segment (core.compile_segment's
 -- output) selects, in contact_id order. p_templates is a JSON array of template
@@ -513,6 +527,7 @@ DECLARE
     v_rest text := '';   -- the tail of the statements that read campaign_sends
     v_distinct integer;
     v_changed boolean;
+    v_probe boolean;
 BEGIN
     IF coalesce(btrim(p_name), '') = '' THEN
         RAISE EXCEPTION 'campaign name is empty' USING ERRCODE = 'PW100', HINT = 'Name the campaign.';
@@ -571,22 +586,37 @@ BEGIN
         SELECT c.invalid, c.invalid_rows, c.duplicates, c.staged
         INTO v_invalid, v_result.invalid_rows, v_result.duplicates_removed, v_staged
         FROM core.check_staged_contacts(p_default_country_code, p_on_invalid, v_columns, false) c;
+        -- Known contacts: a list much smaller than the tenant's contacts probes the
+        -- (tenant_id, wa_id) index once a phone, in phone order (the LATERAL ... LIMIT 1
+        -- keeps the planner from turning it into a join); a larger one hashes the list and
+        -- reads the tenant's contacts once (a probe costs about four rows of that read).
+        -- Both give the same rows; the setting pgwa.campaign_probe (on, off) forces one,
+        -- for the test that compares them.
+        v_probe := coalesce(current_setting('pgwa.campaign_probe', true), '') = 'on'
+                   OR (coalesce(current_setting('pgwa.campaign_probe', true), '') <> 'off'
+                       AND 4 * (v_staged - v_invalid) < core.tenant_contacts_estimate(p_tenant_id));
         DROP TABLE IF EXISTS pg_temp.campaign_sends;
-        CREATE TEMP TABLE campaign_sends ON COMMIT DROP AS
-        SELECT r.row_no, r.wa_id, r.name, r.attributes,
-               CASE WHEN NOT r.opted_out
-                    THEN ((count(*) FILTER (WHERE NOT r.opted_out) OVER w - 1) % v_k)::smallint END AS variant,
-               coalesce(r.contact_id, nextval(v_contact_seq)) AS contact_id,
-               r.contact_id IS NULL AS is_new, r.changed AND NOT r.opted_out AS changed,
-               CASE WHEN NOT r.opted_out THEN nextval(v_outbound_seq) END AS outbound_id
-        FROM (SELECT u.row_no, u.wa_id, u.name, u.attributes, c.contact_id, coalesce(c.opted_out, false) AS opted_out,
-                     c.contact_id IS NOT NULL AND (c.name IS DISTINCT FROM coalesce(u.name, c.name)
-                                                  OR NOT c.attributes @> u.attributes) AS changed
-              FROM (SELECT DISTINCT ON (wa_id) row_no, wa_id, name, attributes FROM pg_temp.contact_rows
-                    WHERE problem IS NULL ORDER BY wa_id, row_no) u
-              LEFT JOIN core.contacts c ON c.tenant_id = p_tenant_id AND c.wa_id = u.wa_id) r
-        WINDOW w AS (ORDER BY r.row_no ROWS UNBOUNDED PRECEDING)
-        ORDER BY r.row_no;
+        EXECUTE format($q$
+            CREATE TEMP TABLE campaign_sends ON COMMIT DROP AS
+            SELECT r.row_no, r.wa_id, r.name, r.attributes,
+                   CASE WHEN NOT r.opted_out
+                        THEN ((count(*) FILTER (WHERE NOT r.opted_out) OVER w - 1) %% $2)::smallint END AS variant,
+                   coalesce(r.contact_id, nextval($3)) AS contact_id,
+                   r.contact_id IS NULL AS is_new, r.changed AND NOT r.opted_out AS changed,
+                   CASE WHEN NOT r.opted_out THEN nextval($4) END AS outbound_id
+            FROM (SELECT u.row_no, u.wa_id, u.name, u.attributes, c.contact_id, coalesce(c.opted_out, false) AS opted_out,
+                         c.contact_id IS NOT NULL AND (c.name IS DISTINCT FROM coalesce(u.name, c.name)
+                                                      OR NOT c.attributes @> u.attributes) AS changed
+                  FROM (SELECT DISTINCT ON (wa_id) row_no, wa_id, name, attributes FROM pg_temp.contact_rows
+                        WHERE problem IS NULL ORDER BY wa_id, row_no) u
+                  %s) r
+            WINDOW w AS (ORDER BY r.row_no ROWS UNBOUNDED PRECEDING)
+            ORDER BY r.row_no
+        $q$, CASE WHEN v_probe
+                  THEN 'LEFT JOIN LATERAL (SELECT k.contact_id, k.opted_out, k.name, k.attributes FROM core.contacts k
+                                           WHERE k.tenant_id = $1 AND k.wa_id = u.wa_id LIMIT 1) c ON true'
+                  ELSE 'LEFT JOIN core.contacts c ON c.tenant_id = $1 AND c.wa_id = u.wa_id' END)
+        USING p_tenant_id, v_k, v_contact_seq, v_outbound_seq;
         -- One row per phone: the duplicates are the valid rows not here; opted-out
         -- contacts stay without an outbound id, which the writes below skip.
         SELECT count(*), count(outbound_id), count(*) FILTER (WHERE is_new), coalesce(bool_or(changed), false)
@@ -656,10 +686,20 @@ BEGIN
         -- New contacts, with the ids drawn above. A phone another transaction added since
         -- is left to it, and its id looked up (then the list order is restored below).
         IF v_new > 0 THEN
-            INSERT INTO core.contacts (contact_id, tenant_id, wa_id, name, attributes) OVERRIDING SYSTEM VALUE
-            SELECT s.contact_id, p_tenant_id, s.wa_id, s.name, s.attributes FROM pg_temp.campaign_sends s WHERE s.is_new
-            ON CONFLICT (tenant_id, wa_id) DO NOTHING;
-            GET DIAGNOSTICS v_inserted = ROW_COUNT;
+            -- A plain INSERT first: ON CONFLICT probes the unique index once more per row
+            -- before inserting it (a tenth of the statement), for a conflict that only a
+            -- concurrent transaction can cause. When one did, the block's insert is undone
+            -- and the rows go in again around the phones it added.
+            BEGIN
+                INSERT INTO core.contacts (contact_id, tenant_id, wa_id, name, attributes) OVERRIDING SYSTEM VALUE
+                SELECT s.contact_id, p_tenant_id, s.wa_id, s.name, s.attributes FROM pg_temp.campaign_sends s WHERE s.is_new;
+                v_inserted := v_new;
+            EXCEPTION WHEN unique_violation THEN
+                INSERT INTO core.contacts (contact_id, tenant_id, wa_id, name, attributes) OVERRIDING SYSTEM VALUE
+                SELECT s.contact_id, p_tenant_id, s.wa_id, s.name, s.attributes FROM pg_temp.campaign_sends s WHERE s.is_new
+                ON CONFLICT (tenant_id, wa_id) DO NOTHING;
+                GET DIAGNOSTICS v_inserted = ROW_COUNT;
+            END;
             IF v_inserted < v_new THEN
                 UPDATE pg_temp.campaign_sends s SET contact_id = c.contact_id, is_new = false,
                     changed = c.name IS DISTINCT FROM coalesce(s.name, c.name) OR NOT c.attributes @> s.attributes
@@ -894,6 +934,21 @@ BEGIN
     RETURN v_started;
 END
 $$;
+
+-- A campaign's messages go with it (a tenant's deletion cascades to its campaigns). The
+-- foreign key that did this checked every message written (migration 0118); this
+-- statement-level trigger deletes them once per statement, through the index that
+-- leads with campaign_id.
+CREATE OR REPLACE FUNCTION core.delete_campaign_messages() RETURNS trigger
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+    DELETE FROM core.outbound_messages o USING old_rows d WHERE o.campaign_id = d.campaign_id;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER campaigns_delete_messages AFTER DELETE ON core.campaigns
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION core.delete_campaign_messages();
 
 REVOKE ALL ON FUNCTION api.stage_contacts() FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.create_campaign(bigint, bigint, text, jsonb, text, timestamptz, boolean, text) FROM PUBLIC;
