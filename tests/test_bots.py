@@ -370,6 +370,24 @@ def test_a_batch_of_many_conversations_is_answered_in_one_pass(inbox: Inbox) -> 
     assert inbox.db.execute("SELECT count(*), sum(unread) FROM core.conversations").fetchone() == (300, 300)
 
 
+def test_a_reply_is_claimed_while_the_next_webhook_batch_of_its_number_is_still_open(
+        inbox: Inbox, db_url: str) -> None:
+    # The next batch's inbox rows check their number by foreign key (FOR KEY SHARE on the
+    # number's row) until it commits; at 1,000 messages/s one is nearly always open, and a
+    # claim that skipped the number meanwhile left the replies queued before it waiting.
+    inbox.rule("exact", "hi", "hello")
+    alice, bob = inbox.sender(), inbox.sender()
+    inbox.say("hi", alice)
+    with psycopg.connect(db_url) as batch:
+        batch.execute("SELECT api.ingest_webhook(%s)", (Jsonb(inbox.message("hi", bob)),))
+        assert batch.execute("SELECT messages FROM api.process_webhooks(10)").fetchone() == (1,)
+        inbox.db.execute("SET statement_timeout = '10s'")
+        claimed = [r[0] for r in inbox.db.execute("SELECT body FROM api.claim_sends('w', 500)")]
+        assert [b["to"] for b in claimed] == [alice]
+        batch.commit()
+    assert [r[0]["to"] for r in inbox.db.execute("SELECT body FROM api.claim_sends('w', 500)")] == [bob]
+
+
 # --- opt-out ------------------------------------------------------------------------------
 
 def test_stop_opts_out_confirms_and_silences_the_bots_until_start(inbox: Inbox) -> None:
@@ -528,6 +546,60 @@ def test_a_bot_reply_goes_out_before_campaign_traffic_and_the_simulator_accepts_
         assert row == ("bot", True)
         assert db.execute("SELECT status FROM core.campaigns WHERE campaign_id = %s", (campaign,)).fetchone()[0] \
             == "completed"
+
+
+def test_a_reply_claimed_while_a_campaign_fills_the_pace_horizon_goes_out_next(
+        db_url: str, sim, sim_receiver) -> None:
+    # At 20 msg/s the sender holds up to a second (20) of campaign sends claimed ahead; a
+    # reply claimed meanwhile takes the earliest of their send times instead of the last.
+    with psycopg.connect(db_url, autocommit=True) as db:
+        inbox = Inbox.build(db, mps=20)
+        inbox.rule("contains", "price", "It is 10, {{first_name}}")
+        campaign = create_campaign(inbox, [inbox.sender() for _ in range(60)])
+        alice = inbox.sender()
+
+        async def run() -> None:
+            sender = Sender(Settings(database_url=db_url, graph_base_url=sim.url, worker_name="bots-test",
+                                     send_concurrency=1))
+            stop = asyncio.Event()
+            task = asyncio.create_task(sender.run(stop))
+            asked = False
+            try:
+                async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+                    deadline = time.monotonic() + 60
+                    while True:
+                        # Done: sent (the status webhooks sim_inbound hands over may have
+                        # moved some past accepted before their report).
+                        done, in_flight, replied = await (await conn.execute(
+                            "SELECT count(*) FILTER (WHERE campaign_id IS NOT NULL AND state NOT IN ('queued', 'in_flight')), "
+                            "count(*) FILTER (WHERE campaign_id IS NOT NULL AND state = 'in_flight'), "
+                            "count(*) FILTER (WHERE campaign_id IS NULL AND state NOT IN ('queued', 'in_flight')) "
+                            "FROM core.outbound_messages")).fetchone()
+                        if not asked and done >= 3 and in_flight >= 10:
+                            await asyncio.to_thread(sim_inbound, inbox, sim, sim_receiver, alice, "price?")
+                            asked = True
+                        if asked and done == 60 and replied == 1:
+                            break
+                        assert time.monotonic() < deadline, f"timed out: {sender.stats}"
+                        assert not task.done(), task.result()
+                        await asyncio.sleep(0.02)
+            finally:
+                stop.set()
+                await task
+
+        asyncio.run(run())
+        reply_claimed_at = db.execute("SELECT extract(epoch FROM claimed_at) FROM core.outbound_messages "
+                                      "WHERE campaign_id IS NULL").fetchone()[0]
+        claimed_before = {r[0] for r in db.execute(
+            """SELECT c.wa_id FROM core.outbound_messages o JOIN core.contacts c USING (contact_id)
+               WHERE o.campaign_id = %s AND o.claimed_at < to_timestamp(%s)""", (campaign, reply_claimed_at))}
+        ledger = sim.ledger(0)
+        # Claimed before the reply and still waiting in the sender when the reply came.
+        waiting = [e["to"] for e in ledger if e["to"] in claimed_before and e["time"] > float(reply_claimed_at)]
+        ahead = [e["to"] for e in ledger[:[e["to"] for e in ledger].index(alice)] if e["to"] in waiting]
+        assert len(waiting) >= 5, (len(claimed_before), len(waiting))
+        # At most the one being sent, and one whose time came as the reply's claim returned.
+        assert len(ahead) <= 2, (len(waiting), ahead)
 
 
 def test_the_simulator_refuses_a_free_form_reply_outside_its_window(db_url: str, sim) -> None:

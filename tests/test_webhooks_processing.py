@@ -307,6 +307,22 @@ def test_a_user_known_only_by_business_scoped_id_becomes_a_contact(world: World)
     assert world.db.execute("SELECT DISTINCT contact_id FROM core.inbox_messages").fetchall() == [(contact[0],)]
 
 
+def test_a_webhook_of_a_thousand_messages_gives_each_sender_its_own_contacts_entry(world: World) -> None:
+    # Meta puts up to 1,000 messages in one POST, with their senders in contacts[] in any
+    # order; one sender is known only by a business-scoped user id.
+    senders = [f"4477009{i:05d}" for i in range(999)]
+    msgs = [inbound("text", {"body": f"hi {i}"}, sender=s) for i, s in enumerate(senders)]
+    msgs.append(inbound("text", {"body": "by username"}, sender="", from_user_id="US.1000"))
+    contacts = [{"profile": {"name": f"Name {i}"}, "wa_id": s} for i, s in enumerate(senders)]
+    contacts.append({"profile": {"name": "Jo"}, "wa_id": "", "user_id": "US.1000"})
+    payload = envelope("messages", messages_value(contacts=contacts[::-1], messages=msgs))
+    assert world.deliver(payload) == {"payloads": 1, "status_events": 0, "messages": 1000, "dead": 0}
+    names = dict(world.db.execute("SELECT coalesce(wa_id, user_id), profile_name FROM core.contacts "
+                                  "WHERE tenant_id = %s AND (wa_id = ANY (%s) OR user_id = 'US.1000')",
+                                  (world.tenant_id, senders)).fetchall())
+    assert names == {**{s: f"Name {i}" for i, s in enumerate(senders)}, "US.1000": "Jo"}
+
+
 def test_new_inbound_messages_reach_the_bot_hook_once(world: World) -> None:
     world.db.execute("CREATE TABLE public.hook_calls (ids bigint[])")
     world.db.execute("""CREATE OR REPLACE FUNCTION core.on_inbound(p_message_ids bigint[]) RETURNS void

@@ -164,7 +164,11 @@ BEGIN
         SELECT n.* FROM core.wa_numbers n
         WHERE n.send_tat < v_now + v_horizon AND n.paused_reason IS NULL
         ORDER BY n.send_tat
-        FOR UPDATE SKIP LOCKED
+        -- NO KEY UPDATE: claims still exclude each other (and a report's pace update), but
+        -- not the FOR KEY SHARE that a foreign key check takes (an inbox row, a
+        -- conversation): FOR UPDATE skipped a number for as long as any webhook batch
+        -- touching it was open, and its replies waited for a later claim.
+        FOR NO KEY UPDATE SKIP LOCKED
     LOOP
         EXIT WHEN v_left <= 0;
         v_rate := least(v_number.rate_mps, v_number.throughput_mps * v_settings.rate_headroom);

@@ -369,32 +369,47 @@ BEGIN
         RETURN 0;
     END IF;
 
-    SELECT array_agg(x.number_id ORDER BY x.ord, x.i), array_agg(x.tenant_id ORDER BY x.ord, x.i),
-           array_agg(x.wa_id ORDER BY x.ord, x.i), array_agg(x.user_id ORDER BY x.ord, x.i),
-           array_agg(x.name ORDER BY x.ord, x.i), array_agg(x.at ORDER BY x.ord, x.i),
-           array_agg(x.msg ORDER BY x.ord, x.i)
+    -- The sender's entry in contacts[]: the one naming it (by wa_id, else by user_id), or
+    -- the only one. Found by hash joins on the change's contacts, not by scanning them
+    -- for every message: a POST may carry 1,000 messages and 1,000 contacts.
+    WITH ch AS MATERIALIZED (
+        SELECT ch.ord, ch.k, n.number_id, n.tenant_id, ch.value
+        FROM unnest(p_changes) WITH ORDINALITY AS ch(ord, waba_id, entry_at, field, phone_number_id, value, signer, k)
+        JOIN core.wa_numbers n ON n.phone_number_id = ch.phone_number_id
+        WHERE ch.field = 'messages' AND ch.value ? 'messages'
+    ), cts AS MATERIALIZED (
+        SELECT ch.k, c.i, c.value AS ct, c.value->>'wa_id' AS wa_id, c.value->>'user_id' AS user_id,
+               count(*) OVER (PARTITION BY ch.k) AS n
+        FROM ch CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(ch.value->'contacts') = 'array'
+                                                             THEN ch.value->'contacts' ELSE '[]' END)
+                                   WITH ORDINALITY AS c(value, i)
+    )
+    SELECT array_agg(x.number_id ORDER BY x.ord, x.k, x.i), array_agg(x.tenant_id ORDER BY x.ord, x.k, x.i),
+           array_agg(x.wa_id ORDER BY x.ord, x.k, x.i), array_agg(x.user_id ORDER BY x.ord, x.k, x.i),
+           array_agg(x.name ORDER BY x.ord, x.k, x.i), array_agg(x.at ORDER BY x.ord, x.k, x.i),
+           array_agg(x.msg ORDER BY x.ord, x.k, x.i)
     INTO v_number_ids, v_tenant_ids, v_wa_ids, v_user_ids, v_names, v_at, v_messages
     FROM (
-        SELECT ch.ord, m.i, n.number_id, n.tenant_id, m.msg,
-               CASE WHEN coalesce(nullif(m.msg->>'from', ''), ct->>'wa_id') ~ '^[1-9][0-9]{6,14}$'
-                    THEN coalesce(nullif(m.msg->>'from', ''), ct->>'wa_id') END AS wa_id,
-               nullif(coalesce(m.msg->>'from_user_id', ct->>'user_id'), '') AS user_id,
-               nullif(ct->'profile'->>'name', '') AS name,
+        SELECT m.ord, m.k, m.i, m.number_id, m.tenant_id, m.msg,
+               CASE WHEN coalesce(nullif(m.msg->>'from', ''), m.ct->>'wa_id') ~ '^[1-9][0-9]{6,14}$'
+                    THEN coalesce(nullif(m.msg->>'from', ''), m.ct->>'wa_id') END AS wa_id,
+               nullif(coalesce(m.msg->>'from_user_id', m.ct->>'user_id'), '') AS user_id,
+               nullif(m.ct->'profile'->>'name', '') AS name,
                coalesce(core.unix_ts(m.msg->>'timestamp'), now()) AS at
-        FROM unnest(p_changes) ch
-        JOIN core.wa_numbers n ON n.phone_number_id = ch.phone_number_id
-        CROSS JOIN LATERAL jsonb_array_elements(ch.value->'messages') WITH ORDINALITY AS m(msg, i)
-        -- The sender's entry in contacts[]: the one naming it, or the only one.
-        LEFT JOIN LATERAL (
-            SELECT c.value AS ct
-            FROM jsonb_array_elements(CASE WHEN jsonb_typeof(ch.value->'contacts') = 'array'
-                                           THEN ch.value->'contacts' ELSE '[]' END) c
-            WHERE c.value->>'wa_id' = m.msg->>'from' OR c.value->>'user_id' = m.msg->>'from_user_id'
-               OR jsonb_array_length(ch.value->'contacts') = 1
-            ORDER BY (c.value->>'wa_id' = m.msg->>'from' OR c.value->>'user_id' = m.msg->>'from_user_id') DESC NULLS LAST
-            LIMIT 1
-        ) c ON true
-        WHERE ch.field = 'messages' AND ch.value ? 'messages' AND m.msg->>'id' IS NOT NULL
+        FROM (
+            SELECT ch.ord, ch.k, msg.i, ch.number_id, ch.tenant_id, msg.value AS msg,
+                   coalesce(by_wa.ct, by_user.ct, only_one.ct) AS ct
+            FROM ch
+            CROSS JOIN LATERAL jsonb_array_elements(ch.value->'messages') WITH ORDINALITY AS msg(value, i)
+            LEFT JOIN (SELECT DISTINCT ON (c.k, c.wa_id) c.k, c.wa_id, c.ct FROM cts c
+                       WHERE c.wa_id IS NOT NULL ORDER BY c.k, c.wa_id, c.i) by_wa
+                   ON by_wa.k = ch.k AND by_wa.wa_id = msg.value->>'from'
+            LEFT JOIN (SELECT DISTINCT ON (c.k, c.user_id) c.k, c.user_id, c.ct FROM cts c
+                       WHERE c.user_id IS NOT NULL ORDER BY c.k, c.user_id, c.i) by_user
+                   ON by_user.k = ch.k AND by_user.user_id = msg.value->>'from_user_id'
+            LEFT JOIN cts only_one ON only_one.k = ch.k AND only_one.n = 1
+            WHERE msg.value->>'id' IS NOT NULL
+        ) m
     ) x
     WHERE x.wa_id IS NOT NULL OR x.user_id IS NOT NULL;
 
