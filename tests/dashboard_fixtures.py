@@ -2,7 +2,11 @@
 driven by selenium against ``python -m api`` on a free port. A pytest plugin loaded by
 tests/conftest.py, so the ``browser`` and ``server`` fixtures are everywhere; test modules
 import the helpers (log_in, wait, click, shot...). Selenium is imported only when a
-browser test runs. Waits are on the page's state (WebDriverWait), never on a clock."""
+browser test runs. Waits are on the page's state (WebDriverWait), never on a clock.
+
+Every browser test also runs under the dashboard's real Content-Security-Policy: the
+``browser`` fixture reads Chromium's console (chromedriver's goog:loggingPrefs) and fails
+the test if the browser refused anything under the policy, or htmx was refused an eval."""
 
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = ROOT / "test-artifacts"
 PASSWORD = "a good long password"
 WAIT_S = 15
+# What Chromium's console says when the policy refuses something ("Refused to execute
+# inline script because it violates the following Content Security Policy directive..."),
+# and htmx's error event when a page asks it for code (a trigger filter, hx-on).
+POLICY_REFUSALS = ("Content Security Policy", "Content-Security-Policy", "htmx:evalDisallowedError")
 
 
 @pytest.fixture
@@ -31,6 +39,7 @@ def browser() -> Iterator:
                     "(scripts/db.sh does, for make test)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     with tempfile.TemporaryDirectory(prefix="pgwa-chromium-") as profile:
         for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -39,8 +48,22 @@ def browser() -> Iterator:
         driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
         try:
             yield driver
+            refused = policy_refusals(driver)
+            assert not refused, f"the browser reported Content-Security-Policy refusals: {refused}"
         finally:
             driver.quit()
+
+
+def console(driver) -> list[dict]:
+    """Every console entry of the browser so far (chromedriver hands each out once: kept here)."""
+    seen = driver.__dict__.setdefault("_pgwa_console", [])
+    seen.extend(driver.get_log("browser"))
+    return seen
+
+
+def policy_refusals(driver) -> list[str]:
+    """The console's messages about the Content-Security-Policy refusing something."""
+    return [e["message"] for e in console(driver) if any(word in e["message"] for word in POLICY_REFUSALS)]
 
 
 @pytest.fixture

@@ -202,9 +202,11 @@ def test_an_invitation_link_makes_an_account_once(db, acc, client: TestClient, d
     with api_client(db_url) as invitee:
         form = invitee.get(path)
         assert form.status_code == 200 and "new@example.com" in form.text
-        short = invitee.post(path, data={"password": "short", "confirm": "short"})
+        short = invitee.post(path, data={"csrf_token": CSRF.search(form.text).group(1), "password": "short",
+                                         "confirm": "short"})
         assert short.status_code == 400
-        joined = invitee.post(path, data={"password": PASSWORD, "confirm": PASSWORD}, follow_redirects=False)
+        joined = invitee.post(path, data={"csrf_token": CSRF.search(short.text).group(1), "password": PASSWORD,
+                                          "confirm": PASSWORD}, follow_redirects=False)
         assert joined.status_code == 303
         assert "new@example.com · agent" in invitee.get("/dashboard/inbox").text
         assert invitee.get(path).status_code == 404
@@ -324,3 +326,71 @@ def test_an_admin_changes_roles_and_disables_users_and_no_one_else_may(db, acc, 
     assert db.execute("SELECT role, disabled_at IS NOT NULL FROM core.dashboard_users WHERE user_id = %s",
                       (ana,)).fetchone() == ("marketer", True)
     assert db.execute("SELECT disabled_at FROM core.dashboard_users WHERE user_id = %s", (eve,)).fetchone()[0] is None
+
+
+def _invite(client: TestClient, email: str) -> str:
+    token = csrf_of(client, "/dashboard/users")
+    page = client.post("/dashboard/users/invite", data={"csrf_token": token, "email": email, "role": "admin"})
+    return httpx.URL(re.search(r'<code id="invite-link">([^<]+)</code>', page.text).group(1)).path
+
+
+def test_a_cross_site_post_cannot_accept_an_invitation_for_the_visitor(db, acc, client: TestClient,
+                                                                         db_url: str) -> None:
+    """Login CSRF: an attacker invites themselves, then makes a victim's browser post the
+    accept form (no cookie of the form's page, or a token of the attacker's own page): the
+    victim must not end up logged into the attacker's account."""
+    add_user(db, acc.tenant_id, "boss@example.com", "admin")
+    login(client, "boss@example.com")
+    path = _invite(client, "attacker@example.com")
+    data = {"password": PASSWORD, "confirm": PASSWORD}
+    with api_client(db_url) as attacker, api_client(db_url) as victim:
+        form = attacker.get(path)
+        cookie = next(h for h in form.headers.get_list("set-cookie") if h.startswith("pgwa_invite_csrf="))
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/dashboard/invitations" in cookie
+        attackers_token = CSRF.search(form.text).group(1)
+        for forged in ({}, {"csrf_token": ""}, {"csrf_token": attackers_token}):
+            answer = victim.post(path, data={**data, **forged}, follow_redirects=False)
+            assert answer.status_code == 403 and "The form expired" in answer.text
+            assert "pgwa_session" not in victim.cookies
+        # The victim's own cookie with another page's token does not pass either.
+        victim.get(path)
+        assert victim.post(path, data={**data, "csrf_token": attackers_token}).status_code == 403
+        assert db.execute("SELECT count(*) FROM core.dashboard_users WHERE email = 'attacker@example.com'"
+                          ).fetchone()[0] == 0
+        assert db.execute("SELECT accepted_at FROM core.dashboard_invitations").fetchone()[0] is None
+        # The form's own visitor still joins, and the form's cookie is dropped.
+        joined = attacker.post(path, data={**data, "csrf_token": attackers_token}, follow_redirects=False)
+        assert joined.status_code == 303 and "pgwa_invite_csrf" not in attacker.cookies
+    # The login form too: without its page's cookie, no session.
+    with api_client(db_url) as victim:
+        answer = victim.post("/dashboard/login", data={"csrf_token": "x", "email": "attacker@example.com",
+                                                       "password": PASSWORD}, follow_redirects=False)
+        assert answer.status_code == 403 and "pgwa_session" not in victim.cookies
+
+
+def test_every_dashboard_response_carries_the_security_headers(db, acc, client: TestClient) -> None:
+    add_user(db, acc.tenant_id, "boss@example.com", "admin")
+    anonymous = [client.get("/dashboard/login"), client.get("/static/dashboard.js"),
+                 client.get("/dashboard/campaigns", follow_redirects=False),   # a redirect to the login page
+                 client.get("/dashboard/events"),                             # 401
+                 client.get("/dashboard/invitations/nonesuch")]               # 404
+    login(client, "boss@example.com")
+    cid = factories.running_campaign(db, acc, 2)
+    pages = [client.get("/dashboard/campaigns"), client.get(f"/dashboard/campaigns/{cid}?fragment=1"),
+             client.get("/dashboard/inbox"), client.get("/dashboard/users"),
+             client.post(f"/dashboard/campaigns/{cid}/pause", data={})]       # 403 (no CSRF token)
+    for answer in anonymous + pages:
+        where = f"{answer.request.method} {answer.request.url.path} {answer.status_code}"
+        csp = answer.headers.get("content-security-policy", "")
+        assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp, where
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp, where
+        assert answer.headers["x-content-type-options"] == "nosniff", where
+        assert answer.headers["referrer-policy"] == "same-origin", where
+        assert answer.headers["x-frame-options"] == "DENY", where
+    # What the policy refuses is not in any page: no inline script, handler or style.
+    for answer in [*pages[:4], client.get(f"/dashboard/campaigns/{cid}"), client.get("/dashboard/campaigns/new")]:
+        assert answer.status_code == 200
+        assert not re.search(r"<script(?![^>]*\bsrc=)|\son[a-z]+=|\sstyle=|hx-on|javascript:", answer.text), \
+            answer.request.url.path
+        if "fragment" not in str(answer.request.url):
+            assert '"allowEval": false' in answer.text and '"includeIndicatorStyles": false' in answer.text

@@ -47,6 +47,18 @@ def unread_of(page: str, contact: int) -> int:
     return int(badge.group(1)) if badge else 0
 
 
+def receipts(inbox: Inbox) -> list[dict]:
+    return [m["b"] for m in inbox.queued() if m["b"].get("status") == "read"]
+
+
+def seen(client: TestClient, path: str) -> None:
+    """What the open thread's page does: htmx posts /read (with the CSRF header) as it loads."""
+    page = client.get(path).text
+    assert f'hx-post="{path}/read" hx-trigger="load"' in page
+    token = re.search(r'"X-CSRF-Token": "([^"]+)"', page).group(1)
+    assert client.post(f"{path}/read", headers={"X-CSRF-Token": token}).status_code == 204
+
+
 def test_unread_counts_are_each_users_own_and_the_window_is_shown(db, inbox: Inbox, db_url: str) -> None:
     add_user(db, inbox.tenant_id, "ana@example.com", "agent")
     add_user(db, inbox.tenant_id, "bob@example.com", "agent")
@@ -61,6 +73,7 @@ def test_unread_counts_are_each_users_own_and_the_window_is_shown(db, inbox: Inb
         assert unread_of(page, contact) == 2 and "open until " in page
         thread = ana.get(f"/dashboard/inbox/{inbox.number_id}/{contact}")
         assert thread.status_code == 200 and 'id="window">Window open until' in thread.text
+        seen(ana, f"/dashboard/inbox/{inbox.number_id}/{contact}")
         assert unread_of(ana.get("/dashboard/inbox").text, contact) == 0
         assert unread_of(bob.get("/dashboard/inbox").text, contact) == 2      # bob has not read it
         inbox.say("third", who)
@@ -293,23 +306,24 @@ def test_tenant_b_cannot_read_reply_note_assign_or_see_media_of_tenant_a(db, inb
         body = next(m["b"] for m in inbox.queued() if m["b"].get("type") == "image")
         assert body["image"]["id"] and body["image"]["caption"] == "your receipt"
         page = ana.get(path).text
-        media_id = int(re.search(r'<img src="/dashboard/media/(\d+)"', page).group(1))
-        image = ana.get(f"/dashboard/media/{media_id}")
+        media_id = int(re.search(rf'<img src="{path}/media/(\d+)"', page).group(1))
+        image = ana.get(f"{path}/media/{media_id}")
         assert image.status_code == 200 and image.content == JPEG
         assert image.headers["content-type"] == "image/jpeg" and image.headers["x-content-type-options"] == "nosniff"
-        # A file of a conversation a colleague holds is not found for an agent, as the thread is not.
-        db.execute("UPDATE core.media SET message_id = (SELECT max(message_id) FROM core.inbox_messages "
-                   "WHERE contact_id = %s AND direction = 'in') WHERE media_id = %s", (inbox.contact(who), media_id))
+        assert image.headers["content-security-policy"] == "default-src 'none'; sandbox"
+        # A file of a conversation a colleague holds is refused to an agent, as the thread is.
         db.execute("SELECT api.assign_conversation(%s, %s, %s, 'bob@example.com')",
                    (inbox.tenant_id, inbox.number_id, inbox.contact(who)))
-        assert ana.get(f"/dashboard/media/{media_id}").status_code == 404
+        assert ana.get(f"{path}/media/{media_id}").status_code == 403
         db.execute("SELECT api.release_conversation(%s, %s, %s)", (inbox.tenant_id, inbox.number_id, inbox.contact(who)))
-        assert ana.get(f"/dashboard/media/{media_id}").status_code == 200
+        assert ana.get(f"{path}/media/{media_id}").status_code == 200
 
         login(eve, "eve@example.com")
         eve_token = csrf_of(eve, "/dashboard/inbox")
         assert eve.get(path).status_code == 404
-        assert eve.get(f"/dashboard/media/{media_id}").status_code == 404
+        assert eve.get(f"{path}/media/{media_id}").status_code == 404
+        eve_path = f"/dashboard/inbox/{other.number_id}/{media_id}"      # her own number, any contact id
+        assert eve.get(f"{eve_path}/media/{media_id}").status_code == 404
         for action, data in (("reply", {"text": "x"}), ("note", {"note": "x"}), ("take", {}),
                              ("assign", {"user_id": ""}), ("handover", {})):
             assert eve.post(f"{path}/{action}", data={"csrf_token": eve_token, **data}).status_code == 404, action
@@ -319,3 +333,76 @@ def test_tenant_b_cannot_read_reply_note_assign_or_see_media_of_tenant_a(db, inb
     assert db.execute("SELECT count(*) FROM core.conversation_notes").fetchone()[0] == 0
     assert db.execute("SELECT assigned_to FROM core.conversations WHERE contact_id = %s",
                       (inbox.contact(who),)).fetchone()[0] is None
+
+
+def test_getting_a_thread_changes_nothing_and_reading_is_a_post_with_csrf(db, inbox: Inbox, db_url: str) -> None:
+    add_user(db, inbox.tenant_id, "ana@example.com", "agent")
+    add_user(db, inbox.tenant_id, "vic@example.com", "viewer")
+    who = inbox.sender()
+    inbox.say("first", who)
+    inbox.say("second", who)
+    contact = inbox.contact(who)
+    path = f"/dashboard/inbox/{inbox.number_id}/{contact}"
+    with api_client(db_url) as ana, api_client(db_url) as vic:
+        login(ana, "ana@example.com")
+        login(vic, "vic@example.com")
+        # A GET (a prefetch, a link preview, a cross-site <img>) reads without marking or receipts.
+        for _ in range(2):
+            assert ana.get(path).status_code == 200 and ana.get(f"{path}?fragment=1").status_code == 200
+        assert receipts(inbox) == []
+        assert unread_of(ana.get("/dashboard/inbox").text, contact) == 2
+        assert db.execute("SELECT count(*) FROM core.conversation_reads").fetchone()[0] == 0
+        assert db.execute("SELECT unread FROM core.conversations WHERE contact_id = %s", (contact,)).fetchone()[0] == 2
+        # The POST without the session's CSRF token (a cross-site form) is refused and changes nothing.
+        assert ana.post(f"{path}/read").status_code == 403
+        assert ana.post(f"{path}/read", headers={"X-CSRF-Token": "forged"}).status_code == 403
+        assert receipts(inbox) == [] and unread_of(ana.get("/dashboard/inbox").text, contact) == 2
+        # A viewer's read moves their own mark only: no receipt to Meta.
+        seen(vic, path)
+        assert receipts(inbox) == [] and unread_of(vic.get("/dashboard/inbox").text, contact) == 0
+        # The agent's: their mark, and Meta's receipt once.
+        seen(ana, path)
+        assert len(receipts(inbox)) == 1 and unread_of(ana.get("/dashboard/inbox").text, contact) == 0
+        assert 'id="mark-read"' not in ana.get(path).text          # nothing left to mark
+        token = csrf_of(ana, path)
+        assert ana.post(f"{path}/read", headers={"X-CSRF-Token": token}).status_code == 204
+        assert len(receipts(inbox)) == 1
+
+
+def test_an_agent_cannot_fetch_a_colleagues_upload_by_any_path(db, inbox: Inbox, db_url: str, sim, tmp_path) -> None:
+    add_user(db, inbox.tenant_id, "ana@example.com", "agent")
+    add_user(db, inbox.tenant_id, "bob@example.com", "agent")
+    add_user(db, inbox.tenant_id, "boss@example.com", "admin")
+    hers, his = inbox.sender(), inbox.sender()
+    inbox.say("send me the invoice", hers)
+    inbox.say("hello", his)
+    path = f"/dashboard/inbox/{inbox.number_id}/{inbox.contact(hers)}"
+    bobs = f"/dashboard/inbox/{inbox.number_id}/{inbox.contact(his)}"
+    options = {"graph_base_url": sim.url, "media_dir": str(tmp_path)}
+    with api_client(db_url, **options) as ana, api_client(db_url, **options) as bob, \
+            api_client(db_url, **options) as boss:
+        for client, email in ((ana, "ana@example.com"), (bob, "bob@example.com"), (boss, "boss@example.com")):
+            login(client, email)
+        token = csrf_of(ana, path)
+        assert ana.post(f"{path}/take", data={"csrf_token": token}, follow_redirects=False).status_code == 303
+        sent = ana.post(f"{path}/reply", data={"csrf_token": token, "text": "invoice"},
+                        files={"file": ("invoice.jpg", JPEG, "image/jpeg")}, follow_redirects=False)
+        assert sent.status_code == 303, sent.text
+        media_id = int(re.search(rf'<img src="{path}/media/(\d+)"', ana.get(path).text).group(1))
+        assert ana.get(f"{path}/media/{media_id}").content == JPEG
+        assert boss.get(f"{path}/media/{media_id}").content == JPEG      # an admin sees every conversation
+        # bob: not through ana's conversation (403, as its thread), nor through his own, where
+        # the file does not show (404), nor by the file id alone (no such route any more).
+        assert bob.get(path).status_code == 403
+        assert bob.get(f"{path}/media/{media_id}").status_code == 403
+        assert bob.get(f"{bobs}/media/{media_id}").status_code == 404
+        assert bob.get(f"/dashboard/media/{media_id}").status_code == 404
+        # Nor the admin through a conversation the file is not in.
+        assert boss.get(f"{bobs}/media/{media_id}").status_code == 404
+    # In SQL, for any caller: an agent's file of a colleague's conversation is not found.
+    bob_id = db.execute("SELECT user_id FROM core.dashboard_users WHERE email = 'bob@example.com'").fetchone()[0]
+    with pytest.raises(psycopg.Error) as refused:
+        db.execute("SELECT * FROM api.inbox_media_content(%s, %s, %s, %s, %s)",
+                   (inbox.tenant_id, bob_id, inbox.number_id, inbox.contact(hers), media_id))
+    assert refused.value.diag.sqlstate == "PW245"
+    db.rollback()

@@ -4,6 +4,7 @@ SQL (PW403 -> 403), and tenant isolation (another tenant's ids are 404)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 
@@ -240,6 +241,23 @@ def test_api_keys_admin_only_secret_shown_once_and_isolation(db, acc, client: Te
     assert client.get("/v1/campaigns", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     listed = client.get("/dashboard/keys")
     assert "shop" in listed.text and key not in listed.text and key[:13] in listed.text and "theirs" not in listed.text
+    keys = "SELECT count(*) FROM core.api_keys WHERE tenant_id = %s"
+    assert db.execute(keys, (acc.tenant_id,)).fetchone()[0] == 1      # a reload made no other key
+    # POST/redirect/GET: the POST answers a redirect that carries no secret (nor the URL);
+    # the GET shows it once, to the session that made it only.
+    made = client.post("/dashboard/keys", data={"csrf_token": token, "name": "crm", "scope": "send"},
+                       follow_redirects=False)
+    assert made.status_code == 303 and made.headers["location"] == "/dashboard/keys" and "pgwa_" not in made.text
+    slot = client.cookies.get("pgwa_new_key")
+    cookie = next(h for h in made.headers.get_list("set-cookie") if h.startswith("pgwa_new_key="))
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "pgwa_" not in cookie.split(";")[0][13:]
+    # Another session (the same user's, elsewhere) with the slot's id is not given the key.
+    slots, owner = client.app.state.dashboard.once, hashlib.sha256(b"another session").digest()
+    assert slots.take(owner, slot) is None
+    shown = client.get("/dashboard/keys")
+    assert 'id="new-key"' in shown.text and "pgwa_new_key" not in client.cookies
+    assert 'id="new-key"' not in client.get("/dashboard/keys").text
+    assert db.execute(keys, (acc.tenant_id,)).fetchone()[0] == 2
     # A hostile key name (set through POST /v1/keys by anyone holding an admin key) is text
     # in an attribute, never script: the revoke question is no inline JavaScript.
     db.execute("SELECT api.create_api_key(%s, %s)", (acc.tenant_id, "x');alert(1);('"))

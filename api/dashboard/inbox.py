@@ -46,10 +46,13 @@ THREAD = """SELECT json_build_object(
         FROM api.conversation(a.tenant_id, %(number_id)s::bigint, %(contact_id)s::bigint, NULL, NULL, 100) m
         UNION ALL
         SELECT n.created_at, n.note_id, to_jsonb(n) || '{"note": true}'
-        FROM api.conversation_notes(a.tenant_id, %(number_id)s::bigint, %(contact_id)s::bigint) n) x),
-    'read', api.mark_conversation_read(a.tenant_id, a.user_id, %(number_id)s::bigint, %(contact_id)s::bigint))::text
+        FROM api.conversation_notes(a.tenant_id, %(number_id)s::bigint, %(contact_id)s::bigint) n) x))::text
 FROM api.dashboard_actor(%(s)s, 'inbox.read', %(number_id)s::bigint, %(contact_id)s::bigint) a"""
-# Meta's read receipt (blue ticks), for the roles that answer.
+# Reading is a POST the open thread sends (GET has no side effect: a prefetch, a link
+# preview or a cross-site GET sends no receipt): the user's own read mark, and for the
+# roles that answer, Meta's read receipt (blue ticks).
+MARK_SEEN = """SELECT api.mark_conversation_read(a.tenant_id, a.user_id, %(number_id)s::bigint, %(contact_id)s::bigint)
+FROM api.dashboard_actor(%(s)s, 'inbox.read', %(number_id)s::bigint, %(contact_id)s::bigint) a"""
 MARK_READ = """SELECT api.mark_read(api.dashboard_authorize_conversation(%(s)s, 'inbox.reply', %(number_id)s::bigint,
                                                                          %(contact_id)s::bigint),
                                     %(number_id)s::bigint, %(contact_id)s::bigint)"""
@@ -84,8 +87,10 @@ CANNED_CREATE = """SELECT r.canned_reply_id FROM api.dashboard_actor(%(s)s, 'inb
      api.create_canned_reply(a.tenant_id, a.user_id, %(title)s, %(body)s) r"""
 CANNED_DELETE = """SELECT api.delete_canned_reply(api.dashboard_authorize(%(s)s, 'inbox.reply'),
                                                   %(canned_reply_id)s::bigint)"""
-MEDIA = """SELECT row_to_json(c)::text FROM api.dashboard_actor(%(s)s, 'inbox.read') a,
-     api.inbox_media_content(a.tenant_id, a.user_id, %(media_id)s::bigint) c"""
+MEDIA = """SELECT row_to_json(c)::text
+FROM api.dashboard_actor(%(s)s, 'inbox.read', %(number_id)s::bigint, %(contact_id)s::bigint) a,
+     api.inbox_media_content(a.tenant_id, a.user_id, %(number_id)s::bigint, %(contact_id)s::bigint,
+                             %(media_id)s::bigint) c"""
 UPLOAD_TENANT = """SELECT api.dashboard_authorize_conversation(%(s)s, 'inbox.reply', %(number_id)s::bigint,
                                                             %(contact_id)s::bigint)"""
 PREPARE = """SELECT media_type, (reuse).media_id AS reuse_id, phone_number_id, access_token, graph_api_version
@@ -114,13 +119,14 @@ class InboxPages:
             Route("/dashboard/inbox/canned/{canned_reply_id}/delete", page(self.canned_delete), methods=["POST"]),
             Route(base, page(self.thread), methods=["GET"]),
             Route(base + "/template-fields", page(self.template_fields), methods=["GET"]),
+            Route(base + "/read", page(self.read), methods=["POST"]),
             Route(base + "/reply", page(self.reply), methods=["POST"]),
             Route(base + "/template", page(self.reply_template), methods=["POST"]),
             Route(base + "/note", page(self.note), methods=["POST"]),
             Route(base + "/take", page(self.take), methods=["POST"]),
             Route(base + "/assign", page(self.assign), methods=["POST"]),
             Route(base + "/handover", page(self.clear_handover), methods=["POST"]),
-            Route("/dashboard/media/{media_id}", page(self.media), methods=["GET"]),
+            Route(base + "/media/{media_id}", page(self.media), methods=["GET"]),
         ]
 
     # -- helpers ------------------------------------------------------------------------------
@@ -172,13 +178,22 @@ class InboxPages:
             return self.d._render(request, "_conversation.html", context, session=session)
         actions = session["actions"]
         if "inbox.reply" in actions:
-            await self.d._one(MARK_READ, ids)
             context.update(await self.d._json(TOOLS, ids))
         context["assignees"] = await self.d._json(ASSIGNEES, ids) if "inbox.assign" in actions else []
         # The list beside the thread (below it on a phone).
         context.update(await self._list(request, ids["s"], [], ids["number_id"]))
         context["current"] = ids["contact_id"]
         return self.d._render(request, "thread.html", context, session=session)
+
+    async def read(self, request: Request) -> Response:
+        """The open thread was seen (htmx posts it when the thread loads or refreshes)."""
+        await self.d._form(request)
+        session = await self.d._session(request)
+        ids = self._ids(request)
+        await self.d._one(MARK_SEEN, ids)
+        if "inbox.reply" in session["actions"]:
+            await self.d._one(MARK_READ, ids)
+        return Response(status_code=204)
 
     async def template_fields(self, request: Request) -> Response:
         session = await self.d._session(request)
@@ -341,8 +356,8 @@ class InboxPages:
     # -- media --------------------------------------------------------------------------------
 
     async def media(self, request: Request) -> Response:
-        """A stored file of the session's tenant (images show inline in the thread)."""
-        found = await self.d._json(MEDIA, {"s": self.d._hash(request),
+        """A stored file shown in a conversation the session may open (images show inline)."""
+        found = await self.d._json(MEDIA, {**self._ids(request),
                                            "media_id": _int(request.path_params["media_id"], "media")})
         if self.store is None:
             self.store = media_store(self.d.json_api.settings)

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from api.dashboard.sessions import OneTimeSlots
 from api.dashboard.views import PageError, _field, _int, _redirect
 from api.errors import ApiError
 from api.upload import CsvUpload
@@ -62,6 +63,7 @@ FROM api.notifications(api.dashboard_authorize(%(s)s, 'notifications.read'), %(u
                        %(before_id)s::bigint, %(limit)s::integer) n"""
 READ_NOTIFICATIONS = """SELECT api.read_notifications(api.dashboard_authorize(%(s)s, 'notifications.manage'),
                                                      %(ids)s::bigint[])"""
+NEW_KEY_COOKIE = "pgwa_new_key"     # the one-time slot of a key just created (never the key)
 KEYS = """SELECT coalesce(json_agg(k ORDER BY k.api_key_id DESC), '[]')::text
 FROM api.api_keys(api.dashboard_authorize(%(s)s, 'keys.manage')) k"""
 CREATE_KEY = """SELECT row_to_json(k)::text
@@ -258,19 +260,32 @@ class Screens:
 
     # -- API keys -----------------------------------------------------------------------------
 
-    async def keys(self, request: Request, *, created: dict | None = None) -> Response:
+    async def keys(self, request: Request) -> Response:
         session = await self.d._session(request)
-        keys = await self.d._json(KEYS, {"s": self.d._hash(request)})
-        response = self.d._render(request, "keys.html", {"keys": keys, "created": created, "scopes": KEY_SCOPES},
-                                  session=session)
+        s = self.d._hash(request)
+        keys = await self.d._json(KEYS, {"s": s})
+        # The key just created (POST, then this GET): shown once, from its one-time slot.
+        slot = request.cookies.get(NEW_KEY_COOKIE)
+        created = self.d.once.take(s, slot) if slot else None
+        response = self.d._render(request, "keys.html", {
+            "keys": keys, "created": created, "lost": bool(slot) and created is None, "scopes": KEY_SCOPES},
+            session=session)
         response.headers["Cache-Control"] = "no-store"     # a new key is on this page once
+        if slot:
+            response.delete_cookie(NEW_KEY_COOKIE, path="/dashboard/keys")
         return response
 
     async def create_key(self, request: Request) -> Response:
+        """POST/redirect/GET: a reload of the page that shows the key creates no other key."""
         form = await self.d._form(request)
-        created = await self.d._json(CREATE_KEY, {"s": self.d._hash(request), "name": _field(form, "name"),
+        s = self.d._hash(request)
+        created = await self.d._json(CREATE_KEY, {"s": s, "name": _field(form, "name"),
                                                   "scope": _field(form, "scope")})
-        return await self.keys(request, created=created)
+        response = _redirect("/dashboard/keys")
+        response.set_cookie(NEW_KEY_COOKIE, self.d.once.put(s, created), max_age=int(OneTimeSlots.TTL_S),
+                            httponly=True, samesite="strict", path="/dashboard/keys",
+                            secure=request.url.scheme == "https")
+        return response
 
     async def revoke_key(self, request: Request) -> Response:
         await self.d._form(request)

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 
 COOKIE = "pgwa_session"
 CSRF_FIELD = "csrf_token"
@@ -53,3 +54,33 @@ class Signer:
 
     def csrf_ok(self, token: str, given: str | None) -> bool:
         return bool(given) and hmac.compare_digest(given, self.csrf(token))
+
+
+class OneTimeSlots:
+    """Secrets shown once after a POST/redirect/GET (a new API key): kept in this process for
+    a minute under a random slot id that travels in a short-lived cookie (never in a URL),
+    bound to the session that made them, and handed out once. With several API processes
+    the GET may reach another one: the page then says the secret cannot be shown again."""
+
+    TTL_S = 60.0
+    MAX = 1000
+
+    def __init__(self) -> None:
+        self._slots: dict[str, tuple[bytes, float, object]] = {}
+
+    def put(self, owner: bytes, value: object) -> str:
+        now = time.monotonic()
+        for slot, (_, expires, _) in list(self._slots.items()):
+            if expires < now or len(self._slots) >= self.MAX:
+                del self._slots[slot]
+        slot = new_token()
+        self._slots[slot] = (owner, now + self.TTL_S, value)
+        return slot
+
+    def take(self, owner: bytes, slot: str | None) -> object | None:
+        """The slot's value, once, for the session that put it; None otherwise."""
+        found = self._slots.get(slot or "")
+        if found is None or not hmac.compare_digest(found[0], owner) or found[1] < time.monotonic():
+            return None
+        del self._slots[slot]
+        return found[2]

@@ -32,13 +32,28 @@ from starlette.templating import Jinja2Templates
 
 from api.dashboard import passwords
 from api.dashboard.events import EventHub
-from api.dashboard.sessions import COOKIE, CSRF_FIELD, CSRF_HEADER, Signer, new_token, token_hash
+from api.dashboard.security import SecurityHeaders
+from api.dashboard.sessions import (
+    COOKIE,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    OneTimeSlots,
+    Signer,
+    new_token,
+    token_hash,
+)
 
 log = logging.getLogger("pgwa.api.dashboard")
 
 HERE = Path(__file__).resolve().parent.parent
 TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
 LOGIN_CSRF_COOKIE = "pgwa_login_csrf"
+# The forms a visitor fills in before they have a session (log in, accept an invitation)
+# carry a double-submit token: a random value in a SameSite=Strict, HttpOnly cookie set by
+# the form's page and in the form itself. A cross-site page can post the form but can
+# neither read nor send the cookie, so it cannot log a victim into the attacker's account.
+INVITE_CSRF_COOKIE = "pgwa_invite_csrf"
+INVITE_PATH = "/dashboard/invitations"
 HTMX = "/static/vendor/htmx-2.0.11.min.js"
 
 # -- statements -------------------------------------------------------------------------------
@@ -107,6 +122,7 @@ class Dashboard:
         self.json_api = json_api
         self.signer: Signer | None = None
         self.events = EventHub(listen_url)
+        self.once = OneTimeSlots()
 
     @property
     def pool(self):
@@ -126,7 +142,7 @@ class Dashboard:
         from api.dashboard.inbox import InboxPages  # it imports this module's helpers
         from api.dashboard.screens import Screens  # it imports this module's helpers
         page = self._page
-        return [
+        routes: list[BaseRoute] = [
             Route("/dashboard", page(self.home), methods=["GET"]),
             Route("/dashboard/login", page(self.login_form), methods=["GET"]),
             Route("/dashboard/login", page(self.login), methods=["POST"]),
@@ -142,6 +158,10 @@ class Dashboard:
             *Screens(self).routes(),   # contacts, templates, bots, numbers, notifications, keys
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ]
+        for route in routes:
+            # What Route(middleware=...) would do, for every route the screens' classes made too.
+            route.app = SecurityHeaders(route.app)
+        return routes
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -164,7 +184,7 @@ class Dashboard:
                         return _redirect(f"/dashboard/login?next={quote(request.url.path)}")
                     return self._error(request, 401, "Your session has ended; log in again.", None)
                 if code is None:
-                    log.error("500 on %s %s: SQLSTATE %s", request.method, request.url.path, sqlstate)
+                    log.error("500 on %s %s: SQLSTATE %s", request.method, _loggable(request.url.path), sqlstate)
                     return self._error(request, 500, "The server could not complete the request.", None)
                 return self._error(request, code.status, exc.diag.message_primary or code.name,
                                    exc.diag.message_hint)
@@ -280,9 +300,13 @@ class Dashboard:
 
     async def invitation_form(self, request: Request, *, error: str | None = None, status: int = 200) -> Response:
         invitation = await self._invitation(request)
-        return TEMPLATES.TemplateResponse(request, "invitation.html", {
-            "invitation": invitation, "error": error, "session": None, "csrf": "", "htmx": HTMX},
-            status_code=status)
+        csrf = new_token()
+        response = TEMPLATES.TemplateResponse(request, "invitation.html", {
+            "invitation": invitation, "error": error, "invite_csrf": csrf, "session": None, "csrf": "",
+            "htmx": HTMX}, status_code=status)
+        response.set_cookie(INVITE_CSRF_COOKIE, csrf, httponly=True, samesite="strict", path=INVITE_PATH,
+                            secure=request.url.scheme == "https")
+        return response
 
     async def _invitation(self, request: Request) -> dict:
         async with self.pool.connection() as conn:
@@ -291,6 +315,10 @@ class Dashboard:
 
     async def accept_invitation(self, request: Request) -> Response:
         form = await request.form(max_files=0, max_fields=10)
+        expected = request.cookies.get(INVITE_CSRF_COOKIE)
+        given = form.get(CSRF_FIELD)
+        if not expected or not isinstance(given, str) or not _safe_equal(expected, given):
+            return await self.invitation_form(request, error="The form expired; try again.", status=403)
         password = _field(form, "password", required=False)
         if password != _field(form, "confirm", required=False):
             return await self.invitation_form(request, error="The two passwords differ.", status=400)
@@ -303,6 +331,7 @@ class Dashboard:
         await self._one(LOGIN, {"user_id": user_id, "s": token_hash(token)})
         response = _redirect("/dashboard")
         self._set_session_cookie(request, response, token)
+        response.delete_cookie(INVITE_CSRF_COOKIE, path=INVITE_PATH)
         return response
 
     # -- users --------------------------------------------------------------------------------
@@ -345,6 +374,11 @@ class Dashboard:
             raise
         return self.events.response(request, session["tenant_id"],
                                     recheck=lambda: self._one(SESSION, {"s": self._hash(request)}))
+
+
+def _loggable(path: str) -> str:
+    """A path fit for a log line: an invitation link's token (a password until used) cut out."""
+    return INVITE_PATH + "/…" if path.startswith(INVITE_PATH + "/") else path
 
 
 def _safe_equal(a: str, b: str) -> bool:

@@ -276,27 +276,41 @@ $$;
 COMMENT ON FUNCTION api.inbox_assignees(bigint) IS
     'The tenant''s enabled dashboard users a conversation can be assigned to (roles holding inbox.reply: agents and admins), by e-mail.';
 
-CREATE OR REPLACE FUNCTION api.inbox_media_content(p_tenant_id bigint, p_user_id bigint, p_media_id bigint)
+-- A file is served in the conversation it shows in (api/dashboard/inbox.py's
+-- /dashboard/inbox/{number}/{contact}/media/{media}): an inbound message's, or one sent by
+-- its Meta id in a reply of that conversation (as core.message_media finds it). So an
+-- agent reads the files of their own and unassigned conversations only, as everything
+-- else of the inbox: an upload has no conversation of its own, and a colleague's reply is
+-- not in any conversation the agent may open. Reads one conversation's messages
+-- (inbox_messages_conversation).
+CREATE OR REPLACE FUNCTION api.inbox_media_content(p_tenant_id bigint, p_user_id bigint, p_number_id bigint,
+                                                   p_contact_id bigint, p_media_id bigint)
 RETURNS api.media_content
 LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
 DECLARE
     v_user core.dashboard_users := core.inbox_user(p_tenant_id, p_user_id);
 BEGIN
-    -- An agent's rule holds for files too: not one of a colleague's conversation.
-    IF v_user.role = 'agent' AND EXISTS (
-        SELECT 1 FROM core.media m
-        JOIN core.inbox_messages i ON i.message_id = m.message_id
-        JOIN core.conversations v ON v.number_id = i.number_id AND v.contact_id = i.contact_id
-        WHERE m.media_id = p_media_id AND m.tenant_id = p_tenant_id
-          AND v.assigned_to IS NOT NULL AND v.assigned_to <> v_user.email) THEN
-        RAISE EXCEPTION 'media % not found', p_media_id
-            USING ERRCODE = 'PW245', HINT = 'Agents see the files of their own conversations and of the unassigned queue.';
+    PERFORM 1
+    FROM core.media m
+    JOIN core.conversations v ON v.number_id = p_number_id AND v.contact_id = p_contact_id
+    JOIN core.contacts c ON c.contact_id = v.contact_id AND c.tenant_id = p_tenant_id
+    WHERE m.media_id = p_media_id AND m.tenant_id = p_tenant_id AND m.number_id = p_number_id
+      AND (v_user.role <> 'agent' OR v.assigned_to IS NULL OR v.assigned_to = v_user.email)
+      AND EXISTS (SELECT 1 FROM core.inbox_messages i
+                  WHERE i.number_id = p_number_id AND i.contact_id = p_contact_id
+                    AND (i.message_id = m.message_id
+                         OR (m.direction = 'out' AND i.direction = 'out'
+                             AND i.payload -> i.type ->> 'id' = m.meta_media_id)));
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'media % not found in this conversation', p_media_id
+            USING ERRCODE = 'PW245',
+                  HINT = 'A file is served in the conversation that shows it; agents see their own conversations and the unassigned queue.';
     END IF;
     RETURN api.media_content(p_tenant_id, p_media_id);
 END
 $$;
-COMMENT ON FUNCTION api.inbox_media_content(bigint, bigint, bigint) IS
-    'As api.media_content, for a dashboard user: an agent is also refused (PW245, not found) the file of a message in a conversation assigned to another agent. Raises PW245 when the media is not the tenant''s, PW301 when no file is stored, PW260 for a user not the tenant''s.';
+COMMENT ON FUNCTION api.inbox_media_content(bigint, bigint, bigint, bigint, bigint) IS
+    'As api.media_content, for a dashboard user in one conversation: the file of one of its inbound messages, or one sent by its Meta id in one of its replies; an agent only in a conversation assigned to them or unassigned. Raises PW245 (not found) when the media is not the tenant''s, not in that conversation, or the conversation is another agent''s; PW301 when no file is stored; PW260 for a user not the tenant''s.';
 
 -------------------------------------------------------------------------------
 -- Replying: templates a reply can send, canned replies
@@ -389,7 +403,7 @@ REVOKE ALL ON FUNCTION api.conversation_notes(bigint, bigint, bigint) FROM PUBLI
 REVOKE ALL ON FUNCTION api.clear_needs_human(bigint, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.assign_conversation_to_user(bigint, bigint, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.inbox_assignees(bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION api.inbox_media_content(bigint, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.inbox_media_content(bigint, bigint, bigint, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.reply_templates(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.canned_replies(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.create_canned_reply(bigint, bigint, text, text) FROM PUBLIC;
@@ -403,7 +417,7 @@ GRANT EXECUTE ON FUNCTION api.conversation_notes(bigint, bigint, bigint) TO pgwa
 GRANT EXECUTE ON FUNCTION api.clear_needs_human(bigint, bigint, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.assign_conversation_to_user(bigint, bigint, bigint, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.inbox_assignees(bigint) TO pgwa_api;
-GRANT EXECUTE ON FUNCTION api.inbox_media_content(bigint, bigint, bigint) TO pgwa_api;
+GRANT EXECUTE ON FUNCTION api.inbox_media_content(bigint, bigint, bigint, bigint, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.reply_templates(bigint, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.canned_replies(bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.create_canned_reply(bigint, bigint, text, text) TO pgwa_api;
