@@ -498,7 +498,7 @@ async def serve(config: SimConfig, ready: asyncio.Event | None = None) -> None:
     # at the latest so that a simulator never idle still frees its reference cycles.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 20, NO_FULL_COLLECTION)
+    gc.set_threshold(20_000, 2, NO_FULL_COLLECTION)
     _raise_priority()
     collector = asyncio.create_task(idle_collections(sim, stop))
     if ready:

@@ -22,15 +22,18 @@ class LoopProbe:
         self.stalls = 0             # ticks that came more than STALL_MS late
         self.gc_max_ms = 0.0
         self.gc_total_ms = 0.0
+        self.gc_max_ms_by_generation = [0.0, 0.0, 0.0]
         self._gc_started = 0.0
 
-    def _on_gc(self, phase: str, _info: dict) -> None:
+    def _on_gc(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._gc_started = time.perf_counter()
         else:
             ms = (time.perf_counter() - self._gc_started) * 1000
             self.gc_total_ms += ms
             self.gc_max_ms = max(self.gc_max_ms, ms)
+            generation = info.get("generation", 2)
+            self.gc_max_ms_by_generation[generation] = max(self.gc_max_ms_by_generation[generation], ms)
 
     async def run(self, stop: asyncio.Event) -> None:
         gc.callbacks.append(self._on_gc)
@@ -48,4 +51,5 @@ class LoopProbe:
 
     def as_dict(self) -> dict:
         return {"max_lag_ms": round(self.max_lag_ms, 1), "stalls_over_50ms": self.stalls,
-                "gc_max_ms": round(self.gc_max_ms, 1), "gc_total_ms": round(self.gc_total_ms, 1)}
+                "gc_max_ms": round(self.gc_max_ms, 1), "gc_total_ms": round(self.gc_total_ms, 1),
+                "gc_max_ms_by_generation": [round(ms, 1) for ms in self.gc_max_ms_by_generation]}

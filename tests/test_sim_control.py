@@ -273,4 +273,4 @@ def test_loop_probe_reports_a_stalled_loop_and_collector_pauses():
 
 
 def test_stats_report_the_loop(sim):
-    assert set(sim.stats()["loop"]) == {"max_lag_ms", "stalls_over_50ms", "gc_max_ms", "gc_total_ms"}
+    assert set(sim.stats()["loop"]) == {"max_lag_ms", "stalls_over_50ms", "gc_max_ms", "gc_total_ms", "gc_max_ms_by_generation"}
