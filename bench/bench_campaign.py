@@ -7,6 +7,8 @@ receiver and a worker (pgwa.local.stack), and measures:
                     (create_100k_sql_s: api.create_campaign alone); copy_baseline_100k_s,
                     the same run's floor: the same rows through the same CSV-to-COPY path into
                     a plain temporary table of the staging table's shape; create_100k_ratio
+                    create_100k_sql_cpu_s: the CPU its backend spent on it (/proc), which a
+                    loaded machine inflates less than the wall clock
 * create_1m_s       the same for 1,000,000 new contacts, one run (copy_baseline_1m_s,
                     create_1m_ratio); --create-only stops after the creation figures
 * msgs_per_s        one number limited to 1,000 msg/s, a 50,000-message campaign, from
@@ -28,6 +30,10 @@ receiver and a worker (pgwa.local.stack), and measures:
                     a bare aiohttp client at the worker's concurrency against the same
                     simulator (what any sender reaches here), the ratio, and that client's
                     CPU share (cores it used)
+* workers_4_duplicates, workers_4_lost, workers_4_msgs_per_s  four worker processes on two
+                    numbers (1,000 msg/s each), sharing nothing but PostgreSQL, one run of
+                    --messages / 2 in all: repeated sends and messages never accepted, from
+                    the simulator's ledger
 * peak_1s_rate_cpu_hog, rejected_130429_cpu_hog  a one-number run with --hogs processes
                     burning CPU beside it (pacing when CPU is short)
 The simulator stands for Meta's servers, which do not share the sender's CPU: when the
@@ -103,7 +109,13 @@ SIM_OVERRIDES: dict = {}
 
 
 def fresh_database() -> str:
-    return scratch.fresh_database(BENCH_DB)
+    url = scratch.fresh_database(BENCH_DB)
+    # pg_stat_statements as a deployment runs it (docker-compose.yml: the default, top-level
+    # statements only). The project's own cluster counts nested ones too (db/postgresql.conf,
+    # for bench_bots' breakdown), a cost on every statement inside the send path's functions.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {BENCH_DB} SET pg_stat_statements.track = 'top'")
+    return url
 
 
 def contacts(n: int, offset: int) -> list[dict[str, str]]:
@@ -116,13 +128,14 @@ def create(conn: psycopg.Connection, tenant: int, number: int, n: int, offset: i
     began = time.perf_counter()
     with conn.transaction():
         stage_csv(conn, rows)
-        staged = time.perf_counter()
+        staged, cpu = time.perf_counter(), cpu_s(conn.info.backend_pid)
         campaign = conn.execute(queries["create_campaign"], {
             "tenant_id": tenant, "number_id": number, "name": f"bench {offset}",
             "templates": orjson.dumps(TEMPLATES).decode(), "on_invalid": "reject", "scheduled_at": None,
             "start": start, "default_country_code": None}).fetchone()[0]
         if timings is not None:
             timings["sql"] = time.perf_counter() - staged
+            timings["cpu"] = cpu_s(conn.info.backend_pid) - cpu
     return campaign, time.perf_counter() - began
 
 
@@ -143,7 +156,7 @@ def copy_baseline(conn: psycopg.Connection, n: int, offset: int) -> float:
 
 def creation_figures(conn: psycopg.Connection, tenant: int, number: int, runs: int, million: bool) -> dict:
     """create_100k_s (median of runs) and create_1m_s (one run), each beside its copy baseline."""
-    creates, sqls, baselines = [], [], []
+    creates, sqls, cpus, baselines = [], [], [], []
     for run in range(runs):
         baselines.append(copy_baseline(conn, 100_000, offset=(50 + run) * 10**6))
         timings: dict = {}
@@ -152,11 +165,14 @@ def creation_figures(conn: psycopg.Connection, tenant: int, number: int, runs: i
         conn.execute(queries["cancel_campaign"], {"tenant_id": tenant, "campaign_id": campaign})
         creates.append(seconds)
         sqls.append(timings["sql"])
-        log(f"create 100k run {run + 1}: {seconds:.2f} s (create_campaign {timings['sql']:.2f} s), "
+        cpus.append(timings["cpu"])
+        log(f"create 100k run {run + 1}: {seconds:.2f} s (create_campaign {timings['sql']:.2f} s, "
+            f"its backend's CPU {timings['cpu']:.2f} s), "
             f"copy baseline {baselines[-1]:.2f} s")
     figures = {
         "create_100k_s": round(statistics.median(creates), 2),
         "create_100k_sql_s": round(statistics.median(sqls), 2),
+        "create_100k_sql_cpu_s": round(statistics.median(cpus), 2),
         "copy_baseline_100k_s": round(statistics.median(baselines), 2),
         "create_100k_ratio": round(statistics.median(creates) / statistics.median(baselines), 1),
     }
@@ -165,8 +181,10 @@ def creation_figures(conn: psycopg.Connection, tenant: int, number: int, runs: i
         timings = {}
         campaign, seconds = create(conn, tenant, number, 1_000_000, offset=70 * 10**6, start=False, timings=timings)
         conn.execute(queries["cancel_campaign"], {"tenant_id": tenant, "campaign_id": campaign})
-        log(f"create 1m: {seconds:.2f} s (create_campaign {timings['sql']:.2f} s), copy baseline {baseline:.2f} s")
+        log(f"create 1m: {seconds:.2f} s (create_campaign {timings['sql']:.2f} s, its backend's CPU "
+            f"{timings['cpu']:.2f} s), copy baseline {baseline:.2f} s")
         figures.update({"create_1m_s": round(seconds, 2), "create_1m_sql_s": round(timings["sql"], 2),
+                        "create_1m_sql_cpu_s": round(timings["cpu"], 2),
                         "copy_baseline_1m_s": round(baseline, 2), "create_1m_ratio": round(seconds / baseline, 1)})
     return figures
 
@@ -292,9 +310,10 @@ def stop_hogs(hogs: list[subprocess.Popen]) -> None:
 
 
 def send_run(url: str, numbers: int, per_number: int, run: int, *, limit: int = LIMIT,
-             hogs: int = 0) -> dict:
+             hogs: int = 0, workers: int = 1) -> dict:
     settle(url)
-    with psycopg.connect(url, autocommit=True) as conn, Stack(url, sim_settings=SIM_OVERRIDES) as stack:
+    with (psycopg.connect(url, autocommit=True) as conn,
+          Stack(url, workers=workers, sim_settings=SIM_OVERRIDES) as stack):
         tenant = create_tenant(conn, f"bench-{run}-{numbers}-{time.time()}")
         ids, campaigns = [], []
         for k in range(numbers):
@@ -304,7 +323,8 @@ def send_run(url: str, numbers: int, per_number: int, run: int, *, limit: int = 
                 lift_limit(conn, stack, number, pnid, waba, limit)
             sync_templates(conn, tenant, waba, "local-token", stack.sim_url, GRAPH_VERSION)
             campaign, _ = create(conn, tenant, number, per_number,
-                                 offset=(run * 10 + k + (5 if hogs else 0) + (7 if limit != LIMIT else 0)) * 10**6,
+                                 offset=(run * 10 + k + (5 if hogs else 0) + (7 if limit != LIMIT else 0)
+                                         + (3 if workers > 1 else 0)) * 10**6,
                                  start=False)
             ids.append(pnid)
             campaigns.append(campaign)
@@ -328,7 +348,8 @@ def send_run(url: str, numbers: int, per_number: int, run: int, *, limit: int = 
     # The worker's own count (its log line on stop): the requests it started for one number
     # in any second, before the network and the simulator's event loop (sim_loop) could
     # squeeze them into fewer.
-    peaks = re.findall(r"busiest second (\d+) requests", (stack.logs / "worker0.log").read_text(errors="replace"))
+    peaks = [p for i in range(workers) for p in re.findall(
+        r"busiest second (\d+) requests", (stack.logs / f"worker{i}.log").read_text(errors="replace"))]
     accepted = sum(ledger["numbers"].get(p, {}).get("accepted", 0) for p in ids)
     total = per_number * numbers
     return {
@@ -406,6 +427,8 @@ def main() -> int:
     parser.add_argument("--hogs", type=int, default=2,
                         help="CPU hogs beside the one-number variant run (0: no such run)")
     parser.add_argument("--skip-create", action="store_true", help="no creation runs")
+    parser.add_argument("--no-workers-run", dest="workers_run", action="store_false",
+                        help="no four-worker run")
     parser.add_argument("--create-only", action="store_true", help="only the creation figures")
     parser.add_argument("--no-1m", action="store_true", help="no 1,000,000-contact creation")
     args = parser.parse_args()
@@ -438,6 +461,11 @@ def main() -> int:
             hogged.append(send_run(url, 1, args.messages // 2, run, hogs=args.hogs))
             log(f"cpu hog run {run + 1}: {json.dumps(hogged[-1])}")
 
+    # Several workers share nothing but PostgreSQL: four processes on two numbers, once.
+    four = send_run(url, 2, args.messages // 4, 0, workers=4) if args.workers_run else None
+    if four:
+        log(f"four workers run: {json.dumps(four)}")
+
     def median(runs: list[dict], key: str) -> float:
         return round(statistics.median(r[key] for r in runs), 4)
 
@@ -456,6 +484,9 @@ def main() -> int:
         "bare_sim_cpu_ms_per_msg": round(median(bare, "sim_cpu_ms_per_msg"), 3),
         "cpu_ms_per_msg": cpu,
         "cpu_ms_per_msg_total": round(sum(cpu.values()), 3),
+        "workers_4_duplicates": four["duplicates"] if four else None,
+        "workers_4_lost": four["lost"] if four else None,
+        "workers_4_msgs_per_s": round(four["msgs_per_s"], 1) if four else None,
         "cpu_ms_per_msg_unlimited": {k: round(statistics.median(r["cpu_ms_per_msg"][k] for r in unlimited), 3)
                                      for k in unlimited[0]["cpu_ms_per_msg"]},
         "peak_1s_rate": max(r["peak_1s_rate"] for r in singles + doubles),
