@@ -100,6 +100,7 @@ def item_error(sqlstate: str, message: str | None, detail: str | None = None,
 class _Pending:
     request: SendRequest
     future: asyncio.Future
+    message: orjson.Fragment            # the request's message, serialised on its own
     tenant_id: int | None = None
     done: bool = field(default=False)
 
@@ -111,6 +112,21 @@ class _Pending:
             self.future.set_exception(error)
         else:
             self.future.set_result(result)
+
+
+def _serialised(request: SendRequest) -> orjson.Fragment:
+    """The request's message as JSON, or its own PW100: what cannot be written as JSON, or
+    carries a NUL (which PostgreSQL's jsonb refuses), must fail this request alone, not the
+    batch's one statement (which every request beside it shares)."""
+    try:
+        message = orjson.dumps(request.message)
+    except orjson.JSONEncodeError as exc:
+        raise item_error("PW100", f"message cannot be written as JSON: {str(exc)[:80]}",
+                         hint="A JSON object nested at most 200 levels deep.") from None
+    if b"\\u0000" in message or "\x00" in request.to or "\x00" in (request.idempotency_key or ""):
+        raise item_error("PW100", "message, to and Idempotency-Key must not contain the NUL character (\\u0000)",
+                         hint="Remove the NUL characters.")
+    return orjson.Fragment(message)
 
 
 class _Slot:
@@ -156,7 +172,7 @@ class SendBatcher:
             self._loop, self._arrived, self._in_flight = loop, asyncio.Event(), 0
             self._keys_in_flight = set()
             self._task = loop.create_task(self._run(), name="send-batcher")
-        pending = _Pending(request, loop.create_future())
+        pending = _Pending(request, loop.create_future(), _serialised(request))
         if self._in_flight >= self.max_in_flight:
             self.stats.waited += 1
         self._pending.append(pending)
@@ -248,7 +264,7 @@ class SendBatcher:
         """api.send_messages for ``batch``, each answered (``slot`` released first: what arrives
         from then on may start the next batch at once); the numbers that got new messages."""
         items = orjson.dumps([{"tenant_id": p.tenant_id, "number_id": p.request.number_id, "to": p.request.to,
-                               "message": p.request.message, "idempotency_key": p.request.idempotency_key}
+                               "message": p.message, "idempotency_key": p.request.idempotency_key}
                               for p in batch]).decode()
         rows = await (await conn.execute(SEND_MESSAGES, {"items": items})).fetchall()
         if slot is not None:

@@ -548,60 +548,6 @@ def test_a_bot_reply_goes_out_before_campaign_traffic_and_the_simulator_accepts_
             == "completed"
 
 
-def test_a_reply_claimed_while_a_campaign_fills_the_pace_horizon_goes_out_next(
-        db_url: str, sim, sim_receiver) -> None:
-    # At 20 msg/s the sender holds up to a second (20) of campaign sends claimed ahead; a
-    # reply claimed meanwhile takes the earliest of their send times instead of the last.
-    with psycopg.connect(db_url, autocommit=True) as db:
-        inbox = Inbox.build(db, mps=20)
-        inbox.rule("contains", "price", "It is 10, {{first_name}}")
-        campaign = create_campaign(inbox, [inbox.sender() for _ in range(60)])
-        alice = inbox.sender()
-
-        async def run() -> None:
-            sender = Sender(Settings(database_url=db_url, graph_base_url=sim.url, worker_name="bots-test",
-                                     send_concurrency=1))
-            stop = asyncio.Event()
-            task = asyncio.create_task(sender.run(stop))
-            asked = False
-            try:
-                async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-                    deadline = time.monotonic() + 60
-                    while True:
-                        # Done: sent (the status webhooks sim_inbound hands over may have
-                        # moved some past accepted before their report).
-                        done, in_flight, replied = await (await conn.execute(
-                            "SELECT count(*) FILTER (WHERE campaign_id IS NOT NULL AND state NOT IN ('queued', 'in_flight')), "
-                            "count(*) FILTER (WHERE campaign_id IS NOT NULL AND state = 'in_flight'), "
-                            "count(*) FILTER (WHERE campaign_id IS NULL AND state NOT IN ('queued', 'in_flight')) "
-                            "FROM core.outbound_messages")).fetchone()
-                        if not asked and done >= 3 and in_flight >= 10:
-                            await asyncio.to_thread(sim_inbound, inbox, sim, sim_receiver, alice, "price?")
-                            asked = True
-                        if asked and done == 60 and replied == 1:
-                            break
-                        assert time.monotonic() < deadline, f"timed out: {sender.stats}"
-                        assert not task.done(), task.result()
-                        await asyncio.sleep(0.02)
-            finally:
-                stop.set()
-                await task
-
-        asyncio.run(run())
-        reply_claimed_at = db.execute("SELECT extract(epoch FROM claimed_at) FROM core.outbound_messages "
-                                      "WHERE campaign_id IS NULL").fetchone()[0]
-        claimed_before = {r[0] for r in db.execute(
-            """SELECT c.wa_id FROM core.outbound_messages o JOIN core.contacts c USING (contact_id)
-               WHERE o.campaign_id = %s AND o.claimed_at < to_timestamp(%s)""", (campaign, reply_claimed_at))}
-        ledger = sim.ledger(0)
-        # Claimed before the reply and still waiting in the sender when the reply came.
-        waiting = [e["to"] for e in ledger if e["to"] in claimed_before and e["time"] > float(reply_claimed_at)]
-        ahead = [e["to"] for e in ledger[:[e["to"] for e in ledger].index(alice)] if e["to"] in waiting]
-        assert len(waiting) >= 5, (len(claimed_before), len(waiting))
-        # At most the one being sent, and one whose time came as the reply's claim returned.
-        assert len(ahead) <= 2, (len(waiting), ahead)
-
-
 def test_the_simulator_refuses_a_free_form_reply_outside_its_window(db_url: str, sim) -> None:
     """The 24-hour rule is Meta's: a text to someone who never wrote fails with 131047."""
     with psycopg.connect(db_url, autocommit=True) as db:

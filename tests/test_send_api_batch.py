@@ -248,3 +248,24 @@ def test_one_message_sent_twice_at_once_through_the_batcher_is_sent_once(db: psy
     assert [replayed for _, replayed in sent] == [False, True] * 10
     assert all(sent[i][0] == sent[i + 1][0] for i in range(0, 20, 2))
     assert api_messages(db, tenant.acc.number_id) == 10 and batcher.stats.items == 20
+
+
+def test_a_message_json_cannot_carry_fails_alone_and_the_batch_is_sent(db: psycopg.Connection, db_url: str,
+                                                                       tenant: Tenant) -> None:
+    # Nested deeper than JSON serialisation allows, or with a NUL that jsonb refuses: once
+    # these made the batch's one statement fail, and every request beside them with it.
+    key = key_of(db, tenant)
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    [answers], batcher = run_batcher(db_url, [
+        request(key, tenant, "+14155550501"),
+        request(key, tenant, "+14155550502", {"type": "text", "text": "hi", "x": deep}),
+        request(key, tenant, "+14155550503", {"type": "text", "text": "a\x00b"}),
+        request(key, tenant, "+1415555\x000504"),
+        request(key, tenant, "+14155550505"),
+    ])
+    assert [isinstance(a, tuple) for a in answers] == [True, False, False, False, True], answers
+    assert {a.sqlstate for a in answers[1:4]} == {"PW100"}
+    assert "JSON" in str(answers[1]) and "NUL" in str(answers[2]) and "NUL" in str(answers[3])
+    assert api_messages(db, tenant.acc.number_id) == 2 and batcher.stats.retried == 0

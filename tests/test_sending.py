@@ -676,6 +676,20 @@ def test_sweep_settles_messages_held_by_a_dead_worker_when_their_campaign_was_ca
     assert f.campaign(db, cid)["cancelled"] == 3
 
 
+def test_sweep_leaves_campaigns_cancelled_long_ago_alone(db: psycopg.Connection) -> None:
+    # The sweep reads a cancelled campaign's messages for an hour after the cancel (plus two
+    # claim timeouts), not every cancelled campaign's every minute for ever.
+    acc = f.account(db)
+    cid = f.running_campaign(db, acc, 2)
+    held = f.claim_all(db)
+    db.execute("SELECT api.cancel_campaign(%s, %s)", (acc.tenant_id, cid))
+    db.execute("UPDATE core.outbound_messages SET claimed_at = now() - interval '3 days'")
+    db.execute("UPDATE core.campaigns SET cancelled_at = now() - interval '2 days' WHERE campaign_id = %s", (cid,))
+    summary = db.execute("SELECT core.sweep_sends()").fetchone()[0]
+    assert summary["stuck_cancelled"] == 0
+    assert {f.outbound(db, r["outbound_id"])["state"] for r in held} == {"in_flight"}
+
+
 def test_a_number_whose_pace_never_changed_grows_by_a_full_step(db: psycopg.Connection) -> None:
     acc = f.account(db, throughput_mps=100)
     # As registered before any pace change: no rate_changed_at, the pace below the limit

@@ -13,11 +13,7 @@ Claims are pipelined: the database paces each number up to its pace horizon ahea
 api.send_policy), so the loop claims again every half horizon while earlier rows still
 wait in their lanes or are in flight, and at once after a claim that came back full.
 Two round trips per batch (one claim, one coalesced report), whatever its size: about
-four statements a second for a number at 1,000 msg/s. A reply (bot, agent, LLM, send
-API) claimed while its number's lane holds campaign sends takes the earliest of the send
-times the lane holds, and the campaign sends move one slot on each: it does not wait
-behind up to a horizon of campaign traffic, and the number's send times stay the ones
-the database paced.
+four statements a second for a number at 1,000 msg/s.
 
 On stop (SIGTERM/SIGINT) the loop claims nothing more, sends what it holds (at most one
 pace horizon ahead, or a throttle hold), reports it and returns. Anything it cannot
@@ -27,7 +23,6 @@ report comes back to a worker when its visibility timeout ends.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import sys
 import time
@@ -81,9 +76,6 @@ TICK_S = 0.003
 # again. Which codes throttle and for how long is the database's (api.send_policy), read
 # once before the first claim.
 POLICY_SQL = "SELECT throttle_hold_ms, throttle_codes, pace_horizon_ms FROM api.send_policy()"
-# The queues api.claim_sends reads replies (bot, agent, LLM, send API) from are named by
-# core.reply_queue (db/functions/base.sql): r_<number>; campaigns' by core.campaign_queue.
-REPLY_QUEUE_PREFIX = "r_"
 
 # Each row's delay is measured on the database's clock from the claim's start (now()),
 # or from the claim's time when the sender has its own clock (the p_now it passes), then
@@ -270,9 +262,6 @@ class Sender:
             # upgrade, a halving after 130429) holds from the next send on.
             if n > 1 and last > first:
                 lane.pacer.set_interval((last - first) / (n - 1) * PACE_SHARE)
-            if len(lane.rows) > n and any(_is_reply(row) for _, row in itertools.islice(
-                    lane.rows, len(lane.rows) - n, None)):
-                _replies_first(lane.rows)
             lane.wake.set()
 
     async def _lane(self, lane: _Lane) -> None:
@@ -457,22 +446,6 @@ class _Lane:
         self.window: deque[float] = deque()     # start times of the last second's sends (stats)
         self.pacer = Pacer(burst=PACER_BURST_S)  # no pace until a claim spaces two rows
         self.hold_until = 0.0                   # loop time: throttled by Meta until then
-
-
-def _is_reply(row: tuple) -> bool:
-    return row[1].startswith(REPLY_QUEUE_PREFIX)
-
-
-def _replies_first(rows: deque) -> None:
-    """Give a number's replies the earliest of the send times its lane holds, campaign
-    messages the rest, each in their order. A reply claimed while a campaign fills the
-    number's pace horizon would otherwise wait behind up to a horizon of campaign sends
-    claimed before it (1 s at full rate); the send times themselves, and so the number's
-    pace, do not change."""
-    times = [due for due, _ in rows]
-    ordered = [row for _, row in rows if _is_reply(row)] + [row for _, row in rows if not _is_reply(row)]
-    rows.clear()
-    rows.extend(zip(times, ordered, strict=True))
 
 
 def _describe(exc: BaseException) -> str:
