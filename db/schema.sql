@@ -11254,11 +11254,15 @@ DECLARE
     v_capped integer := core.match_late_capped();
 BEGIN
     -- A message a worker held when its campaign was cancelled, whose worker then died,
-    -- would stay in flight for ever (a cancelled campaign is never read again).
+    -- would stay in flight for ever (a cancelled campaign is never read again). Only
+    -- campaigns cancelled within the last hour are read: such a message is due two claim
+    -- timeouts after its claim, and the messages are found by campaign alone (0120), so
+    -- every cancelled campaign's rows read every minute would grow without end.
     WITH stuck AS (
         UPDATE core.outbound_messages o SET state = 'cancelled'
         FROM core.campaigns c, core.settings s
         WHERE c.status = 'cancelled' AND o.campaign_id = c.campaign_id AND o.state = 'in_flight'
+          AND c.cancelled_at > now() - interval '1 hour' - make_interval(secs => 2 * s.claim_timeout_s)
           AND o.claimed_at < now() - make_interval(secs => 2 * s.claim_timeout_s)
         RETURNING o.campaign_id
     ), counted AS (
