@@ -109,3 +109,49 @@ def test_deleting_a_campaign_deletes_its_messages_and_no_other(db: psycopg.Conne
     theirs = f.create_campaign(db, other, 2)["campaign_id"]
     db.execute("DELETE FROM core.campaigns WHERE tenant_id = %s", (acc.tenant_id,))
     assert db.execute("SELECT campaign_id, count(*) FROM core.outbound_messages GROUP BY 1").fetchall() == [(theirs, 2)]
+
+
+def queue_indexes(db: psycopg.Connection, name: str) -> list[str]:
+    """A queue's index definitions, with the queue's own name taken out."""
+    return sorted(r[0].replace(name, "<queue>") for r in db.execute(
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s::regclass",
+        (f"pgmq.q_{name}",)))
+
+
+def test_a_large_list_is_queued_as_a_small_one_is(db: psycopg.Connection) -> None:
+    """From 10,000 rows the queue's indexes are built after its load and its message ids are
+    the rows' numbers (in list order, the sequence going on after them); the messages are the JSON the claim reads, strings escaped (quotes,
+    backslashes, control characters, non-ASCII), a missing value null."""
+    acc = f.account(db)
+    small = f.create_campaign(db, acc, 3, [f.order_update()])["campaign_id"]
+    odd = ['Ann "A" O\'Neil', "back\\slash", "two\nlines\ttab", "\x01ctl", "Zoë 😀", "{\"x\": 1}"]
+    rows = [{**r, "name": odd[i] if i < len(odd) else r["name"]} for i, r in enumerate(f.contacts(10_050, base=10))]
+    created = f.create_campaign(db, acc, rows, [f.order_update(), f.promo()])
+    large = created["campaign_id"]
+    assert created["total"] == 10_050
+    assert queue_indexes(db, f.campaign_queue(db, large)) == queue_indexes(db, f.campaign_queue(db, small))
+    assert len(queue_indexes(db, f.campaign_queue(db, large))) == 2   # pgmq's primary key and vt index
+    queued = f.queue(db, f.campaign_queue(db, large))
+    ids = [r[0] for r in db.execute("SELECT outbound_id FROM core.outbound_messages WHERE campaign_id = %s"
+                                    " ORDER BY outbound_id", (large,)).fetchall()]
+    assert [m["message"]["o"] for m in queued] == ids
+    msg_ids = [m["msg_id"] for m in queued]
+    assert msg_ids == sorted(set(msg_ids))
+    expected = [{"o": o, "t": r["phone"], "v": i % 2,
+                 "p": [r["name"], r["order_no"]] if i % 2 == 0 else [r["name"]]}
+                for i, (o, r) in enumerate(zip(ids, rows, strict=True))]
+    assert [m["message"] for m in queued] == expected
+    # The same messages as jsonb_build_object makes them, compared in SQL.
+    assert db.execute(SAME_MESSAGES.format(queue=f.campaign_queue(db, large)), (large,)).fetchone()[0] == 10_050
+    # The queue's sequence goes on after the last row: a later message is last.
+    later = db.execute("SELECT pgmq.send(%s, '{\"o\": 0}')", (f.campaign_queue(db, large),)).fetchone()[0]
+    assert later == msg_ids[-1] + 1
+
+
+SAME_MESSAGES = """
+    SELECT count(*) FROM core.outbound_messages o
+    JOIN core.contacts c ON c.contact_id = o.contact_id
+    JOIN LATERAL (SELECT q.message FROM pgmq.q_{queue} q WHERE (q.message->>'o')::bigint = o.outbound_id) q ON true
+    WHERE o.campaign_id = %s AND q.message = jsonb_build_object('o', o.outbound_id, 't', c.wa_id, 'v', o.variant,
+        'p', CASE o.variant WHEN 0 THEN jsonb_build_array(c.name, c.attributes->>'order_no')
+                            ELSE jsonb_build_array(c.name) END)"""

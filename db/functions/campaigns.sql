@@ -528,6 +528,10 @@ DECLARE
     v_distinct integer;
     v_changed boolean;
     v_probe boolean;
+    v_queue_table text;
+    v_queue_indexes text[];
+    v_drops text[];
+    v_i integer;
 BEGIN
     IF coalesce(btrim(p_name), '') = '' THEN
         RAISE EXCEPTION 'campaign name is empty' USING ERRCODE = 'PW100', HINT = 'Name the campaign.';
@@ -599,8 +603,7 @@ BEGIN
         EXECUTE format($q$
             CREATE TEMP TABLE campaign_sends ON COMMIT DROP AS
             SELECT r.row_no, r.wa_id, r.name, r.attributes,
-                   CASE WHEN NOT r.opted_out
-                        THEN ((count(*) FILTER (WHERE NOT r.opted_out) OVER w - 1) %% $2)::smallint END AS variant,
+                   CASE WHEN NOT r.opted_out THEN %s END AS variant,
                    coalesce(r.contact_id, nextval($3)) AS contact_id,
                    r.contact_id IS NULL AS is_new, r.changed AND NOT r.opted_out AS changed,
                    CASE WHEN NOT r.opted_out THEN nextval($4) END AS outbound_id
@@ -612,7 +615,9 @@ BEGIN
                   %s) r
             WINDOW w AS (ORDER BY r.row_no ROWS UNBOUNDED PRECEDING)
             ORDER BY r.row_no
-        $q$, CASE WHEN v_probe
+        $q$, CASE WHEN v_k = 1 THEN '0::smallint'
+                  ELSE '((count(*) FILTER (WHERE NOT r.opted_out) OVER w - 1) % $2)::smallint' END,
+             CASE WHEN v_probe
                   THEN 'LEFT JOIN LATERAL (SELECT k.contact_id, k.opted_out, k.name, k.attributes FROM core.contacts k
                                            WHERE k.tenant_id = $1 AND k.wa_id = u.wa_id LIMIT 1) c ON true'
                   ELSE 'LEFT JOIN core.contacts c ON c.tenant_id = $1 AND c.wa_id = u.wa_id' END)
@@ -639,9 +644,7 @@ BEGIN
         EXECUTE format($q$
             CREATE TEMP TABLE campaign_sends ON COMMIT DROP AS
             SELECT row_number() OVER w AS row_no, r.wa_id, r.name, r.attributes, r.problem, r.opted_out,
-                   CASE WHEN r.problem IS NULL AND NOT r.opted_out
-                        THEN ((count(*) FILTER (WHERE r.problem IS NULL AND NOT r.opted_out) OVER w - 1) %% $6)::smallint
-                   END AS variant,
+                   CASE WHEN r.problem IS NULL AND NOT r.opted_out THEN %s END AS variant,
                    r.contact_id, false AS is_new, false AS changed,
                    CASE WHEN r.problem IS NULL AND NOT r.opted_out THEN nextval($7) END AS outbound_id
             FROM (SELECT c.contact_id, c.wa_id, nullif(btrim(c.name), '') AS name, c.attributes, c.opted_out,
@@ -650,7 +653,9 @@ BEGIN
                   WHERE c.tenant_id = $5 AND c.wa_id IS NOT NULL AND %s) r
             WINDOW w AS (ORDER BY r.contact_id ROWS UNBOUNDED PRECEDING)
             ORDER BY r.contact_id
-        $q$, v_problem, p_segment.sql)
+        $q$, CASE WHEN v_k = 1 THEN '0::smallint'
+                  ELSE '((count(*) FILTER (WHERE r.problem IS NULL AND NOT r.opted_out) OVER w - 1) % $6)::smallint' END,
+             v_problem, p_segment.sql)
         USING p_segment.texts, p_segment.numbers, p_segment.times, p_segment.ids, p_tenant_id, v_k, v_outbound_seq;
         SELECT count(*), count(*) FILTER (WHERE problem IS NOT NULL), count(outbound_id)
         INTO v_staged, v_invalid, v_result.total FROM pg_temp.campaign_sends;
@@ -741,15 +746,35 @@ BEGIN
     FROM pg_temp.campaign_variants v;
 
     PERFORM pgmq.create(core.campaign_queue(v_campaign_id));
+    v_queue_table := pgmq.format_table_name(core.campaign_queue(v_campaign_id), 'q');
+    -- The queue is new in this transaction: for a large list its indexes (whatever pgmq
+    -- made) are dropped and built once after the load, a sorted build instead of an
+    -- entry at a time.
+    IF v_result.total >= 10000 THEN
+        SELECT array_agg(CASE WHEN k.conname IS NULL THEN pg_get_indexdef(i.indexrelid)
+                              ELSE format('ALTER TABLE pgmq.%I ADD CONSTRAINT %I %s', v_queue_table, k.conname,
+                                          pg_get_constraintdef(k.oid)) END),
+               array_agg(CASE WHEN k.conname IS NULL THEN format('DROP INDEX %s', i.indexrelid::regclass)
+                              ELSE format('ALTER TABLE pgmq.%I DROP CONSTRAINT %I', v_queue_table, k.conname) END)
+        INTO v_queue_indexes, v_drops
+        FROM pg_index i LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid
+        WHERE i.indrelid = format('pgmq.%I', v_queue_table)::regclass;
+        FOR v_i IN 1 .. coalesce(cardinality(v_drops), 0) LOOP
+            EXECUTE v_drops[v_i];
+        END LOOP;
+    END IF;
     -- The per-row values of each row (its mapped columns) as one expression (a CASE over
     -- the variants), so queueing 100,000 messages is expression evaluation, not a
-    -- subquery per row. Column names enter the SQL only through format's %L.
+    -- subquery per row. Column names enter the SQL only through format's %L. The message
+    -- is written as JSON text and parsed once: jsonb_build_object converts each argument
+    -- through its type's output function and costs more per row. to_json escapes every
+    -- string; a missing value is null, as jsonb_build_array makes it.
     SELECT 'CASE s.variant ' || string_agg(format('WHEN %s THEN %s', v.variant, coalesce(
-               (SELECT 'jsonb_build_array(' || string_agg(
+               (SELECT '''['' || ' || string_agg(format('coalesce(to_json(%s)::text, ''null'')',
                     CASE WHEN c = 'phone' THEN 's.wa_id'
                          WHEN c = 'name' THEN 's.name'
-                         ELSE format('s.attributes->>%L', c) END, ', ' ORDER BY n) || ')'
-                FROM unnest(v.columns) WITH ORDINALITY x(c, n)), '''[]''::jsonb')), ' ')
+                         ELSE format('s.attributes->>%L', c) END), ' || '','' || ' ORDER BY n) || ' || '']'''
+                FROM unnest(v.columns) WITH ORDINALITY x(c, n)), '''[]''')), ' ')
            || ' END'
     INTO v_params_sql FROM pg_temp.campaign_variants v;
     -- campaign_sends is in list order, which is outbound id order (the ids were drawn as
@@ -763,11 +788,19 @@ BEGIN
     $q$, v_rest) USING p_number_id, v_campaign_id;
     -- One queue message per contact: the outbound id, the recipient, the template variant
     -- and the body parameters. api.claim_sends renders the Graph API request from them.
+    -- The queue's message ids are the rows' numbers (in list order, as the outbound ids),
+    -- not a nextval each; its sequence then goes on after the last.
     EXECUTE format($q$
-        INSERT INTO pgmq.%I (vt, message)
-        SELECT now(), jsonb_build_object('o', s.outbound_id, 't', s.wa_id, 'v', s.variant, 'p', %s)
+        INSERT INTO pgmq.%I (msg_id, vt, message) OVERRIDING SYSTEM VALUE
+        SELECT s.row_no, now(), ('{"o":' || s.outbound_id || ',"t":' || to_json(s.wa_id)::text || ',"v":' || s.variant
+                       || ',"p":' || %s || '}')::jsonb
         FROM pg_temp.campaign_sends s WHERE s.outbound_id IS NOT NULL %s
-    $q$, pgmq.format_table_name(core.campaign_queue(v_campaign_id), 'q'), v_params_sql, v_rest);
+    $q$, v_queue_table, v_params_sql, v_rest);
+    PERFORM setval(pg_get_serial_sequence(format('pgmq.%I', v_queue_table), 'msg_id'),
+                   (SELECT max(s.row_no) FROM pg_temp.campaign_sends s));
+    FOR v_i IN 1 .. coalesce(cardinality(v_queue_indexes), 0) LOOP
+        EXECUTE v_queue_indexes[v_i];
+    END LOOP;
 
     IF p_segment IS NULL THEN
         TRUNCATE pg_temp.staged_contacts;
