@@ -87,8 +87,12 @@ def error_response(status: int, sqlstate: str, name: str, message: str, hint: st
                     media_type="application/json", headers=headers)
 
 
-def _retry_after(sqlstate: str, detail: object) -> dict[str, str] | None:
-    """A rate-limited key (PW429) is told when to come back, in whole seconds."""
+def _retry_after(sqlstate: str, detail: object, status: int) -> dict[str, str] | None:
+    """A rate-limited key (PW429) is told when to come back, in whole seconds; a request that
+    met a passing conflict (503: a deadlock, a serialisation failure, a row held past the
+    lock timeout) may come back at once."""
+    if status == 503:
+        return {"Retry-After": "1"}
     if sqlstate != "PW429":
         return None
     seconds = detail.get("retry_after_s") if isinstance(detail, dict) else None
@@ -143,6 +147,6 @@ def handler(codes: ErrorCodes):
             except orjson.JSONDecodeError:
                 detail = None
         return error_response(code.status, sqlstate, code.name, diag.message_primary or code.name,
-                              diag.message_hint, detail, headers=_retry_after(sqlstate, detail))
+                              diag.message_hint, detail, headers=_retry_after(sqlstate, detail, code.status))
 
     return handle

@@ -4634,6 +4634,7 @@ COMMENT ON FUNCTION api.send_message(p_tenant_id bigint, p_number_id bigint, p_t
 CREATE FUNCTION api.send_messages(p_items jsonb, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_wake boolean DEFAULT true) RETURNS SETOF api.send_result
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
+    SET lock_timeout TO '2s'
     AS $_$
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
@@ -4919,7 +4920,7 @@ BEGIN
 END
 $_$;
 
-COMMENT ON FUNCTION api.send_messages(p_items jsonb, p_now timestamp with time zone, p_wake boolean) IS 'Sends a batch of messages as api.send_message sends one, in one transaction: p_items is a JSON array of {"tenant_id", "number_id", "to", "message", "idempotency_key"} (the tenant taken from each request''s own key). Returns one api.send_result per item, in order: the message (api.message_sent; replayed true for a key already used, in this batch or before) or the error that item alone raised (sqlstate, message, detail, hint: PW100, PW102, PW106, PW202, PW303, PW304, PW245/PW345 as api.send_message raises them), which leaves nothing of that item behind and sends the others. Two items with one tenant''s key send once: the second answers the first''s message, or PW303 for another message. p_wake false leaves waking the senders (NOTIFY pgwa_send) to the caller after commit. Raises PW100 when p_items is not an array.';
+COMMENT ON FUNCTION api.send_messages(p_items jsonb, p_now timestamp with time zone, p_wake boolean) IS 'Sends a batch of messages as api.send_message sends one, in one transaction: p_items is a JSON array of {"tenant_id", "number_id", "to", "message", "idempotency_key"} (the tenant taken from each request''s own key). Returns one api.send_result per item, in order: the message (api.message_sent; replayed true for a key already used, in this batch or before) or the error that item alone raised (sqlstate, message, detail, hint: PW100, PW102, PW106, PW202, PW303, PW304, PW245/PW345 as api.send_message raises them), which leaves nothing of that item behind and sends the others. Two items with one tenant''s key send once: the second answers the first''s message, or PW303 for another message. p_wake false leaves waking the senders (NOTIFY pgwa_send) to the caller after commit. Raises PW100 when p_items is not an array, and 55P03 (the batch whole) when a row it needs, a new contact say, is held by another transaction for more than 2 s (lock_timeout).';
 
 CREATE FUNCTION api.send_policy() RETURNS api.send_policy
     LANGUAGE sql STABLE SECURITY DEFINER

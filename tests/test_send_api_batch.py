@@ -269,3 +269,37 @@ def test_a_message_json_cannot_carry_fails_alone_and_the_batch_is_sent(db: psyco
     assert {a.sqlstate for a in answers[1:4]} == {"PW100"}
     assert "JSON" in str(answers[1]) and "NUL" in str(answers[2]) and "NUL" in str(answers[3])
     assert api_messages(db, tenant.acc.number_id) == 2 and batcher.stats.retried == 0
+
+
+def test_a_contact_held_by_another_transaction_holds_up_its_own_request_only(
+        db: psycopg.Connection, db_url: str, tenant: Tenant) -> None:
+    # A campaign being created has inserted this phone's contact and not committed yet (a
+    # million-row list holds it for tens of seconds): the batch waits at most lock_timeout
+    # for it, then its requests go one at a time and only that one fails, as retryable.
+    key = key_of(db, tenant)
+    with psycopg.connect(db_url) as creating:
+        creating.execute("INSERT INTO core.contacts (tenant_id, wa_id) VALUES (%s, '14155550601')",
+                         (tenant.acc.tenant_id,))
+        [answers], batcher = run_batcher(db_url, [request(key, tenant, f"+1415555060{n}") for n in range(3)])
+        creating.rollback()
+    assert [isinstance(a, tuple) for a in answers] == [True, False, True], answers
+    assert answers[1].sqlstate == "55P03" and batcher.stats.retried == 1
+    assert api_messages(db, tenant.acc.number_id) == 2
+    # Once the other transaction is over, the same request is sent.
+    [again], _ = run_batcher(db_url, [request(key, tenant, "+14155550601")])
+    assert isinstance(again[0], tuple) and again[0][1] is False
+
+
+def test_a_held_row_answers_503_with_retry_after(tenant: Tenant, client: TestClient, db_url: str) -> None:
+    body = {"number_id": tenant.acc.number_id, "to": "+14155550611", "message": TEMPLATE}
+    with psycopg.connect(db_url) as creating:
+        creating.execute("INSERT INTO core.contacts (tenant_id, wa_id) VALUES (%s, '14155550611')",
+                         (tenant.acc.tenant_id,))
+        held = client.post("/v1/messages", json=body, headers={"Idempotency-Key": "held-1"})
+        creating.rollback()
+    assert held.status_code == 503, held.text
+    assert held.headers["Retry-After"] == "1"
+    assert held.json()["error"]["code"] == "55P03" and held.json()["error"]["name"] == "lock_not_available"
+    # The retry with the same key sends it.
+    retry = client.post("/v1/messages", json=body, headers={"Idempotency-Key": "held-1"})
+    assert retry.status_code == 201, retry.text

@@ -279,10 +279,15 @@ $$;
 -- one message: the second answers the first's (replayed) or PW303. Keys are locked in one
 -- order (their lock ids sorted) before anything else, so that two batches never wait on
 -- each other in a cycle, and a key used by a batch still in flight waits for it to commit.
+-- lock_timeout: a row another transaction holds for long (a contact that a campaign being
+-- created has inserted and not committed, for the tens of seconds a million-row list takes)
+-- would hold up every request of the batch, and with POST /v1/messages' batches all stuck
+-- the whole API. Past it the batch fails with 55P03, POST /v1/messages sends its requests
+-- again one at a time, and only the request whose row is held answers 503 (Retry-After).
 CREATE OR REPLACE FUNCTION api.send_messages(p_items jsonb, p_now timestamptz DEFAULT NULL,
                                              p_wake boolean DEFAULT true)
 RETURNS SETOF api.send_result
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' SET lock_timeout = '2s' AS $$
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
     v_count integer := CASE WHEN jsonb_typeof(p_items) = 'array' THEN jsonb_array_length(p_items) ELSE 0 END;
@@ -567,7 +572,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.send_messages(jsonb, timestamptz, boolean) IS
-    'Sends a batch of messages as api.send_message sends one, in one transaction: p_items is a JSON array of {"tenant_id", "number_id", "to", "message", "idempotency_key"} (the tenant taken from each request''s own key). Returns one api.send_result per item, in order: the message (api.message_sent; replayed true for a key already used, in this batch or before) or the error that item alone raised (sqlstate, message, detail, hint: PW100, PW102, PW106, PW202, PW303, PW304, PW245/PW345 as api.send_message raises them), which leaves nothing of that item behind and sends the others. Two items with one tenant''s key send once: the second answers the first''s message, or PW303 for another message. p_wake false leaves waking the senders (NOTIFY pgwa_send) to the caller after commit. Raises PW100 when p_items is not an array.';
+    'Sends a batch of messages as api.send_message sends one, in one transaction: p_items is a JSON array of {"tenant_id", "number_id", "to", "message", "idempotency_key"} (the tenant taken from each request''s own key). Returns one api.send_result per item, in order: the message (api.message_sent; replayed true for a key already used, in this batch or before) or the error that item alone raised (sqlstate, message, detail, hint: PW100, PW102, PW106, PW202, PW303, PW304, PW245/PW345 as api.send_message raises them), which leaves nothing of that item behind and sends the others. Two items with one tenant''s key send once: the second answers the first''s message, or PW303 for another message. p_wake false leaves waking the senders (NOTIFY pgwa_send) to the caller after commit. Raises PW100 when p_items is not an array, and 55P03 (the batch whole) when a row it needs, a new contact say, is held by another transaction for more than 2 s (lock_timeout).';
 
 CREATE OR REPLACE FUNCTION api.send_message(p_tenant_id bigint, p_number_id bigint, p_to text, p_message jsonb,
                                             p_idempotency_key text DEFAULT NULL, p_now timestamptz DEFAULT NULL,
