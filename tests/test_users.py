@@ -230,3 +230,22 @@ def test_two_agents_taking_one_conversation_at_once_leave_it_with_the_first(db, 
             assert late.result(timeout=30) == "PW403"
     assert db.execute("SELECT assigned_to FROM core.conversations WHERE contact_id = %s",
                       (contact,)).fetchone()[0] == "ann@example.com"
+
+
+def test_inviting_an_email_again_replaces_its_open_invitation(db, acc) -> None:
+    first, second = token_hash(new_token()), token_hash(new_token())
+    db.execute("SELECT api.invite_user(%s, 'twice@example.com', 'viewer', %s, %s)", (acc.tenant_id, first, T0))
+    db.execute("SELECT api.invite_user(%s, 'Twice@Example.com', 'agent', %s, %s)",
+               (acc.tenant_id, second, T0 + timedelta(hours=1)))
+    # The first link no longer works; the second does, with its own role.
+    assert sqlstate(db, "SELECT api.invitation(%s, %s)", (first, T0 + timedelta(hours=2))) == "PW260"
+    assert sqlstate(db, "SELECT api.accept_invitation(%s, %s, %s)", (first, HASH, T0 + timedelta(hours=2))) == "PW260"
+    assert db.execute("SELECT role FROM api.accept_invitation(%s, %s, %s)",
+                      (second, HASH, T0 + timedelta(hours=2))).fetchone()[0] == "agent"
+    # Another tenant's invitation of the same e-mail is its own.
+    other = factories.account(db, with_templates=False)
+    theirs = token_hash(new_token())
+    db.execute("SELECT api.invite_user(%s, 'shared@example.com', 'viewer', %s, %s)", (other.tenant_id, theirs, T0))
+    db.execute("SELECT api.invite_user(%s, 'shared@example.com', 'viewer', %s, %s)",
+               (acc.tenant_id, token_hash(new_token()), T0))
+    assert db.execute("SELECT email FROM api.invitation(%s, %s)", (theirs, T0)).fetchone()[0] == "shared@example.com"

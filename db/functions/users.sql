@@ -183,6 +183,11 @@ BEGIN
         RAISE EXCEPTION 'a user with e-mail % already exists in this tenant', v_email USING ERRCODE = 'PW302',
             HINT = 'Change that user''s role instead.';
     END IF;
+    -- Inviting an e-mail again replaces its open invitation: only the newest link (and its
+    -- role) works. One invitation at a time per e-mail and tenant.
+    PERFORM pg_advisory_xact_lock(hashtextextended('pgwa.invite:' || p_tenant_id || ':' || v_email, 0));
+    UPDATE core.dashboard_invitations SET revoked_at = p_now
+    WHERE tenant_id = p_tenant_id AND email = v_email AND accepted_at IS NULL AND revoked_at IS NULL;
     INSERT INTO core.dashboard_invitations (tenant_id, email, role, token_hash, created_at, expires_at)
     SELECT p_tenant_id, v_email, p_role, p_token_hash, p_now, p_now + s.dashboard_invitation_ttl FROM core.settings s
     RETURNING invitation_id, tenant_id, email, role, created_at, expires_at, accepted_at, revoked_at INTO v_result;
@@ -190,7 +195,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.invite_user(bigint, text, text, bytea, timestamptz) IS
-    'Invites an e-mail into the tenant with a role: stores the sha256 of the link''s random token (made by the caller, sent to the invitee, never stored), expiring after core.settings.dashboard_invitation_ttl. Returns the invitation. Raises PW100 for a bad e-mail, role or hash, PW205 for an unknown tenant, PW302 when the e-mail is already a user of the tenant.';
+    'Invites an e-mail into the tenant with a role: stores the sha256 of the link''s random token (made by the caller, sent to the invitee, never stored), expiring after core.settings.dashboard_invitation_ttl; an open invitation of the same e-mail is revoked (only the newest link works). Returns the invitation. Raises PW100 for a bad e-mail, role or hash, PW205 for an unknown tenant, PW302 when the e-mail is already a user of the tenant.';
 
 CREATE OR REPLACE FUNCTION api.invitation(p_token_hash bytea, p_now timestamptz DEFAULT now())
 RETURNS api.dashboard_invitation
