@@ -246,3 +246,29 @@ def test_the_cli_registers_after_metas_answer_and_the_operator_transfers(
     assert code == 0 and "moved" in out
     assert db.execute("SELECT tenant_id FROM core.wa_numbers WHERE phone_number_id = %s",
                       (NEW_PNID,)).fetchone()[0] == a.acc.tenant_id
+
+
+def test_a_transfer_cancels_the_numbers_unsent_replies_and_no_others(db) -> None:
+    a, b = new_tenant(db), new_tenant(db)
+    template = {"type": "template", "name": "order_update", "language": "en_US", "params": ["Ana", "A-1", "ACME"]}
+
+    def send(t: Tenant, to: str) -> int:
+        items = [{"tenant_id": t.acc.tenant_id, "number_id": t.acc.number_id, "to": to, "message": template,
+                  "idempotency_key": None}]
+        row = db.execute("SELECT (r.sent).outbound_id, r.sqlstate FROM api.send_messages(%s::jsonb, p_wake => false) r",
+                         (orjson.dumps(items).decode(),)).fetchone()
+        assert row[1] is None, row
+        return row[0]
+
+    queued, claimed, answered = (send(a, f"+1415555070{n}") for n in range(3))
+    theirs = send(b, "+14155550709")
+    db.execute("UPDATE core.outbound_messages SET state = 'in_flight' WHERE outbound_id = %s", (claimed,))
+    db.execute("UPDATE core.outbound_messages SET state = 'accepted', wamid = 'wamid.T1' WHERE outbound_id = %s",
+               (answered,))
+    db.execute("SELECT api.transfer_number(%s, %s, %s)", (a.acc.phone_number_id, b.acc.tenant_id, b.acc.waba_id))
+    states = dict(db.execute("SELECT outbound_id, state FROM core.outbound_messages WHERE outbound_id = ANY(%s)",
+                             ([queued, claimed, answered, theirs],)).fetchall())
+    assert states == {queued: "cancelled", claimed: "cancelled", answered: "accepted", theirs: "queued"}
+    queue = db.execute("SELECT core.reply_queue(%s)", (a.acc.number_id,)).fetchone()[0]
+    assert db.execute("SELECT count(*) FROM pgmq.metrics(%s)", (queue,)).fetchone()[0] == 1
+    assert db.execute("SELECT queue_length FROM pgmq.metrics(%s)", (queue,)).fetchone()[0] == 0

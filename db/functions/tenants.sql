@@ -224,9 +224,17 @@ BEGIN
     PERFORM core.place_in_portfolio(v_number.number_id);
     DELETE FROM core.bot_rules WHERE number_id = v_number.number_id;
     DELETE FROM core.conversations WHERE number_id = v_number.number_id;
-    UPDATE core.outbound_messages SET state = 'cancelled'
-    WHERE number_id = v_number.number_id AND campaign_id IS NULL AND state IN ('queued', 'in_flight');
+    -- The number's messages not yet sent (replies, bot and API sends) are the ones its reply
+    -- queue holds, waiting or claimed: found through it, not by reading every message the
+    -- number ever sent (outbound_messages has no index by number; one whose predicate named
+    -- the state would make every state change a non-HOT update).
     IF EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = core.reply_queue(v_number.number_id)) THEN
+        EXECUTE format('UPDATE core.outbound_messages o SET state = ''cancelled''
+                        FROM pgmq.%I q
+                        WHERE o.outbound_id = (q.message->>''o'')::bigint AND o.number_id = $1
+                          AND o.campaign_id IS NULL AND o.state IN (''queued'', ''in_flight'')',
+                       pgmq.format_table_name(core.reply_queue(v_number.number_id), 'q'))
+        USING v_number.number_id;
         PERFORM pgmq.purge_queue(core.reply_queue(v_number.number_id));
     END IF;
     v_details := jsonb_build_object('number_id', v_number.number_id, 'phone_number_id', p_phone_number_id,
