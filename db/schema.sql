@@ -2137,29 +2137,6 @@ $$;
 
 COMMENT ON FUNCTION api.dashboard_authorize_conversation(p_token_hash bytea, p_action text, p_number_id bigint, p_contact_id bigint, p_now timestamp with time zone) IS 'As api.dashboard_authorize, for an action on one conversation: an agent is also refused (PW403) a conversation assigned to someone else. Returns the tenant. Raises PW401 for no live session, PW403 when the role lacks the action or the conversation is another agent''s; ids of another tenant are then not found by the function called.';
 
-CREATE FUNCTION api.dashboard_conversations(p_token_hash bytea, p_number_id bigint, p_filter text DEFAULT 'all'::text, p_limit integer DEFAULT 50, p_now timestamp with time zone DEFAULT now()) RETURNS SETOF api.conversation_summary
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-DECLARE
-    v_user core.dashboard_users := core.dashboard_session_user(p_token_hash, p_now);
-BEGIN
-    PERFORM core.dashboard_require(v_user.role, 'inbox.read');
-    IF v_user.role <> 'agent' THEN
-        RETURN QUERY SELECT * FROM api.conversations(v_user.tenant_id, p_number_id, p_filter, NULL, NULL, NULL, p_limit);
-        RETURN;
-    END IF;
-    -- An agent's view: theirs and the unassigned queue, newest first.
-    RETURN QUERY
-    SELECT c.* FROM api.conversations(v_user.tenant_id, p_number_id, p_filter, NULL, NULL, NULL, 500) c
-    WHERE c.assigned_to IS NULL OR c.assigned_to = v_user.email
-    ORDER BY c.last_message_at DESC, c.contact_id DESC
-    LIMIT p_limit;
-END
-$$;
-
-COMMENT ON FUNCTION api.dashboard_conversations(p_token_hash bytea, p_number_id bigint, p_filter text, p_limit integer, p_now timestamp with time zone) IS 'The inbox of the session''s user on one number (as api.conversations, filter all, unread, open, assigned, unassigned or needs_human): an agent sees the conversations assigned to them and the unassigned queue (among the latest 500), the other roles every conversation. Raises PW401 for no live session, PW403 for a role without inbox.read, PW202 for a number not the tenant''s.';
-
 CREATE FUNCTION api.dashboard_cookie_key() RETURNS bytea
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO ''
@@ -5994,62 +5971,6 @@ BEGIN
 END
 $$;
 
-CREATE TABLE core.contacts (
-    contact_id bigint NOT NULL,
-    tenant_id bigint NOT NULL,
-    wa_id text,
-    user_id text,
-    name text,
-    profile_name text,
-    attributes jsonb DEFAULT '{}'::jsonb NOT NULL,
-    opted_out boolean DEFAULT false NOT NULL,
-    opted_out_at timestamp with time zone,
-    last_inbound_at timestamp with time zone,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    marketing_stopped_at timestamp with time zone,
-    marketing_resumed_at timestamp with time zone,
-    tags text[] DEFAULT '{}'::text[] NOT NULL,
-    time_zone text,
-    CONSTRAINT contacts_identified CHECK (((wa_id IS NOT NULL) OR (user_id IS NOT NULL))),
-    CONSTRAINT contacts_wa_id_e164 CHECK (((wa_id ~ '^[1-9][0-9]*$'::text) AND ((length(wa_id) >= 7) AND (length(wa_id) <= 15))))
-);
-
-COMMENT ON COLUMN core.contacts.marketing_stopped_at IS 'When Meta said the user stopped marketing messages from this business (error 131050 or a user_preferences webhook); marketing templates skip the contact, utility ones do not.';
-
-COMMENT ON COLUMN core.contacts.marketing_resumed_at IS 'When the user last resumed marketing messages (user_preferences webhook); a stop older than this changes nothing.';
-
-COMMENT ON COLUMN core.contacts.tags IS 'The contact''s tags (trimmed, 1-64 characters, at most 100), set by api.update_contact, api.tag_contacts and imports.';
-
-COMMENT ON COLUMN core.contacts.time_zone IS 'The contact''s own IANA time zone, for campaign send windows (NULL: from the phone''s prefix, core.phone_zone).';
-
-CREATE FUNCTION core.api_contact(p_tenant_id bigint, p_recipient text) RETURNS core.contacts
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $_$
-DECLARE
-    v_contact core.contacts;
-    v_bsuid boolean := p_recipient !~ '^[0-9]+$';
-BEGIN
-    SELECT * INTO v_contact FROM core.contacts c
-    WHERE c.tenant_id = p_tenant_id
-      AND CASE WHEN v_bsuid THEN c.user_id = p_recipient ELSE c.wa_id = p_recipient END;
-    IF FOUND THEN
-        RETURN v_contact;
-    END IF;
-    INSERT INTO core.contacts (tenant_id, wa_id, user_id)
-    VALUES (p_tenant_id, CASE WHEN NOT v_bsuid THEN p_recipient END, CASE WHEN v_bsuid THEN p_recipient END)
-    ON CONFLICT DO NOTHING
-    RETURNING * INTO v_contact;
-    IF v_contact.contact_id IS NULL THEN      -- a concurrent send created it first
-        SELECT * INTO v_contact FROM core.contacts c
-        WHERE c.tenant_id = p_tenant_id
-          AND CASE WHEN v_bsuid THEN c.user_id = p_recipient ELSE c.wa_id = p_recipient END;
-    END IF;
-    RETURN v_contact;
-END
-$_$;
-
 CREATE FUNCTION core.api_recipient(p_to text) RETURNS text
     LANGUAGE plpgsql IMMUTABLE
     SET search_path TO ''
@@ -8224,6 +8145,35 @@ BEGIN
     RETURN coalesce(v_done, '{}');
 END
 $$;
+
+CREATE TABLE core.contacts (
+    contact_id bigint NOT NULL,
+    tenant_id bigint NOT NULL,
+    wa_id text,
+    user_id text,
+    name text,
+    profile_name text,
+    attributes jsonb DEFAULT '{}'::jsonb NOT NULL,
+    opted_out boolean DEFAULT false NOT NULL,
+    opted_out_at timestamp with time zone,
+    last_inbound_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    marketing_stopped_at timestamp with time zone,
+    marketing_resumed_at timestamp with time zone,
+    tags text[] DEFAULT '{}'::text[] NOT NULL,
+    time_zone text,
+    CONSTRAINT contacts_identified CHECK (((wa_id IS NOT NULL) OR (user_id IS NOT NULL))),
+    CONSTRAINT contacts_wa_id_e164 CHECK (((wa_id ~ '^[1-9][0-9]*$'::text) AND ((length(wa_id) >= 7) AND (length(wa_id) <= 15))))
+);
+
+COMMENT ON COLUMN core.contacts.marketing_stopped_at IS 'When Meta said the user stopped marketing messages from this business (error 131050 or a user_preferences webhook); marketing templates skip the contact, utility ones do not.';
+
+COMMENT ON COLUMN core.contacts.marketing_resumed_at IS 'When the user last resumed marketing messages (user_preferences webhook); a stop older than this changes nothing.';
+
+COMMENT ON COLUMN core.contacts.tags IS 'The contact''s tags (trimmed, 1-64 characters, at most 100), set by api.update_contact, api.tag_contacts and imports.';
+
+COMMENT ON COLUMN core.contacts.time_zone IS 'The contact''s own IANA time zone, for campaign send windows (NULL: from the phone''s prefix, core.phone_zone).';
 
 CREATE FUNCTION core.contact_for(p_tenant_id bigint, p_contact_id bigint) RETURNS core.contacts
     LANGUAGE plpgsql STABLE

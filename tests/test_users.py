@@ -180,8 +180,9 @@ def test_a_session_of_tenant_a_never_reaches_tenant_b(db, acc) -> None:
                     (h, T0, their_campaign)) == "PW201"
     assert sqlstate(db, "SELECT api.pause_campaign(api.dashboard_authorize(%s, 'campaigns.manage', %s), %s)",
                     (h, T0, their_campaign)) == "PW201"
-    assert sqlstate(db, "SELECT * FROM api.dashboard_conversations(%s, %s, 'all', 50, %s)",
-                    (h, other.number_id, T0)) == "PW202"
+    assert sqlstate(db, "SELECT c.* FROM api.dashboard_actor(%s, 'inbox.read', NULL, NULL, %s) a, "
+                        "api.inbox_conversations(a.tenant_id, a.user_id, %s, 'all', NULL, 50, %s) c",
+                    (h, T0, other.number_id, T0)) == "PW202"
     theirs = user(db, other.tenant_id, "eve@example.com", "agent")
     assert sqlstate(db, "SELECT api.disable_user(%s, %s)", (acc.tenant_id, theirs)) == "PW260"
     assert sqlstate(db, "SELECT api.set_user_role(%s, %s, 'admin')", (acc.tenant_id, theirs)) == "PW260"

@@ -27,33 +27,6 @@ BEGIN
 END
 $$;
 
--- The contact a send API message goes to, created on first use (a phone as wa_id, a
--- business-scoped user id as user_id).
-CREATE OR REPLACE FUNCTION core.api_contact(p_tenant_id bigint, p_recipient text) RETURNS core.contacts
-LANGUAGE plpgsql SET search_path = '' AS $$
-DECLARE
-    v_contact core.contacts;
-    v_bsuid boolean := p_recipient !~ '^[0-9]+$';
-BEGIN
-    SELECT * INTO v_contact FROM core.contacts c
-    WHERE c.tenant_id = p_tenant_id
-      AND CASE WHEN v_bsuid THEN c.user_id = p_recipient ELSE c.wa_id = p_recipient END;
-    IF FOUND THEN
-        RETURN v_contact;
-    END IF;
-    INSERT INTO core.contacts (tenant_id, wa_id, user_id)
-    VALUES (p_tenant_id, CASE WHEN NOT v_bsuid THEN p_recipient END, CASE WHEN v_bsuid THEN p_recipient END)
-    ON CONFLICT DO NOTHING
-    RETURNING * INTO v_contact;
-    IF v_contact.contact_id IS NULL THEN      -- a concurrent send created it first
-        SELECT * INTO v_contact FROM core.contacts c
-        WHERE c.tenant_id = p_tenant_id
-          AND CASE WHEN v_bsuid THEN c.user_id = p_recipient ELSE c.wa_id = p_recipient END;
-    END IF;
-    RETURN v_contact;
-END
-$$;
-
 -- What a send API message looks like to its caller now.
 CREATE OR REPLACE FUNCTION core.message_sent(p_outbound_id bigint, p_replayed boolean) RETURNS api.message_sent
 LANGUAGE sql STABLE SET search_path = '' AS $$

@@ -390,29 +390,6 @@ $$;
 COMMENT ON FUNCTION api.dashboard_authorize_conversation(bytea, text, bigint, bigint, timestamptz) IS
     'As api.dashboard_authorize, for an action on one conversation: an agent is also refused (PW403) a conversation assigned to someone else. Returns the tenant. Raises PW401 for no live session, PW403 when the role lacks the action or the conversation is another agent''s; ids of another tenant are then not found by the function called.';
 
-CREATE OR REPLACE FUNCTION api.dashboard_conversations(p_token_hash bytea, p_number_id bigint, p_filter text DEFAULT 'all',
-                                                       p_limit integer DEFAULT 50, p_now timestamptz DEFAULT now())
-RETURNS SETOF api.conversation_summary
-LANGUAGE plpgsql SECURITY DEFINER STABLE SET search_path = '' AS $$
-DECLARE
-    v_user core.dashboard_users := core.dashboard_session_user(p_token_hash, p_now);
-BEGIN
-    PERFORM core.dashboard_require(v_user.role, 'inbox.read');
-    IF v_user.role <> 'agent' THEN
-        RETURN QUERY SELECT * FROM api.conversations(v_user.tenant_id, p_number_id, p_filter, NULL, NULL, NULL, p_limit);
-        RETURN;
-    END IF;
-    -- An agent's view: theirs and the unassigned queue, newest first.
-    RETURN QUERY
-    SELECT c.* FROM api.conversations(v_user.tenant_id, p_number_id, p_filter, NULL, NULL, NULL, 500) c
-    WHERE c.assigned_to IS NULL OR c.assigned_to = v_user.email
-    ORDER BY c.last_message_at DESC, c.contact_id DESC
-    LIMIT p_limit;
-END
-$$;
-COMMENT ON FUNCTION api.dashboard_conversations(bytea, bigint, text, integer, timestamptz) IS
-    'The inbox of the session''s user on one number (as api.conversations, filter all, unread, open, assigned, unassigned or needs_human): an agent sees the conversations assigned to them and the unassigned queue (among the latest 500), the other roles every conversation. Raises PW401 for no live session, PW403 for a role without inbox.read, PW202 for a number not the tenant''s.';
-
 CREATE OR REPLACE FUNCTION api.dashboard_take_conversation(p_token_hash bytea, p_number_id bigint, p_contact_id bigint,
                                                            p_now timestamptz DEFAULT now())
 RETURNS api.conversation_summary
@@ -509,7 +486,6 @@ REVOKE ALL ON FUNCTION api.dashboard_login(bigint, bytea, timestamptz) FROM PUBL
 REVOKE ALL ON FUNCTION api.dashboard_session(bytea, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.dashboard_authorize(bytea, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.dashboard_authorize_conversation(bytea, text, bigint, bigint, timestamptz) FROM PUBLIC;
-REVOKE ALL ON FUNCTION api.dashboard_conversations(bytea, bigint, text, integer, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.dashboard_take_conversation(bytea, bigint, bigint, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.dashboard_logout(bytea, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION api.dashboard_cookie_key() FROM PUBLIC;
@@ -526,7 +502,6 @@ GRANT EXECUTE ON FUNCTION api.dashboard_login(bigint, bytea, timestamptz) TO pgw
 GRANT EXECUTE ON FUNCTION api.dashboard_session(bytea, timestamptz) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.dashboard_authorize(bytea, text, timestamptz) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.dashboard_authorize_conversation(bytea, text, bigint, bigint, timestamptz) TO pgwa_api;
-GRANT EXECUTE ON FUNCTION api.dashboard_conversations(bytea, bigint, text, integer, timestamptz) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.dashboard_take_conversation(bytea, bigint, bigint, timestamptz) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.dashboard_logout(bytea, timestamptz) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.dashboard_cookie_key() TO pgwa_api;
