@@ -226,6 +226,43 @@ def test_a_contact_another_session_adds_meanwhile_is_used_not_duplicated(db: psy
     assert [m["t"] for m in queued_messages(db, result["created"][0])] == [r["phone"] for r in rows]
 
 
+def test_opting_out_a_phone_another_session_is_adding_opts_out_that_contact(db: psycopg.Connection,
+                                                                          db_url: str) -> None:
+    acc = f.account(db)
+    phone = f.contacts(1)[0]["phone"]
+    db.commit()
+    with psycopg.connect(db_url) as other, psycopg.connect(db_url, autocommit=True) as watcher, \
+            psycopg.connect(db_url, autocommit=True) as opting:
+        # A campaign (or a send) is adding the phone and has not committed; the opt-out by
+        # phone does not see it, tries to insert it and waits, then opts out that contact.
+        other_id = other.execute("INSERT INTO core.contacts (tenant_id, wa_id, name) VALUES (%s, %s, 'Theirs')"
+                                 " RETURNING contact_id", (acc.tenant_id, phone)).fetchone()[0]
+        pid = opting.info.backend_pid
+        result: dict = {}
+
+        def opt_out() -> None:
+            try:
+                result["contact"] = opting.execute("SELECT (api.set_contact_opt_out(%s, true, NULL, %s)).contact_id",
+                                                   (acc.tenant_id, phone)).fetchone()[0]
+            except psycopg.Error as exc:    # the assertion below names it
+                result["error"] = exc
+
+        worker = threading.Thread(target=opt_out)
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not watcher.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                                  (pid,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the opt-out never waited for the other session's row"
+            time.sleep(0.01)
+        other.commit()
+        worker.join(30)
+        assert "error" not in result, result.get("error")
+        assert result["contact"] == other_id
+        row = watcher.execute("SELECT opted_out, opted_out_at IS NOT NULL, name FROM core.contacts "
+                              "WHERE tenant_id = %s AND wa_id = %s", (acc.tenant_id, phone)).fetchall()
+        assert row == [(True, True, "Theirs")]
+
+
 def test_a_failure_after_contacts_are_written_leaves_nothing_behind(db: psycopg.Connection) -> None:
     acc = f.account(db)
     # A late write of a creation (the outbound messages) fails: the contacts, the

@@ -241,11 +241,15 @@ BEGIN
     WHERE c.tenant_id = p_tenant_id
       AND (c.contact_id = p_contact_id OR c.wa_id = v_wa_id)
     RETURNING c.contact_id INTO v_id;
-    -- Opting out a phone pgwa has not met yet keeps it out of every future campaign.
+    -- Opting out a phone pgwa has not met yet keeps it out of every future campaign. A
+    -- campaign, a send or an inbound message may be adding the same phone meanwhile: the
+    -- insert then waits for it and opts out the contact it made.
     IF v_id IS NULL AND p_phone IS NOT NULL AND p_opted_out THEN
-        INSERT INTO core.contacts (tenant_id, wa_id, opted_out, opted_out_at)
+        INSERT INTO core.contacts AS c (tenant_id, wa_id, opted_out, opted_out_at)
         VALUES (p_tenant_id, v_wa_id, true, now())
-        RETURNING contact_id INTO v_id;
+        ON CONFLICT (tenant_id, wa_id) DO UPDATE
+            SET opted_out = true, opted_out_at = coalesce(c.opted_out_at, now()), updated_at = now()
+        RETURNING c.contact_id INTO v_id;
     END IF;
     IF v_id IS NULL THEN
         RAISE EXCEPTION 'contact % not found', coalesce(p_contact_id::text, p_phone) USING ERRCODE = 'PW204',
