@@ -1394,6 +1394,7 @@ DECLARE
     v_rate double precision;
     v_start timestamptz;
     v_budget integer;
+    v_inbound bigint;
     v_batch core.claimed[];
     v_all core.claimed[] := '{}';
     v_starts jsonb := '{}';
@@ -1415,6 +1416,18 @@ BEGIN
     LOOP
         EXIT WHEN v_left <= 0;
         v_rate := least(v_number.rate_mps, v_number.throughput_mps * v_settings.rate_headroom);
+        -- Inbound messages take the number's throughput too (Meta counts both within a
+        -- second): those stored since the last claim move the schedule on by their share
+        -- of a second, from no earlier than a second ago (a number that has been idle for
+        -- a second has room for them) and by at most a second (the window they count in).
+        WITH taken AS (DELETE FROM core.number_inbound i WHERE i.number_id = v_number.number_id
+                       RETURNING i.messages)
+        SELECT sum(t.messages) INTO v_inbound FROM taken t;
+        IF v_inbound > 0 THEN
+            v_number.send_tat := greatest(v_number.send_tat, v_now - interval '1 second')
+                                 + make_interval(secs => least(v_inbound / v_rate, 1));
+            UPDATE core.wa_numbers SET send_tat = v_number.send_tat WHERE number_id = v_number.number_id;
+        END IF;
         v_start := greatest(v_now, v_number.send_tat);
         -- A number whose time has come sends at least one, or a rate AIMD halved below one
         -- send per horizon would never send again (and never report the clean batch that
@@ -6563,7 +6576,14 @@ BEGIN
         WHERE u.contact_id IS NOT NULL
         ORDER BY u.msg->>'id'
         ON CONFLICT (wamid) WHERE wamid IS NOT NULL DO NOTHING
-        RETURNING message_id, outbound_id, created_at
+        RETURNING message_id, number_id, outbound_id, created_at
+    ), paced AS (
+        -- Meta counts inbound messages toward the number's throughput: the next claim
+        -- of a number that is sending moves its schedule on by them (core.number_inbound).
+        INSERT INTO core.number_inbound (number_id, messages)
+        SELECT i.number_id, count(*)::integer FROM inserted i
+        JOIN core.wa_numbers n ON n.number_id = i.number_id AND n.paused_reason IS NULL
+        GROUP BY i.number_id
     ), replied AS (
         UPDATE core.outbound_messages o SET replied_at = r.at
         FROM (SELECT i.outbound_id, min(i.created_at) AS at FROM inserted i
@@ -12086,6 +12106,14 @@ CREATE VIEW core.number_health AS
 
 COMMENT ON VIEW core.number_health IS 'One row per WhatsApp number: quality, Meta''s limit, the AIMD pace, how far its GCRA arrival time runs ahead of now, and the last complete minute''s send outcomes. No token or secret.';
 
+CREATE UNLOGGED TABLE core.number_inbound (
+    number_id bigint NOT NULL,
+    messages integer NOT NULL,
+    CONSTRAINT number_inbound_messages_check CHECK ((messages > 0))
+);
+
+COMMENT ON TABLE core.number_inbound IS 'Inbound messages not yet counted in their number''s pace: one row per webhook batch and number, taken by api.claim_sends.';
+
 CREATE TABLE core.outbound_messages (
     outbound_id bigint NOT NULL,
     number_id bigint NOT NULL,
@@ -12672,6 +12700,8 @@ CREATE INDEX notifications_tenant_created ON core.notifications USING btree (ten
 CREATE UNIQUE INDEX notifications_tenant_dedupe_key ON core.notifications USING btree (tenant_id, dedupe_key) NULLS NOT DISTINCT WHERE (dedupe_key IS NOT NULL);
 
 CREATE INDEX notifications_tenant_notification ON core.notifications USING btree (tenant_id, notification_id);
+
+CREATE INDEX number_inbound_number ON core.number_inbound USING btree (number_id);
 
 CREATE INDEX outbound_messages_campaign ON core.outbound_messages USING btree (campaign_id);
 

@@ -104,6 +104,67 @@ def test_numbers_are_paced_independently_in_one_claim(db: psycopg.Connection) ->
         assert all(abs(g - 1 / rate) < 2e-6 for g in gaps), gaps
 
 
+def write_in(db: psycopg.Connection, acc: f.Account, senders: list[str]) -> None:
+    """Inbound messages from `senders` reach the number in one webhook, processed at once."""
+    payload = {"object": "whatsapp_business_account", "entry": [{"id": acc.waba_id, "changes": [{
+        "field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": acc.phone_number_id},
+            "contacts": [{"profile": {"name": "A"}, "wa_id": s} for s in senders],
+            "messages": [{"from": s, "id": f"wamid.in.{acc.number_id}.{s}", "timestamp": "1767225600",
+                          "type": "text", "text": {"body": "hello?"}} for s in senders]}}]}]}
+    db.execute("SELECT api.ingest_webhook(%s::jsonb)", (orjson.dumps(payload).decode(),))
+    db.execute("SELECT api.process_webhooks(100)")
+
+
+def test_inbound_messages_take_their_share_of_a_sending_numbers_pace(db: psycopg.Connection) -> None:
+    acc = f.account(db, throughput_mps=100)      # 99 msg/s
+    other = f.account(db, throughput_mps=100)
+    for a in (acc, other):
+        f.running_campaign(db, a, 100)
+    t = f.clock(db)
+    first = [r for r in f.claim(db, now=t) if r["phone_number_id"] == acc.phone_number_id]
+    assert len(first) == 24
+    # Ten users write to the number (and ten to another tenant's): Meta counts them in
+    # the number's throughput, so the next claim's sends start ten paces later.
+    write_in(db, acc, f.phones(10, base=500))
+    write_in(db, other, f.phones(10, base=600))
+    assert number(db, acc)["send_tat"] == number(db, other)["send_tat"]       # nothing moved yet
+    t2 = later(t, 0.25)
+    second = [r for r in f.claim(db, now=t2) if r["phone_number_id"] == acc.phone_number_id]
+    assert abs(seconds(first[-1]["send_at"], second[0]["send_at"]) - 11 / 99) < 2e-6
+    # 0.5 s of pace minus 24 + 10 taken: 15 sends (the other number, whose inbound came
+    # from the same webhook batch size, got the same, and its own moved only its own).
+    assert len(second) == 15
+    assert db.execute("SELECT count(*) FROM core.number_inbound").fetchone()[0] == 0
+
+
+def test_inbound_traffic_delays_an_idle_or_flooded_number_by_at_most_its_window(db: psycopg.Connection) -> None:
+    idle = f.account(db, throughput_mps=100)
+    f.running_campaign(db, idle, 100)
+    t = f.clock(db)
+    db.execute("UPDATE core.wa_numbers SET send_tat = %s WHERE number_id = %s", (later(t, -5), idle.number_id))
+    # A number that has sent nothing for a second has room for what came in: a claim
+    # starts now.
+    write_in(db, idle, f.phones(30, base=500))
+    assert f.claim(db, now=t)[0]["send_at"] == t
+    # A flood of inbound messages (more than a second's worth) holds a busy number for a
+    # second at most: the window Meta counts them in.
+    write_in(db, idle, f.phones(200, base=1000))
+    tat = number(db, idle)["send_tat"]
+    nxt = f.claim(db, now=later(t, 0.1))
+    assert nxt == [] and number(db, idle)["send_tat"] == later(tat, 1)
+
+
+def test_a_paused_number_keeps_no_inbound_debt(db: psycopg.Connection) -> None:
+    acc = f.account(db, throughput_mps=100)
+    db.execute("UPDATE core.wa_numbers SET paused_reason = 'test' WHERE number_id = %s", (acc.number_id,))
+    write_in(db, acc, f.phones(5, base=500))
+    assert db.execute("SELECT count(*) FROM core.number_inbound").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM core.inbox_messages WHERE number_id = %s",
+                      (acc.number_id,)).fetchone()[0] == 5
+
+
 def test_a_claim_starts_the_campaigns_scheduled_before_its_time(db: psycopg.Connection) -> None:
     acc = f.account(db)
     t = f.clock(db)

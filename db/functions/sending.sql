@@ -151,6 +151,7 @@ DECLARE
     v_rate double precision;
     v_start timestamptz;
     v_budget integer;
+    v_inbound bigint;
     v_batch core.claimed[];
     v_all core.claimed[] := '{}';
     v_starts jsonb := '{}';
@@ -172,6 +173,18 @@ BEGIN
     LOOP
         EXIT WHEN v_left <= 0;
         v_rate := least(v_number.rate_mps, v_number.throughput_mps * v_settings.rate_headroom);
+        -- Inbound messages take the number's throughput too (Meta counts both within a
+        -- second): those stored since the last claim move the schedule on by their share
+        -- of a second, from no earlier than a second ago (a number that has been idle for
+        -- a second has room for them) and by at most a second (the window they count in).
+        WITH taken AS (DELETE FROM core.number_inbound i WHERE i.number_id = v_number.number_id
+                       RETURNING i.messages)
+        SELECT sum(t.messages) INTO v_inbound FROM taken t;
+        IF v_inbound > 0 THEN
+            v_number.send_tat := greatest(v_number.send_tat, v_now - interval '1 second')
+                                 + make_interval(secs => least(v_inbound / v_rate, 1));
+            UPDATE core.wa_numbers SET send_tat = v_number.send_tat WHERE number_id = v_number.number_id;
+        END IF;
         v_start := greatest(v_now, v_number.send_tat);
         -- A number whose time has come sends at least one, or a rate AIMD halved below one
         -- send per horizon would never send again (and never report the clean batch that

@@ -474,7 +474,14 @@ BEGIN
         WHERE u.contact_id IS NOT NULL
         ORDER BY u.msg->>'id'
         ON CONFLICT (wamid) WHERE wamid IS NOT NULL DO NOTHING
-        RETURNING message_id, outbound_id, created_at
+        RETURNING message_id, number_id, outbound_id, created_at
+    ), paced AS (
+        -- Meta counts inbound messages toward the number's throughput: the next claim
+        -- of a number that is sending moves its schedule on by them (core.number_inbound).
+        INSERT INTO core.number_inbound (number_id, messages)
+        SELECT i.number_id, count(*)::integer FROM inserted i
+        JOIN core.wa_numbers n ON n.number_id = i.number_id AND n.paused_reason IS NULL
+        GROUP BY i.number_id
     ), replied AS (
         UPDATE core.outbound_messages o SET replied_at = r.at
         FROM (SELECT i.outbound_id, min(i.created_at) AS at FROM inserted i
