@@ -65,7 +65,7 @@ def live_server(db_url: str, **env: str) -> Iterator[str]:
                                 env={**os.environ, "DATABASE_URL": db_url, "PGWA_API_PORT": str(port),
                                      "PGWA_LOG_LEVEL": "warning", **env})
         url = f"http://127.0.0.1:{port}"
-        if not wait_until_serving(proc, f"{url}/healthz", 20):
+        if not wait_until_serving(proc, f"{url}/healthz", 60):
             proc.kill()
             log.seek(0)
             raise RuntimeError(f"the API did not start:\n{log.read().decode()}")

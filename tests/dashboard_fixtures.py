@@ -23,7 +23,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = ROOT / "test-artifacts"
 PASSWORD = "a good long password"
-WAIT_S = 15
+WAIT_S = 30
 # What Chromium's console says when the policy refuses something ("Refused to execute
 # inline script because it violates the following Content Security Policy directive..."),
 # and htmx's error event when a page asks it for code (a trigger filter, hx-on).

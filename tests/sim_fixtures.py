@@ -232,7 +232,7 @@ def sim_process(sim_receiver, tmp_path_factory):
              "--app-secret", APP_SECRET],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
-        if not wait_until_serving(proc, f"{url}/_sim/health", 15):
+        if not wait_until_serving(proc, f"{url}/_sim/health", 60):
             proc.kill()
             log.seek(0)
             raise RuntimeError(f"simulator did not start:\n{log.read().decode()}")

@@ -134,7 +134,7 @@ def test_worker_killed_mid_campaign_then_restarted_messages_everyone_once(db, db
     with Stack(db_url, sim_settings=DELIVERABLE) as stack:
         campaign, to = start_campaign(db, stack, 2000, 250)
         stack.start_workers()
-        wait_for(lambda: accepted(stack) >= 600, 30, "the first sends")
+        wait_for(lambda: accepted(stack) >= 600, 90, "the first sends")
         stack.kill("worker0")           # SIGKILL: nothing is reported, nothing is cleaned up
         held = db.execute("SELECT count(*) FROM core.outbound_messages WHERE campaign_id = %s "
                           "AND state = 'in_flight'", (campaign,)).fetchone()[0]
@@ -153,13 +153,13 @@ def test_postgresql_restart_mid_campaign_is_survived(db, db_url):
         campaign, to = start_campaign(db, stack, 2000, 250)
         db.close()                      # the restart ends every session
         stack.start_workers()
-        wait_for(lambda: accepted(stack) >= 600, 30, "the first sends")
+        wait_for(lambda: accepted(stack) >= 600, 90, "the first sends")
         began = time.monotonic()
         subprocess.run([str(ROOT / "scripts" / "db.sh"), "restart"], check=True, capture_output=True)
-        assert time.monotonic() - began < 30
+        assert time.monotonic() - began < 120
         # The database came back with the send in mid-stride; the stack carries on.
         before = accepted(stack)
-        wait_for(lambda: accepted(stack) > before + 200, 30, "sending to resume after the restart")
+        wait_for(lambda: accepted(stack) > before + 200, 90, "sending to resume after the restart")
         result = settled(db_url, stack, campaign)
         assert_each_messaged_once(stack, to)
         hooks = stack.sim("GET", "/_sim/stats")["webhooks"]
@@ -194,7 +194,7 @@ def test_transient_errors_and_throttle_bursts_end_with_everything_sent(db, db_ur
             # after the last one leave the pace seconds to grow back (at 0.4 x 300/s a
             # second, about 2 s from a quarter of the limit) however slow the machine.
             for burst in range(1, 4):
-                wait_for(lambda n=burst: accepted(stack) >= 400 * n, 30, "sends between bursts")
+                wait_for(lambda n=burst: accepted(stack) >= 400 * n, 90, "sends between bursts")
                 stack.sim("POST", "/_sim/faults",
                           {"rate_limit_burst": {"phone_number_id": PNID, "seconds": 1.0}})
             result = settled(db_url, stack, campaign)

@@ -37,7 +37,7 @@ def serve(app) -> Iterator[str]:
                                         log_level="error", lifespan="on"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while not srv.started:
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.01)

@@ -234,7 +234,7 @@ def test_two_workers_share_a_campaign_without_duplicates(db, db_url, sim):
     # by the total, and safety by the once-each check below.
     # Each worker holds its own share of the schedule; only stalls in both at once could
     # squeeze their sends past the limit, which the database would retry.
-    assert sim.stats()["rejected_by_code"].get("130429", 0) <= 5
+    assert sim.stats()["rejected_by_code"].get("130429", 0) <= 20
     assert_each_messaged_once(sim, to, ONE["phone_number_id"])
 
 
