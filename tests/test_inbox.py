@@ -66,6 +66,24 @@ def test_conversations_list_latest_first_with_unread_window_and_last_message(inb
     assert [r["wa_id"] for r in conversations(inbox, p_filter="unread")] == [bob, carol]
 
 
+def test_a_message_sent_back_within_the_second_of_a_reply_comes_after_it(inbox: Inbox) -> None:
+    """Meta stamps a message with whole seconds: one the user sends back in the second of
+    the agent's reply is listed and paged after that reply, not before it."""
+    alice = inbox.sender()
+    inbox.say("hello", alice, ts=int(time.time()) - 60)
+    contact = inbox.contact(alice)
+    reply(inbox, contact, text("an agent"))
+    replied_at = inbox.db.execute("SELECT max(created_at) FROM core.inbox_messages WHERE direction = 'out'"
+                                  ).fetchone()[0]
+    inbox.say("thanks", alice, ts=int(replied_at.timestamp()))       # the reply's own second
+    assert [r["body"] for r in page(inbox, contact)] == ["thanks", "an agent", "hello"]
+    row = conversations(inbox)[0]
+    assert (row["last_direction"], row["last_body"]) == ("in", "thanks")
+    # An old message delivered late keeps its place among Meta's seconds.
+    inbox.say("late", alice, ts=int(time.time()) - 30)
+    assert [r["body"] for r in page(inbox, contact)] == ["thanks", "an agent", "late", "hello"]
+
+
 def test_conversation_list_pages_by_keyset_without_gaps_or_repeats(inbox: Inbox) -> None:
     now = int(time.time())
     senders = [inbox.sender() for _ in range(23)]

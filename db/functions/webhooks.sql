@@ -463,11 +463,15 @@ BEGIN
            OR (c.wa_id IS NULL AND l.wa_id IS NOT NULL)
            OR (c.user_id IS NULL AND l.user_id IS NOT NULL));
 
+    -- A message's place in the inbox: Meta's timestamp counts whole seconds, and a reply
+    -- stored at 12.4 s must not come after the message the user sent back at 12.9 s (Meta:
+    -- 12 s). So its time is as late within Meta's second as its arrival allows.
     WITH inserted AS (
         INSERT INTO core.inbox_messages (number_id, contact_id, direction, wamid, type, body, payload,
                                          context_wamid, outbound_id, campaign_id, created_at)
         SELECT u.number_id, u.contact_id, 'in', u.msg->>'id', coalesce(u.msg->>'type', 'unknown'),
-               core.inbound_body(u.msg), u.msg, u.msg->'context'->>'id', o.outbound_id, o.campaign_id, u.at
+               core.inbound_body(u.msg), u.msg, u.msg->'context'->>'id', o.outbound_id, o.campaign_id,
+               greatest(u.at, least(now(), u.at + interval '999999 microseconds'))
         FROM unnest(v_number_ids, v_contact_ids, v_messages, v_at) AS u(number_id, contact_id, msg, at)
         -- A reply is attributed only to a message of the number it was sent to.
         LEFT JOIN core.outbound_messages o ON o.wamid = u.msg->'context'->>'id' AND o.number_id = u.number_id
