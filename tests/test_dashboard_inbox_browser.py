@@ -65,3 +65,45 @@ def test_an_agent_answers_notes_and_sees_a_new_message_arrive(db: psycopg.Connec
         "      l = document.querySelector('.pane-list').getBoundingClientRect();"
         "return l.top >= t.bottom && l.width > 300 && t.width > 300;"))
     shot(browser, "thread-narrow")
+
+
+def test_an_event_during_a_list_refresh_is_fetched_after_it(db: psycopg.Connection, db_url: str, server: str,
+                                                            browser) -> None:
+    """A message that arrives while the list's refresh is still on its way is fetched by a
+    second refresh: the list's live box stays in the page, so htmx's queued request is not
+    dropped with a swapped-out element (what once left a list a message behind)."""
+    inbox = Inbox.build(db)
+    add_user(db, inbox.tenant_id, "ana@example.com", "agent")
+    who = inbox.sender()
+    inbox.say("first message", who)
+    item = f'li[data-contact="{inbox.contact(who)}"]'
+    log_in(browser, server, "ana@example.com")
+    browser.get(f"{server}/dashboard/inbox")
+    wait(browser, ec.presence_of_element_located((By.CSS_SELECTOR, item)))
+    live(browser)
+    browser.execute_script("""
+        window.pgwaAsked = 0; window.pgwaListed = 0;
+        document.body.addEventListener("pgwa:inbox", function () { window.pgwaAsked++; });
+        document.body.addEventListener("htmx:afterRequest", function (e) {
+          var path = (e.detail.pathInfo || {}).requestPath || "";
+          if (path.indexOf("/dashboard/inbox?") === 0 && path.indexOf("fragment=1") > 0) window.pgwaListed++;
+        });""")
+
+    # The list's refresh waits on a lock of a table it reads: an event arrives meanwhile.
+    with psycopg.connect(db_url) as locker:
+        locker.execute("LOCK TABLE core.conversation_reads IN ACCESS EXCLUSIVE MODE")
+        db.execute("SELECT pg_notify('pgwa_dashboard', %s)",
+                   (f"inbox {inbox.tenant_id}:{inbox.number_id}.{inbox.contact(who)}",))
+        wait(browser, lambda d: db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+            ("%inbox_conversations%",)).fetchone()[0] >= 1)
+        inbox.say("second message", who)
+        wait(browser, lambda d: d.execute_script("return window.pgwaAsked") == 2)
+        assert lists_fetched(browser) == 0
+        locker.rollback()
+    wait(browser, lambda d: lists_fetched(d) == 2)
+    wait(browser, lambda d: "second message" in text_of(d, item))
+
+
+def lists_fetched(driver) -> int:
+    return driver.execute_script("return window.pgwaListed")

@@ -215,7 +215,9 @@ def test_notifications_list_mark_read_and_isolation(db, acc, client: TestClient)
     assert done.status_code == 303
     assert "Campaign 0 paused" not in client.get("/dashboard/notifications", params={"unread": "1"}).text
     fragment = client.get("/dashboard/notifications", params={"fragment": "1"})
-    assert fragment.text.lstrip().startswith('<div id="notifications"') and "<html" not in fragment.text
+    # The list alone: the page's #notifications box stays and takes it in (dashboard.js).
+    assert fragment.text.lstrip().startswith("<ul") and 'id="notifications"' not in fragment.text
+    assert "<html" not in fragment.text
     assert client.post("/dashboard/notifications/read", data={"csrf_token": token, "notification_id": theirs}
                        ).status_code == 404
     client.post("/dashboard/notifications/read", data={"csrf_token": token})      # all of mine
@@ -278,3 +280,20 @@ def test_api_keys_admin_only_secret_shown_once_and_isolation(db, acc, client: Te
     assert client.post("/dashboard/keys", data={"csrf_token": token, "name": "sneaky", "scope": "admin"}
                        ).status_code == 403
     assert db.execute("SELECT count(*) FROM core.api_keys WHERE name = 'sneaky'").fetchone()[0] == 0
+
+
+def test_live_parts_swap_their_content_and_never_themselves() -> None:
+    """Every element that refreshes on a live event keeps its place in the page (htmx drops
+    a request queued on an element that a swap took out: a list would stay an event behind;
+    tests/test_dashboard_inbox_browser.py shows it in a browser)."""
+    from pathlib import Path
+
+    templates = Path(__file__).resolve().parent.parent / "api" / "templates"
+    live = []
+    for path in sorted(templates.glob("*.html")):
+        for tag in re.findall(r"<[a-z]+\b[^>]*>", path.read_text()):
+            if re.search(r'hx-trigger="[^"]*pgwa:', tag):
+                live.append(path.name)
+                assert "outerHTML" not in tag, f"{path.name}: a live element swaps itself: {tag}"
+    assert {"_conversations_live.html", "campaigns.html", "notifications.html", "campaign.html",
+            "thread.html"} <= set(live)

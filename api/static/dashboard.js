@@ -7,7 +7,9 @@
 // that the page's live parts listen to and re-fetch their fragment on. An element with
 // data-live-<kind>="<id>" also gets pgwa:<kind>-refresh when an event of that kind names
 // its id (or any event of the kind, when the attribute is empty): htmx's own trigger
-// filters would need eval.
+// filters would need eval. A live part swaps its content, never itself (no outerHTML): an
+// event that arrives while its refresh is on the way queues one more request, and htmx
+// drops the queued request of an element that a swap has taken out of the page.
 (function () {
   "use strict";
   function connect() {
