@@ -225,10 +225,10 @@ def test_the_event_stream_carries_a_campaign_update_to_its_tenant_only(db, acc, 
             for c, email in ((boss, "boss@example.com"), (eve, "eve@example.com")):
                 assert login(c, email).status_code == 303
             got: dict[str, list[str]] = {"boss": [], "eve": []}
-            ready = threading.Barrier(3, timeout=10)
+            ready = threading.Barrier(3, timeout=60)
 
             def read(c: httpx.Client, who: str) -> None:
-                with c.stream("GET", "/dashboard/events", timeout=10) as stream:
+                with c.stream("GET", "/dashboard/events", timeout=60) as stream:
                     assert stream.headers["content-type"].startswith("text/event-stream")
                     for line in stream.iter_lines():
                         if line == ": connected":
@@ -245,7 +245,7 @@ def test_the_event_stream_carries_a_campaign_update_to_its_tenant_only(db, acc, 
             db.execute("SELECT api.pause_campaign(%s, %s)", (acc.tenant_id, cid))
             db.execute("SELECT api.pause_campaign(%s, %s)", (other.tenant_id, theirs))
             for t in threads:
-                t.join(10)
+                t.join(60)
             cookie = boss.cookies.get("pgwa_session")
     log = live_server.last_log    # type: ignore[attr-defined]
     assert PASSWORD not in log and cookie.split(".")[0] not in log

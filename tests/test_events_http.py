@@ -100,13 +100,15 @@ def receiver() -> Iterator[Receiver]:
 # -- the worker ------------------------------------------------------------------------------
 
 class Clock:
-    """The worker's time: the clock plus what the test has moved it by."""
+    """The worker's time: the moment the test made it plus what the test has moved it by.
+    It stands still otherwise, so that a back-off never passes by itself on a slow machine."""
 
     def __init__(self) -> None:
+        self.base = datetime.now(UTC)
         self.ahead = timedelta()
 
     def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.ahead
+        return self.base + self.ahead
 
 
 def deliver_until(db_url: str, done: Callable[[], bool], *, clock: Clock | None = None,

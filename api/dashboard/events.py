@@ -154,6 +154,11 @@ class EventHub:
     def response(self, request: Request, tenant_id: int, recheck: Callable[[], Awaitable[object]]) -> StreamingResponse:
         async def stream() -> AsyncIterator[bytes]:
             with self.subscribe(tenant_id) as queue:
+                # "connected" promises that what happens from then on reaches the page, so
+                # the process's LISTEN comes first (a listener that connects late broadcasts
+                # a resync anyway; a database away for longer than a heartbeat is not waited for).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.listening.wait(), HEARTBEAT_S)
                 yield b"retry: 2000\n: connected\n\n"
                 while not self.closing:
                     try:
