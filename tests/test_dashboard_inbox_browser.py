@@ -98,10 +98,10 @@ def test_an_event_during_a_list_refresh_is_fetched_after_it(db: psycopg.Connecti
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
             ("%inbox_conversations%",)).fetchone()[0] >= 1)
         inbox.say("second message", who)
-        wait(browser, lambda d: d.execute_script("return window.pgwaAsked") == 2)
+        wait(browser, lambda d: d.execute_script("return window.pgwaAsked") >= 2)
         assert lists_fetched(browser) == 0
         locker.rollback()
-    wait(browser, lambda d: lists_fetched(d) == 2)
+    wait(browser, lambda d: lists_fetched(d) >= 2)
     wait(browser, lambda d: "second message" in text_of(d, item))
 
 
