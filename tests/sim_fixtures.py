@@ -179,6 +179,17 @@ class SimClient:
         return self.http.get("/_sim/ledger", params={"since": since}).json()["entries"]
 
 
+# The webhook loops' statement timeouts in end-to-end tests. Production's (700 / 300 ms,
+# pgwa/config.py) bound a batch on a healthy server; a CI machine running two suites can
+# starve a backend for longer, and a payload that times out on every try is dead-lettered
+# after webhook_max_attempts, which would fail a test about something else. The tests of
+# the timeouts themselves (tests/test_webhooks_worker.py, test_security_webhooks.py) set
+# their own.
+PATIENT_WEBHOOKS = {"webhook_timeout_ms": 10_000, "webhook_single_timeout_ms": 5_000}
+# The same for worker processes (pgwa.local.stack.Stack's worker_env).
+PATIENT_WEBHOOKS_ENV = {"PGWA_WEBHOOK_TIMEOUT_MS": "10000", "PGWA_WEBHOOK_SINGLE_TIMEOUT_MS": "5000"}
+
+
 def template_body(to: str = "15557770001", name: str = "order_update", lang: str = "en_US",
                   params: list[str] | None = ("Ana", "A-1"), biz: str | None = None) -> dict:
     body: dict = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to,

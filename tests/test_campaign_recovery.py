@@ -29,6 +29,7 @@ from pgwa.config import ROOT
 from pgwa.contacts import csv_text, stage_csv
 from pgwa.local.stack import GRAPH_VERSION, Stack
 from pgwa.queries import queries
+from tests.sim_fixtures import PATIENT_WEBHOOKS_ENV
 from tests.sim_fixtures import wait_for as poll
 
 PNID, WABA = "310000000000001", "410000000000001"
@@ -131,7 +132,7 @@ def test_worker_killed_mid_campaign_then_restarted_messages_everyone_once(db, db
     # at 10 s, a run at load average 16 resent 420 messages whose statuses were still on
     # their way from the simulator.
     db.execute("UPDATE core.settings SET claim_timeout_s = 5, status_grace_s = 20")
-    with Stack(db_url, sim_settings=DELIVERABLE) as stack:
+    with Stack(db_url, sim_settings=DELIVERABLE, worker_env=PATIENT_WEBHOOKS_ENV) as stack:
         campaign, to = start_campaign(db, stack, 2000, 250)
         stack.start_workers()
         wait_for(lambda: accepted(stack) >= 600, 90, "the first sends")
@@ -149,7 +150,7 @@ def test_worker_killed_mid_campaign_then_restarted_messages_everyone_once(db, db
 
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="restarts the project's own cluster")
 def test_postgresql_restart_mid_campaign_is_survived(db, db_url):
-    with Stack(db_url, sim_settings=DELIVERABLE) as stack:
+    with Stack(db_url, sim_settings=DELIVERABLE, worker_env=PATIENT_WEBHOOKS_ENV) as stack:
         campaign, to = start_campaign(db, stack, 2000, 250)
         db.close()                      # the restart ends every session
         stack.start_workers()
@@ -171,7 +172,7 @@ def test_postgresql_restart_mid_campaign_is_survived(db, db_url):
 
 def test_transient_errors_and_throttle_bursts_end_with_everything_sent(db, db_url):
     db.execute("UPDATE core.settings SET retry_backoff_s = '{1,1,2}', max_attempts = 10")
-    with Stack(db_url, sim_settings=DELIVERABLE) as stack:
+    with Stack(db_url, sim_settings=DELIVERABLE, worker_env=PATIENT_WEBHOOKS_ENV) as stack:
         campaign, to = start_campaign(db, stack, 3000, 300)
         number = db.execute("SELECT number_id FROM core.campaigns WHERE campaign_id = %s",
                             (campaign,)).fetchone()[0]
@@ -227,7 +228,7 @@ def test_transient_errors_and_throttle_bursts_end_with_everything_sent(db, db_ur
 def test_four_workers_on_two_numbers_message_everyone_once(db, db_url):
     # Workers share nothing but PostgreSQL: four processes (on one machine or several)
     # claim from the same queues with SKIP LOCKED, each number paced in SQL.
-    with Stack(db_url, workers=4, sim_settings=DELIVERABLE) as stack:
+    with Stack(db_url, workers=4, sim_settings=DELIVERABLE, worker_env=PATIENT_WEBHOOKS_ENV) as stack:
         first, to_first = start_campaign(db, stack, 1500, 250)
         second, to_second = start_campaign(db, stack, 1500, 250, pnid="310000000000002",
                                            waba="410000000000002", base=1500)

@@ -34,6 +34,7 @@ from pgwa.config import Settings
 from pgwa.contacts import csv_text, stage_csv
 from pgwa.local.stack import GRAPH_VERSION, Stack
 from pgwa.queries import queries
+from tests.sim_fixtures import PATIENT_WEBHOOKS
 from worker import webhooks
 from worker.sender import Sender
 
@@ -61,7 +62,8 @@ class World:
         self.tenant = db.execute(queries["create_tenant"], {"name": "limits"}).fetchone()[0]
         self.number_id = stack.register_number(db, self.tenant, PNID, WABA, MPS)
         sync_templates(db, self.tenant, WABA, "local-token", stack.sim_url, GRAPH_VERSION)
-        self.settings = Settings(database_url=url, graph_base_url=stack.sim_url, worker_name="e2e")
+        self.settings = Settings(database_url=url, graph_base_url=stack.sim_url, worker_name="e2e",
+                                 **PATIENT_WEBHOOKS)
 
     # --- the clock ----------------------------------------------------------------------
     def now(self) -> datetime:

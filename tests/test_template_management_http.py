@@ -20,6 +20,7 @@ from pgwa import cli
 from pgwa.config import Settings
 from pgwa.local.stack import Stack
 from pgwa.queries import queries
+from tests.sim_fixtures import PATIENT_WEBHOOKS
 from worker import webhooks
 
 PNID, WABA = "730000000000001", "740000000000001"
@@ -58,7 +59,8 @@ class World:
         stack.register_number(db, b, B_PNID, B_WABA, 80, token="b-token")
         self.api = httpx.Client(base_url=stack.api_url, timeout=30, headers=self._auth(self.tenant))
         self.api_b = httpx.Client(base_url=stack.api_url, timeout=30, headers=self._auth(b))
-        self.settings = Settings(database_url=url, graph_base_url=stack.sim_url, worker_name="templates")
+        self.settings = Settings(database_url=url, graph_base_url=stack.sim_url, worker_name="templates",
+                                 **PATIENT_WEBHOOKS)
 
     def _auth(self, tenant: int) -> dict[str, str]:
         with self.db.cursor(row_factory=dict_row) as cur:
