@@ -1407,6 +1407,9 @@ BEGIN
     FOR v_number IN
         SELECT n.* FROM core.wa_numbers n
         WHERE n.send_tat < v_now + v_horizon AND n.paused_reason IS NULL
+          -- Another worker sends this number's messages (migration 0124): its own pacer
+          -- spaces them, and two workers' late sends would overlap in Meta's second.
+          AND (n.sender_until IS NULL OR n.sender_until <= v_now OR n.sender = p_worker)
         ORDER BY n.send_tat
         -- NO KEY UPDATE: claims still exclude each other (and a report's pace update), but
         -- not the FOR KEY SHARE that a foreign key check takes (an inbox row, a
@@ -1439,7 +1442,11 @@ BEGIN
         v_batch := core.take_in_flight(core.read_number(v_number.number_id, v_budget, v_vt, v_now), v_number, v_now);
         CONTINUE WHEN cardinality(v_batch) = 0;
 
-        UPDATE core.wa_numbers SET send_tat = v_start + make_interval(secs => cardinality(v_batch) / v_rate)
+        -- This worker is the number's sender until a horizon after its last send's time.
+        UPDATE core.wa_numbers
+        SET send_tat = v_start + make_interval(secs => cardinality(v_batch) / v_rate),
+            sender = p_worker,
+            sender_until = v_start + make_interval(secs => cardinality(v_batch) / v_rate) + v_horizon
         WHERE number_id = v_number.number_id;
         v_starts := v_starts || jsonb_build_object(v_number.number_id::text,
                         jsonb_build_array(v_start, v_rate, cardinality(v_all)));
@@ -1483,7 +1490,7 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.claim_sends(p_worker text, p_max integer, p_now timestamp with time zone) IS 'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares) and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent. p_now is the time of the claim (NULL: the clock).';
+COMMENT ON FUNCTION api.claim_sends(p_worker text, p_max integer, p_now timestamp with time zone) IS 'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares), of numbers no other worker is sending for (a worker whose claim takes a number''s messages sends them alone until a pace horizon after the last), and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent. p_now is the time of the claim (NULL: the clock).';
 
 CREATE FUNCTION api.claim_webhooks(p_max integer DEFAULT 200) RETURNS api.webhook_claim
     LANGUAGE plpgsql SECURITY DEFINER
@@ -6034,6 +6041,8 @@ CREATE TABLE core.wa_numbers (
     portfolio_id bigint,
     quality_event_at timestamp with time zone,
     ban_event_at timestamp with time zone,
+    sender text,
+    sender_until timestamp with time zone,
     CONSTRAINT wa_numbers_phone_number_id_digits CHECK ((phone_number_id ~ '^[0-9]{1,32}$'::text)),
     CONSTRAINT wa_numbers_rate_positive CHECK ((rate_mps > (0)::double precision)),
     CONSTRAINT wa_numbers_throughput_valid CHECK (((throughput_mps >= 1) AND (throughput_mps <= 1000))),
@@ -6043,6 +6052,10 @@ CREATE TABLE core.wa_numbers (
 COMMENT ON COLUMN core.wa_numbers.quality_event_at IS 'When the newest phone_number_quality_update applied to the number happened; an older one changes nothing.';
 
 COMMENT ON COLUMN core.wa_numbers.ban_event_at IS 'When the newest account_update DISABLED_UPDATE (ban or reinstatement) of the number''s WABA happened; an older one changes nothing.';
+
+COMMENT ON COLUMN core.wa_numbers.sender IS 'The worker (api.claim_sends'' p_worker) that sends this number''s messages until sender_until; other workers do not claim them meanwhile.';
+
+COMMENT ON COLUMN core.wa_numbers.sender_until IS 'When the sender gives the number up unless it claims again: a pace horizon after the last message it was given.';
 
 CREATE FUNCTION core.api_template_message(p_message jsonb, p_vars jsonb, p_tenant_id bigint, p_number core.wa_numbers, p_now timestamp with time zone) RETURNS jsonb
     LANGUAGE plpgsql

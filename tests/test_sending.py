@@ -8,6 +8,7 @@ import itertools
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import orjson
 import psycopg
@@ -287,8 +288,53 @@ def test_a_claim_skips_the_numbers_another_claim_holds_and_takes_the_rest_after(
         # The first claim's transaction is still open: the number is skipped, not waited for.
         assert other.execute("SELECT outbound_id FROM api.claim_sends('b', 10, %s)", (t,)).fetchall() == []
         holder.commit()
-        after = [r[0] for r in other.execute("SELECT outbound_id FROM api.claim_sends('b', 10, %s)", (t,))]
+        # Once it committed, 'a' is the number's sender for a pace horizon after its last
+        # message's time (test below); then 'b' may take the number.
+        after = [r[0] for r in other.execute("SELECT outbound_id FROM api.claim_sends('b', 10, %s)",
+                                             (t + timedelta(seconds=1.5),))]
     assert len(after) == 10 and not set(held) & set(after)
+
+
+def test_one_worker_at_a_time_sends_a_number(db: psycopg.Connection) -> None:
+    # Each worker paces its own sends; two on one number overlap in Meta's second when the
+    # earlier one runs late. The worker whose claim took a number's messages is its
+    # sender until a pace horizon (1 s) after the last one's time; it renews with each claim.
+    f.settings(db, pace_horizon_ms=1000)
+    first, second = f.account(db, throughput_mps=100), f.account(db, throughput_mps=100)
+    f.running_campaign(db, first, f.contacts(300))
+    f.running_campaign(db, second, f.contacts(300, base=1000))
+    t = f.clock(db)
+    f.catch_up(db, t)
+
+    def claim(worker: str, at: timedelta, max_rows: int = 500) -> dict[str, int]:
+        rows = f.claim(db, max_rows, worker=worker, now=t + at)
+        got: dict[str, int] = {}
+        for r in rows:
+            got[r["phone_number_id"]] = got.get(r["phone_number_id"], 0) + 1
+        return got
+
+    def sender(acc: f.Account) -> tuple[str, float]:
+        """The number's sender, and until when (seconds after t)."""
+        who, until = db.execute("SELECT sender, sender_until - %s FROM core.wa_numbers WHERE number_id = %s",
+                                (t, acc.number_id)).fetchone()
+        return who, round(until.total_seconds(), 4)
+
+    # 'a' takes the first number's next second (99 at 99 msg/s); 'b' only the other one.
+    assert claim("a", timedelta(0), 99) == {first.phone_number_id: 99}
+    assert sender(first) == ("a", 2.0)             # its last send's time is 1 s, + 1 s
+    assert claim("b", timedelta(0)) == {second.phone_number_id: 99}
+    assert sender(second) == ("b", 2.0)
+    # Half a second on, each renews its own number; neither gets the other's.
+    assert claim("b", timedelta(seconds=0.5)) == {second.phone_number_id: 49}
+    assert claim("a", timedelta(seconds=0.5)) == {first.phone_number_id: 49}
+    assert sender(first) == ("a", round(1 + 49 / 99 + 1, 4))
+    # 'a' claims no more (it stopped, or died): until its time is up 'b' passes the
+    # number by...
+    assert claim("b", timedelta(seconds=2.49)) == {second.phone_number_id: 99}
+    # ... and then takes it over.
+    assert claim("b", timedelta(seconds=2.5)) == {first.phone_number_id: 99}
+    assert sender(first) == ("b", 4.5)
+    assert claim("a", timedelta(seconds=2.5)) == {}
 
 
 def test_expired_claim_comes_back_once_its_status_would_have_come(db: psycopg.Connection) -> None:

@@ -135,7 +135,8 @@ $$;
 -- advances 1/rate per message, never more than the pace horizon ahead of now), read
 -- that many messages (replies first, then the number's running campaigns in equal
 -- shares), mark them in flight, and return ready-to-POST requests, each with the time
--- it may be sent. A message whose claim expired (its worker died) is resent only if
+-- it may be sent. One worker at a time claims a number: the one whose claim last took
+-- its messages, until a pace horizon after the last of them (wa_numbers.sender). A message whose claim expired (its worker died) is resent only if
 -- no status came back for it meanwhile; otherwise it is settled and dropped.
 -- p_now is the time of the claim (NULL: the clock); tests pass it instead of waiting.
 CREATE OR REPLACE FUNCTION api.claim_sends(p_worker text, p_max integer DEFAULT 500, p_now timestamptz DEFAULT NULL)
@@ -164,6 +165,9 @@ BEGIN
     FOR v_number IN
         SELECT n.* FROM core.wa_numbers n
         WHERE n.send_tat < v_now + v_horizon AND n.paused_reason IS NULL
+          -- Another worker sends this number's messages (migration 0124): its own pacer
+          -- spaces them, and two workers' late sends would overlap in Meta's second.
+          AND (n.sender_until IS NULL OR n.sender_until <= v_now OR n.sender = p_worker)
         ORDER BY n.send_tat
         -- NO KEY UPDATE: claims still exclude each other (and a report's pace update), but
         -- not the FOR KEY SHARE that a foreign key check takes (an inbox row, a
@@ -196,7 +200,11 @@ BEGIN
         v_batch := core.take_in_flight(core.read_number(v_number.number_id, v_budget, v_vt, v_now), v_number, v_now);
         CONTINUE WHEN cardinality(v_batch) = 0;
 
-        UPDATE core.wa_numbers SET send_tat = v_start + make_interval(secs => cardinality(v_batch) / v_rate)
+        -- This worker is the number's sender until a horizon after its last send's time.
+        UPDATE core.wa_numbers
+        SET send_tat = v_start + make_interval(secs => cardinality(v_batch) / v_rate),
+            sender = p_worker,
+            sender_until = v_start + make_interval(secs => cardinality(v_batch) / v_rate) + v_horizon
         WHERE number_id = v_number.number_id;
         v_starts := v_starts || jsonb_build_object(v_number.number_id::text,
                         jsonb_build_array(v_start, v_rate, cardinality(v_all)));
@@ -240,7 +248,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.claim_sends(text, integer, timestamptz) IS
-    'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares) and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent. p_now is the time of the claim (NULL: the clock).';
+    'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares), of numbers no other worker is sending for (a worker whose claim takes a number''s messages sends them alone until a pace horizon after the last), and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent. p_now is the time of the claim (NULL: the clock).';
 
 -- Store the results of sent requests. p_results is a JSON array of
 -- {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status,
