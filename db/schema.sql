@@ -1399,6 +1399,10 @@ DECLARE
     v_all core.claimed[] := '{}';
     v_starts jsonb := '{}';
 BEGIN
+    IF coalesce(btrim(p_worker), '') = '' THEN
+        RAISE EXCEPTION 'worker must be named' USING ERRCODE = 'PW100',
+            HINT = 'p_worker: a name unique to the worker process (PGWA_WORKER_NAME); one worker at a time sends a number''s messages.';
+    END IF;
     SELECT * INTO v_settings FROM core.settings;
     v_horizon := make_interval(secs => v_settings.pace_horizon_ms / 1000.0);
     v_vt := v_settings.claim_timeout_s + ceil(v_settings.pace_horizon_ms / 1000.0)::integer;
@@ -1410,7 +1414,7 @@ BEGIN
           -- Another worker sends this number's messages (migration 0124): its own pacer
           -- spaces them, and two workers' late sends would overlap in Meta's second.
           AND (n.sender_until IS NULL OR n.sender_until <= v_now OR n.sender = p_worker)
-        ORDER BY n.send_tat
+        ORDER BY n.send_tat, n.number_id
         -- NO KEY UPDATE: claims still exclude each other (and a report's pace update), but
         -- not the FOR KEY SHARE that a foreign key check takes (an inbox row, a
         -- conversation): FOR UPDATE skipped a number for as long as any webhook batch
@@ -1490,7 +1494,7 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.claim_sends(p_worker text, p_max integer, p_now timestamp with time zone) IS 'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares), of numbers no other worker is sending for (a worker whose claim takes a number''s messages sends them alone until a pace horizon after the last), and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent. p_now is the time of the claim (NULL: the clock).';
+COMMENT ON FUNCTION api.claim_sends(p_worker text, p_max integer, p_now timestamp with time zone) IS 'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares), of numbers no other worker is sending for (a worker whose claim takes a number''s messages sends them alone until a pace horizon after the last), and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent. p_now is the time of the claim (NULL: the clock). Raises PW100 when p_worker is empty.';
 
 CREATE FUNCTION api.claim_webhooks(p_max integer DEFAULT 200) RETURNS api.webhook_claim
     LANGUAGE plpgsql SECURITY DEFINER
@@ -4046,6 +4050,28 @@ END
 $$;
 
 COMMENT ON FUNCTION api.release_conversation(p_tenant_id bigint, p_number_id bigint, p_contact_id bigint) IS 'Hands a conversation back to automation: bots and the LLM answer its next messages again. Returns the conversation. Raises PW202/PW209 when the number or conversation is not the tenant''s.';
+
+CREATE FUNCTION api.release_numbers(p_worker text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_released integer;
+BEGIN
+    IF coalesce(btrim(p_worker), '') = '' THEN
+        RAISE EXCEPTION 'worker must be named' USING ERRCODE = 'PW100',
+            HINT = 'p_worker: the name the worker claimed with (api.claim_sends).';
+    END IF;
+    UPDATE core.wa_numbers SET sender = NULL, sender_until = NULL WHERE sender = p_worker;
+    GET DIAGNOSTICS v_released = ROW_COUNT;
+    IF v_released > 0 THEN
+        PERFORM pg_catalog.pg_notify('pgwa_send', '');
+    END IF;
+    RETURN v_released;
+END
+$$;
+
+COMMENT ON FUNCTION api.release_numbers(p_worker text) IS 'Gives up the numbers worker p_worker was sending for (api.claim_sends hands a number''s messages to one worker at a time), so that other workers take them at once; called by a worker that stops, after it sent what it held. Returns how many it gave up. Raises PW100 when p_worker is empty.';
 
 CREATE FUNCTION api.replay_event(p_tenant_id bigint, p_event_id bigint, p_endpoint_id bigint DEFAULT NULL::bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -121,7 +122,10 @@ class Settings:
             graph_base_url=os.environ.get("GRAPH_BASE_URL", cls.graph_base_url).rstrip("/"),
             verify_token=os.environ.get("WHATSAPP_VERIFY_TOKEN", ""),
             app_secrets=_csv("WHATSAPP_APP_SECRET"),
-            worker_name=os.environ.get("PGWA_WORKER_NAME", f"worker-{socket.gethostname()}-{os.getpid()}"),
+            # Unique per process (one worker at a time sends a number's messages): two
+            # containers may share a host name (host networking) and a pid (1).
+            worker_name=os.environ.get("PGWA_WORKER_NAME", "").strip()
+            or f"worker-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
             claim_batch=_number("PGWA_CLAIM_BATCH", cls.claim_batch),
             send_concurrency=_number("PGWA_SEND_CONCURRENCY", cls.send_concurrency),
             llm_base_url=os.environ.get("PGWA_LLM_BASE_URL", cls.llm_base_url).rstrip("/"),

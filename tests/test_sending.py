@@ -335,6 +335,16 @@ def test_one_worker_at_a_time_sends_a_number(db: psycopg.Connection) -> None:
     assert claim("b", timedelta(seconds=2.5)) == {first.phone_number_id: 99}
     assert sender(first) == ("b", 4.5)
     assert claim("a", timedelta(seconds=2.5)) == {}
+    # 'b' stops and gives its numbers up (api.release_numbers): 'a' may take them at once.
+    assert db.execute("SELECT api.release_numbers('b')").fetchone()[0] == 2
+    assert db.execute("SELECT api.release_numbers('b')").fetchone()[0] == 0
+    assert claim("a", timedelta(seconds=3)) == {first.phone_number_id: 49, second.phone_number_id: 50}
+    # A claim or a release must name its worker: an unnamed one would hold numbers no
+    # other claim could tell from its own.
+    for call in ("SELECT * FROM api.claim_sends(' ', 10)", "SELECT api.release_numbers(NULL)"):
+        with pytest.raises(psycopg.Error) as err:
+            db.execute(call)
+        assert err.value.sqlstate == "PW100" and "worker" in str(err.value)
 
 
 def test_expired_claim_comes_back_once_its_status_would_have_come(db: psycopg.Connection) -> None:

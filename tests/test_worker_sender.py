@@ -232,9 +232,49 @@ def test_two_workers_share_a_campaign_without_duplicates(db, db_url, sim):
     # Not asserted: that both sent some. A claim locks the number's row (SKIP LOCKED), so
     # on a loaded machine one worker may legitimately win every claim; sharing is shown
     # by the total, and safety by the once-each check below.
-    # Each worker holds its own share of the schedule; only stalls in both at once could
-    # squeeze their sends past the limit, which the database would retry.
+    # One worker at a time sends the number's messages (the other's claims pass it by
+    # while the first holds it), so their late sends never overlap; a stall of the
+    # simulator's loop on a loaded machine can still squeeze a second, which is retried.
     assert sim.stats()["rejected_by_code"].get("130429", 0) <= 20
+    assert_each_messaged_once(sim, to, ONE["phone_number_id"])
+    # Both stopped gracefully and gave the number up: another worker may take it at once.
+    assert db.execute("SELECT sender, sender_until FROM core.wa_numbers WHERE number_id = %s",
+                      (number_id,)).fetchone() == (None, None)
+
+
+def test_a_worker_whose_hold_on_a_number_lapsed_hands_its_sends_back(db, db_url, sim):
+    # A worker is a number's only sender until a pace horizon after the last send it
+    # claimed. One stalled for longer (its loop blocked here) may have lost the number to
+    # another worker: what it still holds goes back unsent, to be claimed again, instead
+    # of being sent beside the other worker's sends.
+    tenant, number_id = setup_number(db, ONE, 40)
+    to = phones(120)
+    campaign = create_campaign(db, tenant, number_id, to)
+    sender = Sender(settings(db_url, sim.url))
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(sender.run(stop))
+        try:
+            deadline = time.monotonic() + 60
+            while sender.stats.sent < 5:        # its first claim (a horizon, 39 sends) is in
+                assert time.monotonic() < deadline and not task.done()
+                await asyncio.sleep(0.01)
+            horizon = sender.policy.pace_horizon_s
+            # Every row held now was claimed before this point, and the hold ends at most
+            # a horizon after the latest row's time, itself at most a horizon ahead.
+            time.sleep(2 * horizon + 1.0)  # noqa: ASYNC251 (the stall: the whole loop stands still)
+            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+                while not (await (await conn.execute(ALL_ACCEPTED, (campaign,))).fetchone())[0]:
+                    assert time.monotonic() < deadline + 60 and not task.done(), sender.stats
+                    await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(go())
+    assert sender.stats.returned >= 1, sender.stats
+    assert states(db, campaign) == {"accepted": 120}
     assert_each_messaged_once(sim, to, ONE["phone_number_id"])
 
 

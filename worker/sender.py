@@ -15,8 +15,15 @@ wait in their lanes or are in flight, and at once after a claim that came back f
 Two round trips per batch (one claim, one coalesced report), whatever its size: about
 four statements a second for a number at 1,000 msg/s.
 
+One worker at a time sends a number's messages: the database makes the worker whose claim
+took them the number's sender until a horizon after the last one's time, and renews it with
+each claim (api.claim_sends). A lane that still holds rows when that time has passed (its
+worker stalled, or had no room to claim) hands them back unsent, since another worker may
+be sending for the number by then.
+
 On stop (SIGTERM/SIGINT) the loop claims nothing more, sends what it holds (at most one
-pace horizon ahead, or a throttle hold), reports it and returns. Anything it cannot
+pace horizon ahead, or a throttle hold), gives up its numbers (api.release_numbers),
+reports and returns. Anything it cannot
 report comes back to a worker when its visibility timeout ends.
 """
 
@@ -87,6 +94,7 @@ SELECT outbound_id, queue_name, msg_id, access_token, path, body::text,
 FROM api.claim_sends(%(worker)s, %(max)s, %(now)s::timestamptz)
 """
 REPORT_SQL = "SELECT * FROM api.report_sends(%(results)s::jsonb, %(now)s::timestamptz)"
+RELEASE_SQL = "SELECT api.release_numbers(%s)"
 
 
 class SendPolicy(NamedTuple):
@@ -198,6 +206,19 @@ class Sender:
             if self._sending:
                 await asyncio.gather(*self._sending, return_exceptions=True)
             sent.set()
+            await self._release()
+
+    async def _release(self) -> None:
+        """Give up the numbers this worker sent for (api.release_numbers): everything it
+        held is sent, and other workers may take them at once."""
+        if self.policy is None:
+            return                          # it never claimed
+        try:
+            await self._claims.fetch(RELEASE_SQL, (self.settings.worker_name,),
+                                     deadline=asyncio.get_running_loop().time() + STOP_REPORT_S)
+        except Exception as exc:  # noqa: BLE001 (stopping: the holds then end by themselves)
+            log.warning("could not give up this worker's numbers (%s); other workers take them "
+                        "when its hold ends", _describe(exc))
 
     async def _claim_loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -229,7 +250,7 @@ class Sender:
                 self.stats.claims += 1
                 if rows:
                     last_work = loop.time()
-                    self._dispatch(rows, last_work)
+                    self._dispatch(rows, last_work, started)
                 if len(rows) >= room:
                     continue                # a full claim: more is due now (a fast number)
             else:
@@ -244,10 +265,12 @@ class Sender:
             else:
                 await wait(stop, wake, self.heartbeat_s)
 
-    def _dispatch(self, rows: list[tuple], arrived: float) -> None:
+    def _dispatch(self, rows: list[tuple], arrived: float, started: float) -> None:
+        """Rows of a claim that began at ``started`` and came back at ``arrived`` (loop time)."""
         self.stats.claimed += len(rows)
         self._inflight += len(rows)
         touched: dict[_Lane, tuple[float, float, int]] = {}
+        horizon = self.policy.pace_horizon_s
         for row in rows:
             lane = self._lanes.get(row[4])
             if lane is None:
@@ -255,6 +278,10 @@ class Sender:
                 lane.task = asyncio.get_running_loop().create_task(self._lane(lane))
             due = arrived + row[6]
             lane.rows.append((due, row))
+            # The database makes this worker the number's sender until a horizon after
+            # this row's time (api.claim_sends), counted from its clock when the claim
+            # ran, which is no earlier than when it began here.
+            lane.sender_until = max(lane.sender_until, started + row[6] + horizon)
             first, _, n = touched.get(lane, (due, due, 0))
             touched[lane] = (first, due, n + 1)
         for lane, (first, last, n) in touched.items():
@@ -286,6 +313,14 @@ class Sender:
                 self._hand_back(rows, lane.hold_until)
                 if rows:
                     await asyncio.sleep(lane.hold_until - now)
+                continue
+            if now > lane.sender_until:
+                # This worker's claims stopped taking the number's messages for longer
+                # than its hold (a stall, or no room to claim): another worker may be
+                # sending for it now, so what is left here goes back unsent.
+                log.warning("%d sends for %s handed back: this worker's hold on the number "
+                            "lapsed %.0f ms ago", len(rows), row_path(rows), (now - lane.sender_until) * 1000)
+                self._hand_back(rows, float("inf"))
                 continue
             due = rows[0][0]
             if due > now:
@@ -437,7 +472,7 @@ class Sender:
 class _Lane:
     """One number's claimed messages waiting for their send_at, in order."""
 
-    __slots__ = ("hold_until", "pacer", "rows", "task", "wake", "window")
+    __slots__ = ("hold_until", "pacer", "rows", "sender_until", "task", "wake", "window")
 
     def __init__(self) -> None:
         self.rows: deque[tuple[float, tuple]] = deque()     # (due, row)
@@ -446,6 +481,12 @@ class _Lane:
         self.window: deque[float] = deque()     # start times of the last second's sends (stats)
         self.pacer = Pacer(burst=PACER_BURST_S)  # no pace until a claim spaces two rows
         self.hold_until = 0.0                   # loop time: throttled by Meta until then
+        self.sender_until = 0.0                 # loop time: this worker sends for the number until then
+
+
+def row_path(rows: deque) -> str:
+    """The number a lane's rows are for, as their request path names it (no secret)."""
+    return rows[0][1][4] if rows else "?"
 
 
 def _describe(exc: BaseException) -> str:

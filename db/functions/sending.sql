@@ -157,6 +157,10 @@ DECLARE
     v_all core.claimed[] := '{}';
     v_starts jsonb := '{}';
 BEGIN
+    IF coalesce(btrim(p_worker), '') = '' THEN
+        RAISE EXCEPTION 'worker must be named' USING ERRCODE = 'PW100',
+            HINT = 'p_worker: a name unique to the worker process (PGWA_WORKER_NAME); one worker at a time sends a number''s messages.';
+    END IF;
     SELECT * INTO v_settings FROM core.settings;
     v_horizon := make_interval(secs => v_settings.pace_horizon_ms / 1000.0);
     v_vt := v_settings.claim_timeout_s + ceil(v_settings.pace_horizon_ms / 1000.0)::integer;
@@ -168,7 +172,7 @@ BEGIN
           -- Another worker sends this number's messages (migration 0124): its own pacer
           -- spaces them, and two workers' late sends would overlap in Meta's second.
           AND (n.sender_until IS NULL OR n.sender_until <= v_now OR n.sender = p_worker)
-        ORDER BY n.send_tat
+        ORDER BY n.send_tat, n.number_id
         -- NO KEY UPDATE: claims still exclude each other (and a report's pace update), but
         -- not the FOR KEY SHARE that a foreign key check takes (an inbox row, a
         -- conversation): FOR UPDATE skipped a number for as long as any webhook batch
@@ -248,7 +252,30 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.claim_sends(text, integer, timestamptz) IS
-    'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares), of numbers no other worker is sending for (a worker whose claim takes a number''s messages sends them alone until a pace horizon after the last), and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent. p_now is the time of the claim (NULL: the clock).';
+    'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares), of numbers no other worker is sending for (a worker whose claim takes a number''s messages sends them alone until a pace horizon after the last), and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent. p_now is the time of the claim (NULL: the clock). Raises PW100 when p_worker is empty.';
+
+-- A worker that stops gives up the numbers it was sending for, once it sent what it
+-- held: other workers take them at once (woken by NOTIFY pgwa_send) instead of when
+-- its hold would have ended (wa_numbers.sender_until).
+CREATE OR REPLACE FUNCTION api.release_numbers(p_worker text) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+DECLARE
+    v_released integer;
+BEGIN
+    IF coalesce(btrim(p_worker), '') = '' THEN
+        RAISE EXCEPTION 'worker must be named' USING ERRCODE = 'PW100',
+            HINT = 'p_worker: the name the worker claimed with (api.claim_sends).';
+    END IF;
+    UPDATE core.wa_numbers SET sender = NULL, sender_until = NULL WHERE sender = p_worker;
+    GET DIAGNOSTICS v_released = ROW_COUNT;
+    IF v_released > 0 THEN
+        PERFORM pg_catalog.pg_notify('pgwa_send', '');
+    END IF;
+    RETURN v_released;
+END
+$$;
+COMMENT ON FUNCTION api.release_numbers(text) IS
+    'Gives up the numbers worker p_worker was sending for (api.claim_sends hands a number''s messages to one worker at a time), so that other workers take them at once; called by a worker that stops, after it sent what it held. Returns how many it gave up. Raises PW100 when p_worker is empty.';
 
 -- Store the results of sent requests. p_results is a JSON array of
 -- {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status,
@@ -748,3 +775,5 @@ REVOKE ALL ON FUNCTION api.send_policy() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.claim_sends(text, integer, timestamptz) TO pgwa_worker;
 GRANT EXECUTE ON FUNCTION api.report_sends(jsonb, timestamptz) TO pgwa_worker;
 GRANT EXECUTE ON FUNCTION api.send_policy() TO pgwa_worker;
+REVOKE ALL ON FUNCTION api.release_numbers(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.release_numbers(text) TO pgwa_worker;
