@@ -266,11 +266,11 @@ BEGIN
         RAISE EXCEPTION 'worker must be named' USING ERRCODE = 'PW100',
             HINT = 'p_worker: the name the worker claimed with (api.claim_sends).';
     END IF;
-    UPDATE core.wa_numbers SET sender = NULL, sender_until = NULL WHERE sender = p_worker;
-    GET DIAGNOSTICS v_released = ROW_COUNT;
-    IF v_released > 0 THEN
-        PERFORM pg_catalog.pg_notify('pgwa_send', '');
-    END IF;
+    WITH released AS (
+        UPDATE core.wa_numbers SET sender = NULL, sender_until = NULL WHERE sender = p_worker
+        RETURNING number_id
+    )
+    SELECT count(core.wake_sender(r.number_id) IS NULL) INTO v_released FROM released r;
     RETURN v_released;
 END
 $$;
