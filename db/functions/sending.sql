@@ -131,6 +131,18 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = '' AS $$
     FROM jsonb_array_elements(p_skeleton) WITH ORDINALITY c
 $$;
 
+-- A claim or a release names its worker: one at a time sends a number's messages, and
+-- an unnamed worker's hold could not be told from another's.
+CREATE OR REPLACE FUNCTION core.require_worker(p_worker text) RETURNS void
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+    IF coalesce(btrim(p_worker), '') = '' THEN
+        RAISE EXCEPTION 'worker must be named' USING ERRCODE = 'PW100',
+            HINT = 'p_worker: a name unique to the worker process (PGWA_WORKER_NAME); one worker at a time sends a number''s messages.';
+    END IF;
+END
+$$;
+
 -- Take tokens from each number's rate (a GCRA: the number's theoretical arrival time
 -- advances 1/rate per message, never more than the pace horizon ahead of now), read
 -- that many messages (replies first, then the number's running campaigns in equal
@@ -157,10 +169,7 @@ DECLARE
     v_all core.claimed[] := '{}';
     v_starts jsonb := '{}';
 BEGIN
-    IF coalesce(btrim(p_worker), '') = '' THEN
-        RAISE EXCEPTION 'worker must be named' USING ERRCODE = 'PW100',
-            HINT = 'p_worker: a name unique to the worker process (PGWA_WORKER_NAME); one worker at a time sends a number''s messages.';
-    END IF;
+    PERFORM core.require_worker(p_worker);
     SELECT * INTO v_settings FROM core.settings;
     v_horizon := make_interval(secs => v_settings.pace_horizon_ms / 1000.0);
     v_vt := v_settings.claim_timeout_s + ceil(v_settings.pace_horizon_ms / 1000.0)::integer;
@@ -205,10 +214,9 @@ BEGIN
         CONTINUE WHEN cardinality(v_batch) = 0;
 
         -- This worker is the number's sender until a horizon after its last send's time.
+        v_number.send_tat := v_start + make_interval(secs => cardinality(v_batch) / v_rate);
         UPDATE core.wa_numbers
-        SET send_tat = v_start + make_interval(secs => cardinality(v_batch) / v_rate),
-            sender = p_worker,
-            sender_until = v_start + make_interval(secs => cardinality(v_batch) / v_rate) + v_horizon
+        SET send_tat = v_number.send_tat, sender = p_worker, sender_until = v_number.send_tat + v_horizon
         WHERE number_id = v_number.number_id;
         v_starts := v_starts || jsonb_build_object(v_number.number_id::text,
                         jsonb_build_array(v_start, v_rate, cardinality(v_all)));
@@ -262,10 +270,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     v_released integer;
 BEGIN
-    IF coalesce(btrim(p_worker), '') = '' THEN
-        RAISE EXCEPTION 'worker must be named' USING ERRCODE = 'PW100',
-            HINT = 'p_worker: the name the worker claimed with (api.claim_sends).';
-    END IF;
+    PERFORM core.require_worker(p_worker);
     WITH released AS (
         UPDATE core.wa_numbers SET sender = NULL, sender_until = NULL WHERE sender = p_worker
         RETURNING number_id
