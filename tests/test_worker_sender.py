@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 
 import orjson
 import psycopg
@@ -275,6 +277,108 @@ def test_a_worker_whose_hold_on_a_number_lapsed_hands_its_sends_back(db, db_url,
     asyncio.run(go())
     assert sender.stats.returned >= 1, sender.stats
     assert states(db, campaign) == {"accepted": 120}
+    assert_each_messaged_once(sim, to, ONE["phone_number_id"])
+
+
+def free_port() -> int:
+    """A local port nothing listens on (a connection to it is refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def forward(port: int, to_url: str) -> asyncio.Server:
+    """Listen on ``port`` and pipe each connection to ``to_url``'s host and port: the
+    network path to Meta coming back."""
+    target = urlsplit(to_url)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    return await asyncio.start_server(connection, "127.0.0.1", port)
+
+
+def test_a_worker_that_cannot_reach_meta_gives_its_number_to_one_that_can(db, db_url, sim):
+    # Worker a's network to Meta is down (every connection refused); b's is fine. Before
+    # a gave up, it kept the number (its claims renewed its hold) and spent each message's
+    # attempts on the dead link until they failed, while b stood by.
+    tenant, number_id = setup_number(db, ONE, 40)
+    db.execute("UPDATE core.settings SET retry_backoff_s = '{1}'")
+    to = phones(120)
+    campaign = create_campaign(db, tenant, number_id, to)
+    a = Sender(settings(db_url, f"http://127.0.0.1:{free_port()}", "cut-off"))
+    b = Sender(settings(db_url, sim.url, "reaches-meta"), heartbeat_s=0.3)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        first = asyncio.create_task(a.run(stop))
+        try:
+            deadline = time.monotonic() + 30
+            while not a.stats.unreachable:      # a took the number and found Meta unreachable
+                assert time.monotonic() < deadline and not first.done(), a.stats
+                await asyncio.sleep(0.01)
+            await run_until([b], db_url, ALL_ACCEPTED, (campaign,), 60)
+        finally:
+            stop.set()
+            await first
+
+    asyncio.run(go())
+    assert (a.stats.unreachable, a.stats.accepted) == (1, 0)
+    assert a.stats.sent >= 25, a.stats
+    assert states(db, campaign) == {"accepted": 120}
+    # A message a tried spent one attempt there, and went once more through b.
+    assert db.execute("SELECT max(attempts) FROM core.outbound_messages WHERE campaign_id = %s",
+                      (campaign,)).fetchone()[0] == 2
+    assert_each_messaged_once(sim, to, ONE["phone_number_id"])
+
+
+def test_a_worker_cut_off_from_meta_sends_again_once_it_answers(db, db_url, sim):
+    tenant, number_id = setup_number(db, ONE, 40)
+    db.execute("UPDATE core.settings SET retry_backoff_s = '{1}'")
+    to = phones(80)
+    campaign = create_campaign(db, tenant, number_id, to)
+    port = free_port()
+    sender = Sender(settings(db_url, f"http://127.0.0.1:{port}"))
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(sender.run(stop))
+        path = None
+        try:
+            deadline = time.monotonic() + 30
+            while not sender.stats.unreachable:
+                assert time.monotonic() < deadline and not task.done(), sender.stats
+                await asyncio.sleep(0.01)
+            # The worker gives the number up (to workers that can reach Meta; none here).
+            while db.execute("SELECT sender FROM core.wa_numbers WHERE number_id = %s",
+                             (number_id,)).fetchone()[0] is not None:
+                assert time.monotonic() < deadline and not task.done(), sender.stats
+                await asyncio.sleep(0.01)
+            path = await forward(port, sim.url)           # the link comes back
+            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+                while not (await (await conn.execute(ALL_ACCEPTED, (campaign,))).fetchone())[0]:
+                    assert time.monotonic() < deadline + 60 and not task.done(), sender.stats
+                    await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await task
+            if path is not None:
+                path.close()
+
+    asyncio.run(go())
+    assert sender.stats.unreachable == 1 and sender.stats.accepted == 80, sender.stats
+    assert states(db, campaign) == {"accepted": 80}
     assert_each_messaged_once(sim, to, ONE["phone_number_id"])
 
 

@@ -268,6 +268,16 @@ class GraphClient:
             return await self._http.request(method, f"/{path.lstrip('/')}", content=content,
                                             params=params, headers=headers)
 
+    async def probe(self, timeout_s: float) -> str | None:
+        """Whether Meta's host answers at all: GET the base URL, without a token. Any HTTP
+        answer (graph.facebook.com answers 400 there) is None; no answer, its reason."""
+        try:
+            await self._transport.fetch("GET", f"{self.base_url}/", {}, None,
+                                        aiohttp.ClientTimeout(total=timeout_s))
+        except httpx.TransportError as exc:
+            return f"{type(exc).__name__}: {exc}"[:200]
+        return None
+
     async def send(self, path: str, token: str, body: Any) -> SendResult:
         """POST one message to ``{base_url}/{path}``; never raises for HTTP or network trouble.
 

@@ -21,6 +21,14 @@ each claim (api.claim_sends). A lane that still holds rows when that time has pa
 worker stalled, or had no room to claim) hands them back unsent, since another worker may
 be sending for the number by then.
 
+A worker that cannot reach Meta (BREAKER_FAILURES sends in a row with no HTTP answer: its
+network, DNS or proxy is down) stops sending: it hands back unsent what its lanes hold,
+gives its numbers up (api.release_numbers) so a worker that can reach Meta takes them at
+once, and claims nothing until a probe of the Graph host gets an answer, any answer, again
+(after BREAKER_FIRST_S, doubling to BREAKER_MAX_S). Otherwise it would keep its numbers,
+renewing its hold with each claim, and spend every message's attempts on a dead link
+until they failed.
+
 On stop (SIGTERM/SIGINT) the loop claims nothing more, sends what it holds (at most one
 pace horizon ahead, or a throttle hold), gives up its numbers (api.release_numbers),
 reports and returns. Anything it cannot
@@ -82,6 +90,13 @@ TICK_S = 0.003
 # old rate: sent after the hold on top of the new schedule, they would cross the limit
 # again. Which codes throttle and for how long is the database's (api.send_policy), read
 # once before the first claim.
+# No answer at all from Meta (a refused connection, a timeout, a dropped connection) this
+# many sends in a row: this worker cannot reach it (see the module's docstring). One
+# dropped connection in five, which happens, trips it once in 10^17 runs.
+BREAKER_FAILURES = 25
+BREAKER_FIRST_S = 1.0       # then a probe of the Graph host; each failed probe doubles it
+BREAKER_MAX_S = 30.0
+PROBE_TIMEOUT_S = 5.0
 POLICY_SQL = "SELECT throttle_hold_ms, throttle_codes, pace_horizon_ms FROM api.send_policy()"
 
 # Each row's delay is measured on the database's clock from the claim's start (now()),
@@ -113,6 +128,7 @@ class SenderStats:
     accepted: int = 0           # answered with a wamid
     errors: int = 0             # answered with an error (or none at all)
     returned: int = 0           # handed back unsent (held for a throttled number)
+    unreachable: int = 0        # times this worker found Meta out of its reach (the breaker)
     reports: int = 0
     reported: int = 0
     unreported: int = 0         # given up on: they come back by visibility timeout
@@ -158,6 +174,10 @@ class Sender:
         self._sending: set[asyncio.Task] = set()
         self._results = Results()
         self._retry_seen = -1e9             # loop time of the last report with retries
+        self._no_answer = 0                 # sends in a row that got no HTTP answer
+        self._cut_off = False               # Meta out of reach: claim nothing, hand back
+        self._cut_off_s = BREAKER_FIRST_S
+        self._reach = 0                     # counts the times Meta answered again
         self.policy: SendPolicy | None = None   # read before the first claim
 
     # --- the loop ---------------------------------------------------------------------
@@ -225,6 +245,8 @@ class Sender:
         last_work = -1e9
         failures = 0
         while not stop.is_set():
+            if self._cut_off and not await self._wait_for_meta(stop):
+                break
             wake.clear()
             started = loop.time()
             room = min(self.settings.claim_batch, self.max_inflight - self._inflight)
@@ -308,6 +330,9 @@ class Sender:
                 lane.wake.clear()
                 await lane.wake.wait()
                 continue
+            if self._cut_off:
+                self._hand_back(rows, float("inf"))     # Meta is out of this worker's reach
+                continue
             now = loop.time()
             if lane.hold_until > now:
                 self._hand_back(rows, lane.hold_until)
@@ -348,6 +373,37 @@ class Sender:
             self._results.add({"outbound_id": outbound_id, "queue_name": queue_name,
                                "msg_id": msg_id, "sent": False})
 
+    def _cut_off_from_meta(self, last_error: str | None) -> None:
+        """Meta did not answer BREAKER_FAILURES sends in a row: stop sending (the lanes hand
+        back what they hold, the claim loop gives the numbers up and probes)."""
+        self._cut_off = True
+        self.stats.unreachable += 1
+        log.error("Meta is out of this worker's reach: %d sends in a row got no answer (last: %s); "
+                  "handing back what it holds and giving its numbers up to other workers until "
+                  "%s answers again", self._no_answer, last_error, self.graph.base_url)
+        for lane in self._lanes.values():
+            lane.wake.set()
+
+    async def _wait_for_meta(self, stop: asyncio.Event) -> bool:
+        """While Meta is out of reach: give the numbers up, then probe the Graph host after
+        BREAKER_FIRST_S, doubling the wait up to BREAKER_MAX_S, until it answers. False
+        when stopping first."""
+        await self._release()
+        while not stop.is_set():
+            await wait(stop, None, self._cut_off_s)
+            if stop.is_set():
+                break
+            problem = await self.graph.probe(PROBE_TIMEOUT_S)
+            if problem is None:
+                log.info("Meta answers this worker again (%s): claiming again", self.graph.base_url)
+                self._cut_off, self._no_answer, self._cut_off_s = False, 0, BREAKER_FIRST_S
+                self._reach += 1
+                return True
+            self._cut_off_s = min(2 * self._cut_off_s, BREAKER_MAX_S)
+            log.warning("Meta is still out of this worker's reach (%s); next try in %.0f s",
+                        problem, self._cut_off_s)
+        return False
+
     async def _send(self, row: tuple, lane: _Lane) -> None:
         # The worker's own busiest second (stats only), from when the request really leaves.
         started = time.monotonic()
@@ -357,6 +413,7 @@ class Sender:
             window.popleft()
         self.stats.peak_1s = max(self.stats.peak_1s, len(window))
         outbound_id, queue_name, msg_id, token, path, body, _ = row
+        reach = self._reach
         try:
             r = await self.graph.send(path, token, body)
         except Exception as exc:  # noqa: BLE001 (send() should not raise; never lose a result)
@@ -364,6 +421,14 @@ class Sender:
             error = _describe(exc)
         stats = self.stats
         stats.sent += 1
+        if reach != self._reach:
+            pass        # sent before Meta was out of reach and answered again: says nothing now
+        elif r is None or r.http_status is None:
+            self._no_answer += 1
+            if self._no_answer >= BREAKER_FAILURES and not self._cut_off:
+                self._cut_off_from_meta(r.error_message if r is not None else error)
+        else:
+            self._no_answer = 0
         if r is None:
             stats.errors += 1
             result = {"outbound_id": outbound_id, "queue_name": queue_name, "msg_id": msg_id,
