@@ -5,7 +5,8 @@ Sets up its own database (pgwa_bench_webhooks) on the project's cluster (DATABAS
 messages, starts the API server (``python -m api``) and measures:
 
 * ingest_rps_c64, p99_ms_c64   wrk, 64 connections, 20 s: signed single-status webhooks
-                               (no worker running; each run starts from an empty queue)
+                               (no worker running; each run starts from an empty queue);
+                               medians of --runs rounds (3), each round's in ingest_runs
 * ingest_rps_c8,  p99_ms_c8    the same with 8 connections
 * bare_rps_c64, bare_p99_ms_c64, bare_rps_c8, bare_p99_ms_c8, ingest_ratio_c64, ingest_ratio_c8
                                the same-run baseline: the same wrk, bodies and uvicorn settings
@@ -465,6 +466,8 @@ def measure_lag(url: str, conn: psycopg.Connection, api: Server, campaign: int, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--wrk-seconds", type=int, default=WRK_SECONDS)
+    parser.add_argument("--runs", type=int, default=3,
+                        help="rounds of the four wrk runs (pgwa c64, c8, bare c64, c8); medians")
     parser.add_argument("--process-workers", type=int, default=1,
                         help="concurrent processing loops for status_events_per_s")
     parser.add_argument("--process-batch", type=int, default=200)
@@ -494,32 +497,45 @@ def main() -> int:
                 (tmp / "post.lua").write_text(LUA)
                 log(f"ingest: payloads of {sum(map(len, lines)) // len(lines)} bytes, "
                     f"{args.wrk_seconds} s per run")
-                for c in (64, 8):
-                    # Each run starts from an empty queue, as a worker keeps it.
-                    reset_queues(conn)
-                    time.sleep(2)
-                    r = run_wrk(wrk, api.port, c, args.wrk_seconds, tmp)
-                    log(f"ingest c{c}: {r['rps']:.0f} req/s, p99 {r['p99_ms']} ms, "
-                        f"{r['errors']} non-200")
-                    result[f"ingest_rps_c{c}"] = round(r["rps"])
-                    result[f"p99_ms_c{c}"] = r["p99_ms"]
-                    result[f"wrk_cpu_share_c{c}"] = r["wrk_cpu_share"]
-                    stored = queue_counts(conn)
-                    if stored > r["acked"]:
-                        log(f"ingest c{c}: {stored - r['acked']} stored beyond the 200s wrk counted "
-                            "(in flight when it stopped)")
-                    lost += max(0, r["acked"] - stored)
-                reset_queues(conn)
+                runs: dict[str, list] = {}
                 bare = bare_server(tmp)
                 try:
-                    for c in (64, 8):
-                        r = run_wrk(wrk, bare.port, c, args.wrk_seconds, tmp)
-                        log(f"bare ASGI c{c}: {r['rps']:.0f} req/s, p99 {r['p99_ms']} ms")
-                        result[f"bare_rps_c{c}"] = round(r["rps"])
-                        result[f"bare_p99_ms_c{c}"] = r["p99_ms"]
-                        result[f"ingest_ratio_c{c}"] = round(result[f"ingest_rps_c{c}"] / max(r["rps"], 1), 3)
+                    # Rounds alternate pgwa's receiver and the bare app, so a machine that
+                    # slows down during the bench slows both; medians of the rounds.
+                    for k in range(args.runs):
+                        for c in (64, 8):
+                            # Each run starts from an empty queue, as a worker keeps it.
+                            reset_queues(conn)
+                            time.sleep(2)
+                            r = run_wrk(wrk, api.port, c, args.wrk_seconds, tmp)
+                            log(f"round {k + 1}: ingest c{c}: {r['rps']:.0f} req/s, p99 {r['p99_ms']} ms, "
+                                f"{r['errors']} non-200")
+                            runs.setdefault(f"ingest_rps_c{c}", []).append(round(r["rps"]))
+                            runs.setdefault(f"p99_ms_c{c}", []).append(r["p99_ms"])
+                            runs.setdefault(f"wrk_cpu_share_c{c}", []).append(r["wrk_cpu_share"])
+                            stored = queue_counts(conn)
+                            if stored > r["acked"]:
+                                log(f"ingest c{c}: {stored - r['acked']} stored beyond the 200s wrk counted "
+                                    "(in flight when it stopped)")
+                            lost += max(0, r["acked"] - stored)
+                        reset_queues(conn)
+                        for c in (64, 8):
+                            r = run_wrk(wrk, bare.port, c, args.wrk_seconds, tmp)
+                            log(f"round {k + 1}: bare ASGI c{c}: {r['rps']:.0f} req/s, p99 {r['p99_ms']} ms")
+                            runs.setdefault(f"bare_rps_c{c}", []).append(round(r["rps"]))
+                            runs.setdefault(f"bare_p99_ms_c{c}", []).append(r["p99_ms"])
                 finally:
                     bare.stop()
+                for key, values in runs.items():
+                    result[key] = round(statistics.median(values), 3 if "share" in key else 2)
+                for c in (64, 8):
+                    result[f"ingest_rps_c{c}"] = round(result[f"ingest_rps_c{c}"])
+                    result[f"bare_rps_c{c}"] = round(result[f"bare_rps_c{c}"])
+                    result[f"ingest_ratio_c{c}"] = round(result[f"ingest_rps_c{c}"] / max(result[f"bare_rps_c{c}"], 1), 3)
+                result["runs"] = args.runs
+                result["ingest_runs"] = {key: runs[key] for key in
+                                         ("ingest_rps_c64", "p99_ms_c64", "ingest_rps_c8", "p99_ms_c8",
+                                          "bare_rps_c64", "bare_p99_ms_c64", "bare_rps_c8", "bare_p99_ms_c8")}
             if "process" not in skip:
                 result.update(measure_processing(url, conn, campaign, number, rng,
                                                  args.process_workers, args.process_batch))
