@@ -280,15 +280,15 @@ def test_a_worker_whose_hold_on_a_number_lapsed_hands_its_sends_back(db, db_url,
     assert_each_messaged_once(sim, to, ONE["phone_number_id"])
 
 
-def free_port() -> int:
-    """A local port nothing listens on (a connection to it is refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def dead_end() -> tuple[socket.socket, str]:
+    """A local port held but not listened on (a connection to it is refused), and its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-async def forward(port: int, to_url: str) -> asyncio.Server:
-    """Listen on ``port`` and pipe each connection to ``to_url``'s host and port: the
+async def forward(sock: socket.socket, to_url: str) -> asyncio.Server:
+    """Listen on ``sock`` and pipe each connection to ``to_url``'s host and port: the
     network path to Meta coming back."""
     target = urlsplit(to_url)
 
@@ -306,7 +306,7 @@ async def forward(port: int, to_url: str) -> asyncio.Server:
         up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
-    return await asyncio.start_server(connection, "127.0.0.1", port)
+    return await asyncio.start_server(connection, sock=sock)
 
 
 def test_a_worker_that_cannot_reach_meta_gives_its_number_to_one_that_can(db, db_url, sim):
@@ -314,11 +314,11 @@ def test_a_worker_that_cannot_reach_meta_gives_its_number_to_one_that_can(db, db
     # a gave up, it kept the number (its claims renewed its hold) and spent each message's
     # attempts on the dead link until they failed, while b stood by.
     tenant, number_id = setup_number(db, ONE, 40)
-    db.execute("UPDATE core.settings SET retry_backoff_s = '{1}'")
     to = phones(120)
     campaign = create_campaign(db, tenant, number_id, to)
-    a = Sender(settings(db_url, f"http://127.0.0.1:{free_port()}", "cut-off"))
-    b = Sender(settings(db_url, sim.url, "reaches-meta"), heartbeat_s=0.3)
+    dead, dead_url = dead_end()
+    a = Sender(settings(db_url, dead_url, "cut-off"))
+    b = Sender(settings(db_url, sim.url, "reaches-meta"))
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -332,24 +332,26 @@ def test_a_worker_that_cannot_reach_meta_gives_its_number_to_one_that_can(db, db
         finally:
             stop.set()
             await first
+            dead.close()
 
     asyncio.run(go())
     assert (a.stats.unreachable, a.stats.accepted) == (1, 0)
     assert a.stats.sent >= 25, a.stats
     assert states(db, campaign) == {"accepted": 120}
-    # A message a tried spent one attempt there, and went once more through b.
+    # A message a tried spent an attempt there (two, if its retry, 5 s on, came back
+    # before a gave up: a slow machine), and one more through b; before, a spent all six.
     assert db.execute("SELECT max(attempts) FROM core.outbound_messages WHERE campaign_id = %s",
-                      (campaign,)).fetchone()[0] == 2
+                      (campaign,)).fetchone()[0] <= 3
     assert_each_messaged_once(sim, to, ONE["phone_number_id"])
 
 
 def test_a_worker_cut_off_from_meta_sends_again_once_it_answers(db, db_url, sim):
     tenant, number_id = setup_number(db, ONE, 40)
-    db.execute("UPDATE core.settings SET retry_backoff_s = '{1}'")
+    db.execute("UPDATE core.settings SET retry_backoff_s = '{2}'")   # the sends that failed
     to = phones(80)
     campaign = create_campaign(db, tenant, number_id, to)
-    port = free_port()
-    sender = Sender(settings(db_url, f"http://127.0.0.1:{port}"))
+    dead, dead_url = dead_end()
+    sender = Sender(settings(db_url, dead_url))
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -365,7 +367,7 @@ def test_a_worker_cut_off_from_meta_sends_again_once_it_answers(db, db_url, sim)
                              (number_id,)).fetchone()[0] is not None:
                 assert time.monotonic() < deadline and not task.done(), sender.stats
                 await asyncio.sleep(0.01)
-            path = await forward(port, sim.url)           # the link comes back
+            path = await forward(dead, sim.url)           # the link comes back
             async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
                 while not (await (await conn.execute(ALL_ACCEPTED, (campaign,))).fetchone())[0]:
                     assert time.monotonic() < deadline + 60 and not task.done(), sender.stats
@@ -375,6 +377,7 @@ def test_a_worker_cut_off_from_meta_sends_again_once_it_answers(db, db_url, sim)
             await task
             if path is not None:
                 path.close()
+            dead.close()
 
     asyncio.run(go())
     assert sender.stats.unreachable == 1 and sender.stats.accepted == 80, sender.stats

@@ -274,7 +274,7 @@ class GraphClient:
         try:
             await self._transport.fetch("GET", f"{self.base_url}/", {}, None,
                                         aiohttp.ClientTimeout(total=timeout_s))
-        except httpx.TransportError as exc:
+        except Exception as exc:  # noqa: BLE001 (a probe reports; it never stops the claim loop)
             return f"{type(exc).__name__}: {exc}"[:200]
         return None
 

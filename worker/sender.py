@@ -21,13 +21,13 @@ each claim (api.claim_sends). A lane that still holds rows when that time has pa
 worker stalled, or had no room to claim) hands them back unsent, since another worker may
 be sending for the number by then.
 
-A worker that cannot reach Meta (BREAKER_FAILURES sends in a row with no HTTP answer: its
-network, DNS or proxy is down) stops sending: it hands back unsent what its lanes hold,
-gives its numbers up (api.release_numbers) so a worker that can reach Meta takes them at
-once, and claims nothing until a probe of the Graph host gets an answer, any answer, again
-(after BREAKER_FIRST_S, doubling to BREAKER_MAX_S). Otherwise it would keep its numbers,
-renewing its hold with each claim, and spend every message's attempts on a dead link
-until they failed.
+A worker that cannot reach Meta (BREAKER_FAILURES sends in a row and BREAKER_MIN_S with no
+HTTP answer: its network, DNS or proxy is down) stops sending: it hands back unsent what
+its lanes hold, gives its numbers up (api.release_numbers) so a worker that can reach Meta
+takes them, and claims nothing until a probe of the Graph host gets an answer, any answer,
+again (after BREAKER_FIRST_S, doubling to BREAKER_MAX_S, back to the first only once a send
+is answered). Otherwise it would keep its numbers, renewing its hold with each claim, and
+spend every message's attempts on a dead link until they failed.
 
 On stop (SIGTERM/SIGINT) the loop claims nothing more, sends what it holds (at most one
 pace horizon ahead, or a throttle hold), gives up its numbers (api.release_numbers),
@@ -91,9 +91,12 @@ TICK_S = 0.003
 # again. Which codes throttle and for how long is the database's (api.send_policy), read
 # once before the first claim.
 # No answer at all from Meta (a refused connection, a timeout, a dropped connection) this
-# many sends in a row: this worker cannot reach it (see the module's docstring). One
-# dropped connection in five, which happens, trips it once in 10^17 runs.
+# many sends in a row, over at least BREAKER_MIN_S: this worker cannot reach it (see the
+# module's docstring). A blip shorter than that (a proxy restarting, stale keep-alive
+# connections failing together) does not count; one dropped connection in five, which
+# happens, makes 25 in a row about once in 10^17 sends.
 BREAKER_FAILURES = 25
+BREAKER_MIN_S = 2.0
 BREAKER_FIRST_S = 1.0       # then a probe of the Graph host; each failed probe doubles it
 BREAKER_MAX_S = 30.0
 PROBE_TIMEOUT_S = 5.0
@@ -175,6 +178,8 @@ class Sender:
         self._results = Results()
         self._retry_seen = -1e9             # loop time of the last report with retries
         self._no_answer = 0                 # sends in a row that got no HTTP answer
+        self._no_answer_since = 0.0         # loop time the first of them went out
+        self._wake: asyncio.Event | None = None     # the claim loop's
         self._cut_off = False               # Meta out of reach: claim nothing, hand back
         self._cut_off_s = BREAKER_FIRST_S
         self._reach = 0                     # counts the times Meta answered again
@@ -186,7 +191,7 @@ class Sender:
         if self.graph is None:
             self.graph = GraphClient(self.settings.graph_base_url, self.settings.send_concurrency)
         name = self.settings.worker_name
-        wake = asyncio.Event()
+        wake = self._wake = asyncio.Event()
         done = asyncio.Event()              # the claim loop has stopped
         sent = asyncio.Event()              # ... and every claimed message was sent
         log.info("sender %s started: graph %s, batch %d, concurrency %d",
@@ -228,13 +233,13 @@ class Sender:
             sent.set()
             await self._release()
 
-    async def _release(self) -> None:
+    async def _release(self, stop: asyncio.Event | None = None) -> None:
         """Give up the numbers this worker sent for (api.release_numbers): everything it
-        held is sent, and other workers may take them at once."""
+        held is sent or handed back, and other workers may take them at once."""
         if self.policy is None:
             return                          # it never claimed
         try:
-            await self._claims.fetch(RELEASE_SQL, (self.settings.worker_name,),
+            await self._claims.fetch(RELEASE_SQL, (self.settings.worker_name,), stop=stop,
                                      deadline=asyncio.get_running_loop().time() + STOP_REPORT_S)
         except Exception as exc:  # noqa: BLE001 (stopping: the holds then end by themselves)
             log.warning("could not give up this worker's numbers (%s); other workers take them "
@@ -374,32 +379,50 @@ class Sender:
                                "msg_id": msg_id, "sent": False})
 
     def _cut_off_from_meta(self, last_error: str | None) -> None:
-        """Meta did not answer BREAKER_FAILURES sends in a row: stop sending (the lanes hand
-        back what they hold, the claim loop gives the numbers up and probes)."""
+        """Meta did not answer BREAKER_FAILURES sends in a row: stop sending. What the lanes
+        hold goes back now (reported at once); the claim loop, woken, gives the numbers up
+        and probes."""
         self._cut_off = True
         self.stats.unreachable += 1
-        log.error("Meta is out of this worker's reach: %d sends in a row got no answer (last: %s); "
-                  "handing back what it holds and giving its numbers up to other workers until "
-                  "%s answers again", self._no_answer, last_error, self.graph.base_url)
+        log.error("Meta is out of this worker's reach: %d sends in a row got no answer over %.1f s "
+                  "(last: %s); handing back what it holds and giving its numbers up to other workers "
+                  "until %s answers again", self._no_answer,
+                  asyncio.get_running_loop().time() - self._no_answer_since, last_error, self.graph.base_url)
         for lane in self._lanes.values():
-            lane.wake.set()
+            self._hand_back(lane.rows, float("inf"))
+        self._results.urgent.set()
+        if self._wake is not None:
+            self._wake.set()
 
     async def _wait_for_meta(self, stop: asyncio.Event) -> bool:
         """While Meta is out of reach: give the numbers up, then probe the Graph host after
         BREAKER_FIRST_S, doubling the wait up to BREAKER_MAX_S, until it answers. False
         when stopping first."""
-        await self._release()
+        # The handed-back messages are queued again a throttle hold after their report
+        # (at once): released after that, the workers the release wakes find them.
+        await wait(stop, None, self.report_s + self.policy.throttle_hold_s)
+        await self._release(stop)
         while not stop.is_set():
             await wait(stop, None, self._cut_off_s)
             if stop.is_set():
                 break
-            problem = await self.graph.probe(PROBE_TIMEOUT_S)
+            probe = asyncio.ensure_future(self.graph.probe(PROBE_TIMEOUT_S))
+            answered = asyncio.Event()
+            probe.add_done_callback(lambda _, done=answered: done.set())
+            await wait(stop, answered, None)
+            if not probe.done():
+                probe.cancel()
+                break
+            problem = probe.result()
+            # The wait is not reset here: Meta's host may answer a probe while sends still
+            # go unanswered (it is slower than the send timeout); the first answered send
+            # resets it (_send).
+            self._cut_off_s = min(2 * self._cut_off_s, BREAKER_MAX_S)
             if problem is None:
                 log.info("Meta answers this worker again (%s): claiming again", self.graph.base_url)
-                self._cut_off, self._no_answer, self._cut_off_s = False, 0, BREAKER_FIRST_S
+                self._cut_off, self._no_answer = False, 0
                 self._reach += 1
                 return True
-            self._cut_off_s = min(2 * self._cut_off_s, BREAKER_MAX_S)
             log.warning("Meta is still out of this worker's reach (%s); next try in %.0f s",
                         problem, self._cut_off_s)
         return False
@@ -414,6 +437,7 @@ class Sender:
         self.stats.peak_1s = max(self.stats.peak_1s, len(window))
         outbound_id, queue_name, msg_id, token, path, body, _ = row
         reach = self._reach
+        started_loop = asyncio.get_running_loop().time()
         try:
             r = await self.graph.send(path, token, body)
         except Exception as exc:  # noqa: BLE001 (send() should not raise; never lose a result)
@@ -424,11 +448,15 @@ class Sender:
         if reach != self._reach:
             pass        # sent before Meta was out of reach and answered again: says nothing now
         elif r is None or r.http_status is None:
+            if self._no_answer == 0:
+                self._no_answer_since = started_loop
             self._no_answer += 1
-            if self._no_answer >= BREAKER_FAILURES and not self._cut_off:
+            if (self._no_answer >= BREAKER_FAILURES and not self._cut_off
+                    and asyncio.get_running_loop().time() - self._no_answer_since >= BREAKER_MIN_S):
                 self._cut_off_from_meta(r.error_message if r is not None else error)
         else:
             self._no_answer = 0
+            self._cut_off_s = BREAKER_FIRST_S
         if r is None:
             stats.errors += 1
             result = {"outbound_id": outbound_id, "queue_name": queue_name, "msg_id": msg_id,
