@@ -84,12 +84,6 @@ PACER_BURST_S = 0.003
 # A lane wakes at most this often; the sends that came due meanwhile go out together,
 # a few milliseconds late, which saves an event-loop cycle (and syscalls) per message.
 TICK_S = 0.003
-# Meta's throughput errors: the database halves the number's pace and sends nothing for it
-# during the throttle hold; this worker holds the number's lane as long and hands back,
-# unsent, what it holds for it that was due before the hold ends. They were paced at the
-# old rate: sent after the hold on top of the new schedule, they would cross the limit
-# again. Which codes throttle and for how long is the database's (api.send_policy), read
-# once before the first claim.
 # No answer at all from Meta (a refused connection, a timeout, a dropped connection) this
 # many sends in a row, over at least BREAKER_MIN_S: this worker cannot reach it (see the
 # module's docstring). A blip shorter than that (a proxy restarting, stale keep-alive
@@ -100,6 +94,12 @@ BREAKER_MIN_S = 2.0
 BREAKER_FIRST_S = 1.0       # then a probe of the Graph host; each failed probe doubles it
 BREAKER_MAX_S = 30.0
 PROBE_TIMEOUT_S = 5.0
+# Meta's throughput errors: the database halves the number's pace and sends nothing for it
+# during the throttle hold; this worker holds the number's lane as long and hands back,
+# unsent, what it holds for it that was due before the hold ends. They were paced at the
+# old rate: sent after the hold on top of the new schedule, they would cross the limit
+# again. Which codes throttle and for how long is the database's (api.send_policy), read
+# once before the first claim.
 POLICY_SQL = "SELECT throttle_hold_ms, throttle_codes, pace_horizon_ms FROM api.send_policy()"
 
 # Each row's delay is measured on the database's clock from the claim's start (now()),
