@@ -7,6 +7,7 @@ HTTP to the simulator, whose ledger says who was messaged and how often.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import socket
@@ -96,6 +97,24 @@ async def run_until(senders: list[Sender], db_url: str, query: str, params: tupl
 
 ALL_ACCEPTED = ("SELECT count(*) FILTER (WHERE state = 'accepted') = count(*) "
                 "FROM core.outbound_messages WHERE campaign_id = %s")
+
+
+async def until(check, task: asyncio.Task, deadline: float, what: object = None,
+                every: float = 0.01) -> None:
+    """Poll ``check()`` (a bool, or an awaitable of one) until it is true; fail once
+    ``deadline`` (time.monotonic) passes or the sender's ``task`` has ended."""
+    while True:
+        done = check()
+        if inspect.isawaitable(done):
+            done = await done
+        if done:
+            return
+        assert time.monotonic() < deadline and not task.done(), what
+        await asyncio.sleep(every)
+
+
+async def all_accepted(conn: psycopg.AsyncConnection, campaign: int) -> bool:
+    return (await (await conn.execute(ALL_ACCEPTED, (campaign,))).fetchone())[0]
 
 
 def assert_each_messaged_once(sim, to: list[str], pnid: str) -> None:
@@ -259,17 +278,14 @@ def test_a_worker_whose_hold_on_a_number_lapsed_hands_its_sends_back(db, db_url,
         task = asyncio.create_task(sender.run(stop))
         try:
             deadline = time.monotonic() + 60
-            while sender.stats.sent < 5:        # its first claim (a horizon, 39 sends) is in
-                assert time.monotonic() < deadline and not task.done()
-                await asyncio.sleep(0.01)
+            # Its first claim (a horizon, 39 sends) is in.
+            await until(lambda: sender.stats.sent >= 5, task, deadline)
             horizon = sender.policy.pace_horizon_s
             # Every row held now was claimed before this point, and the hold ends at most
             # a horizon after the latest row's time, itself at most a horizon ahead.
             time.sleep(2 * horizon + 1.0)  # noqa: ASYNC251 (the stall: the whole loop stands still)
             async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-                while not (await (await conn.execute(ALL_ACCEPTED, (campaign,))).fetchone())[0]:
-                    assert time.monotonic() < deadline + 60 and not task.done(), sender.stats
-                    await asyncio.sleep(0.1)
+                await until(lambda: all_accepted(conn, campaign), task, deadline + 60, sender.stats, 0.1)
         finally:
             stop.set()
             await task
@@ -324,10 +340,8 @@ def test_a_worker_that_cannot_reach_meta_gives_its_number_to_one_that_can(db, db
         stop = asyncio.Event()
         first = asyncio.create_task(a.run(stop))
         try:
-            deadline = time.monotonic() + 30
-            while not a.stats.unreachable:      # a took the number and found Meta unreachable
-                assert time.monotonic() < deadline and not first.done(), a.stats
-                await asyncio.sleep(0.01)
+            # a took the number and found Meta unreachable.
+            await until(lambda: a.stats.unreachable, first, time.monotonic() + 30, a.stats)
             await run_until([b], db_url, ALL_ACCEPTED, (campaign,), 60)
         finally:
             stop.set()
@@ -359,19 +373,14 @@ def test_a_worker_cut_off_from_meta_sends_again_once_it_answers(db, db_url, sim)
         path = None
         try:
             deadline = time.monotonic() + 30
-            while not sender.stats.unreachable:
-                assert time.monotonic() < deadline and not task.done(), sender.stats
-                await asyncio.sleep(0.01)
+            await until(lambda: sender.stats.unreachable, task, deadline, sender.stats)
             # The worker gives the number up (to workers that can reach Meta; none here).
-            while db.execute("SELECT sender FROM core.wa_numbers WHERE number_id = %s",
-                             (number_id,)).fetchone()[0] is not None:
-                assert time.monotonic() < deadline and not task.done(), sender.stats
-                await asyncio.sleep(0.01)
+            await until(lambda: db.execute("SELECT sender FROM core.wa_numbers WHERE number_id = %s",
+                                           (number_id,)).fetchone()[0] is None,
+                        task, deadline, sender.stats)
             path = await forward(dead, sim.url)           # the link comes back
             async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-                while not (await (await conn.execute(ALL_ACCEPTED, (campaign,))).fetchone())[0]:
-                    assert time.monotonic() < deadline + 60 and not task.done(), sender.stats
-                    await asyncio.sleep(0.1)
+                await until(lambda: all_accepted(conn, campaign), task, deadline + 60, sender.stats, 0.1)
         finally:
             stop.set()
             await task

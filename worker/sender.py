@@ -178,7 +178,7 @@ class Sender:
         self._results = Results()
         self._retry_seen = -1e9             # loop time of the last report with retries
         self._no_answer = 0                 # sends in a row that got no HTTP answer
-        self._no_answer_since = 0.0         # loop time the first of them went out
+        self._no_answer_since = 0.0         # time.monotonic() the first of them went out
         self._wake: asyncio.Event | None = None     # the claim loop's
         self._cut_off = False               # Meta out of reach: claim nothing, hand back
         self._cut_off_s = BREAKER_FIRST_S
@@ -387,7 +387,7 @@ class Sender:
         log.error("Meta is out of this worker's reach: %d sends in a row got no answer over %.1f s "
                   "(last: %s); handing back what it holds and giving its numbers up to other workers "
                   "until %s answers again", self._no_answer,
-                  asyncio.get_running_loop().time() - self._no_answer_since, last_error, self.graph.base_url)
+                  time.monotonic() - self._no_answer_since, last_error, self.graph.base_url)
         for lane in self._lanes.values():
             self._hand_back(lane.rows, float("inf"))
         self._results.urgent.set()
@@ -437,7 +437,6 @@ class Sender:
         self.stats.peak_1s = max(self.stats.peak_1s, len(window))
         outbound_id, queue_name, msg_id, token, path, body, _ = row
         reach = self._reach
-        started_loop = asyncio.get_running_loop().time()
         try:
             r = await self.graph.send(path, token, body)
         except Exception as exc:  # noqa: BLE001 (send() should not raise; never lose a result)
@@ -449,10 +448,10 @@ class Sender:
             pass        # sent before Meta was out of reach and answered again: says nothing now
         elif r is None or r.http_status is None:
             if self._no_answer == 0:
-                self._no_answer_since = started_loop
+                self._no_answer_since = started
             self._no_answer += 1
             if (self._no_answer >= BREAKER_FAILURES and not self._cut_off
-                    and asyncio.get_running_loop().time() - self._no_answer_since >= BREAKER_MIN_S):
+                    and time.monotonic() - self._no_answer_since >= BREAKER_MIN_S):
                 self._cut_off_from_meta(r.error_message if r is not None else error)
         else:
             self._no_answer = 0
