@@ -81,10 +81,23 @@ def add_user(db: psycopg.Connection, tenant_id: int, email: str, role: str) -> N
 
 
 def wait(driver, condition, timeout: float = WAIT_S):
-    from selenium.common.exceptions import StaleElementReferenceException
+    """Wait for ``condition``, asking again when the live page swapped the element
+    out under it: selenium's stale element, or Chrome's own form of the same thing
+    ("Node with given id does not belong to the document"). Any other error stands."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+    def settled(d):
+        try:
+            return condition(d)
+        except StaleElementReferenceException:
+            return False
+        except WebDriverException as e:
+            if "does not belong to the document" in (e.msg or ""):
+                return False
+            raise
+
+    return WebDriverWait(driver, timeout).until(settled)
 
 
 def shot(driver, name: str) -> None:

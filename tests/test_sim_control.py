@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sys
 import time
 
 import httpx
 
+import sim.ledger
 from sim.ledger import Ledger, NumberStats
 from sim.probe import LoopProbe
 from tests.sim_fixtures import NUMBERS, VERSION, template_body
@@ -203,21 +205,30 @@ def test_the_clock_freezes_moves_forward_only_and_is_reset(sim):
 
 
 def _lines_run(fn) -> int:
-    """How many lines of Python ``fn()`` executes: a measure of its work that no
-    machine's load can change, unlike a stopwatch."""
+    """How many lines of the simulator's Python ``fn()`` executes: a measure of its
+    work that no machine's load can change, unlike a stopwatch. Only the simulator's
+    own files count, and the collector stays off while it runs: a finaliser left by
+    an earlier test (an HTTP client's, say) would otherwise run in the middle and
+    add its lines (CI saw 37 against 28 once)."""
     count = 0
+    own = os.path.dirname(sim.ledger.__file__)
 
-    def trace(_frame, event, _arg):
+    def trace(frame, event, _arg):
         nonlocal count
-        count += event == "line"
+        count += event == "line" and frame.f_code.co_filename.startswith(own)
         return trace
 
     previous = sys.gettrace()           # a coverage tool's, say
+    collecting = gc.isenabled()
+    gc.collect()
+    gc.disable()
     sys.settrace(trace)
     try:
         fn()
     finally:
         sys.settrace(previous)
+        if collecting:
+            gc.enable()
     return count
 
 
