@@ -4064,7 +4064,7 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.release_numbers(p_worker text) IS 'Gives up the numbers worker p_worker was sending for (api.claim_sends hands a number''s messages to one worker at a time), so that other workers take them at once; called by a worker that stops, after it sent what it held. Returns how many it gave up. Raises PW100 when p_worker is empty.';
+COMMENT ON FUNCTION api.release_numbers(p_worker text) IS 'Gives up the numbers worker p_worker was sending for (api.claim_sends hands a number''s messages to one worker at a time), so that other workers take them at once; called by a worker that stops, after it sent what it held, and by one that cannot reach Meta, after it handed back what it held. Returns how many it gave up. Raises PW100 when p_worker is empty.';
 
 CREATE FUNCTION api.replay_event(p_tenant_id bigint, p_event_id bigint, p_endpoint_id bigint DEFAULT NULL::bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
@@ -6074,7 +6074,7 @@ COMMENT ON COLUMN core.wa_numbers.ban_event_at IS 'When the newest account_updat
 
 COMMENT ON COLUMN core.wa_numbers.sender IS 'The worker (api.claim_sends'' p_worker) that sends this number''s messages until sender_until; other workers do not claim them meanwhile.';
 
-COMMENT ON COLUMN core.wa_numbers.sender_until IS 'When the sender gives the number up unless it claims again: a pace horizon after the last message it was given.';
+COMMENT ON COLUMN core.wa_numbers.sender_until IS 'When the sender gives the number up unless it claims again: a pace horizon after the last message it was given. api.release_numbers clears it sooner, when the worker stops or cannot reach Meta.';
 
 CREATE FUNCTION core.api_template_message(p_message jsonb, p_vars jsonb, p_tenant_id bigint, p_number core.wa_numbers, p_now timestamp with time zone) RETURNS jsonb
     LANGUAGE plpgsql

@@ -263,8 +263,9 @@ COMMENT ON FUNCTION api.claim_sends(text, integer, timestamptz) IS
     'Claims up to p_max messages for worker p_worker within each number''s rate (replies first, then running campaigns in equal shares), of numbers no other worker is sending for (a worker whose claim takes a number''s messages sends them alone until a pace horizon after the last), and returns rendered Graph API requests with the time each may be sent (send_at); they stay invisible to other workers for the claim timeout. A redelivered message that a status already settled is dropped, not resent. p_now is the time of the claim (NULL: the clock). Raises PW100 when p_worker is empty.';
 
 -- A worker that stops gives up the numbers it was sending for, once it sent what it
--- held: other workers take them at once (woken by NOTIFY pgwa_send) instead of when
--- its hold would have ended (wa_numbers.sender_until).
+-- held, and so does one that cannot reach Meta, once it handed back what it held:
+-- other workers take them at once (woken by NOTIFY pgwa_send) instead of when its hold
+-- would have ended (wa_numbers.sender_until).
 CREATE OR REPLACE FUNCTION api.release_numbers(p_worker text) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
@@ -280,7 +281,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.release_numbers(text) IS
-    'Gives up the numbers worker p_worker was sending for (api.claim_sends hands a number''s messages to one worker at a time), so that other workers take them at once; called by a worker that stops, after it sent what it held. Returns how many it gave up. Raises PW100 when p_worker is empty.';
+    'Gives up the numbers worker p_worker was sending for (api.claim_sends hands a number''s messages to one worker at a time), so that other workers take them at once; called by a worker that stops, after it sent what it held, and by one that cannot reach Meta, after it handed back what it held. Returns how many it gave up. Raises PW100 when p_worker is empty.';
 
 -- Store the results of sent requests. p_results is a JSON array of
 -- {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status,
