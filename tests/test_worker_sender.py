@@ -296,6 +296,39 @@ def test_a_worker_whose_hold_on_a_number_lapsed_hands_its_sends_back(db, db_url,
     assert_each_messaged_once(sim, to, ONE["phone_number_id"])
 
 
+def test_sends_handed_back_when_nothing_else_is_queued_are_claimed_again_without_the_heartbeat(db, db_url, sim):
+    # The end of a campaign: every row is claimed, the claim loop has nothing left and
+    # waits for a NOTIFY or its heartbeat, and the worker's hold lapses while it still
+    # holds rows (it was behind; here its loop is blocked). What it hands back is queued
+    # again with no NOTIFY: the report that says so wakes the claim loop, instead of the
+    # heartbeat (an hour here, 5 s by default: in bench-campaign the last 249 sends of a
+    # run waited 5 s for it).
+    tenant, number_id = setup_number(db, ONE, 40)
+    to = phones(30)
+    campaign = create_campaign(db, tenant, number_id, to)
+    sender = Sender(settings(db_url, sim.url), heartbeat_s=3600)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(sender.run(stop))
+        try:
+            deadline = time.monotonic() + 60
+            await until(lambda: sender.stats.sent >= 5, task, deadline)
+            assert sender.stats.claimed == 30, sender.stats        # one claim took them all
+            time.sleep(2 * sender.policy.pace_horizon_s + 1.0)  # noqa: ASYNC251 (the stall)
+            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+                await until(lambda: all_accepted(conn, campaign), task, deadline, sender.stats, 0.1)
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(go())
+    assert sender.stats.returned >= 1, sender.stats
+    assert sender.stats.claimed > 30, sender.stats                  # claimed again
+    assert states(db, campaign) == {"accepted": 30}
+    assert_each_messaged_once(sim, to, ONE["phone_number_id"])
+
+
 def dead_end() -> tuple[socket.socket, str]:
     """A local port held but not listened on (a connection to it is refused), and its URL."""
     sock = socket.socket()

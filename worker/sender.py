@@ -177,6 +177,7 @@ class Sender:
         self._sending: set[asyncio.Task] = set()
         self._results = Results()
         self._retry_seen = -1e9             # loop time of the last report with retries
+        self._claim_idle = False            # the claim loop waits for a NOTIFY or its heartbeat
         self._no_answer = 0                 # sends in a row that got no HTTP answer
         self._no_answer_since = 0.0         # time.monotonic() the first of them went out
         self._wake: asyncio.Event | None = None     # the claim loop's
@@ -290,7 +291,9 @@ class Sender:
                 await wait(stop, None, BUSY_GAP_S - (loop.time() - started))
                 await wait(stop, wake, self.pace_s - (loop.time() - started))
             else:
+                self._claim_idle = True
                 await wait(stop, wake, self.heartbeat_s)
+                self._claim_idle = False
 
     def _dispatch(self, rows: list[tuple], arrived: float, started: float) -> None:
         """Rows of a claim that began at ``started`` and came back at ``arrived`` (loop time)."""
@@ -514,7 +517,13 @@ class Sender:
                     stats.report_totals[name] = stats.report_totals.get(name, 0) + value
             totals = dict(zip(names, rows[0]))
             if totals.get("retried"):
+                # Messages went back to the queue (a retry, a throttle, rows handed back)
+                # and nothing NOTIFYs when they are due: an idle claim loop wakes and stays
+                # busy a while. Else the end of a campaign, whose last rows a worker had to
+                # hand back (its hold lapsed while it was behind), waited for the heartbeat.
                 self._retry_seen = asyncio.get_running_loop().time()
+                if self._claim_idle and self._wake is not None:
+                    self._wake.set()
             if totals.get("paused"):
                 # A campaign or number was paused: what the lanes hold (up to a pace
                 # horizon ahead) goes back unsent; the database keeps the paused ones
