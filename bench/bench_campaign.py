@@ -19,6 +19,10 @@ receiver and a worker (pgwa.local.stack), and measures:
                     sim_loop, squeezes the requests that waited into the next second)
 * worker_peak_1s    the most requests the worker started for one number in any second, on
                     its own clock (its log line on stop): what pgwa's pacing decides
+* worker_max_late_ms, worker_handed_back  from the same line, over the one- and two-number
+                    runs: how far behind the database's schedule a send started at most (a
+                    starved loop), and the sends handed back unsent (a hold that lapsed
+                    while the worker was behind, a throttle; they are claimed again)
 * duplicates, lost  from the simulator's ledger: repeated (recipient, campaign) sends, and
                     messages of the campaigns that Meta never accepted
 * sql_statements_per_msg  top-level statements of the send path (pg_stat_statements) / messages
@@ -354,14 +358,18 @@ def send_run(url: str, numbers: int, per_number: int, run: int, *, limit: int = 
     # The worker's own count (its log line on stop): the requests it started for one number
     # in any second, before the network and the simulator's event loop (sim_loop) could
     # squeeze them into fewer.
-    peaks = [p for i in range(workers) for p in re.findall(
-        r"busiest second (\d+) requests", (stack.logs / f"worker{i}.log").read_text(errors="replace"))]
+    logs = [(stack.logs / f"worker{i}.log").read_text(errors="replace") for i in range(workers)]
+    peaks = [p for text in logs for p in re.findall(r"busiest second (\d+) requests", text)]
+    late = [float(m) for text in logs for m in re.findall(r"sent late \(max (\d+) ms\)", text)]
+    returned = [int(m) for text in logs for m in re.findall(r"(\d+) handed back unsent", text)]
     accepted = sum(ledger["numbers"].get(p, {}).get("accepted", 0) for p in ids)
     total = per_number * numbers
     return {
         "msgs_per_s": total / span,
         "peak_1s_rate": max(ledger["numbers"][p]["peak_1s_attempts"] for p in ids),
         "worker_peak_1s": max(map(int, peaks)) if peaks else None,
+        "worker_max_late_ms": max(late) if late else None,
+        "worker_handed_back": sum(returned) if returned else None,
         "duplicates": ledger["duplicates"],
         "lost": total - (accepted - ledger["duplicates"]),
         "rejected": ledger["rejected"],
@@ -504,6 +512,8 @@ def main() -> int:
         "msgs_per_s_cpu_hog": round(median(hogged, "msgs_per_s"), 1) if hogged else None,
         "cpu_hogs": args.hogs,
         "worker_peak_1s": max((r["worker_peak_1s"] or 0) for r in singles + doubles),
+        "worker_max_late_ms": max((r["worker_max_late_ms"] or 0) for r in singles + doubles),
+        "worker_handed_back": sum((r["worker_handed_back"] or 0) for r in singles + doubles),
         "rate_limit": LIMIT,
         "duplicates": sum(r["duplicates"] for r in singles + doubles),
         "lost": sum(r["lost"] for r in singles + doubles),

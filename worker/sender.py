@@ -130,7 +130,7 @@ class SenderStats:
     sent: int = 0
     accepted: int = 0           # answered with a wamid
     errors: int = 0             # answered with an error (or none at all)
-    returned: int = 0           # handed back unsent (held for a throttled number)
+    returned: int = 0           # handed back unsent (throttled number, lapsed hold, Meta out of reach)
     unreachable: int = 0        # times this worker found Meta out of its reach (the breaker)
     reports: int = 0
     reported: int = 0
@@ -211,10 +211,10 @@ class Sender:
                 await self.graph.aclose()
             s = self.stats
             log.info("sender %s stopped: %d sent (%d accepted, %d errors), %d reported, "
-                     "%d left to the visibility timeout; %d sent late (max %.0f ms); "
+                     "%d left to the visibility timeout; %d handed back unsent; %d sent late (max %.0f ms); "
                      "busiest second %d requests for one number",
                      self.settings.worker_name, s.sent, s.accepted, s.errors, s.reported,
-                     s.unreported, s.late, s.max_late_ms, s.peak_1s)
+                     s.unreported, s.returned, s.late, s.max_late_ms, s.peak_1s)
         return self.stats
 
     async def _claim_then_send(self, stop: asyncio.Event, wake: asyncio.Event, done: asyncio.Event,
