@@ -263,6 +263,31 @@ def test_two_workers_share_a_campaign_without_duplicates(db, db_url, sim):
                       (number_id,)).fetchone() == (None, None)
 
 
+def run_with_a_stall(sender: Sender, db_url: str, campaign: int, finish_s: float) -> int:
+    """Run ``sender`` until it sent 5 messages, then block its whole loop for two pace
+    horizons and a second, then until every message of ``campaign`` is accepted (within
+    ``finish_s`` of the start). Every row it held at the stall was claimed before it, and
+    the hold ends at most a horizon after the latest row's time, itself at most a horizon
+    ahead: the hold lapses by construction, not by a race with the clock. Returns how
+    many messages it had claimed when the stall began."""
+    async def go() -> int:
+        stop = asyncio.Event()
+        task = asyncio.create_task(sender.run(stop))
+        try:
+            began = time.monotonic()
+            await until(lambda: sender.stats.sent >= 5, task, began + 60)
+            claimed = sender.stats.claimed
+            time.sleep(2 * sender.policy.pace_horizon_s + 1.0)  # noqa: ASYNC251 (the stall)
+            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+                await until(lambda: all_accepted(conn, campaign), task, began + finish_s, sender.stats, 0.1)
+            return claimed
+        finally:
+            stop.set()
+            await task
+
+    return asyncio.run(go())
+
+
 def test_a_worker_whose_hold_on_a_number_lapsed_hands_its_sends_back(db, db_url, sim):
     # A worker is a number's only sender until a pace horizon after the last send it
     # claimed. One stalled for longer (its loop blocked here) may have lost the number to
@@ -272,25 +297,7 @@ def test_a_worker_whose_hold_on_a_number_lapsed_hands_its_sends_back(db, db_url,
     to = phones(120)
     campaign = create_campaign(db, tenant, number_id, to)
     sender = Sender(settings(db_url, sim.url))
-
-    async def go() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(sender.run(stop))
-        try:
-            deadline = time.monotonic() + 60
-            # Its first claim (a horizon, 39 sends) is in.
-            await until(lambda: sender.stats.sent >= 5, task, deadline)
-            horizon = sender.policy.pace_horizon_s
-            # Every row held now was claimed before this point, and the hold ends at most
-            # a horizon after the latest row's time, itself at most a horizon ahead.
-            time.sleep(2 * horizon + 1.0)  # noqa: ASYNC251 (the stall: the whole loop stands still)
-            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-                await until(lambda: all_accepted(conn, campaign), task, deadline + 60, sender.stats, 0.1)
-        finally:
-            stop.set()
-            await task
-
-    asyncio.run(go())
+    run_with_a_stall(sender, db_url, campaign, 120)      # its first claim (a horizon, 39 sends) is in
     assert sender.stats.returned >= 1, sender.stats
     assert states(db, campaign) == {"accepted": 120}
     assert_each_messaged_once(sim, to, ONE["phone_number_id"])
@@ -307,22 +314,8 @@ def test_sends_handed_back_when_nothing_else_is_queued_are_claimed_again_without
     to = phones(30)
     campaign = create_campaign(db, tenant, number_id, to)
     sender = Sender(settings(db_url, sim.url), heartbeat_s=3600)
-
-    async def go() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(sender.run(stop))
-        try:
-            deadline = time.monotonic() + 60
-            await until(lambda: sender.stats.sent >= 5, task, deadline)
-            assert sender.stats.claimed == 30, sender.stats        # one claim took them all
-            time.sleep(2 * sender.policy.pace_horizon_s + 1.0)  # noqa: ASYNC251 (the stall)
-            async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-                await until(lambda: all_accepted(conn, campaign), task, deadline, sender.stats, 0.1)
-        finally:
-            stop.set()
-            await task
-
-    asyncio.run(go())
+    claimed = run_with_a_stall(sender, db_url, campaign, 60)
+    assert claimed == 30, sender.stats                              # one claim took them all
     assert sender.stats.returned >= 1, sender.stats
     assert sender.stats.claimed > 30, sender.stats                  # claimed again
     assert states(db, campaign) == {"accepted": 30}
