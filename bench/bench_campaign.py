@@ -23,6 +23,8 @@ receiver and a worker (pgwa.local.stack), and measures:
                     runs: how far behind the database's schedule a send started at most (a
                     starved loop), and the sends handed back unsent (a hold that lapsed
                     while the worker was behind, a throttle; they are claimed again)
+* worker_holds_kept  the times a worker behind its schedule kept its hold on a number
+                    without a claim (api.keep_numbers), instead of handing its sends back
 * duplicates, lost  from the simulator's ledger: repeated (recipient, campaign) sends, and
                     messages of the campaigns that Meta never accepted
 * sql_statements_per_msg  top-level statements of the send path (pg_stat_statements) / messages
@@ -362,6 +364,7 @@ def send_run(url: str, numbers: int, per_number: int, run: int, *, limit: int = 
     peaks = [p for text in logs for p in re.findall(r"busiest second (\d+) requests", text)]
     late = [float(m) for text in logs for m in re.findall(r"sent late \(max (\d+) ms\)", text)]
     returned = [int(m) for text in logs for m in re.findall(r"(\d+) handed back unsent", text)]
+    kept = [int(m) for text in logs for m in re.findall(r"holds kept (\d+) times", text)]
     accepted = sum(ledger["numbers"].get(p, {}).get("accepted", 0) for p in ids)
     total = per_number * numbers
     return {
@@ -370,6 +373,7 @@ def send_run(url: str, numbers: int, per_number: int, run: int, *, limit: int = 
         "worker_peak_1s": max(map(int, peaks)) if peaks else None,
         "worker_max_late_ms": max(late) if late else None,
         "worker_handed_back": sum(returned) if returned else None,
+        "worker_holds_kept": sum(kept) if kept else None,
         "duplicates": ledger["duplicates"],
         "lost": total - (accepted - ledger["duplicates"]),
         "rejected": ledger["rejected"],
@@ -514,6 +518,7 @@ def main() -> int:
         "worker_peak_1s": max((r["worker_peak_1s"] or 0) for r in singles + doubles),
         "worker_max_late_ms": max((r["worker_max_late_ms"] or 0) for r in singles + doubles),
         "worker_handed_back": sum((r["worker_handed_back"] or 0) for r in singles + doubles),
+        "worker_holds_kept": sum((r["worker_holds_kept"] or 0) for r in singles + doubles),
         "rate_limit": LIMIT,
         "duplicates": sum(r["duplicates"] for r in singles + doubles),
         "lost": sum(r["lost"] for r in singles + doubles),

@@ -2957,6 +2957,39 @@ $$;
 
 COMMENT ON FUNCTION api.invite_user(p_tenant_id bigint, p_email text, p_role text, p_token_hash bytea, p_now timestamp with time zone) IS 'Invites an e-mail into the tenant with a role: stores the sha256 of the link''s random token (made by the caller, sent to the invitee, never stored), expiring after core.settings.dashboard_invitation_ttl; an open invitation of the same e-mail is revoked (only the newest link works). Returns the invitation. Raises PW100 for a bad e-mail, role or hash, PW205 for an unknown tenant, PW302 when the e-mail is already a user of the tenant.';
 
+CREATE FUNCTION api.keep_numbers(p_worker text, p_phone_number_ids text[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS text[]
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_now timestamptz := coalesce(p_now, clock_timestamp());
+    v_horizon interval;
+    v_kept text[];
+BEGIN
+    PERFORM core.require_worker(p_worker);
+    IF cardinality(p_phone_number_ids) > 10000 THEN
+        RAISE EXCEPTION 'p_phone_number_ids: % numbers, at most 10000', cardinality(p_phone_number_ids)
+            USING ERRCODE = 'PW100';
+    END IF;
+    SELECT make_interval(secs => s.pace_horizon_ms / 1000.0) INTO v_horizon FROM core.settings s;
+    WITH mine AS (
+        -- Locked in id order, as a report's pace updates may hold some of them.
+        SELECT n.number_id FROM core.wa_numbers n
+        WHERE n.phone_number_id = ANY (p_phone_number_ids) AND n.sender = p_worker
+        ORDER BY n.number_id
+        FOR NO KEY UPDATE
+    ), kept AS (
+        UPDATE core.wa_numbers n SET sender_until = greatest(n.sender_until, v_now + v_horizon)
+        FROM mine m WHERE n.number_id = m.number_id AND n.sender = p_worker
+        RETURNING n.phone_number_id
+    )
+    SELECT coalesce(array_agg(k.phone_number_id ORDER BY k.phone_number_id), '{}') INTO v_kept FROM kept k;
+    RETURN v_kept;
+END
+$$;
+
+COMMENT ON FUNCTION api.keep_numbers(p_worker text, p_phone_number_ids text[], p_now timestamp with time zone) IS 'Keeps worker p_worker the sender of the numbers p_phone_number_ids (Meta''s phone number ids) for a pace horizon from p_now (NULL: the clock), so that a worker behind its schedule sends what it still holds instead of handing it back when its hold ends (api.claim_sends renews a hold only with a claim that takes messages). Only numbers p_worker is still the sender of are kept; returns their ids. Raises PW100 when p_worker is empty or for more than 10000 ids.';
+
 CREATE FUNCTION api.keep_raw_webhook(p_body bytea, p_signer text, p_reason text, p_repaired jsonb DEFAULT NULL::jsonb) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''

@@ -48,6 +48,7 @@ def test_the_worker_role_claims_and_reports_sends(db, login) -> None:
     "SELECT * FROM pgmq.read('webhooks', 30, 1)",
     "SELECT * FROM api.claim_sends('thief', 10)",       # the worker's, not the API's
     "SELECT api.release_numbers('thief')",              # nor another worker's numbers
+    "SELECT api.keep_numbers('thief', '{}')",
 ])
 def test_the_api_role_reaches_no_table_and_no_function_of_the_workers(login, statement: str) -> None:
     client = login("pgwa_api")

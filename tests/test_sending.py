@@ -8,7 +8,7 @@ import itertools
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import orjson
 import psycopg
@@ -295,23 +295,34 @@ def test_a_claim_skips_the_numbers_another_claim_holds_and_takes_the_rest_after(
     assert len(after) == 10 and not set(held) & set(after)
 
 
+def two_numbers(db: psycopg.Connection, first_n: int, second_n: int) -> tuple[f.Account, f.Account, datetime]:
+    """Two numbers at 100 msg/s (99 paced), each with a running campaign of so many
+    contacts, a pace horizon of 1 s, and the time their schedules start from."""
+    f.settings(db, pace_horizon_ms=1000)
+    first, second = f.account(db, throughput_mps=100), f.account(db, throughput_mps=100)
+    f.running_campaign(db, first, f.contacts(first_n))
+    f.running_campaign(db, second, f.contacts(second_n, base=1000))
+    t = f.clock(db)
+    f.catch_up(db, t)
+    return first, second, t
+
+
+def claimed_per_number(db: psycopg.Connection, worker: str, now: datetime, max_rows: int = 500) -> dict[str, int]:
+    """What one api.claim_sends by ``worker`` at ``now`` took: messages by phone number id."""
+    got: dict[str, int] = {}
+    for r in f.claim(db, max_rows, worker=worker, now=now):
+        got[r["phone_number_id"]] = got.get(r["phone_number_id"], 0) + 1
+    return got
+
+
 def test_one_worker_at_a_time_sends_a_number(db: psycopg.Connection) -> None:
     # Each worker paces its own sends; two on one number overlap in Meta's second when the
     # earlier one runs late. The worker whose claim took a number's messages is its
     # sender until a pace horizon (1 s) after the last one's time; it renews with each claim.
-    f.settings(db, pace_horizon_ms=1000)
-    first, second = f.account(db, throughput_mps=100), f.account(db, throughput_mps=100)
-    f.running_campaign(db, first, f.contacts(300))
-    f.running_campaign(db, second, f.contacts(300, base=1000))
-    t = f.clock(db)
-    f.catch_up(db, t)
+    first, second, t = two_numbers(db, 300, 300)
 
     def claim(worker: str, at: timedelta, max_rows: int = 500) -> dict[str, int]:
-        rows = f.claim(db, max_rows, worker=worker, now=t + at)
-        got: dict[str, int] = {}
-        for r in rows:
-            got[r["phone_number_id"]] = got.get(r["phone_number_id"], 0) + 1
-        return got
+        return claimed_per_number(db, worker, t + at, max_rows)
 
     def sender(acc: f.Account) -> tuple[str, float]:
         """The number's sender, and until when (seconds after t)."""
@@ -345,6 +356,52 @@ def test_one_worker_at_a_time_sends_a_number(db: psycopg.Connection) -> None:
         with pytest.raises(psycopg.Error) as err:
             db.execute(call)
         assert err.value.sqlstate == "PW100" and "worker" in str(err.value)
+
+
+def test_a_worker_behind_its_schedule_keeps_only_the_numbers_it_still_sends_for(db: psycopg.Connection) -> None:
+    # A worker behind its schedule may hold a number's messages past its hold, with
+    # nothing more to claim (a campaign's end): api.keep_numbers keeps it the sender for a
+    # pace horizon from now, if no other worker took the number meanwhile.
+    first, second, t = two_numbers(db, 150, 50)
+
+    def claim(worker: str, at: float, max_rows: int = 500) -> dict[str, int]:
+        return claimed_per_number(db, worker, t + timedelta(seconds=at), max_rows)
+
+    def keep(worker: str, at: float, *numbers: f.Account) -> list[str]:
+        return db.execute("SELECT api.keep_numbers(%s, %s, %s)",
+                          (worker, [n.phone_number_id for n in numbers], t + timedelta(seconds=at))).fetchone()[0]
+
+    def hold(acc: f.Account) -> tuple[str, float, float]:
+        """The number's sender, until when, and its schedule (send_tat), in seconds after t."""
+        who, until, tat = db.execute(
+            "SELECT sender, extract(epoch FROM sender_until - %s)::float8, extract(epoch FROM send_tat - %s)::float8 "
+            "FROM core.wa_numbers WHERE number_id = %s", (t, t, acc.number_id)).fetchone()
+        return who, round(until, 4), round(tat, 4)
+
+    assert claim("a", 0, 50) == {first.phone_number_id: 50}
+    assert claim("b", 0) == {second.phone_number_id: 50}
+    until_a, tat = hold(first)[1:]
+    assert until_a == round(50 / 99 + 1, 4)
+    # 1.2 s on, 'a' still sends the first number's 50 (it is behind): kept until 2.2 s.
+    # The second number is 'b''s: not kept, and 'b''s hold does not move.
+    assert keep("a", 1.2, first, second) == [first.phone_number_id]
+    assert hold(first) == ("a", 2.2, tat)            # the schedule stays: those were paced
+    assert hold(second)[:2] == ("b", round(50 / 99 + 1, 4))
+    # A keep never shortens a hold.
+    assert keep("a", 0.1, first) == [first.phone_number_id]
+    assert hold(first)[:2] == ("a", 2.2)
+    # Meanwhile no other worker takes the number...
+    assert claim("b", 2.1) == {}
+    # ... and once the hold has ended, one does; then 'a' cannot keep it any more.
+    assert claim("b", 2.2) == {first.phone_number_id: 99}
+    assert keep("a", 2.3, first) == []
+    assert hold(first)[0] == "b"
+    assert keep("a", 2.3) == []
+    for worker, ids in ((" ", []), (None, []), ("a", [str(i) for i in range(10_001)])):
+        with pytest.raises(psycopg.Error) as err:
+            db.execute("SELECT api.keep_numbers(%s, %s)", (worker, ids))
+        assert err.value.sqlstate == "PW100"
+        assert ("worker" if len(ids) == 0 else "p_phone_number_ids") in str(err.value)
 
 
 def test_expired_claim_comes_back_once_its_status_would_have_come(db: psycopg.Connection) -> None:

@@ -17,9 +17,12 @@ four statements a second for a number at 1,000 msg/s.
 
 One worker at a time sends a number's messages: the database makes the worker whose claim
 took them the number's sender until a horizon after the last one's time, and renews it with
-each claim (api.claim_sends). A lane that still holds rows when that time has passed (its
-worker stalled, or had no room to claim) hands them back unsent, since another worker may
-be sending for the number by then.
+each claim (api.claim_sends). A worker behind its schedule (its loop starved) may hold
+rows past that time with nothing more to claim, at a campaign's end: half a horizon
+before its hold ends, the lane asks the database to keep the number (api.keep_numbers),
+which it does for a horizon if no other worker took it. A lane that still holds rows when
+its hold has passed (its worker stalled, or the number was not kept) hands them back
+unsent, since another worker may be sending for the number by then.
 
 A worker that cannot reach Meta (BREAKER_FAILURES sends in a row and BREAKER_MIN_S with no
 HTTP answer: its network, DNS or proxy is down) stops sending: it hands back unsent what
@@ -108,11 +111,12 @@ POLICY_SQL = "SELECT throttle_hold_ms, throttle_codes, pace_horizon_ms FROM api.
 # claim's round trip, and the rows keep the exact spacing the database gave them.
 CLAIM_SQL = """
 SELECT outbound_id, queue_name, msg_id, access_token, path, body::text,
-       extract(epoch FROM send_at - coalesce(%(now)s::timestamptz, now()))::float8
+       extract(epoch FROM send_at - coalesce(%(now)s::timestamptz, now()))::float8, phone_number_id
 FROM api.claim_sends(%(worker)s, %(max)s, %(now)s::timestamptz)
 """
 REPORT_SQL = "SELECT * FROM api.report_sends(%(results)s::jsonb, %(now)s::timestamptz)"
 RELEASE_SQL = "SELECT api.release_numbers(%s)"
+KEEP_SQL = "SELECT api.keep_numbers(%(worker)s, %(numbers)s, %(now)s::timestamptz)"
 
 
 class SendPolicy(NamedTuple):
@@ -131,6 +135,7 @@ class SenderStats:
     accepted: int = 0           # answered with a wamid
     errors: int = 0             # answered with an error (or none at all)
     returned: int = 0           # handed back unsent (throttled number, lapsed hold, Meta out of reach)
+    kept: int = 0               # holds on numbers kept without a claim (behind schedule)
     unreachable: int = 0        # times this worker found Meta out of its reach (the breaker)
     reports: int = 0
     reported: int = 0
@@ -181,6 +186,7 @@ class Sender:
         self._no_answer = 0                 # sends in a row that got no HTTP answer
         self._no_answer_since = 0.0         # time.monotonic() the first of them went out
         self._wake: asyncio.Event | None = None     # the claim loop's
+        self._keep: set[_Lane] = set()      # lanes whose hold ends before their rows are sent
         self._cut_off = False               # Meta out of reach: claim nothing, hand back
         self._cut_off_s = BREAKER_FIRST_S
         self._reach = 0                     # counts the times Meta answered again
@@ -211,10 +217,10 @@ class Sender:
                 await self.graph.aclose()
             s = self.stats
             log.info("sender %s stopped: %d sent (%d accepted, %d errors), %d reported, "
-                     "%d left to the visibility timeout; %d handed back unsent; %d sent late (max %.0f ms); "
-                     "busiest second %d requests for one number",
+                     "%d left to the visibility timeout; %d handed back unsent; %d sent late (max %.0f ms), "
+                     "holds kept %d times; busiest second %d requests for one number",
                      self.settings.worker_name, s.sent, s.accepted, s.errors, s.reported,
-                     s.unreported, s.returned, s.late, s.max_late_ms, s.peak_1s)
+                     s.unreported, s.returned, s.late, s.max_late_ms, s.kept, s.peak_1s)
         return self.stats
 
     async def _claim_then_send(self, stop: asyncio.Event, wake: asyncio.Event, done: asyncio.Event,
@@ -255,6 +261,8 @@ class Sender:
                 break
             wake.clear()
             started = loop.time()
+            if self._keep:
+                await self._keep_numbers(stop)
             room = min(self.settings.claim_batch, self.max_inflight - self._inflight)
             if room > 0:
                 try:
@@ -304,7 +312,7 @@ class Sender:
         for row in rows:
             lane = self._lanes.get(row[4])
             if lane is None:
-                lane = self._lanes[row[4]] = _Lane()
+                lane = self._lanes[row[4]] = _Lane(row[7])
                 lane.task = asyncio.get_running_loop().create_task(self._lane(lane))
             due = arrived + row[6]
             lane.rows.append((due, row))
@@ -355,6 +363,15 @@ class Sender:
                             "lapsed %.0f ms ago", len(rows), row_path(rows), (now - lane.sender_until) * 1000)
                 self._hand_back(rows, float("inf"))
                 continue
+            if now > lane.sender_until - self.policy.pace_horizon_s / 2 and lane.asked != lane.sender_until:
+                # Behind: its hold ends within half a horizon and it still holds rows, and
+                # the claims (nothing more of the number's is queued, or no room) may not
+                # renew it. The claim loop asks the database to keep the number
+                # (_keep_numbers), once per hold: refused, the lane hands back when it ends.
+                lane.asked = lane.sender_until
+                self._keep.add(lane)
+                if self._wake is not None:
+                    self._wake.set()
             due = rows[0][0]
             if due > now:
                 await asyncio.sleep(max(due - now, TICK_S))
@@ -372,6 +389,29 @@ class Sender:
             task = loop.create_task(self._send(row, lane))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
+
+    async def _keep_numbers(self, stop: asyncio.Event) -> None:
+        """Keep this worker the sender of the numbers whose lanes asked (api.keep_numbers):
+        a pace horizon from now for each one it still is; a lane whose number another
+        worker took meanwhile hands its rows back when its own hold ends."""
+        lanes, self._keep = self._keep, set()
+        started = asyncio.get_running_loop().time()
+        try:
+            rows, _ = await self._claims.fetch(
+                KEEP_SQL, {"worker": self.settings.worker_name, "now": self._now(),
+                           "numbers": sorted({lane.phone_number_id for lane in lanes})}, stop=stop)
+        except Unavailable:
+            return
+        except Exception as exc:  # noqa: BLE001 (the lanes then hand back when their holds end)
+            log.error("keep_numbers failed: %s", _describe(exc))
+            return
+        kept = set(rows[0][0]) if rows else set()
+        for lane in lanes:
+            if lane.phone_number_id in kept:
+                # Counted from before the call, as the claims' holds are: no later than the
+                # database's.
+                lane.sender_until = max(lane.sender_until, started + self.policy.pace_horizon_s)
+                self.stats.kept += 1
 
     def _hand_back(self, rows: deque, until: float) -> None:
         """Return, unsent, the rows due before ``until``: the database requeues them."""
@@ -438,7 +478,7 @@ class Sender:
         while window[0] <= started - WINDOW_S:
             window.popleft()
         self.stats.peak_1s = max(self.stats.peak_1s, len(window))
-        outbound_id, queue_name, msg_id, token, path, body, _ = row
+        outbound_id, queue_name, msg_id, token, path, body = row[:6]
         reach = self._reach
         try:
             r = await self.graph.send(path, token, body)
@@ -573,9 +613,12 @@ class Sender:
 class _Lane:
     """One number's claimed messages waiting for their send_at, in order."""
 
-    __slots__ = ("hold_until", "pacer", "rows", "sender_until", "task", "wake", "window")
+    __slots__ = ("asked", "hold_until", "pacer", "phone_number_id", "rows", "sender_until", "task",
+                 "wake", "window")
 
-    def __init__(self) -> None:
+    def __init__(self, phone_number_id: str) -> None:
+        self.phone_number_id = phone_number_id
+        self.asked = 0.0                        # the sender_until it last asked to keep
         self.rows: deque[tuple[float, tuple]] = deque()     # (due, row)
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None

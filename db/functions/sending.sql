@@ -283,6 +283,47 @@ $$;
 COMMENT ON FUNCTION api.release_numbers(text) IS
     'Gives up the numbers worker p_worker was sending for (api.claim_sends hands a number''s messages to one worker at a time), so that other workers take them at once; called by a worker that stops, after it sent what it held, and by one that cannot reach Meta, after it handed back what it held. Returns how many it gave up. Raises PW100 when p_worker is empty.';
 
+-- A worker behind its schedule (its event loop starved) may still hold a number's
+-- messages when its hold on the number ends: the hold runs a pace horizon past the last
+-- message's time, and only a claim that takes more renews it. At a campaign's end there
+-- is nothing more to take, and the worker had to hand back what it still held, to be
+-- claimed and sent again later. It asks instead, before its hold ends, to keep the
+-- numbers it still holds messages for: each one it is still the sender of is kept a pace
+-- horizon from now. One that another worker took meanwhile is not; the worker hands its
+-- messages back. The schedule (send_tat) does not move: the messages kept were paced
+-- when they were claimed.
+CREATE OR REPLACE FUNCTION api.keep_numbers(p_worker text, p_phone_number_ids text[],
+                                            p_now timestamptz DEFAULT NULL) RETURNS text[]
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
+DECLARE
+    v_now timestamptz := coalesce(p_now, clock_timestamp());
+    v_horizon interval;
+    v_kept text[];
+BEGIN
+    PERFORM core.require_worker(p_worker);
+    IF cardinality(p_phone_number_ids) > 10000 THEN
+        RAISE EXCEPTION 'p_phone_number_ids: % numbers, at most 10000', cardinality(p_phone_number_ids)
+            USING ERRCODE = 'PW100';
+    END IF;
+    SELECT make_interval(secs => s.pace_horizon_ms / 1000.0) INTO v_horizon FROM core.settings s;
+    WITH mine AS (
+        -- Locked in id order, as a report's pace updates may hold some of them.
+        SELECT n.number_id FROM core.wa_numbers n
+        WHERE n.phone_number_id = ANY (p_phone_number_ids) AND n.sender = p_worker
+        ORDER BY n.number_id
+        FOR NO KEY UPDATE
+    ), kept AS (
+        UPDATE core.wa_numbers n SET sender_until = greatest(n.sender_until, v_now + v_horizon)
+        FROM mine m WHERE n.number_id = m.number_id AND n.sender = p_worker
+        RETURNING n.phone_number_id
+    )
+    SELECT coalesce(array_agg(k.phone_number_id ORDER BY k.phone_number_id), '{}') INTO v_kept FROM kept k;
+    RETURN v_kept;
+END
+$$;
+COMMENT ON FUNCTION api.keep_numbers(text, text[], timestamptz) IS
+    'Keeps worker p_worker the sender of the numbers p_phone_number_ids (Meta''s phone number ids) for a pace horizon from p_now (NULL: the clock), so that a worker behind its schedule sends what it still holds instead of handing it back when its hold ends (api.claim_sends renews a hold only with a claim that takes messages). Only numbers p_worker is still the sender of are kept; returns their ids. Raises PW100 when p_worker is empty or for more than 10000 ids.';
+
 -- Store the results of sent requests. p_results is a JSON array of
 -- {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status,
 -- error_message, retry_after_s, unsure}; a result with a wamid is a success. Errors are
@@ -783,3 +824,5 @@ GRANT EXECUTE ON FUNCTION api.report_sends(jsonb, timestamptz) TO pgwa_worker;
 GRANT EXECUTE ON FUNCTION api.send_policy() TO pgwa_worker;
 REVOKE ALL ON FUNCTION api.release_numbers(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.release_numbers(text) TO pgwa_worker;
+REVOKE ALL ON FUNCTION api.keep_numbers(text, text[], timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.keep_numbers(text, text[], timestamptz) TO pgwa_worker;
