@@ -542,7 +542,8 @@ CREATE TYPE api.segment AS (
 CREATE TYPE api.send_policy AS (
 	throttle_hold_ms integer,
 	throttle_codes integer[],
-	pace_horizon_ms integer
+	pace_horizon_ms integer,
+	claim_timeout_s integer
 );
 
 CREATE TYPE api.send_request AS (
@@ -2973,11 +2974,12 @@ BEGIN
     END IF;
     SELECT make_interval(secs => s.pace_horizon_ms / 1000.0) INTO v_horizon FROM core.settings s;
     WITH mine AS (
-        -- Locked in id order, as a report's pace updates may hold some of them.
+        -- Never waited for: a claim or a report that holds one (a throttled number's
+        -- pace) would keep the claim loop waiting, or deadlock with it. The worker asks
+        -- again a quarter horizon later.
         SELECT n.number_id FROM core.wa_numbers n
         WHERE n.phone_number_id = ANY (p_phone_number_ids) AND n.sender = p_worker
-        ORDER BY n.number_id
-        FOR NO KEY UPDATE
+        FOR NO KEY UPDATE SKIP LOCKED
     ), kept AS (
         UPDATE core.wa_numbers n SET sender_until = greatest(n.sender_until, v_now + v_horizon)
         FROM mine m WHERE n.number_id = m.number_id AND n.sender = p_worker
@@ -2988,7 +2990,7 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api.keep_numbers(p_worker text, p_phone_number_ids text[], p_now timestamp with time zone) IS 'Keeps worker p_worker the sender of the numbers p_phone_number_ids (Meta''s phone number ids) for a pace horizon from p_now (NULL: the clock), so that a worker behind its schedule sends what it still holds instead of handing it back when its hold ends (api.claim_sends renews a hold only with a claim that takes messages). Only numbers p_worker is still the sender of are kept; returns their ids. Raises PW100 when p_worker is empty or for more than 10000 ids.';
+COMMENT ON FUNCTION api.keep_numbers(p_worker text, p_phone_number_ids text[], p_now timestamp with time zone) IS 'Keeps worker p_worker the sender of the numbers p_phone_number_ids (Meta''s phone number ids) for a pace horizon from p_now (NULL: the clock), so that a worker behind its schedule sends what it still holds instead of handing it back when its hold ends (api.claim_sends renews a hold only with a claim that takes messages). Only numbers p_worker is still the sender of are kept, and none that another transaction holds locked (never waited for; ask again); returns the ids kept. Raises PW100 when p_worker is empty or for more than 10000 ids.';
 
 CREATE FUNCTION api.keep_raw_webhook(p_body bytea, p_signer text, p_reason text, p_repaired jsonb DEFAULT NULL::jsonb) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
@@ -4981,11 +4983,11 @@ CREATE FUNCTION api.send_policy() RETURNS api.send_policy
     SET search_path TO ''
     AS $$
     SELECT s.throttle_hold_ms, ARRAY(SELECT e.code FROM core.meta_error_codes e WHERE e.backoff = 'throttle' ORDER BY e.code),
-           s.pace_horizon_ms
+           s.pace_horizon_ms, s.claim_timeout_s
     FROM core.settings s
 $$;
 
-COMMENT ON FUNCTION api.send_policy() IS 'Returns what a worker must know of Meta''s pacing rules: the error codes that throttle a number (throttle_codes), how long a throttled number sends nothing (throttle_hold_ms), and how far ahead a claim schedules sends (pace_horizon_ms: a worker claims every half of it).';
+COMMENT ON FUNCTION api.send_policy() IS 'Returns what a worker must know of Meta''s pacing rules: the error codes that throttle a number (throttle_codes), how long a throttled number sends nothing (throttle_hold_ms), how far ahead a claim schedules sends (pace_horizon_ms: a worker claims every half of it), and how long it may hold a claimed message before handing it back unsent (claim_timeout_s: a pace horizon later a claim may take it again).';
 
 CREATE FUNCTION api.set_campaign_send_window(p_tenant_id bigint, p_campaign_id bigint, p_start time without time zone, p_end time without time zone) RETURNS api.send_window
     LANGUAGE plpgsql SECURITY DEFINER
@@ -6107,7 +6109,7 @@ COMMENT ON COLUMN core.wa_numbers.ban_event_at IS 'When the newest account_updat
 
 COMMENT ON COLUMN core.wa_numbers.sender IS 'The worker (api.claim_sends'' p_worker) that sends this number''s messages until sender_until; other workers do not claim them meanwhile.';
 
-COMMENT ON COLUMN core.wa_numbers.sender_until IS 'When the sender gives the number up unless it claims again: a pace horizon after the last message it was given. api.release_numbers clears it sooner, when the worker stops or cannot reach Meta.';
+COMMENT ON COLUMN core.wa_numbers.sender_until IS 'When the sender gives the number up unless it claims again: a pace horizon after the last message it was given, or after an api.keep_numbers call (a worker behind its schedule that still holds the number''s messages). api.release_numbers clears it sooner, when the worker stops or cannot reach Meta.';
 
 CREATE FUNCTION core.api_template_message(p_message jsonb, p_vars jsonb, p_tenant_id bigint, p_number core.wa_numbers, p_now timestamp with time zone) RETURNS jsonb
     LANGUAGE plpgsql

@@ -38,6 +38,10 @@ def test_the_worker_role_claims_and_reports_sends(db, login) -> None:
     requests = f.claim(worker)
     assert len(requests) == 3
     assert f.report(worker, [f.ok(r) for r in requests])["accepted"] == 3
+    # It may keep the number it claimed for (f.claim's worker, 'test'), and no other.
+    assert worker.execute("SELECT api.keep_numbers('test', %s)", ([acc.phone_number_id],)).fetchone()[0] \
+        == [acc.phone_number_id]
+    assert worker.execute("SELECT api.keep_numbers('other', %s)", ([acc.phone_number_id],)).fetchone()[0] == []
     assert f.campaign(db, cid)["status"] == "completed"
 
 

@@ -358,7 +358,8 @@ def test_one_worker_at_a_time_sends_a_number(db: psycopg.Connection) -> None:
         assert err.value.sqlstate == "PW100" and "worker" in str(err.value)
 
 
-def test_a_worker_behind_its_schedule_keeps_only_the_numbers_it_still_sends_for(db: psycopg.Connection) -> None:
+def test_a_worker_behind_its_schedule_keeps_only_the_numbers_it_still_sends_for(
+        db: psycopg.Connection, db_url: str) -> None:
     # A worker behind its schedule may hold a number's messages past its hold, with
     # nothing more to claim (a campaign's end): api.keep_numbers keeps it the sender for a
     # pace horizon from now, if no other worker took the number meanwhile.
@@ -397,6 +398,18 @@ def test_a_worker_behind_its_schedule_keeps_only_the_numbers_it_still_sends_for(
     assert keep("a", 2.3, first) == []
     assert hold(first)[0] == "b"
     assert keep("a", 2.3) == []
+    # 'b''s hold on it ends at 4.2 s (its 99 at 99 msg/s from 2.2 s, + 1 s). Past that,
+    # with no other claim since, 'b' is still the sender: a keep then still holds.
+    assert hold(first)[:2] == ("b", 4.2)
+    assert keep("b", 4.5, first) == [first.phone_number_id]
+    assert hold(first)[:2] == ("b", 5.5)
+    # A number another transaction holds (a claim, a report's pace update) is not waited
+    # for: not kept now, and kept when asked again.
+    with psycopg.connect(db_url) as other:
+        other.execute("SELECT 1 FROM core.wa_numbers WHERE number_id = %s FOR NO KEY UPDATE",
+                      (second.number_id,))
+        assert keep("b", 4.5, first, second) == [first.phone_number_id]
+    assert keep("b", 4.5, second) == [second.phone_number_id]
     for worker, ids in ((" ", []), (None, []), ("a", [str(i) for i in range(10_001)])):
         with pytest.raises(psycopg.Error) as err:
             db.execute("SELECT api.keep_numbers(%s, %s)", (worker, ids))
@@ -589,7 +602,7 @@ def test_the_throttle_hold_and_codes_have_one_home_that_the_worker_reads(db: psy
     db.execute("UPDATE core.meta_error_codes SET backoff = 'throttle' WHERE code = 131056")   # pair rate limit
     # What the worker holds a lane for, and how long, and how often it claims: read from
     # core.settings and core.meta_error_codes, not copied in Python.
-    assert db.execute("SELECT * FROM api.send_policy()").fetchone() == (400, [130429, 131056], 600)
+    assert db.execute("SELECT * FROM api.send_policy()").fetchone() == (400, [130429, 131056], 600, 30)
     acc = f.account(db, throughput_mps=100)
     f.running_campaign(db, acc, 10)
     t = f.clock(db)

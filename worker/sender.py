@@ -22,7 +22,9 @@ rows past that time with nothing more to claim, at a campaign's end: half a hori
 before its hold ends, the lane asks the database to keep the number (api.keep_numbers),
 which it does for a horizon if no other worker took it. A lane that still holds rows when
 its hold has passed (its worker stalled, or the number was not kept) hands them back
-unsent, since another worker may be sending for the number by then.
+unsent, since another worker may be sending for the number by then; and so does one that
+has held a row for the claim timeout (api.send_policy), as a pace horizon later the claim's
+visibility ends and a claim would take the row again.
 
 A worker that cannot reach Meta (BREAKER_FAILURES sends in a row and BREAKER_MIN_S with no
 HTTP answer: its network, DNS or proxy is down) stops sending: it hands back unsent what
@@ -73,6 +75,7 @@ AFTER_RETRY_S = 3.0
 REPORT_S = 0.5           # at most one report per this interval (results are coalesced)
 STOP_REPORT_S = 15.0     # on stop, keep trying to report for this long
 THROUGHPUT_LOG_S = 60.0
+DUE, EXPIRES = 0, 2          # a lane's row: (due, row, expires), loop / monotonic time
 LATE_S = 0.025           # a send this late after its send_at counts as late (the loop lags)
 # Jitter control, per number (worker/pacing.py). Sends held up by a stalled loop must not
 # all go out the moment it resumes: that squeezes the schedule and crosses Meta's
@@ -103,7 +106,7 @@ PROBE_TIMEOUT_S = 5.0
 # old rate: sent after the hold on top of the new schedule, they would cross the limit
 # again. Which codes throttle and for how long is the database's (api.send_policy), read
 # once before the first claim.
-POLICY_SQL = "SELECT throttle_hold_ms, throttle_codes, pace_horizon_ms FROM api.send_policy()"
+POLICY_SQL = "SELECT throttle_hold_ms, throttle_codes, pace_horizon_ms, claim_timeout_s FROM api.send_policy()"
 
 # Each row's delay is measured on the database's clock from the claim's start (now()),
 # or from the claim's time when the sender has its own clock (the p_now it passes), then
@@ -125,6 +128,9 @@ class SendPolicy(NamedTuple):
     throttle_hold_s: float
     throttle_codes: frozenset[int]
     pace_horizon_s: float
+    # A claimed message held this long goes back unsent: a pace horizon later its claim's
+    # visibility ends, and a claim (this worker's too) would take it again.
+    claim_timeout_s: float
 
 
 @dataclass
@@ -263,13 +269,15 @@ class Sender:
             started = loop.time()
             if self._keep:
                 await self._keep_numbers(stop)
+                if self._cut_off:
+                    continue
             room = min(self.settings.claim_batch, self.max_inflight - self._inflight)
             if room > 0:
                 try:
                     if self.policy is None:
                         rows, _ = await self._claims.fetch(POLICY_SQL, (), stop=stop)
                         self.policy = SendPolicy(rows[0][0] / 1000, frozenset(rows[0][1]),
-                                                 rows[0][2] / 1000)
+                                                 rows[0][2] / 1000, rows[0][3])
                         if self.pace_s is None:
                             self.pace_s = self.policy.pace_horizon_s / 2
                     rows, _ = await self._claims.fetch(
@@ -315,7 +323,7 @@ class Sender:
                 lane = self._lanes[row[4]] = _Lane(row[7])
                 lane.task = asyncio.get_running_loop().create_task(self._lane(lane))
             due = arrived + row[6]
-            lane.rows.append((due, row))
+            lane.rows.append((due, row, started + self.policy.claim_timeout_s))
             # The database makes this worker the number's sender until a horizon after
             # this row's time (api.claim_sends), counted from its clock when the claim
             # ran, which is no earlier than when it began here.
@@ -355,20 +363,35 @@ class Sender:
                 if rows:
                     await asyncio.sleep(lane.hold_until - now)
                 continue
-            if now > lane.sender_until:
+            # The hold and the claims' age on the precise clock: the loop's is cached per
+            # turn, and a starved loop's turn may have begun long before.
+            clock = time.monotonic()
+            if rows[0][2] <= clock:
+                # Held for the claim timeout (this worker far behind its schedule): a pace
+                # horizon later their claim's visibility ends, and a claim would take them
+                # again, to be sent twice. They go back unsent now.
+                n = self._hand_back(rows, clock, EXPIRES)
+                log.warning("%d sends for %s handed back: held for the claim timeout (%.0f s)",
+                            n, lane.phone_number_id, self.policy.claim_timeout_s)
+                continue
+            if clock > lane.sender_until:
                 # This worker's claims stopped taking the number's messages for longer
-                # than its hold (a stall, or no room to claim): another worker may be
-                # sending for it now, so what is left here goes back unsent.
+                # than its hold, and it was not kept (a stall, or another worker took the
+                # number): another worker may be sending for it now, so what is left here
+                # goes back unsent.
                 log.warning("%d sends for %s handed back: this worker's hold on the number "
-                            "lapsed %.0f ms ago", len(rows), row_path(rows), (now - lane.sender_until) * 1000)
+                            "lapsed %.0f ms ago", len(rows), lane.phone_number_id,
+                            (clock - lane.sender_until) * 1000)
                 self._hand_back(rows, float("inf"))
                 continue
-            if now > lane.sender_until - self.policy.pace_horizon_s / 2 and lane.asked != lane.sender_until:
+            horizon = self.policy.pace_horizon_s
+            if clock > lane.sender_until - horizon / 2 and clock >= lane.ask_after:
                 # Behind: its hold ends within half a horizon and it still holds rows, and
                 # the claims (nothing more of the number's is queued, or no room) may not
                 # renew it. The claim loop asks the database to keep the number
-                # (_keep_numbers), once per hold: refused, the lane hands back when it ends.
-                lane.asked = lane.sender_until
+                # (_keep_numbers); not kept, the lane asks again a quarter horizon later,
+                # and hands back when its hold ends.
+                lane.ask_after = clock + horizon / 4
                 self._keep.add(lane)
                 if self._wake is not None:
                     self._wake.set()
@@ -382,7 +405,7 @@ class Sender:
             if ahead > 0.0:
                 await asyncio.sleep(ahead)
                 continue
-            _, row = rows.popleft()
+            row = rows.popleft()[1]
             if now - due > LATE_S:
                 stats.late += 1
                 stats.max_late_ms = max(stats.max_late_ms, (now - due) * 1000)
@@ -413,13 +436,17 @@ class Sender:
                 lane.sender_until = max(lane.sender_until, started + self.policy.pace_horizon_s)
                 self.stats.kept += 1
 
-    def _hand_back(self, rows: deque, until: float) -> None:
-        """Return, unsent, the rows due before ``until``: the database requeues them."""
-        while rows and rows[0][0] < until:
+    def _hand_back(self, rows: deque, until: float, column: int = DUE) -> int:
+        """Return, unsent, the rows due (``column`` DUE) or whose claim expires (EXPIRES)
+        before ``until``: the database requeues them. Returns how many."""
+        n = 0
+        while rows and rows[0][column] < until:
             outbound_id, queue_name, msg_id = rows.popleft()[1][:3]
+            n += 1
             self.stats.returned += 1
             self._results.add({"outbound_id": outbound_id, "queue_name": queue_name,
                                "msg_id": msg_id, "sent": False})
+        return n
 
     def _cut_off_from_meta(self, last_error: str | None) -> None:
         """Meta did not answer BREAKER_FAILURES sends in a row: stop sending. What the lanes
@@ -613,24 +640,19 @@ class Sender:
 class _Lane:
     """One number's claimed messages waiting for their send_at, in order."""
 
-    __slots__ = ("asked", "hold_until", "pacer", "phone_number_id", "rows", "sender_until", "task",
+    __slots__ = ("ask_after", "hold_until", "pacer", "phone_number_id", "rows", "sender_until", "task",
                  "wake", "window")
 
     def __init__(self, phone_number_id: str) -> None:
         self.phone_number_id = phone_number_id
-        self.asked = 0.0                        # the sender_until it last asked to keep
-        self.rows: deque[tuple[float, tuple]] = deque()     # (due, row)
+        self.ask_after = 0.0                    # time.monotonic(): may ask to keep the number again
+        self.rows: deque[tuple[float, tuple, float]] = deque()     # (due, row, expires): DUE, EXPIRES
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.window: deque[float] = deque()     # start times of the last second's sends (stats)
         self.pacer = Pacer(burst=PACER_BURST_S)  # no pace until a claim spaces two rows
         self.hold_until = 0.0                   # loop time: throttled by Meta until then
         self.sender_until = 0.0                 # loop time: this worker sends for the number until then
-
-
-def row_path(rows: deque) -> str:
-    """The number a lane's rows are for, as their request path names it (no secret)."""
-    return rows[0][1][4] if rows else "?"
 
 
 def _describe(exc: BaseException) -> str:

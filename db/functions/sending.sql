@@ -307,11 +307,12 @@ BEGIN
     END IF;
     SELECT make_interval(secs => s.pace_horizon_ms / 1000.0) INTO v_horizon FROM core.settings s;
     WITH mine AS (
-        -- Locked in id order, as a report's pace updates may hold some of them.
+        -- Never waited for: a claim or a report that holds one (a throttled number's
+        -- pace) would keep the claim loop waiting, or deadlock with it. The worker asks
+        -- again a quarter horizon later.
         SELECT n.number_id FROM core.wa_numbers n
         WHERE n.phone_number_id = ANY (p_phone_number_ids) AND n.sender = p_worker
-        ORDER BY n.number_id
-        FOR NO KEY UPDATE
+        FOR NO KEY UPDATE SKIP LOCKED
     ), kept AS (
         UPDATE core.wa_numbers n SET sender_until = greatest(n.sender_until, v_now + v_horizon)
         FROM mine m WHERE n.number_id = m.number_id AND n.sender = p_worker
@@ -322,7 +323,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION api.keep_numbers(text, text[], timestamptz) IS
-    'Keeps worker p_worker the sender of the numbers p_phone_number_ids (Meta''s phone number ids) for a pace horizon from p_now (NULL: the clock), so that a worker behind its schedule sends what it still holds instead of handing it back when its hold ends (api.claim_sends renews a hold only with a claim that takes messages). Only numbers p_worker is still the sender of are kept; returns their ids. Raises PW100 when p_worker is empty or for more than 10000 ids.';
+    'Keeps worker p_worker the sender of the numbers p_phone_number_ids (Meta''s phone number ids) for a pace horizon from p_now (NULL: the clock), so that a worker behind its schedule sends what it still holds instead of handing it back when its hold ends (api.claim_sends renews a hold only with a claim that takes messages). Only numbers p_worker is still the sender of are kept, and none that another transaction holds locked (never waited for; ask again); returns the ids kept. Raises PW100 when p_worker is empty or for more than 10000 ids.';
 
 -- Store the results of sent requests. p_results is a JSON array of
 -- {outbound_id, queue_name, msg_id, wamid, message_status, error_code, http_status,
@@ -736,11 +737,11 @@ $$;
 CREATE OR REPLACE FUNCTION api.send_policy() RETURNS api.send_policy
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = '' AS $$
     SELECT s.throttle_hold_ms, ARRAY(SELECT e.code FROM core.meta_error_codes e WHERE e.backoff = 'throttle' ORDER BY e.code),
-           s.pace_horizon_ms
+           s.pace_horizon_ms, s.claim_timeout_s
     FROM core.settings s
 $$;
 COMMENT ON FUNCTION api.send_policy() IS
-    'Returns what a worker must know of Meta''s pacing rules: the error codes that throttle a number (throttle_codes), how long a throttled number sends nothing (throttle_hold_ms), and how far ahead a claim schedules sends (pace_horizon_ms: a worker claims every half of it).';
+    'Returns what a worker must know of Meta''s pacing rules: the error codes that throttle a number (throttle_codes), how long a throttled number sends nothing (throttle_hold_ms), how far ahead a claim schedules sends (pace_horizon_ms: a worker claims every half of it), and how long it may hold a claimed message before handing it back unsent (claim_timeout_s: a pace horizon later a claim may take it again).';
 
 -- Make queue messages visible again after per-message delays (seconds) from p_now
 -- (NULL: the clock).
