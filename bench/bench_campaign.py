@@ -27,7 +27,8 @@ receiver and a worker (pgwa.local.stack), and measures:
                     without a claim (api.keep_numbers), instead of handing its sends back
 * duplicates, lost  from the simulator's ledger: repeated (recipient, campaign) sends, and
                     messages of the campaigns that Meta never accepted
-* sql_statements_per_msg  top-level statements of the send path (pg_stat_statements) / messages
+* sql_statements_per_msg  top-level statements of the send path (claim, report, policy, keep,
+                    release: pg_stat_statements) / messages
 * cpu_ms_per_msg    CPU (user + system, /proc/<pid>/stat) per message sent, its status
                     webhooks included, by process: worker, receiver (the API), sim, and
                     postgres (the backends serving the bench database)
@@ -112,7 +113,7 @@ WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = current_d
   AND query !~* '(process_webhooks|process_claimed_webhooks|claim_webhooks|fail_webhooks|ingest_webhook|receiver_heartbeat|start_campaign|/\\* bench \\*/|pg_stat_statements)'
 ORDER BY calls DESC
 """
-SEND_PATH = re.compile(r"api\.(claim_sends|report_sends|send_policy)\(")
+SEND_PATH = re.compile(r"api\.(claim_sends|report_sends|send_policy|keep_numbers|release_numbers)\(")
 
 
 log = logger("bench-campaign")
