@@ -366,7 +366,7 @@ class Sender:
             # The hold and the claims' age on the precise clock: the loop's is cached per
             # turn, and a starved loop's turn may have begun long before.
             clock = time.monotonic()
-            if rows[0][2] <= clock:
+            if rows[0][EXPIRES] <= clock:
                 # Held for the claim timeout (this worker far behind its schedule): a pace
                 # horizon later their claim's visibility ends, and a claim would take them
                 # again, to be sent twice. They go back unsent now.
@@ -395,13 +395,13 @@ class Sender:
                 self._keep.add(lane)
                 if self._wake is not None:
                     self._wake.set()
-            due = rows[0][0]
+            due = rows[0][DUE]
             if due > now:
                 await asyncio.sleep(max(due - now, TICK_S))
                 continue
-            # On the precise clock: the loop's is cached per iteration (to the millisecond
-            # under uvloop), which let 1% more sends into a real second.
-            ahead = pacer.wait(time.monotonic())
+            # On the precise clock read above: the loop's is cached per iteration (to the
+            # millisecond under uvloop), which let 1% more sends into a real second.
+            ahead = pacer.wait(clock)
             if ahead > 0.0:
                 await asyncio.sleep(ahead)
                 continue
