@@ -2976,13 +2976,14 @@ BEGIN
     WITH mine AS (
         -- Never waited for: a claim or a report that holds one (a throttled number's
         -- pace) would keep the claim loop waiting, or deadlock with it. The worker asks
-        -- again a quarter horizon later.
+        -- again a quarter horizon later. A row locked here is still this worker's: the
+        -- lock rechecks the sender on its latest version, and holds it until the update.
         SELECT n.number_id FROM core.wa_numbers n
         WHERE n.phone_number_id = ANY (p_phone_number_ids) AND n.sender = p_worker
         FOR NO KEY UPDATE SKIP LOCKED
     ), kept AS (
         UPDATE core.wa_numbers n SET sender_until = greatest(n.sender_until, v_now + v_horizon)
-        FROM mine m WHERE n.number_id = m.number_id AND n.sender = p_worker
+        FROM mine m WHERE n.number_id = m.number_id
         RETURNING n.phone_number_id
     )
     SELECT coalesce(array_agg(k.phone_number_id ORDER BY k.phone_number_id), '{}') INTO v_kept FROM kept k;
