@@ -22,9 +22,9 @@ Sets up its own database (pgwa_bench_bots) on the project's cluster (DATABASE_UR
                                webhook receiver, one worker process). The messages are handed
                                to the simulator ahead of time (POST /_sim/inbound with delay_s),
                                so the bench's own HTTP is over before the measured window.
-                               Each number first has --history (100,000) earlier messages each
-                               way (25,000 contacts, their inbox, bot replies, conversations),
-                               as a platform at this rate has; --runs (3) runs, each on a fresh
+                               Each number first has --history (100,000) earlier inbox messages
+                               over 25,000 contacts' conversations and as many bot replies, as a
+                               platform at this rate has; --runs (3) runs, each on a fresh
                                database: the median run's figures, every run's in reply_runs
 * reply_p99_ms_cold, reply_p50_ms_cold, cpu_ms_per_msg_cold   one run on a fresh, empty
                                database (--no-cold skips it): the worker and receiver plan their
@@ -383,44 +383,23 @@ def stage_times(conn: psycopg.Connection, due: dict[str, float], replied: dict[s
 
 def seed_history(conn: psycopg.Connection, tenant: int, numbers: list[int], per_number: int) -> None:
     """Earlier traffic on each number, as a platform that answers 1,000 messages a second
-    has: per_number / 4 contacts, each with 4 earlier inbound and outbound messages in
-    the inbox, 4 bot replies read, and their conversations, a month ago; then analysed.
-    Set-based, with foreign keys and triggers off: a fixture, not a code path."""
+    has: per_number inbox messages over per_number / 4 new contacts and their conversations
+    (generate_inbox), and per_number bot replies to those contacts, read; then analysed."""
     t0 = time.monotonic()
-    contacts = max(per_number // 4, 1)
-    conn.execute("SET session_replication_role = replica")
     for k, number in enumerate(numbers):
-        first = conn.execute("""
-            INSERT INTO core.contacts (tenant_id, wa_id, profile_name, created_at, last_inbound_at)
-            SELECT %(tenant)s, (17000000000 + %(k)s * 10000000 + g)::text, 'Earlier ' || g,
-                   timestamptz '2026-11-01', timestamptz '2026-11-01'
-            FROM generate_series(1, %(contacts)s) g
-            RETURNING contact_id""", {"tenant": tenant, "k": k, "contacts": contacts}).fetchall()
-        lo = min(r[0] for r in first)
-        assert max(r[0] for r in first) == lo + contacts - 1, "contact ids not contiguous"
-        args = {"number": number, "lo": lo, "hi": lo + contacts - 1}
-        earlier = """FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) c, generate_series(1, 4) g,
-                     LATERAL (SELECT timestamptz '2026-11-01' + ((c - %(lo)s::bigint) * 4 + g) * interval '1 second') x(t)"""
-        conn.execute(f"""
+        lo, hi = generate_inbox(conn, tenant, number, per_number, max(per_number // 4, 1),
+                                first_phone=17_000_000_000 + k * 10_000_000)
+        conn.execute("""
             INSERT INTO core.outbound_messages (number_id, contact_id, kind, state, wamid, queued_at, claimed_at,
                                                 accepted_at, sent_at, delivered_at, read_at)
             SELECT %(number)s, c, 'bot', 'read', 'wamid.EARLIER' || %(number)s || '.' || c || '.' || g, t, t, t, t, t, t
-            {earlier}""", args)
-        conn.execute(f"""
-            INSERT INTO core.inbox_messages (number_id, contact_id, direction, wamid, type, body, created_at)
-            SELECT %(number)s, c, CASE WHEN g %% 2 = 1 THEN 'in' ELSE 'out' END,
-                   'wamid.EARLIERIN' || %(number)s || '.' || c || '.' || g, 'text', 'an earlier message ' || g, t
-            {earlier}""", args)
-        conn.execute("""
-            INSERT INTO core.conversations (number_id, contact_id, last_inbound_at, last_message_at, unread, created_at)
-            SELECT number_id, contact_id, max(created_at) FILTER (WHERE direction = 'in'), max(created_at), 0, min(created_at)
-            FROM core.inbox_messages WHERE number_id = %(number)s AND contact_id BETWEEN %(lo)s AND %(hi)s
-            GROUP BY number_id, contact_id""", args)
-    conn.execute("SET session_replication_role = origin")
-    for table in ("contacts", "outbound_messages", "inbox_messages", "conversations"):
+            FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) c, generate_series(1, 4) g,
+                 LATERAL (SELECT timestamptz '2025-01-01' + ((c - %(lo)s::bigint) * 4 + g) * interval '3 seconds') x(t)
+            LIMIT %(rows)s""", {"number": number, "lo": lo, "hi": hi, "rows": per_number})
+    for table in ("contacts", "outbound_messages"):
         conn.execute(sql.SQL("VACUUM ANALYZE core.{}").format(sql.Identifier(table)))
-    log(f"history: {len(numbers)} numbers x {per_number:,} earlier messages each way "
-        f"({contacts:,} contacts each) in {time.monotonic() - t0:.1f} s")
+    log(f"history: {len(numbers)} numbers x {per_number:,} inbox messages and {per_number:,} bot replies "
+        f"in {time.monotonic() - t0:.1f} s")
 
 
 def measure_reply_latency(url: str, rng: random.Random, rate: int, seconds: int, n_numbers: int,
@@ -514,13 +493,17 @@ def measure_reply_latency(url: str, rng: random.Random, rate: int, seconds: int,
 
 # --- conversation pages --------------------------------------------------------------------
 
-def generate_inbox(conn: psycopg.Connection, tenant: int, number: int, rows: int, contacts: int) -> None:
-    """rows inbox messages over contacts conversations, set-based, interleaved in time."""
+def generate_inbox(conn: psycopg.Connection, tenant: int, number: int, rows: int, contacts: int,
+                   first_phone: int = 19_000_000_000) -> tuple[int, int]:
+    """rows inbox messages over the conversations of contacts new contacts (phones from
+    first_phone + 1), set-based, interleaved in time. Returns the contacts' first and last id."""
     t0 = time.monotonic()
-    conn.execute("""INSERT INTO core.contacts (tenant_id, wa_id, profile_name)
-                    SELECT %s, (19000000000 + g)::text, 'Contact ' || g FROM generate_series(1, %s) g""",
-                 (tenant, contacts))
-    first = conn.execute("SELECT min(contact_id) FROM core.contacts WHERE tenant_id = %s", (tenant,)).fetchone()[0]
+    first, last, made = conn.execute("""
+        WITH made AS (INSERT INTO core.contacts (tenant_id, wa_id, profile_name)
+                      SELECT %s, (%s::bigint + g)::text, 'Contact ' || g FROM generate_series(1, %s) g
+                      RETURNING contact_id)
+        SELECT min(contact_id), max(contact_id), count(*) FROM made""", (tenant, first_phone, contacts)).fetchone()
+    assert last - first + 1 == made, "the messages below spread over contact ids first .. last"
     # Secondary indexes are built after the load (the same definitions), foreign key
     # triggers skipped: the load is a benchmark fixture, not a code path.
     indexes = conn.execute("""SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'core'
@@ -551,6 +534,7 @@ def generate_inbox(conn: psycopg.Connection, tenant: int, number: int, rows: int
     conn.execute("VACUUM ANALYZE core.inbox_messages")
     conn.execute("VACUUM ANALYZE core.conversations")
     log(f"inbox: {rows:,} rows ready in {time.monotonic() - t0:.0f} s")
+    return first, last
 
 
 def measure_pages(url: str, rng: random.Random, rows: int, contacts: int) -> dict:
@@ -598,7 +582,7 @@ def main() -> int:
     parser.add_argument("--lead", type=float, default=None,
                         help="seconds to schedule the inbound messages ahead (default: 5 + rate*seconds/400)")
     parser.add_argument("--history", type=int, default=100_000,
-                        help="earlier messages each way per number before the reply runs (0: a fresh database)")
+                        help="earlier inbox messages and bot replies per number before the reply runs (0: a fresh database)")
     parser.add_argument("--runs", type=int, default=3, help="reply runs with history (median and spread)")
     parser.add_argument("--no-cold", dest="cold", action="store_false",
                         help="no reply run on a fresh database (reply_p99_ms_cold)")
