@@ -1468,7 +1468,7 @@ BEGIN
                    -- template without parameters has no components.
                    || CASE WHEN jsonb_typeof(ct.render) = 'array' THEN
                                CASE WHEN jsonb_array_length(ct.render) = 0 THEN '{}'::jsonb
-                                    ELSE jsonb_build_object('components', core.render_components(ct.render, b.message->'p')) END
+                                    ELSE jsonb_build_object('components', rc.components) END
                    -- A campaign made before render skeletons: "p" are its body parameters
                    -- (and never a jsonb_array_length error that would fail every claim).
                            WHEN coalesce(jsonb_typeof(b.message->'p'), 'null') <> 'array' THEN '{}'::jsonb
@@ -1486,6 +1486,7 @@ BEGIN
     JOIN core.wa_numbers n ON n.number_id = o.number_id
     LEFT JOIN core.campaign_templates ct ON ct.campaign_id = o.campaign_id AND ct.variant = o.variant
     LEFT JOIN core.templates t ON t.template_id = ct.template_id
+    LEFT JOIN LATERAL core.render_components(ct.render, b.message->'p') rc(components) ON true
     CROSS JOIN LATERAL (SELECT v_starts->(n.number_id::text)) x(s)
     ORDER BY b.ord;
 END
@@ -3734,7 +3735,7 @@ BEGIN
     SELECT * INTO v_variant FROM core.campaign_templates
     WHERE campaign_id = p_campaign_id AND variant = (v_message->>'v')::smallint;
     SELECT * INTO v_template FROM core.templates WHERE template_id = v_variant.template_id;
-    v_components := core.render_components(v_variant.render, coalesce(v_message->'p', '[]'));
+    v_components := (SELECT components FROM core.render_components(v_variant.render, coalesce(v_message->'p', '[]')) components);
     SELECT c INTO v_header FROM jsonb_array_elements(v_components) c WHERE c->>'type' = 'header';
     SELECT c INTO v_body FROM jsonb_array_elements(v_components) c WHERE c->>'type' = 'body';
     v_media := v_header#>'{parameters,0}';
@@ -6205,7 +6206,7 @@ BEGIN
     RETURN jsonb_build_object('type', 'template', 'template',
         jsonb_build_object('name', v_template.name, 'language', jsonb_build_object('code', v_template.language))
         || CASE WHEN jsonb_array_length(v_render) = 0 THEN '{}'::jsonb
-                ELSE jsonb_build_object('components', core.render_components(v_render, v_values)) END);
+                ELSE jsonb_build_object('components', (SELECT components FROM core.render_components(v_render, v_values) components)) END);
 END
 $$;
 
@@ -7972,7 +7973,10 @@ CREATE FUNCTION core.classify_reports(p_results jsonb) RETURNS core.send_outcome
         CROSS JOIN core.settings s
         LEFT JOIN core.outbound_messages o ON o.outbound_id = r.outbound_id
         LEFT JOIN core.campaigns cp ON cp.campaign_id = o.campaign_id
-        LEFT JOIN LATERAL core.meta_error(r.error_code) e ON r.wamid IS NULL
+        -- Only a failure's code is looked up: the subquery (kept whole by OFFSET 0) makes
+        -- the condition a one-time filter, where a join condition would still call the
+        -- function for every accepted send.
+        LEFT JOIN LATERAL (SELECT m.* FROM core.meta_error(r.error_code) m WHERE r.wamid IS NULL OFFSET 0) e ON true
     ) c
 $$;
 
@@ -9985,10 +9989,9 @@ $$;
 
 CREATE FUNCTION core.opaque_outbound_id(p_opaque text) RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path TO ''
     AS $_$
-    SELECT CASE WHEN p_opaque ~ '^(c[0-9]{1,18}:)?[0-9]{1,18}$'
-                THEN split_part(p_opaque, ':', -1)::bigint END
+    SELECT CASE WHEN p_opaque OPERATOR(pg_catalog.~) '^(c[0-9]{1,18}:)?[0-9]{1,18}$'
+                THEN pg_catalog.split_part(p_opaque, ':', -1)::pg_catalog.int8 END
 $_$;
 
 CREATE FUNCTION core.parameter_format(p_components jsonb) RETURNS text
@@ -10677,18 +10680,25 @@ BEGIN
 END
 $_$;
 
-CREATE FUNCTION core.render_components(p_skeleton jsonb, p_values jsonb) RETURNS jsonb
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path TO ''
+CREATE FUNCTION core.render_components(p_skeleton jsonb, p_values jsonb) RETURNS SETOF jsonb
+    LANGUAGE sql IMMUTABLE ROWS 1 PARALLEL SAFE
     AS $_$
-    SELECT coalesce(jsonb_agg(CASE WHEN c.value ? 'parameters' THEN jsonb_set(c.value, '{parameters}', (
-               SELECT jsonb_agg(CASE WHEN p.value ? '$slot'
-                                     THEN jsonb_set(p.value - '$slot' - '$path', (p.value->>'$path')::text[],
-                                                    coalesce(p_values->((p.value->>'$slot')::integer), '""'))
-                                     ELSE p.value END ORDER BY p.ordinality)
-               FROM jsonb_array_elements(c.value->'parameters') WITH ORDINALITY p))
-                              ELSE c.value END ORDER BY c.ordinality), '[]')
-    FROM jsonb_array_elements(p_skeleton) WITH ORDINALITY c
+    SELECT coalesce(pg_catalog.jsonb_agg(
+               CASE WHEN c.value OPERATOR(pg_catalog.?) 'parameters'
+                    THEN pg_catalog.jsonb_set(c.value, '{parameters}', (
+                        SELECT pg_catalog.jsonb_agg(
+                                   CASE WHEN p.value OPERATOR(pg_catalog.?) '$slot'
+                                        THEN pg_catalog.jsonb_set(
+                                                 p.value OPERATOR(pg_catalog.-) '$slot' OPERATOR(pg_catalog.-) '$path',
+                                                 (p.value OPERATOR(pg_catalog.->>) '$path')::pg_catalog.text[],
+                                                 coalesce(p_values OPERATOR(pg_catalog.->)
+                                                              ((p.value OPERATOR(pg_catalog.->>) '$slot')::pg_catalog.int4),
+                                                          '""'))
+                                        ELSE p.value END ORDER BY p.ordinality)
+                        FROM pg_catalog.jsonb_array_elements(c.value OPERATOR(pg_catalog.->) 'parameters')
+                             WITH ORDINALITY p))
+                    ELSE c.value END ORDER BY c.ordinality), '[]')
+    FROM pg_catalog.jsonb_array_elements(p_skeleton) WITH ORDINALITY c
 $_$;
 
 CREATE FUNCTION core.render_reply(p_reply jsonb, p_vars jsonb) RETURNS jsonb

@@ -63,7 +63,7 @@ BEGIN
     SELECT * INTO v_variant FROM core.campaign_templates
     WHERE campaign_id = p_campaign_id AND variant = (v_message->>'v')::smallint;
     SELECT * INTO v_template FROM core.templates WHERE template_id = v_variant.template_id;
-    v_components := core.render_components(v_variant.render, coalesce(v_message->'p', '[]'));
+    v_components := (SELECT components FROM core.render_components(v_variant.render, coalesce(v_message->'p', '[]')) components);
     SELECT c INTO v_header FROM jsonb_array_elements(v_components) c WHERE c->>'type' = 'header';
     SELECT c INTO v_body FROM jsonb_array_elements(v_components) c WHERE c->>'type' = 'body';
     v_media := v_header#>'{parameters,0}';

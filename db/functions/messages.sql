@@ -240,7 +240,7 @@ BEGIN
     RETURN jsonb_build_object('type', 'template', 'template',
         jsonb_build_object('name', v_template.name, 'language', jsonb_build_object('code', v_template.language))
         || CASE WHEN jsonb_array_length(v_render) = 0 THEN '{}'::jsonb
-                ELSE jsonb_build_object('components', core.render_components(v_render, v_values)) END);
+                ELSE jsonb_build_object('components', (SELECT components FROM core.render_components(v_render, v_values) components)) END);
 END
 $$;
 
