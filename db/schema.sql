@@ -6880,6 +6880,10 @@ BEGIN
     IF v_ids IS NOT NULL THEN
         PERFORM core.advance_outbound(v_ids, v_states, v_at, v_wamids, v_codes, v_details);
         PERFORM core.raise_watermarks(v_ids);
+    END IF;
+    -- Most batches have no failure: then neither function is planned and run (both are
+    -- SQL functions, planned on every call).
+    IF 'failed' = ANY (v_states) THEN
         PERFORM core.stop_marketing(array_agg(f.id), array_agg(f.code), max(f.at))
         FROM unnest(v_ids, v_states, v_codes, v_at) f(id, state, code, at)
         WHERE f.state = 'failed' AND f.code IS NOT NULL

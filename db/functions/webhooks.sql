@@ -221,8 +221,8 @@ $$;
 -- This is the hot path (up to 1,000 statuses a webhook), so per-row work is plain
 -- expressions: a call of a core function costs ~10 us a row (its SET search_path is
 -- saved and restored on every call), more than the row's insert. Hence the inline
--- timestamp parse and state mapping, and core.opaque_outbound_id only for statuses
--- whose wamid is not known yet.
+-- timestamp parse and state mapping, and core.opaque_outbound_id (inlined: it has no SET
+-- clause) only for statuses whose wamid is not known yet.
 CREATE OR REPLACE FUNCTION core.apply_statuses(p_changes core.webhook_change[]) RETURNS integer
 LANGUAGE plpgsql SET search_path = '' AS $$
 DECLARE
@@ -328,6 +328,10 @@ BEGIN
     IF v_ids IS NOT NULL THEN
         PERFORM core.advance_outbound(v_ids, v_states, v_at, v_wamids, v_codes, v_details);
         PERFORM core.raise_watermarks(v_ids);
+    END IF;
+    -- Most batches have no failure: then neither function is planned and run (both are
+    -- SQL functions, planned on every call).
+    IF 'failed' = ANY (v_states) THEN
         PERFORM core.stop_marketing(array_agg(f.id), array_agg(f.code), max(f.at))
         FROM unnest(v_ids, v_states, v_codes, v_at) f(id, state, code, at)
         WHERE f.state = 'failed' AND f.code IS NOT NULL
