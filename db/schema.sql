@@ -6012,20 +6012,29 @@ BEGIN
           AND (d.sent, d.delivered, d.read, d.failed, d.finished) <> (0, 0, 0, 0, 0)
     ), minutes AS (
         -- The timeline (api.campaign_stats): each transition in the minute of its event.
-        SELECT m.campaign_id, x.minute, sum(x.sent)::int AS sent, sum(x.delivered)::int AS delivered,
+        -- One branch per counter, each reading only the messages that moved it: a message
+        -- usually moves one counter. Four rows for every message (a lateral VALUES) and their
+        -- aggregate cost about 6 us a message, a sixth of a batch of statuses.
+        SELECT x.campaign_id, x.minute, sum(x.sent)::int AS sent, sum(x.delivered)::int AS delivered,
                sum(x.read)::int AS read, sum(x.failed)::int AS failed
-        FROM moved m
-        CROSS JOIN LATERAL (VALUES
-            (date_trunc('minute', coalesce(m.accepted_at, m.sent_at, m.delivered_at, m.read_at, now())),
-             (m.r0 < 2 AND m.r1 BETWEEN 2 AND 5)::int, 0, 0, 0),
-            (date_trunc('minute', coalesce(m.delivered_at, m.read_at, now())), 0,
-             ((m.r0 < 4 OR m.r0 = 6) AND m.r1 BETWEEN 4 AND 5)::int, 0, 0),
-            (date_trunc('minute', coalesce(m.read_at, now())), 0, 0, ((m.r0 < 5 OR m.r0 = 6) AND m.r1 = 5)::int, 0),
-            (date_trunc('minute', coalesce(m.failed_at, now())), 0, 0, 0,
-             (m.r0 < 6 AND m.r1 = 6)::int - (m.r0 = 6 AND m.r1 BETWEEN 4 AND 5)::int)
-        ) AS x(minute, sent, delivered, read, failed)
-        WHERE m.campaign_id IS NOT NULL AND (m.r1 > m.r0 OR m.r0 = 6)
-        GROUP BY m.campaign_id, x.minute
+        FROM (
+            SELECT m.campaign_id, date_trunc('minute', coalesce(m.accepted_at, m.sent_at, m.delivered_at, m.read_at, now()))
+                       AS minute, 1 AS sent, 0 AS delivered, 0 AS read, 0 AS failed
+            FROM moved m WHERE m.r0 < 2 AND m.r1 BETWEEN 2 AND 5
+            UNION ALL
+            -- r0 = 6 and r1 in 4, 5: a failed message revived by a later delivered or read.
+            SELECT m.campaign_id, date_trunc('minute', coalesce(m.delivered_at, m.read_at, now())), 0, 1, 0, 0
+            FROM moved m WHERE (m.r0 < 4 OR m.r0 = 6) AND m.r1 BETWEEN 4 AND 5
+            UNION ALL
+            SELECT m.campaign_id, date_trunc('minute', coalesce(m.read_at, now())), 0, 0, 1, 0
+            FROM moved m WHERE (m.r0 < 5 OR m.r0 = 6) AND m.r1 = 5
+            UNION ALL
+            SELECT m.campaign_id, date_trunc('minute', coalesce(m.failed_at, now())), 0, 0, 0,
+                   CASE WHEN m.r0 = 6 THEN -1 ELSE 1 END
+            FROM moved m WHERE (m.r0 < 6 AND m.r1 = 6) OR (m.r0 = 6 AND m.r1 BETWEEN 4 AND 5)
+        ) x
+        WHERE x.campaign_id IS NOT NULL
+        GROUP BY x.campaign_id, x.minute
         HAVING (sum(x.sent), sum(x.delivered), sum(x.read), sum(x.failed)) <> (0, 0, 0, 0)
     ), per_minute AS (
         INSERT INTO core.campaign_minutes AS cm (campaign_id, minute, sent, delivered, read, failed)
