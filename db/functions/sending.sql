@@ -267,7 +267,10 @@ BEGIN
     JOIN core.wa_numbers n ON n.number_id = o.number_id
     LEFT JOIN core.campaign_templates ct ON ct.campaign_id = o.campaign_id AND ct.variant = o.variant
     LEFT JOIN core.templates t ON t.template_id = ct.template_id
-    LEFT JOIN LATERAL core.render_components(ct.render, b.message->'p') rc(components) ON true
+    -- Only an array is a skeleton (the CASE above reads anything else as none): a lateral
+    -- call runs for every row, and one render that is not an array would fail the claim.
+    LEFT JOIN LATERAL core.render_components(CASE WHEN jsonb_typeof(ct.render) = 'array' THEN ct.render END,
+                                             b.message->'p') rc(components) ON true
     CROSS JOIN LATERAL (SELECT v_starts->(n.number_id::text)) x(s)
     ORDER BY b.ord;
 END
