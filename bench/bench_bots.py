@@ -622,6 +622,8 @@ def main() -> int:
                 "reply_runs": {k: [r[k] for r in runs] for k in ("reply_p99_ms", "reply_p50_ms")}
                 | {"postgres_ms_per_msg": [r["cpu_ms_per_msg"]["postgres_bench_db"] for r in runs]}}
         if "pages" in only:
+            if "replies" in only:
+                url = fresh_database()      # not on the last reply run's traffic
             result |= measure_pages(url, rng, args.rows, args.contacts)
     finally:
         if not args.keep:
