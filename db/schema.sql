@@ -7524,6 +7524,31 @@ CREATE FUNCTION core.change_templates(p_waba_id text, p_signer text, p_value jso
       AND EXISTS (SELECT 1 FROM core.change_numbers(p_waba_id, NULL, p_signer) n WHERE n.tenant_id = t.tenant_id)
 $$;
 
+CREATE FUNCTION core.check_contact_tenants() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    v_tenants bigint[];
+    v_missing bigint;
+BEGIN
+    IF TG_LEVEL = 'ROW' THEN
+        v_tenants := ARRAY[NEW.tenant_id];
+    ELSE
+        v_tenants := ARRAY(SELECT DISTINCT n.tenant_id FROM new_rows n ORDER BY 1);
+    END IF;
+    PERFORM FROM core.tenants t WHERE t.tenant_id = ANY (v_tenants) ORDER BY t.tenant_id FOR KEY SHARE;
+    SELECT min(x) INTO v_missing FROM unnest(v_tenants) x
+    WHERE NOT EXISTS (SELECT 1 FROM core.tenants t WHERE t.tenant_id = x);
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'contact of tenant % that does not exist', v_missing
+            USING ERRCODE = '23503', TABLE = 'contacts', COLUMN = 'tenant_id', SCHEMA = 'core',
+                  HINT = 'Create the tenant first.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 CREATE FUNCTION core.check_media_file(p_field text, p_mime text, p_size bigint) RETURNS core.media_types
     LANGUAGE plpgsql STABLE
     SET search_path TO ''
@@ -8283,6 +8308,8 @@ CREATE TABLE core.contacts (
     CONSTRAINT contacts_wa_id_e164 CHECK (((wa_id ~ '^[1-9][0-9]*$'::text) AND ((length(wa_id) >= 7) AND (length(wa_id) <= 15))))
 );
 
+COMMENT ON COLUMN core.contacts.tenant_id IS 'The contact''s tenant. No foreign key (one check per row was a seventh of a campaign''s creation): the contacts_tenant_exists triggers check each statement''s tenants once (FOR KEY SHARE, as the key did), and the tenants_delete_contacts triggers delete a tenant''s contacts with it.';
+
 COMMENT ON COLUMN core.contacts.marketing_stopped_at IS 'When Meta said the user stopped marketing messages from this business (error 131050 or a user_preferences webhook); marketing templates skip the contact, utility ones do not.';
 
 COMMENT ON COLUMN core.contacts.marketing_resumed_at IS 'When the user last resumed marketing messages (user_preferences webhook); a stop older than this changes nothing.';
@@ -8585,6 +8612,20 @@ CREATE FUNCTION core.delete_campaign_messages() RETURNS trigger
     AS $$
 BEGIN
     DELETE FROM core.outbound_messages o USING old_rows d WHERE o.campaign_id = d.campaign_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION core.delete_tenant_contacts() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        DELETE FROM core.contacts;
+    ELSE
+        DELETE FROM core.contacts c USING old_rows d WHERE c.tenant_id = d.tenant_id;
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -12849,6 +12890,10 @@ CREATE TRIGGER contacts_events_insert AFTER INSERT ON core.contacts REFERENCING 
 
 CREATE TRIGGER contacts_events_update AFTER UPDATE ON core.contacts REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION core.capture_contact_opt();
 
+CREATE TRIGGER contacts_tenant_exists AFTER INSERT ON core.contacts REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION core.check_contact_tenants();
+
+CREATE TRIGGER contacts_tenant_exists_update AFTER UPDATE OF tenant_id ON core.contacts FOR EACH ROW WHEN ((old.tenant_id IS DISTINCT FROM new.tenant_id)) EXECUTE FUNCTION core.check_contact_tenants();
+
 CREATE TRIGGER inbox_messages_events AFTER INSERT ON core.inbox_messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION core.capture_message_inbound();
 
 CREATE TRIGGER inbox_messages_notify_dashboard AFTER INSERT ON core.inbox_messages REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION core.notify_dashboard_inbox();
@@ -12856,6 +12901,10 @@ CREATE TRIGGER inbox_messages_notify_dashboard AFTER INSERT ON core.inbox_messag
 CREATE TRIGGER outbound_messages_events AFTER UPDATE ON core.outbound_messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION core.capture_message_status();
 
 CREATE TRIGGER templates_events AFTER UPDATE ON core.templates REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION core.capture_template_status();
+
+CREATE TRIGGER tenants_delete_contacts AFTER DELETE ON core.tenants REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION core.delete_tenant_contacts();
+
+CREATE TRIGGER tenants_truncate_contacts AFTER TRUNCATE ON core.tenants FOR EACH STATEMENT EXECUTE FUNCTION core.delete_tenant_contacts();
 
 ALTER TABLE ONLY core.api_keys
     ADD CONSTRAINT api_keys_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES core.tenants(tenant_id) ON DELETE CASCADE;
@@ -12898,9 +12947,6 @@ ALTER TABLE ONLY core.canned_replies
 
 ALTER TABLE ONLY core.contact_fields
     ADD CONSTRAINT contact_fields_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES core.tenants(tenant_id) ON DELETE CASCADE;
-
-ALTER TABLE ONLY core.contacts
-    ADD CONSTRAINT contacts_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES core.tenants(tenant_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY core.conversation_notes
     ADD CONSTRAINT conversation_notes_conversation_fk FOREIGN KEY (number_id, contact_id) REFERENCES core.conversations(number_id, contact_id) ON DELETE CASCADE;

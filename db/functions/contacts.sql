@@ -555,3 +555,63 @@ GRANT EXECUTE ON FUNCTION api.delete_contact(bigint, bigint) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.search_contacts(bigint, text, text, text, jsonb, boolean, bigint, integer, timestamptz) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.open_contacts_export(bigint, bigint, jsonb, text, timestamptz) TO pgwa_api;
 GRANT EXECUTE ON FUNCTION api.import_contacts_mapped(bigint, jsonb, text, text) TO pgwa_api;
+
+-------------------------------------------------------------------------------
+-- A contact's tenant (migration 0128: no per-row foreign key)
+-------------------------------------------------------------------------------
+
+-- Every contact's tenant exists, and stays until the contact's transaction ends: the
+-- distinct tenants of the rows a statement inserted (or moved to another tenant) are
+-- locked FOR KEY SHARE, in id order, once per statement, as the foreign key locked
+-- them once per row; a tenant deleted meanwhile refuses the statement (23503), and a
+-- deletion waits for this transaction, then deletes its contacts too.
+CREATE OR REPLACE FUNCTION core.check_contact_tenants() RETURNS trigger
+LANGUAGE plpgsql SET search_path = '' AS $$
+DECLARE
+    v_tenants bigint[];
+    v_missing bigint;
+BEGIN
+    IF TG_LEVEL = 'ROW' THEN
+        v_tenants := ARRAY[NEW.tenant_id];
+    ELSE
+        v_tenants := ARRAY(SELECT DISTINCT n.tenant_id FROM new_rows n ORDER BY 1);
+    END IF;
+    PERFORM FROM core.tenants t WHERE t.tenant_id = ANY (v_tenants) ORDER BY t.tenant_id FOR KEY SHARE;
+    SELECT min(x) INTO v_missing FROM unnest(v_tenants) x
+    WHERE NOT EXISTS (SELECT 1 FROM core.tenants t WHERE t.tenant_id = x);
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'contact of tenant % that does not exist', v_missing
+            USING ERRCODE = '23503', TABLE = 'contacts', COLUMN = 'tenant_id', SCHEMA = 'core',
+                  HINT = 'Create the tenant first.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER contacts_tenant_exists AFTER INSERT ON core.contacts
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION core.check_contact_tenants();
+-- A contact never changes tenant in pgwa's functions; if one did, the new tenant is
+-- checked. (An UPDATE trigger with a column list cannot read transition tables.)
+CREATE OR REPLACE TRIGGER contacts_tenant_exists_update AFTER UPDATE OF tenant_id ON core.contacts
+    FOR EACH ROW WHEN (OLD.tenant_id IS DISTINCT FROM NEW.tenant_id)
+    EXECUTE FUNCTION core.check_contact_tenants();
+
+-- A tenant's contacts go with it (their conversations and messages by their own keys).
+-- After a TRUNCATE of the tenants no contact has one; the TRUNCATE's CASCADE, which
+-- holds the tables that refer to the contacts, keeps them from being truncated here.
+CREATE OR REPLACE FUNCTION core.delete_tenant_contacts() RETURNS trigger
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        DELETE FROM core.contacts;
+    ELSE
+        DELETE FROM core.contacts c USING old_rows d WHERE c.tenant_id = d.tenant_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER tenants_delete_contacts AFTER DELETE ON core.tenants
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION core.delete_tenant_contacts();
+CREATE OR REPLACE TRIGGER tenants_truncate_contacts AFTER TRUNCATE ON core.tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION core.delete_tenant_contacts();
