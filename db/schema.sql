@@ -8308,7 +8308,7 @@ CREATE TABLE core.contacts (
     CONSTRAINT contacts_wa_id_e164 CHECK (((wa_id ~ '^[1-9][0-9]*$'::text) AND ((length(wa_id) >= 7) AND (length(wa_id) <= 15))))
 );
 
-COMMENT ON COLUMN core.contacts.tenant_id IS 'The contact''s tenant. No foreign key (one check per row was a seventh of a campaign''s creation): the contacts_tenant_exists triggers check each statement''s tenants once (FOR KEY SHARE, as the key did), and the tenants_delete_contacts triggers delete a tenant''s contacts with it.';
+COMMENT ON COLUMN core.contacts.tenant_id IS 'The contact''s tenant. No foreign key (one check per row was a sixth of a campaign''s creation): the contacts_tenant_exists triggers check each statement''s tenants once (FOR KEY SHARE, as the key did), and the tenants_delete_contacts and tenants_truncate_contacts triggers delete a tenant''s contacts with it.';
 
 COMMENT ON COLUMN core.contacts.marketing_stopped_at IS 'When Meta said the user stopped marketing messages from this business (error 131050 or a user_preferences webhook); marketing templates skip the contact, utility ones do not.';
 
