@@ -7922,6 +7922,19 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION core.check_tenant_id_kept() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM core.contacts c WHERE c.tenant_id = OLD.tenant_id) THEN
+        RAISE EXCEPTION 'tenant % has contacts: its tenant_id cannot change to %', OLD.tenant_id, NEW.tenant_id
+            USING ERRCODE = '23503', TABLE = 'tenants', COLUMN = 'tenant_id', SCHEMA = 'core';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
 CREATE FUNCTION core.check_time_zone(p_zone text, p_field text) RETURNS text
     LANGUAGE plpgsql STABLE
     SET search_path TO ''
@@ -8621,6 +8634,11 @@ CREATE FUNCTION core.delete_tenant_contacts() RETURNS trigger
     SET search_path TO ''
     AS $$
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'tenants are deleted under READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = '0A000', TABLE = 'tenants', SCHEMA = 'core',
+                  HINT = 'A snapshot older than the deletion would not see contacts added meanwhile, and leave them without a tenant.';
+    END IF;
     IF TG_OP = 'TRUNCATE' THEN
         DELETE FROM core.contacts;
     ELSE
@@ -12892,7 +12910,7 @@ CREATE TRIGGER contacts_events_update AFTER UPDATE ON core.contacts REFERENCING 
 
 CREATE TRIGGER contacts_tenant_exists AFTER INSERT ON core.contacts REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION core.check_contact_tenants();
 
-CREATE TRIGGER contacts_tenant_exists_update AFTER UPDATE OF tenant_id ON core.contacts FOR EACH ROW WHEN ((old.tenant_id IS DISTINCT FROM new.tenant_id)) EXECUTE FUNCTION core.check_contact_tenants();
+CREATE TRIGGER contacts_tenant_exists_update AFTER UPDATE ON core.contacts FOR EACH ROW WHEN ((old.tenant_id IS DISTINCT FROM new.tenant_id)) EXECUTE FUNCTION core.check_contact_tenants();
 
 CREATE TRIGGER inbox_messages_events AFTER INSERT ON core.inbox_messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION core.capture_message_inbound();
 
@@ -12903,6 +12921,8 @@ CREATE TRIGGER outbound_messages_events AFTER UPDATE ON core.outbound_messages R
 CREATE TRIGGER templates_events AFTER UPDATE ON core.templates REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION core.capture_template_status();
 
 CREATE TRIGGER tenants_delete_contacts AFTER DELETE ON core.tenants REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION core.delete_tenant_contacts();
+
+CREATE TRIGGER tenants_keep_contacts_tenant_id BEFORE UPDATE ON core.tenants FOR EACH ROW WHEN ((old.tenant_id IS DISTINCT FROM new.tenant_id)) EXECUTE FUNCTION core.check_tenant_id_kept();
 
 CREATE TRIGGER tenants_truncate_contacts AFTER TRUNCATE ON core.tenants FOR EACH STATEMENT EXECUTE FUNCTION core.delete_tenant_contacts();
 

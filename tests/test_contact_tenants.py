@@ -39,8 +39,66 @@ def test_a_contact_of_a_tenant_that_does_not_exist_is_refused_with_the_whole_sta
     other = f.account(db)
     db.execute("UPDATE core.contacts SET tenant_id = %s WHERE wa_id = %s", (other.tenant_id, before[0][1]))
     assert (other.tenant_id, before[0][1]) in contacts_of(db)
-    # Other updates of a contact do not look at its tenant at all.
-    db.execute("UPDATE core.contacts SET name = 'renamed'")
+    # Other updates of a contact do not look at its tenant at all: the check runs for a
+    # row that moved (counted in this transaction), not for one renamed or rewritten.
+    db.execute("SET track_functions = 'pl'")
+    calls = "SELECT coalesce(pg_stat_get_xact_function_calls('core.check_contact_tenants'::regproc), 0)"
+    with db.transaction():
+        assert db.execute("UPDATE core.contacts SET name = 'renamed', tenant_id = tenant_id").rowcount == 3
+        assert db.execute(calls).fetchone()[0] == 0
+        db.execute("UPDATE core.contacts SET tenant_id = %s WHERE wa_id = %s", (acc.tenant_id, before[0][1]))
+        assert db.execute(calls).fetchone()[0] == 1
+
+
+def test_a_statement_of_several_tenants_upserts_and_copy_are_checked_too(db: psycopg.Connection) -> None:
+    one, two = f.account(db), f.account(db)
+    add_contacts(db, one, 2)
+    # One statement for two tenants that exist, and a third that does not: all refused.
+    rows = [(one.tenant_id, "15550000101"), (two.tenant_id, "15550000102"), (MISSING, "15550000103")]
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=str(MISSING)):
+        db.execute("INSERT INTO core.contacts (tenant_id, wa_id) SELECT * FROM unnest(%s::bigint[], %s::text[])",
+                   ([t for t, _ in rows], [w for _, w in rows]))
+    assert len(contacts_of(db)) == 2
+    db.execute("INSERT INTO core.contacts (tenant_id, wa_id) SELECT * FROM unnest(%s::bigint[], %s::text[])",
+               ([t for t, _ in rows[:2]], [w for _, w in rows[:2]]))
+    assert len(contacts_of(db)) == 4
+    # An upsert whose conflicting rows are updated, and one that inserts for a missing tenant.
+    existing = contacts_of(db)[0][1]
+    db.execute("INSERT INTO core.contacts (tenant_id, wa_id, name) VALUES (%s, %s, 'upserted')"
+               " ON CONFLICT (tenant_id, wa_id) DO UPDATE SET name = excluded.name", (one.tenant_id, existing))
+    assert db.execute("SELECT name FROM core.contacts WHERE tenant_id = %s AND wa_id = %s",
+                      (one.tenant_id, existing)).fetchone()[0] == "upserted"
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=str(MISSING)):
+        db.execute("INSERT INTO core.contacts (tenant_id, wa_id) VALUES (%s, %s)"
+                   " ON CONFLICT (tenant_id, wa_id) DO UPDATE SET name = excluded.name", (MISSING, existing))
+    # COPY, the bulk path, fires the same statement trigger.
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=str(MISSING)), \
+            db.cursor().copy("COPY core.contacts (tenant_id, wa_id) FROM STDIN") as copy:
+        copy.write_row((two.tenant_id, "15550000201"))
+        copy.write_row((MISSING, "15550000202"))
+    assert len(contacts_of(db)) == 4
+
+
+def test_a_tenant_with_contacts_keeps_its_id_and_is_deleted_only_under_read_committed(db: psycopg.Connection) -> None:
+    acc = f.account(db)
+    empty = db.execute("SELECT api.create_tenant('no contacts, no numbers')").fetchone()[0]
+    add_contacts(db, acc, 2)
+    # The id is an identity GENERATED ALWAYS: only DEFAULT can change it, which it does.
+    renumber = "UPDATE core.tenants SET tenant_id = DEFAULT WHERE tenant_id = %s RETURNING tenant_id"
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=f"tenant {acc.tenant_id} has contacts"):
+        db.execute(renumber, (acc.tenant_id,))
+    # A snapshot older than the deletion would miss contacts added meanwhile: refused.
+    for level in ("REPEATABLE READ", "SERIALIZABLE"):
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="READ COMMITTED"), db.transaction():
+            db.execute(f"SET TRANSACTION ISOLATION LEVEL {level}")
+            db.execute("DELETE FROM core.tenants WHERE tenant_id = %s", (acc.tenant_id,))
+    assert len(contacts_of(db)) == 2
+    # Under READ COMMITTED the deletion takes them; a tenant without contacts may still be
+    # renumbered (nothing of its contacts to keep), as the foreign key allowed.
+    db.execute("DELETE FROM core.tenants WHERE tenant_id = %s", (acc.tenant_id,))
+    assert contacts_of(db) == []
+    with db.transaction(force_rollback=True):
+        assert db.execute(renumber, (empty,)).fetchone()[0] > empty
 
 
 def test_deleting_a_tenant_deletes_its_contacts_and_their_conversations_and_no_others(db: psycopg.Connection) -> None:

@@ -16,12 +16,17 @@ earns 130429. ``Pacer`` decides, for each send, whether it may start now:
   due, which alone would let a second hold ``burst / interval + 1`` more than the pace
   (994 at 990 msg/s with 3 ms). The cap keeps that room for what the pacer cannot see:
   the network's jitter and Meta's own clock, which count the same sends a few
-  milliseconds apart.
+  milliseconds apart. It holds for a window of exactly ``window``: one a few
+  milliseconds longer holds its share of the pace plus the few sends a wake-up starts
+  together (998 in 1.006 s at 990 msg/s with 3 ms wake-ups, against 996 for sends
+  exactly one interval apart), so the room Meta's clock has shrinks with its skew.
 
 Hence in any window of W seconds at most ``W / interval + burst / interval + 1`` sends
 start, and in one of ``window`` seconds at most ``window / interval``. ``set_interval``
 changes the pace at once (a throughput upgrade takes effect on the next send, a halving
-too, the cap with it). No I/O and no clock of its own: tests drive ``now``.
+too, the cap with it: the next send waits until the last window holds fewer starts than
+the new cap, which after a halving at 990 msg/s is half a second, longer than the
+database's throttle hold of 250 ms; Meta saw those starts too). No I/O and no clock of its own: tests drive ``now``.
 """
 
 from __future__ import annotations

@@ -591,17 +591,41 @@ CREATE OR REPLACE TRIGGER contacts_tenant_exists AFTER INSERT ON core.contacts
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION core.check_contact_tenants();
 -- A contact never changes tenant in pgwa's functions; if one did, the new tenant is
--- checked. (An UPDATE trigger with a column list cannot read transition tables.)
-CREATE OR REPLACE TRIGGER contacts_tenant_exists_update AFTER UPDATE OF tenant_id ON core.contacts
+-- checked, whatever set it (a BEFORE trigger too: no column list). A row trigger, so only
+-- the rows that moved are queued; their WHEN is evaluated as each row is updated.
+CREATE OR REPLACE TRIGGER contacts_tenant_exists_update AFTER UPDATE ON core.contacts
     FOR EACH ROW WHEN (OLD.tenant_id IS DISTINCT FROM NEW.tenant_id)
     EXECUTE FUNCTION core.check_contact_tenants();
+
+-- A tenant's id does not change while contacts have it (the foreign key's NO ACTION).
+CREATE OR REPLACE FUNCTION core.check_tenant_id_kept() RETURNS trigger
+LANGUAGE plpgsql SET search_path = '' AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM core.contacts c WHERE c.tenant_id = OLD.tenant_id) THEN
+        RAISE EXCEPTION 'tenant % has contacts: its tenant_id cannot change to %', OLD.tenant_id, NEW.tenant_id
+            USING ERRCODE = '23503', TABLE = 'tenants', COLUMN = 'tenant_id', SCHEMA = 'core';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER tenants_keep_contacts_tenant_id BEFORE UPDATE ON core.tenants
+    FOR EACH ROW WHEN (OLD.tenant_id IS DISTINCT FROM NEW.tenant_id)
+    EXECUTE FUNCTION core.check_tenant_id_kept();
 
 -- A tenant's contacts go with it (their conversations and messages by their own keys).
 -- After a TRUNCATE of the tenants no contact has one; the TRUNCATE's CASCADE, which
 -- holds the tables that refer to the contacts, keeps them from being truncated here.
+-- Only under READ COMMITTED: a deletion waits for the transactions adding contacts to
+-- the tenant (their FOR KEY SHARE lock), and only a new snapshot sees what they added;
+-- a REPEATABLE READ or SERIALIZABLE one would leave those contacts without a tenant.
 CREATE OR REPLACE FUNCTION core.delete_tenant_contacts() RETURNS trigger
 LANGUAGE plpgsql SET search_path = '' AS $$
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'tenants are deleted under READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = '0A000', TABLE = 'tenants', SCHEMA = 'core',
+                  HINT = 'A snapshot older than the deletion would not see contacts added meanwhile, and leave them without a tenant.';
+    END IF;
     IF TG_OP = 'TRUNCATE' THEN
         DELETE FROM core.contacts;
     ELSE
