@@ -8,6 +8,12 @@ migration. Then every file in db/functions is re-applied, all in one transaction
 broken file raises MigrationError naming the file and the server's message, and leaves
 the database as it was before that migration.
 
+A commit lies between a migration and the function files: a migration that drops a
+constraint whose work a function file's trigger takes over (0118, 0128) leaves a moment
+with neither, harmless on a fresh database but not under traffic. Such a migration
+creates the trigger and its function itself (the function file keeps them with CREATE OR
+REPLACE), so the swap is one transaction.
+
 The baseline (the migration named NNNN_baseline) folds the history up to its number
 into the schema as it stood then. A database that history built already holds that
 schema: the runner records the baseline there without running it (fold_history).
