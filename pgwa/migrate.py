@@ -9,10 +9,11 @@ broken file raises MigrationError naming the file and the server's message, and 
 the database as it was before that migration.
 
 A commit lies between a migration and the function files: a migration that drops a
-constraint whose work a function file's trigger takes over (0118, 0128) leaves a moment
-with neither, harmless on a fresh database but not under traffic. Such a migration
-creates the trigger and its function itself (the function file keeps them with CREATE OR
-REPLACE), so the swap is one transaction.
+constraint whose work a function file's trigger takes over leaves a moment with neither,
+harmless on a fresh database but not under traffic. 0118 and 0128 left that moment (a
+database upgraded through them had it for the length of one runner's commits); from now
+on such a migration creates the trigger and its function itself (the function file keeps
+them with CREATE OR REPLACE), so the swap is one transaction.
 
 The baseline (the migration named NNNN_baseline) folds the history up to its number
 into the schema as it stood then. A database that history built already holds that
