@@ -65,12 +65,15 @@ def test_a_statement_of_several_tenants_upserts_and_copy_are_checked_too(db: psy
     add_contacts(db, one, 2)
     # One statement for two tenants that exist, and a third that does not: all refused.
     rows = [(one.tenant_id, "15550000101"), (two.tenant_id, "15550000102"), (MISSING, "15550000103")]
-    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=str(MISSING)):
+
+    def insert(rows: list[tuple[int, str]]) -> None:
         db.execute("INSERT INTO core.contacts (tenant_id, wa_id) SELECT * FROM unnest(%s::bigint[], %s::text[])",
                    ([t for t, _ in rows], [w for _, w in rows]))
+
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=str(MISSING)):
+        insert(rows)
     assert len(contacts_of(db)) == 2
-    db.execute("INSERT INTO core.contacts (tenant_id, wa_id) SELECT * FROM unnest(%s::bigint[], %s::text[])",
-               ([t for t, _ in rows[:2]], [w for _, w in rows[:2]]))
+    insert(rows[:2])
     assert len(contacts_of(db)) == 4
     # An upsert whose conflicting rows are updated, and one that inserts for a missing tenant.
     existing = contacts_of(db)[0][1]

@@ -26,7 +26,8 @@ start, and in one of ``window`` seconds at most ``window / interval``. ``set_int
 changes the pace at once (a throughput upgrade takes effect on the next send, a halving
 too, the cap with it: the next send waits until the last window holds fewer starts than
 the new cap, which after a halving at 990 msg/s is half a second, longer than the
-database's throttle hold of 250 ms; Meta saw those starts too). No I/O and no clock of its own: tests drive ``now``.
+database's throttle hold of 250 ms; Meta saw those starts too). No I/O and no clock of
+its own: tests drive ``now``.
 """
 
 from __future__ import annotations
